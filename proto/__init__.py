@@ -1,0 +1,1 @@
+"""Cove's message contract: events, the envelope, requests, subjects and stream settings."""

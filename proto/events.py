@@ -1,0 +1,306 @@
+"""Every event Cove services exchange: facts in the past tense, one frozen msgspec Struct each.
+
+Evolution rule: only add optional fields (with a default) to an existing event. A change of meaning is a
+new event type. Old events must always decode, because replay reads them long after they were written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+NodeRole = Literal["master", "worker"]
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Base of every event: the ``type`` tag is the class name."""
+
+
+# --------------------------------------------------------------------------- cluster templates (api)
+
+
+class ClusterTemplate(msgspec.Struct, frozen=True, kw_only=True):
+    """A full Magnum cluster template, as stored by the API and embedded in cluster requests."""
+
+    uuid: str
+    name: str | None = None
+    project_id: str
+    user_id: str
+    coe: str = "kubernetes"
+    image_id: str
+    flavor_id: str | None = None
+    master_flavor_id: str | None = None
+    keypair_id: str | None = None
+    external_network_id: str | None = None
+    fixed_network: str | None = None
+    fixed_subnet: str | None = None
+    network_driver: str | None = None
+    volume_driver: str | None = None
+    docker_volume_size: int | None = None
+    docker_storage_driver: str | None = None
+    dns_nameserver: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    tls_disabled: bool = False
+    public: bool = False
+    hidden: bool = False
+    registry_enabled: bool = False
+    master_lb_enabled: bool = False
+    floating_ip_enabled: bool = True
+    server_type: str = "vm"
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
+    apiserver_port: int | None = None
+    insecure_registry: str | None = None
+    cluster_distro: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime | None = None
+
+
+class ClusterTemplateCreated(_Event, frozen=True, tag=True):
+    template: ClusterTemplate
+
+
+class ClusterTemplateUpdated(_Event, frozen=True, tag=True):
+    """The new full template after a PATCH."""
+
+    template: ClusterTemplate
+
+
+class ClusterTemplateDeleted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+
+
+# --------------------------------------------------------------------------- clusters (api)
+
+
+class ClusterCreateRequested(_Event, frozen=True, tag=True):
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    template: ClusterTemplate
+    master_count: int = 1
+    node_count: int = 1
+    keypair: str | None = None
+    flavor_id: str | None = None
+    master_flavor_id: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    create_timeout: int = 60
+    discovery_url: str | None = None
+    docker_volume_size: int | None = None
+    fixed_network: str | None = None
+    fixed_subnet: str | None = None
+    floating_ip_enabled: bool | None = None
+    master_lb_enabled: bool | None = None
+    trust_id: str | None = None
+    trustee_user_id: str | None = None
+    trustee_password: str | None = None
+    """Delegated credentials for the provisioner (Magnum uses a Keystone trust)."""
+    stack_id: str | None = None
+    requested_at: datetime | None = None
+
+
+class ClusterDeleteRequested(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    user_id: str | None = None
+
+
+class ClusterUpdateRequested(_Event, frozen=True, tag=True):
+    """A resize: the new worker count (and optionally which nodes to remove first)."""
+
+    uuid: str
+    project_id: str
+    node_count: int
+    previous_node_count: int | None = None
+    nodes_to_remove: list[str] = msgspec.field(default_factory=list)
+    nodegroup: str | None = None
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+class ClusterAdmitted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    master_count: int
+    node_count: int
+
+
+class ClusterRejected(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    reason: str
+    """Human text shown as status_reason, e.g. Magnum's quota exceeded message."""
+
+
+# --------------------------------------------------------------------------- certs
+
+
+class ClusterCACreated(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    ca_cert_pem: str
+    encrypted_ca_key: bytes
+    key_id: str
+    """Identifies the key-encryption key that wrapped ``encrypted_ca_key``."""
+
+
+class ClusterCADeleted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+
+
+# --------------------------------------------------------------------------- provisioner
+
+
+class ClusterCreateStarted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    stack_id: str | None = None
+
+
+class NodeCreated(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    node_name: str
+    role: NodeRole
+    server_id: str
+    flavor_id: str
+    flavor_name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    nodegroup: str | None = None
+
+
+class NodeBecameActive(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    server_id: str
+    node_name: str | None = None
+    role: NodeRole | None = None
+    addresses: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    """Network name -> list of IP addresses, as Nova reports them."""
+
+
+class NodeFailed(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    server_id: str
+    reason: str
+    node_name: str | None = None
+
+
+class NodeDeleted(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    server_id: str
+    node_name: str | None = None
+    role: NodeRole | None = None
+
+
+class ClusterCreateCompleted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    api_address: str
+    master_addresses: list[str] = msgspec.field(default_factory=list)
+    node_addresses: list[str] = msgspec.field(default_factory=list)
+    coe_version: str | None = None
+    container_version: str | None = None
+
+
+class ClusterCreateFailed(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    status_reason: str
+
+
+class ClusterDeleteStarted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+
+
+class ClusterDeleteCompleted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+
+
+class ClusterDeleteFailed(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    status_reason: str
+
+
+class ClusterUpdateStarted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    node_count: int
+
+
+class ClusterUpdateCompleted(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    node_count: int
+    node_addresses: list[str] = msgspec.field(default_factory=list)
+
+
+class ClusterUpdateFailed(_Event, frozen=True, tag=True):
+    uuid: str
+    project_id: str
+    status_reason: str
+
+
+# --------------------------------------------------------------------------- every service
+
+
+class ServiceHeartbeat(_Event, frozen=True, tag=True):
+    """Liveness of one service process, shown by the API as Magnum's mservices."""
+
+    service: str
+    host: str
+    pid: int
+    started_at: datetime
+    state: Literal["up", "stopping"] = "up"
+    version: str | None = None
+
+
+Event = (
+    ClusterTemplateCreated
+    | ClusterTemplateUpdated
+    | ClusterTemplateDeleted
+    | ClusterCreateRequested
+    | ClusterDeleteRequested
+    | ClusterUpdateRequested
+    | ClusterAdmitted
+    | ClusterRejected
+    | ClusterCACreated
+    | ClusterCADeleted
+    | ClusterCreateStarted
+    | NodeCreated
+    | NodeBecameActive
+    | NodeFailed
+    | NodeDeleted
+    | ClusterCreateCompleted
+    | ClusterCreateFailed
+    | ClusterDeleteStarted
+    | ClusterDeleteCompleted
+    | ClusterDeleteFailed
+    | ClusterUpdateStarted
+    | ClusterUpdateCompleted
+    | ClusterUpdateFailed
+    | ServiceHeartbeat
+)
+"""The discriminated union of every event; ``type`` is the discriminator."""
+
+EVENT_TYPES: dict[str, type[_Event]] = {cls.__name__: cls for cls in Event.__args__}  # type: ignore[attr-defined]
+
+
+def event_type(payload: msgspec.Struct) -> str:
+    """The ``type`` tag of an event payload."""
+    return type(payload).__struct_config__.tag  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""Request/reply messages for NATS request-reply (RPC). Requests name an intent; replies the result."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    pass
+
+
+class SignCertificate(_Message, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    csr_pem: str
+
+
+class CertificateSigned(_Message, frozen=True, tag=True):
+    pem: str
+    cluster_id: str | None = None
+
+
+class GetClusterCA(_Message, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str | None = None
+
+
+class ClusterCA(_Message, frozen=True, tag=True):
+    pem: str
+    cluster_id: str | None = None
+
+
+class RotateClusterCA(_Message, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+
+
+class ClusterCARotated(_Message, frozen=True, tag=True):
+    cluster_id: str
+    pem: str
+
+
+class ErrorReply(_Message, frozen=True, tag=True):
+    """Any failure answered by an RPC handler. ``code`` follows HTTP semantics (400, 404, 409, 500...)."""
+
+    code: int
+    message: str
+
+
+Request = SignCertificate | GetClusterCA | RotateClusterCA
+Reply = CertificateSigned | ClusterCA | ClusterCARotated | ErrorReply
+Message = Request | Reply
+
+REQUEST_TYPES: dict[str, type[_Message]] = {c.__name__: c for c in Message.__args__}  # type: ignore[attr-defined]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+
+
+def encode_request(msg: _Message) -> bytes:
+    """Encode any request or reply."""
+    return _encoder.encode(msg)
+
+
+def decode_request(data: bytes) -> Message:
+    """Decode any request or reply; raises ``proto.envelope.MalformedMessage`` on failure."""
+    from proto.envelope import MalformedMessage
+
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(str(exc)) from exc
+
+
+encode_reply = encode_request
+decode_reply = decode_request

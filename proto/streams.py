@@ -1,0 +1,125 @@
+"""JetStream stream and consumer settings, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from proto import subjects
+
+DUPLICATE_WINDOW_S = 120.0
+HEARTBEAT_MAX_AGE_S = 60.0
+
+
+def replicas() -> int:
+    return int(os.environ.get("COVE_STREAM_REPLICAS", "1"))
+
+
+def events_stream() -> StreamConfig:
+    """The event log: kept forever (replay rebuilds stores), deduplicated on ``Nats-Msg-Id``."""
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        description="Cove domain events (the source of truth for every projection)",
+        subjects=[subjects.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas(),
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def dlq_stream() -> StreamConfig:
+    return StreamConfig(
+        name=subjects.DLQ_STREAM,
+        description="Messages a consumer could not decode or handle, with the reason in headers",
+        subjects=[subjects.DLQ_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas(),
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=30 * 24 * 3600.0,
+    )
+
+
+def heartbeats_stream() -> StreamConfig:
+    """Last heartbeat per service only, expiring quickly: a service that stops vanishes."""
+    return StreamConfig(
+        name=subjects.HEARTBEATS_STREAM,
+        description="Latest ServiceHeartbeat per service",
+        subjects=[subjects.HEARTBEATS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas(),
+        max_msgs_per_subject=1,
+        max_age=HEARTBEAT_MAX_AGE_S,
+        allow_direct=True,
+    )
+
+
+def all_streams() -> list[StreamConfig]:
+    return [events_stream(), dlq_stream(), heartbeats_stream()]
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Delivery settings for a durable pull consumer.
+
+    ``backoff`` drives both the server's redelivery after an ack timeout and the consumer's ``nak`` delay
+    after a handler error (delivery n waits ``backoff[min(n-1, len-1)]``). After ``max_deliver`` deliveries
+    the message is dead-lettered.
+    """
+
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    backoff: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0)
+    max_ack_pending: int = 256
+    fetch_batch: int = 32
+    fetch_timeout: float = 1.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def nak_delay(self, num_delivered: int) -> float:
+        if not self.backoff:
+            return 0.0
+        return self.backoff[min(max(num_delivered, 1) - 1, len(self.backoff) - 1)]
+
+    def consumer_config(
+        self,
+        durable: str,
+        filter_subjects: list[str],
+        *,
+        start_seq: int | None = None,
+    ) -> ConsumerConfig:
+        if start_seq is not None and start_seq > 1:
+            policy, opt = DeliverPolicy.BY_START_SEQUENCE, start_seq
+        else:
+            policy, opt = DeliverPolicy.ALL, None
+        server_backoff = list(self.backoff) if self.backoff and self.max_deliver > len(self.backoff) else None
+        cfg = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=policy,
+            opt_start_seq=opt,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            backoff=server_backoff,
+            max_ack_pending=self.max_ack_pending,
+        )
+        if len(filter_subjects) == 1:
+            cfg.filter_subject = filter_subjects[0]
+        else:
+            cfg.filter_subjects = list(filter_subjects)
+        return cfg
+
+
+DEFAULT_CONSUMER = ConsumerSettings()

@@ -1,0 +1,76 @@
+"""Every NATS subject and stream name, in one place.
+
+Events: ONE stream ``COVE_EVENTS`` with subjects ``cove.evt.<producer>.<aggregate>.<id>``.
+Dead letters: stream ``COVE_DLQ``, subject ``cove.dlq.<consumer>``.
+Heartbeats: stream ``COVE_HEARTBEATS``, subject ``cove.heartbeat.<service>``.
+RPC: ``cove.rpc.<service>.<verb>`` answered by queue group ``<service>``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Producer = Literal["api", "scheduler", "certs", "provisioner", "accounting"]
+
+EVENTS_STREAM = "COVE_EVENTS"
+EVENTS_PREFIX = "cove.evt"
+EVENTS_ALL = f"{EVENTS_PREFIX}.>"
+
+DLQ_STREAM = "COVE_DLQ"
+DLQ_PREFIX = "cove.dlq"
+DLQ_ALL = f"{DLQ_PREFIX}.>"
+
+HEARTBEATS_STREAM = "COVE_HEARTBEATS"
+HEARTBEATS_PREFIX = "cove.heartbeat"
+HEARTBEATS_ALL = f"{HEARTBEATS_PREFIX}.*"
+
+RPC_PREFIX = "cove.rpc"
+
+
+def _token(value: str) -> str:
+    if not value or any(c in value for c in " .*>\t\r\n"):
+        raise ValueError(f"invalid subject token: {value!r}")
+    return value
+
+
+def event_subject(producer: str, aggregate: str, aggregate_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{_token(producer)}.{_token(aggregate)}.{_token(aggregate_id)}"
+
+
+def cluster_events(producer: str, cluster_id: str) -> str:
+    """e.g. ``cove.evt.provisioner.cluster.<uuid>``."""
+    return event_subject(producer, "cluster", cluster_id)
+
+
+def cluster_template_events(producer: str, template_id: str) -> str:
+    return event_subject(producer, "clustertemplate", template_id)
+
+
+def producer_events(producer: str, aggregate: str = "*") -> str:
+    """Filter for one producer's events: ``cove.evt.<producer>.<aggregate>.*`` (or all aggregates: ``>``)."""
+    if aggregate == "*":
+        return f"{EVENTS_PREFIX}.{_token(producer)}.>"
+    return f"{EVENTS_PREFIX}.{_token(producer)}.{_token(aggregate)}.*"
+
+
+def any_cluster_events(cluster_id: str) -> str:
+    """Every producer's events about one cluster."""
+    return f"{EVENTS_PREFIX}.*.cluster.{_token(cluster_id)}"
+
+
+def dlq_subject(consumer: str) -> str:
+    return f"{DLQ_PREFIX}.{_token(consumer)}"
+
+
+def heartbeat_subject(service: str) -> str:
+    return f"{HEARTBEATS_PREFIX}.{_token(service)}"
+
+
+def rpc_subject(service: str, verb: str) -> str:
+    return f"{RPC_PREFIX}.{_token(service)}.{_token(verb)}"
+
+
+# The RPCs the certs service answers.
+CERTS_SIGN = rpc_subject("certs", "sign")
+CERTS_GET_CA = rpc_subject("certs", "get_ca")
+CERTS_ROTATE_CA = rpc_subject("certs", "rotate_ca")
