@@ -1,0 +1,234 @@
+"""Shared fixtures: real nats-server (JetStream), real PostgreSQL, the devcloud emulator, and waiting helpers.
+
+Fixtures (async tests, pytest-asyncio auto mode, one session event loop):
+    nats_server      NatsServer shared by the session, on a free port in a tmp dir. A test may stop/kill/restart
+                     it; if a test leaves it down it is started again (same port, same data) before the next one.
+                     Streams persist across tests: use unique stream names or delete what you create.
+    nats_url         its URL, "nats://127.0.0.1:<port>".
+    make_nats_server factory: `make_nats_server()` -> a fresh, started NatsServer of the test's own, stopped after.
+    pg_admin_url     URL of a database on the session's PostgreSQL server with rights to CREATE DATABASE.
+    database_url     URL of a FRESH database `cove_test_<random>` for the session, dropped at the end.
+    devcloud         the OpenStack emulator as a subprocess: `.url`, `.clouds_yaml`, `.log_file`; sets
+                     OS_CLIENT_CONFIG_FILE for the session.
+
+Helpers (import them: `from tests.conftest import wait_for, free_port, fresh_database`):
+    free_port() -> int
+    await wait_for(predicate, timeout=10.0, interval=0.05, message="...") -> the predicate's truthy value
+    await fresh_database(admin_url) -> url    (drop with `await drop_database(admin_url, url)`)
+
+Where PostgreSQL comes from: COVE_TEST_DATABASE_URL if set (an admin URL), else the machine's server at
+127.0.0.1:5432 if it accepts user postgres without a password, else an embedded PostgreSQL (pgserver's binaries)
+in a temp dir. COVE_TEST_DATABASE_URL=embedded forces the embedded server (what a fresh machine gets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_asyncio
+
+from deploy.local.nats import NatsServer
+from deploy.local.ports import free_port, tcp_reachable
+from deploy.local.postgres import (
+    EmbeddedPostgres,
+    drop_database,
+    fresh_database,
+    server_answers,
+)
+
+__all__ = ["Devcloud", "drop_database", "free_port", "fresh_database", "wait_for"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MACHINE_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+T = TypeVar("T")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+async def wait_for(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Poll `predicate` (sync or async) until it returns something truthy; return that value.
+
+    Raises TimeoutError naming `message` (or the predicate) when `timeout` seconds pass first. Exceptions of the
+    types in `ignore` count as "not yet" (e.g. `ignore=(OSError,)` while a server comes up); others propagate.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+        except ignore as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            what = message or getattr(predicate, "__qualname__", repr(predicate))
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise TimeoutError(f"condition not met within {timeout}s: {what}{detail}")
+        await asyncio.sleep(interval)
+
+
+# -- NATS ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _session_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"), server_name="cove-test")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(_session_nats: NatsServer) -> Iterator[NatsServer]:
+    """The session's NatsServer; restarted after a test that left it stopped or killed."""
+    if not _session_nats.is_running():
+        _session_nats.start()
+    yield _session_nats
+    if not _session_nats.is_running():
+        _session_nats.start()
+
+
+@pytest.fixture(scope="session")
+def nats_url(_session_nats: NatsServer) -> str:
+    return _session_nats.url
+
+
+@pytest.fixture
+def make_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., NatsServer]]:
+    """Factory for private servers: `make_nats_server(port=None)` returns a started NatsServer."""
+    servers: list[NatsServer] = []
+
+    def make(**kwargs: Any) -> NatsServer:
+        server = NatsServer(tmp_path_factory.mktemp("nats-private"), **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    configured = os.environ.get("COVE_TEST_DATABASE_URL")
+    if configured and configured != "embedded":
+        yield configured
+        return
+    if not configured and tcp_reachable("127.0.0.1", 5432) and await server_answers(MACHINE_PG_URL):
+        yield MACHINE_PG_URL
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    await asyncio.to_thread(server.start)
+    try:
+        yield server.url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for this test session, dropped at the end."""
+    url = await fresh_database(pg_admin_url)
+    try:
+        yield url
+    finally:
+        await drop_database(pg_admin_url, url)
+
+
+# -- devcloud --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Devcloud:
+    url: str  # e.g. http://127.0.0.1:40123 ; admin endpoints (ledger, faults) under {url}/admin
+    clouds_yaml: Path  # entries cove-demo, cove-demo2, cove-viewer, cove-alt, cove-admin
+    log_file: Path
+    process: subprocess.Popen[bytes]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_devcloud(workdir: Path, *, time_factor: float = 0.01, extra_args: tuple[str, ...] = ()) -> Devcloud:
+    """Start `python -m deploy.devcloud` on a free port and wait for /healthz (30 s deadline)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    clouds_yaml = workdir / "clouds.yaml"
+    log_file = workdir / "devcloud.log"
+    args = [sys.executable, "-m", "deploy.devcloud", "--host", "127.0.0.1", "--port", str(port),
+            "--public-url", url, "--clouds-yaml", str(clouds_yaml), "--time-factor", str(time_factor)]
+    config = REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
+    if config.exists():
+        args += ["--config", str(config)]
+    args += list(extra_args)
+    with open(log_file, "ab") as log_handle:
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"devcloud exited with {proc.returncode}; log {log_file}:\n{log_file.read_text()[-3000:]}")
+        if clouds_yaml.exists() and _http_ok(f"{url}/healthz"):
+            return Devcloud(url=url, clouds_yaml=clouds_yaml, log_file=log_file, process=proc)
+        time.sleep(0.05)
+    stop_process(proc)
+    raise RuntimeError(f"devcloud not healthy within 30s at {url}; log {log_file}:\n{log_file.read_text()[-3000:]}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def devcloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devcloud]:
+    if not (REPO_ROOT / "deploy" / "devcloud" / "__main__.py").exists():
+        pytest.skip("devcloud not written yet: deploy/devcloud/__main__.py does not exist")
+    cloud = start_devcloud(tmp_path_factory.mktemp("devcloud"))
+    previous = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
+    try:
+        yield cloud
+    finally:
+        if previous is None:
+            os.environ.pop("OS_CLIENT_CONFIG_FILE", None)
+        else:
+            os.environ["OS_CLIENT_CONFIG_FILE"] = previous
+        stop_process(cloud.process)
