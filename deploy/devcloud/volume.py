@@ -1,0 +1,5 @@
+"""Placeholder being written now; see docs/devcloud.md."""
+
+from deploy.devcloud.web import Routes
+
+routes = Routes("volume")
