@@ -1,0 +1,221 @@
+"""Idempotent, resumable, rebuildable projections: the tracking record lives in the same transaction.
+
+A ``Projection`` feeds each event of its durable consumer to ``handle(env, tx)`` inside ONE PostgreSQL
+transaction that also
+
+* inserts the event id into ``<schema>.inbox`` (a redelivered or re-published event is skipped),
+* advances ``<schema>.checkpoint`` for this consumer to the event's stream sequence,
+* publishes the events the handler returns *before* committing, each with a deterministic id
+  (uuid5 of the cause's id and the output index) used as ``Nats-Msg-Id``: a crash after publishing but
+  before commit leads to a redelivery whose re-publish JetStream deduplicates.
+
+On start the checkpoint is compared with the durable consumer: when the store is behind the consumer
+(e.g. an emptied store, checkpoint 0), the consumer is recreated to deliver from ``checkpoint + 1``; that
+is how a store is rebuilt by replaying the stream. ``rebuild()`` does it on purpose.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+
+from proto import subjects
+from proto.envelope import Envelope, new_envelope
+from proto.events import Event
+from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
+from services.runtime import db, metrics
+from services.runtime.bus import Bus
+from services.runtime.consumer import Consumer
+
+log = structlog.get_logger(__name__)
+
+OUTGOING_NAMESPACE = uuid.UUID("6f1d7c5e-2b0a-4c61-9a53-0c0f8e0b9e11")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event a handler wants published as a consequence of the event it handles.
+
+    ``project_id``/``cluster_id`` default to the cause's. The envelope id is deterministic.
+    """
+
+    subject: str
+    payload: Event
+    project_id: str | None = None
+    cluster_id: str | None = None
+
+
+ProjectionHandler = Callable[[Envelope, asyncpg.Connection], Awaitable[Sequence[Outgoing] | None]]
+
+
+def outgoing_id(cause_id: str, index: int) -> str:
+    """The deterministic id of the ``index``-th event published because of event ``cause_id``."""
+    return str(uuid.uuid5(OUTGOING_NAMESPACE, f"{cause_id}:{index}"))
+
+
+def outgoing_envelope(cause: Envelope, index: int, out: Outgoing) -> Envelope:
+    return new_envelope(
+        out.payload,
+        project_id=out.project_id if out.project_id is not None else cause.project_id,
+        cluster_id=out.cluster_id if out.cluster_id is not None else cause.cluster_id,
+        causation=cause,
+        id=outgoing_id(cause.id, index),
+    )
+
+
+TRACKING_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.inbox (
+    consumer   text NOT NULL,
+    event_id   text NOT NULL,
+    stream_seq bigint NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
+    consumer   text PRIMARY KEY,
+    stream_seq bigint NOT NULL
+);
+"""
+
+
+async def ensure_tracking_tables(pool: asyncpg.Pool, schema: str) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(TRACKING_DDL.format(schema=db.ident(schema)))
+
+
+class Projection:
+    """One durable consumer whose every event is applied to ``schema`` exactly once.
+
+    ``handler(env, tx)`` runs inside the transaction ``tx`` (search_path is the service schema) and returns
+    the events to publish (or None). Raise to retry with backoff; after ``max_deliver`` tries the event is
+    dead-lettered and the projection moves on.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        schema: str,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        handler: ProjectionHandler,
+        filter_subjects: list[str],
+        settings: ConsumerSettings = DEFAULT_CONSUMER,
+        stream: str = subjects.EVENTS_STREAM,
+        migrations_dir: Path | str | None = None,
+    ) -> None:
+        self.name = name
+        self.schema = db.ident(schema)
+        self.pool = pool
+        self.bus = bus
+        self.handler = handler
+        self.migrations_dir = Path(migrations_dir) if migrations_dir is not None else None
+        self.consumer = Consumer(
+            bus,
+            durable=name,
+            filter_subjects=filter_subjects,
+            handler=self._apply,
+            on_dead_lettered=self._dead_lettered,
+            settings=settings,
+            stream=stream,
+        )
+        self.replay_until = 0
+        """Events at or below this stream sequence were applied before (we are replaying): their outgoing events
+        are already in the stream, so they are not published again (JetStream's dedup window is only minutes)."""
+        self.suppressed = 0
+
+    @property
+    def running(self) -> bool:
+        return self.consumer.running
+
+    async def checkpoint(self) -> int:
+        async with self.pool.acquire() as conn:
+            seq = await conn.fetchval(
+                f"SELECT stream_seq FROM {self.schema}.checkpoint WHERE consumer = $1", self.name
+            )
+        return int(seq or 0)
+
+    async def start(self) -> None:
+        await ensure_tracking_tables(self.pool, self.schema)
+        checkpoint = await self.checkpoint()
+        info = await self.consumer.info()
+        if info is None:
+            await self.consumer.ensure(start_seq=checkpoint + 1)
+        else:
+            acked = info.ack_floor.stream_seq if info.ack_floor else 0
+            if checkpoint < acked:
+                # The store is behind what the consumer says was applied: it was emptied or restored from an
+                # older backup. Replay from the store's own position.
+                log.warning(
+                    "projection_replaying", projection=self.name, checkpoint=checkpoint, consumer_acked=acked
+                )
+                self.replay_until = acked
+                await self.consumer.recreate(start_seq=checkpoint + 1)
+            else:
+                await self.consumer.ensure()
+        await self.consumer.start(ensure=False)
+        log.info("projection_started", projection=self.name, schema=self.schema, checkpoint=checkpoint)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def rebuild(self) -> None:
+        """Drop the schema, migrate it again, and replay the stream from sequence 1."""
+        if self.migrations_dir is None:
+            raise ValueError(f"projection {self.name} has no migrations_dir to rebuild {self.schema}")
+        was_running = self.running
+        await self.stop()
+        info = await self.consumer.info()
+        self.replay_until = max(
+            await self.checkpoint(), info.ack_floor.stream_seq if info and info.ack_floor else 0
+        )
+        await db.drop_schema(self.pool, self.schema)
+        await db.migrate(self.pool, self.schema, self.migrations_dir)
+        await ensure_tracking_tables(self.pool, self.schema)
+        await self.consumer.recreate(start_seq=1)
+        log.warning("projection_rebuild_started", projection=self.name, schema=self.schema)
+        if was_running:
+            await self.consumer.start(ensure=False)
+
+    async def _apply(self, env: Envelope, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(
+                f"INSERT INTO {self.schema}.inbox (event_id, consumer, stream_seq) VALUES ($1, $2, $3)"
+                " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING true",
+                env.id,
+                self.name,
+                seq,
+            )
+            if fresh:
+                outgoing = await self.handler(env, conn) or ()
+                if outgoing and seq <= self.replay_until:
+                    self.suppressed += len(outgoing)
+                    outgoing = ()
+                for index, out in enumerate(outgoing):
+                    out_env = outgoing_envelope(env, index, out)
+                    await self.bus.publish(out.subject, out_env, msg_id=out_env.id)
+            else:
+                metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
+                log.info("event_already_applied", projection=self.name, stream_seq=seq)
+            await self._advance(conn, seq)
+
+    async def _advance(self, conn: asyncpg.Connection, seq: int) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.checkpoint (consumer, stream_seq) VALUES ($1, $2)"
+            " ON CONFLICT (consumer) DO UPDATE SET stream_seq = GREATEST(checkpoint.stream_seq, EXCLUDED.stream_seq)",
+            self.name,
+            seq,
+        )
+
+    async def _dead_lettered(self, msg: Msg) -> None:
+        # A dead-lettered event is settled: move the checkpoint past it so a restart does not replay it.
+        async with self.pool.acquire() as conn:
+            await self._advance(conn, msg.metadata.sequence.stream)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from nats.aio.msg import Msg
+
+from proto import subjects
+from proto.envelope import Envelope, new_envelope
+from proto.events import ClusterRejected
+from proto.streams import ConsumerSettings
+from services.runtime import consumer as cmod
+from services.runtime.bus import Bus
+from services.runtime.consumer import Consumer
+from tests.runtime.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+FAST = ConsumerSettings(ack_wait=5, max_deliver=3, backoff=(0.1, 0.2), fetch_timeout=0.2)
+
+
+def _event(cluster: str, reason: str = "quota") -> Envelope:
+    return new_envelope(
+        ClusterRejected(uuid=cluster, project_id="p", reason=reason), project_id="p", cluster_id=cluster
+    )
+
+
+async def _dlq_last(bus: Bus, durable: str) -> object:
+    try:
+        return await bus.js.get_last_msg(subjects.DLQ_STREAM, subjects.dlq_subject(durable))
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
+
+
+async def test_malformed_message_goes_to_dlq_and_consumer_carries_on(bus: Bus) -> None:
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    durable = f"c_{producer}"
+    seen: list[str] = []
+
+    async def handler(env: Envelope, msg: Msg) -> None:
+        seen.append(env.id)
+
+    c = Consumer(
+        bus, durable=durable, filter_subjects=[f"cove.evt.{producer}.>"], handler=handler, settings=FAST
+    )
+    await c.start()
+    try:
+        cluster = str(uuid.uuid4())
+        subject = subjects.cluster_events(producer, cluster)
+        bad = await bus.publish_raw(subject, b'{"not": "an envelope"}', {"X-Origin": "test"})
+        good = _event(cluster)
+        await bus.publish(subject, good)
+        await eventually(lambda: _async(good.id in seen))
+        dead = await eventually(lambda: _dlq_last(bus, durable))
+        assert dead.data == b'{"not": "an envelope"}'  # type: ignore[attr-defined]
+        headers = dead.headers  # type: ignore[attr-defined]
+        assert headers[cmod.DLQ_REASON].startswith("malformed:")
+        assert headers[cmod.DLQ_STREAM_SEQ] == str(bad.seq)
+        assert headers[cmod.DLQ_SUBJECT] == subject
+        assert headers["X-Origin"] == "test"
+        assert seen == [good.id]
+    finally:
+        await c.stop()
+
+
+async def test_handler_failing_until_max_deliver_is_dead_lettered(bus: Bus) -> None:
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    durable = f"c_{producer}"
+    attempts: dict[str, int] = {}
+    done: list[str] = []
+
+    async def handler(env: Envelope, msg: Msg) -> None:
+        attempts[env.id] = attempts.get(env.id, 0) + 1
+        if env.payload.reason == "poison":  # type: ignore[union-attr]
+            raise RuntimeError("cannot handle this one")
+        done.append(env.id)
+
+    c = Consumer(
+        bus, durable=durable, filter_subjects=[f"cove.evt.{producer}.>"], handler=handler, settings=FAST
+    )
+    await c.start()
+    try:
+        cluster = str(uuid.uuid4())
+        subject = subjects.cluster_events(producer, cluster)
+        poison, fine = _event(cluster, "poison"), _event(cluster, "fine")
+        await bus.publish(subject, poison)
+        await bus.publish(subject, fine)
+        dead = await eventually(lambda: _dlq_last(bus, durable))
+        assert attempts[poison.id] == FAST.max_deliver
+        headers = dead.headers  # type: ignore[attr-defined]
+        assert "cannot handle this one" in headers[cmod.DLQ_REASON]
+        assert headers[cmod.DLQ_DELIVERIES] == str(FAST.max_deliver)
+        await eventually(lambda: _async(fine.id in done))
+        # The poison message is settled: no further deliveries.
+        info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
+        await eventually(lambda: _ack_pending_zero(bus, durable))
+        assert info.num_pending == 0
+        assert attempts[poison.id] == FAST.max_deliver
+    finally:
+        await c.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _ack_pending_zero(bus: Bus, durable: str) -> bool:
+    info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
+    return info.num_ack_pending == 0

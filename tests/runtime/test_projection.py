@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from proto import subjects
+from proto.envelope import Envelope, decode, new_envelope
+from proto.events import ClusterCreateFailed, ClusterRejected
+from proto.streams import ConsumerSettings
+from services.runtime import db
+from services.runtime import projection as pmod
+from services.runtime.bus import Bus
+from services.runtime.projection import Outgoing, Projection
+from tests.runtime.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+FAST = ConsumerSettings(ack_wait=5, max_deliver=5, backoff=(0.1, 0.2), fetch_timeout=0.2)
+
+
+class Fixture:
+    def __init__(self, pool: asyncpg.Pool, bus: Bus, schema: str, producer: str) -> None:
+        self.pool, self.bus, self.schema, self.producer = pool, bus, schema, producer
+        self.out_producer = f"{producer}out"
+
+    async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        p = env.payload
+        assert isinstance(p, ClusterRejected)
+        await tx.execute(
+            "INSERT INTO rejections (cluster_id, project_id, times, reasons, last_event_id) VALUES ($1, $2, 1, $3, $4)"
+            " ON CONFLICT (cluster_id) DO UPDATE SET times = rejections.times + 1,"
+            " reasons = rejections.reasons || ',' || EXCLUDED.reasons, last_event_id = EXCLUDED.last_event_id",
+            p.uuid,
+            p.project_id,
+            p.reason,
+            env.id,
+        )
+        return [
+            Outgoing(
+                subjects.cluster_events(self.out_producer, p.uuid),
+                ClusterCreateFailed(uuid=p.uuid, project_id=p.project_id, status_reason=p.reason),
+            )
+        ]
+
+    def projection(self, name: str | None = None) -> Projection:
+        return Projection(
+            name=name or f"proj_{self.producer}",
+            schema=self.schema,
+            pool=self.pool,
+            bus=self.bus,
+            handler=self.handle,
+            filter_subjects=[f"cove.evt.{self.producer}.>"],
+            settings=FAST,
+            migrations_dir=MIGRATIONS,
+        )
+
+    async def rows(self) -> list[tuple[object, ...]]:
+        async with self.pool.acquire() as conn:
+            recs = await conn.fetch(f"SELECT * FROM {self.schema}.rejections ORDER BY cluster_id")
+        return [tuple(r.values()) for r in recs]
+
+    async def publish(self, cluster: str, reason: str) -> Envelope:
+        env = new_envelope(
+            ClusterRejected(uuid=cluster, project_id="p", reason=reason), project_id="p", cluster_id=cluster
+        )
+        await self.bus.publish(subjects.cluster_events(self.producer, cluster), env)
+        return env
+
+    async def outgoing(self) -> list[Envelope]:
+        """Every event the projection published (read back from the stream)."""
+        sub = await self.bus.js.subscribe(f"cove.evt.{self.out_producer}.>", ordered_consumer=True)
+        found: list[Envelope] = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.3)
+                except TimeoutError:
+                    return found
+                found.append(decode(msg.data))
+        finally:
+            await sub.unsubscribe()
+
+
+@pytest.fixture
+async def fx(database_url: str, bus: Bus) -> AsyncIterator[Fixture]:
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    schema = f"rt_{producer}"
+    pool = await db.create_pool(database_url, schema)
+    await db.migrate(pool, schema, MIGRATIONS)
+    yield Fixture(pool, bus, schema, producer)
+    await db.drop_schema(pool, schema)
+    await pool.close()
+
+
+async def _checkpoint_at(p: Projection, seq: int) -> bool:
+    return await p.checkpoint() >= seq
+
+
+async def test_migrate_is_forward_only_and_idempotent(fx: Fixture) -> None:
+    assert await db.migrate(fx.pool, fx.schema, MIGRATIONS) == []
+    async with fx.pool.acquire() as conn:
+        names = [
+            r["name"] for r in await conn.fetch(f"SELECT name FROM {fx.schema}.schema_migrations ORDER BY 1")
+        ]
+    assert names == ["0001_init.sql", "0002_seen.sql"]
+
+
+async def test_redelivered_and_republished_events_change_the_store_once(fx: Fixture) -> None:
+    p = fx.projection()
+    await p.start()
+    try:
+        c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+        e1 = await fx.publish(c1, "quota")
+        await fx.publish(c2, "quota")
+        # The same event id published again under another Nats-Msg-Id gets past JetStream dedup:
+        again = await fx.bus.publish(subjects.cluster_events(fx.producer, c1), e1, msg_id=f"other-{e1.id}")
+        assert not again.duplicate
+        await eventually(lambda: _checkpoint_at(p, again.seq))
+        before = await fx.rows()
+        assert [(r[0], r[2]) for r in before] == sorted([(c1, 1), (c2, 1)])
+        # Redeliver everything: rewind the durable consumer to the start of the stream.
+        await p.consumer.stop()
+        await p.consumer.recreate(start_seq=1)
+        await p.consumer.start(ensure=False)
+        await eventually(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert await fx.rows() == before
+        out = await fx.outgoing()
+        assert sorted(e.cluster_id for e in out if e.cluster_id) == sorted([c1, c2])
+        first = next(e for e in out if e.cluster_id == c1)
+        assert first.causation_id == e1.id and first.correlation_id == e1.correlation_id
+        assert first.id == pmod.outgoing_id(e1.id, 0)
+    finally:
+        await p.stop()
+
+
+async def test_crash_between_publish_and_commit_is_deduplicated(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = fx.projection()
+    real_advance = p._advance
+    crashes = {"left": 1}
+
+    async def crashing_advance(conn: asyncpg.Connection, seq: int) -> None:
+        if crashes["left"]:
+            crashes["left"] -= 1
+            raise ConnectionError("simulated crash before commit")
+        await real_advance(conn, seq)
+
+    monkeypatch.setattr(p, "_advance", crashing_advance)
+    await p.start()
+    try:
+        cluster = str(uuid.uuid4())
+        await fx.publish(cluster, "quota")
+        await eventually(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert crashes["left"] == 0
+        rows = await fx.rows()
+        assert [(r[0], r[2]) for r in rows] == [(cluster, 1)]
+        out = await fx.outgoing()
+        assert len(out) == 1  # published twice, stored once
+    finally:
+        await p.stop()
+
+
+async def test_store_dropped_and_rebuilt_by_replay_equals_original(fx: Fixture) -> None:
+    p = fx.projection()
+    await p.start()
+    clusters = [str(uuid.uuid4()) for _ in range(4)]
+    last = None
+    for i in range(10):
+        last = await fx.publish(clusters[i % 4], f"r{i}")
+    last_seq = (
+        await fx.bus.js.get_last_msg(
+            subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, clusters[1])
+        )
+    ).seq
+    await eventually(lambda: _checkpoint_at(p, last_seq))
+    original = await fx.rows()
+    assert len(original) == 4 and sum(r[2] for r in original) == 10  # type: ignore[misc]
+    out_before = await fx.outgoing()
+
+    # 1. Explicit rebuild: drop the schema, migrate, replay from sequence 1.
+    await p.rebuild()
+    await eventually(lambda: _checkpoint_at(p, last_seq))
+    assert await fx.rows() == original
+    assert p.suppressed == 10  # replayed events do not publish their consequences again
+    await p.stop()
+
+    # 2. A store emptied behind the projection's back: a new process notices checkpoint 0 < consumer position.
+        # Replays did not re-publish the outgoing events: still one per cause.
+    await db.migrate(fx.pool, fx.schema, MIGRATIONS)
+    p2 = fx.projection()
+    await p2.start()
+    try:
+        await eventually(lambda: _checkpoint_at(p2, last_seq))
+        assert await fx.rows() == original
+        assert p2.suppressed == 10
+        # Replays did not re-publish the outgoing events with the same ids: JetStream dropped them as duplicates.
+        assert len(await fx.outgoing()) == len(out_before) == 10
+        assert last is not None
+    finally:
+        await p2.stop()
+
+
+async def _consumer_caught_up(bus: Bus, durable: str) -> bool:
+    info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0
