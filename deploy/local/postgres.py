@@ -297,7 +297,9 @@ class EmbeddedPostgres:
         self.stop()
 
 
-def database_url(data_dir: Path | str = ".cove/pg", *, durable: bool = True) -> tuple[str, EmbeddedPostgres | None]:
+def database_url(
+    data_dir: Path | str = ".cove/pg", *, durable: bool = True, log_file: Path | str | None = None
+) -> tuple[str, EmbeddedPostgres | None]:
     """COVE_DATABASE_URL if set (and no server started), else an embedded PostgreSQL in `data_dir`.
 
     Returns (url, server); the caller owns `server` and must stop() it (None when the URL came from the env).
@@ -306,7 +308,7 @@ def database_url(data_dir: Path | str = ".cove/pg", *, durable: bool = True) -> 
     configured = os.environ.get("COVE_DATABASE_URL")
     if configured:
         return configured, None
-    server = EmbeddedPostgres(data_dir, durable=durable)
+    server = EmbeddedPostgres(data_dir, durable=durable, log_file=log_file)
     server.start()
     _create_database_sync(server, "cove")
     return with_database(server.url, "cove"), server

@@ -1,0 +1,331 @@
+"""The all-in-one local stack behind `cove run`: NATS, PostgreSQL, the devcloud and the five services.
+
+Each process gets its log in <state>/logs/<name>.log. start() returns once every /healthz (devcloud) and /readyz
+(services) answers 200, or raises StackError naming the process that did not come up and its log file.
+stop() stops services first (reverse order), then the devcloud, NATS and PostgreSQL: SIGTERM, SIGKILL after a
+deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from deploy.local.nats import NatsServer
+from deploy.local.ports import LOCALHOST, free_port, preferred_port
+from deploy.local.postgres import EmbeddedPostgres, database_url
+
+log = structlog.get_logger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One Cove service: its name, console script and the module `python -m` runs when the script is missing."""
+
+    name: str
+    script: str
+    module: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+# The one list of Cove services `cove run` starts, in start order (stopped in reverse).
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("certs", "cove-certs", "services.certs"),
+    ServiceSpec("scheduler", "cove-scheduler", "services.scheduler"),
+    ServiceSpec("provisioner", "cove-provisioner", "services.provisioner"),
+    ServiceSpec("accounting", "cove-accounting", "services.accounting"),
+    ServiceSpec("api", "cove-api", "services.api"),
+)
+
+DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_MONITOR_PORT = 8222
+DEFAULT_DEVCLOUD_PORT = 8775
+DEFAULT_API_PORT = 9511
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message names it and its log file."""
+
+
+@dataclass
+class Child:
+    """A subprocess we started, with what we need to check, report and stop it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_file: Path
+    ready_url: str
+    listen: str
+    log_handle: IO[bytes]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("stop_timeout_killing", pid=proc.pid, timeout=timeout)
+        proc.kill()
+        proc.wait(10)
+
+
+def service_command(spec: ServiceSpec) -> list[str]:
+    """The console script next to this interpreter, else `python -m <module>`."""
+    script = Path(sys.executable).parent / spec.script
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", spec.module]
+
+
+class LocalStack:
+    """Starts and stops the whole local stack. All state under `state_dir` (default .cove)."""
+
+    def __init__(
+        self,
+        state_dir: Path | str = ".cove",
+        *,
+        services: tuple[ServiceSpec, ...] = SERVICES,
+        timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+        time_factor: float | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.logs = self.state_dir / "logs"
+        self.services = services
+        self.timeout = timeout
+        self.stop_timeout = stop_timeout
+        self.time_factor = time_factor
+        self.stop_event = stop_event or threading.Event()
+        self.nats: NatsServer | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.nats_url = ""
+        self.database_url = ""
+        self.devcloud_url = ""
+        self.api_url = ""
+        self.children: list[Child] = []
+        self.reported_dead: set[str] = set()
+
+    # -- start ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._reap_orphans()
+        self._start_nats()
+        self._start_postgres()
+        self._start_devcloud()
+        for spec in self.services:
+            self._start_service(spec)
+        self._wait_ready()
+        shutil.copyfile(self.state_dir / "devcloud-clouds.yaml", self.state_dir / "clouds.yaml")
+
+    def _start_nats(self) -> None:
+        configured = os.environ.get("COVE_NATS_URL")
+        if configured:
+            self.nats_url = configured
+            return
+        self.nats = NatsServer(
+            self.state_dir / "nats",
+            port=preferred_port(DEFAULT_NATS_PORT),
+            http_port=preferred_port(DEFAULT_NATS_MONITOR_PORT),
+            log_file=self.logs / "nats.log",
+        )
+        self.nats.start(timeout=self.timeout)
+        self.nats_url = self.nats.url
+        self._record_pid("nats", self.nats.pid, [self.nats.binary, "-c", str(self.nats.config_path)])
+
+    def _start_postgres(self) -> None:
+        self.database_url, self.postgres = database_url(self.state_dir / "pg", log_file=self.logs / "postgres.log")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str], ready_url: str, listen: str) -> Child:
+        log_file = self.logs / f"{name}.log"
+        handle = open(log_file, "ab")  # noqa: SIM115 - closed in stop()
+        handle.write(f"\n=== cove run: starting {name}: {' '.join(args)}\n".encode())
+        handle.flush()
+        proc = subprocess.Popen(
+            args, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only `cove run`, which stops everyone in order
+        )
+        child = Child(name=name, proc=proc, log_file=log_file, ready_url=ready_url, listen=listen, log_handle=handle)
+        self.children.append(child)
+        self._record_pid(name, proc.pid, args)
+        log.info("process_started", name=name, pid=proc.pid, log=str(log_file))
+        return child
+
+    def _start_devcloud(self) -> None:
+        port = preferred_port(DEFAULT_DEVCLOUD_PORT)
+        self.api_port = preferred_port(DEFAULT_API_PORT)
+        self.api_url = f"http://{LOCALHOST}:{self.api_port}/v1"
+        self.devcloud_url = f"http://{LOCALHOST}:{port}"
+        clouds = self.state_dir / "devcloud-clouds.yaml"
+        clouds.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "deploy.devcloud", "--host", LOCALHOST, "--port", str(port),
+                "--public-url", self.devcloud_url, "--clouds-yaml", str(clouds), "--magnum-url", self.api_url]
+        config = REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
+        if config.exists():
+            args += ["--config", str(config)]
+        if self.time_factor is not None:
+            args += ["--time-factor", str(self.time_factor)]
+        self._spawn("devcloud", args, self._base_env(), f"{self.devcloud_url}/healthz", self.devcloud_url)
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONUNBUFFERED": "1",
+            "COVE_NATS_URL": self.nats_url,
+            "COVE_DATABASE_URL": self.database_url,
+            "OS_CLIENT_CONFIG_FILE": str(self.state_dir / "devcloud-clouds.yaml"),
+            "COVE_CLOUD_AUTH_URL": f"{self.devcloud_url}/identity",
+        })
+        return env
+
+    def _start_service(self, spec: ServiceSpec) -> None:
+        http_port = free_port()
+        env = self._base_env() | {"COVE_HTTP_PORT": str(http_port)} | spec.extra_env
+        listen = f"http://{LOCALHOST}:{http_port} (health/metrics)"
+        if spec.name == "api":
+            env["COVE_API_PORT"] = str(self.api_port)
+            listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
+        self._spawn(spec.name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        pending = list(self.children)
+        while pending:
+            dead = [child for child in pending if not child.alive()]
+            if dead:
+                raise StackError("\n\n".join(
+                    f"{child.name} exited with code {child.proc.returncode} while starting "
+                    f"(log: {child.log_file}); last lines:\n{log_tail(child.log_file, 8)}"
+                    for child in dead
+                ))
+            for child in list(pending):
+                if http_ok(child.ready_url):
+                    log.info("process_ready", name=child.name, url=child.ready_url)
+                    pending.remove(child)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                child = pending[0]
+                raise StackError(
+                    f"{child.name} did not answer 200 on {child.ready_url} within {self.timeout:.0f}s "
+                    f"(log: {child.log_file}); last lines:\n{log_tail(child.log_file)}"
+                )
+            if self.stop_event.wait(0.1):
+                raise StackError("interrupted while starting")
+
+    # -- bookkeeping of pids, so a SIGKILLed `cove run` leaves nothing behind at the next start --------------
+    @property
+    def _pid_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def _record_pid(self, name: str, pid: int | None, cmdline: list[str]) -> None:
+        if pid is None:
+            return
+        pids = self._read_pids()
+        pids[name] = {"pid": pid, "cmdline": cmdline}
+        self._pid_file.write_text(json.dumps(pids))
+
+    def _read_pids(self) -> dict[str, dict[str, object]]:
+        try:
+            data: dict[str, dict[str, object]] = json.loads(self._pid_file.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def _reap_orphans(self) -> None:
+        """Stop what a previous, killed `cove run` in this state dir left running.
+
+        Only a process whose /proc/<pid>/cmdline ends with the command line we recorded for it is stopped.
+        """
+        for name, entry in self._read_pids().items():
+            pid, recorded = int(str(entry["pid"])), [str(a) for a in entry.get("cmdline", [])]  # type: ignore[attr-defined]
+            try:
+                cmdline = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            except OSError:
+                continue
+            # a console script shows up as "<python> <script> ...": compare the tail
+            if not recorded or cmdline[-len(recorded):] != recorded:
+                continue
+            log.warning("orphan_stopped", name=name, pid=pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.05)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        self._pid_file.unlink(missing_ok=True)
+
+    # -- running --------------------------------------------------------------------------------------------
+    def check_children(self) -> list[Child]:
+        """Children that died since the last check (each reported once)."""
+        died = [c for c in self.children if not c.alive() and c.name not in self.reported_dead]
+        for child in died:
+            self.reported_dead.add(child.name)
+            log.error("process_died", name=child.name, returncode=child.proc.returncode, log=str(child.log_file))
+        return died
+
+    def endpoints(self) -> list[tuple[str, str, str]]:
+        """(name, where it listens, log file) for the summary table."""
+        rows: list[tuple[str, str, str]] = []
+        if self.nats is not None:
+            rows.append(("nats", f"{self.nats.url} (monitor {self.nats.monitor_url})", str(self.nats.log_file)))
+        else:
+            rows.append(("nats", f"{self.nats_url} (COVE_NATS_URL)", "-"))
+        if self.postgres is not None:
+            rows.append(("postgres", self.database_url, str(self.postgres.log_file)))
+        else:
+            rows.append(("postgres", "COVE_DATABASE_URL", "-"))
+        rows += [(c.name, c.listen, str(c.log_file)) for c in self.children]
+        return rows
+
+    # -- stop -----------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            terminate(child.proc, self.stop_timeout)
+            child.log_handle.close()
+            log.info("process_stopped", name=child.name, returncode=child.proc.returncode)
+        self.children.clear()
+        if self.nats is not None:
+            self.nats.stop(timeout=self.stop_timeout)
+        if self.postgres is not None:
+            self.postgres.stop(timeout=self.stop_timeout * 3)
+        self._pid_file.unlink(missing_ok=True)
