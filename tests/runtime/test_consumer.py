@@ -12,7 +12,7 @@ from proto.streams import ConsumerSettings
 from services.runtime import consumer as cmod
 from services.runtime.bus import Bus
 from services.runtime.consumer import Consumer
-from tests.runtime.helpers import eventually
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,8 @@ async def test_malformed_message_goes_to_dlq_and_consumer_carries_on(bus: Bus) -
         bad = await bus.publish_raw(subject, b'{"not": "an envelope"}', {"X-Origin": "test"})
         good = _event(cluster)
         await bus.publish(subject, good)
-        await eventually(lambda: _async(good.id in seen))
-        dead = await eventually(lambda: _dlq_last(bus, durable))
+        await wait_for(lambda: good.id in seen)
+        dead = await wait_for(lambda: _dlq_last(bus, durable))
         assert dead.data == b'{"not": "an envelope"}'  # type: ignore[attr-defined]
         headers = dead.headers  # type: ignore[attr-defined]
         assert headers[cmod.DLQ_REASON].startswith("malformed:")
@@ -85,23 +85,19 @@ async def test_handler_failing_until_max_deliver_is_dead_lettered(bus: Bus) -> N
         poison, fine = _event(cluster, "poison"), _event(cluster, "fine")
         await bus.publish(subject, poison)
         await bus.publish(subject, fine)
-        dead = await eventually(lambda: _dlq_last(bus, durable))
+        dead = await wait_for(lambda: _dlq_last(bus, durable))
         assert attempts[poison.id] == FAST.max_deliver
         headers = dead.headers  # type: ignore[attr-defined]
         assert "cannot handle this one" in headers[cmod.DLQ_REASON]
         assert headers[cmod.DLQ_DELIVERIES] == str(FAST.max_deliver)
-        await eventually(lambda: _async(fine.id in done))
+        await wait_for(lambda: fine.id in done)
         # The poison message is settled: no further deliveries.
         info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
-        await eventually(lambda: _ack_pending_zero(bus, durable))
+        await wait_for(lambda: _ack_pending_zero(bus, durable))
         assert info.num_pending == 0
         assert attempts[poison.id] == FAST.max_deliver
     finally:
         await c.stop()
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def _ack_pending_zero(bus: Bus, durable: str) -> bool:

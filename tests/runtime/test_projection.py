@@ -15,7 +15,7 @@ from services.runtime import db
 from services.runtime import projection as pmod
 from services.runtime.bus import Bus
 from services.runtime.projection import Outgoing, Projection
-from tests.runtime.helpers import eventually
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -120,14 +120,14 @@ async def test_redelivered_and_republished_events_change_the_store_once(fx: Fixt
         # The same event id published again under another Nats-Msg-Id gets past JetStream dedup:
         again = await fx.bus.publish(subjects.cluster_events(fx.producer, c1), e1, msg_id=f"other-{e1.id}")
         assert not again.duplicate
-        await eventually(lambda: _checkpoint_at(p, again.seq))
+        await wait_for(lambda: _checkpoint_at(p, again.seq))
         before = await fx.rows()
         assert [(r[0], r[2]) for r in before] == sorted([(c1, 1), (c2, 1)])
         # Redeliver everything: rewind the durable consumer to the start of the stream.
         await p.consumer.stop()
         await p.consumer.recreate(start_seq=1)
         await p.consumer.start(ensure=False)
-        await eventually(lambda: _consumer_caught_up(fx.bus, p.name))
+        await wait_for(lambda: _consumer_caught_up(fx.bus, p.name))
         assert await fx.rows() == before
         out = await fx.outgoing()
         assert sorted(e.cluster_id for e in out if e.cluster_id) == sorted([c1, c2])
@@ -155,9 +155,15 @@ async def test_crash_between_publish_and_commit_is_deduplicated(
     await p.start()
     try:
         cluster = str(uuid.uuid4())
-        await fx.publish(cluster, "quota")
-        await eventually(lambda: _consumer_caught_up(fx.bus, p.name))
+        env = await fx.publish(cluster, "quota")
+        seq = (
+            await fx.bus.js.get_last_msg(
+                subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, cluster)
+            )
+        ).seq
+        await wait_for(lambda: _checkpoint_at(p, seq))  # advances only when a delivery commits
         assert crashes["left"] == 0
+        assert env.id
         rows = await fx.rows()
         assert [(r[0], r[2]) for r in rows] == [(cluster, 1)]
         out = await fx.outgoing()
@@ -178,28 +184,28 @@ async def test_store_dropped_and_rebuilt_by_replay_equals_original(fx: Fixture) 
             subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, clusters[1])
         )
     ).seq
-    await eventually(lambda: _checkpoint_at(p, last_seq))
+    await wait_for(lambda: _checkpoint_at(p, last_seq))
     original = await fx.rows()
     assert len(original) == 4 and sum(r[2] for r in original) == 10  # type: ignore[misc]
     out_before = await fx.outgoing()
 
     # 1. Explicit rebuild: drop the schema, migrate, replay from sequence 1.
     await p.rebuild()
-    await eventually(lambda: _checkpoint_at(p, last_seq))
+    await wait_for(lambda: _checkpoint_at(p, last_seq))
     assert await fx.rows() == original
     assert p.suppressed == 10  # replayed events do not publish their consequences again
     await p.stop()
 
     # 2. A store emptied behind the projection's back: a new process notices checkpoint 0 < consumer position.
-        # Replays did not re-publish the outgoing events: still one per cause.
+    await db.drop_schema(fx.pool, fx.schema)
     await db.migrate(fx.pool, fx.schema, MIGRATIONS)
     p2 = fx.projection()
     await p2.start()
     try:
-        await eventually(lambda: _checkpoint_at(p2, last_seq))
+        await wait_for(lambda: _checkpoint_at(p2, last_seq))
         assert await fx.rows() == original
         assert p2.suppressed == 10
-        # Replays did not re-publish the outgoing events with the same ids: JetStream dropped them as duplicates.
+        # Replays did not re-publish the outgoing events: still one per cause.
         assert len(await fx.outgoing()) == len(out_before) == 10
         assert last is not None
     finally:
