@@ -1,0 +1,35 @@
+"""`make bench` / `python -m benchmarks [name ...] [-- args]`: run Cove's benchmarks and print their figures.
+
+Each benchmark is a module of this package with `main(argv) -> dict`; with no name, all of BENCHMARKS run in order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters"]
+
+
+def main(argv: list[str]) -> int:
+    names = [a for a in argv if not a.startswith("-")] or BENCHMARKS
+    rest = [a for a in argv if a.startswith("-")]
+    results = {}
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        results[name] = module.main(rest if len(names) == 1 else [])
+        print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
+    out = Path(".cove") / "bench-results.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
