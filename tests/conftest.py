@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 import pytest_asyncio
@@ -59,13 +59,27 @@ T = TypeVar("T")
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
+@overload
 async def wait_for(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]], timeout: float = ..., interval: float = ..., message: str | None = ...,
+    ignore: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], T], timeout: float = ..., interval: float = ..., message: str | None = ...,
+    ignore: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: str | None = None,
     ignore: tuple[type[BaseException], ...] = (),
-) -> T:
+) -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy; return that value.
 
     Raises TimeoutError naming `message` (or the predicate) when `timeout` seconds pass first. Exceptions of the
@@ -79,7 +93,7 @@ async def wait_for(
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
         except ignore as exc:
             last_error = exc
         if time.monotonic() >= deadline:
