@@ -1,0 +1,253 @@
+"""The one shape every Cove service has: configuration from the environment, then a ``Service`` that owns
+logging, tracing, the bus, the database and its migrations, the health server, the heartbeat, and the
+service's projections, consumers, RPC handlers and background tasks, run until SIGTERM/SIGINT.
+
+A service's ``__main__.py``::
+
+    from services.runtime.service import Service, ServiceConfig, run
+
+    def build_service(config: ServiceConfig) -> Service:
+        svc = Service(config, schema="scheduler", migrations_dir=Path(__file__).parent / "migrations")
+        svc.add_projection("scheduler", handlers.handle, [subjects.producer_events("api", "cluster")])
+        svc.add_rpc(subjects.rpc_subject("scheduler", "quota"), handlers.quota)
+        return svc
+
+    def main() -> None:
+        run(build_service, name="scheduler")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import structlog
+from nats.aio.subscription import Subscription
+
+from proto import subjects
+from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
+from services.runtime import db, rpc
+from services.runtime.bus import Bus
+from services.runtime.consumer import Consumer, Handler
+from services.runtime.health import HealthServer
+from services.runtime.heartbeat import Heartbeat
+from services.runtime.logging import configure_logging
+from services.runtime.projection import Projection, ProjectionHandler
+from services.runtime.tracing import setup_tracing
+
+log = structlog.get_logger(__name__)
+
+Hook = Callable[["Service"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    service: str
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str | None = None
+    http_port: int = 0
+    log_level: str = "INFO"
+    heartbeat_interval: float = 10.0
+    shutdown_timeout: float = 30.0
+    extra: dict[str, str] = field(default_factory=dict)
+    """Every ``COVE_*`` variable, for service-specific settings (e.g. ``COVE_CLOUD``)."""
+
+    @classmethod
+    def from_env(cls, service: str, environ: dict[str, str] | None = None) -> ServiceConfig:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            service=env.get("COVE_SERVICE_NAME", service),
+            nats_url=env.get("COVE_NATS_URL", "nats://127.0.0.1:4222"),
+            database_url=env.get("COVE_DATABASE_URL") or None,
+            http_port=int(env.get("COVE_HTTP_PORT", "0")),
+            log_level=env.get("COVE_LOG_LEVEL", "INFO"),
+            heartbeat_interval=float(env.get("COVE_HEARTBEAT_INTERVAL", "10")),
+            shutdown_timeout=float(env.get("COVE_SHUTDOWN_TIMEOUT", "30")),
+            extra={k: v for k, v in env.items() if k.startswith("COVE_")},
+        )
+
+
+class Service:
+    """Register what the service does (before ``start``), then ``start``/``stop`` or ``run_until_stopped``.
+
+    ``bus`` and ``pool`` are available from ``on_startup`` hooks onwards (and to handlers at run time).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        schema: str | None = None,
+        migrations_dir: Path | str | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.service
+        self.schema = db.ident(schema) if schema else None
+        self.migrations_dir = Path(migrations_dir) if migrations_dir else None
+        self.bus: Bus | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.health = HealthServer(self.name, config.http_port)
+        self.heartbeat: Heartbeat | None = None
+        self.projections: list[Projection] = []
+        self.consumers: list[Consumer] = []
+        self._projection_specs: list[tuple[str, ProjectionHandler, list[str], ConsumerSettings]] = []
+        self._consumer_specs: list[tuple[str, Handler, list[str], ConsumerSettings, str]] = []
+        self._rpc_specs: list[tuple[str, rpc.RpcHandler, str]] = []
+        self._rpc_subs: list[Subscription] = []
+        self._startup: list[Hook] = []
+        self._cleanup: list[Hook] = []
+        self._tasks_specs: list[Callable[[Service], Coroutine[None, None, None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    # ------------------------------------------------------------------ registration
+
+    def add_projection(
+        self,
+        name: str,
+        handler: ProjectionHandler,
+        filter_subjects: Sequence[str],
+        settings: ConsumerSettings = DEFAULT_CONSUMER,
+    ) -> None:
+        """An idempotent projection into this service's schema (requires ``schema`` and a database)."""
+        self._projection_specs.append((name, handler, list(filter_subjects), settings))
+
+    def add_consumer(
+        self,
+        durable: str,
+        handler: Handler,
+        filter_subjects: Sequence[str],
+        settings: ConsumerSettings = DEFAULT_CONSUMER,
+        stream: str = subjects.EVENTS_STREAM,
+    ) -> None:
+        """A plain durable consumer (no store): the handler must be idempotent itself."""
+        self._consumer_specs.append((durable, handler, list(filter_subjects), settings, stream))
+
+    def add_rpc(self, subject: str, handler: rpc.RpcHandler, queue: str | None = None) -> None:
+        """Answer requests on ``subject`` in queue group ``queue`` (default: the service name)."""
+        self._rpc_specs.append((subject, handler, queue or self.name))
+
+    def add_task(self, task: Callable[[Service], Coroutine[None, None, None]]) -> None:
+        """A long-running coroutine started after everything else and cancelled on shutdown."""
+        self._tasks_specs.append(task)
+
+    def on_startup(self, hook: Hook) -> None:
+        self._startup.append(hook)
+
+    def on_cleanup(self, hook: Hook) -> None:
+        self._cleanup.append(hook)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.bus = await Bus.connect(cfg.nats_url, name=self.name)
+        await self.bus.ensure_streams()
+        self.health.add_check("nats", lambda: self.bus is not None and self.bus.connected)
+        if cfg.database_url and self.schema:
+            self.pool = await db.create_pool(cfg.database_url, self.schema)
+            if self.migrations_dir is not None:
+                await db.migrate(self.pool, self.schema, self.migrations_dir)
+            pool = self.pool
+            self.health.add_check("database", lambda: db.reachable(pool))
+        elif self._projection_specs:
+            raise RuntimeError(f"{self.name}: projections need COVE_DATABASE_URL and a schema")
+        for hook in self._startup:
+            await hook(self)
+        for name, handler, filters, settings in self._projection_specs:
+            assert self.pool is not None and self.schema is not None
+            p = Projection(
+                name=name,
+                schema=self.schema,
+                pool=self.pool,
+                bus=self.bus,
+                handler=handler,
+                filter_subjects=filters,
+                settings=settings,
+                migrations_dir=self.migrations_dir,
+            )
+            await p.start()
+            self.projections.append(p)
+        for durable, chandler, filters, settings, stream in self._consumer_specs:
+            c = Consumer(
+                self.bus,
+                durable=durable,
+                filter_subjects=filters,
+                handler=chandler,
+                settings=settings,
+                stream=stream,
+            )
+            await c.start()
+            self.consumers.append(c)
+        if self.projections or self.consumers:
+            self.health.add_check(
+                "consumers",
+                lambda: all(p.running for p in self.projections) and all(c.running for c in self.consumers),
+            )
+        for subject, rhandler, queue in self._rpc_specs:
+            self._rpc_subs.append(await rpc.serve(self.bus.nc, subject, queue, rhandler))
+        for task in self._tasks_specs:
+            self._tasks.append(asyncio.create_task(task(self), name=f"{self.name}:task"))
+        self.heartbeat = Heartbeat(self.bus, self.name, interval=cfg.heartbeat_interval)
+        self.heartbeat.start()
+        await self.health.start()
+        self.started = True
+        log.info("service_started", service=self.name, http_port=self.health.port)
+
+    async def stop(self) -> None:
+        """Graceful: stop fetching, finish the message in hand, stop RPC and tasks, drain NATS, close the pool."""
+        log.info("service_stopping", service=self.name)
+        self.started = False
+        for sub in self._rpc_subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # noqa: BLE001 - shutting down: log and go on
+                log.warning("rpc_unsubscribe_failed", error=repr(exc))
+        self._rpc_subs.clear()
+        await asyncio.gather(*(p.stop() for p in self.projections), *(c.stop() for c in self.consumers))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for hook in reversed(self._cleanup):
+            try:
+                await hook(self)
+            except Exception:
+                log.exception("cleanup_hook_failed")
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+        if self.bus is not None:
+            await self.bus.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.health.stop()
+        log.info("service_stopped", service=self.name)
+
+    async def run_until_stopped(self, stop: asyncio.Event | None = None) -> None:
+        """Start, wait for SIGTERM/SIGINT (or ``stop``), then stop gracefully."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("service_signalled", service=self.name)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await asyncio.wait_for(self.stop(), self.config.shutdown_timeout)
+
+
+def run(build: Callable[[ServiceConfig], Service], *, name: str) -> None:
+    """The entry point of every service's ``__main__``: config from env, logging, tracing, run until signalled."""
+    config = ServiceConfig.from_env(name)
+    configure_logging(config.service, config.log_level)
+    setup_tracing(config.service)
+    service = build(config)
+    asyncio.run(service.run_until_stopped())
