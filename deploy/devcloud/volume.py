@@ -4,17 +4,32 @@ sets and volume types. Nova's volume attachments drive the volumes through the f
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import weakref
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from deploy.devcloud.clock import now_iso_micro
-from deploy.devcloud.state import Cloud
+from deploy.devcloud.state import Cloud, cloud_of
 from deploy.devcloud.web import (
+    Ctx,
+    Handler,
     Routes,
+    ctx,
+    json_response,
     new_id,
+    next_link,
     nova_error,
+    paginate,
+    qbool,
+    qint,
+    qstr,
+    read_json,
+    sort_items,
 )
 
 log = structlog.get_logger("devcloud.volume")
@@ -304,3 +319,535 @@ def _find_type(name_or_id: str | None) -> dict[str, Any]:
         if name_or_id in (t["id"], t["name"]):
             return t
     raise nova_error(404, f"Volume type with name {name_or_id} could not be found.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HTTP: discovery, microversions, the project in the URL
+
+PREFIX = "/volume/v3/{project_id}"
+_VERSION_HEADER = re.compile(r"^\s*volume\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def _fmt(v: tuple[int, int]) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+def _versions(cloud: Cloud) -> dict[str, Any]:
+    return {
+        "versions": [
+            {
+                "id": "v3.0",
+                "status": "CURRENT",
+                "version": _fmt(MAX_VERSION),
+                "min_version": _fmt(MIN_VERSION),
+                "updated": "2023-08-31T00:00:00Z",
+                "links": [
+                    {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"},
+                    {"rel": "self", "href": cloud.url("/volume/v3/")},
+                ],
+                "media-types": [
+                    {"base": "application/json", "type": "application/vnd.openstack.volume+json;version=3"}
+                ],
+            }
+        ]
+    }
+
+
+@routes.get("/volume/", public=True)
+async def root(request: web.Request) -> web.Response:
+    return json_response(_versions(cloud_of(request)), status=300)
+
+
+@routes.get("/volume/v3/", public=True)
+async def v3_root(request: web.Request) -> web.Response:
+    return json_response(_versions(cloud_of(request)))
+
+
+def microversion(request: web.Request) -> tuple[int, int]:
+    """The negotiated microversion: `OpenStack-API-Version: volume 3.x`; absent means 3.0, `latest` the maximum,
+    anything outside [3.0, 3.70] is a 406."""
+    raw = request.headers.get("OpenStack-API-Version")
+    if not raw:
+        return MIN_VERSION
+    match = _VERSION_HEADER.match(raw)
+    if match is None:
+        return MIN_VERSION  # a header for another service
+    value = match.group(1)
+    if value.lower() == "latest":
+        return MAX_VERSION
+    try:
+        major, minor = (int(p) for p in value.split("."))
+    except ValueError:
+        raise nova_error(400, f"Invalid API version request: {value}") from None
+    if not MIN_VERSION <= (major, minor) <= MAX_VERSION:
+        raise nova_error(
+            406,
+            f"Version {value} is not supported by the API. Minimum is {_fmt(MIN_VERSION)} and maximum is "
+            f"{_fmt(MAX_VERSION)}.",
+        )
+    return (major, minor)
+
+
+def _api(handler: Handler) -> Handler:
+    """Every project-scoped Cinder handler: negotiate the microversion, echo it, check the URL's project."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        version = microversion(request)
+        headers = {"OpenStack-API-Version": f"volume {_fmt(version)}", "Vary": "OpenStack-API-Version"}
+        try:
+            c = ctx(request)
+            url_project = request.match_info["project_id"]
+            if url_project != c.project_id and not c.is_admin:
+                raise nova_error(403, "Malformed request url: the project in the URL is not the token's project.")
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(headers)
+            raise
+        response.headers.update(headers)
+        return response
+
+    return wrapped
+
+
+def _write(c: Ctx, action: str) -> None:
+    if not c.can_write:
+        raise nova_error(403, f"Policy doesn't allow volume:{action} to be performed.")
+
+
+def _scope(request: web.Request) -> str:
+    """The project a request acts in: the URL's (the token's own unless an admin addresses another project)."""
+    return request.match_info["project_id"]
+
+
+def _get_visible(request: web.Request, volume_id: str) -> dict[str, Any]:
+    c = ctx(request)
+    vol = cloud_of(request).table(KIND).get(volume_id)
+    if vol is None or (not c.is_admin and vol["_project_id"] != c.project_id):
+        raise nova_error(404, f"Volume {volume_id} could not be found.")
+    return vol
+
+
+def render(cloud: Cloud, vol: dict[str, Any], admin: bool) -> dict[str, Any]:
+    out = {k: v for k, v in vol.items() if not k.startswith("_")}
+    out["attachments"] = [dict(a) for a in vol["attachments"]]
+    out["metadata"] = dict(vol["metadata"])
+    href = cloud.url(f"/volume/v3/{vol['_project_id']}/volumes/{vol['id']}")
+    out["links"] = [{"rel": "self", "href": href}, {"rel": "bookmark", "href": href}]
+    if admin:
+        out["os-vol-host-attr:host"] = "devcloud@lvmdriver-1#lvmdriver-1"
+        out["os-vol-mig-status-attr:migstat"] = None
+        out["os-vol-mig-status-attr:name_id"] = None
+    return out
+
+
+def _summary(cloud: Cloud, vol: dict[str, Any]) -> dict[str, Any]:
+    href = cloud.url(f"/volume/v3/{vol['_project_id']}/volumes/{vol['id']}")
+    return {"id": vol["id"], "name": vol["name"], "links": [{"rel": "self", "href": href}]}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Volumes
+
+
+def _int_field(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise nova_error(400, f"Invalid input received: {what} must be an integer.")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise nova_error(400, f"Invalid input received: {what} '{value}' must be an integer.") from None
+
+
+@routes.post(f"{PREFIX}/volumes")
+@_api
+async def create(request: web.Request) -> web.Response:
+    c = ctx(request)
+    _write(c, "create")
+    cloud = cloud_of(request)
+    body = await read_json(request, nova_error)
+    spec = body.get("volume")
+    if not isinstance(spec, dict):
+        raise nova_error(400, "Missing required element 'volume' in request body.")
+    spec = {k: v for k, v in spec.items() if v is not None}
+    for unsupported in ("snapshot_id", "source_volid", "backup_id"):
+        if unsupported in spec:
+            raise nova_error(400, f"Invalid input received: {unsupported} is not supported by this cloud.")
+    if "size" not in spec:
+        raise nova_error(400, "Invalid input received: size is required.")
+    size = _int_field(spec["size"], "Volume size")
+    image_id = spec.get("imageRef") or spec.get("image_id")
+    if image_id:
+        image = cloud.table("image").get(str(image_id))
+        if image is None:
+            raise nova_error(400, "Invalid image identifier or unable to access requested image.")
+        min_disk = int(image.get("min_disk") or 0)
+        if size < min_disk:
+            raise nova_error(
+                400, f"Invalid input received: Volume size {size}GB cannot be smaller than the image minDisk "
+                f"size {min_disk}GB."
+            )
+    az = spec.get("availability_zone")
+    if az is not None and az not in cloud.config.availability_zones:
+        raise nova_error(400, f"Invalid input received: Availability zone '{az}' is invalid.")
+    metadata = spec.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise nova_error(400, "Invalid input received: metadata must be a dictionary.")
+    vol = create_volume(
+        cloud,
+        _scope(request),
+        c.user_id,
+        size,
+        name=spec.get("name") or spec.get("display_name"),
+        description=spec.get("description") or spec.get("display_description"),
+        image_id=str(image_id) if image_id else None,
+        availability_zone=az,
+        metadata={str(k): str(v) for k, v in metadata.items()},
+        volume_type=spec.get("volume_type"),
+        multiattach=bool(spec.get("multiattach", False)),
+    )
+    return json_response({"volume": render(cloud, vol, c.is_admin)}, status=202)
+
+
+def _metadata_filter(raw: str) -> dict[str, str]:
+    for parse in (json.loads, _literal):
+        try:
+            value = parse(raw)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+    raise nova_error(400, f"Invalid metadata filter: {raw}")
+
+
+def _literal(raw: str) -> Any:
+    import ast
+
+    return ast.literal_eval(raw)
+
+
+def _sort(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sort = qstr(request, "sort")
+    keys: list[tuple[str, str]] = []
+    if sort:
+        for part in sort.split(","):
+            key, _, direction = part.partition(":")
+            keys.append((key.strip(), (direction or "desc").strip()))
+    else:
+        key = qstr(request, "sort_key")
+        if key:
+            keys.append((key, qstr(request, "sort_dir") or "desc"))
+    if not keys:
+        keys = [("created_at", "desc")]
+    allowed = {"id", "name", "status", "size", "created_at", "updated_at", "availability_zone", "bootable"}
+    for key, direction in reversed(keys):
+        if key not in allowed:
+            raise nova_error(400, f"Invalid input received: Invalid sort key {key}")
+        if direction.lower() not in ("asc", "desc"):
+            raise nova_error(400, f"Invalid input received: Invalid sort direction {direction}")
+        items = sort_items(items, key, direction)
+    return items
+
+
+async def _list(request: web.Request, detail: bool) -> web.Response:
+    c = ctx(request)
+    cloud = cloud_of(request)
+    table = cloud.table(KIND)
+    all_tenants = bool(qbool(qstr(request, "all_tenants"), False)) and c.is_admin
+    project_filter = qstr(request, "project_id") if c.is_admin else None
+    if project_filter:
+        items = list(table.of_project(project_filter))
+    elif all_tenants:
+        items = list(table.items.values())
+    else:
+        items = list(table.of_project(_scope(request)))
+    name = qstr(request, "name")
+    if name is not None:
+        items = [v for v in items if v["name"] == name]
+    name_like = qstr(request, "name~")
+    if name_like is not None:
+        items = [v for v in items if name_like in (v["name"] or "")]
+    status = qstr(request, "status")
+    if status is not None:
+        items = [v for v in items if v["status"] == status.lower()]
+    for key in ("availability_zone", "bootable", "volume_type", "user_id"):
+        value = qstr(request, key)
+        if value is not None:
+            items = [v for v in items if str(v.get(key)).lower() == value.lower()]
+    for raw_meta in request.query.getall("metadata", []):
+        if raw_meta.lstrip().startswith("{"):
+            want = _metadata_filter(raw_meta)
+            items = [v for v in items if all(v["metadata"].get(k) == val for k, val in want.items())]
+        elif raw_meta != "None":  # requests encodes the SDK's dict as its bare keys: filter on their presence
+            items = [v for v in items if raw_meta in v["metadata"]]
+    items = _sort(request, items)
+    offset = qint(request, "offset", nova_error)
+    if offset:
+        items = items[offset:]
+    limit = qint(request, "limit", nova_error)
+    page = paginate(items, limit=limit, marker=qstr(request, "marker"), max_limit=MAX_LIMIT, error=nova_error)
+    rendered = [render(cloud, v, c.is_admin) if detail else _summary(cloud, v) for v in page.items]
+    body: dict[str, Any] = {"volumes": rendered}
+    if page.next_marker is not None:
+        body["volumes_links"] = [
+            {"rel": "next", "href": next_link(request, cloud.public_url, page.next_marker, limit)}
+        ]
+    if detail and microversion(request) >= (3, 34) and qbool(qstr(request, "with_count"), False):
+        body["count"] = len(items)
+    return json_response(body)
+
+
+@routes.get(f"{PREFIX}/volumes/detail")
+@_api
+async def list_detail(request: web.Request) -> web.Response:
+    return await _list(request, detail=True)
+
+
+@routes.get(f"{PREFIX}/volumes")
+@_api
+async def list_volumes(request: web.Request) -> web.Response:
+    return await _list(request, detail=False)
+
+
+@routes.get(f"{PREFIX}/volumes/{{volume_id}}")
+@_api
+async def show(request: web.Request) -> web.Response:
+    vol = _get_visible(request, request.match_info["volume_id"])
+    return json_response({"volume": render(cloud_of(request), vol, ctx(request).is_admin)})
+
+
+@routes.put(f"{PREFIX}/volumes/{{volume_id}}")
+@_api
+async def update(request: web.Request) -> web.Response:
+    c = ctx(request)
+    _write(c, "update")
+    cloud = cloud_of(request)
+    vol = _get_visible(request, request.match_info["volume_id"])
+    body = await read_json(request, nova_error)
+    spec = body.get("volume")
+    if not isinstance(spec, dict) or not spec:
+        raise nova_error(400, "Missing required element 'volume' in request body.")
+    for key, alias in (("name", "display_name"), ("description", "display_description")):
+        if key in spec or alias in spec:
+            vol[key] = spec.get(key, spec.get(alias))
+    if isinstance(spec.get("metadata"), dict):
+        vol["metadata"] = {str(k): str(v) for k, v in spec["metadata"].items()}
+    vol["updated_at"] = now_iso_micro()
+    return json_response({"volume": render(cloud, vol, c.is_admin)})
+
+
+@routes.delete(f"{PREFIX}/volumes/{{volume_id}}")
+@_api
+async def delete(request: web.Request) -> web.Response:
+    c = ctx(request)
+    _write(c, "delete")
+    vol = _get_visible(request, request.match_info["volume_id"])
+    qbool(qstr(request, "cascade"), False)  # no snapshots here: cascade changes nothing
+    force = bool(qbool(qstr(request, "force"), False))
+    if force and not c.is_admin:
+        raise nova_error(403, "Policy doesn't allow volume:force_delete to be performed.")
+    delete_volume(cloud_of(request), vol["id"])
+    log.info("volume_deleting", volume_id=vol["id"], project_id=vol["_project_id"])
+    return web.Response(status=202)
+
+
+@routes.post(f"{PREFIX}/volumes/{{volume_id}}/action")
+@_api
+async def action(request: web.Request) -> web.Response:
+    c = ctx(request)
+    cloud = cloud_of(request)
+    vol = _get_visible(request, request.match_info["volume_id"])
+    body = await read_json(request, nova_error)
+    if len(body) != 1:
+        raise nova_error(400, "Invalid request body: exactly one action expected.")
+    name, args = next(iter(body.items()))
+    args = args if isinstance(args, dict) else {}
+    if name == "os-extend":
+        _write(c, "extend")
+        new_size = _int_field(args.get("new_size"), "New volume size")
+        allowed = ("available", "in-use") if microversion(request) >= (3, 42) else ("available",)
+        if vol["status"] not in allowed:
+            raise nova_error(
+                400, f"Invalid volume: Volume {vol['id']} status must be {' or '.join(allowed)} to extend, "
+                f"currently {vol['status']}."
+            )
+        if new_size <= vol["size"]:
+            raise nova_error(
+                400, f"Invalid input received: New size for extend must be greater than current size. "
+                f"(current: {vol['size']}, extended: {new_size})."
+            )
+        _check_quota(cloud, vol["_project_id"], new_size - vol["size"], new_volumes=0)
+        previous = vol["status"]
+        _set_status(cloud, vol, "extending")
+
+        def extended() -> None:
+            if _live(cloud, vol) and vol["status"] == "extending":
+                vol["size"] = new_size
+                vol["status"] = previous
+                vol["updated_at"] = now_iso_micro()
+                cloud.ledger.changed(vol["id"], previous, volume_gb=new_size)
+
+        cloud.later(cloud.delay(cloud.config.timing.volume_seconds), extended)
+        return web.Response(status=202)
+    if name == "os-reset_status":
+        if not c.is_admin:
+            raise nova_error(403, "Policy doesn't allow volume_extension:volume_admin_actions:reset_status to be "
+                                  "performed.")
+        status = args.get("status")
+        valid = {"available", "error", "in-use", "creating", "deleting", "attaching", "detaching",
+                 "error_deleting", "error_extending", "maintenance", "reserved"}
+        if status not in valid:
+            raise nova_error(400, f"Invalid input received: Invalid status {status!r}.")
+        _set_status(cloud, vol, status)
+        if args.get("attach_status") == "detached" and vol.get("_attachment"):
+            _unattach(cloud, vol, vol["_attachment"]["server_id"])
+        return web.Response(status=202)
+    if name == "os-set_bootable":
+        _write(c, "update")
+        vol["bootable"] = "true" if qbool(str(args.get("bootable")), False) else "false"
+        return web.Response(status=200)
+    if name in ("os-update_readonly_flag", "os-set_image_metadata"):
+        _write(c, "update")
+        return web.Response(status=200)
+    raise nova_error(400, f"There is no such action: {name}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Limits, quota sets, types
+
+
+@routes.get(f"{PREFIX}/limits")
+@_api
+async def limits(request: web.Request) -> web.Response:
+    cloud = cloud_of(request)
+    project = _scope(request)
+    quota = cloud.quota(project, "volume")
+    count, gigabytes = _usage(cloud, project)
+    return json_response(
+        {
+            "limits": {
+                "rate": [],
+                "absolute": {
+                    "maxTotalVolumes": quota.get("volumes", -1),
+                    "maxTotalVolumeGigabytes": quota.get("gigabytes", -1),
+                    "maxTotalSnapshots": quota.get("snapshots", -1),
+                    "maxTotalBackups": quota.get("backups", -1),
+                    "maxTotalBackupGigabytes": quota.get("backup_gigabytes", -1),
+                    "totalVolumesUsed": count,
+                    "totalGigabytesUsed": gigabytes,
+                    "totalSnapshotsUsed": 0,
+                    "totalBackupsUsed": 0,
+                    "totalBackupGigabytesUsed": 0,
+                },
+            }
+        }
+    )
+
+
+def _quota_target(request: web.Request) -> str:
+    c = ctx(request)
+    target = request.match_info["target"]
+    if target != c.project_id and not c.is_admin:
+        raise nova_error(403, "Policy doesn't allow volume_extension:quotas:show to be performed.")
+    return target
+
+
+def _quota_set(cloud: Cloud, project: str, usage: bool) -> dict[str, Any]:
+    quota = cloud.quota(project, "volume")
+    count, gigabytes = _usage(cloud, project)
+    used = {"volumes": count, "gigabytes": gigabytes}
+    out: dict[str, Any] = {"id": project}
+    for key in QUOTA_KEYS:
+        limit = quota.get(key, -1)
+        out[key] = {"limit": limit, "in_use": used.get(key, 0), "reserved": 0, "allocated": 0} if usage else limit
+    type_suffix = DEFAULT_TYPE_NAME
+    for key in ("volumes", "gigabytes", "snapshots"):
+        limit = -1
+        out[f"{key}_{type_suffix}"] = (
+            {"limit": limit, "in_use": used.get(key, 0), "reserved": 0, "allocated": 0} if usage else limit
+        )
+    return out
+
+
+@routes.get(f"{PREFIX}/os-quota-sets/{{target}}/defaults")
+@_api
+async def quota_defaults(request: web.Request) -> web.Response:
+    cloud = cloud_of(request)
+    target = _quota_target(request)
+    defaults = cloud.config.quotas.default.get("volume", {})
+    return json_response({"quota_set": {"id": target, **{k: defaults.get(k, -1) for k in QUOTA_KEYS}}})
+
+
+@routes.get(f"{PREFIX}/os-quota-sets/{{target}}")
+@_api
+async def quota_show(request: web.Request) -> web.Response:
+    target = _quota_target(request)
+    usage = bool(qbool(qstr(request, "usage"), False))
+    return json_response({"quota_set": _quota_set(cloud_of(request), target, usage)})
+
+
+@routes.put(f"{PREFIX}/os-quota-sets/{{target}}")
+@_api
+async def quota_update(request: web.Request) -> web.Response:
+    c = ctx(request)
+    if not c.is_admin:
+        raise nova_error(403, "Policy doesn't allow volume_extension:quotas:update to be performed.")
+    cloud = cloud_of(request)
+    target = request.match_info["target"]
+    body = await read_json(request, nova_error)
+    spec = body.get("quota_set")
+    if not isinstance(spec, dict):
+        raise nova_error(400, "Missing required element 'quota_set' in request body.")
+    values: dict[str, int] = {}
+    for key, value in spec.items():
+        if key in ("id", "tenant_id") or value is None:
+            continue
+        if key not in QUOTA_KEYS:
+            raise nova_error(400, f"Bad key(s) in quota set: {key}")
+        n = _int_field(value, key)
+        if n < -1:
+            raise nova_error(400, f"Invalid input received: Quota {key} must be -1 or greater.")
+        values[key] = n
+    cloud.set_quota(target, "volume", values)
+    log.info("volume_quota_set", project_id=target, **values)
+    quota = _quota_set(cloud, target, usage=False)
+    quota.pop("id")
+    return json_response({"quota_set": quota})
+
+
+@routes.delete(f"{PREFIX}/os-quota-sets/{{target}}")
+@_api
+async def quota_delete(request: web.Request) -> web.Response:
+    c = ctx(request)
+    if not c.is_admin:
+        raise nova_error(403, "Policy doesn't allow volume_extension:quotas:delete to be performed.")
+    cloud = cloud_of(request)
+    cloud.quota_overrides.get(request.match_info["target"], {}).pop("volume", None)
+    return web.Response(status=200)
+
+
+@routes.get(f"{PREFIX}/types")
+@_api
+async def types(request: web.Request) -> web.Response:
+    return json_response({"volume_types": [dict(t) for t in _TYPES]})
+
+
+@routes.get(f"{PREFIX}/types/{{type_id}}")
+@_api
+async def type_show(request: web.Request) -> web.Response:
+    type_id = request.match_info["type_id"]
+    if type_id == "default":
+        return json_response({"volume_type": dict(_TYPES[0])})
+    for t in _TYPES:
+        if t["id"] == type_id:
+            return json_response({"volume_type": dict(t)})
+    raise nova_error(404, f"Volume type {type_id} could not be found.")
+
+
+@routes.get(f"{PREFIX}/availability-zones")
+@_api
+async def availability_zones(request: web.Request) -> web.Response:
+    zones = cloud_of(request).config.availability_zones
+    return json_response(
+        {"availabilityZoneInfo": [{"zoneName": z, "zoneState": {"available": True}} for z in zones]}
+    )
