@@ -130,6 +130,8 @@ class ClusterAdmitted(_Event, frozen=True, tag=True):
     project_id: str
     master_count: int
     node_count: int
+    name: str | None = None
+    """The cluster's name (the certs service makes it the CA's common name, as Magnum does)."""
 
 
 class ClusterRejected(_Event, frozen=True, tag=True):

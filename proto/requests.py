@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 
@@ -40,6 +42,35 @@ class ClusterCARotated(_Message, frozen=True, tag=True):
     pem: str
 
 
+class GetUsage(_Message, frozen=True, tag=True):
+    """Usage of one project (optionally one cluster) over [since, until); open intervals count up to now."""
+
+    project_id: str
+    since: datetime | None = None
+    until: datetime | None = None
+    cluster_id: str | None = None
+
+
+class ClusterUsage(msgspec.Struct, frozen=True, kw_only=True):
+    cluster_id: str
+    node_seconds: float
+    core_seconds: float
+    ram_mb_seconds: float
+    nodes: int
+    """Nodes with any active time inside the window."""
+
+
+class UsageReport(_Message, frozen=True, tag=True):
+    project_id: str
+    since: datetime | None
+    until: datetime
+    """The end of the window actually used (the request's ``until``, or now)."""
+    node_seconds: float
+    core_seconds: float
+    ram_mb_seconds: float
+    clusters: list[ClusterUsage] = msgspec.field(default_factory=list)
+
+
 class ErrorReply(_Message, frozen=True, tag=True):
     """Any failure answered by an RPC handler. ``code`` follows HTTP semantics (400, 404, 409, 500...)."""
 
@@ -47,8 +78,8 @@ class ErrorReply(_Message, frozen=True, tag=True):
     message: str
 
 
-Request = SignCertificate | GetClusterCA | RotateClusterCA
-Reply = CertificateSigned | ClusterCA | ClusterCARotated | ErrorReply
+Request = SignCertificate | GetClusterCA | RotateClusterCA | GetUsage
+Reply = CertificateSigned | ClusterCA | ClusterCARotated | UsageReport | ErrorReply
 Message = Request | Reply
 
 REQUEST_TYPES: dict[str, type[_Message]] = {c.__name__: c for c in Message.__args__}  # type: ignore[attr-defined]

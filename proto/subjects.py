@@ -74,3 +74,6 @@ def rpc_subject(service: str, verb: str) -> str:
 CERTS_SIGN = rpc_subject("certs", "sign")
 CERTS_GET_CA = rpc_subject("certs", "get_ca")
 CERTS_ROTATE_CA = rpc_subject("certs", "rotate_ca")
+
+# The RPCs the accounting service answers.
+ACCOUNTING_USAGE = rpc_subject("accounting", "usage")
