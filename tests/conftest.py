@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -148,8 +150,22 @@ def make_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
 # -- PostgreSQL ------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def pg_scratch_dir() -> Iterator[Path]:
+    """A temp dir for an embedded PostgreSQL's data, OUTSIDE pytest's basetemp.
+
+    As root, PostgreSQL runs as an unprivileged user that must traverse the parent folders; pytest resets
+    /tmp/pytest-of-<user> to mode 0700 whenever any pytest session starts (another engineer's run, say), which
+    would cut the server off from its data mid-test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="cove-pg-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def pg_admin_url() -> AsyncIterator[str]:
     configured = os.environ.get("COVE_TEST_DATABASE_URL")
     if configured and configured != "embedded":
         yield configured
@@ -157,12 +173,14 @@ async def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     if not configured and tcp_reachable("127.0.0.1", 5432) and await server_answers(MACHINE_PG_URL):
         yield MACHINE_PG_URL
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    scratch = Path(tempfile.mkdtemp(prefix="cove-pg-"))  # not under basetemp: see pg_scratch_dir
+    server = EmbeddedPostgres(scratch / "data", durable=False)
     await asyncio.to_thread(server.start)
     try:
         yield server.url
     finally:
         await asyncio.to_thread(server.stop)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -27,10 +27,10 @@ def _env_without_cove() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("COVE_NATS_URL", "COVE_DATABASE_URL")}
 
 
-async def test_cove_run_infra_only_then_sigint(tmp_path: Path) -> None:
+async def test_cove_run_infra_only_then_sigint(tmp_path: Path, pg_scratch_dir: Path) -> None:
     if not (REPO_ROOT / "deploy" / "devcloud" / "__main__.py").exists():
         pytest.skip("devcloud not written yet: deploy/devcloud/__main__.py does not exist")
-    state = tmp_path / "state"
+    state = pg_scratch_dir / "state"  # holds the embedded PostgreSQL: outside pytest's basetemp
     out = tmp_path / "out.txt"
     proc = _spawn([sys.executable, "-m", "deploy.local", "run", "--state-dir", str(state), "--only", "",
                    "--time-factor", "0.01", "--timeout", "60"], out)

@@ -58,9 +58,9 @@ async def test_fresh_database_then_drop(pg_admin_url: str) -> None:
         await admin.close()
 
 
-async def test_embedded_postgres_starts_answers_and_restarts(tmp_path: Path) -> None:
-    # tmp_path is 0700 root-owned when running as root: the launcher must cope without manual steps.
-    server = EmbeddedPostgres(tmp_path / "pg", durable=False)
+async def test_embedded_postgres_starts_answers_and_restarts(pg_scratch_dir: Path) -> None:
+    # pg_scratch_dir is 0700 root-owned when running as root: the launcher must cope without manual steps.
+    server = EmbeddedPostgres(pg_scratch_dir / "pg", durable=False)
     server.start()
     try:
         if os.geteuid() == 0:
@@ -94,10 +94,10 @@ async def test_database_url_prefers_the_environment(monkeypatch: pytest.MonkeyPa
 
 
 async def test_database_url_starts_embedded_with_cove_database(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, pg_scratch_dir: Path
 ) -> None:
     monkeypatch.delenv("COVE_DATABASE_URL", raising=False)
-    url, server = resolve_database_url(tmp_path / "pg", durable=False)
+    url, server = resolve_database_url(pg_scratch_dir / "pg", durable=False)
     assert server is not None
     try:
         assert database_name(url) == "cove"
