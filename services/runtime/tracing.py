@@ -27,6 +27,9 @@ def setup_tracing(
     """
     global _configured
     if _configured:
+        current = trace.get_tracer_provider()
+        if span_exporter is not None and isinstance(current, TracerProvider):
+            current.add_span_processor(SimpleSpanProcessor(span_exporter))
         return
     exporter = exporter or os.environ.get("COVE_TRACE_EXPORTER", "none")
     provider = TracerProvider(resource=Resource.create({"service.name": service}))

@@ -103,3 +103,44 @@ async def test_handler_failing_until_max_deliver_is_dead_lettered(bus: Bus) -> N
 async def _ack_pending_zero(bus: Bus, durable: str) -> bool:
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     return info.num_ack_pending == 0
+
+
+async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from services.runtime import tracing
+
+    exporter = InMemorySpanExporter()
+    tracing.setup_tracing("test", span_exporter=exporter)
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    seen: list[tuple[str | None, dict[str, object]]] = []
+
+    async def handler(env: Envelope, msg: Msg) -> None:
+        import structlog
+
+        seen.append((tracing.current_ids()[0], structlog.contextvars.get_contextvars()))
+
+    c = Consumer(
+        bus,
+        durable=f"c_{producer}",
+        filter_subjects=[f"cove.evt.{producer}.>"],
+        handler=handler,
+        settings=FAST,
+    )
+    await c.start()
+    try:
+        cluster = str(uuid.uuid4())
+        with tracing.tracer("test").start_as_current_span("api request") as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            env = _event(cluster)
+            await bus.publish(subjects.cluster_events(producer, cluster), env)
+        await wait_for(lambda: seen)
+        handled_trace, ctx = seen[0]
+        assert handled_trace == trace_id
+        assert ctx["event_id"] == env.id and ctx["cluster_id"] == cluster and ctx["trace_id"] == trace_id
+        assert env.trace["traceparent"].split("-")[1] == trace_id
+        await wait_for(
+            lambda: any(s.name == "consume ClusterRejected" for s in exporter.get_finished_spans())
+        )
+    finally:
+        await c.stop()
