@@ -13,6 +13,7 @@ from typing import Any
 import openstack
 import pytest
 from openstack import exceptions
+from openstack.block_storage.v3.volume import Volume
 
 from tests.conftest import Devcloud
 
@@ -182,7 +183,8 @@ def test_cli_volume_create_list_show_delete(devcloud: Devcloud) -> None:
     shown = cli("volume", "show", "test-vol-cli", "-f", "json")
     assert shown["id"] == created["id"] and shown["status"] == "available"
     cli("volume", "delete", "test-vol-cli")
-    conn.block_storage.wait_for_delete(conn.block_storage.get_volume(created["id"]), wait=10, interval=0.05)
+    conn.block_storage.wait_for_delete(Volume(id=created["id"]), wait=10, interval=0.05)
+    assert ledger(devcloud, created["id"])["deleted_at"] is not None
 
 
 def _nova_ready(conn: openstack.connection.Connection) -> bool:
