@@ -41,6 +41,7 @@ from typing import Any, TypeVar, overload
 import pytest
 import pytest_asyncio
 
+from deploy.devcloud.process import Devcloud, start_devcloud, stop_process
 from deploy.local.nats import NatsServer
 from deploy.local.ports import free_port, tcp_reachable
 from deploy.local.postgres import (
@@ -194,59 +195,6 @@ async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
 
 
 # -- devcloud --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Devcloud:
-    url: str  # e.g. http://127.0.0.1:40123 ; admin endpoints (ledger, faults) under {url}/admin
-    clouds_yaml: Path  # entries cove-demo, cove-demo2, cove-viewer, cove-alt, cove-admin
-    log_file: Path
-    process: subprocess.Popen[bytes]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_devcloud(workdir: Path, *, time_factor: float = 0.01, extra_args: tuple[str, ...] = ()) -> Devcloud:
-    """Start `python -m deploy.devcloud` on a free port and wait for /healthz (30 s deadline)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    clouds_yaml = workdir / "clouds.yaml"
-    log_file = workdir / "devcloud.log"
-    args = [sys.executable, "-m", "deploy.devcloud", "--host", "127.0.0.1", "--port", str(port),
-            "--public-url", url, "--clouds-yaml", str(clouds_yaml), "--time-factor", str(time_factor)]
-    config = REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
-    if config.exists():
-        args += ["--config", str(config)]
-    args += list(extra_args)
-    with open(log_file, "ab") as log_handle:
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"devcloud exited with {proc.returncode}; log {log_file}:\n{log_file.read_text()[-3000:]}")
-        if clouds_yaml.exists() and _http_ok(f"{url}/healthz"):
-            return Devcloud(url=url, clouds_yaml=clouds_yaml, log_file=log_file, process=proc)
-        time.sleep(0.05)
-    stop_process(proc)
-    raise RuntimeError(f"devcloud not healthy within 30s at {url}; log {log_file}:\n{log_file.read_text()[-3000:]}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ class Devcloud:
     process: subprocess.Popen[bytes]
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as resp:
             return bool(resp.status == 200)
@@ -56,7 +56,7 @@ def start_devcloud(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"devcloud exited with {proc.returncode}; log {log_file}:\n{log_file.read_text()[-3000:]}")
-        if clouds_yaml.exists() and _http_ok(f"{url}/healthz"):
+        if clouds_yaml.exists() and http_ok(f"{url}/healthz"):
             return Devcloud(url=url, clouds_yaml=clouds_yaml, log_file=log_file, process=proc)
         time.sleep(0.05)
     stop_process(proc)

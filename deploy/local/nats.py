@@ -73,6 +73,7 @@ def render_config(
     host: str = LOCALHOST,
     max_file_store: str = "4GB",
     max_memory_store: str = "256MB",
+    sync_interval: str = "always",
 ) -> str:
     """A single-node JetStream config (the same shape as deploy/nats/cove-nats.conf)."""
     return (
@@ -83,7 +84,7 @@ def render_config(
         "jetstream {\n"
         f"  store_dir: {json.dumps(str(store_dir))}\n"
         "  # fsync every write before acknowledging it (the stream is Cove's source of truth)\n"
-        "  sync_interval: always\n"
+        f"  sync_interval: {sync_interval}\n"
         f"  max_memory_store: {max_memory_store}\n"
         f"  max_file_store: {max_file_store}\n"
         "}\n"
@@ -107,8 +108,10 @@ class NatsServer:
         server_name: str = "cove-nats",
         log_file: Path | str | None = None,
         binary: str | None = None,
+        sync_interval: str = "always",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.sync_interval = sync_interval  # only the nats_sync benchmark asks for anything but "always"
         self.port = port or free_port()
         self.http_port = http_port or free_port()
         self.server_name = server_name
@@ -141,7 +144,8 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             render_config(
-                port=self.port, http_port=self.http_port, store_dir=self.store_dir, server_name=self.server_name
+                port=self.port, http_port=self.http_port, store_dir=self.store_dir, server_name=self.server_name,
+                sync_interval=self.sync_interval,
             )
         )
         return self.config_path

@@ -18,7 +18,7 @@ import pytest
 from deploy.local.ports import tcp_reachable
 from deploy.local.stack import LocalStack, ServiceSpec, StackError
 from tests.conftest import REPO_ROOT, stop_process, wait_for
-from tests.conftest import _http_ok as http_ok
+from deploy.devcloud.process import http_ok
 
 pytestmark = pytest.mark.integration
 

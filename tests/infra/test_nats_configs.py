@@ -13,7 +13,7 @@ from nats.js.api import StreamConfig
 from deploy.local.nats import find_nats_server
 from deploy.local.ports import free_port
 from tests.conftest import REPO_ROOT, stop_process, wait_for
-from tests.conftest import _http_ok as http_ok
+from deploy.devcloud.process import http_ok
 
 pytestmark = pytest.mark.integration
 
