@@ -66,7 +66,7 @@ async def get_faults(request: web.Request) -> web.Response:
 
 @routes.put("/admin/faults")
 async def set_faults(request: web.Request) -> web.Response:
-    """Replace the boot failure rate and the list of API faults; server and zone faults have their own calls."""
+    """Replace the boot and load balancer failure rates and the list of API faults; server and zone faults have their own calls."""
     _admin(request)
     cloud = cloud_of(request)
     body = await read_json(request, ERR)
@@ -76,6 +76,11 @@ async def set_faults(request: web.Request) -> web.Response:
             if not 0.0 <= rate <= 1.0:
                 raise ValueError("boot_failure_rate must be within [0, 1]")
             cloud.faults.boot_failure_rate = rate
+        if "lb_failure_rate" in body:
+            lb_rate = float(body["lb_failure_rate"])
+            if not 0.0 <= lb_rate <= 1.0:
+                raise ValueError("lb_failure_rate must be within [0, 1]")
+            cloud.faults.lb_failure_rate = lb_rate
         if "api" in body:
             faults = msgspec.convert(body["api"], list[ApiFault])
             for f in faults:
@@ -146,6 +151,7 @@ async def clear_faults(request: web.Request) -> web.Response:
     _admin(request)
     cloud = cloud_of(request)
     cloud.faults.boot_failure_rate = 0.0
+    cloud.faults.lb_failure_rate = 0.0
     cloud.faults.api = []
     cloud.faults.servers = []
     cloud.faults.down_availability_zones = []

@@ -130,6 +130,7 @@ class ServerFault(msgspec.Struct):
 
 class Faults(msgspec.Struct):
     boot_failure_rate: float = 0.0
+    lb_failure_rate: float = 0.0  # fraction of load balancer create/update/delete steps that end in ERROR
     api: list[ApiFault] = []
     servers: list[ServerFault] = []
     down_availability_zones: list[str] = []

@@ -141,6 +141,7 @@ class Cloud:
         self.tables: dict[str, Table] = {}
         self.faults: Faults = Faults(
             boot_failure_rate=config.faults.boot_failure_rate,
+            lb_failure_rate=config.faults.lb_failure_rate,
             api=list(config.faults.api),
             servers=list(config.faults.servers),
             down_availability_zones=list(config.faults.down_availability_zones),
