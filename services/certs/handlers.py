@@ -1,0 +1,131 @@
+"""Event handlers ((envelope, transaction) -> events) and RPC handlers (request -> reply) of the certs service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import asyncpg
+import structlog
+
+from proto import subjects
+from proto.envelope import Envelope
+from proto.events import ClusterAdmitted, ClusterCACreated, ClusterCADeleted, ClusterDeleteCompleted
+from proto.requests import CertificateSigned, ClusterCA, GetClusterCA, Message, SignCertificate
+from services.certs import ca, store
+from services.certs.keys import KeyRing
+from services.runtime.projection import Outgoing
+from services.runtime.rpc import RpcError
+
+log = structlog.get_logger(__name__)
+
+PRODUCER = "certs"
+
+FILTER_SUBJECTS = [
+    subjects.producer_events("scheduler", "cluster"),
+    subjects.producer_events(PRODUCER, "cluster"),
+    subjects.producer_events("provisioner", "cluster"),
+]
+"""Admissions (create a CA), the service's own CA facts (what the store is rebuilt from), and the provisioner's
+ClusterDeleteCompleted (delete the CA)."""
+
+
+class Handlers:
+    def __init__(self, keyring: KeyRing, pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self.keyring = keyring
+        self._pool = pool
+
+    # ------------------------------------------------------------------ events
+
+    async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        p = env.payload
+        if isinstance(p, ClusterAdmitted):
+            return await self.cluster_admitted(env, p, tx)
+        if isinstance(p, ClusterCACreated):
+            await store.put_ca(
+                tx,
+                cluster_id=p.uuid,
+                project_id=p.project_id,
+                ca_cert_pem=p.ca_cert_pem,
+                encrypted_ca_key=p.encrypted_ca_key,
+                key_id=p.key_id,
+                created_at=env.occurred_at,
+            )
+        elif isinstance(p, ClusterCADeleted):
+            await store.set_deleted_at(tx, p.uuid, p.project_id, env.occurred_at)
+        elif isinstance(p, ClusterDeleteCompleted) and await store.mark_deleted(tx, p.uuid, env.occurred_at):
+            log.info("cluster_ca_deleted", cluster_id=p.uuid, project_id=p.project_id)
+            return [
+                Outgoing(
+                    subjects.cluster_events(PRODUCER, p.uuid),
+                    ClusterCADeleted(uuid=p.uuid, project_id=p.project_id),
+                    project_id=p.project_id,
+                    cluster_id=p.uuid,
+                )
+            ]
+        return ()
+
+    async def cluster_admitted(
+        self, env: Envelope, p: ClusterAdmitted, tx: asyncpg.Connection
+    ) -> Sequence[Outgoing]:
+        if await store.get_ca(tx, p.uuid) is not None:
+            log.info("cluster_ca_exists", cluster_id=p.uuid)
+            return ()
+        cert_pem, key_pem = ca.generate_ca(p.name or p.uuid)
+        blob, key_id = self.keyring.encrypt(p.uuid, key_pem)
+        await store.put_ca(
+            tx,
+            cluster_id=p.uuid,
+            project_id=p.project_id,
+            ca_cert_pem=cert_pem,
+            encrypted_ca_key=blob,
+            key_id=key_id,
+            created_at=env.occurred_at,
+        )
+        log.info("cluster_ca_created", cluster_id=p.uuid, project_id=p.project_id, key_id=key_id)
+        return [
+            Outgoing(
+                subjects.cluster_events(PRODUCER, p.uuid),
+                ClusterCACreated(
+                    uuid=p.uuid,
+                    project_id=p.project_id,
+                    ca_cert_pem=cert_pem,
+                    encrypted_ca_key=blob,
+                    key_id=key_id,
+                ),
+                project_id=p.project_id,
+                cluster_id=p.uuid,
+            )
+        ]
+
+    # ------------------------------------------------------------------ RPC
+
+    async def _live_ca(self, cluster_id: str, project_id: str | None) -> store.StoredCA:
+        pool = self._pool()
+        if pool is None:
+            raise RpcError(503, "certs store is not ready")
+        found = await store.get_ca(pool, cluster_id)
+        if found is None or found.deleted or (project_id and found.project_id != project_id):
+            raise RpcError(404, f"Cluster {cluster_id} could not be found or has no CA.")
+        return found
+
+    async def get_ca(self, req: Message) -> Message:
+        if not isinstance(req, GetClusterCA):
+            raise RpcError(400, f"expected GetClusterCA, got {type(req).__name__}")
+        found = await self._live_ca(req.cluster_id, req.project_id)
+        return ClusterCA(pem=found.ca_cert_pem, cluster_id=found.cluster_id)
+
+    async def sign(self, req: Message) -> Message:
+        """Sign a CSR with the cluster's CA. 400: malformed CSR; 404: unknown/deleted cluster or other project."""
+        if not isinstance(req, SignCertificate):
+            raise RpcError(400, f"expected SignCertificate, got {type(req).__name__}")
+        found = await self._live_ca(req.cluster_id, req.project_id)
+        assert found.encrypted_ca_key is not None
+        key_pem = self.keyring.decrypt(found.cluster_id, found.encrypted_ca_key, found.key_id)
+        try:
+            pem = await asyncio.to_thread(ca.sign_csr, found.ca_cert_pem, key_pem, req.csr_pem)
+        except ca.InvalidCsr as exc:
+            log.info("csr_rejected", cluster_id=req.cluster_id, reason=str(exc))
+            raise RpcError(400, f"Invalid CSR: {exc}") from exc
+        log.info("csr_signed", cluster_id=req.cluster_id, project_id=found.project_id)
+        return CertificateSigned(pem=pem, cluster_id=found.cluster_id)

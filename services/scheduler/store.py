@@ -1,0 +1,121 @@
+"""The scheduler's SQL (schema ``scheduler``; connections have it on their search_path)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+
+async def lock_project(tx: asyncpg.Connection, project_id: str) -> None:
+    """Serialise admissions of one project across scheduler replicas (held until the transaction ends)."""
+    await tx.execute("SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:' || $1))", project_id)
+
+
+async def cluster_exists(tx: asyncpg.Connection, cluster_id: str) -> bool:
+    return bool(await tx.fetchval("SELECT true FROM clusters WHERE cluster_id = $1", cluster_id))
+
+
+async def clusters_in_use(tx: asyncpg.Connection, project_id: str) -> int:
+    """Clusters counted against the project's quota (admitted and not yet deleted)."""
+    return int(
+        await tx.fetchval(
+            "SELECT count(*) FROM clusters"
+            " WHERE project_id = $1 AND decision = 'admitted' AND NOT delete_completed",
+            project_id,
+        )
+    )
+
+
+async def quota_override(tx: asyncpg.Connection, project_id: str, resource: str = "Cluster") -> int | None:
+    value = await tx.fetchval(
+        "SELECT hard_limit FROM quotas WHERE project_id = $1 AND resource = $2", project_id, resource
+    )
+    return None if value is None else int(value)
+
+
+async def record_request(
+    tx: asyncpg.Connection,
+    *,
+    cluster_id: str,
+    project_id: str,
+    name: str | None,
+    master_count: int,
+    node_count: int,
+    requested_at: datetime,
+    decision: str,
+    reason: str | None,
+) -> None:
+    """A new cluster and the decision taken on it now (the decision event later confirms it)."""
+    await tx.execute(
+        "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
+        " reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        cluster_id,
+        project_id,
+        name,
+        master_count,
+        node_count,
+        requested_at,
+        decision,
+        reason,
+    )
+
+
+async def record_decision(
+    tx: asyncpg.Connection,
+    *,
+    cluster_id: str,
+    project_id: str,
+    decision: str,
+    reason: str | None,
+    decided_at: datetime,
+    master_count: int | None = None,
+    node_count: int | None = None,
+) -> None:
+    """The published decision is the fact: it overrides what a replay may have re-decided differently."""
+    await tx.execute(
+        "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count)"
+        " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1))"
+        " ON CONFLICT (cluster_id) DO UPDATE SET decision = EXCLUDED.decision, reason = EXCLUDED.reason,"
+        " decided_at = EXCLUDED.decided_at",
+        cluster_id,
+        project_id,
+        decision,
+        reason,
+        decided_at,
+        master_count,
+        node_count,
+    )
+
+
+async def mark(tx: asyncpg.Connection, cluster_id: str, project_id: str, column: str, at: datetime) -> None:
+    """Set one lifecycle flag (create_failed, delete_requested, delete_completed), creating the row if unknown."""
+    if column not in ("create_failed", "delete_requested", "delete_completed"):
+        raise ValueError(column)
+    ended = ", ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)" if column == "delete_completed" else ""
+    await tx.execute(
+        f"INSERT INTO clusters (cluster_id, project_id, {column}, ended_at) VALUES ($1, $2, true, $3)"
+        f" ON CONFLICT (cluster_id) DO UPDATE SET {column} = true{ended}",
+        cluster_id,
+        project_id,
+        at if column == "delete_completed" else None,
+    )
+
+
+async def set_quota(
+    tx: asyncpg.Connection, project_id: str, hard_limit: int, at: datetime, resource: str = "Cluster"
+) -> None:
+    """Create or change a per-project limit (for the quota events of issue 4)."""
+    await tx.execute(
+        "INSERT INTO quotas (project_id, resource, hard_limit, created_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = EXCLUDED.hard_limit,"
+        " updated_at = EXCLUDED.created_at",
+        project_id,
+        resource,
+        hard_limit,
+        at,
+    )
+
+
+async def delete_quota(tx: asyncpg.Connection, project_id: str, resource: str = "Cluster") -> None:
+    await tx.execute("DELETE FROM quotas WHERE project_id = $1 AND resource = $2", project_id, resource)
