@@ -156,6 +156,7 @@ def _base(cloud: Cloud, kind: Kind, project_id: str, body: dict[str, Any]) -> di
         "created_at": at,
         "updated_at": at,
         "revision_number": 0,
+        "_project_id": project_id,
     }
 
 
@@ -867,7 +868,7 @@ def create_port(cloud: Cloud, project_id: str, is_admin: bool, body: dict[str, A
     if item["status"] == "ACTIVE":
         item["binding:vif_type"] = "ovs"
     if table_project == "":
-        item["project_id"] = item["tenant_id"] = ""
+        item["project_id"] = item["tenant_id"] = item["_project_id"] = ""
     cloud.table("port").add(item, project_id if table_project is None else table_project)
     net["_ports"] += 1
     _index_device(cloud, item, None)
