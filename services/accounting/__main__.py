@@ -1,0 +1,14 @@
+"""cove-accounting: per-project usage (node-, core- and RAM-MB-seconds) from lifecycle events."""
+
+from __future__ import annotations
+
+from services.accounting.service import build_service
+from services.runtime.service import run
+
+
+def main() -> None:
+    run(build_service, name="accounting")
+
+
+if __name__ == "__main__":
+    main()
