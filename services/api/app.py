@@ -1,0 +1,38 @@
+"""The aiohttp application: typed app state, middlewares and the resources' routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from services.api.keystone import Keystone
+from services.api.middleware import KEYSTONE, MIDDLEWARES
+from services.api.writer import Writer
+
+
+@dataclass(frozen=True)
+class Settings:
+    admission_timeout: float = 1.5
+    """How long a cluster create waits for the scheduler's answer to turn a quota refusal into a 403."""
+    read_your_writes_timeout: float = 2.0
+
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+WRITER = web.AppKey("writer", Writer)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None) -> web.Application:
+    from services.api.resources import clusters, clustertemplates, root
+
+    app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=1024**2)
+    app[POOL] = pool
+    app[WRITER] = writer
+    app[KEYSTONE] = keystone
+    app[SETTINGS] = settings or Settings()
+    app.add_routes(root.routes)
+    app.add_routes(clustertemplates.routes)
+    app.add_routes(clusters.routes)
+    return app

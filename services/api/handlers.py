@@ -1,0 +1,198 @@
+"""The API's projection: one function per event type, each applying that event to schema ``api``.
+
+Every event of ``COVE_EVENTS`` passes through ``handle`` (the API's reads need everyone's facts); types the
+read model does not show are ignored. The API publishes nothing from here: its writes happen in requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from proto import events as ev
+from proto.envelope import Envelope
+from services.api import status, store
+from services.runtime.projection import Outgoing
+
+log = structlog.get_logger(__name__)
+
+Apply = Callable[[Any, Envelope, asyncpg.Connection], Awaitable[None]]
+
+
+async def template_created(e: ev.ClusterTemplateCreated, env: Envelope, tx: asyncpg.Connection) -> None:
+    await store.upsert_template(tx, e.template)
+
+
+async def template_updated(e: ev.ClusterTemplateUpdated, env: Envelope, tx: asyncpg.Connection) -> None:
+    await store.upsert_template(tx, e.template)
+
+
+async def template_deleted(e: ev.ClusterTemplateDeleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await store.delete_template(tx, e.uuid)
+
+
+async def _move(tx: asyncpg.Connection, uuid: str, event_type: str, at: datetime, **values: Any) -> str | None:
+    """Apply the status machine; set ``values`` only when the event moved (or kept) the cluster in a state
+    the event is about. Returns the new status (None: no such cluster)."""
+    current = await store.cluster_status(tx, uuid)
+    if current is None:
+        log.info("cluster_event_for_unknown_cluster", cluster_id=uuid, type=event_type)
+        return None
+    new = status.transition(current, event_type)
+    if new == status.GONE:
+        await store.delete_cluster(tx, uuid)
+        return new
+    if new != current:
+        values["status"] = new
+    elif values:
+        # The event does not apply from here (e.g. a late create result while deleting): keep the row as is.
+        log.info("cluster_event_ignored", cluster_id=uuid, type=event_type, status=current)
+        return current
+    await store.update_cluster(tx, uuid, updated_at=at, **values)
+    return new
+
+
+async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    await store.insert_cluster(tx, e, env.occurred_at, status.CREATE_IN_PROGRESS)
+
+
+async def admitted(e: ev.ClusterAdmitted, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.uuid) is not None:
+        await store.update_cluster(tx, e.uuid, admission="admitted")
+
+
+async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.uuid) is not None:
+        await store.update_cluster(tx, e.uuid, admission="rejected")
+    await _move(tx, e.uuid, "ClusterRejected", env.occurred_at, status_reason=e.reason)
+
+
+async def create_started(e: ev.ClusterCreateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
+    if e.stack_id and await store.cluster_status(tx, e.uuid) is not None:
+        await store.update_cluster(tx, e.uuid, stack_id=e.stack_id)
+
+
+async def create_completed(e: ev.ClusterCreateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    masters, workers = await store.node_addresses(tx, e.uuid)
+    await _move(
+        tx,
+        e.uuid,
+        "ClusterCreateCompleted",
+        env.occurred_at,
+        status_reason="Cluster create complete",
+        api_address=e.api_address,
+        master_addresses=e.master_addresses or masters,
+        node_addresses=e.node_addresses or workers,
+        coe_version=e.coe_version,
+        container_version=e.container_version,
+    )
+
+
+async def create_failed(e: ev.ClusterCreateFailed, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterCreateFailed", env.occurred_at, status_reason=e.status_reason)
+
+
+async def delete_requested(e: ev.ClusterDeleteRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterDeleteRequested", env.occurred_at, status_reason=None)
+
+
+async def delete_started(e: ev.ClusterDeleteStarted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterDeleteStarted", env.occurred_at)
+
+
+async def delete_completed(e: ev.ClusterDeleteCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterDeleteCompleted", env.occurred_at)
+
+
+async def delete_failed(e: ev.ClusterDeleteFailed, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterDeleteFailed", env.occurred_at, status_reason=e.status_reason)
+
+
+async def update_requested(e: ev.ClusterUpdateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await _move(tx, e.uuid, "ClusterUpdateRequested", env.occurred_at) == status.UPDATE_IN_PROGRESS:
+        await store.set_node_count(tx, e.uuid, e.node_count)
+
+
+async def update_started(e: ev.ClusterUpdateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterUpdateStarted", env.occurred_at)
+
+
+async def update_completed(e: ev.ClusterUpdateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    moved = await _move(
+        tx, e.uuid, "ClusterUpdateCompleted", env.occurred_at, status_reason="Cluster update complete"
+    )
+    if moved == status.UPDATE_COMPLETE:
+        await store.set_node_count(tx, e.uuid, e.node_count)
+        if e.node_addresses:
+            await store.update_cluster(tx, e.uuid, node_addresses=e.node_addresses)
+
+
+async def update_failed(e: ev.ClusterUpdateFailed, env: Envelope, tx: asyncpg.Connection) -> None:
+    await _move(tx, e.uuid, "ClusterUpdateFailed", env.occurred_at, status_reason=e.status_reason)
+
+
+async def node_created(e: ev.NodeCreated, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.cluster_id) is not None:
+        await store.upsert_node(tx, e.cluster_id, e.server_id, status="BUILD", node_name=e.node_name, role=e.role)
+
+
+async def node_active(e: ev.NodeBecameActive, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.cluster_id) is None:
+        return
+    await store.upsert_node(
+        tx, e.cluster_id, e.server_id, status="ACTIVE", node_name=e.node_name, role=e.role, addresses=e.addresses
+    )
+    masters, workers = await store.node_addresses(tx, e.cluster_id)
+    await store.update_cluster(tx, e.cluster_id, master_addresses=masters, node_addresses=workers)
+
+
+async def node_failed(e: ev.NodeFailed, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.cluster_id) is not None:
+        await store.upsert_node(
+            tx, e.cluster_id, e.server_id, status="ERROR", node_name=e.node_name, reason=e.reason
+        )
+
+
+async def node_deleted(e: ev.NodeDeleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.cluster_id) is None:
+        return
+    await store.delete_node(tx, e.cluster_id, e.server_id)
+    masters, workers = await store.node_addresses(tx, e.cluster_id)
+    await store.update_cluster(tx, e.cluster_id, master_addresses=masters, node_addresses=workers)
+
+
+HANDLERS: dict[type, Apply] = {
+    ev.ClusterTemplateCreated: template_created,
+    ev.ClusterTemplateUpdated: template_updated,
+    ev.ClusterTemplateDeleted: template_deleted,
+    ev.ClusterCreateRequested: create_requested,
+    ev.ClusterAdmitted: admitted,
+    ev.ClusterRejected: rejected,
+    ev.ClusterCreateStarted: create_started,
+    ev.ClusterCreateCompleted: create_completed,
+    ev.ClusterCreateFailed: create_failed,
+    ev.ClusterDeleteRequested: delete_requested,
+    ev.ClusterDeleteStarted: delete_started,
+    ev.ClusterDeleteCompleted: delete_completed,
+    ev.ClusterDeleteFailed: delete_failed,
+    ev.ClusterUpdateRequested: update_requested,
+    ev.ClusterUpdateStarted: update_started,
+    ev.ClusterUpdateCompleted: update_completed,
+    ev.ClusterUpdateFailed: update_failed,
+    ev.NodeCreated: node_created,
+    ev.NodeBecameActive: node_active,
+    ev.NodeFailed: node_failed,
+    ev.NodeDeleted: node_deleted,
+}
+
+
+async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
+    """The projection handler registered for the API (``cove.evt.>``)."""
+    apply = HANDLERS.get(type(env.payload))
+    if apply is not None:
+        await apply(env.payload, env, tx)
+    return None

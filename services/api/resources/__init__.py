@@ -1,0 +1,1 @@
+"""One module per Magnum resource; each exposes ``routes`` (an ``aiohttp.web.RouteTableDef``)."""

@@ -1,0 +1,53 @@
+"""Helpers every resource module shares: JSON bodies, links, timestamps, policy, ident lookup."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from services.api.errors import ApiError, bad_request, policy_denied
+from services.api.keystone import AuthContext
+from services.api.store import Scope
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The request body is not valid JSON.") from None
+
+
+def links(base: str, resource: str, ident: str) -> list[dict[str, str]]:
+    return [
+        {"href": f"{base}/v1/{resource}/{ident}", "rel": "self"},
+        {"href": f"{base}/{resource}/{ident}", "rel": "bookmark"},
+    ]
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def scope_of(ctx: AuthContext) -> Scope:
+    return Scope(project_id=ctx.project_id, is_admin=ctx.is_admin)
+
+
+def require_read(ctx: AuthContext, rule: str) -> None:
+    if not ctx.can_read:
+        raise policy_denied(rule)
+
+
+def require_write(ctx: AuthContext, rule: str) -> None:
+    if not ctx.can_write:
+        raise policy_denied(rule)
+
+
+def one(found: list[Any], kind: str, ident: str, *, plural: str) -> Any:
+    if not found:
+        raise ApiError(404, f"{kind} {ident} could not be found.")
+    if len(found) > 1:
+        raise ApiError(409, f"Multiple {plural} exist with same name. Please use the {kind.lower()} uuid instead.")
+    return found[0]

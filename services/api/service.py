@@ -1,0 +1,85 @@
+"""Wiring of the API service: its projection (every event, into schema ``api``) and the Magnum v1 HTTP server.
+
+Configuration (environment, via ``ServiceConfig.extra``):
+    COVE_API_PORT            Magnum API port on 127.0.0.1 (default 9511; 0 = any free port)
+    COVE_AUTH_URL            identity root, e.g. http://127.0.0.1:8775/identity (COVE_CLOUD_AUTH_URL also read)
+    COVE_SERVICE_USER / COVE_SERVICE_PASSWORD / COVE_SERVICE_PROJECT   the service user (cove / cove-pass / service)
+    COVE_TOKEN_CACHE_TTL     seconds a validated token is trusted without asking Keystone again (default 10)
+    COVE_API_ADMISSION_TIMEOUT   seconds a create waits for the quota decision (default 1.5)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from proto import subjects
+from services.api import handlers, store
+from services.api.app import Settings, build_app
+from services.api.keystone import Keystone, ServiceCredentials
+from services.api.writer import Writer
+from services.runtime.service import Service, ServiceConfig
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class ApiServer:
+    """The Magnum v1 HTTP server inside the service; ``port`` is the bound port once started."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        extra = config.extra
+        self.host = "127.0.0.1"
+        self.requested_port = int(extra.get("COVE_API_PORT", "9511"))
+        self.port: int | None = None
+        auth_url = extra.get("COVE_AUTH_URL") or extra.get("COVE_CLOUD_AUTH_URL") or "http://127.0.0.1:8775/identity"
+        self.keystone = Keystone(
+            ServiceCredentials(
+                auth_url=auth_url,
+                username=extra.get("COVE_SERVICE_USER", "cove"),
+                password=extra.get("COVE_SERVICE_PASSWORD", "cove-pass"),
+                project=extra.get("COVE_SERVICE_PROJECT", "service"),
+            ),
+            ttl=float(extra.get("COVE_TOKEN_CACHE_TTL", "10")),
+        )
+        self.settings = Settings(
+            admission_timeout=float(extra.get("COVE_API_ADMISSION_TIMEOUT", "1.5")),
+            read_your_writes_timeout=float(extra.get("COVE_API_READ_YOUR_WRITES_TIMEOUT", "2.0")),
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, svc: Service) -> None:
+        assert svc.bus is not None and svc.pool is not None
+        writer = Writer(svc.bus, svc.pool, read_your_writes_timeout=self.settings.read_your_writes_timeout)
+        app = build_app(pool=svc.pool, writer=writer, keystone=self.keystone, settings=self.settings)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        svc.health.add_check("api", lambda: self._runner is not None)
+        log.info("api_listening", host=self.host, port=self.port)
+
+    async def stop(self, svc: Service) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.keystone.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def build_service(config: ServiceConfig) -> tuple[Service, ApiServer]:
+    svc = Service(config, schema="api", migrations_dir=MIGRATIONS)
+    svc.add_projection(store.PROJECTION, handlers.handle, [subjects.EVENTS_ALL])
+    server = ApiServer(config)
+    svc.on_startup(server.start)
+    svc.on_cleanup(server.stop)
+    return svc, server

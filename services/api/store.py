@@ -1,0 +1,319 @@
+"""The API's SQL, and nothing else touches schema ``api``. Writes come only from projection handlers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from proto.events import ClusterCreateRequested, ClusterTemplate
+
+PROJECTION = "api"
+"""The durable consumer / checkpoint name of the API's projection."""
+
+
+# --------------------------------------------------------------------------- scope and paging
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who is reading: admin sees every project; others their own project (plus public templates)."""
+
+    project_id: str | None
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    sort_key: str = "id"
+    sort_dir: str = "asc"
+    marker: str | None = None
+
+
+# sort key (API name) -> SQL expression, never NULL so that keyset comparisons work
+TEMPLATE_SORT_KEYS: dict[str, str] = {
+    "id": "id",
+    "uuid": "uuid",
+    "name": "COALESCE(name, '')",
+    "coe": "COALESCE(body->>'coe', '')",
+    "image_id": "COALESCE(body->>'image_id', '')",
+    "project_id": "project_id",
+    "created_at": "created_at",
+    "updated_at": "COALESCE(updated_at, created_at)",
+}
+CLUSTER_SORT_KEYS: dict[str, str] = {
+    "id": "id",
+    "uuid": "uuid",
+    "name": "name",
+    "status": "status",
+    "project_id": "project_id",
+    "cluster_template_id": "cluster_template_id",
+    "node_count": "COALESCE((spec->>'node_count')::int, 0)",
+    "master_count": "COALESCE((spec->>'master_count')::int, 0)",
+    "created_at": "created_at",
+    "updated_at": "COALESCE(updated_at, created_at)",
+}
+
+
+class MarkerNotFound(Exception):
+    pass
+
+
+async def _page(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    table: str,
+    sort_keys: dict[str, str],
+    where: str,
+    args: list[Any],
+    page: Page,
+) -> list[asyncpg.Record]:
+    expr = sort_keys[page.sort_key]
+    op, direction = (">", "ASC") if page.sort_dir == "asc" else ("<", "DESC")
+    args = list(args)
+    if page.marker is not None:
+        marker = await conn.fetchrow(f"SELECT {expr} AS k, id FROM {table} WHERE uuid = $1", page.marker)
+        if marker is None:
+            raise MarkerNotFound(page.marker)
+        args += [marker["k"], marker["id"]]
+        where += f" AND ({expr}, id) {op} (${len(args) - 1}, ${len(args)})"
+    args.append(page.limit)
+    sql = f"SELECT * FROM {table} WHERE {where} ORDER BY {expr} {direction}, id {direction} LIMIT ${len(args)}"
+    return list(await conn.fetch(sql, *args))
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def template_scope(scope: Scope, first_arg: int = 1) -> tuple[str, list[Any]]:
+    if scope.is_admin:
+        return "true", []
+    return f"(project_id = ${first_arg} OR (public AND NOT hidden))", [scope.project_id]
+
+
+async def upsert_template(conn: asyncpg.Connection, t: ClusterTemplate) -> None:
+    await conn.execute(
+        "INSERT INTO cluster_templates (uuid, name, project_id, user_id, public, hidden, body, created_at,"
+        " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)"
+        " ON CONFLICT (uuid) DO UPDATE SET name = EXCLUDED.name, public = EXCLUDED.public,"
+        " hidden = EXCLUDED.hidden, body = EXCLUDED.body, updated_at = EXCLUDED.updated_at",
+        t.uuid,
+        t.name,
+        t.project_id,
+        t.user_id,
+        t.public,
+        t.hidden,
+        msgspec.json.encode(t).decode(),
+        t.created_at,
+        t.updated_at,
+    )
+
+
+async def delete_template(conn: asyncpg.Connection, uuid: str) -> None:
+    await conn.execute("DELETE FROM cluster_templates WHERE uuid = $1", uuid)
+
+
+def template_of(row: asyncpg.Record) -> ClusterTemplate:
+    return msgspec.json.decode(row["body"], type=ClusterTemplate)
+
+
+async def list_templates(pool: asyncpg.Pool, scope: Scope, page: Page) -> list[ClusterTemplate]:
+    where, args = template_scope(scope)
+    rows = await _page(pool, "cluster_templates", TEMPLATE_SORT_KEYS, where, args, page)
+    return [template_of(r) for r in rows]
+
+
+async def find_templates(pool: asyncpg.Pool, scope: Scope, ident: str) -> list[ClusterTemplate]:
+    """Templates visible in ``scope`` whose uuid is ``ident`` or, failing that, whose name is."""
+    where, args = template_scope(scope, 2)
+    rows = await pool.fetch(f"SELECT * FROM cluster_templates WHERE uuid = $1 AND {where}", ident, *args)
+    if not rows:
+        rows = await pool.fetch(
+            f"SELECT * FROM cluster_templates WHERE name = $1 AND {where} ORDER BY id", ident, *args
+        )
+    return [template_of(r) for r in rows]
+
+
+async def template_in_use(pool: asyncpg.Pool, uuid: str) -> bool:
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_template_id = $1)", uuid))
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def cluster_scope(scope: Scope, first_arg: int = 1) -> tuple[str, list[Any]]:
+    if scope.is_admin:
+        return "true", []
+    return f"project_id = ${first_arg}", [scope.project_id]
+
+
+def spec_of(ev: ClusterCreateRequested) -> dict[str, Any]:
+    """The request fields the read model shows, with the template's values filled in (Magnum's inheritance)."""
+    t = ev.template
+    return {
+        "keypair": ev.keypair if ev.keypair is not None else t.keypair_id,
+        "node_count": ev.node_count,
+        "master_count": ev.master_count,
+        "docker_volume_size": (
+            ev.docker_volume_size if ev.docker_volume_size is not None else t.docker_volume_size
+        ),
+        "labels": dict(ev.labels) if ev.labels else dict(t.labels),
+        "template_labels": dict(t.labels),
+        "master_flavor_id": ev.master_flavor_id or t.master_flavor_id,
+        "flavor_id": ev.flavor_id or t.flavor_id,
+        "create_timeout": ev.create_timeout,
+        "discovery_url": ev.discovery_url,
+        "fixed_network": ev.fixed_network or t.fixed_network,
+        "fixed_subnet": ev.fixed_subnet or t.fixed_subnet,
+        "floating_ip_enabled": (
+            ev.floating_ip_enabled if ev.floating_ip_enabled is not None else t.floating_ip_enabled
+        ),
+        "master_lb_enabled": ev.master_lb_enabled if ev.master_lb_enabled is not None else t.master_lb_enabled,
+        "coe": t.coe,
+    }
+
+
+async def insert_cluster(conn: asyncpg.Connection, ev: ClusterCreateRequested, at: datetime, status: str) -> None:
+    await conn.execute(
+        "INSERT INTO clusters (uuid, name, project_id, user_id, cluster_template_id, status, spec, stack_id,"
+        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
+        ev.uuid,
+        ev.name,
+        ev.project_id,
+        ev.user_id,
+        ev.template.uuid,
+        status,
+        json.dumps(spec_of(ev)),
+        ev.stack_id,
+        ev.requested_at or at,
+    )
+
+
+async def cluster_status(conn: asyncpg.Connection, uuid: str) -> str | None:
+    value = await conn.fetchval("SELECT status FROM clusters WHERE uuid = $1 FOR UPDATE", uuid)
+    return str(value) if value is not None else None
+
+
+_CLUSTER_COLUMNS = frozenset({
+    "status", "status_reason", "admission", "health_status", "api_address", "master_addresses",
+    "node_addresses", "stack_id", "coe_version", "container_version", "updated_at",
+})
+_JSON_COLUMNS = frozenset({"master_addresses", "node_addresses"})
+
+
+async def update_cluster(conn: asyncpg.Connection, uuid: str, **values: Any) -> None:
+    """Set the given columns (names checked against a fixed list)."""
+    if not values:
+        return
+    sets, args = [], [uuid]
+    for column, value in values.items():
+        if column not in _CLUSTER_COLUMNS:
+            raise ValueError(f"unknown clusters column {column!r}")
+        args.append(json.dumps(value) if column in _JSON_COLUMNS else value)
+        cast = "::jsonb" if column in _JSON_COLUMNS else ""
+        sets.append(f"{column} = ${len(args)}{cast}")
+    await conn.execute(f"UPDATE clusters SET {', '.join(sets)} WHERE uuid = $1", *args)
+
+
+async def set_node_count(conn: asyncpg.Connection, uuid: str, node_count: int) -> None:
+    await conn.execute(
+        "UPDATE clusters SET spec = jsonb_set(spec, '{node_count}', to_jsonb($2::int)) WHERE uuid = $1",
+        uuid,
+        node_count,
+    )
+
+
+async def delete_cluster(conn: asyncpg.Connection, uuid: str) -> None:
+    await conn.execute("DELETE FROM nodes WHERE cluster_uuid = $1", uuid)
+    await conn.execute("DELETE FROM clusters WHERE uuid = $1", uuid)
+
+
+async def list_clusters(pool: asyncpg.Pool, scope: Scope, page: Page) -> list[asyncpg.Record]:
+    where, args = cluster_scope(scope)
+    return await _page(pool, "clusters", CLUSTER_SORT_KEYS, where, args, page)
+
+
+async def find_clusters(pool: asyncpg.Pool, scope: Scope, ident: str) -> list[asyncpg.Record]:
+    where, args = cluster_scope(scope, 2)
+    rows = await pool.fetch(f"SELECT * FROM clusters WHERE uuid = $1 AND {where}", ident, *args)
+    if not rows:
+        rows = await pool.fetch(f"SELECT * FROM clusters WHERE name = $1 AND {where} ORDER BY id", ident, *args)
+    return list(rows)
+
+
+async def get_cluster(pool: asyncpg.Pool, uuid: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM clusters WHERE uuid = $1", uuid)
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+async def upsert_node(
+    conn: asyncpg.Connection,
+    cluster_uuid: str,
+    server_id: str,
+    *,
+    status: str,
+    node_name: str | None = None,
+    role: str | None = None,
+    reason: str | None = None,
+    addresses: dict[str, list[str]] | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO nodes (cluster_uuid, server_id, node_name, role, status, reason, addresses)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (cluster_uuid, server_id) DO UPDATE SET"
+        " node_name = COALESCE(EXCLUDED.node_name, nodes.node_name), role = COALESCE(EXCLUDED.role, nodes.role),"
+        " status = EXCLUDED.status, reason = COALESCE(EXCLUDED.reason, nodes.reason),"
+        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END",
+        cluster_uuid,
+        server_id,
+        node_name,
+        role,
+        status,
+        reason,
+        json.dumps(addresses or {}),
+    )
+
+
+async def delete_node(conn: asyncpg.Connection, cluster_uuid: str, server_id: str) -> None:
+    await conn.execute("DELETE FROM nodes WHERE cluster_uuid = $1 AND server_id = $2", cluster_uuid, server_id)
+
+
+async def node_addresses(conn: asyncpg.Connection, cluster_uuid: str) -> tuple[list[str], list[str]]:
+    """(master addresses, worker addresses) of the cluster's ACTIVE nodes, first address of each, by name."""
+    rows = await conn.fetch(
+        "SELECT role, addresses FROM nodes WHERE cluster_uuid = $1 AND status = 'ACTIVE'"
+        " ORDER BY node_name, server_id",
+        cluster_uuid,
+    )
+    masters: list[str] = []
+    workers: list[str] = []
+    for row in rows:
+        addrs = [a for net in json.loads(row["addresses"]).values() for a in net]
+        if addrs:
+            (masters if row["role"] == "master" else workers).append(addrs[0])
+    return masters, workers
+
+
+async def node_failures(pool: asyncpg.Pool, cluster_uuid: str) -> list[asyncpg.Record]:
+    return list(
+        await pool.fetch(
+            "SELECT node_name, role, reason FROM nodes WHERE cluster_uuid = $1 AND status = 'ERROR'", cluster_uuid
+        )
+    )
+
+
+# --------------------------------------------------------------------------- projection position
+
+
+async def checkpoint(pool: asyncpg.Pool) -> int:
+    """The stream sequence the API's projection has applied up to (0 before the first event)."""
+    try:
+        value = await pool.fetchval("SELECT stream_seq FROM checkpoint WHERE consumer = $1", PROJECTION)
+    except asyncpg.UndefinedTableError:
+        return 0
+    return int(value or 0)

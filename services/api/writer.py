@@ -1,0 +1,70 @@
+"""Writes accepted durably: publish the event, wait for JetStream's PubAck, then (bounded) for the API's own
+projection to apply that stream sequence, so a GET right after the write finds it (read-your-writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+import structlog
+
+from proto.envelope import new_envelope
+from proto.events import Event
+from services.api import store
+from services.api.errors import ApiError
+from services.runtime.bus import Bus, ConcurrencyConflict
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Writer:
+    bus: Bus
+    pool: asyncpg.Pool
+    read_your_writes_timeout: float = 2.0
+    poll_interval: float = 0.01
+
+    async def publish(
+        self,
+        subject: str,
+        payload: Event,
+        *,
+        project_id: str | None,
+        cluster_id: str | None,
+        correlation_id: str | None = None,
+        expected_last_subject_seq: int | None = None,
+    ) -> int:
+        """Publish and return the stream sequence; 503 when JetStream does not acknowledge."""
+        env = new_envelope(payload, project_id=project_id, cluster_id=cluster_id, correlation_id=correlation_id)
+        try:
+            ack = await self.bus.publish(subject, env, expected_last_subject_seq=expected_last_subject_seq)
+        except ConcurrencyConflict as exc:
+            raise ApiError(409, f"The resource was changed concurrently ({exc.subject}); try again.") from exc
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.error("publish_failed", subject=subject, error=repr(exc))
+            raise ApiError(503, "The request could not be stored; try again later.") from exc
+        log.info("event_accepted", subject=subject, type=env.type, seq=ack.seq, event_id=env.id)
+        return int(ack.seq)
+
+    async def wait_applied(self, seq: int, timeout: float | None = None) -> bool:
+        """True once the projection's checkpoint reaches ``seq`` (False after the bound)."""
+        return await self.wait_until(lambda: self._applied(seq), timeout)
+
+    async def _applied(self, seq: int) -> bool:
+        return await store.checkpoint(self.pool) >= seq
+
+    async def wait_until(self, predicate: Callable[[], Awaitable[bool]], timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (self.read_your_writes_timeout if timeout is None else timeout)
+        interval = self.poll_interval
+        while True:
+            if await predicate():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, 0.1)
