@@ -1,0 +1,134 @@
+"""One function per event the provisioner projects into its store. The store is built only from these events.
+
+The provisioner publishes its own events from the reconciler (it is the single writer of
+``cove.evt.provisioner.cluster.<uuid>``); the projection reads them back like any other event, so a store dropped
+and rebuilt from the stream is the same store. Handlers return no outgoing events.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+import structlog
+
+from proto.envelope import Envelope
+from proto.events import (
+    ClusterCACreated,
+    ClusterCreateCompleted,
+    ClusterCreateFailed,
+    ClusterCreateRequested,
+    ClusterCreateStarted,
+    ClusterDeleteCompleted,
+    ClusterDeleteFailed,
+    ClusterDeleteRequested,
+    ClusterDeleteStarted,
+    NodeBecameActive,
+    NodeCreated,
+    NodeDeleted,
+    NodeFailed,
+)
+from services.provisioner import reconcile as rc
+from services.provisioner import store
+from services.runtime.projection import Outgoing
+
+log = structlog.get_logger(__name__)
+
+STREAM_SEQ: contextvars.ContextVar[int] = contextvars.ContextVar("provisioner_stream_seq", default=0)
+"""Stream sequence of the event being applied (set by the provisioner's projection around each handler call)."""
+
+
+async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection) -> None:
+    await store.record_spec(tx, p, env.correlation_id)
+
+
+async def on_ca_created(env: Envelope, p: ClusterCACreated, tx: asyncpg.Connection) -> None:
+    await store.record_ca(tx, p.uuid, p.project_id, p.ca_cert_pem)
+
+
+async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyncpg.Connection) -> None:
+    await store.record_delete_requested(tx, p.uuid, p.project_id)
+
+
+async def on_create_started(env: Envelope, p: ClusterCreateStarted, tx: asyncpg.Connection) -> None:
+    await store.set_status(
+        tx, p.uuid, p.project_id, rc.CREATE_IN_PROGRESS, None, STREAM_SEQ.get(), started_at=env.occurred_at
+    )
+
+
+async def on_create_completed(env: Envelope, p: ClusterCreateCompleted, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_COMPLETE, None, STREAM_SEQ.get())
+
+
+async def on_create_failed(env: Envelope, p: ClusterCreateFailed, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_FAILED, p.status_reason, STREAM_SEQ.get())
+
+
+async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.Connection) -> None:
+    await store.set_status(
+        tx, p.uuid, p.project_id, rc.DELETE_IN_PROGRESS, None, STREAM_SEQ.get(), delete_started=True
+    )
+
+
+async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, None, STREAM_SEQ.get())
+
+
+async def on_delete_failed(env: Envelope, p: ClusterDeleteFailed, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_FAILED, p.status_reason, STREAM_SEQ.get())
+
+
+async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.upsert_node(
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_CREATED,
+        flavor_id=p.flavor_id, vcpus=p.vcpus, ram_mb=p.ram_mb, disk_gb=p.disk_gb,
+    )
+
+
+async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.upsert_node(
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_ACTIVE,
+        addresses=p.addresses,
+    )
+
+
+async def on_node_failed(env: Envelope, p: NodeFailed, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.upsert_node(
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=rc.NODE_FAILED, reason=p.reason
+    )
+
+
+async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.upsert_node(
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_DELETED
+    )
+
+
+HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[None]]] = {
+    ClusterCreateRequested: on_create_requested,  # type: ignore[dict-item]
+    ClusterCACreated: on_ca_created,  # type: ignore[dict-item]
+    ClusterDeleteRequested: on_delete_requested,  # type: ignore[dict-item]
+    ClusterCreateStarted: on_create_started,  # type: ignore[dict-item]
+    ClusterCreateCompleted: on_create_completed,  # type: ignore[dict-item]
+    ClusterCreateFailed: on_create_failed,  # type: ignore[dict-item]
+    ClusterDeleteStarted: on_delete_started,  # type: ignore[dict-item]
+    ClusterDeleteCompleted: on_delete_completed,  # type: ignore[dict-item]
+    ClusterDeleteFailed: on_delete_failed,  # type: ignore[dict-item]
+    NodeCreated: on_node_created,  # type: ignore[dict-item]
+    NodeBecameActive: on_node_active,  # type: ignore[dict-item]
+    NodeFailed: on_node_failed,  # type: ignore[dict-item]
+    NodeDeleted: on_node_deleted,  # type: ignore[dict-item]
+}
+
+
+async def project(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+    """The projection handler: apply one event to the store; events of other types are ignored."""
+    handler = HANDLERS.get(type(env.payload))
+    if handler is not None:
+        await handler(env, env.payload, tx)
+    return []

@@ -1,0 +1,196 @@
+"""The provisioner's decisions as pure functions over plain data: names, the desired nodes, and what the next
+idempotent step is given what the cloud has (CAPO's reconcileNormal / reconcileDelete, without the I/O)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MASTER, WORKER = "master", "worker"
+DEFAULT_FLAVOR = "m1.small"
+DEFAULT_SUBNET_CIDR = "10.0.0.0/24"
+
+# Magnum's cluster statuses the provisioner produces (proto events map onto them).
+CREATE_IN_PROGRESS = "CREATE_IN_PROGRESS"
+CREATE_COMPLETE = "CREATE_COMPLETE"
+CREATE_FAILED = "CREATE_FAILED"
+DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
+DELETE_COMPLETE = "DELETE_COMPLETE"
+DELETE_FAILED = "DELETE_FAILED"
+
+# Node states in the provisioner's store.
+NODE_CREATED, NODE_ACTIVE, NODE_FAILED, NODE_DELETED = "created", "active", "failed", "deleted"
+
+
+def short_id(cluster_id: str) -> str:
+    return cluster_id.replace("-", "")[:8]
+
+
+def cluster_prefix(name: str, cluster_id: str) -> str:
+    """``<cluster name>-<short uuid>``: every cloud resource of the cluster is named from it."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "cluster"
+    return f"{safe}-{short_id(cluster_id)}"
+
+
+def node_name(prefix: str, role: str, index: int) -> str:
+    return f"{prefix}-{'master' if role == MASTER else 'node'}-{index}"
+
+
+def network_name(prefix: str) -> str:
+    return f"{prefix}-net"
+
+
+def subnet_name(prefix: str) -> str:
+    return f"{prefix}-subnet"
+
+
+def router_name(prefix: str) -> str:
+    return f"{prefix}-router"
+
+
+def security_group_name(prefix: str) -> str:
+    return f"{prefix}-sg"
+
+
+def server_name_filter(prefix: str) -> str:
+    """Nova's ``name`` list filter is a regular expression: anchor it on the cluster's prefix."""
+    return f"^{re.escape(prefix)}-"
+
+
+def cluster_tag(cluster_id: str) -> str:
+    return f"cove-cluster-{cluster_id}"
+
+
+@dataclass(frozen=True)
+class DesiredNode:
+    name: str
+    role: str
+    index: int
+
+
+def desired_nodes(prefix: str, master_count: int, node_count: int) -> list[DesiredNode]:
+    masters = [DesiredNode(node_name(prefix, MASTER, i), MASTER, i) for i in range(master_count)]
+    workers = [DesiredNode(node_name(prefix, WORKER, i), WORKER, i) for i in range(node_count)]
+    return masters + workers
+
+
+def node_metadata(cluster_id: str, node: DesiredNode) -> dict[str, str]:
+    return {"cove_cluster_id": cluster_id, "cove_role": node.role, "cove_node": node.name}
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What one list call tells about a server."""
+
+    id: str
+    name: str
+    status: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return self.metadata.get("cove_role") or (MASTER if "-master-" in self.name else WORKER)
+
+    def first_ip(self) -> str | None:
+        for ips in self.addresses.values():
+            if ips:
+                return ips[0]
+        return None
+
+
+@dataclass(frozen=True)
+class KnownNode:
+    """A node as the provisioner's own events recorded it."""
+
+    server_id: str
+    name: str
+    role: str
+    status: str
+
+
+def owned_servers(servers: list[ServerView], cluster_id: str) -> list[ServerView]:
+    """The listed servers that belong to this cluster (metadata), ignoring any other server the name matched."""
+    return [s for s in servers if s.metadata.get("cove_cluster_id") == cluster_id]
+
+
+@dataclass
+class CreatePlan:
+    to_create: list[DesiredNode] = field(default_factory=list)
+    to_record: list[ServerView] = field(default_factory=list)
+    """Servers the cloud has that no NodeCreated recorded yet (e.g. created just before a crash)."""
+    became_active: list[ServerView] = field(default_factory=list)
+    failed: list[ServerView] = field(default_factory=list)
+    complete: bool = False
+
+
+def plan_create(
+    desired: list[DesiredNode], servers: list[ServerView], known: dict[str, KnownNode]
+) -> CreatePlan:
+    """Compare the desired nodes with the cluster's servers and the recorded nodes (keyed by server id)."""
+    plan = CreatePlan()
+    by_name: dict[str, ServerView] = {}
+    for server in sorted(servers, key=lambda s: s.id):
+        by_name.setdefault(server.name, server)  # a duplicate name never makes us create more
+    for node in desired:
+        server = by_name.get(node.name)
+        if server is None:
+            plan.to_create.append(node)
+            continue
+        recorded = known.get(server.id)
+        if recorded is None:
+            plan.to_record.append(server)
+        if server.status == "ERROR":
+            if recorded is None or recorded.status != NODE_FAILED:
+                plan.failed.append(server)
+        elif server.status == "ACTIVE" and (recorded is None or recorded.status == NODE_CREATED):
+            plan.became_active.append(server)
+    plan.complete = (
+        not plan.to_create
+        and not plan.failed
+        and all(by_name[n.name].status == "ACTIVE" for n in desired)
+    )
+    return plan
+
+
+def node_failure_reason(node: str, fault: str | None) -> str:
+    return f"Node {node} failed: {fault or 'the server went to ERROR without a fault message'}"
+
+
+@dataclass
+class DeletePlan:
+    to_delete: list[ServerView] = field(default_factory=list)
+    gone: list[KnownNode] = field(default_factory=list)
+    """Recorded nodes whose server no longer exists: NodeDeleted is due."""
+    servers_left: int = 0
+
+
+def plan_delete(servers: list[ServerView], known: dict[str, KnownNode], requested: set[str]) -> DeletePlan:
+    """``requested`` are server ids whose delete was already sent by this process."""
+    plan = DeletePlan(servers_left=len(servers))
+    present = {s.id for s in servers}
+    plan.to_delete = [s for s in servers if s.id not in requested and s.status != "DELETED"]
+    plan.gone = [n for sid, n in sorted(known.items()) if sid not in present and n.status != NODE_DELETED]
+    return plan
+
+
+def addresses_of(raw: dict[str, list[dict[str, object]]] | None) -> dict[str, list[str]]:
+    """Nova's ``addresses`` (network -> [{addr, ...}]) as network -> [ip]."""
+    out: dict[str, list[str]] = {}
+    for net, entries in (raw or {}).items():
+        out[net] = [str(e["addr"]) for e in entries if isinstance(e, dict) and e.get("addr")]
+    return out
+
+
+def api_address(master_ip: str | None, port: int | None) -> str:
+    if not master_ip:
+        return ""
+    return f"https://{master_ip}:{port or 6443}"
+
+
+def is_terminal(status: str | None, desired: str) -> bool:
+    """Nothing more to do for a cluster in this state (until a new request arrives)."""
+    if desired == "absent":
+        return status in (DELETE_COMPLETE, DELETE_FAILED)
+    return status in (CREATE_COMPLETE, CREATE_FAILED)

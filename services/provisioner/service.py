@@ -1,0 +1,82 @@
+"""Wiring of the provisioner: one projection (api + certs cluster events and its own) feeding the reconciler.
+
+Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_PORT):
+    COVE_AUTH_URL                    identity root of the cloud (COVE_CLOUD_AUTH_URL also read)
+    COVE_SERVICE_USER / _PASSWORD    the Cove service user (default cove / cove-pass), domain Default
+    COVE_PROVISIONER_CLOUD_THREADS   openstacksdk thread pool size (default 8)
+    COVE_PROVISIONER_MAX_ACTIVE      clusters reconciled at the same time (default 16)
+    COVE_PROVISIONER_POLL_INTERVAL   seconds between server list calls while building/deleting (default 0.25)
+    COVE_BOOTSTRAP_SECRET            secret the kubeadm bootstrap tokens are derived from
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from proto import subjects
+from services.provisioner import handlers
+from services.provisioner.cloud import Cloud, CloudSettings
+from services.provisioner.reconciler import (
+    AppliedTracker,
+    ProvisionerProjection,
+    Reconciler,
+    ReconcilerSettings,
+)
+from services.runtime.service import Service, ServiceConfig
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA = "provisioner"
+FILTER_SUBJECTS = [
+    subjects.producer_events("api", "cluster"),
+    subjects.producer_events("certs", "cluster"),
+    subjects.producer_events("provisioner", "cluster"),
+]
+
+
+def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
+    secret = extra.get("COVE_BOOTSTRAP_SECRET")
+    if not secret:
+        log.warning("bootstrap_secret_default", hint="set COVE_BOOTSTRAP_SECRET in production")
+    return ReconcilerSettings(
+        max_active=int(extra.get("COVE_PROVISIONER_MAX_ACTIVE", "16")),
+        poll_interval=float(extra.get("COVE_PROVISIONER_POLL_INTERVAL", "0.25")),
+        bootstrap_secret=(secret or "cove-dev-bootstrap-secret").encode(),
+    )
+
+
+def build_service(config: ServiceConfig, *, durable: str = "provisioner") -> Service:
+    svc = Service(config, schema=SCHEMA, migrations_dir=MIGRATIONS)
+    cloud = Cloud(CloudSettings.from_env(config.extra))
+    settings = reconciler_settings(config.extra)
+    tracker = AppliedTracker()
+    state: dict[str, Reconciler] = {}
+
+    async def startup(s: Service) -> None:
+        # The runtime's add_projection builds a plain Projection; ours also reports stream sequences to the
+        # reconciler, so it is created here and handed to the Service to stop and health-check like any other.
+        assert s.pool is not None and s.bus is not None
+        reconciler = Reconciler(pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, settings=settings)
+        state["reconciler"] = reconciler
+        projection = ProvisionerProjection(
+            name=durable, schema=SCHEMA, pool=s.pool, bus=s.bus, handler=handlers.project,
+            filter_subjects=FILTER_SUBJECTS, migrations_dir=MIGRATIONS,
+            tracker=tracker, on_applied=reconciler.on_applied,
+        )
+        await projection.start()
+        s.projections.append(projection)
+        s.health.add_check("projection", lambda: projection.running)
+        await reconciler.start()
+
+    async def cleanup(s: Service) -> None:
+        reconciler = state.get("reconciler")
+        if reconciler is not None:
+            await reconciler.stop()
+        cloud.close()
+
+    svc.on_startup(startup)
+    svc.on_cleanup(cleanup)
+    return svc

@@ -1,0 +1,192 @@
+"""The provisioner's SQL (schema ``provisioner``), and nothing else touches it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from proto.events import ClusterCreateRequested
+from services.provisioner.reconcile import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
+
+SCHEMA = "provisioner"
+
+# Node states only move forward; a re-applied older event never moves one back.
+_NODE_RANK = {NODE_CREATED: 0, NODE_ACTIVE: 1, NODE_FAILED: 1, NODE_DELETED: 2}
+
+
+@dataclass
+class ClusterRow:
+    uuid: str
+    project_id: str | None
+    name: str | None
+    spec: ClusterCreateRequested | None
+    trust_id: str | None
+    correlation_id: str | None
+    ca_cert_pem: str | None
+    desired: str
+    delete_generation: int
+    delete_pending: bool
+    status: str | None
+    status_reason: str | None
+    create_started_at: datetime | None
+    last_seq: int
+    nodes: dict[str, KnownNode] = field(default_factory=dict)
+
+
+_spec_decoder = msgspec.json.Decoder(ClusterCreateRequested)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_spec(spec: ClusterCreateRequested) -> str:
+    return _encoder.encode(spec).decode()
+
+
+# ------------------------------------------------------------------------------------------------ writes
+
+
+async def record_spec(tx: asyncpg.Connection, spec: ClusterCreateRequested, correlation_id: str) -> None:
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+        " ON CONFLICT (uuid) DO UPDATE SET project_id = EXCLUDED.project_id, name = EXCLUDED.name,"
+        " spec = EXCLUDED.spec, trust_id = EXCLUDED.trust_id, correlation_id = EXCLUDED.correlation_id,"
+        " updated_at = now()",
+        spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id,
+    )
+
+
+async def record_ca(tx: asyncpg.Connection, cluster_id: str, project_id: str, ca_cert_pem: str) -> None:
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, ca_cert_pem) VALUES ($1, $2, $3)"
+        " ON CONFLICT (uuid) DO UPDATE SET ca_cert_pem = EXCLUDED.ca_cert_pem, updated_at = now()",
+        cluster_id, project_id, ca_cert_pem,
+    )
+
+
+async def record_delete_requested(tx: asyncpg.Connection, cluster_id: str, project_id: str) -> None:
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, desired, delete_generation, delete_pending)"
+        " VALUES ($1, $2, 'absent', 1, true)"
+        " ON CONFLICT (uuid) DO UPDATE SET desired = 'absent', delete_pending = true,"
+        " delete_generation = clusters.delete_generation + 1, updated_at = now()",
+        cluster_id, project_id,
+    )
+
+
+async def set_status(
+    tx: asyncpg.Connection,
+    cluster_id: str,
+    project_id: str | None,
+    status: str,
+    reason: str | None,
+    seq: int,
+    *,
+    started_at: datetime | None = None,
+    delete_started: bool = False,
+) -> None:
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, status, status_reason, last_seq, create_started_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,"
+        " last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq),"
+        " create_started_at = COALESCE(clusters.create_started_at, EXCLUDED.create_started_at),"
+        " delete_pending = CASE WHEN $7 THEN false ELSE clusters.delete_pending END,"
+        " updated_at = now()",
+        cluster_id, project_id, status, reason, seq, started_at, delete_started,
+    )
+
+
+async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | None, seq: int) -> None:
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, last_seq) VALUES ($1, $2, $3)"
+        " ON CONFLICT (uuid) DO UPDATE SET last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq)",
+        cluster_id, project_id, seq,
+    )
+
+
+async def upsert_node(
+    tx: asyncpg.Connection,
+    cluster_id: str,
+    server_id: str,
+    *,
+    name: str | None,
+    role: str | None,
+    status: str,
+    flavor_id: str | None = None,
+    vcpus: int | None = None,
+    ram_mb: int | None = None,
+    disk_gb: int | None = None,
+    addresses: dict[str, list[str]] | None = None,
+    reason: str | None = None,
+) -> None:
+    """Insert the node or move it forward; never backwards (see _NODE_RANK)."""
+    row = await tx.fetchrow(
+        "SELECT status FROM nodes WHERE cluster_id = $1 AND server_id = $2 FOR UPDATE", cluster_id, server_id
+    )
+    if row is None:
+        await tx.execute(
+            "INSERT INTO nodes (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,"
+            " addresses, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)",
+            cluster_id, server_id, name or server_id, role or "worker", status, flavor_id, vcpus, ram_mb,
+            disk_gb, json.dumps(addresses or {}), reason,
+        )
+        return
+    forward = _NODE_RANK[status] >= _NODE_RANK.get(row["status"], 0)
+    await tx.execute(
+        "UPDATE nodes SET status = CASE WHEN $3 THEN $4 ELSE status END,"
+        " name = COALESCE($5, name), role = COALESCE($6, role), flavor_id = COALESCE($7, flavor_id),"
+        " vcpus = COALESCE($8, vcpus), ram_mb = COALESCE($9, ram_mb), disk_gb = COALESCE($10, disk_gb),"
+        " addresses = CASE WHEN $11::jsonb IS NULL THEN addresses ELSE $11::jsonb END,"
+        " reason = COALESCE($12, reason), updated_at = now()"
+        " WHERE cluster_id = $1 AND server_id = $2",
+        cluster_id, server_id, forward, status, name, role, flavor_id, vcpus, ram_mb, disk_gb,
+        json.dumps(addresses) if addresses else None, reason,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ reads
+
+
+def _row(r: asyncpg.Record) -> ClusterRow:
+    spec = _spec_decoder.decode(r["spec"]) if r["spec"] is not None else None
+    return ClusterRow(
+        uuid=r["uuid"], project_id=r["project_id"], name=r["name"], spec=spec, trust_id=r["trust_id"],
+        correlation_id=r["correlation_id"], ca_cert_pem=r["ca_cert_pem"], desired=r["desired"],
+        delete_generation=r["delete_generation"], delete_pending=r["delete_pending"], status=r["status"],
+        status_reason=r["status_reason"], create_started_at=r["create_started_at"], last_seq=r["last_seq"],
+    )
+
+
+async def load_cluster(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) -> ClusterRow | None:
+    r = await conn.fetchrow("SELECT * FROM clusters WHERE uuid = $1", cluster_id)
+    if r is None:
+        return None
+    row = _row(r)
+    for n in await conn.fetch(
+        "SELECT server_id, name, role, status FROM nodes WHERE cluster_id = $1", cluster_id
+    ):
+        row.nodes[n["server_id"]] = KnownNode(n["server_id"], n["name"], n["role"], n["status"])
+    return row
+
+
+async def clusters_needing_work(conn: asyncpg.Connection | asyncpg.Pool) -> list[str]:
+    """Clusters whose desired state may not be reached yet (resumed after a restart)."""
+    rows = await conn.fetch(
+        "SELECT uuid FROM clusters WHERE"
+        " (desired = 'present' AND spec IS NOT NULL AND ca_cert_pem IS NOT NULL"
+        "   AND status IS DISTINCT FROM 'CREATE_COMPLETE' AND status IS DISTINCT FROM 'CREATE_FAILED')"
+        " OR (desired = 'absent' AND (delete_pending OR status = 'DELETE_IN_PROGRESS'))"
+        " ORDER BY updated_at"
+    )
+    return [r["uuid"] for r in rows]
+
+
+async def node_rows(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(
+        "SELECT * FROM nodes WHERE cluster_id = $1 ORDER BY name", cluster_id
+    )]
