@@ -39,16 +39,28 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
             at=at,
         )
     elif isinstance(p, NodeBecameActive):
-        await store.node_active(tx, server_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id, at=at)
+        await store.node_active(
+            tx, server_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id, at=at
+        )
         log.info("usage_interval_opened", server_id=p.server_id, project_id=p.project_id)
     elif isinstance(p, NodeDeleted):
         await store.node_ended(
-            tx, server_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id, at=at, reason="deleted"
+            tx,
+            server_id=p.server_id,
+            cluster_id=p.cluster_id,
+            project_id=p.project_id,
+            at=at,
+            reason="deleted",
         )
         log.info("usage_interval_closed", server_id=p.server_id, project_id=p.project_id, reason="deleted")
     elif isinstance(p, NodeFailed):
         await store.node_ended(
-            tx, server_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id, at=at, reason="failed"
+            tx,
+            server_id=p.server_id,
+            cluster_id=p.cluster_id,
+            project_id=p.project_id,
+            at=at,
+            reason="failed",
         )
     elif isinstance(p, ClusterDeleteCompleted):
         closed = await store.cluster_deleted(tx, p.uuid, at)
@@ -60,7 +72,9 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
 class UsageRpc:
     """``cove.rpc.accounting.usage``: GetUsage -> UsageReport."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool | None], clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, pool: Callable[[], asyncpg.Pool | None], clock: Callable[[], datetime] | None = None
+    ) -> None:
         self._pool = pool
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -77,7 +91,9 @@ class UsageRpc:
         until = req.until or now
         if req.since is not None and req.since > until:
             raise RpcError(400, "since is after until")
-        found = await store.intervals(pool, req.project_id, since=req.since, until=until, cluster_id=req.cluster_id)
+        found = await store.intervals(
+            pool, req.project_id, since=req.since, until=until, cluster_id=req.cluster_id
+        )
         result = usage(found, since=req.since, until=until, now=now)
         return UsageReport(
             project_id=req.project_id,

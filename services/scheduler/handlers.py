@@ -95,7 +95,9 @@ class Handlers:
         )
         subject = subjects.cluster_events(PRODUCER, p.uuid)
         if decision.admitted:
-            log.info("cluster_admitted", cluster_id=p.uuid, project_id=p.project_id, in_use=in_use, limit=limit)
+            log.info(
+                "cluster_admitted", cluster_id=p.uuid, project_id=p.project_id, in_use=in_use, limit=limit
+            )
             event: ClusterAdmitted | ClusterRejected = ClusterAdmitted(
                 uuid=p.uuid,
                 project_id=p.project_id,
@@ -104,7 +106,9 @@ class Handlers:
                 name=p.name,
             )
         else:
-            log.info("cluster_rejected", cluster_id=p.uuid, project_id=p.project_id, in_use=in_use, limit=limit)
+            log.info(
+                "cluster_rejected", cluster_id=p.uuid, project_id=p.project_id, in_use=in_use, limit=limit
+            )
             assert decision.reason is not None
             event = ClusterRejected(uuid=p.uuid, project_id=p.project_id, reason=decision.reason)
         return [Outgoing(subject, event, project_id=p.project_id, cluster_id=p.uuid)]

@@ -92,7 +92,9 @@ async def mark(tx: asyncpg.Connection, cluster_id: str, project_id: str, column:
     """Set one lifecycle flag (create_failed, delete_requested, delete_completed), creating the row if unknown."""
     if column not in ("create_failed", "delete_requested", "delete_completed"):
         raise ValueError(column)
-    ended = ", ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)" if column == "delete_completed" else ""
+    ended = (
+        ", ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)" if column == "delete_completed" else ""
+    )
     await tx.execute(
         f"INSERT INTO clusters (cluster_id, project_id, {column}, ended_at) VALUES ($1, $2, true, $3)"
         f" ON CONFLICT (cluster_id) DO UPDATE SET {column} = true{ended}",

@@ -19,10 +19,12 @@ def make_csr(cn: str = "admin", org: str = "system:masters", key: rsa.RSAPrivate
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(
-            x509.Name([
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-            ])
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                ]
+            )
         )
         .sign(key, hashes.SHA256())
     )
@@ -95,9 +97,11 @@ def test_weak_key_and_missing_cn_are_rejected() -> None:
     with pytest.raises(ca.InvalidCsr, match="bits"):
         ca.sign_csr(cert_pem, key_pem, make_csr(key=weak))
     key = ec.generate_private_key(ec.SECP256R1())
-    no_cn = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])
-    ).sign(key, hashes.SHA256())
+    no_cn = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]))
+        .sign(key, hashes.SHA256())
+    )
     with pytest.raises(ca.InvalidCsr, match="common name"):
         ca.sign_csr(cert_pem, key_pem, no_cn.public_bytes(serialization.Encoding.PEM).decode())
 

@@ -36,7 +36,9 @@ class Harness:
     def projection(self) -> Projection:
         return self.svc.projections[0]
 
-    async def publish(self, subject: str, payload: Event, *, project_id: str, cluster_id: str) -> tuple[Envelope, int]:
+    async def publish(
+        self, subject: str, payload: Event, *, project_id: str, cluster_id: str
+    ) -> tuple[Envelope, int]:
         env = new_envelope(payload, project_id=project_id, cluster_id=cluster_id)
         ack = await self.bus.publish(subject, env)
         return env, ack.seq
@@ -64,12 +66,18 @@ class Harness:
 
     async def rows(self, table: str, order_by: str) -> list[tuple[Any, ...]]:
         async with self.pool.acquire() as conn:
-            recs = await conn.fetch(f"SELECT * FROM {db.ident(self.schema)}.{db.ident(table)} ORDER BY {order_by}")
+            recs = await conn.fetch(
+                f"SELECT * FROM {db.ident(self.schema)}.{db.ident(table)} ORDER BY {order_by}"
+            )
         return [tuple(r.values()) for r in recs]
 
 
 async def start_harness(
-    build: Callable[..., Service], name: str, nats_url: str, database_url: str, extra: dict[str, str] | None = None
+    build: Callable[..., Service],
+    name: str,
+    nats_url: str,
+    database_url: str,
+    extra: dict[str, str] | None = None,
 ) -> Harness:
     schema = f"{name}_{uuid.uuid4().hex[:8]}"
     config = ServiceConfig(

@@ -48,7 +48,9 @@ def request(project: str, name: str, cluster_id: str | None = None) -> ClusterCr
 
 async def ask(h: Harness, project: str, name: str) -> tuple[str, int]:
     req = request(project, name)
-    _, seq = await h.publish(subjects.cluster_events("api", req.uuid), req, project_id=project, cluster_id=req.uuid)
+    _, seq = await h.publish(
+        subjects.cluster_events("api", req.uuid), req, project_id=project, cluster_id=req.uuid
+    )
     return req.uuid, seq
 
 
@@ -74,7 +76,9 @@ async def test_admits_up_to_quota_rejects_with_magnum_message_and_frees_on_delet
     rejected = next(e for e in events if e.payload.uuid == c3)
     assert isinstance(rejected.payload, ClusterRejected)
     assert rejected.payload.reason == quota_exceeded_message(2)
-    assert rejected.payload.reason.startswith("Resource limit exceeded: You have reached the maximum clusters")
+    assert rejected.payload.reason.startswith(
+        "Resource limit exceeded: You have reached the maximum clusters"
+    )
     admitted = next(e for e in events if e.payload.uuid == c1)
     assert isinstance(admitted.payload, ClusterAdmitted)
     assert (admitted.payload.name, admitted.payload.node_count, admitted.cluster_id) == ("one", 2, c1)
