@@ -15,9 +15,9 @@ from services.api.keystone import AuthContext, Keystone
 
 log = structlog.get_logger(__name__)
 
-REQUEST_ID = "request_id"
-CONTEXT = "auth_context"
-VERSION = "microversion"
+REQUEST_ID = web.RequestKey("request_id", str)
+CONTEXT = web.RequestKey("auth_context", AuthContext)
+VERSION = web.RequestKey("microversion", microversion.Microversion)
 KEYSTONE = web.AppKey("keystone", Keystone)
 
 PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/"})
@@ -93,13 +93,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def context(request: web.Request) -> AuthContext:
-    ctx: AuthContext = request[CONTEXT]
-    return ctx
+    return request[CONTEXT]
 
 
 def version(request: web.Request) -> microversion.Microversion:
-    v: microversion.Microversion = request.get(VERSION, microversion.MIN)
-    return v
+    return request.get(VERSION, microversion.MIN)
 
 
 def base_url(request: web.Request) -> str:
