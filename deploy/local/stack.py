@@ -211,6 +211,7 @@ class LocalStack:
             "COVE_DATABASE_URL": self.database_url,
             "OS_CLIENT_CONFIG_FILE": str(self.state_dir / "devcloud-clouds.yaml"),
             "COVE_CLOUD_AUTH_URL": f"{self.devcloud_url}/identity",
+            "COVE_STATE_DIR": str(self.state_dir),
         })
         return env
 

@@ -75,9 +75,10 @@ async def ca_events(h: Harness) -> list[ClusterCACreated | ClusterCADeleted]:
     ]
 
 
-async def n_ca_events(h: Harness, n: int) -> list[ClusterCACreated | ClusterCADeleted] | None:
+async def n_ca_events(h: Harness, n: int) -> list[ClusterCACreated | ClusterCADeleted]:
+    """The CA events once there are at least ``n`` (empty, i.e. falsy for ``wait_for``, before)."""
     got = await ca_events(h)
-    return got if len(got) >= n else None
+    return got if len(got) >= n else []
 
 
 async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -> None:
