@@ -765,8 +765,8 @@ def _allocate_fixed_ips(cloud: Cloud, net: dict[str, Any], requested: Any) -> li
             present = [s for s in candidates if s is not None]
             v4 = [s for s in present if s["ip_version"] == 4]
             chosen = (v4 or present)[:1]
-            for subnet in chosen:
-                out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(subnet)})
+            for first in chosen:
+                out.append({"subnet_id": first["id"], "ip_address": allocate_ip(first)})
             return out
         if not isinstance(requested, list):
             raise _invalid("fixed_ips must be a list.")
@@ -774,7 +774,7 @@ def _allocate_fixed_ips(cloud: Cloud, net: dict[str, Any], requested: Any) -> li
             if not isinstance(spec, dict):
                 raise _invalid(f"Invalid fixed_ips entry {spec!r}.")
             subnet_id, address = spec.get("subnet_id"), spec.get("ip_address")
-            subnet = None
+            subnet: dict[str, Any] | None = None
             if subnet_id:
                 subnet = subnets.get(subnet_id)
                 if subnet is None or subnet["network_id"] != net["id"]:
@@ -1113,9 +1113,9 @@ def add_router_interface(cloud: Cloud, router: dict[str, Any], body: dict[str, A
         update_port(cloud, port, {"device_id": router["id"], "device_owner": "network:router_interface"}, True)
         subnet_id = port["fixed_ips"][0]["subnet_id"]
     for ip in port["fixed_ips"]:
-        subnet = cloud.table("subnet").get(ip["subnet_id"])
-        if subnet is not None:
-            subnet["_routers"][router["id"]] = port["id"]
+        attached = cloud.table("subnet").get(ip["subnet_id"])
+        if attached is not None:
+            attached["_routers"][router["id"]] = port["id"]
         router["_interfaces"][ip["subnet_id"]] = port["id"]
     _touch(router)
     return _interface_info(router, port, subnet_id)  # type: ignore[arg-type]
@@ -1537,6 +1537,10 @@ def _tag_filter(items: list[dict[str, Any]], request: web.Request) -> list[dict[
     return out
 
 
+def _sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    return lambda item: (item.get(key) is None, str(item.get(key, "")))
+
+
 def _sort(items: list[dict[str, Any]], request: web.Request) -> list[dict[str, Any]]:
     keys = request.query.getall("sort_key", [])
     if not keys:
@@ -1546,7 +1550,7 @@ def _sort(items: list[dict[str, Any]], request: web.Request) -> list[dict[str, A
     for i in reversed(range(len(keys))):
         key = keys[i]
         reverse = (dirs[i] if i < len(dirs) else "asc").lower() == "desc"
-        out = sorted(out, key=lambda item, k=key: (item.get(k) is None, str(item.get(k, ""))), reverse=reverse)
+        out = sorted(out, key=_sort_key(key), reverse=reverse)
     return out
 
 

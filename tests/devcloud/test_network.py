@@ -366,6 +366,11 @@ def test_filters_paging_sorting_tags_and_bulk(demo: Connection) -> None:
         second = demo.session.get(network_url(demo, "/networks"),
                                   params={"tags": tag, "limit": 2, "marker": marker}, endpoint_filter=None).json()
         assert [n["name"] for n in second["networks"]] == [f"{tag}-2", f"{tag}-3"]
+        reverse = demo.session.get(network_url(demo, "/networks"),
+                                   params={"tags": tag, "limit": 2, "page_reverse": "True"},
+                                   endpoint_filter=None).json()
+        assert [n["name"] for n in reverse["networks"]] == [f"{tag}-3", f"{tag}-4"]
+        assert reverse["networks_links"][0]["rel"] == "previous"
         by_name_desc = demo.session.get(network_url(demo, "/networks"),
                                         params={"tags": tag, "sort_key": "name", "sort_dir": "desc",
                                                 "fields": ["id", "name"]}, endpoint_filter=None).json()
