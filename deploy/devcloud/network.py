@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1438,7 +1439,7 @@ def seed(cloud: Cloud) -> None:
     admin_project = cloud.identity.project_id("admin") or "admin"
     for ext in cloud.config.external_networks:
         net = create_network(cloud, admin_project, True, {"name": ext.name, "router:external": True},
-                             item_id=ext.id or stable_id("network", ext.name))
+                             item_id=ext.id or str(uuid.UUID(stable_id("network", ext.name))))
         create_subnet(cloud, admin_project, True, {"network_id": net["id"], "cidr": ext.cidr,
                                                    "name": f"{ext.name}-subnet", "enable_dhcp": False})
         log.info("external_network_seeded", network_id=net["id"], name=ext.name, cidr=ext.cidr)
