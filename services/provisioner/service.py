@@ -6,6 +6,7 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_CLOUD_THREADS   openstacksdk thread pool size (default 8)
     COVE_PROVISIONER_MAX_ACTIVE      clusters reconciled at the same time (default 16)
     COVE_PROVISIONER_POLL_INTERVAL   seconds between server list calls while building/deleting (default 0.25)
+    COVE_PROVISIONER_DURABLE         the projection's durable consumer name (default provisioner)
     COVE_BOOTSTRAP_SECRET            secret the kubeadm bootstrap tokens are derived from
 """
 
@@ -48,7 +49,9 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
     )
 
 
-def build_service(config: ServiceConfig, *, durable: str = "provisioner") -> Service:
+def build_service(config: ServiceConfig, *, durable: str | None = None) -> Service:
+    """``COVE_PROVISIONER_DURABLE`` names the projection's durable consumer (default ``provisioner``)."""
+    durable = durable or config.extra.get("COVE_PROVISIONER_DURABLE", "provisioner")
     svc = Service(config, schema=SCHEMA, migrations_dir=MIGRATIONS)
     cloud = Cloud(CloudSettings.from_env(config.extra))
     settings = reconciler_settings(config.extra)

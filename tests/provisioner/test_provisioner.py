@@ -1,0 +1,318 @@
+"""The provisioner against real NATS (JetStream), PostgreSQL and the devcloud, run as its own process.
+
+Events are published the way the API and certs services publish them; the provisioner's answers are read back
+from its subject. Servers are counted and the ledger read through the devcloud's own APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openstack
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proto import subjects
+from proto.envelope import Envelope, decode, new_envelope
+from proto.events import (
+    ClusterCACreated,
+    ClusterCreateRequested,
+    ClusterDeleteRequested,
+    ClusterTemplate,
+)
+from services.runtime.bus import Bus
+from tests.conftest import REPO_ROOT, Devcloud, drop_database, free_port, fresh_database, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def make_ca_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "cluster-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class Provisioner:
+    """``python -m services.provisioner`` as a child process (so a test can SIGKILL it)."""
+
+    env: dict[str, str]
+    log_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log_file, "ab") as handle:
+            handle.write(f"\n=== start {self.starts}\n".encode())
+            handle.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.provisioner"], cwd=REPO_ROOT, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self) -> str:
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-40:])
+
+
+@dataclass
+class Cloud:
+    devcloud: Devcloud
+    demo: openstack.connection.Connection
+    admin: openstack.connection.Connection
+    cove_user_id: str
+    demo_user_id: str
+    demo_project_id: str
+
+    def admin_call(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self.admin.session.request(
+            f"{self.devcloud.url}{path}", method, headers={"X-Auth-Token": self.admin.auth_token}, **kw
+        )
+        return resp.json()
+
+    def trust(self) -> str:
+        trust = self.demo.identity.create_trust(
+            trustor_user_id=self.demo_user_id, trustee_user_id=self.cove_user_id, project_id=self.demo_project_id,
+            roles=[{"name": "member"}], impersonation=True,
+        )
+        return str(trust.id)
+
+    def servers(self, prefix: str) -> list[Any]:
+        return list(self.demo.compute.servers(details=True, name=f"^{prefix}-"))
+
+    def live_records(self, prefix: str) -> list[dict[str, Any]]:
+        records = self.admin_call("GET", f"/admin/ledger?live=true&project_id={self.demo_project_id}")["records"]
+        return [r for r in records if str(r.get("name") or "").startswith(prefix)]
+
+    def live_count(self, kind: str) -> int:
+        return int(self.admin_call(
+            "GET", f"/admin/ledger?live=true&kind={kind}&project_id={self.demo_project_id}")["count"])
+
+
+@pytest.fixture(scope="module")
+def cloud(devcloud: Devcloud) -> Iterator[Cloud]:
+    demo = openstack.connect(cloud="cove-demo")
+    admin = openstack.connect(cloud="cove-admin")
+    cove = admin.identity.find_user("cove", ignore_missing=False)
+    yield Cloud(devcloud, demo, admin, cove.id, demo.current_user_id, demo.current_project_id)
+    demo.close()
+    admin.close()
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, name="test-provisioner")
+    await b.ensure_streams()
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def provisioner(
+    nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path: Path
+) -> AsyncIterator[Provisioner]:
+    db_url = await fresh_database(pg_admin_url)
+    env = dict(os.environ)
+    env.update({
+        "COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, "COVE_HTTP_PORT": str(free_port()),
+        "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_PROVISIONER_DURABLE": f"prov_{uuid.uuid4().hex[:8]}",
+        "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
+    })
+    p = Provisioner(env, tmp_path / "provisioner.log")
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+        await drop_database(pg_admin_url, db_url)
+
+
+@dataclass
+class ClusterEvents:
+    """Every provisioner event about one cluster, collected by an ordered push consumer."""
+
+    received: list[Envelope] = field(default_factory=list)
+
+    def types(self) -> list[str]:
+        return [e.type for e in self.received]
+
+    def first(self, type_: str) -> Envelope | None:
+        return next((e for e in self.received if e.type == type_), None)
+
+
+async def watch(bus: Bus, cluster_id: str) -> tuple[ClusterEvents, Any]:
+    events = ClusterEvents()
+
+    async def on_msg(msg: Any) -> None:
+        events.received.append(decode(msg.data))
+
+    sub = await bus.js.subscribe(subjects.cluster_events("provisioner", cluster_id), cb=on_msg, ordered_consumer=True)
+    return events, sub
+
+
+async def request_cluster(
+    bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2
+) -> ClusterCreateRequested:
+    now = datetime.datetime.now(datetime.UTC)
+    template = ClusterTemplate(
+        uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
+        image_id="fedora-coreos", flavor_id="m1.small", master_flavor_id="m1.small",
+        external_network_id="public", created_at=now,
+    )
+    req = ClusterCreateRequested(
+        uuid=str(uuid.uuid4()), name=name, project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
+        template=template, master_count=masters, node_count=workers, trust_id=cloud.trust(), requested_at=now,
+    )
+    env = new_envelope(req, project_id=req.project_id, cluster_id=req.uuid)
+    await bus.publish(subjects.cluster_events("api", req.uuid), env)
+    ca = ClusterCACreated(uuid=req.uuid, project_id=req.project_id, ca_cert_pem=make_ca_pem(),
+                          encrypted_ca_key=b"opaque", key_id="k1")
+    await bus.publish(subjects.cluster_events("certs", req.uuid), new_envelope(ca, project_id=req.project_id,
+                                                                              cluster_id=req.uuid, causation=env))
+    return req
+
+
+async def request_delete(bus: Bus, req: ClusterCreateRequested) -> None:
+    d = ClusterDeleteRequested(uuid=req.uuid, project_id=req.project_id, user_id=req.user_id)
+    await bus.publish(subjects.cluster_events("api", req.uuid),
+                      new_envelope(d, project_id=req.project_id, cluster_id=req.uuid))
+
+
+def prefix_of(req: ClusterCreateRequested) -> str:
+    return f"{req.name}-{req.uuid.replace('-', '')[:8]}"
+
+
+async def until(events: ClusterEvents, type_: str, p: Provisioner, timeout: float = 60.0) -> Envelope:
+    try:
+        return await wait_for(lambda: events.first(type_), timeout=timeout, message=f"{type_} emitted")
+    except TimeoutError:
+        raise AssertionError(f"no {type_}; got {events.types()}\nprovisioner log:\n{p.tail()}") from None
+
+
+async def test_create_then_delete_builds_in_the_users_project_and_leaves_nothing(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    ports_before = cloud.live_count("port")
+    req = await request_cluster(bus, cloud, "demo-ok", masters=1, workers=2)
+    events, sub = await watch(bus, req.uuid)
+    try:
+        done = await until(events, "ClusterCreateCompleted", provisioner)
+        types = events.types()
+        assert types[0] == "ClusterCreateStarted"
+        assert types.count("NodeCreated") == 3 and types.count("NodeBecameActive") == 3
+        assert "ClusterCreateFailed" not in types
+        assert done.correlation_id == req.uuid or done.correlation_id  # inherited chain, never empty
+        servers = await asyncio.to_thread(cloud.servers, prefix_of(req))
+        names = sorted(s.name for s in servers)
+        prefix = prefix_of(req)
+        assert names == [f"{prefix}-master-0", f"{prefix}-node-0", f"{prefix}-node-1"]
+        assert all(s.status == "ACTIVE" for s in servers)
+        assert {s.project_id for s in servers} == {cloud.demo_project_id}
+        assert all(s.metadata["cove_cluster_id"] == req.uuid for s in servers)
+        payload = done.payload
+        assert payload.api_address.startswith("https://") and payload.api_address.endswith(":6443")
+        assert len(payload.master_addresses) == 1 and len(payload.node_addresses) == 2
+        nets = list(cloud.demo.network.networks(name=f"{prefix}-net"))
+        assert len(nets) == 1
+        routers = list(cloud.demo.network.routers(name=f"{prefix}-router"))
+        assert len(routers) == 1 and routers[0].external_gateway_info
+
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        types = events.types()
+        assert types.count("ClusterDeleteStarted") == 1 and types.count("NodeDeleted") == 3
+        assert types.index("ClusterDeleteStarted") < types.index("ClusterDeleteCompleted")
+        assert await asyncio.to_thread(cloud.live_records, prefix) == []
+        assert await asyncio.to_thread(cloud.servers, prefix) == []
+        assert await asyncio.to_thread(cloud.live_count, "port") == ports_before
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_boot_failure_ends_in_create_failed_with_the_fault(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    cloud.admin_call("PUT", "/admin/faults", json={"boot_failure_rate": 1.0})
+    try:
+        req = await request_cluster(bus, cloud, "demo-fail", masters=1, workers=1)
+        events, sub = await watch(bus, req.uuid)
+        failed = await until(events, "ClusterCreateFailed", provisioner)
+    finally:
+        cloud.admin_call("PUT", "/admin/faults", json={"boot_failure_rate": 0.0})
+    try:
+        prefix = prefix_of(req)
+        reason = failed.payload.status_reason
+        server = (await asyncio.to_thread(cloud.servers, prefix))[0]
+        fault = server.fault["message"]
+        assert reason == f"Node {prefix}-master-0 failed: {fault}", reason
+        node_failed = events.first("NodeFailed")
+        assert node_failed is not None and node_failed.payload.reason == fault
+        assert "ClusterCreateCompleted" not in events.types()
+        # a failed cluster is still deleted cleanly
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        assert await asyncio.to_thread(cloud.live_records, prefix) == []
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_sigkill_mid_create_then_restart_finishes_without_duplicates(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 0.3})  # boots take ~1-2.5 s
+    try:
+        req = await request_cluster(bus, cloud, "demo-kill", masters=1, workers=3)
+        events, sub = await watch(bus, req.uuid)
+        await until(events, "NodeCreated", provisioner)
+        provisioner.kill()
+        assert "ClusterCreateCompleted" not in events.types()  # it really died mid-create
+        prefix = prefix_of(req)
+        before = len(await asyncio.to_thread(cloud.servers, prefix))
+        assert before < 4
+        provisioner.start()
+        await until(events, "ClusterCreateCompleted", provisioner, timeout=90)
+    finally:
+        cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 0.01})
+    try:
+        names = [s.name for s in await asyncio.to_thread(cloud.servers, prefix)]
+        assert sorted(names) == sorted({*names}) and len(names) == 4, names  # no duplicate by name
+        created = [e.payload.server_id for e in events.received if e.type == "NodeCreated"]
+        assert len(created) == len(set(created)) == 4
+        assert events.types().count("ClusterCreateStarted") == 1
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        assert await asyncio.to_thread(cloud.live_records, prefix) == []
+    finally:
+        await sub.unsubscribe()
