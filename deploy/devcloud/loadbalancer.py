@@ -303,7 +303,7 @@ async def lb_create(request: web.Request) -> web.Response:
     _writer(c)
     cloud = cloud_of(request)
     spec = await _body(request, "loadbalancer")
-    project_id = spec.get("project_id") if c.is_admin and spec.get("project_id") else c.project_id or ""
+    project_id = str(spec["project_id"]) if c.is_admin and spec.get("project_id") else c.project_id or ""
     provider = spec.get("provider") or "amphora"
     if provider not in ("amphora", "octavia"):
         raise ERR(400, f"Provider '{provider}' is not enabled.")
@@ -476,10 +476,9 @@ async def listener_create(request: web.Request) -> web.Response:
     })
     cloud.table(LISTENER).add(listener, lb["_project_id"])
     lb["listeners"].append({"id": listener["id"]})
-    if pool_id is not None:
-        pool = cloud.table(POOL).get(str(pool_id))
-        if pool is not None:
-            pool["listeners"].append({"id": listener["id"]})
+    default_pool = cloud.table(POOL).get(str(pool_id)) if pool_id is not None else None
+    if default_pool is not None:
+        default_pool["listeners"].append({"id": listener["id"]})
     cloud.ledger.created(LISTENER, listener["id"], lb["_project_id"], name=listener["name"], status="PENDING_CREATE")
     _provision(cloud, LISTENER, listener, "create")
     return json_response({"listener": render(listener)}, status=201)

@@ -534,9 +534,9 @@ def _sort(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str, A
             key, _, direction = part.partition(":")
             keys.append((key.strip(), (direction or "desc").strip()))
     else:
-        key = qstr(request, "sort_key")
-        if key:
-            keys.append((key, qstr(request, "sort_dir") or "desc"))
+        sort_key = qstr(request, "sort_key")
+        if sort_key:
+            keys.append((sort_key, qstr(request, "sort_dir") or "desc"))
     if not keys:
         keys = [("created_at", "desc")]
     allowed = {"id", "name", "status", "size", "created_at", "updated_at", "availability_zone", "bootable"}
