@@ -760,7 +760,7 @@ def _nic_requests(cloud: Cloud, request: web.Request, project_id: str, networks:
         if at_least(request, 37):
             raise ERR(400, "Invalid input for field/attribute networks. Value: None. 'networks' is a required "
                            "property")
-        networks = "auto" if _project_networks(cloud, project_id) else "none"
+        networks = "auto" if len(_project_networks(cloud, project_id)) == 1 else "none"
     if networks == "none":
         return []
     if networks == "auto":
@@ -1074,13 +1074,10 @@ def _boot(
 
         s["_task_state"] = "networking"
         for nic in nics:
-            try:
-                port = network.create_server_port(
-                    cloud, s["_project_id"], nic.network_id, nic.port_id, s["id"], s["_security_groups"]
-                )
-            except web.HTTPException as exc:
-                status, message = _nested_error(exc)
-                raise ERR(403 if status in (403, 409) and "uota" in message else 400, message) from None
+            # network.py raises Nova's own errors: 400 unknown network or group, 404 port, 409 in use, 403 quota
+            port = network.create_server_port(
+                cloud, s["_project_id"], nic.network_id, nic.port_id, s["id"], s["_security_groups"]
+            )
             s["_ports"].append(port)
         s["_task_state"] = "scheduling"
     if volume_ids:

@@ -285,8 +285,10 @@ def test_create_validation(demo: Connection, tiny: str, image_id: str) -> None:
         boot(demo, "bad-image", tiny, "3a1f7c2e-0000-4000-8000-000000000000")
     with pytest.raises(exceptions.BadRequestException, match="availability zone"):
         boot(demo, "bad-az", tiny, image_id, availability_zone="atlantis")
-    with pytest.raises(exceptions.BadRequestException, match="auto"):
-        boot(demo, "bad-auto", tiny, image_id, networks="auto")  # demo has no network of its own here
+    own = [n for n in demo.network.networks(project_id=demo.current_project_id) if not n.is_router_external]
+    if len(own) != 1:  # 'auto' needs exactly one network of the project's own
+        with pytest.raises(exceptions.BadRequestException, match="auto"):
+            boot(demo, "bad-auto", tiny, image_id, networks="auto")
 
 
 def test_paging_and_multi_create(demo: Connection, tiny: str, image_id: str) -> None:
@@ -410,17 +412,37 @@ def test_server_on_a_network(demo: Connection, tiny: str, image_id: str) -> None
     net = demo.network.create_network(name="cmp-net")
     subnet = demo.network.create_subnet(network_id=net.id, cidr="10.9.0.0/24", ip_version=4)
     sg = demo.network.create_security_group(name="cmp-sg")
+    public = demo.network.find_network("public", ignore_missing=False)
+    router = demo.network.create_router(name="cmp-router", external_gateway_info={"network_id": public.id})
+    demo.network.add_interface_to_router(router, subnet_id=subnet.id)
+    with pytest.raises(exceptions.BadRequestException):
+        boot(demo, "no-such-net", tiny, image_id, networks=[{"uuid": "7c0c5a53-1111-4111-8111-000000000000"}])
     server = boot(demo, "net-vm", tiny, image_id, networks=[{"uuid": net.id}], security_groups=[{"name": sg.name}])
+    auto = boot(demo, "auto-vm", tiny, image_id, networks="auto")  # the project's only network
+    fip = None
     try:
         server = demo.compute.wait_for_server(server, wait=WAIT, interval=0.05)
         addrs = server.addresses["cmp-net"]
         assert addrs[0]["OS-EXT-IPS:type"] == "fixed" and addrs[0]["addr"].startswith("10.9.0.")
+        assert server.security_groups == [{"name": "cmp-sg"}]
         ports = list(demo.network.ports(device_id=server.id))
         assert len(ports) == 1 and ports[0].device_owner == "compute:nova"
+        assert ports[0].fixed_ips[0]["ip_address"] == addrs[0]["addr"]
+        assert addrs[0]["OS-EXT-IPS-MAC:mac_addr"] == ports[0].mac_address
+        fip = demo.network.create_ip(floating_network_id=public.id, port_id=ports[0].id)
+        floating = [a for a in demo.compute.get_server(server.id).addresses["cmp-net"]
+                    if a["OS-EXT-IPS:type"] == "floating"]
+        assert [a["addr"] for a in floating] == [fip.floating_ip_address]
+        assert [p.network_id for p in demo.network.ports(device_id=auto.id)] == [net.id]
     finally:
-        demo.compute.delete_server(server)
-        demo.compute.wait_for_delete(server, wait=WAIT, interval=0.05)
-    poll(lambda: not list(demo.network.ports(device_id=server.id)), message="server ports released")
+        for s in (server, auto):
+            demo.compute.delete_server(s)
+            demo.compute.wait_for_delete(s, wait=WAIT, interval=0.05)
+    assert not list(demo.network.ports(device_id=server.id))  # the ports Nova made went with the server
+    if fip is not None:
+        demo.network.delete_ip(fip)
+    demo.network.remove_interface_from_router(router, subnet_id=subnet.id)
+    demo.network.delete_router(router)
     demo.network.delete_security_group(sg)
     demo.network.delete_subnet(subnet)
     demo.network.delete_network(net)
