@@ -263,9 +263,9 @@ class Reconciler:
         try:
             ack = await self.bus.publish(subject, env, msg_id=env_id, expected_last_subject_seq=row.last_seq)
         except ConcurrencyConflict as exc:
-            log.warning("emit_conflict", event=env.type, key=key, expected=row.last_seq)
+            log.warning("emit_conflict", event_type=env.type, key=key, expected=row.last_seq)
             raise Recheck() from exc
-        log.info("event_emitted", event=env.type, key=key, seq=ack.seq, duplicate=ack.duplicate)
+        log.info("event_emitted", event_type=env.type, key=key, seq=ack.seq, duplicate=ack.duplicate)
         row.last_seq = ack.seq
         await self.tracker.wait(ack.seq, self.settings.catch_up_timeout)
 
