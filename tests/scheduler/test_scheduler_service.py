@@ -18,6 +18,7 @@ from proto.events import (
     ClusterRejected,
     ClusterTemplate,
 )
+from services.scheduler import store
 from services.scheduler.admission import quota_exceeded_message
 from services.scheduler.service import build_service
 from tests.conftest import wait_for
@@ -158,3 +159,17 @@ async def _n_decisions(h: Harness, n: int) -> list[tuple[str, str]]:
 async def _consumer_acked(h: Harness, seq: int) -> bool:
     info = await h.projection.consumer.info()
     return info is not None and info.ack_floor is not None and info.ack_floor.stream_seq >= seq
+
+
+async def test_per_project_quota_row_overrides_the_default(sched: Harness) -> None:
+    project = f"p-{uuid.uuid4().hex[:6]}"
+    async with sched.pool.acquire() as conn:
+        await store.set_quota(conn, project, 1, datetime.now(UTC))
+    c1, _ = await ask(sched, project, "one")
+    c2, _ = await ask(sched, project, "two")
+    got = await wait_for(lambda: _n_decisions(sched, 2))
+    assert got == [("ClusterAdmitted", c1), ("ClusterRejected", c2)]
+    events = await sched.events(subjects.producer_events("scheduler"))
+    assert events[-1].payload == ClusterRejected(
+        uuid=c2, project_id=project, reason=quota_exceeded_message(1)
+    )
