@@ -148,10 +148,10 @@ class ClusterCloud:
         an existing fixed network/subnet, which are used as they are."""
         if fixed_subnet:
             try:
-                subnet = self.conn.network.find_subnet(fixed_subnet, ignore_missing=False)
+                fixed = self.conn.network.find_subnet(fixed_subnet, ignore_missing=False)
             except Exception as exc:
                 raise explain(f"Subnet {fixed_subnet} not found", exc) from exc
-            return NetworkRefs(network_id=subnet.network_id, subnet_id=subnet.id, router_id=None)
+            return NetworkRefs(network_id=fixed.network_id, subnet_id=fixed.id, router_id=None)
         if fixed_network:
             return NetworkRefs(network_id=self.find_network(fixed_network), subnet_id=None, router_id=None)
         tag = rc.cluster_tag(cluster_id)
@@ -163,7 +163,7 @@ class ClusterCloud:
                 )
                 log.info("network_created", cluster_id=cluster_id, network_id=net.id)
                 self._tag(net, tag)
-            subnet = self._one(self.conn.network.subnets(name=rc.subnet_name(prefix), network_id=net.id))
+            subnet: Any = self._one(self.conn.network.subnets(name=rc.subnet_name(prefix), network_id=net.id))
             if subnet is None:
                 subnet = self.conn.network.create_subnet(
                     name=rc.subnet_name(prefix), network_id=net.id, ip_version=4, cidr=cidr,
@@ -195,7 +195,7 @@ class ClusterCloud:
                 for port in self.conn.network.ports(device_id=router.id)
             )
             if not attached:
-                self.conn.network.add_interface_to_router(router, subnet_id=subnet_id)
+                self.conn.network.add_interface_to_router(router, subnet=subnet_id)
         except openstack.exceptions.SDKException as exc:
             raise explain(f"Creating the cluster router {rc.router_name(prefix)} failed", exc) from exc
         return str(router.id)
@@ -301,7 +301,7 @@ class ClusterCloud:
                 for port in list(self.conn.network.ports(device_id=router.id)):
                     for ip in port.fixed_ips or []:
                         try:
-                            self.conn.network.remove_interface_from_router(router, subnet_id=ip["subnet_id"])
+                            self.conn.network.remove_interface_from_router(router, subnet=ip["subnet_id"])
                         except openstack.exceptions.NotFoundException:
                             pass
                 self.conn.network.delete_router(router, ignore_missing=True)

@@ -134,10 +134,11 @@ def plan_create(
     for server in sorted(servers, key=lambda s: s.id):
         by_name.setdefault(server.name, server)  # a duplicate name never makes us create more
     for node in desired:
-        server = by_name.get(node.name)
-        if server is None:
+        found = by_name.get(node.name)
+        if found is None:
             plan.to_create.append(node)
             continue
+        server = found
         recorded = known.get(server.id)
         if recorded is None:
             plan.to_record.append(server)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import enum
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +39,7 @@ from proto.events import (
 )
 from services.provisioner import handlers, store
 from services.provisioner import reconcile as rc
-from services.provisioner.cloud import Cloud, CloudError, NetworkRefs
+from services.provisioner.cloud import Cloud, CloudError, Flavor, NetworkRefs
 from services.provisioner.cloudinit import NodeBoot, bootstrap_token, render_user_data
 from services.runtime.bus import Bus, ConcurrencyConflict
 from services.runtime.projection import Projection
@@ -378,7 +378,7 @@ class Reconciler:
         st: TaskState,
         missing: list[rc.DesiredNode],
         servers: list[rc.ServerView],
-        flavors: dict[str, object],
+        flavors: dict[str, Flavor],
         prefix: str,
         api_port: int,
     ) -> None:
@@ -411,7 +411,7 @@ class Reconciler:
             flavor = flavors[node.role]
             try:
                 sid = await self.cloud.call(trust, lambda c: c.create_server(
-                    name=node.name, flavor_id=flavor.id, image_id=image,  # type: ignore[attr-defined]
+                    name=node.name, flavor_id=flavor.id, image_id=image,
                     network_id=network_id, security_group=sg, key_name=key_name,
                     metadata=rc.node_metadata(row.uuid, node), user_data=user_data,
                 ))
@@ -430,13 +430,13 @@ class Reconciler:
             raise first_error
 
     async def _emit_node_created(
-        self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: object
+        self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: Flavor
     ) -> None:
         assert row.project_id is not None
         await self._emit(row, NodeCreated(
             cluster_id=row.uuid, project_id=row.project_id, node_name=name, role=role,  # type: ignore[arg-type]
-            server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,  # type: ignore[attr-defined]
-            vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb,  # type: ignore[attr-defined]
+            server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
+            vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb,
         ), f"NodeCreated:{server_id}")
         row.nodes[server_id] = rc.KnownNode(server_id, name, role, rc.NODE_CREATED)
 
@@ -520,5 +520,3 @@ class Reconciler:
         )
         return Outcome.IDLE
 
-
-ProjectionFactory = Callable[..., Awaitable[None]]

@@ -74,6 +74,9 @@ class Provisioner:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def database_url(self) -> str:
+        return self.env["COVE_DATABASE_URL"]
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -248,6 +251,8 @@ async def test_create_then_delete_builds_in_the_users_project_and_leaves_nothing
         assert len(nets) == 1
         routers = list(cloud.demo.network.routers(name=f"{prefix}-router"))
         assert len(routers) == 1 and routers[0].external_gateway_info
+        interfaces = list(cloud.demo.network.ports(device_id=routers[0].id, device_owner="network:router_interface"))
+        assert [ip["subnet_id"] for p in interfaces for ip in p.fixed_ips] == [nets[0].subnet_ids[0]]
 
         await request_delete(bus, req)
         await until(events, "ClusterDeleteCompleted", provisioner)
@@ -316,3 +321,57 @@ async def test_sigkill_mid_create_then_restart_finishes_without_duplicates(
         assert await asyncio.to_thread(cloud.live_records, prefix) == []
     finally:
         await sub.unsubscribe()
+
+
+async def snapshot(database_url: str, cluster_id: str) -> tuple[Any, ...]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        cluster = await conn.fetchrow(
+            "SELECT uuid, project_id, name, spec, trust_id, correlation_id, ca_cert_pem, desired, delete_generation,"
+            " delete_pending, status, status_reason, create_started_at, last_seq"
+            " FROM provisioner.clusters WHERE uuid = $1", cluster_id)
+        nodes = await conn.fetch(
+            "SELECT server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb, addresses, reason"
+            " FROM provisioner.nodes WHERE cluster_id = $1 ORDER BY server_id", cluster_id)
+        return (dict(cluster) if cluster else None, [dict(n) for n in nodes])
+    except asyncpg.UndefinedTableError:
+        return (None, [])
+    finally:
+        await conn.close()
+
+
+async def test_store_dropped_and_rebuilt_from_the_stream_equals_the_original(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    req = await request_cluster(bus, cloud, "demo-rebuild", masters=1, workers=1)
+    events, sub = await watch(bus, req.uuid)
+    try:
+        await until(events, "ClusterCreateCompleted", provisioner)
+        db = provisioner.database_url()
+        original = await wait_for(
+            lambda: _complete_snapshot(db, req.uuid), message="store shows CREATE_COMPLETE"
+        )
+        assert original[0]["last_seq"] > 0 and len(original[1]) == 2
+        provisioner.stop()
+        import asyncpg
+
+        conn = await asyncpg.connect(db)
+        await conn.execute("DROP SCHEMA provisioner CASCADE")
+        await conn.close()
+        provisioner.start()
+        rebuilt = await wait_for(lambda: _complete_snapshot(db, req.uuid), timeout=30, message="store rebuilt")
+        assert rebuilt == original
+        assert events.types().count("ClusterCreateCompleted") == 1  # replay re-emits nothing
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+    finally:
+        await sub.unsubscribe()
+
+
+async def _complete_snapshot(db: str, cluster_id: str) -> tuple[Any, ...] | None:
+    snap = await snapshot(db, cluster_id)
+    if snap[0] is None or snap[0]["status"] != "CREATE_COMPLETE" or any(n["status"] != "active" for n in snap[1]):
+        return None
+    return snap
