@@ -448,6 +448,33 @@ def test_server_on_a_network(demo: Connection, tiny: str, image_id: str) -> None
     demo.network.delete_network(net)
 
 
+def test_volume_attachments(demo: Connection, tiny: str, image_id: str) -> None:
+    server = demo.compute.wait_for_server(boot(demo, "attach-vm", tiny, image_id), wait=WAIT, interval=0.05)
+    vol = demo.block_storage.create_volume(size=1, name="cmp-attach")
+    vol = demo.block_storage.wait_for_status(vol, "available", wait=WAIT, interval=0.05)
+    try:
+        attachment = demo.compute.create_volume_attachment(server, volume_id=vol.id, delete_on_termination=True)
+        assert attachment.volume_id == vol.id and attachment.attachment_id and attachment.bdm_id
+        raw = demo.compute.get(f"/servers/{server.id}/os-volume_attachments", microversion="2.89").json()
+        (item,) = raw["volumeAttachments"]
+        assert "id" not in item and item["delete_on_termination"] is True and item["device"].startswith("/dev/vd")
+        old = demo.compute.get(f"/servers/{server.id}/os-volume_attachments/{vol.id}", microversion="2.1").json()
+        assert old["volumeAttachment"]["id"] == vol.id and "attachment_id" not in old["volumeAttachment"]
+        demo.block_storage.wait_for_status(vol, "in-use", wait=WAIT, interval=0.05)
+        attached = demo.compute.get_server(server.id).attached_volumes
+        assert [(a.id, a.delete_on_termination) for a in attached] == [(vol.id, True)]
+        with pytest.raises(exceptions.NotFoundException):
+            demo.compute.delete_volume_attachment("7c0c5a53-2222-4222-8222-000000000000", server, ignore_missing=False)
+        demo.compute.delete_volume_attachment(vol.id, server)
+        demo.block_storage.wait_for_status(vol, "available", wait=WAIT, interval=0.05)
+        assert demo.compute.get_server(server.id).attached_volumes == []
+    finally:
+        demo.compute.delete_server(server)
+        demo.compute.wait_for_delete(server, wait=WAIT, interval=0.05)
+        demo.block_storage.wait_for_status(vol, "available", wait=WAIT, interval=0.05)
+        demo.block_storage.delete_volume(vol)
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # Capacity and faults, on a private devcloud with two small hosts in two zones
 
