@@ -44,14 +44,14 @@ class CloudError(Exception):
 
 def explain(what: str, exc: BaseException) -> CloudError:
     """Turn an SDK/keystoneauth exception into a CloudError with a short reason."""
+    if isinstance(exc, openstack.exceptions.NotFoundException):  # also find_*() misses, which have no status
+        return CloudError(f"{what}: {exc.details or exc.message}", permanent=True)
     if isinstance(exc, openstack.exceptions.HttpException):
         detail = exc.details or exc.message
         status = exc.status_code
         return CloudError(f"{what}: {detail}", permanent=status in PERMANENT_STATUS)
     if isinstance(exc, ks_exceptions.HttpError):
         return CloudError(f"{what}: {exc.message}", permanent=exc.http_status in PERMANENT_STATUS)
-    if isinstance(exc, openstack.exceptions.ResourceNotFound):
-        return CloudError(f"{what}: {exc}", permanent=True)
     return CloudError(f"{what}: {exc.__class__.__name__}: {exc}", permanent=False)
 
 

@@ -214,7 +214,6 @@ class Reconciler:
                         else:
                             async with self._sem:
                                 outcome = await self._step(row, state)
-                        state.failures = 0 if outcome is not Outcome.POLL else state.failures
                     except Recheck:
                         caught_up = False
                         continue
@@ -302,12 +301,14 @@ class Reconciler:
         if not row.trust_id:
             return await self._create_failed(row, "The cluster has no trust: Cove cannot act in the project")
         try:
-            return await self._create_steps(row, st)
+            outcome = await self._create_steps(row, st)
         except CloudError as err:
             if self._project_failure(st, err):
                 return await self._create_failed(row, err.reason)
             await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
             return Outcome.POLL
+        st.failures = 0
+        return outcome
 
     async def _create_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         spec = row.spec
@@ -469,12 +470,14 @@ class Reconciler:
         if row.spec is None or not row.trust_id:
             return await self._delete_failed(row, "The cluster has no trust: Cove cannot act in the project")
         try:
-            return await self._delete_steps(row, st)
+            outcome = await self._delete_steps(row, st)
         except CloudError as err:
             if self._project_failure(st, err):
                 return await self._delete_failed(row, err.reason)
             await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
             return Outcome.POLL
+        st.failures = 0
+        return outcome
 
     async def _delete_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         spec = row.spec

@@ -186,12 +186,12 @@ async def watch(bus: Bus, cluster_id: str) -> tuple[ClusterEvents, Any]:
 
 
 async def request_cluster(
-    bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2
+    bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2, flavor: str = "m1.small"
 ) -> ClusterCreateRequested:
     now = datetime.datetime.now(datetime.UTC)
     template = ClusterTemplate(
         uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
-        image_id="fedora-coreos", flavor_id="m1.small", master_flavor_id="m1.small",
+        image_id="fedora-coreos", flavor_id=flavor, master_flavor_id=flavor,
         external_network_id="public", created_at=now,
     )
     req = ClusterCreateRequested(
@@ -375,3 +375,19 @@ async def _complete_snapshot(db: str, cluster_id: str) -> tuple[Any, ...] | None
     if snap[0] is None or snap[0]["status"] != "CREATE_COMPLETE" or any(n["status"] != "active" for n in snap[1]):
         return None
     return snap
+
+
+async def test_a_permanent_cloud_error_fails_the_create_with_a_reason(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    req = await request_cluster(bus, cloud, "demo-noflavor", flavor="m1.nonexistent")
+    events, sub = await watch(bus, req.uuid)
+    try:
+        failed = await until(events, "ClusterCreateFailed", provisioner)
+        assert failed.payload.status_reason.startswith("Flavor m1.nonexistent not found"), failed.payload
+        assert "NodeCreated" not in events.types()
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        assert await asyncio.to_thread(cloud.live_records, prefix_of(req)) == []
+    finally:
+        await sub.unsubscribe()
