@@ -15,8 +15,8 @@ BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters"]
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or BENCHMARKS
-    rest = [a for a in argv if a.startswith("-")]
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, rest = argv[:split] or BENCHMARKS, argv[split:]
     results = {}
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
