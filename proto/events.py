@@ -158,6 +158,53 @@ class ClusterCADeleted(_Event, frozen=True, tag=True):
     project_id: str
 
 
+class ClusterCAReplaced(_Event, frozen=True, tag=True):
+    """The cluster's CA was rotated (``PATCH /v1/certificates/{cluster}``): this CA signs from now on."""
+
+    uuid: str
+    project_id: str
+    ca_cert_pem: str
+    encrypted_ca_key: bytes
+    key_id: str
+    previous_serial: str | None = None
+    """Hex serial number of the CA it replaced."""
+
+
+class ClusterTrustRotated(_Event, frozen=True, tag=True):
+    """The cluster's Keystone trust was replaced (``PATCH /v1/credentials/{cluster}``, microversion >= 1.12).
+
+    The provisioner acts with ``trust_id`` from now on; ``previous_trust_id`` may be deleted."""
+
+    uuid: str
+    project_id: str
+    trust_id: str
+    trustee_user_id: str
+    previous_trust_id: str | None = None
+    user_id: str | None = None
+
+
+# --------------------------------------------------------------------------- quotas (api, admin CRUD)
+
+
+class QuotaCreated(_Event, frozen=True, tag=True):
+    """A per-project override of the default limit (Magnum's quotas row; only resource ``Cluster``)."""
+
+    project_id: str
+    hard_limit: int
+    resource: str = "Cluster"
+
+
+class QuotaUpdated(_Event, frozen=True, tag=True):
+    project_id: str
+    hard_limit: int
+    resource: str = "Cluster"
+
+
+class QuotaDeleted(_Event, frozen=True, tag=True):
+    project_id: str
+    resource: str = "Cluster"
+
+
 # --------------------------------------------------------------------------- provisioner
 
 
@@ -270,6 +317,8 @@ class ServiceHeartbeat(_Event, frozen=True, tag=True):
     started_at: datetime
     state: Literal["up", "stopping"] = "up"
     version: str | None = None
+    report_count: int | None = None
+    """How many heartbeats this process has sent, this one included (Magnum's mservices report_count)."""
 
 
 Event = (
@@ -283,6 +332,11 @@ Event = (
     | ClusterRejected
     | ClusterCACreated
     | ClusterCADeleted
+    | ClusterCAReplaced
+    | ClusterTrustRotated
+    | QuotaCreated
+    | QuotaUpdated
+    | QuotaDeleted
     | ClusterCreateStarted
     | NodeCreated
     | NodeBecameActive

@@ -26,10 +26,13 @@ class Heartbeat:
         self.host = host or socket.gethostname()
         self.started_at = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
+        self.report_count = 0
 
     async def beat(self, state: Literal["up", "stopping"] = "up") -> None:
+        self.report_count += 1
         payload = ServiceHeartbeat(
-            service=self.service, host=self.host, pid=os.getpid(), started_at=self.started_at, state=state
+            service=self.service, host=self.host, pid=os.getpid(), started_at=self.started_at, state=state,
+            report_count=self.report_count,
         )
         env = new_envelope(payload, project_id=None, cluster_id=None)
         await self.bus.publish(subjects.heartbeat_subject(self.service), env)
