@@ -122,6 +122,70 @@ class ClusterUpdateRequested(_Event, frozen=True, tag=True):
     nodegroup: str | None = None
 
 
+# --------------------------------------------------------------------------- nodegroups and upgrades (api)
+
+
+class NodeTaint(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    value: str | None = None
+    effect: str = "NoSchedule"
+
+
+class NodeGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """A Magnum nodegroup: a set of servers of one role, flavor and image in a cluster."""
+
+    uuid: str
+    name: str
+    cluster_id: str
+    project_id: str
+    role: str = "worker"
+    node_count: int = 1
+    min_node_count: int = 0
+    max_node_count: int | None = None
+    flavor_id: str | None = None
+    image_id: str | None = None
+    docker_volume_size: int | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    merge_labels: bool = False
+    node_labels: dict[str, str] = msgspec.field(default_factory=dict)
+    node_taints: list[NodeTaint] = msgspec.field(default_factory=list)
+    is_default: bool = False
+    created_at: datetime | None = None
+
+
+class NodeGroupCreateRequested(_Event, frozen=True, tag=True):
+    nodegroup: NodeGroup
+
+
+class NodeGroupUpdateRequested(_Event, frozen=True, tag=True):
+    """A PATCH of the fields that need no server change (min/max counts, node labels and taints)."""
+
+    cluster_id: str
+    project_id: str
+    uuid: str
+    min_node_count: int
+    max_node_count: int | None = None
+    node_labels: dict[str, str] = msgspec.field(default_factory=dict)
+    node_taints: list[NodeTaint] = msgspec.field(default_factory=list)
+
+
+class NodeGroupDeleteRequested(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    uuid: str
+    name: str
+
+
+class ClusterUpgradeRequested(_Event, frozen=True, tag=True):
+    """Move the cluster (or one nodegroup) to ``template``: nodes whose image differs are replaced in batches."""
+
+    uuid: str
+    project_id: str
+    template: ClusterTemplate
+    max_batch_size: int = 1
+    nodegroup: str | None = None
+
+
 # --------------------------------------------------------------------------- scheduler
 
 
@@ -290,6 +354,8 @@ class ClusterUpdateStarted(_Event, frozen=True, tag=True):
     uuid: str
     project_id: str
     node_count: int
+    generation: int | None = None
+    """Which update request (the provisioner's count of them for the cluster) this pass works toward."""
 
 
 class ClusterUpdateCompleted(_Event, frozen=True, tag=True):
@@ -297,12 +363,16 @@ class ClusterUpdateCompleted(_Event, frozen=True, tag=True):
     project_id: str
     node_count: int
     node_addresses: list[str] = msgspec.field(default_factory=list)
+    generation: int | None = None
+    nodegroup_counts: dict[str, int] = msgspec.field(default_factory=dict)
+    """Nodegroup name -> node count reached."""
 
 
 class ClusterUpdateFailed(_Event, frozen=True, tag=True):
     uuid: str
     project_id: str
     status_reason: str
+    generation: int | None = None
 
 
 # --------------------------------------------------------------------------- every service
@@ -350,6 +420,10 @@ Event = (
     | ClusterUpdateStarted
     | ClusterUpdateCompleted
     | ClusterUpdateFailed
+    | NodeGroupCreateRequested
+    | NodeGroupUpdateRequested
+    | NodeGroupDeleteRequested
+    | ClusterUpgradeRequested
     | ServiceHeartbeat
 )
 """The discriminated union of every event; ``type`` is the discriminator."""
