@@ -178,3 +178,11 @@ def sign_csr(
             builder = builder.add_extension(ext.value, critical=ext.critical)
     cert = builder.sign(ca_key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def subject_and_serial(ca_cert_pem: str) -> tuple[str, str]:
+    """The CA's subject common name (kept by a rotation) and its serial number in hex."""
+    cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(cns[0].value) if cns else "cove-cluster"
+    return name, format(cert.serial_number, "x")

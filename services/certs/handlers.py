@@ -9,11 +9,26 @@ import asyncpg
 import structlog
 
 from proto import subjects
-from proto.envelope import Envelope
-from proto.events import ClusterAdmitted, ClusterCACreated, ClusterCADeleted, ClusterDeleteCompleted
-from proto.requests import CertificateSigned, ClusterCA, GetClusterCA, Message, SignCertificate
+from proto.envelope import Envelope, new_envelope
+from proto.events import (
+    ClusterAdmitted,
+    ClusterCACreated,
+    ClusterCADeleted,
+    ClusterCAReplaced,
+    ClusterDeleteCompleted,
+)
+from proto.requests import (
+    CertificateSigned,
+    ClusterCA,
+    ClusterCARotated,
+    GetClusterCA,
+    Message,
+    RotateClusterCA,
+    SignCertificate,
+)
 from services.certs import ca, store
 from services.certs.keys import KeyRing
+from services.runtime.bus import Bus
 from services.runtime.projection import Outgoing
 from services.runtime.rpc import RpcError
 
@@ -31,9 +46,15 @@ ClusterDeleteCompleted (delete the CA)."""
 
 
 class Handlers:
-    def __init__(self, keyring: KeyRing, pool: Callable[[], asyncpg.Pool | None]) -> None:
+    def __init__(
+        self,
+        keyring: KeyRing,
+        pool: Callable[[], asyncpg.Pool | None],
+        bus: Callable[[], Bus | None] = lambda: None,
+    ) -> None:
         self.keyring = keyring
         self._pool = pool
+        self._bus = bus
 
     # ------------------------------------------------------------------ events
 
@@ -50,6 +71,14 @@ class Handlers:
                 encrypted_ca_key=p.encrypted_ca_key,
                 key_id=p.key_id,
                 created_at=env.occurred_at,
+            )
+        elif isinstance(p, ClusterCAReplaced):
+            await store.replace_ca(
+                tx,
+                cluster_id=p.uuid,
+                ca_cert_pem=p.ca_cert_pem,
+                encrypted_ca_key=p.encrypted_ca_key,
+                key_id=p.key_id,
             )
         elif isinstance(p, ClusterCADeleted):
             await store.set_deleted_at(tx, p.uuid, p.project_id, env.occurred_at)
@@ -129,3 +158,34 @@ class Handlers:
             raise RpcError(400, f"Invalid CSR: {exc}") from exc
         log.info("csr_signed", cluster_id=req.cluster_id, project_id=found.project_id)
         return CertificateSigned(pem=pem, cluster_id=found.cluster_id)
+
+    async def rotate(self, req: Message) -> Message:
+        """Replace the cluster's CA with a new one (same subject); the ``ClusterCAReplaced`` fact is durable in
+        the stream before the reply, and the store has the new CA, so a sign right after uses it.
+        404: unknown/deleted cluster or other project; 503: no bus or store."""
+        if not isinstance(req, RotateClusterCA):
+            raise RpcError(400, f"expected RotateClusterCA, got {type(req).__name__}")
+        found = await self._live_ca(req.cluster_id, req.project_id)
+        bus, pool = self._bus(), self._pool()
+        if bus is None or pool is None:
+            raise RpcError(503, "certs is not connected")
+        common_name, previous_serial = ca.subject_and_serial(found.ca_cert_pem)
+        cert_pem, key_pem = await asyncio.to_thread(ca.generate_ca, common_name)
+        blob, key_id = self.keyring.encrypt(found.cluster_id, key_pem)
+        event = ClusterCAReplaced(
+            uuid=found.cluster_id,
+            project_id=found.project_id,
+            ca_cert_pem=cert_pem,
+            encrypted_ca_key=blob,
+            key_id=key_id,
+            previous_serial=previous_serial,
+        )
+        env = new_envelope(event, project_id=found.project_id, cluster_id=found.cluster_id)
+        await bus.publish(subjects.cluster_events(PRODUCER, found.cluster_id), env)
+        async with pool.acquire() as conn:
+            await store.replace_ca(
+                conn, cluster_id=found.cluster_id, ca_cert_pem=cert_pem, encrypted_ca_key=blob, key_id=key_id
+            )
+        log.info("cluster_ca_rotated", cluster_id=found.cluster_id, project_id=found.project_id,
+                 previous_serial=previous_serial)
+        return ClusterCARotated(cluster_id=found.cluster_id, pem=cert_pem)

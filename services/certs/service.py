@@ -1,4 +1,4 @@
-"""Wiring of the certs service: the CA projection and the sign / get-CA RPCs (queue group ``certs``)."""
+"""Wiring of the certs service: the CA projection and the sign / get-CA / rotate-CA RPCs (queue group ``certs``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def build_service(config: ServiceConfig, *, schema: str = "certs", durable: str = "certs") -> Service:
     """Master key from ``COVE_CERTS_MASTER_KEY`` or ``$COVE_STATE_DIR/certs-master.key`` (see keys.py)."""
     svc = Service(config, schema=schema, migrations_dir=MIGRATIONS)
-    handlers = Handlers(load_keyring(config.extra), lambda: svc.pool)
+    handlers = Handlers(load_keyring(config.extra), lambda: svc.pool, lambda: svc.bus)
     svc.add_projection(durable, handlers.handle, FILTER_SUBJECTS)
     svc.add_rpc(subjects.CERTS_SIGN, handlers.sign, queue="certs")
     svc.add_rpc(subjects.CERTS_GET_CA, handlers.get_ca, queue="certs")
+    svc.add_rpc(subjects.CERTS_ROTATE_CA, handlers.rotate, queue="certs")
     return svc

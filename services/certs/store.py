@@ -81,3 +81,22 @@ async def set_deleted_at(tx: asyncpg.Connection, cluster_id: str, project_id: st
         cluster_id,
         at,
     )
+
+
+async def replace_ca(
+    conn: asyncpg.Connection,
+    *,
+    cluster_id: str,
+    ca_cert_pem: str,
+    encrypted_ca_key: bytes,
+    key_id: str,
+) -> None:
+    """A rotated CA replaces the live one (a deleted cluster's tombstone stays as it is)."""
+    await conn.execute(
+        "UPDATE cluster_cas SET ca_cert_pem = $2, encrypted_ca_key = $3, key_id = $4"
+        " WHERE cluster_id = $1 AND deleted_at IS NULL",
+        cluster_id,
+        ca_cert_pem,
+        encrypted_ca_key,
+        key_id,
+    )

@@ -16,6 +16,9 @@ from proto.events import (
     ClusterDeleteCompleted,
     ClusterDeleteRequested,
     ClusterRejected,
+    QuotaCreated,
+    QuotaDeleted,
+    QuotaUpdated,
 )
 from services.runtime.projection import Outgoing
 from services.scheduler import admission, store
@@ -28,9 +31,10 @@ FILTER_SUBJECTS = [
     subjects.producer_events("api", "cluster"),
     subjects.producer_events(PRODUCER, "cluster"),
     subjects.producer_events("provisioner", "cluster"),
+    subjects.producer_events("api", "quota"),
 ]
-"""Cluster requests from the API, the scheduler's own decisions (the facts its store is rebuilt from) and the
-provisioner's outcomes (failed / deleted)."""
+"""Cluster requests from the API, the scheduler's own decisions (the facts its store is rebuilt from), the
+provisioner's outcomes (failed / deleted) and the admins' per-project quotas (from the API)."""
 
 
 class Handlers:
@@ -67,6 +71,12 @@ class Handlers:
             await store.mark(tx, p.uuid, p.project_id, "create_failed", env.occurred_at)
         elif isinstance(p, ClusterDeleteRequested):
             await store.mark(tx, p.uuid, p.project_id, "delete_requested", env.occurred_at)
+        elif isinstance(p, QuotaCreated | QuotaUpdated):
+            await store.set_quota(tx, p.project_id, p.hard_limit, env.occurred_at, p.resource)
+            log.info("quota_set", project_id=p.project_id, resource=p.resource, hard_limit=p.hard_limit)
+        elif isinstance(p, QuotaDeleted):
+            await store.delete_quota(tx, p.project_id, p.resource)
+            log.info("quota_deleted", project_id=p.project_id, resource=p.resource)
         elif isinstance(p, ClusterDeleteCompleted):
             await store.mark(tx, p.uuid, p.project_id, "delete_completed", env.occurred_at)
             log.info("cluster_quota_released", cluster_id=p.uuid, project_id=p.project_id)
