@@ -120,6 +120,19 @@ class ClusterUpdateRequested(_Event, frozen=True, tag=True):
     previous_node_count: int | None = None
     nodes_to_remove: list[str] = msgspec.field(default_factory=list)
     nodegroup: str | None = None
+    rollback: bool = False
+    """``PATCH /v1/clusters/{id}?rollback=True`` (microversion >= 1.3): undo the change if it fails."""
+
+
+class ClusterHealthUpdated(_Event, frozen=True, tag=True):
+    """``PATCH /v1/clusters/{id}`` of ``/health_status`` and/or ``/health_status_reason`` (an external healer or
+    the cluster's trustee reporting); no status change."""
+
+    uuid: str
+    project_id: str
+    health_status: str | None = None
+    health_status_reason: dict[str, str] = msgspec.field(default_factory=dict)
+    user_id: str | None = None
 
 
 # --------------------------------------------------------------------------- nodegroups and upgrades (api)
@@ -398,6 +411,7 @@ Event = (
     | ClusterCreateRequested
     | ClusterDeleteRequested
     | ClusterUpdateRequested
+    | ClusterHealthUpdated
     | ClusterAdmitted
     | ClusterRejected
     | ClusterCACreated
