@@ -7,7 +7,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -56,6 +56,8 @@ class Identity:
     tokens: dict[str, Token] = field(default_factory=dict)
     trusts: dict[str, dict[str, Any]] = field(default_factory=dict)
     app_creds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revoke_events: list[dict[str, Any]] = field(default_factory=list)
+    """OS-REVOKE events (one per revoked token, by audit id), oldest first; swept after a token lifetime."""
 
     def __post_init__(self) -> None:
         config = self.cloud.config
@@ -172,7 +174,13 @@ class Identity:
         return token
 
     def revoke(self, token_id: str) -> bool:
-        return self.tokens.pop(token_id, None) is not None
+        token = self.tokens.pop(token_id, None)
+        if token is None:
+            return False
+        at = now()
+        self.revoke_events.append({"audit_id": token.audit_id, "issued_before": iso(at), "revoked_at": iso(at),
+                                   "_at": at})
+        return True
 
     def context(self, token: Token) -> Ctx:
         user = self.users[token.user_id]
@@ -191,6 +199,9 @@ class Identity:
         t = now()
         for tid in [tid for tid, tok in self.tokens.items() if tok.expires_at <= t]:
             del self.tokens[tid]
+        keep = t - timedelta(seconds=self.cloud.config.timing.token_lifetime_seconds)
+        while self.revoke_events and self.revoke_events[0]["_at"] <= keep:
+            self.revoke_events.pop(0)
 
     # ---------------------------------------------------------------------------------------------------- shapes
     def catalog(self, project_id: str | None) -> list[dict[str, Any]]:
@@ -417,6 +428,30 @@ async def revoke_token(request: web.Request) -> web.Response:
     subject = _subject(request)
     identity_of(request).revoke(subject.id)
     return web.Response(status=204)
+
+
+@routes.get(f"{V3}/OS-REVOKE/events")
+async def revoke_events(request: web.Request) -> web.Response:
+    """Keystone's revocation list (``identity:list_revoke_events``: service or admin), ``?since=<ISO 8601>``
+    returns the events revoked after that instant."""
+    c = ctx(request)
+    if not ({"admin", "service"} & set(c.roles)):
+        raise ERR(403, "You are not authorized to perform the requested action: identity:list_revoke_events.")
+    since_raw = request.query.get("since")
+    since: datetime | None = None
+    if since_raw:
+        try:
+            since = datetime.fromisoformat(since_raw.replace(" ", "+"))
+        except ValueError:
+            raise ERR(400, f"Invalid since: {since_raw}.") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    events = [
+        {k: v for k, v in e.items() if not k.startswith("_")}
+        for e in identity_of(request).revoke_events
+        if since is None or e["_at"] > since
+    ]
+    return json_response({"events": events, "links": _links(request)})
 
 
 @routes.get(f"{V3}/auth/catalog")

@@ -1,13 +1,21 @@
-"""Keystone for the API: validating users' tokens (cached briefly), creating trusts, and looking things up
-in the user's cloud (images, flavors, keypairs) with the user's own token and catalog.
+"""Keystone for the API: validating users' tokens (cached for the token's life, dropped on revocation),
+creating trusts, and looking things up in the user's cloud (images, flavors, keypairs) with the user's own
+token and catalog.
 
-The ``cove`` service user's token validates users' tokens (``GET /v3/auth/tokens`` + ``X-Subject-Token``).
-A validated token is cached until min(its expiry, ``ttl``) so a revoked token stops working within ``ttl``.
+Token validation follows keystonemiddleware's approach. The ``cove`` service user's token validates a user's
+token once (``GET /v3/auth/tokens`` + ``X-Subject-Token``); the answer is cached until the token expires (or
+``ttl``, if set, whichever is first). A background task polls Keystone's revocation events
+(``GET /v3/OS-REVOKE/events?since=...``, every ``revocation_interval`` seconds) and drops every cached token an
+event matches (by audit id, user, project, trust or role; issued before the event). Newly validated tokens are
+also checked against the recent events, so a validation racing a revocation cannot cache a dead token.
+If the revocation feed has not answered for ``feed_stale_after`` seconds, cached tokens are trusted for at
+most ``fallback_ttl`` seconds after their validation: revocation is then late by at most that, never ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -92,6 +100,59 @@ class ServiceCredentials:
 class _Cached:
     ctx: AuthContext
     valid_until: float
+    """``time.monotonic()`` after which Keystone is asked again (the token's expiry, or ``ttl``)."""
+    validated_at: float
+    facts: dict[str, frozenset[str]]
+    """What revocation events match on: audit_id, user_id, project_id, trust_id, role_id (sets of ids)."""
+    issued_at: datetime
+
+
+_EVENT_KEYS = ("audit_id", "audit_chain_id", "user_id", "project_id", "trust_id", "role_id", "domain_id",
+               "consumer_id", "access_token_id")
+
+
+def token_facts(body: dict[str, Any]) -> dict[str, frozenset[str]]:
+    """The ids of a token (``GET /v3/auth/tokens`` body) that Keystone's revocation events can name."""
+    tok = body["token"]
+    audit = [str(a) for a in tok.get("audit_ids") or []]
+    project = tok.get("project") or {}
+    trust = tok.get("OS-TRUST:trust") or {}
+    user = tok.get("user") or {}
+    facts = {
+        "audit_id": frozenset(audit[:1]),
+        "audit_chain_id": frozenset(audit[-1:]),
+        "user_id": frozenset({str(user["id"])} if user.get("id") else ()),
+        "project_id": frozenset({str(project["id"])} if project.get("id") else ()),
+        "trust_id": frozenset({str(trust["id"])} if trust.get("id") else ()),
+        "role_id": frozenset(str(r["id"]) for r in tok.get("roles") or [] if r.get("id")),
+        "domain_id": frozenset(
+            str(d) for d in ((user.get("domain") or {}).get("id"), (project.get("domain") or {}).get("id")) if d
+        ),
+    }
+    trustor = (trust.get("trustor_user") or {}).get("id")
+    trustee = (trust.get("trustee_user") or {}).get("id")
+    if trustor or trustee:
+        facts["user_id"] = facts["user_id"] | frozenset(str(x) for x in (trustor, trustee) if x)
+    return facts
+
+
+def event_matches(event: dict[str, Any], facts: dict[str, frozenset[str]], issued_at: datetime) -> bool:
+    """Keystone's rule: every id the event names matches the token, and the token was issued before
+    ``issued_before``. An event that names none of the ids matches nothing."""
+    named = [k for k in _EVENT_KEYS if event.get(k)]
+    if not named:
+        return False
+    for key in named:
+        if str(event[key]) not in facts.get(key, frozenset()):
+            return False
+    before = event.get("issued_before")
+    if before:
+        try:
+            if issued_at > parse_time(str(before)):
+                return False
+        except ValueError:
+            pass
+    return True
 
 
 @dataclass
@@ -99,12 +160,24 @@ class Keystone:
     """The API's client of Keystone. ``await close()`` when done."""
 
     creds: ServiceCredentials
-    ttl: float = 10.0
+    ttl: float | None = None
+    """Upper bound on how long a validation is trusted; None: the token's own life (revocations drop it)."""
     timeout: float = 10.0
+    revocation_interval: float = 1.0
+    """Seconds between polls of Keystone's revocation events."""
+    feed_stale_after: float = 10.0
+    fallback_ttl: float = 10.0
+    max_cached: int = 100_000
     session: aiohttp.ClientSession | None = None
     _service: AuthContext | None = None
     _cache: dict[str, _Cached] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _poller: asyncio.Task[None] | None = None
+    _feed_ok_at: float = -1e18
+    _since: str | None = None
+    _recent_events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=lambda: {
+        "hits": 0, "misses": 0, "refused": 0, "revoked_dropped": 0, "feed_errors": 0})
 
     @property
     def v3(self) -> str:
@@ -117,6 +190,11 @@ class Keystone:
         return self.session
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         if self.session is not None:
             await self.session.close()
 
@@ -147,13 +225,20 @@ class Keystone:
     # ------------------------------------------------------------------ users' tokens
 
     async def validate(self, token: str | None) -> AuthContext:
-        """The caller's context, or ``ApiError(401)``."""
+        """The caller's context, or ``ApiError(401)`` (no, forged, expired or revoked token)."""
         if not token:
             raise unauthorized()
         now = time.monotonic()
         cached = self._cache.get(token)
-        if cached is not None and cached.valid_until > now:
-            return cached.ctx
+        if cached is not None:
+            if cached.valid_until > now and (
+                now - self._feed_ok_at < self.feed_stale_after or now - cached.validated_at < self.fallback_ttl
+            ):
+                self.stats["hits"] += 1
+                return cached.ctx
+            del self._cache[token]
+        self._ensure_poller()
+        self.stats["misses"] += 1
         svc = await self.service_context()
         headers = {"X-Auth-Token": svc.token, "X-Subject-Token": token}
         async with self._session().get(f"{self.v3}/auth/tokens", headers=headers) as resp:
@@ -169,18 +254,103 @@ class Keystone:
     async def _accept(self, token: str, resp: aiohttp.ClientResponse, now: float) -> AuthContext:
         if resp.status in (401, 403, 404):
             self._cache.pop(token, None)
+            self.stats["refused"] += 1
             raise unauthorized()
         if resp.status != 200:
             log.error("token_validation_failed", status=resp.status)
             raise ApiError(503, "Keystone could not validate the token.")
-        ctx = context_from_token_body(token, await resp.json())
+        body = await resp.json()
+        ctx = context_from_token_body(token, body)
         left = (ctx.expires_at - datetime.now(UTC)).total_seconds()
         if left <= 0:
+            self.stats["refused"] += 1
             raise unauthorized()
-        self._cache[token] = _Cached(ctx, now + min(left, self.ttl))
-        if len(self._cache) > 10000:
+        facts = token_facts(body)
+        issued_raw = body["token"].get("issued_at")
+        issued_at = parse_time(issued_raw) if issued_raw else datetime.now(UTC)
+        if any(event_matches(e, facts, issued_at) for _, e in self._recent_events):
+            # Revoked while we were asking: Keystone's answer predates the revocation.
+            self.stats["refused"] += 1
+            raise unauthorized()
+        life = left if self.ttl is None else min(left, self.ttl)
+        if len(self._cache) >= self.max_cached:
             self._cache = {k: v for k, v in self._cache.items() if v.valid_until > now}
+            while len(self._cache) >= self.max_cached:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[token] = _Cached(ctx, now + life, now, facts, issued_at)
         return ctx
+
+    def forget(self, token: str) -> None:
+        """Drop one token from the cache (e.g. the API learned it is bad some other way)."""
+        self._cache.pop(token, None)
+
+    # ------------------------------------------------------------------ revocation events
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_revocations())
+
+    async def _poll_revocations(self) -> None:
+        while True:
+            try:
+                await self.poll_revocations_once()
+            except (aiohttp.ClientError, TimeoutError, ApiError, ValueError, KeyError, TypeError) as exc:
+                # The feed must never die: log, count, retry; cached tokens fall back to ``fallback_ttl``.
+                self.stats["feed_errors"] += 1
+                log.warning("revocation_poll_failed", error=repr(exc))
+            await asyncio.sleep(self.revocation_interval)
+
+    async def poll_revocations_once(self) -> int:
+        """Fetch revocation events since the last poll and drop matching cached tokens. Returns how many."""
+        started = time.monotonic()
+        svc = await self.service_context()
+        url = f"{self.v3}/OS-REVOKE/events"
+        params = {"since": self._since} if self._since else None
+        async with self._session().get(url, params=params, headers={"X-Auth-Token": svc.token}) as resp:
+            if resp.status == 401:
+                self._service = None
+            if resp.status != 200:
+                self.stats["feed_errors"] += 1
+                log.warning("revocation_feed_unavailable", status=resp.status)
+                return 0
+            events = [e for e in (await resp.json()).get("events") or [] if isinstance(e, dict)]
+        self._feed_ok_at = started
+        dropped = self.apply_revocations(events, started)
+        for e in events:
+            at = e.get("revoked_at")
+            if at and (self._since is None or parse_time(str(at)) > parse_time(self._since)):
+                self._since = str(at)
+        return dropped
+
+    def apply_revocations(self, events: list[dict[str, Any]], now: float | None = None) -> int:
+        """Drop cached tokens matched by ``events``; remember the events a while for tokens validated
+        concurrently. Returns the number of tokens dropped."""
+        now = time.monotonic() if now is None else now
+        if events:
+            self._recent_events.extend((now, e) for e in events)
+        horizon = now - max(60.0, 10 * self.revocation_interval)
+        if self._recent_events and self._recent_events[0][0] < horizon:
+            self._recent_events = [(t, e) for t, e in self._recent_events if t >= horizon]
+        if not events:
+            return 0
+        # The common case (a token revoked by its audit id) is a set lookup; other events are matched in full.
+        by_audit: set[str] = set()
+        others: list[dict[str, Any]] = []
+        for e in events:
+            if [k for k in _EVENT_KEYS if e.get(k)] == ["audit_id"]:
+                by_audit.add(str(e["audit_id"]))
+            else:
+                others.append(e)
+        doomed = [
+            tok for tok, c in self._cache.items()
+            if (c.facts["audit_id"] & by_audit) or any(event_matches(e, c.facts, c.issued_at) for e in others)
+        ]
+        for tok in doomed:
+            del self._cache[tok]
+        if doomed:
+            self.stats["revoked_dropped"] += len(doomed)
+            log.info("revoked_tokens_dropped", count=len(doomed), events=len(events))
+        return len(doomed)
 
     # ------------------------------------------------------------------ trusts
 

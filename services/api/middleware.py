@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.api import microversion
+from services.api import microversion, policy
 from services.api.errors import ApiError, error_body
 from services.api.keystone import AuthContext, Keystone
 
@@ -88,6 +88,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     keystone = request.app[KEYSTONE]
     ctx = await keystone.validate(request.headers.get("X-Auth-Token"))
     request[CONTEXT] = ctx
+    policy.use(request.app)
     with structlog.contextvars.bound_contextvars(user_id=ctx.user_id, project_id=ctx.project_id):
         return await handler(request)
 

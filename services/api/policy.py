@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,6 @@ from aiohttp import web
 
 from services.api.errors import ApiError, policy_denied
 from services.api.keystone import AuthContext
-from services.api.middleware import CONTEXT
 
 log = structlog.get_logger(__name__)
 
@@ -323,20 +323,54 @@ _CREDS = web.RequestKey("policy_credentials", dict)
 _default: Policy | None = None
 
 
-def policy_of(app: web.Application) -> Policy:
-    """The app's policy (``app[POLICY]``), else one loaded once from the environment."""
-    found = app.get(POLICY)
-    if found is not None:
-        return found
+_current: ContextVar[Policy | None] = ContextVar("cove_api_policy", default=None)
+"""The serving app's policy, set per request by the auth middleware (for checks that only have a context)."""
+
+
+def _loaded_default() -> Policy:
     global _default
     if _default is None:
         _default = load()
     return _default
 
 
+def policy_of(app: web.Application) -> Policy:
+    """The app's policy (``app[POLICY]``), else one loaded once from the environment."""
+    found = app.get(POLICY)
+    return found if found is not None else _loaded_default()
+
+
+def use(app: web.Application) -> None:
+    """Make ``app``'s policy the one ``require_ctx`` sees in this request's task (called by the auth middleware)."""
+    _current.set(policy_of(app))
+
+
+def current() -> Policy:
+    return _current.get() or _loaded_default()
+
+
+def require_ctx(ctx: AuthContext, rule: str, target: Target | None = None, *, fallback: bool | None = None) -> None:
+    """``require`` for code that has an ``AuthContext`` but no request (``common.require_read``/``_write``).
+    A rule the policy does not know uses ``fallback`` (if given) instead of failing."""
+    pol = current()
+    creds = credentials(ctx)
+    if rule not in pol:
+        if fallback is None:
+            raise KeyError(rule)
+        log.warning("policy_rule_unknown", rule=rule)
+        ok = fallback
+    else:
+        ok = pol.check(rule, creds, _target(creds, target))
+    if not ok:
+        log.info("policy_denied", rule=rule)
+        raise policy_denied(rule)
+
+
 def _creds(request: web.Request) -> dict[str, Any]:
     creds = request.get(_CREDS)
     if creds is None:
+        from services.api.middleware import CONTEXT
+
         creds = credentials(request[CONTEXT])
         request[_CREDS] = creds
     return creds

@@ -4,7 +4,10 @@ Configuration (environment, via ``ServiceConfig.extra``):
     COVE_API_PORT            Magnum API port on 127.0.0.1 (default 9511; 0 = any free port)
     COVE_AUTH_URL            identity root, e.g. http://127.0.0.1:8775/identity (COVE_CLOUD_AUTH_URL also read)
     COVE_SERVICE_USER / COVE_SERVICE_PASSWORD / COVE_SERVICE_PROJECT   the service user (cove / cove-pass / service)
-    COVE_TOKEN_CACHE_TTL     seconds a validated token is trusted without asking Keystone again (default 10)
+    COVE_TOKEN_CACHE_TTL     cap on how long a validated token is trusted (default: the token's life; revocation
+                             events polled from Keystone drop it sooner)
+    COVE_TOKEN_REVOCATION_INTERVAL   seconds between polls of Keystone's revocation events (default 1)
+    COVE_API_POLICY_FILE     operator policy file (YAML rule -> expression) over Magnum's defaults
     COVE_API_ADMISSION_TIMEOUT   seconds a create waits for the quota decision (default 1.5)
 """
 
@@ -43,7 +46,8 @@ class ApiServer:
                 password=extra.get("COVE_SERVICE_PASSWORD", "cove-pass"),
                 project=extra.get("COVE_SERVICE_PROJECT", "service"),
             ),
-            ttl=float(extra.get("COVE_TOKEN_CACHE_TTL", "10")),
+            ttl=float(extra["COVE_TOKEN_CACHE_TTL"]) if extra.get("COVE_TOKEN_CACHE_TTL") else None,
+            revocation_interval=float(extra.get("COVE_TOKEN_REVOCATION_INTERVAL", "1")),
         )
         self.settings = Settings(
             admission_timeout=float(extra.get("COVE_API_ADMISSION_TIMEOUT", "1.5")),

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from services.api.errors import ApiError, bad_request, policy_denied
+from services.api import policy
+from services.api.errors import ApiError, bad_request
 from services.api.keystone import AuthContext
 from services.api.store import Scope
 
@@ -36,13 +37,13 @@ def scope_of(ctx: AuthContext) -> Scope:
 
 
 def require_read(ctx: AuthContext, rule: str) -> None:
-    if not ctx.can_read:
-        raise policy_denied(rule)
+    """``rule`` from the policy (services/api/policy.py) on the caller's own project; prefer
+    ``policy.require(request, rule, target)`` where the target's owner matters."""
+    policy.require_ctx(ctx, rule, fallback=ctx.can_read)
 
 
 def require_write(ctx: AuthContext, rule: str) -> None:
-    if not ctx.can_write:
-        raise policy_denied(rule)
+    policy.require_ctx(ctx, rule, fallback=ctx.can_write)
 
 
 def one(found: list[Any], kind: str, ident: str, *, plural: str) -> Any:
