@@ -24,10 +24,17 @@ from proto.events import (
     ClusterDeleteFailed,
     ClusterDeleteRequested,
     ClusterDeleteStarted,
+    ClusterUpdateCompleted,
+    ClusterUpdateFailed,
+    ClusterUpdateRequested,
+    ClusterUpdateStarted,
+    ClusterUpgradeRequested,
     NodeBecameActive,
     NodeCreated,
     NodeDeleted,
     NodeFailed,
+    NodeGroupCreateRequested,
+    NodeGroupDeleteRequested,
 )
 from services.provisioner import reconcile as rc
 from services.provisioner import store
@@ -41,6 +48,65 @@ STREAM_SEQ: contextvars.ContextVar[int] = contextvars.ContextVar("provisioner_st
 
 async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection) -> None:
     await store.record_spec(tx, p, env.correlation_id)
+    tpl = p.template
+    master_flavor = p.master_flavor_id or tpl.master_flavor_id or p.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
+    await store.upsert_group(
+        tx, p.uuid, "default-master", uuid=None, role=rc.MASTER, node_count=p.master_count,
+        flavor_id=master_flavor, image_id=tpl.image_id, is_default=True,
+    )
+    await store.upsert_group(
+        tx, p.uuid, "default-worker", uuid=None, role=rc.WORKER, node_count=p.node_count,
+        flavor_id=p.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR, image_id=tpl.image_id, is_default=True,
+    )
+
+
+async def on_update_requested(env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> None:
+    """A resize (or node_count PATCH) of one worker group; an unknown group is logged and ignored."""
+    name = await store.find_group(tx, p.uuid, p.nodegroup)
+    if name is None:
+        log.warning("resize_of_unknown_nodegroup", cluster_id=p.uuid, nodegroup=p.nodegroup)
+        return
+    await store.resize_group(tx, p.uuid, name, p.node_count, p.nodes_to_remove)
+    await store.bump_update(tx, p.uuid)
+
+
+async def on_nodegroup_create_requested(
+    env: Envelope, p: NodeGroupCreateRequested, tx: asyncpg.Connection
+) -> None:
+    ng = p.nodegroup
+    await store.upsert_group(
+        tx, ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == rc.MASTER else rc.WORKER,
+        node_count=ng.node_count, flavor_id=ng.flavor_id, image_id=ng.image_id, is_default=ng.is_default,
+    )
+    await store.bump_update(tx, ng.cluster_id)
+
+
+async def on_nodegroup_delete_requested(
+    env: Envelope, p: NodeGroupDeleteRequested, tx: asyncpg.Connection
+) -> None:
+    await store.remove_group(tx, p.cluster_id, p.name)
+    await store.bump_update(tx, p.cluster_id)
+
+
+async def on_upgrade_requested(env: Envelope, p: ClusterUpgradeRequested, tx: asyncpg.Connection) -> None:
+    name = None if p.nodegroup is None else await store.find_group(tx, p.uuid, p.nodegroup)
+    await store.set_group_image(tx, p.uuid, name, p.template.image_id)
+    await store.bump_update(tx, p.uuid, max_batch_size=p.max_batch_size)
+
+
+async def on_update_started(env: Envelope, p: ClusterUpdateStarted, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_IN_PROGRESS, None, STREAM_SEQ.get())
+    await store.mark_update(tx, p.uuid, started=p.generation)
+
+
+async def on_update_completed(env: Envelope, p: ClusterUpdateCompleted, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_COMPLETE, None, STREAM_SEQ.get())
+    await store.mark_update(tx, p.uuid, done=p.generation)
+
+
+async def on_update_failed(env: Envelope, p: ClusterUpdateFailed, tx: asyncpg.Connection) -> None:
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_FAILED, p.status_reason, STREAM_SEQ.get())
+    await store.mark_update(tx, p.uuid, done=p.generation)
 
 
 async def on_ca_created(env: Envelope, p: ClusterCACreated, tx: asyncpg.Connection) -> None:
@@ -123,6 +189,13 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     NodeBecameActive: on_node_active,  # type: ignore[dict-item]
     NodeFailed: on_node_failed,  # type: ignore[dict-item]
     NodeDeleted: on_node_deleted,  # type: ignore[dict-item]
+    ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]
+    NodeGroupCreateRequested: on_nodegroup_create_requested,  # type: ignore[dict-item]
+    NodeGroupDeleteRequested: on_nodegroup_delete_requested,  # type: ignore[dict-item]
+    ClusterUpgradeRequested: on_upgrade_requested,  # type: ignore[dict-item]
+    ClusterUpdateStarted: on_update_started,  # type: ignore[dict-item]
+    ClusterUpdateCompleted: on_update_completed,  # type: ignore[dict-item]
+    ClusterUpdateFailed: on_update_failed,  # type: ignore[dict-item]
 }
 
 

@@ -17,6 +17,11 @@ CREATE_FAILED = "CREATE_FAILED"
 DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
 DELETE_COMPLETE = "DELETE_COMPLETE"
 DELETE_FAILED = "DELETE_FAILED"
+UPDATE_IN_PROGRESS = "UPDATE_IN_PROGRESS"
+UPDATE_COMPLETE = "UPDATE_COMPLETE"
+UPDATE_FAILED = "UPDATE_FAILED"
+UPDATABLE = frozenset({CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED, UPDATE_IN_PROGRESS})
+"""Statuses from which a pending update request is carried out."""
 
 # Node states in the provisioner's store.
 NODE_CREATED, NODE_ACTIVE, NODE_FAILED, NODE_DELETED = "created", "active", "failed", "deleted"
@@ -74,8 +79,15 @@ def desired_nodes(prefix: str, master_count: int, node_count: int) -> list[Desir
     return masters + workers
 
 
-def node_metadata(cluster_id: str, node: DesiredNode) -> dict[str, str]:
-    return {"cove_cluster_id": cluster_id, "cove_role": node.role, "cove_node": node.name}
+def node_metadata(
+    cluster_id: str, node: DesiredNode, *, nodegroup: str | None = None, image: str | None = None
+) -> dict[str, str]:
+    meta = {"cove_cluster_id": cluster_id, "cove_role": node.role, "cove_node": node.name}
+    if nodegroup is not None:
+        meta["cove_nodegroup"] = nodegroup
+    if image is not None:
+        meta["cove_image"] = image
+    return meta
 
 
 @dataclass(frozen=True)

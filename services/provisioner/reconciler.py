@@ -31,6 +31,9 @@ from proto.events import (
     ClusterDeleteCompleted,
     ClusterDeleteFailed,
     ClusterDeleteStarted,
+    ClusterUpdateCompleted,
+    ClusterUpdateFailed,
+    ClusterUpdateStarted,
     Event,
     NodeBecameActive,
     NodeCreated,
@@ -39,6 +42,7 @@ from proto.events import (
 )
 from services.provisioner import handlers, store
 from services.provisioner import reconcile as rc
+from services.provisioner import resize as rz
 from services.provisioner.cloud import Cloud, CloudError, Flavor, NetworkRefs
 from services.provisioner.cloudinit import NodeBoot, bootstrap_token, render_user_data
 from services.runtime.bus import Bus, ConcurrencyConflict
@@ -114,6 +118,13 @@ class ReconcilerSettings:
     bootstrap_secret: bytes = b"cove-dev-bootstrap-secret"
 
 
+KICKING_EVENTS = frozenset({
+    "ClusterCreateRequested", "ClusterCACreated", "ClusterDeleteRequested", "ClusterUpdateRequested",
+    "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested",
+})
+"""Input events after which a cluster's task must decide again."""
+
+
 class Outcome(enum.Enum):
     AGAIN = "again"  # decide again right away (the store changed)
     POLL = "poll"  # the cloud is working: look again after poll_interval (or a kick)
@@ -178,7 +189,7 @@ class Reconciler:
         """Projection callback: an input event (api, certs) about a cluster was committed."""
         if env.cluster_id is None or env.type.startswith(("Node",)):
             return
-        if env.type in ("ClusterCreateRequested", "ClusterCACreated", "ClusterDeleteRequested"):
+        if env.type in KICKING_EVENTS:
             self.kick(env.cluster_id)
 
     def kick(self, cluster_id: str) -> None:
@@ -273,7 +284,9 @@ class Reconciler:
     async def _step(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         if row.desired == "absent":
             return await self._reconcile_delete(row, st)
-        if row.spec is None or row.ca_cert_pem is None or row.status in (rc.CREATE_COMPLETE, rc.CREATE_FAILED):
+        if row.status in rc.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
+            return await self._reconcile_update(row, st)
+        if row.spec is None or row.ca_cert_pem is None or row.status in (rc.CREATE_FAILED, *rc.UPDATABLE):
             return Outcome.IDLE
         return await self._reconcile_create(row, st)
 
@@ -310,9 +323,10 @@ class Reconciler:
         st.failures = 0
         return outcome
 
-    async def _create_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
+    async def _ensure_infra(self, row: store.ClusterRow, st: TaskState) -> None:
+        """The cluster's network and security group (found by their tags when they exist)."""
         spec = row.spec
-        assert spec is not None and row.trust_id is not None and row.ca_cert_pem is not None
+        assert spec is not None and row.trust_id is not None
         trust = row.trust_id
         tpl = spec.template
         prefix = rc.cluster_prefix(spec.name, row.uuid)
@@ -331,6 +345,15 @@ class Reconciler:
             st.security_group = await self.cloud.call(
                 trust, lambda c: c.ensure_security_group(prefix, row.uuid, api_port)
             )
+
+    async def _create_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
+        spec = row.spec
+        assert spec is not None and row.trust_id is not None and row.ca_cert_pem is not None
+        trust = row.trust_id
+        tpl = spec.template
+        prefix = rc.cluster_prefix(spec.name, row.uuid)
+        api_port = tpl.apiserver_port or 6443
+        await self._ensure_infra(row, st)
         master_flavor = spec.master_flavor_id or tpl.master_flavor_id or spec.flavor_id or tpl.flavor_id \
             or rc.DEFAULT_FLAVOR
         worker_flavor = spec.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
@@ -414,7 +437,10 @@ class Reconciler:
                 sid = await self.cloud.call(trust, lambda c: c.create_server(
                     name=node.name, flavor_id=flavor.id, image_id=image,
                     network_id=network_id, security_group=sg, key_name=key_name,
-                    metadata=rc.node_metadata(row.uuid, node), user_data=user_data,
+                    metadata=rc.node_metadata(
+                        row.uuid, node, image=image,
+                        nodegroup=rz.DEFAULT_MASTER if node.role == rc.MASTER else rz.DEFAULT_WORKER,
+                    ), user_data=user_data,
                 ))
             except CloudError as err:
                 return node, err
@@ -431,13 +457,14 @@ class Reconciler:
             raise first_error
 
     async def _emit_node_created(
-        self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: Flavor
+        self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: Flavor,
+        *, nodegroup: str | None = None,
     ) -> None:
         assert row.project_id is not None
         await self._emit(row, NodeCreated(
             cluster_id=row.uuid, project_id=row.project_id, node_name=name, role=role,  # type: ignore[arg-type]
             server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
-            vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb,
+            vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb, nodegroup=nodegroup,
         ), f"NodeCreated:{server_id}")
         row.nodes[server_id] = rc.KnownNode(server_id, name, role, rc.NODE_CREATED)
 
@@ -448,6 +475,156 @@ class Reconciler:
             row, ClusterCreateFailed(uuid=row.uuid, project_id=row.project_id, status_reason=reason),
             "ClusterCreateFailed",
         )
+        return Outcome.IDLE
+
+    # ---- update (resize, nodegroups, upgrade)
+
+    async def _reconcile_update(self, row: store.ClusterRow, st: TaskState) -> Outcome:
+        spec = row.spec
+        assert spec is not None
+        gen = row.update_generation
+        if row.update_started < gen:
+            await self._emit(row, ClusterUpdateStarted(
+                uuid=row.uuid, project_id=spec.project_id, node_count=rz.worker_count(row.groups), generation=gen,
+            ), f"ClusterUpdateStarted:{gen}")
+            return Outcome.AGAIN
+        if not row.trust_id:
+            return await self._update_failed(row, "The cluster has no trust: Cove cannot act in the project")
+        try:
+            outcome = await self._update_steps(row, st)
+        except CloudError as err:
+            if self._project_failure(st, err):
+                return await self._update_failed(row, err.reason)
+            await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
+            return Outcome.POLL
+        st.failures = 0
+        return outcome
+
+    async def _update_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
+        spec = row.spec
+        assert spec is not None and row.trust_id is not None
+        trust, tpl, gen = row.trust_id, spec.template, row.update_generation
+        prefix = rc.cluster_prefix(spec.name, row.uuid)
+        api_port = tpl.apiserver_port or 6443
+        await self._ensure_infra(row, st)
+        groups: list[rz.GroupSpec] = []
+        flavors: dict[str, Flavor] = {}
+        for g in row.groups:
+            image = None
+            if g.present and not g.is_master:
+                ref = g.image_ref or tpl.image_id
+                image = await self.cloud.call(trust, lambda c, ref=ref: c.image(ref))  # type: ignore[misc]
+                fref = g.flavor_id or spec.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
+                flavors[g.name] = await self.cloud.call(trust, lambda c, f=fref: c.flavor(f))  # type: ignore[misc]
+            groups.append(rz.GroupSpec(
+                name=g.name, role=g.role, node_count=g.node_count, present=g.present, is_default=g.is_default,
+                nodes_to_remove=g.nodes_to_remove, image=image, flavor_id=g.flavor_id, image_ref=g.image_ref,
+            ))
+        servers = await self.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
+        present = {s.id for s in servers}
+        st.delete_requested &= present
+        plan = rz.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
+
+        for server in servers:
+            if server.id not in row.nodes:
+                flavor = flavors.get(rz.group_of(server)) or next(iter(flavors.values()), None)
+                if flavor is None:
+                    flavor = await self.cloud.call(trust, lambda c: c.flavor(spec.flavor_id or tpl.flavor_id
+                                                                             or rc.DEFAULT_FLAVOR))
+                await self._emit_node_created(row, server.id, server.name, server.role, flavor,
+                                              nodegroup=rz.group_of(server))
+        for node in [n for sid, n in sorted(row.nodes.items()) if sid not in present and n.status != rc.NODE_DELETED]:
+            await self._emit(row, NodeDeleted(
+                cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
+                role=node.role,  # type: ignore[arg-type]
+            ), f"NodeDeleted:{node.server_id}")
+        for server in plan.failed:
+            await self._emit(row, NodeFailed(
+                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, node_name=server.name,
+                reason=server.fault or "the server went to ERROR without a fault message",
+            ), f"NodeFailed:{server.id}")
+        if plan.failed:
+            first = plan.failed[0]
+            return await self._update_failed(row, rc.node_failure_reason(first.name, first.fault))
+        for server in plan.became_active:
+            await self._emit(row, NodeBecameActive(
+                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, node_name=server.name,
+                role=server.role, addresses=server.addresses,  # type: ignore[arg-type]
+            ), f"NodeBecameActive:{server.id}")
+        if plan.complete:
+            workers = [s.first_ip() or "" for s in sorted(servers, key=lambda s: s.name) if s.role == rc.WORKER]
+            counts = {g.name: g.node_count for g in groups if g.present}
+            await self._emit(row, ClusterUpdateCompleted(
+                uuid=row.uuid, project_id=spec.project_id, node_count=rz.worker_count(groups),
+                node_addresses=workers, generation=gen, nodegroup_counts=counts,
+            ), f"ClusterUpdateCompleted:{gen}")
+            log.info("cluster_update_complete", generation=gen, node_count=rz.worker_count(groups))
+            return Outcome.IDLE
+        for server in plan.to_delete:
+            await self.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
+            st.delete_requested.add(server.id)
+            log.info("node_delete_sent", server_id=server.id, node=server.name)
+        if plan.to_create:
+            masters = sorted((s for s in servers if s.role == rc.MASTER), key=lambda s: s.name)
+            master_ip = masters[0].first_ip() if masters else None
+            await self._create_group_nodes(row, st, plan.to_create, flavors, master_ip, api_port)
+        return Outcome.POLL
+
+    async def _create_group_nodes(
+        self,
+        row: store.ClusterRow,
+        st: TaskState,
+        nodes: list[tuple[rz.GroupSpec, rc.DesiredNode]],
+        flavors: dict[str, Flavor],
+        master_ip: str | None,
+        api_port: int,
+    ) -> None:
+        spec = row.spec
+        assert spec is not None and row.trust_id is not None and st.network is not None
+        trust, tpl = row.trust_id, spec.template
+        prefix = rc.cluster_prefix(spec.name, row.uuid)
+        token = bootstrap_token(self.settings.bootstrap_secret, row.uuid)
+        network_id = st.network.network_id
+        sg = rc.security_group_name(prefix) if st.security_group else None
+        key_name = spec.keypair or tpl.keypair_id
+        address = f"{master_ip}:{api_port}" if master_ip else f"{rc.node_name(prefix, rc.MASTER, 0)}:{api_port}"
+
+        async def create(group: rz.GroupSpec, node: rc.DesiredNode) -> tuple[rc.DesiredNode, str | CloudError]:
+            user_data = render_user_data(NodeBoot(
+                cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,
+                ca_cert_pem=row.ca_cert_pem or "", api_address=address, bootstrap_token=token,
+                labels={**tpl.labels, **spec.labels},
+            ))
+            flavor = flavors[group.name]
+            try:
+                sid = await self.cloud.call(trust, lambda c: c.create_server(
+                    name=node.name, flavor_id=flavor.id, image_id=group.image or tpl.image_id,
+                    network_id=network_id, security_group=sg, key_name=key_name,
+                    metadata=rc.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
+                    user_data=user_data,
+                ))
+            except CloudError as err:
+                return node, err
+            return node, sid
+
+        results = await asyncio.gather(*(create(g, n) for g, n in nodes))
+        first_error: CloudError | None = None
+        for (group, _), (node, result) in zip(nodes, results, strict=True):
+            if isinstance(result, CloudError):
+                first_error = first_error or result
+                continue
+            await self._emit_node_created(row, result, node.name, node.role, flavors[group.name],
+                                          nodegroup=group.name)
+        if first_error is not None:
+            raise first_error
+
+    async def _update_failed(self, row: store.ClusterRow, reason: str) -> Outcome:
+        assert row.project_id is not None
+        gen = row.update_generation
+        log.warning("cluster_update_failed", reason=reason, generation=gen)
+        await self._emit(row, ClusterUpdateFailed(
+            uuid=row.uuid, project_id=row.project_id, status_reason=reason, generation=gen,
+        ), f"ClusterUpdateFailed:{gen}")
         return Outcome.IDLE
 
     # ---- delete (reconcileDelete)

@@ -12,6 +12,7 @@ import msgspec
 
 from proto.events import ClusterCreateRequested
 from services.provisioner.reconcile import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
+from services.provisioner.resize import GroupSpec
 
 SCHEMA = "provisioner"
 
@@ -36,6 +37,11 @@ class ClusterRow:
     create_started_at: datetime | None
     last_seq: int
     nodes: dict[str, KnownNode] = field(default_factory=dict)
+    update_generation: int = 0
+    update_started: int = 0
+    update_done: int = 0
+    max_batch_size: int = 1
+    groups: list[GroupSpec] = field(default_factory=list)
 
 
 _spec_decoder = msgspec.json.Decoder(ClusterCreateRequested)
@@ -159,6 +165,8 @@ def _row(r: asyncpg.Record) -> ClusterRow:
         correlation_id=r["correlation_id"], ca_cert_pem=r["ca_cert_pem"], desired=r["desired"],
         delete_generation=r["delete_generation"], delete_pending=r["delete_pending"], status=r["status"],
         status_reason=r["status_reason"], create_started_at=r["create_started_at"], last_seq=r["last_seq"],
+        update_generation=r["update_generation"], update_started=r["update_started"],
+        update_done=r["update_done"], max_batch_size=r["max_batch_size"],
     )
 
 
@@ -171,6 +179,12 @@ async def load_cluster(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str)
         "SELECT server_id, name, role, status FROM nodes WHERE cluster_id = $1", cluster_id
     ):
         row.nodes[n["server_id"]] = KnownNode(n["server_id"], n["name"], n["role"], n["status"])
+    for g in await conn.fetch("SELECT * FROM nodegroups WHERE cluster_id = $1 ORDER BY name", cluster_id):
+        row.groups.append(GroupSpec(
+            name=g["name"], role=g["role"], node_count=g["node_count"], present=g["present"],
+            is_default=g["is_default"], nodes_to_remove=frozenset(json.loads(g["nodes_to_remove"])),
+            flavor_id=g["flavor_id"], image_ref=g["image_id"],
+        ))
     return row
 
 
@@ -181,6 +195,8 @@ async def clusters_needing_work(conn: asyncpg.Connection | asyncpg.Pool) -> list
         " (desired = 'present' AND spec IS NOT NULL AND ca_cert_pem IS NOT NULL"
         "   AND status IS DISTINCT FROM 'CREATE_COMPLETE' AND status IS DISTINCT FROM 'CREATE_FAILED')"
         " OR (desired = 'absent' AND (delete_pending OR status = 'DELETE_IN_PROGRESS'))"
+        " OR (desired = 'present' AND update_generation > update_done"
+        "   AND status IN ('CREATE_COMPLETE', 'UPDATE_COMPLETE', 'UPDATE_FAILED', 'UPDATE_IN_PROGRESS'))"
         " ORDER BY updated_at"
     )
     return [r["uuid"] for r in rows]
@@ -190,3 +206,66 @@ async def node_rows(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) ->
     return [dict(r) for r in await conn.fetch(
         "SELECT * FROM nodes WHERE cluster_id = $1 ORDER BY name", cluster_id
     )]
+
+
+# ------------------------------------------------------------------------------------------------ nodegroups
+
+
+async def upsert_group(
+    tx: asyncpg.Connection, cluster_id: str, name: str, *, uuid: str | None, role: str, node_count: int,
+    flavor_id: str | None, image_id: str | None, is_default: bool,
+) -> None:
+    await tx.execute(
+        "INSERT INTO nodegroups (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (cluster_id, name) DO NOTHING",
+        cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id,
+    )
+
+
+async def find_group(tx: asyncpg.Connection, cluster_id: str, ident: str | None) -> str | None:
+    """The name of the group named (or with uuid) ``ident``; None means the default worker group."""
+    if ident is None:
+        ident = "default-worker"
+    name = await tx.fetchval(
+        "SELECT name FROM nodegroups WHERE cluster_id = $1 AND (name = $2 OR uuid = $2)", cluster_id, ident
+    )
+    return str(name) if name is not None else None
+
+
+async def resize_group(
+    tx: asyncpg.Connection, cluster_id: str, name: str, node_count: int, nodes_to_remove: list[str]
+) -> None:
+    await tx.execute(
+        "UPDATE nodegroups SET node_count = $3, nodes_to_remove = $4::jsonb WHERE cluster_id = $1 AND name = $2",
+        cluster_id, name, node_count, json.dumps(sorted(nodes_to_remove)),
+    )
+
+
+async def remove_group(tx: asyncpg.Connection, cluster_id: str, name: str) -> None:
+    await tx.execute("UPDATE nodegroups SET present = false WHERE cluster_id = $1 AND name = $2", cluster_id, name)
+
+
+async def set_group_image(tx: asyncpg.Connection, cluster_id: str, name: str | None, image_id: str) -> None:
+    """The image of one group, or (name None) of every group."""
+    await tx.execute(
+        "UPDATE nodegroups SET image_id = $2 WHERE cluster_id = $1 AND ($3::text IS NULL OR name = $3)",
+        cluster_id, image_id, name,
+    )
+
+
+async def bump_update(tx: asyncpg.Connection, cluster_id: str, *, max_batch_size: int | None = None) -> None:
+    await tx.execute(
+        "UPDATE clusters SET update_generation = update_generation + 1,"
+        " max_batch_size = COALESCE($2, max_batch_size), updated_at = now() WHERE uuid = $1",
+        cluster_id, max_batch_size,
+    )
+
+
+async def mark_update(
+    tx: asyncpg.Connection, cluster_id: str, *, started: int | None = None, done: int | None = None
+) -> None:
+    await tx.execute(
+        "UPDATE clusters SET update_started = GREATEST(update_started, COALESCE($2, 0)),"
+        " update_done = GREATEST(update_done, COALESCE($3, 0)) WHERE uuid = $1",
+        cluster_id, started, done,
+    )

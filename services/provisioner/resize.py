@@ -1,0 +1,152 @@
+"""Decisions for a cluster update (resize, nodegroup create/delete, upgrade) as pure functions over plain data:
+which servers to delete, which to create and whether the update is complete (no I/O here).
+
+A worker nodegroup is converged when exactly ``node_count`` of its servers exist, all ACTIVE, all booted from the
+group's image, none of them being deleted. Servers are removed in this order: the ones named in
+``nodes_to_remove``, then the highest-numbered ones; new servers take the lowest free numbers. An upgrade replaces
+at most ``max_batch_size`` outdated servers at a time, and only once the group is otherwise converged (rolling).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from services.provisioner import reconcile as rc
+
+DEFAULT_MASTER, DEFAULT_WORKER = "default-master", "default-worker"
+_INDEX = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One nodegroup's desired state, as the provisioner's store records it."""
+
+    name: str
+    role: str
+    node_count: int
+    present: bool = True
+    is_default: bool = False
+    nodes_to_remove: frozenset[str] = frozenset()
+    image: str | None = None
+    """The resolved image id servers of the group must run (None: any)."""
+    flavor_id: str | None = None
+    image_ref: str | None = None
+    """The group's image as given (name or id) before resolution."""
+
+    @property
+    def is_master(self) -> bool:
+        return self.role == rc.MASTER
+
+
+def group_of(server: rc.ServerView) -> str:
+    """The nodegroup a server belongs to (servers created before nodegroups existed: the default of its role)."""
+    return server.metadata.get("cove_nodegroup") or (DEFAULT_MASTER if server.role == rc.MASTER else DEFAULT_WORKER)
+
+
+def group_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "group"
+
+
+def group_node_name(prefix: str, group: GroupSpec, index: int) -> str:
+    """Default groups keep the create path's names; other groups' servers are ``<prefix>-ng-<group>-<n>``."""
+    if group.name == DEFAULT_WORKER:
+        return rc.node_name(prefix, rc.WORKER, index)
+    if group.name == DEFAULT_MASTER:
+        return rc.node_name(prefix, rc.MASTER, index)
+    return f"{prefix}-ng-{group_slug(group.name)}-{index}"
+
+
+def index_of(name: str) -> int:
+    m = _INDEX.search(name)
+    return int(m.group(1)) if m else -1
+
+
+@dataclass
+class UpdatePlan:
+    to_delete: list[rc.ServerView] = field(default_factory=list)
+    to_create: list[tuple[GroupSpec, rc.DesiredNode]] = field(default_factory=list)
+    became_active: list[rc.ServerView] = field(default_factory=list)
+    failed: list[rc.ServerView] = field(default_factory=list)
+    complete: bool = False
+
+
+def _outdated(server: rc.ServerView, group: GroupSpec) -> bool:
+    image = server.metadata.get("cove_image")
+    return group.image is not None and image is not None and image != group.image
+
+
+def plan_update(
+    prefix: str,
+    groups: list[GroupSpec],
+    servers: list[rc.ServerView],
+    known: dict[str, rc.KnownNode],
+    deleting: set[str],
+    max_batch_size: int = 1,
+) -> UpdatePlan:
+    """Compare the groups' desired state with the cluster's servers. ``deleting`` are server ids whose delete was
+    already sent; ``known`` the nodes the provisioner's events recorded (keyed by server id)."""
+    plan = UpdatePlan()
+    by_group: dict[str, list[rc.ServerView]] = {}
+    for s in sorted(servers, key=lambda s: (index_of(s.name), s.name, s.id)):
+        by_group.setdefault(group_of(s), []).append(s)
+    names = {g.name for g in groups}
+    complete = True
+    # servers of a group nobody wants any more (its record is gone): remove them
+    for gname, members in by_group.items():
+        if gname not in names and gname != DEFAULT_MASTER:
+            doomed = [s for s in members if s.id not in deleting and s.status != "DELETED"]
+            plan.to_delete += doomed
+            complete = False
+    for group in groups:
+        if group.is_master:
+            continue  # masters are neither resized nor rolled here
+        members = by_group.get(group.name, [])
+        alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
+        pending = len(members) - len(alive)
+        if not group.present:
+            plan.to_delete += alive
+            complete = complete and not members
+            continue
+        for s in alive:
+            recorded = known.get(s.id)
+            if s.status == "ERROR" and (recorded is None or recorded.status != rc.NODE_FAILED):
+                plan.failed.append(s)
+            elif s.status == "ACTIVE" and (recorded is None or recorded.status == rc.NODE_CREATED):
+                plan.became_active.append(s)
+        remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove]
+        keep = [s for s in alive if s not in remove]
+        surplus = len(keep) - group.node_count
+        if surplus > 0:
+            doomed = sorted(keep, key=lambda s: (index_of(s.name), s.name), reverse=True)[:surplus]
+            remove += doomed
+            keep = [s for s in keep if s not in doomed]
+        outdated = [s for s in keep if _outdated(s, group)]
+        settled = (
+            not remove and not pending and len(keep) == group.node_count
+            and all(s.status == "ACTIVE" for s in keep)
+        )
+        if outdated and settled:
+            batch = outdated[: max(1, max_batch_size)]
+            remove += batch
+            keep = [s for s in keep if s not in batch]
+        plan.to_delete += remove
+        missing = group.node_count - len(keep)
+        if missing > 0:
+            taken = {index_of(s.name) for s in members}
+            index = 0
+            for _ in range(missing):
+                while index in taken:
+                    index += 1
+                taken.add(index)
+                role = rc.WORKER
+                plan.to_create.append((group, rc.DesiredNode(group_node_name(prefix, group, index), role, index)))
+        done = settled and not outdated
+        complete = complete and done
+    plan.complete = complete and not plan.failed and not plan.to_create and not plan.to_delete
+    return plan
+
+
+def worker_count(groups: list[GroupSpec]) -> int:
+    """The cluster's node_count: the sum over its worker groups (Magnum: every non-master nodegroup)."""
+    return sum(g.node_count for g in groups if g.present and not g.is_master)
