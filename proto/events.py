@@ -97,6 +97,8 @@ class ClusterCreateRequested(_Event, frozen=True, tag=True):
     fixed_subnet: str | None = None
     floating_ip_enabled: bool | None = None
     master_lb_enabled: bool | None = None
+    merge_labels: bool = False
+    """The cluster's labels were merged over the template's (Magnum's ``merge_labels``)."""
     trust_id: str | None = None
     trustee_user_id: str | None = None
     trustee_password: str | None = None

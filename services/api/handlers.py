@@ -117,6 +117,15 @@ async def update_requested(e: ev.ClusterUpdateRequested, env: Envelope, tx: asyn
         await store.set_node_count(tx, e.uuid, e.node_count)
 
 
+async def health_updated(e: ev.ClusterHealthUpdated, env: Envelope, tx: asyncpg.Connection) -> None:
+    """Magnum saves a health-only PATCH without a status change."""
+    if await store.cluster_status(tx, e.uuid) is not None:
+        await store.update_cluster(
+            tx, e.uuid, health_status=e.health_status, health_status_reason=dict(e.health_status_reason),
+            updated_at=env.occurred_at,
+        )
+
+
 async def update_started(e: ev.ClusterUpdateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
     await _move(tx, e.uuid, "ClusterUpdateStarted", env.occurred_at)
 
@@ -180,6 +189,7 @@ HANDLERS: dict[type, Apply] = {
     ev.ClusterDeleteCompleted: delete_completed,
     ev.ClusterDeleteFailed: delete_failed,
     ev.ClusterUpdateRequested: update_requested,
+    ev.ClusterHealthUpdated: health_updated,
     ev.ClusterUpdateStarted: update_started,
     ev.ClusterUpdateCompleted: update_completed,
     ev.ClusterUpdateFailed: update_failed,

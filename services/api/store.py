@@ -127,9 +127,15 @@ async def list_templates(pool: asyncpg.Pool, scope: Scope, page: Page) -> list[C
     return [template_of(r) for r in rows]
 
 
-async def find_templates(pool: asyncpg.Pool, scope: Scope, ident: str) -> list[ClusterTemplate]:
-    """Templates visible in ``scope`` whose uuid is ``ident`` or, failing that, whose name is."""
+async def find_templates(pool: asyncpg.Pool, scope: Scope, ident: str, *, include_hidden: bool = False
+                         ) -> list[ClusterTemplate]:
+    """Templates visible in ``scope`` whose uuid is ``ident`` or, failing that, whose name is.
+
+    ``include_hidden``: also other projects' public hidden templates (a cluster create must find them to refuse
+    them with 403, as Magnum does)."""
     where, args = template_scope(scope, 2)
+    if include_hidden and not scope.is_admin:
+        where = "(project_id = $2 OR public)"
     rows = await pool.fetch(f"SELECT * FROM cluster_templates WHERE uuid = $1 AND {where}", ident, *args)
     if not rows:
         rows = await pool.fetch(
@@ -174,6 +180,8 @@ def spec_of(ev: ClusterCreateRequested) -> dict[str, Any]:
         ),
         "master_lb_enabled": ev.master_lb_enabled if ev.master_lb_enabled is not None else t.master_lb_enabled,
         "coe": t.coe,
+        "merge_labels": bool(ev.merge_labels),
+        "trustee_user_id": ev.trustee_user_id,
     }
 
 
@@ -200,9 +208,9 @@ async def cluster_status(conn: asyncpg.Connection, uuid: str) -> str | None:
 
 _CLUSTER_COLUMNS = frozenset({
     "status", "status_reason", "admission", "health_status", "api_address", "master_addresses",
-    "node_addresses", "stack_id", "coe_version", "container_version", "updated_at",
+    "node_addresses", "stack_id", "coe_version", "container_version", "updated_at", "health_status_reason",
 })
-_JSON_COLUMNS = frozenset({"master_addresses", "node_addresses"})
+_JSON_COLUMNS = frozenset({"master_addresses", "node_addresses", "health_status_reason"})
 
 
 async def update_cluster(conn: asyncpg.Connection, uuid: str, **values: Any) -> None:

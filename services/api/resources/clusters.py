@@ -1,4 +1,9 @@
-"""``/v1/clusters``: create (202 {"uuid"}), list (summaries), detail, show, delete (204)."""
+"""``/v1/clusters``: create (202 {"uuid"}), list (summaries), detail, show, PATCH (202 {"uuid"}), delete (204).
+
+PATCH is Magnum's JSON-patch limited to ``/node_count`` (a resize of the default worker group:
+``ClusterUpdateRequested``), ``/health_status`` and ``/health_status_reason`` (``ClusterHealthUpdated``, for an
+external healer or the cluster's trustee); ``?rollback=True`` from microversion 1.3.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,21 @@ import structlog
 from aiohttp import web
 
 from proto import subjects
-from proto.events import ClusterCreateRequested, ClusterDeleteRequested
-from services.api import paging, status, store
+from proto.events import (
+    ClusterCreateRequested,
+    ClusterDeleteRequested,
+    ClusterHealthUpdated,
+    ClusterUpdateRequested,
+)
+from services.api import paging, policy, status, store
 from services.api.app import POOL, SETTINGS, WRITER
 from services.api.errors import ApiError, bad_request
 from services.api.microversion import Microversion
 from services.api.middleware import KEYSTONE, base_url, context, version
-from services.api.resources.common import iso, json_body, links, one, require_read, require_write, scope_of
-from services.api.validation import cluster_fields, merged_labels
+from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
+from services.api.resources.clustertemplates import one_template
+from services.api.resources.common import iso, json_body, links, one, scope_of
+from services.api.validation import as_bool, as_int, cluster_fields, merged_labels
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +68,7 @@ def view(row: asyncpg.Record, base: str, v: Microversion, *, full: bool = True,
         "status": row["status"],
         "status_reason": row["status_reason"],
         "health_status": row["health_status"],
-        "health_status_reason": {},
+        "health_status_reason": _json(row, "health_status_reason", {}),
         "discovery_url": spec.get("discovery_url"),
         "api_address": row["api_address"],
         "coe_version": row["coe_version"],
@@ -81,6 +93,15 @@ def view(row: asyncpg.Record, base: str, v: Microversion, *, full: bool = True,
     return body
 
 
+def _json(row: asyncpg.Record, column: str, default: Any) -> Any:
+    value = row.get(column)
+    return default if value is None else json.loads(value)
+
+
+def owner(row: asyncpg.Record) -> dict[str, str]:
+    return {"project_id": row["project_id"], "user_id": row["user_id"]}
+
+
 async def lookup(request: web.Request, ident: str) -> asyncpg.Record:
     found = await store.find_clusters(request.app[POOL], scope_of(context(request)), ident)
     row: asyncpg.Record = one(found, "Cluster", ident, plural="clusters")
@@ -89,7 +110,7 @@ async def lookup(request: web.Request, ident: str) -> asyncpg.Record:
 
 async def _list(request: web.Request, rule: str, *, full: bool) -> web.Response:
     ctx = context(request)
-    require_read(ctx, rule)
+    policy.require(request, rule)
     page = paging.parse_page(request.query, store.CLUSTER_SORT_KEYS)
     try:
         rows = await store.list_clusters(request.app[POOL], scope_of(ctx), page)
@@ -127,9 +148,8 @@ async def _faults(pool: asyncpg.Pool, row: asyncpg.Record) -> dict[str, str]:
 
 @routes.get("/v1/clusters/{ident}")
 async def show_cluster(request: web.Request) -> web.Response:
-    ctx = context(request)
-    require_read(ctx, "cluster:get")
     row = await lookup(request, request.match_info["ident"])
+    policy.require(request, "cluster:get", owner(row))
     faults = await _faults(request.app[POOL], row)
     return web.json_response(view(row, base_url(request), version(request), faults=faults))
 
@@ -137,15 +157,15 @@ async def show_cluster(request: web.Request) -> web.Response:
 @routes.post("/v1/clusters")
 async def create_cluster(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_write(ctx, "cluster:create")
+    policy.require(request, "cluster:create")
     v = version(request)
     fields = cluster_fields(await json_body(request), v)
     pool, writer, keystone = request.app[POOL], request.app[WRITER], request.app[KEYSTONE]
-    found = await store.find_templates(pool, scope_of(ctx), fields["cluster_template_id"])
+    found = await store.find_templates(pool, scope_of(ctx), fields["cluster_template_id"], include_hidden=True)
     if not found:
         detail = f"ClusterTemplate {fields['cluster_template_id']} could not be found."
         raise ApiError(404 if v.at_least(1, 10) else 400, detail)
-    template = one(found, "ClusterTemplate", fields["cluster_template_id"], plural="cluster templates")
+    template = one_template(found, fields["cluster_template_id"])
     if template.hidden and not ctx.is_admin:
         raise ApiError(403, f"Cluster template {template.uuid} is hidden.")
     master_lb = fields.get("master_lb_enabled", template.master_lb_enabled)
@@ -178,6 +198,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         fixed_subnet=fields.get("fixed_subnet"),
         floating_ip_enabled=fields.get("floating_ip_enabled"),
         master_lb_enabled=fields.get("master_lb_enabled"),
+        merge_labels=bool(fields.get("merge_labels", False)),
         trust_id=trust_id,
         trustee_user_id=trustee,
         requested_at=datetime.now(UTC),
@@ -213,8 +234,8 @@ async def _wait_admission(request: web.Request, cluster_uuid: str) -> asyncpg.Re
 @routes.delete("/v1/clusters/{ident}")
 async def delete_cluster(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_write(ctx, "cluster:delete")
     row = await lookup(request, request.match_info["ident"])
+    policy.require(request, "cluster:delete", owner(row))
     if not status.is_deletable(row["status"]):
         return web.Response(status=204)
     writer = request.app[WRITER]
@@ -226,3 +247,112 @@ async def delete_cluster(request: web.Request) -> web.Response:
     )
     await writer.wait_applied(seq)
     return web.Response(status=204)
+
+
+HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
+PATCHABLE = frozenset({"node_count", "health_status", "health_status_reason"})
+UPDATABLE = status.STABLE | {status.UPDATE_FAILED}
+"""Statuses a node_count change is accepted from (the projection's ClusterUpdateRequested rule)."""
+
+
+def cluster_patch(doc: dict[str, Any], body: Any, v: Microversion) -> dict[str, Any]:
+    """Magnum's cluster PATCH as a pure function: the changed patchable fields and their validated values.
+
+    ``doc`` is the cluster as shown (``view``). Raises ``ApiError(400)`` for internal paths, unknown or
+    unchangeable properties, bad values, and ``node_count`` 0 before microversion 1.10."""
+    ops = parse_patch(body, internal=CLUSTER_INTERNAL, non_removable=CLUSTER_NON_REMOVABLE)
+    after = apply_patch(doc, ops)
+    if after.get("node_count") is not None:
+        after["node_count"] = as_int(after, "node_count", minimum=0)
+    delta = changed(doc, after)
+    refused = sorted(delta - PATCHABLE)
+    if refused:
+        raise bad_request(f"cannot change cluster property(ies) {', '.join(refused)}.")
+    out: dict[str, Any] = {}
+    if "node_count" in delta:
+        count = after["node_count"]
+        if count is None:
+            raise bad_request("'/node_count' is a mandatory attribute and can not be removed")
+        if count == 0 and not v.at_least(1, 10):
+            raise bad_request("Resizing a nodegroup to zero is not supported in the provided microversion.")
+        out["node_count"] = count
+    if "health_status" in delta:
+        health = after["health_status"]
+        if health is not None and health not in HEALTH_STATUSES:
+            raise bad_request(
+                f"Invalid input for field/attribute health_status. Value: '{health}'. "
+                f"Value should be one of: {', '.join(HEALTH_STATUSES)}"
+            )
+        out["health_status"] = health
+    if "health_status_reason" in delta:
+        reason = after["health_status_reason"] or {}
+        if not isinstance(reason, dict):
+            raise bad_request(f"Invalid input for field/attribute health_status_reason. Value: '{reason}'.")
+        out["health_status_reason"] = {str(k): str(val) for k, val in reason.items()}
+    return out
+
+
+def _rollback(request: web.Request, v: Microversion) -> bool:
+    raw = request.query.get("rollback")
+    if raw is None:
+        return False
+    if not v.at_least(1, 3):
+        raise bad_request('Unknown argument: "rollback"')
+    flag = as_bool({"rollback": raw}, "rollback")
+    return bool(flag)
+
+
+@routes.patch("/v1/clusters/{ident}")
+async def patch_cluster(request: web.Request) -> web.Response:
+    ctx = context(request)
+    v = version(request)
+    row = await lookup(request, request.match_info["ident"])
+    policy.require(request, "cluster:update", owner(row))
+    rollback = _rollback(request, v)
+    doc = view(row, base_url(request), v)
+    delta = cluster_patch(doc, await json_body(request), v)
+    spec = json.loads(row["spec"])
+    if {"health_status", "health_status_reason"} & set(delta):
+        trustee = spec.get("trustee_user_id")
+        if not (
+            policy.allowed(request, "cluster:update_health_status", owner(row))
+            or (trustee and trustee == ctx.user_id
+                and policy.allowed(request, "cluster:update_health_status",
+                                   {"project_id": row["project_id"], "user_id": trustee}))
+        ):
+            raise ApiError(403, "Policy doesn't allow cluster:update_health_status to be performed.")
+    if "node_count" in delta and row["status"] not in UPDATABLE:
+        raise bad_request(f'Updating a cluster when status is "{row["status"]}" is not supported')
+    writer = request.app[WRITER]
+    subject = subjects.cluster_events("api", row["uuid"])
+    seq = 0
+    if {"health_status", "health_status_reason"} & set(delta):
+        seq = await writer.publish(
+            subject,
+            ClusterHealthUpdated(
+                uuid=row["uuid"],
+                project_id=row["project_id"],
+                health_status=delta.get("health_status", doc["health_status"]),
+                health_status_reason=delta.get("health_status_reason", doc["health_status_reason"]) or {},
+                user_id=ctx.user_id,
+            ),
+            project_id=row["project_id"],
+            cluster_id=row["uuid"],
+        )
+    if "node_count" in delta:
+        seq = await writer.publish(
+            subject,
+            ClusterUpdateRequested(
+                uuid=row["uuid"],
+                project_id=row["project_id"],
+                node_count=delta["node_count"],
+                previous_node_count=spec.get("node_count"),
+                rollback=rollback,
+            ),
+            project_id=row["project_id"],
+            cluster_id=row["uuid"],
+        )
+    if seq:
+        await writer.wait_applied(seq)
+    log.info("cluster_update_accepted", cluster_id=row["uuid"], fields=sorted(delta), rollback=rollback)
+    return web.json_response({"uuid": row["uuid"]}, status=202)

@@ -1,4 +1,9 @@
-"""``/v1/clustertemplates``: create (201 + Location), list, detail, show, delete (204)."""
+"""``/v1/clustertemplates``: create (201 + Location), list, detail, show, PATCH (200), delete (204).
+
+Visibility (Magnum's): a non-admin sees their project's templates and other projects' public ones that are not
+hidden; an admin sees all. Only an admin may set ``public`` or ``hidden`` (403 ClusterTemplatePublishDenied).
+A template some cluster uses may only be renamed, published or hidden (400 ClusterTemplateReferenced).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from proto import subjects
-from proto.events import ClusterTemplate, ClusterTemplateCreated, ClusterTemplateDeleted
-from services.api import paging, store
+from proto.events import (
+    ClusterTemplate,
+    ClusterTemplateCreated,
+    ClusterTemplateDeleted,
+    ClusterTemplateUpdated,
+)
+from services.api import paging, policy, store
 from services.api.app import POOL, WRITER
-from services.api.errors import bad_request, forbidden, policy_denied
+from services.api.errors import ApiError, bad_request, forbidden
 from services.api.middleware import KEYSTONE, base_url, context
-from services.api.resources.common import iso, json_body, links, one, require_read, require_write, scope_of
-from services.api.validation import template_fields
+from services.api.patch import TEMPLATE_INTERNAL, TEMPLATE_NON_REMOVABLE, apply_patch, changed, parse_patch
+from services.api.resources.common import iso, json_body, links, scope_of
+from services.api.validation import TEMPLATE_FIELDS, template_fields
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 RESOURCE = "clustertemplates"
+
+PUBLISH_DENIED = "Not authorized to set public or hidden flag for cluster template."
+REFERENCED_MAY_CHANGE = frozenset({"name", "public", "hidden", "tags"})
+"""What may change on a template some cluster uses (Magnum: rename, publish, hide, tag)."""
 
 
 def view(t: ClusterTemplate, base: str) -> dict[str, Any]:
@@ -30,16 +48,29 @@ def view(t: ClusterTemplate, base: str) -> dict[str, Any]:
     return dict(body)
 
 
+def one_template(found: list[ClusterTemplate], ident: str) -> ClusterTemplate:
+    """Magnum's ``get_resource``: 404 when none, 409 when the name is ambiguous."""
+    if not found:
+        raise ApiError(404, f"ClusterTemplate {ident} could not be found.")
+    if len(found) > 1:
+        raise ApiError(409, "Multiple ClusterTemplates exist with same name. Please use the ClusterTemplate uuid "
+                            "instead.")
+    return found[0]
+
+
 async def lookup(request: web.Request, ident: str) -> ClusterTemplate:
-    ctx = context(request)
-    found = await store.find_templates(request.app[POOL], scope_of(ctx), ident)
-    t: ClusterTemplate = one(found, "ClusterTemplate", ident, plural="cluster templates")
-    return t
+    """A template the caller may see (hidden ones only for admins), by uuid or name."""
+    found = await store.find_templates(request.app[POOL], scope_of(context(request)), ident)
+    return one_template(found, ident)
+
+
+def owner(t: ClusterTemplate) -> dict[str, str]:
+    return {"project_id": t.project_id, "user_id": t.user_id}
 
 
 async def _list(request: web.Request, rule: str) -> web.Response:
     ctx = context(request)
-    require_read(ctx, rule)
+    policy.require(request, rule)
     page = paging.parse_page(request.query, store.TEMPLATE_SORT_KEYS)
     try:
         items = await store.list_templates(request.app[POOL], scope_of(ctx), page)
@@ -65,19 +96,19 @@ async def detail_templates(request: web.Request) -> web.Response:
 
 @routes.get("/v1/clustertemplates/{ident}")
 async def show_template(request: web.Request) -> web.Response:
-    ctx = context(request)
-    require_read(ctx, "clustertemplate:get")
     t = await lookup(request, request.match_info["ident"])
+    if not t.public:
+        policy.require(request, "clustertemplate:get", owner(t))
     return web.json_response(view(t, base_url(request)))
 
 
 @routes.post("/v1/clustertemplates")
 async def create_template(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_write(ctx, "clustertemplate:create")
+    policy.require(request, "clustertemplate:create")
     fields = template_fields(await json_body(request))
-    if (fields.get("public") or fields.get("hidden")) and not ctx.is_admin:
-        raise forbidden("Not authorized to set public or hidden flag for cluster template.")
+    if (fields.get("public") or fields.get("hidden")) and not policy.allowed(request, "clustertemplate:publish"):
+        raise forbidden(PUBLISH_DENIED)
     keystone = request.app[KEYSTONE]
     image = await keystone.find_image(ctx, fields["image_id"])
     os_distro = image.get("os_distro")
@@ -111,11 +142,8 @@ async def create_template(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/clustertemplates/{ident}")
 async def delete_template(request: web.Request) -> web.Response:
-    ctx = context(request)
-    require_write(ctx, "clustertemplate:delete")
     t = await lookup(request, request.match_info["ident"])
-    if t.project_id != ctx.project_id and not ctx.is_admin:
-        raise policy_denied("clustertemplate:delete")
+    policy.require(request, "clustertemplate:delete", owner(t))
     if await store.template_in_use(request.app[POOL], t.uuid):
         raise bad_request(f"ClusterTemplate {t.uuid} is referenced by one or multiple clusters.")
     writer = request.app[WRITER]
@@ -127,3 +155,66 @@ async def delete_template(request: web.Request) -> web.Response:
     )
     await writer.wait_applied(seq)
     return web.Response(status=204)
+
+
+def patch_doc(t: ClusterTemplate) -> dict[str, Any]:
+    """The document a PATCH applies to: every field Magnum shows (``driver`` too, which Cove resolves itself)."""
+    doc = dict(msgspec.to_builtins(t))
+    doc.setdefault("driver", None)
+    return doc
+
+
+def patched_template(t: ClusterTemplate, body: Any, *, now: datetime) -> tuple[ClusterTemplate, set[str]]:
+    """The template after Magnum's JSON-patch ``body``, validated like a create; and the changed fields."""
+    ops = parse_patch(body, internal=TEMPLATE_INTERNAL, non_removable=TEMPLATE_NON_REMOVABLE)
+    before = patch_doc(t)
+    after = apply_patch(before, ops)
+    fields = template_fields({k: v for k, v in after.items() if k in TEMPLATE_FIELDS and v is not None})
+    new = ClusterTemplate(
+        uuid=t.uuid, project_id=t.project_id, user_id=t.user_id, created_at=t.created_at, updated_at=now, **fields
+    )
+    diff = changed(
+        {k: v for k, v in patch_doc(t).items() if k != "updated_at"},
+        {k: v for k, v in patch_doc(new).items() if k != "updated_at"},
+    )
+    if not diff:
+        return t, diff
+    return new, diff
+
+
+@routes.patch("/v1/clustertemplates/{ident}")
+async def patch_template(request: web.Request) -> web.Response:
+    ctx = context(request)
+    ident = request.match_info["ident"]
+    t = await lookup(request, ident)
+    policy.require(request, "clustertemplate:update", owner(t))
+    new, diff = patched_template(t, await json_body(request), now=datetime.now(UTC))
+    base = base_url(request)
+    if not diff:
+        return web.json_response(view(t, base))
+    if diff & {"public", "hidden"} and not policy.allowed(request, "clustertemplate:publish"):
+        raise forbidden(PUBLISH_DENIED)
+    keystone = request.app[KEYSTONE]
+    if "image_id" in diff:
+        image = await keystone.find_image(ctx, new.image_id)
+        os_distro = image.get("os_distro")
+        if not os_distro:
+            raise bad_request(f"Image {new.image_id} doesn't contain os_distro field.")
+        if "cluster_distro" not in diff:
+            new = msgspec.structs.replace(new, cluster_distro=os_distro)
+    for f in ("flavor_id", "master_flavor_id"):
+        value = getattr(new, f)
+        if f in diff and value:
+            await keystone.find_flavor(ctx, value)
+    if not diff <= REFERENCED_MAY_CHANGE and await store.template_in_use(request.app[POOL], t.uuid):
+        raise bad_request(f"ClusterTemplate {ident} is referenced by one or multiple clusters.")
+    writer = request.app[WRITER]
+    seq = await writer.publish(
+        subjects.cluster_template_events("api", t.uuid),
+        ClusterTemplateUpdated(template=new),
+        project_id=t.project_id,
+        cluster_id=None,
+    )
+    await writer.wait_applied(seq)
+    log.info("cluster_template_updated", template_id=t.uuid, fields=sorted(diff))
+    return web.json_response(view(new, base))
