@@ -26,7 +26,17 @@ SETTINGS = web.AppKey("settings", Settings)
 
 
 def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None) -> web.Application:
-    from services.api.resources import clusters, clustertemplates, root
+    from services.api.resources import (
+        certificates,
+        clusters,
+        clustertemplates,
+        credentials,
+        federations,
+        mservices,
+        quotas,
+        root,
+        stats,
+    )
 
     app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=1024**2)
     app[POOL] = pool
@@ -37,4 +47,6 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(root.routes)
     app.add_routes(clustertemplates.routes)
     app.add_routes(clusters.routes)
+    for extra in (certificates, quotas, stats, mservices, federations, credentials):
+        app.add_routes(extra.routes)
     return app

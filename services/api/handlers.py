@@ -16,6 +16,7 @@ import structlog
 from proto import events as ev
 from proto.envelope import Envelope
 from services.api import status, store
+from services.api.resources import quotas
 from services.runtime.projection import Outgoing
 
 log = structlog.get_logger(__name__)
@@ -198,6 +199,7 @@ HANDLERS: dict[type, Apply] = {
     ev.NodeFailed: node_failed,
     ev.NodeDeleted: node_deleted,
 }
+HANDLERS.update(quotas.PROJECTION)
 
 
 async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
