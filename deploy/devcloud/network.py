@@ -33,6 +33,7 @@ from deploy.devcloud.web import (
     qbool,
     qint,
     read_json,
+    tag_filter,
 )
 
 log = structlog.get_logger("devcloud.network")
@@ -1523,21 +1524,6 @@ def _filter(items: list[dict[str, Any]], request: web.Request) -> list[dict[str,
                                     for k, v in filters.items())]
 
 
-def _tag_filter(items: list[dict[str, Any]], request: web.Request) -> list[dict[str, Any]]:
-    out = items
-    for key, test in (
-        ("tags", lambda want, have: want <= have),
-        ("tags-any", lambda want, have: bool(want & have)),
-        ("not-tags", lambda want, have: not want <= have),
-        ("not-tags-any", lambda want, have: not want & have),
-    ):
-        raw = request.query.getall(key, [])
-        if raw:
-            want = {t for part in raw for t in part.split(",") if t}
-            out = [i for i in out if test(want, set(i.get("tags") or ()))]
-    return out
-
-
 def _sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
     return lambda item: (item.get(key) is None, str(item.get(key, "")))
 
@@ -1577,7 +1563,7 @@ def _list_handler(kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamRes
     async def list_items(request: web.Request) -> web.StreamResponse:
         cloud, _c, project_id, is_admin = _caller(request)
         items = _visible_items(cloud, kind, project_id, is_admin)
-        items = _sort(_tag_filter(_filter(items, request), request), request)
+        items = _sort(tag_filter(_filter(items, request), request), request)
         limit = qint(request, "limit", lambda s, m: NetError(s, "BadRequest", m))
         marker = request.query.get("marker")
         reverse = bool(qbool(request.query.get("page_reverse"), False))
