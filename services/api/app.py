@@ -47,6 +47,10 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(root.routes)
     app.add_routes(clustertemplates.routes)
     app.add_routes(clusters.routes)
+    from services.api.resources import cluster_actions, nodegroups
+
+    app.add_routes(nodegroups.routes)
+    app.add_routes(cluster_actions.routes)
     for extra in (certificates, quotas, stats, mservices, federations, credentials):
         app.add_routes(extra.routes)
     return app

@@ -15,7 +15,7 @@ import structlog
 
 from proto import events as ev
 from proto.envelope import Envelope
-from services.api import status, store
+from services.api import ngprojection, status, store
 from services.api.resources import quotas
 from services.runtime.projection import Outgoing
 
@@ -207,4 +207,5 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     apply = HANDLERS.get(type(env.payload))
     if apply is not None:
         await apply(env.payload, env, tx)
+    await ngprojection.apply(env, tx)
     return None

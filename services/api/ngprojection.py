@@ -1,0 +1,180 @@
+"""The nodegroup side of the API's projection: applied after ``services.api.handlers`` for every event.
+
+Default groups (``default-master``, ``default-worker``) appear with the cluster; each group's status follows
+Magnum's rules (create/update/delete of a group moves the cluster to UPDATE_IN_PROGRESS; the provisioner's
+ClusterUpdateCompleted/Failed settles every group in progress). The cluster's node_count is the sum of its
+worker groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from proto import events as ev
+from proto.envelope import Envelope
+from services.api import ngstore, status, store
+
+log = structlog.get_logger(__name__)
+
+CREATE_IN_PROGRESS, CREATE_COMPLETE, CREATE_FAILED = "CREATE_IN_PROGRESS", "CREATE_COMPLETE", "CREATE_FAILED"
+UPDATE_IN_PROGRESS, UPDATE_COMPLETE, UPDATE_FAILED = "UPDATE_IN_PROGRESS", "UPDATE_COMPLETE", "UPDATE_FAILED"
+DELETE_IN_PROGRESS, DELETE_FAILED = "DELETE_IN_PROGRESS", "DELETE_FAILED"
+
+
+async def _cluster_to_updating(tx: asyncpg.Connection, cluster_uuid: str, at: datetime) -> bool:
+    """Move the cluster to UPDATE_IN_PROGRESS as a resize would; False when it is not in a state that allows it."""
+    current = await store.cluster_status(tx, cluster_uuid)
+    if current is None:
+        return False
+    new = status.transition(current, "ClusterUpdateRequested")
+    if new != UPDATE_IN_PROGRESS and current != UPDATE_IN_PROGRESS:
+        log.info("nodegroup_event_ignored", cluster_id=cluster_uuid, status=current)
+        return False
+    await store.update_cluster(tx, cluster_uuid, status=UPDATE_IN_PROGRESS, status_reason=None, updated_at=at)
+    return True
+
+
+async def _sync_node_count(tx: asyncpg.Connection, cluster_uuid: str) -> None:
+    total = await ngstore.worker_total(tx, cluster_uuid)
+    if total is not None:
+        await store.set_node_count(tx, cluster_uuid, total)
+
+
+async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.uuid) is None:
+        return
+    t, at = e.template, env.occurred_at
+    labels = dict(e.labels) if e.labels else dict(t.labels)
+    for name, role, count, flavor in (
+        (ngstore.DEFAULT_MASTER, "master", e.master_count,
+         e.master_flavor_id or t.master_flavor_id or e.flavor_id or t.flavor_id),
+        (ngstore.DEFAULT_WORKER, "worker", e.node_count, e.flavor_id or t.flavor_id),
+    ):
+        await ngstore.insert(tx, ev.NodeGroup(
+            uuid=ngstore.default_uuid(e.uuid, name), name=name, cluster_id=e.uuid, project_id=e.project_id,
+            role=role, node_count=count, min_node_count=0, max_node_count=None, flavor_id=flavor,
+            image_id=t.image_id, labels=labels, is_default=True, created_at=e.requested_at or at,
+            docker_volume_size=e.docker_volume_size if e.docker_volume_size is not None else t.docker_volume_size,
+        ), CREATE_IN_PROGRESS, at)
+
+
+async def create_completed(e: ev.ClusterCreateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await ngstore.move_all(tx, e.uuid, {CREATE_IN_PROGRESS: CREATE_COMPLETE}, env.occurred_at)
+
+
+async def create_failed(e: ev.ClusterCreateFailed | ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
+    reason = e.status_reason if isinstance(e, ev.ClusterCreateFailed) else e.reason
+    await ngstore.move_all(tx, e.uuid, {CREATE_IN_PROGRESS: CREATE_FAILED}, env.occurred_at, reason)
+
+
+async def update_requested(e: ev.ClusterUpdateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    row = await ngstore.find(tx, e.uuid, e.nodegroup)
+    if row is None or await store.cluster_status(tx, e.uuid) != UPDATE_IN_PROGRESS:
+        return
+    await ngstore.set_count(tx, row["uuid"], e.node_count)
+    await ngstore.set_status(tx, row["uuid"], UPDATE_IN_PROGRESS, env.occurred_at)
+    await _sync_node_count(tx, e.uuid)
+
+
+async def nodegroup_create_requested(
+    e: ev.NodeGroupCreateRequested, env: Envelope, tx: asyncpg.Connection
+) -> None:
+    ng = e.nodegroup
+    if not await _cluster_to_updating(tx, ng.cluster_id, env.occurred_at):
+        return
+    await ngstore.insert(tx, ng, CREATE_IN_PROGRESS, env.occurred_at)
+    await _sync_node_count(tx, ng.cluster_id)
+
+
+async def nodegroup_update_requested(
+    e: ev.NodeGroupUpdateRequested, env: Envelope, tx: asyncpg.Connection
+) -> None:
+    """Counts bounds and node labels/taints need no server change: applied as they arrive."""
+    await ngstore.update_fields(
+        tx, e.uuid, env.occurred_at, min_node_count=e.min_node_count, max_node_count=e.max_node_count,
+        node_labels=dict(e.node_labels),
+        node_taints=[{"key": t.key, "value": t.value, "effect": t.effect} for t in e.node_taints],
+    )
+
+
+async def nodegroup_delete_requested(
+    e: ev.NodeGroupDeleteRequested, env: Envelope, tx: asyncpg.Connection
+) -> None:
+    if not await _cluster_to_updating(tx, e.cluster_id, env.occurred_at):
+        return
+    await ngstore.set_status(tx, e.uuid, DELETE_IN_PROGRESS, env.occurred_at)
+    await _sync_node_count(tx, e.cluster_id)
+
+
+async def upgrade_requested(e: ev.ClusterUpgradeRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    if not await _cluster_to_updating(tx, e.uuid, env.occurred_at):
+        return
+    target = await ngstore.find(tx, e.uuid, e.nodegroup) if e.nodegroup else None
+    if e.nodegroup is None:
+        await ngstore.set_cluster_template(tx, e.uuid, e.template.uuid)
+        await ngstore.set_image(tx, e.uuid, None, e.template.image_id)
+        await ngstore.move_all(
+            tx, e.uuid, {s: UPDATE_IN_PROGRESS for s in (CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED)},
+            env.occurred_at,
+        )
+    elif target is not None:
+        await ngstore.set_image(tx, e.uuid, target["uuid"], e.template.image_id)
+        await ngstore.set_status(tx, target["uuid"], UPDATE_IN_PROGRESS, env.occurred_at)
+
+
+async def update_completed(e: ev.ClusterUpdateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    if await store.cluster_status(tx, e.uuid) != status.UPDATE_COMPLETE:
+        return
+    for name, count in e.nodegroup_counts.items():
+        await ngstore.set_count_by_name(tx, e.uuid, name, count)
+    await ngstore.drop_deleting(tx, e.uuid)
+    await ngstore.move_all(
+        tx, e.uuid, {CREATE_IN_PROGRESS: CREATE_COMPLETE, UPDATE_IN_PROGRESS: UPDATE_COMPLETE}, env.occurred_at
+    )
+    await _sync_node_count(tx, e.uuid)
+
+
+async def update_failed(e: ev.ClusterUpdateFailed, env: Envelope, tx: asyncpg.Connection) -> None:
+    await ngstore.move_all(
+        tx, e.uuid,
+        {CREATE_IN_PROGRESS: CREATE_FAILED, UPDATE_IN_PROGRESS: UPDATE_FAILED, DELETE_IN_PROGRESS: DELETE_FAILED},
+        env.occurred_at, e.status_reason,
+    )
+
+
+async def delete_completed(e: ev.ClusterDeleteCompleted, env: Envelope, tx: asyncpg.Connection) -> None:
+    await ngstore.delete_cluster_groups(tx, e.uuid)
+
+
+async def node_created(e: ev.NodeCreated, env: Envelope, tx: asyncpg.Connection) -> None:
+    group = e.nodegroup or (ngstore.DEFAULT_MASTER if e.role == "master" else ngstore.DEFAULT_WORKER)
+    await ngstore.set_node_group(tx, e.cluster_id, e.server_id, group)
+
+
+HANDLERS: dict[type, Callable[[Any, Envelope, asyncpg.Connection], Awaitable[None]]] = {
+    ev.ClusterCreateRequested: create_requested,
+    ev.ClusterCreateCompleted: create_completed,
+    ev.ClusterCreateFailed: create_failed,
+    ev.ClusterRejected: create_failed,
+    ev.ClusterUpdateRequested: update_requested,
+    ev.NodeGroupCreateRequested: nodegroup_create_requested,
+    ev.NodeGroupUpdateRequested: nodegroup_update_requested,
+    ev.NodeGroupDeleteRequested: nodegroup_delete_requested,
+    ev.ClusterUpgradeRequested: upgrade_requested,
+    ev.ClusterUpdateCompleted: update_completed,
+    ev.ClusterUpdateFailed: update_failed,
+    ev.ClusterDeleteCompleted: delete_completed,
+    ev.NodeCreated: node_created,
+}
+
+
+async def apply(env: Envelope, tx: asyncpg.Connection) -> None:
+    """Apply one event to the nodegroup read model (types it does not concern are ignored)."""
+    handler = HANDLERS.get(type(env.payload))
+    if handler is not None:
+        await handler(env.payload, env, tx)

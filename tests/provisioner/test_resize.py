@@ -1,0 +1,95 @@
+"""The update planner (services/provisioner/resize.py): pure decisions, no cloud or bus."""
+
+from __future__ import annotations
+
+from services.provisioner import reconcile as rc
+from services.provisioner import resize as rz
+
+P = "c-abcdef12"
+
+
+def srv(name: str, sid: str, status: str = "ACTIVE", group: str | None = None, image: str | None = "img1",
+        role: str = "worker") -> rc.ServerView:
+    meta = {"cove_cluster_id": "c", "cove_role": role}
+    if group:
+        meta["cove_nodegroup"] = group
+    if image:
+        meta["cove_image"] = image
+    return rc.ServerView(id=sid, name=name, status=status, metadata=meta)
+
+
+def known(*servers: rc.ServerView) -> dict[str, rc.KnownNode]:
+    return {s.id: rc.KnownNode(s.id, s.name, s.role, rc.NODE_ACTIVE) for s in servers}
+
+
+MASTER = rz.GroupSpec(name="default-master", role="master", node_count=1, is_default=True, image="img1")
+
+
+def worker(count: int, remove: frozenset[str] = frozenset(), image: str = "img1") -> rz.GroupSpec:
+    return rz.GroupSpec(name="default-worker", role="worker", node_count=count, is_default=True,
+                        nodes_to_remove=remove, image=image)
+
+
+def test_grow_creates_lowest_free_indices() -> None:
+    m = srv(f"{P}-master-0", "m0", role="master")
+    w0, w2 = srv(f"{P}-node-0", "w0"), srv(f"{P}-node-2", "w2")
+    plan = rz.plan_update(P, [MASTER, worker(4)], [m, w0, w2], known(m, w0, w2), set())
+    assert [n.name for _, n in plan.to_create] == [f"{P}-node-1", f"{P}-node-3"]
+    assert not plan.to_delete and not plan.complete
+
+
+def test_shrink_removes_named_nodes_first_then_highest() -> None:
+    ws = [srv(f"{P}-node-{i}", f"w{i}") for i in range(4)]
+    plan = rz.plan_update(P, [MASTER, worker(2, frozenset({"w0"}))], ws, known(*ws), set())
+    assert sorted(s.id for s in plan.to_delete) == ["w0", "w3"]
+    assert not plan.to_create
+
+
+def test_nodes_to_remove_with_same_count_replaces_them() -> None:
+    ws = [srv(f"{P}-node-{i}", f"w{i}") for i in range(2)]
+    plan = rz.plan_update(P, [MASTER, worker(2, frozenset({"w1"}))], ws, known(*ws), set())
+    assert [s.id for s in plan.to_delete] == ["w1"]
+    assert [n.name for _, n in plan.to_create] == [f"{P}-node-2"]
+
+
+def test_complete_only_when_deleted_servers_are_gone() -> None:
+    ws = [srv(f"{P}-node-{i}", f"w{i}") for i in range(2)]
+    plan = rz.plan_update(P, [MASTER, worker(1)], ws, known(*ws), {"w1"})
+    assert not plan.complete and not plan.to_delete and not plan.to_create
+    plan = rz.plan_update(P, [MASTER, worker(1)], ws[:1], known(*ws[:1]), set())
+    assert plan.complete
+
+
+def test_new_group_and_removed_group() -> None:
+    extra = rz.GroupSpec(name="GPU pool", role="worker", node_count=2, image="img1")
+    plan = rz.plan_update(P, [MASTER, worker(0), extra], [], {}, set())
+    assert [n.name for _, n in plan.to_create] == [f"{P}-ng-gpu-pool-0", f"{P}-ng-gpu-pool-1"]
+    gone = rz.GroupSpec(name="GPU pool", role="worker", node_count=2, present=False)
+    servers = [srv(f"{P}-ng-gpu-pool-0", "g0", group="GPU pool")]
+    plan = rz.plan_update(P, [MASTER, worker(0), gone], servers, known(*servers), set())
+    assert [s.id for s in plan.to_delete] == ["g0"] and not plan.complete
+    assert rz.worker_count([MASTER, worker(3), extra, gone]) == 5
+
+
+def test_upgrade_rolls_in_batches_once_settled() -> None:
+    ws = [srv(f"{P}-node-{i}", f"w{i}", image="old") for i in range(3)]
+    plan = rz.plan_update(P, [MASTER, worker(3, image="new")], ws, known(*ws), set(), max_batch_size=2)
+    assert [s.id for s in plan.to_delete] == ["w0", "w1"]
+    assert [n.name for _, n in plan.to_create] == [f"{P}-node-3", f"{P}-node-4"]
+    # while a replacement builds, nothing else is rolled
+    building = [ws[2], srv(f"{P}-node-3", "w3", "BUILD", image="new"), srv(f"{P}-node-4", "w4", "BUILD", image="new")]
+    plan = rz.plan_update(P, [MASTER, worker(3, image="new")], building, known(*building), set())
+    assert not plan.to_delete and not plan.to_create and not plan.complete
+
+
+def test_error_server_fails_the_update() -> None:
+    ws = [srv(f"{P}-node-0", "w0", "ERROR")]
+    plan = rz.plan_update(P, [MASTER, worker(1)], ws, {}, set())
+    assert [s.id for s in plan.failed] == ["w0"] and not plan.complete
+
+
+def test_servers_without_group_metadata_are_default_groups() -> None:
+    legacy = rc.ServerView(id="x", name=f"{P}-node-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
+    assert rz.group_of(legacy) == "default-worker"
+    legacy_m = rc.ServerView(id="y", name=f"{P}-master-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
+    assert rz.group_of(legacy_m) == "default-master"
