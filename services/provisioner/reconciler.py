@@ -187,9 +187,7 @@ class Reconciler:
 
     def on_applied(self, env: Envelope) -> None:
         """Projection callback: an input event (api, certs) about a cluster was committed."""
-        if env.cluster_id is None or env.type.startswith(("Node",)):
-            return
-        if env.type in KICKING_EVENTS:
+        if env.cluster_id is not None and env.type in KICKING_EVENTS:
             self.kick(env.cluster_id)
 
     def kick(self, cluster_id: str) -> None:
