@@ -16,6 +16,7 @@ import structlog
 from proto.envelope import Envelope
 from proto.events import (
     ClusterCACreated,
+    ClusterCAReplaced,
     ClusterCreateCompleted,
     ClusterCreateFailed,
     ClusterCreateRequested,
@@ -24,6 +25,7 @@ from proto.events import (
     ClusterDeleteFailed,
     ClusterDeleteRequested,
     ClusterDeleteStarted,
+    ClusterTrustRotated,
     ClusterUpdateCompleted,
     ClusterUpdateFailed,
     ClusterUpdateRequested,
@@ -113,6 +115,15 @@ async def on_ca_created(env: Envelope, p: ClusterCACreated, tx: asyncpg.Connecti
     await store.record_ca(tx, p.uuid, p.project_id, p.ca_cert_pem)
 
 
+async def on_ca_replaced(env: Envelope, p: ClusterCAReplaced, tx: asyncpg.Connection) -> None:
+    await store.record_ca(tx, p.uuid, p.project_id, p.ca_cert_pem)
+
+
+async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Connection) -> None:
+    await store.set_trust(tx, p.uuid, p.trust_id)
+    log.info("cluster_trust_rotated", cluster_id=p.uuid, trust_id=p.trust_id)
+
+
 async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyncpg.Connection) -> None:
     await store.record_delete_requested(tx, p.uuid, p.project_id)
 
@@ -178,6 +189,8 @@ async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection)
 HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[None]]] = {
     ClusterCreateRequested: on_create_requested,  # type: ignore[dict-item]
     ClusterCACreated: on_ca_created,  # type: ignore[dict-item]
+    ClusterCAReplaced: on_ca_replaced,  # type: ignore[dict-item]
+    ClusterTrustRotated: on_trust_rotated,  # type: ignore[dict-item]
     ClusterDeleteRequested: on_delete_requested,  # type: ignore[dict-item]
     ClusterCreateStarted: on_create_started,  # type: ignore[dict-item]
     ClusterCreateCompleted: on_create_completed,  # type: ignore[dict-item]

@@ -74,6 +74,11 @@ async def record_ca(tx: asyncpg.Connection, cluster_id: str, project_id: str, ca
     )
 
 
+async def set_trust(tx: asyncpg.Connection, cluster_id: str, trust_id: str) -> None:
+    """A rotated trust (ClusterTrustRotated): the reconciler acts with it from now on."""
+    await tx.execute("UPDATE clusters SET trust_id = $2, updated_at = now() WHERE uuid = $1", cluster_id, trust_id)
+
+
 async def record_delete_requested(tx: asyncpg.Connection, cluster_id: str, project_id: str) -> None:
     await tx.execute(
         "INSERT INTO clusters (uuid, project_id, desired, delete_generation, delete_pending)"
