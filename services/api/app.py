@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from services.api import policy
+from services.api import openapi, policy
 from services.api.keystone import Keystone
 from services.api.middleware import KEYSTONE, MIDDLEWARES
 from services.api.writer import Writer
@@ -45,6 +45,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app[SETTINGS] = settings or Settings()
     app[policy.POLICY] = policy.load()
     app.add_routes(root.routes)
+    app.add_routes(openapi.routes)
     app.add_routes(clustertemplates.routes)
     app.add_routes(clusters.routes)
     from services.api.resources import cluster_actions, nodegroups

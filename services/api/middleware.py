@@ -20,7 +20,7 @@ CONTEXT = web.RequestKey("auth_context", AuthContext)
 VERSION = web.RequestKey("microversion", microversion.Microversion)
 KEYSTONE = web.AppKey("keystone", Keystone)
 
-PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/"})
+PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/", "/v1/openapi.json"})
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"
 
 
