@@ -68,7 +68,7 @@ async def list_for(
 ) -> list[asyncpg.Record]:
     expr = NODEGROUP_SORT_KEYS[sort_key]
     op, direction = (">", "ASC") if sort_dir == "asc" else ("<", "DESC")
-    where, args = "cluster_uuid = $1", [cluster_uuid]
+    where, args = "cluster_uuid = $1", list[Any]([cluster_uuid])
     if role is not None:
         args.append(role)
         where += f" AND role = ${len(args)}"
