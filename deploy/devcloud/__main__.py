@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clouds-yaml", default=None, help="write a clouds.yaml with an entry per configured user")
     p.add_argument("--time-factor", type=float, default=None, help="scale every delay of the timing model")
     p.add_argument("--magnum-url", default=None, help="add a container-infra endpoint (Cove's API) to the catalog")
+    p.add_argument("--request-log", default=None,
+                   help="append one line per request to this file: METHOD, the route's templated path, status")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     public_url = args.public_url or f"http://{args.host}:{port}"
     overrides = {"timing": {"time_factor": args.time_factor}} if args.time_factor is not None else None
     config = load_config(args.config, overrides)
-    app = build_app(config, public_url, args.magnum_url)
+    app = build_app(config, public_url, args.magnum_url, args.request_log)
     if args.clouds_yaml:
         write_clouds_yaml(args.clouds_yaml, config, public_url)
     print(f"devcloud listening on {public_url}", flush=True)

@@ -8,7 +8,9 @@ import asyncio
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Any
 
 import structlog
 from aiohttp import web
@@ -76,6 +78,38 @@ class RateLimiter:
 RATE = web.AppKey("devcloud_rate", RateLimiter)
 
 
+class RequestLog:
+    """`--request-log FILE`: one line per request, "METHOD TEMPLATE STATUS", where TEMPLATE is the canonical path of
+    the aiohttp route that served it (e.g. `/compute/v2.1/servers/{server_id}`). A request no route matched logs its
+    raw path and a fourth field `unrouted`. The regression guard compares the (method, template) pairs an SDK/CLI run
+    used with a golden list (tests/devcloud/golden_routes.txt)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.handle: IO[str] | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a", buffering=1, encoding="utf-8")  # closed in cleanup_ctx
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def write(self, request: web.Request, status: int) -> None:
+        if self.handle is None:
+            return
+        resource = getattr(request.match_info.route, "resource", None)
+        if resource is None:
+            self.handle.write(f"{request.method} {request.path} {status} unrouted\n")
+        else:
+            self.handle.write(f"{request.method} {resource.canonical} {status}\n")
+
+
+REQUEST_LOG = web.AppKey("devcloud_request_log", RequestLog)
+
+
 def _route_service(request: web.Request) -> tuple[str, bool]:
     route = request.match_info.route
     return getattr(route, ROUTE_SERVICE, ""), getattr(route, ROUTE_PUBLIC, False)
@@ -109,6 +143,7 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
     headers = {"x-openstack-request-id": request_id}
     if service == "compute":
         headers["x-compute-request-id"] = request_id
+    status = 499  # stays so only when the client went away mid-request (the handler was cancelled)
     try:
         if not service:
             stats.unrouted.append(f"{request.method} {request.path}")
@@ -130,14 +165,21 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
                 raise keystone_error(401, "The request you have made requires authentication.")
             request[CTX] = cloud.identity.context(token)
         response = await handler(request)
+        status = response.status
     except web.HTTPException as exc:
         exc.headers.update(headers)
+        status = exc.status
         stats.by_status[exc.status] = stats.by_status.get(exc.status, 0) + 1
         raise
     except Exception:
         log.exception("unhandled_error", method=request.method, path=request.path)
+        status = 500
         stats.by_status[500] = stats.by_status.get(500, 0) + 1
         raise error_for(service)(500, "An unexpected error prevented the server from fulfilling your request.")
+    finally:
+        request_log = request.app.get(REQUEST_LOG)
+        if request_log is not None:
+            request_log.write(request, status)
     response.headers.update(headers)
     stats.by_status[response.status] = stats.by_status.get(response.status, 0) + 1
     return response
@@ -165,7 +207,17 @@ async def _sweeper(app: web.Application) -> Any:
     cloud.cancel_timers()
 
 
-def build_app(config: CloudConfig, public_url: str, magnum_url: str | None = None) -> web.Application:
+async def _request_log(app: web.Application) -> AsyncIterator[None]:
+    request_log = app[REQUEST_LOG]
+    request_log.open()
+    yield
+    request_log.close()
+
+
+def build_app(
+    config: CloudConfig, public_url: str, magnum_url: str | None = None, request_log: str | Path | None = None
+) -> web.Application:
+    """The devcloud as an aiohttp application. `request_log`: a file to append "METHOD TEMPLATE STATUS" lines to."""
     app = web.Application(middlewares=[cloud_middleware], client_max_size=8 * 1024 * 1024)
     cloud = Cloud(config, public_url, magnum_url)
     app[CLOUD] = cloud
@@ -178,4 +230,7 @@ def build_app(config: CloudConfig, public_url: str, magnum_url: str | None = Non
         if seed is not None:
             seed(cloud)
     app.cleanup_ctx.append(_sweeper)
+    if request_log is not None:
+        app[REQUEST_LOG] = RequestLog(request_log)
+        app.cleanup_ctx.append(_request_log)
     return app

@@ -1079,6 +1079,13 @@ def _boot(
                 cloud, s["_project_id"], nic.network_id, nic.port_id, s["id"], s["_security_groups"]
             )
             s["_ports"].append(port)
+        # Nova shows the names of the groups on the server's ports, whatever the request named them by (OSC
+        # sends ids as {"name": <id>})
+        groups_table = cloud.table("security_group")
+        names = [g["name"] for p in s["_ports"] for gid in p.get("security_groups") or ()
+                 if (g := groups_table.get(gid)) is not None]
+        if names:
+            s["_security_groups"] = list(dict.fromkeys(names))
         s["_task_state"] = "scheduling"
     if volume_ids:
         from deploy.devcloud import volume
