@@ -162,7 +162,8 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def get_timing(request: web.Request) -> web.Response:
     _admin(request)
     cloud = cloud_of(request)
-    return json_response({"time_factor": cloud.time_factor, **msgspec.to_builtins(cloud.config.timing)})
+    # the live factor (PUT /admin/timing changes it), not the configured one
+    return json_response({**msgspec.to_builtins(cloud.config.timing), "time_factor": cloud.time_factor})
 
 
 @routes.put("/admin/timing")

@@ -373,3 +373,17 @@ def test_guard_names_a_path_the_devcloud_does_not_route(guarded: tuple[Devcloud,
     # both directions of a difference are named
     assert route_problems({("GET", "/a"), ("GET", "/b/{id}")}, [], {("GET", "/a"), ("POST", "/c")}) == [
         "new route, not in golden_routes.txt: GET /b/{id}", "golden route no longer used: POST /c"]
+
+
+def test_admin_timing_reports_the_live_time_factor(guarded: tuple[Devcloud, RequestLog]) -> None:
+    """GET /admin/timing shows the factor PUT /admin/timing set, not the configured one (found writing the docs)."""
+    cloud, _ = guarded
+    admin = sdk(cloud, "cove-admin")
+    assert admin.session.get(f"{cloud.url}/admin/timing").json()["time_factor"] == 0.0
+    try:
+        assert admin.session.put(f"{cloud.url}/admin/timing", json={"time_factor": 0.25}).json() == {
+            "time_factor": 0.25}
+        timing = admin.session.get(f"{cloud.url}/admin/timing").json()
+        assert timing["time_factor"] == 0.25 and timing["boot_seconds"]["dist"] == "uniform"
+    finally:
+        admin.session.put(f"{cloud.url}/admin/timing", json={"time_factor": 0.0})
