@@ -73,7 +73,9 @@ async def list_for(
         args.append(role)
         where += f" AND role = ${len(args)}"
     if marker is not None:
-        m = await pool.fetchrow(f"SELECT {expr} AS k, id FROM nodegroups WHERE uuid = $1", marker)
+        m = await pool.fetchrow(
+            f"SELECT {expr} AS k, id FROM nodegroups WHERE uuid = $1 AND cluster_uuid = $2", marker, cluster_uuid
+        )
         if m is None:
             raise LookupError(marker)
         args += [m["k"], m["id"]]
