@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from services.api import microversion, policy
-from services.api.errors import ApiError, error_body
+from services.api.errors import ApiError, bad_request, error_body
 from services.api.keystone import AuthContext, Keystone
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,8 @@ def _error_response(request: web.Request, status: int, detail: str, extra: dict[
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if "\x00" in request.path or "%00" in request.query_string or "\x00" in request.query_string:
+            raise bad_request("Invalid input: a NUL character is not allowed in the URL.")
         return await handler(request)
     except ApiError as exc:
         if exc.status >= 500:

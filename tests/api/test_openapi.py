@@ -70,7 +70,7 @@ async def test_schemathesis_finds_no_server_errors_or_schema_breaks(api: Running
         "--max-examples", os.environ.get("COVE_SCHEMATHESIS_EXAMPLES", "8"),
         "--seed", "4242", "--generation-deterministic", "--workers", "1", "--no-shrink",
         "--phases", "examples,coverage,fuzzing",
-        "--request-timeout", "10", "--max-time", os.environ.get("COVE_SCHEMATHESIS_MAX_TIME", "240"),
+        "--request-timeout", "10", "--max-time", os.environ.get("COVE_SCHEMATHESIS_MAX_TIME", "90"),
         "--report", "ndjson", "--report-ndjson-path", str(report),
     ]
     proc = await asyncio.create_subprocess_exec(

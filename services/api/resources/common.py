@@ -16,9 +16,23 @@ from services.api.store import Scope
 
 async def json_body(request: web.Request) -> Any:
     try:
-        return await request.json(loads=json.loads)
+        body = await request.json(loads=json.loads)
     except (ValueError, UnicodeDecodeError):
         raise bad_request("The request body is not valid JSON.") from None
+    if _has_nul(body):
+        # PostgreSQL cannot store NUL in text, and no Magnum field may hold one
+        raise bad_request("Invalid input: a NUL character is not allowed in a string value.")
+    return body
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def links(base: str, resource: str, ident: str) -> list[dict[str, str]]:
