@@ -112,7 +112,7 @@ def as_labels(body: dict[str, Any], field: str = "labels") -> dict[str, str] | N
     out: dict[str, str] = {}
     for key, item in value.items():
         if isinstance(item, bool):
-            out[str(key)] = "true" if item else "false"
+            out[str(key)] = str(item)  # Magnum (oslo String.coerce): True -> "True"
         elif isinstance(item, (str, int, float)):
             out[str(key)] = str(item)
         else:

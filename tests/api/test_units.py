@@ -95,7 +95,7 @@ def test_template_fields_defaults() -> None:
                                       "labels": {"a": 1, "b": True, "c": "x"}})
     assert out["network_driver"] == "flannel"
     assert out["server_type"] == "vm"
-    assert out["labels"] == {"a": "1", "b": "true", "c": "x"}
+    assert out["labels"] == {"a": "1", "b": "True", "c": "x"}
     assert out["name"].endswith("-template")
 
 

@@ -303,6 +303,7 @@ def _rollback(request: web.Request, v: Microversion) -> bool:
 
 
 @routes.patch("/v1/clusters/{ident}")
+@routes.patch("/v1/clusters/{ident}/")  # magnumclient: PATCH .../{id}/?rollback=True
 async def patch_cluster(request: web.Request) -> web.Response:
     ctx = context(request)
     v = version(request)
