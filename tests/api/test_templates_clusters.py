@@ -335,8 +335,8 @@ async def test_openstacksdk_proxy(api: RunningApi, clients: dict[str, Client]) -
     assert t.id and t.name == name
     got = await asyncio.to_thread(coe.get_cluster_template, t.id)
     assert got.labels == {"kube_tag": "v1.30.1"}
-    updated = await asyncio.to_thread(coe.update_cluster_template, t.id, name=name + "-2")
-    assert updated.name == name + "-2"
+    # (openstacksdk 4.22's update_cluster_template sends [move /uuid->/id, add /name, add /labels]: Magnum refuses
+    # `add` on an existing attribute with 400 and so does Cove; template PATCH is proven with magnumclient.)
     templates = await asyncio.to_thread(lambda: [x.id for x in coe.cluster_templates()])
     assert t.id in templates
     cluster = await asyncio.to_thread(coe.create_cluster, name=_name("sdkc"), cluster_template_id=t.id,
