@@ -90,7 +90,7 @@ class RequestLog:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a", buffering=1, encoding="utf-8")  # closed in cleanup_ctx
+        self.handle = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in cleanup_ctx
 
     def close(self) -> None:
         if self.handle is not None:
