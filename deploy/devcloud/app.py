@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +39,8 @@ class Stats:
         self.by_status: dict[int, int] = {}
         self.started_cpu = time.process_time()
         self.started_wall = time.monotonic()
-        self.unrouted: list[str] = []
+        self.unrouted_count = 0
+        self.unrouted: deque[str] = deque(maxlen=100)  # the latest, so a flood of bad paths stays bounded
 
     def as_dict(self) -> dict[str, Any]:
         cpu = time.process_time() - self.started_cpu
@@ -48,7 +50,8 @@ class Stats:
             "cpu_seconds": round(cpu, 6),
             "wall_seconds": round(time.monotonic() - self.started_wall, 3),
             "cpu_ms_per_request": round(cpu * 1000 / self.requests, 4) if self.requests else None,
-            "unrouted": self.unrouted[-100:],
+            "unrouted_count": self.unrouted_count,
+            "unrouted": list(self.unrouted),
         }
 
 
@@ -146,6 +149,7 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
     status = 499  # stays so only when the client went away mid-request (the handler was cancelled)
     try:
         if not service:
+            stats.unrouted_count += 1
             stats.unrouted.append(f"{request.method} {request.path}")
             log.warning("unrouted_request", method=request.method, path=request.path)
         elif service != "admin":
