@@ -365,6 +365,18 @@ class ClusterDeleteFailed(_Event, frozen=True, tag=True):
     status_reason: str
 
 
+class ClusterTrustDeleted(_Event, frozen=True, tag=True):
+    """The provisioner deleted a cluster's Keystone trust, or found it already gone (``already_gone``): the trust
+    of a cluster after ``ClusterDeleteCompleted`` (``reason`` cluster_deleted), or the trust a
+    ``ClusterTrustRotated`` replaced (``reason`` rotated)."""
+
+    uuid: str
+    project_id: str
+    trust_id: str
+    reason: Literal["cluster_deleted", "rotated"] = "cluster_deleted"
+    already_gone: bool = False
+
+
 class ClusterUpdateStarted(_Event, frozen=True, tag=True):
     uuid: str
     project_id: str
@@ -433,6 +445,7 @@ Event = (
     | ClusterDeleteStarted
     | ClusterDeleteCompleted
     | ClusterDeleteFailed
+    | ClusterTrustDeleted
     | ClusterUpdateStarted
     | ClusterUpdateCompleted
     | ClusterUpdateFailed
