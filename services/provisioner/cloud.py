@@ -61,6 +61,9 @@ class CloudSettings:
     username: str = "cove"
     password: str = "cove-pass"
     user_domain_name: str = "Default"
+    project_name: str = "service"
+    """The service user's own project: its project-scoped token deletes trusts (it has the admin role there)."""
+    project_domain_name: str = "Default"
     threads: int = 8
 
     @classmethod
@@ -72,6 +75,8 @@ class CloudSettings:
             username=e.get("COVE_SERVICE_USER", "cove"),
             password=e.get("COVE_SERVICE_PASSWORD", "cove-pass"),
             user_domain_name=e.get("COVE_SERVICE_USER_DOMAIN", "Default"),
+            project_name=e.get("COVE_SERVICE_PROJECT", "service"),
+            project_domain_name=e.get("COVE_SERVICE_PROJECT_DOMAIN", "Default"),
             threads=int(e.get("COVE_PROVISIONER_CLOUD_THREADS", "8")),
         )
 
@@ -324,6 +329,7 @@ class Cloud:
         self.settings = settings
         self.executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="cove-cloud")
         self._clients: dict[str, ClusterCloud] = {}
+        self._service: openstack.connection.Connection | None = None
         self._lock = threading.Lock()
 
     def _connect(self, trust_id: str) -> ClusterCloud:
@@ -353,6 +359,40 @@ class Cloud:
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
+    def _service_connection(self) -> openstack.connection.Connection:
+        """The Cove service user's own connection, scoped to its project (no trust)."""
+        with self._lock:
+            if self._service is not None:
+                return self._service
+        auth = v3.Password(
+            auth_url=self.settings.auth_url, username=self.settings.username, password=self.settings.password,
+            user_domain_name=self.settings.user_domain_name, project_name=self.settings.project_name,
+            project_domain_name=self.settings.project_domain_name,
+        )
+        conn = openstack.connection.Connection(session=ks_session.Session(auth=auth), app_name="cove-provisioner")
+        with self._lock:
+            if self._service is None:
+                self._service = conn
+            return self._service
+
+    async def delete_trust(self, trust_id: str) -> bool:
+        """Delete a Keystone trust with the service user's own credentials (Keystone lets an admin or the trustor
+        delete one). True: deleted now; False: it was already gone (404). Raises CloudError otherwise."""
+
+        def work() -> bool:
+            try:
+                identity = self._service_connection().identity
+                identity.delete_trust(trust_id, ignore_missing=False)  # type: ignore[union-attr]
+            except openstack.exceptions.NotFoundException:
+                return False
+            except Exception as exc:
+                raise explain(f"Deleting trust {trust_id} failed", exc) from exc
+            return True
+
+        deleted = await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        self.forget(trust_id)
+        return deleted
+
     def forget(self, trust_id: str) -> None:
         with self._lock:
             client = self._clients.pop(trust_id, None)
@@ -365,4 +405,10 @@ class Cloud:
     def close(self) -> None:
         for trust_id in list(self._clients):
             self.forget(trust_id)
+        if self._service is not None:
+            try:
+                self._service.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("connection_close_failed", error=repr(exc))
+            self._service = None
         self.executor.shutdown(wait=False, cancel_futures=True)

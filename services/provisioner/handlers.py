@@ -25,6 +25,7 @@ from proto.events import (
     ClusterDeleteFailed,
     ClusterDeleteRequested,
     ClusterDeleteStarted,
+    ClusterTrustDeleted,
     ClusterTrustRotated,
     ClusterUpdateCompleted,
     ClusterUpdateFailed,
@@ -120,8 +121,17 @@ async def on_ca_replaced(env: Envelope, p: ClusterCAReplaced, tx: asyncpg.Connec
 
 
 async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Connection) -> None:
+    """Act with the new trust from now on; the trust it replaces is to be deleted (the trust reaper waits until no
+    reconcile pass still holds it). A rotation that lands after the cluster was deleted leaves nothing to act for:
+    the new trust is deleted too."""
+    old, status = await store.current_trust(tx, p.uuid)
     await store.set_trust(tx, p.uuid, p.trust_id)
-    log.info("cluster_trust_rotated", cluster_id=p.uuid, trust_id=p.trust_id)
+    for previous in (old, p.previous_trust_id):
+        if previous and previous != p.trust_id:
+            await store.add_trust_to_delete(tx, previous, p.uuid, p.project_id, "rotated")
+    if status == rc.DELETE_COMPLETE:
+        await store.add_trust_to_delete(tx, p.trust_id, p.uuid, p.project_id, "cluster_deleted")
+    log.info("cluster_trust_rotated", cluster_id=p.uuid, trust_id=p.trust_id, previous_trust_id=old)
 
 
 async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyncpg.Connection) -> None:
@@ -150,6 +160,14 @@ async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.
 
 async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
     await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, None, STREAM_SEQ.get())
+    trust_id, _ = await store.current_trust(tx, p.uuid)
+    if trust_id:
+        await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
+
+
+async def on_trust_deleted(env: Envelope, p: ClusterTrustDeleted, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.uuid, p.project_id, STREAM_SEQ.get())
+    await store.remove_trust_to_delete(tx, p.trust_id)
 
 
 async def on_delete_failed(env: Envelope, p: ClusterDeleteFailed, tx: asyncpg.Connection) -> None:
@@ -198,6 +216,7 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     ClusterDeleteStarted: on_delete_started,  # type: ignore[dict-item]
     ClusterDeleteCompleted: on_delete_completed,  # type: ignore[dict-item]
     ClusterDeleteFailed: on_delete_failed,  # type: ignore[dict-item]
+    ClusterTrustDeleted: on_trust_deleted,  # type: ignore[dict-item]
     NodeCreated: on_node_created,  # type: ignore[dict-item]
     NodeBecameActive: on_node_active,  # type: ignore[dict-item]
     NodeFailed: on_node_failed,  # type: ignore[dict-item]

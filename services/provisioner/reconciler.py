@@ -10,6 +10,7 @@ its projection has applied that far, reloads and decides again; it never blindly
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import uuid
@@ -164,6 +165,7 @@ class Reconciler:
         self._sem = asyncio.Semaphore(settings.max_active)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
+        self._trusts_in_use: collections.Counter[str] = collections.Counter()
         self._stopping = False
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -184,6 +186,10 @@ class Reconciler:
     @property
     def active(self) -> int:
         return len(self._tasks)
+
+    def trust_in_use(self, trust_id: str) -> bool:
+        """True while a reconcile pass that loaded this trust runs (the trust reaper must not delete it yet)."""
+        return self._trusts_in_use[trust_id] > 0
 
     def on_applied(self, env: Envelope) -> None:
         """Projection callback: an input event (api, certs) about a cluster was committed."""
@@ -221,8 +227,15 @@ class Reconciler:
                         if row is None:
                             outcome = Outcome.IDLE
                         else:
-                            async with self._sem:
-                                outcome = await self._step(row, state)
+                            trust = row.trust_id or ""
+                            self._trusts_in_use[trust] += 1
+                            try:
+                                async with self._sem:
+                                    outcome = await self._step(row, state)
+                            finally:
+                                self._trusts_in_use[trust] -= 1
+                                if self._trusts_in_use[trust] <= 0:
+                                    del self._trusts_in_use[trust]
                     except Recheck:
                         caught_up = False
                         continue

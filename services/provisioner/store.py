@@ -274,3 +274,52 @@ async def mark_update(
         " update_done = GREATEST(update_done, COALESCE($3, 0)) WHERE uuid = $1",
         cluster_id, started, done,
     )
+
+
+# ------------------------------------------------------------------------------------------------ trusts to delete
+
+
+@dataclass(frozen=True)
+class PendingTrust:
+    """A Keystone trust the provisioner must delete (a row of ``trusts_to_delete``)."""
+
+    trust_id: str
+    cluster_id: str
+    project_id: str | None
+    reason: str
+    """``cluster_deleted`` or ``rotated``."""
+    recorded_at: datetime
+
+
+async def current_trust(tx: asyncpg.Connection, cluster_id: str) -> tuple[str | None, str | None]:
+    """(trust id, status) of the cluster as the store has them now; (None, None) for an unknown cluster."""
+    r = await tx.fetchrow("SELECT trust_id, status FROM clusters WHERE uuid = $1", cluster_id)
+    return (None, None) if r is None else (r["trust_id"], r["status"])
+
+
+async def add_trust_to_delete(
+    tx: asyncpg.Connection, trust_id: str, cluster_id: str, project_id: str | None, reason: str
+) -> None:
+    await tx.execute(
+        "INSERT INTO trusts_to_delete (trust_id, cluster_id, project_id, reason) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (trust_id) DO NOTHING",
+        trust_id, cluster_id, project_id, reason,
+    )
+
+
+async def remove_trust_to_delete(tx: asyncpg.Connection, trust_id: str) -> None:
+    await tx.execute("DELETE FROM trusts_to_delete WHERE trust_id = $1", trust_id)
+
+
+async def trusts_to_delete(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 500) -> list[PendingTrust]:
+    rows = await conn.fetch(
+        "SELECT trust_id, cluster_id, project_id, reason, recorded_at FROM trusts_to_delete"
+        " ORDER BY recorded_at LIMIT $1", limit,
+    )
+    return [PendingTrust(r["trust_id"], r["cluster_id"], r["project_id"], r["reason"], r["recorded_at"])
+            for r in rows]
+
+
+async def last_seq(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) -> int:
+    """The stream sequence of the last provisioner event the store applied for the cluster (0: none)."""
+    return int(await conn.fetchval("SELECT last_seq FROM clusters WHERE uuid = $1", cluster_id) or 0)

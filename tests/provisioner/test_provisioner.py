@@ -31,6 +31,8 @@ from proto.events import (
     ClusterCreateRequested,
     ClusterDeleteRequested,
     ClusterTemplate,
+    ClusterTrustRotated,
+    ClusterUpdateRequested,
 )
 from services.runtime.bus import Bus
 from tests.conftest import REPO_ROOT, Devcloud, drop_database, free_port, fresh_database, wait_for
@@ -112,6 +114,14 @@ class Cloud:
         )
         return str(trust.id)
 
+    def trust_status(self, trust_id: str) -> int:
+        """HTTP status of ``GET /identity/v3/OS-TRUST/trusts/{id}`` as the cloud admin (200 exists, 404 gone)."""
+        resp = self.admin.session.request(
+            f"{self.devcloud.url}/identity/v3/OS-TRUST/trusts/{trust_id}", "GET",
+            headers={"X-Auth-Token": self.admin.auth_token}, raise_exc=False,
+        )
+        return int(resp.status_code)
+
     def servers(self, prefix: str) -> list[Any]:
         return list(self.demo.compute.servers(details=True, name=f"^{prefix}-"))
 
@@ -152,6 +162,7 @@ async def provisioner(
         "COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, "COVE_HTTP_PORT": str(free_port()),
         "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_PROVISIONER_DURABLE": f"prov_{uuid.uuid4().hex[:8]}",
         "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
+        "COVE_PROVISIONER_TRUST_GRACE": "1",
     })
     p = Provisioner(env, tmp_path / "provisioner.log")
     p.start()
@@ -389,5 +400,139 @@ async def test_a_permanent_cloud_error_fails_the_create_with_a_reason(
         await request_delete(bus, req)
         await until(events, "ClusterDeleteCompleted", provisioner)
         assert await asyncio.to_thread(cloud.live_records, prefix_of(req)) == []
+    finally:
+        await sub.unsubscribe()
+
+
+# ------------------------------------------------------------------------------------------------ trusts
+
+
+async def until_trust_deleted(events: ClusterEvents, trust_id: str, p: Provisioner, timeout: float = 30.0) -> Envelope:
+    def found() -> Envelope | None:
+        return next((e for e in events.received
+                     if e.type == "ClusterTrustDeleted" and e.payload.trust_id == trust_id), None)
+
+    try:
+        return await wait_for(found, timeout=timeout, message=f"ClusterTrustDeleted {trust_id}")
+    except TimeoutError:
+        raise AssertionError(f"trust {trust_id} not deleted; got {events.types()}\nprovisioner log:\n{p.tail()}") \
+            from None
+
+
+async def pending_trusts(database_url: str) -> list[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [r["trust_id"] for r in await conn.fetch("SELECT trust_id FROM provisioner.trusts_to_delete")]
+    finally:
+        await conn.close()
+
+
+async def test_delete_removes_the_clusters_trust_from_keystone(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    req = await request_cluster(bus, cloud, "demo-trust", masters=1, workers=1)
+    assert req.trust_id is not None
+    events, sub = await watch(bus, req.uuid)
+    try:
+        await until(events, "ClusterCreateCompleted", provisioner)
+        assert await asyncio.to_thread(cloud.trust_status, req.trust_id) == 200
+        assert "ClusterTrustDeleted" not in events.types()  # a live cluster keeps its trust
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        deleted = await until_trust_deleted(events, req.trust_id, provisioner)
+        assert deleted.payload.reason == "cluster_deleted" and deleted.payload.already_gone is False
+        assert deleted.payload.uuid == req.uuid and deleted.payload.project_id == req.project_id
+        types = events.types()
+        assert types.index("ClusterDeleteCompleted") < types.index("ClusterTrustDeleted")
+        assert await asyncio.to_thread(cloud.trust_status, req.trust_id) == 404
+        await wait_for(lambda: _no_pending(provisioner.database_url()), message="trusts_to_delete emptied")
+        assert await asyncio.to_thread(cloud.live_records, prefix_of(req)) == []
+    finally:
+        await sub.unsubscribe()
+
+
+async def _no_pending(db: str) -> bool:
+    return await pending_trusts(db) == []
+
+
+async def test_trust_deletion_survives_keystone_failures_and_a_sigkill_after_delete_completed(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    # Keystone refuses every trust deletion (503) until the fault is lifted.
+    cloud.admin_call("POST", "/admin/faults/api", json={
+        "service": "identity", "method": "DELETE", "path": "/OS-TRUST/trusts/", "status": 503})
+    try:
+        req = await request_cluster(bus, cloud, "demo-trustkill", masters=1, workers=1)
+        assert req.trust_id is not None
+        events, sub = await watch(bus, req.uuid)
+        await until(events, "ClusterCreateCompleted", provisioner)
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        db = provisioner.database_url()
+        assert await wait_for(lambda: _pending_is(db, [req.trust_id]), message="trust recorded as pending")
+        await wait_for(lambda: "trust_delete_failed" in provisioner.log_file.read_text(errors="replace"),
+                       message="a failed attempt", timeout=20)
+        assert await asyncio.to_thread(cloud.trust_status, req.trust_id) == 200  # the fault really held it
+        assert "ClusterTrustDeleted" not in events.types()
+        provisioner.kill()
+    finally:
+        cloud.admin_call("PUT", "/admin/faults", json={"api": []})
+    try:
+        provisioner.start()
+        deleted = await until_trust_deleted(events, req.trust_id, provisioner)
+        assert deleted.payload.already_gone is False
+        assert await asyncio.to_thread(cloud.trust_status, req.trust_id) == 404
+        await wait_for(lambda: _no_pending(db), message="trusts_to_delete emptied after restart")
+        assert events.types().count("ClusterDeleteCompleted") == 1
+    finally:
+        await sub.unsubscribe()
+
+
+async def _pending_is(db: str, want: list[str | None]) -> bool:
+    return await pending_trusts(db) == want
+
+
+async def test_rotated_trust_is_deleted_and_the_new_one_kept_and_used(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    req = await request_cluster(bus, cloud, "demo-rotate", masters=1, workers=1)
+    old = req.trust_id
+    assert old is not None
+    events, sub = await watch(bus, req.uuid)
+    try:
+        await until(events, "ClusterCreateCompleted", provisioner)
+        new = await asyncio.to_thread(cloud.trust)
+        rotated = ClusterTrustRotated(uuid=req.uuid, project_id=req.project_id, trust_id=new,
+                                      trustee_user_id=cloud.cove_user_id, user_id=cloud.demo_user_id)
+        await bus.publish(subjects.cluster_events("api", req.uuid),
+                          new_envelope(rotated, project_id=req.project_id, cluster_id=req.uuid))
+        deleted = await until_trust_deleted(events, old, provisioner)
+        assert deleted.payload.reason == "rotated" and deleted.payload.already_gone is False
+        assert await asyncio.to_thread(cloud.trust_status, old) == 404
+        assert await asyncio.to_thread(cloud.trust_status, new) == 200
+        assert await pending_trusts(provisioner.database_url()) == []
+
+        # The provisioner acts with the new trust: with the old one gone, a resize still boots a worker.
+        resize = ClusterUpdateRequested(uuid=req.uuid, project_id=req.project_id, node_count=2,
+                                        previous_node_count=1)
+        await bus.publish(subjects.cluster_events("api", req.uuid),
+                          new_envelope(resize, project_id=req.project_id, cluster_id=req.uuid))
+        await until(events, "ClusterUpdateCompleted", provisioner)
+        assert "ClusterUpdateFailed" not in events.types()
+        prefix = prefix_of(req)
+        servers = await asyncio.to_thread(cloud.servers, prefix)
+        assert sorted(s.name for s in servers) == [f"{prefix}-master-0", f"{prefix}-node-0", f"{prefix}-node-1"]
+        assert all(s.status == "ACTIVE" for s in servers)
+        assert await asyncio.to_thread(cloud.trust_status, new) == 200
+
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        gone = await until_trust_deleted(events, new, provisioner)
+        assert gone.payload.reason == "cluster_deleted"
+        assert await asyncio.to_thread(cloud.trust_status, new) == 404
+        assert await asyncio.to_thread(cloud.live_records, prefix) == []
+        assert [e.payload.trust_id for e in events.received if e.type == "ClusterTrustDeleted"] == [old, new]
     finally:
         await sub.unsubscribe()
