@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -10,8 +12,9 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, ConsumerInfo
+from nats.js.api import ConsumerConfig, ConsumerInfo, RawStreamMsg
 from opentelemetry import trace
 
 from proto import subjects
@@ -31,12 +34,30 @@ DLQ_SUBJECT = "Cove-Dlq-Subject"
 DLQ_DELIVERIES = "Cove-Dlq-Deliveries"
 DLQ_CONSUMER = "Cove-Dlq-Consumer"
 
+ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+"""The server publishes ``<this>.<stream>.<consumer>`` when it gives up on a message after ``max_deliver``
+deliveries that were not settled (ack timeouts): it drops the message from the consumer without telling it."""
+ACK_TIMEOUT_REASON = "max deliveries exceeded (ack timeouts)"
+
+
+def dlq_msg_id(durable: str, stream: str, stream_seq: int) -> str:
+    """``Nats-Msg-Id`` of a dead letter: one per consumer and stream message, whichever path or replica sends it."""
+    return f"dlq:{durable}:{stream}:{stream_seq}"
+
+
+def max_deliveries_subject(stream: str, durable: str) -> str:
+    return f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}"
+
 
 class Consumer:
     """Pulls from a durable consumer on ``stream`` and hands each decoded envelope to ``handler``, in order.
 
     * bytes that do not decode -> published to ``cove.dlq.<durable>`` with the reason, then ``term``;
     * handler raises -> ``nak(delay=backoff)``; on the ``max_deliver``-th failure -> dead-lettered, ``term``;
+    * the server gives up on a message after ``max_deliver`` ack timeouts (the process crashed or hung while
+      handling it) -> its ``MAX_DELIVERIES`` advisory is heard, the message is read back from the stream by
+      its sequence and dead-lettered with ``ACK_TIMEOUT_REASON`` (every replica hears the advisory; the
+      dead letter's ``Nats-Msg-Id`` makes it one);
     * each message is handled in a consumer span continuing the producer's trace, with the event id,
       correlation id, trace id and cluster id bound into structlog's contextvars.
     """
@@ -54,6 +75,8 @@ class Consumer:
     ) -> None:
         self.bus = bus
         self.on_dead_lettered = on_dead_lettered
+        """Called after each dead letter. On the ack-timeout path the ``Msg`` is rebuilt from the stream: its
+        ``metadata`` (stream sequence, deliveries) is set, but it has no reply subject and cannot be settled."""
         self.durable = durable
         self.filter_subjects = list(filter_subjects)
         self.handler = handler
@@ -62,7 +85,10 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._advisories: Subscription | None = None
         self.last_error: str | None = None
+        self.advisories_handled = 0
+        """MAX_DELIVERIES advisories this instance acted on (whether or not its dead letter was the first)."""
 
     @property
     def running(self) -> bool:
@@ -111,6 +137,10 @@ class Consumer:
         if ensure:
             await self.ensure()
         self._stopping.clear()
+        # Listen before fetching: a message this replica is the last to time out on must still be heard of.
+        self._advisories = await self.bus.nc.subscribe(
+            max_deliveries_subject(self.stream, self.durable), cb=self._on_max_deliveries
+        )
         self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
         log.info("consumer_started", consumer=self.durable, filter_subjects=self.filter_subjects)
@@ -130,6 +160,12 @@ class Consumer:
             except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 pass
             self._sub = None
+        if self._advisories is not None:
+            try:
+                await self._advisories.unsubscribe()
+            except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+                pass
+            self._advisories = None
         log.info("consumer_stopped", consumer=self.durable)
 
     async def _run(self) -> None:
@@ -218,19 +254,16 @@ class Consumer:
     async def dead_letter(self, msg: Msg, reason: str, *, kind: str = "other") -> None:
         """Publish the original bytes and headers plus the reason to ``cove.dlq.<durable>``, then ``term``."""
         md = msg.metadata
-        headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
-        headers.update(
-            {
-                DLQ_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
-                DLQ_STREAM_SEQ: str(md.sequence.stream),
-                DLQ_SUBJECT: msg.subject,
-                DLQ_DELIVERIES: str(md.num_delivered),
-                DLQ_CONSUMER: self.durable,
-                "Nats-Msg-Id": f"dlq:{self.durable}:{md.stream}:{md.sequence.stream}",
-            }
-        )
         try:
-            await self.bus.publish_raw(subjects.dlq_subject(self.durable), msg.data, headers)
+            await self._publish_dead_letter(
+                subject=msg.subject,
+                data=msg.data,
+                headers=msg.headers,
+                stream_seq=md.sequence.stream,
+                deliveries=md.num_delivered,
+                reason=reason,
+                kind=kind,
+            )
         except Exception as exc:  # noqa: BLE001 - keep the message: it will be redelivered
             log.error("dead_letter_publish_failed", error=repr(exc), stream_seq=md.sequence.stream)
             await _quietly(msg.nak(delay=self.settings.nak_delay(md.num_delivered)))
@@ -238,10 +271,106 @@ class Consumer:
         await msg.term()
         if self.on_dead_lettered is not None:
             await _quietly(self.on_dead_lettered(msg))
-        metrics.MESSAGES_DEAD_LETTERED.labels(self.durable, kind).inc()
-        log.error(
-            "message_dead_lettered", consumer=self.durable, stream_seq=md.sequence.stream, reason=reason
+
+    async def dead_letter_dropped(self, stream_seq: int, deliveries: int) -> bool:
+        """Dead-letter the message the server dropped after ``deliveries`` ack timeouts: read it back from the
+        stream by ``stream_seq`` and publish it as ``dead_letter`` would. True once a dead letter exists (this
+        call's or an earlier identical one); False when the message is gone from the stream or publishing kept
+        failing (logged: the advisory is not redelivered)."""
+        raw = None
+        for attempt in range(1, 6):
+            try:
+                raw = await self.bus.js.get_msg(self.stream, seq=stream_seq)
+                await self._publish_dead_letter(
+                    subject=raw.subject or "",
+                    data=raw.data or b"",
+                    headers=raw.headers,
+                    stream_seq=stream_seq,
+                    deliveries=deliveries,
+                    reason=ACK_TIMEOUT_REASON,
+                    kind="ack_timeouts",
+                )
+                break
+            except nats.js.errors.NotFoundError:
+                # Removed by the stream's limits (or purged) since: nothing left to keep.
+                log.error("dropped_message_gone", consumer=self.durable, stream_seq=stream_seq)
+                raw = None
+                break
+            except Exception as exc:  # noqa: BLE001 - retried a few times, then logged as lost
+                log.warning(
+                    "dead_letter_publish_failed", stream_seq=stream_seq, attempt=attempt, error=repr(exc)
+                )
+                raw = None
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        else:
+            log.error("dead_letter_lost", consumer=self.durable, stream_seq=stream_seq, deliveries=deliveries)
+        # The server has settled the message either way: tell the owner (a projection moves its checkpoint).
+        if self.on_dead_lettered is not None:
+            await _quietly(self.on_dead_lettered(self._dropped_msg(raw, stream_seq, deliveries)))
+        return raw is not None
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        try:
+            body = json.loads(advisory.data)
+            stream, durable = body["stream"], body["consumer"]
+            stream_seq, deliveries = int(body["stream_seq"]), int(body.get("deliveries", 0))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("advisory_unreadable", subject=advisory.subject, error=repr(exc))
+            return
+        if stream != self.stream or durable != self.durable:
+            return
+        log.warning(
+            "message_dropped_by_server", consumer=self.durable, stream_seq=stream_seq, deliveries=deliveries
         )
+        await self.dead_letter_dropped(stream_seq, deliveries)
+        self.advisories_handled += 1
+
+    def _dropped_msg(self, raw: RawStreamMsg | None, stream_seq: int, deliveries: int) -> Msg:
+        """A ``Msg`` standing for a dropped message: metadata set, no reply subject (nothing to settle)."""
+        return Msg(
+            _client=self.bus.nc,
+            subject=(raw.subject or "") if raw is not None else "",
+            data=(raw.data or b"") if raw is not None else b"",
+            headers=raw.headers if raw is not None else None,
+            _metadata=Msg.Metadata(
+                sequence=Msg.Metadata.SequencePair(stream=stream_seq, consumer=0),
+                num_pending=0,
+                num_delivered=deliveries,
+                timestamp=datetime.datetime.now(datetime.UTC),
+                stream=self.stream,
+                consumer=self.durable,
+            ),
+        )
+
+    async def _publish_dead_letter(
+        self,
+        *,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        stream_seq: int,
+        deliveries: int,
+        reason: str,
+        kind: str,
+    ) -> None:
+        """Publish to ``cove.dlq.<durable>`` (raises when the publish fails); deduplicated per stream message."""
+        out = {k: v for k, v in (headers or {}).items() if k != "Nats-Msg-Id"}
+        out.update(
+            {
+                DLQ_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
+                DLQ_STREAM_SEQ: str(stream_seq),
+                DLQ_SUBJECT: subject,
+                DLQ_DELIVERIES: str(deliveries),
+                DLQ_CONSUMER: self.durable,
+                "Nats-Msg-Id": dlq_msg_id(self.durable, self.stream, stream_seq),
+            }
+        )
+        ack = await self.bus.publish_raw(subjects.dlq_subject(self.durable), data, out)
+        if ack.duplicate:
+            log.info("dead_letter_already_sent", consumer=self.durable, stream_seq=stream_seq)
+            return
+        metrics.MESSAGES_DEAD_LETTERED.labels(self.durable, kind).inc()
+        log.error("message_dead_lettered", consumer=self.durable, stream_seq=stream_seq, reason=reason)
 
 
 def _filters(cfg: ConsumerConfig) -> list[str]:

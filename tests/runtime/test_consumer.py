@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 
 import pytest
 from nats.aio.msg import Msg
 
 from proto import subjects
-from proto.envelope import Envelope, new_envelope
+from proto.envelope import Envelope, decode, new_envelope
 from proto.events import ClusterRejected
 from proto.streams import ConsumerSettings
 from services.runtime import consumer as cmod
@@ -144,3 +146,92 @@ async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
         )
     finally:
         await c.stop()
+
+
+HANGS = ConsumerSettings(ack_wait=0.5, max_deliver=2, backoff=(), fetch_batch=1, fetch_timeout=0.1)
+"""Tiny ack_wait, two deliveries, one message per fetch (so a hung replica holds only the message it hangs on)."""
+
+
+async def dlq_count(bus: Bus, durable: str) -> int:
+    subject = subjects.dlq_subject(durable)
+    info = await bus.js.stream_info(subjects.DLQ_STREAM, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def test_message_dropped_after_ack_timeouts_is_dead_lettered_once(bus: Bus) -> None:
+    """Three replicas of one durable; the handler hangs on the poison message every time it gets it, so only ack
+    timeouts use up max_deliver and the server drops it. Every replica hears the advisory; one dead letter."""
+    from prometheus_client import REGISTRY
+
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    durable = f"c_{producer}"
+    release = asyncio.Event()
+    hung: list[int] = []
+    done: list[str] = []
+
+    async def handler(env: Envelope, msg: Msg) -> None:
+        if env.payload.reason == "poison":  # type: ignore[union-attr]
+            hung.append(msg.metadata.num_delivered)
+            await release.wait()  # never settles in time: a hung or crashed process
+            return
+        done.append(env.id)
+
+    replicas = [
+        Consumer(
+            bus, durable=durable, filter_subjects=[f"cove.evt.{producer}.>"], handler=handler, settings=HANGS
+        )
+        for _ in range(3)
+    ]
+    for c in replicas:
+        await c.start()
+    try:
+        cluster = str(uuid.uuid4())
+        subject = subjects.cluster_events(producer, cluster)
+        poison, first = _event(cluster, "poison"), _event(cluster, "fine")
+        poison_seq = (await bus.publish(subject, poison)).seq
+        await bus.publish(subject, first)
+
+        await wait_for(lambda: dlq_count(bus, durable), timeout=10)
+        dead = await bus.js.get_last_msg(subjects.DLQ_STREAM, subjects.dlq_subject(durable))
+        headers = dead.headers or {}
+        assert headers[cmod.DLQ_REASON] == cmod.ACK_TIMEOUT_REASON == "max deliveries exceeded (ack timeouts)"
+        assert headers[cmod.DLQ_STREAM_SEQ] == str(poison_seq)
+        assert headers[cmod.DLQ_SUBJECT] == subject
+        assert headers[cmod.DLQ_DELIVERIES] == str(HANGS.max_deliver)
+        assert headers[cmod.DLQ_CONSUMER] == durable
+        assert headers["Cove-Event-Type"] == "ClusterRejected"  # the original headers are kept
+        assert headers["Nats-Msg-Id"] == cmod.dlq_msg_id(durable, subjects.EVENTS_STREAM, poison_seq)
+        assert decode(dead.data or b"").id == poison.id
+        assert sorted(hung) == [1, 2]  # delivered max_deliver times, each timing out
+
+        # Every replica heard the advisory and tried; JetStream kept one dead letter.
+        await wait_for(lambda: sum(c.advisories_handled for c in replicas) == 3)
+        # The same advisory again (as if redelivered) adds nothing either.
+        advisory = {
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "stream": subjects.EVENTS_STREAM,
+            "consumer": durable,
+            "stream_seq": poison_seq,
+            "deliveries": HANGS.max_deliver,
+        }
+        await bus.nc.publish(
+            cmod.max_deliveries_subject(subjects.EVENTS_STREAM, durable), json.dumps(advisory).encode()
+        )
+        await wait_for(lambda: sum(c.advisories_handled for c in replicas) == 6)
+        assert await dlq_count(bus, durable) == 1
+        sample = REGISTRY.get_sample_value(
+            "cove_messages_dead_lettered_total", {"consumer": durable, "reason": "ack_timeouts"}
+        )
+        assert sample == 1.0
+
+        # The consumer carries on: the message after the poison, and one published now, are handled.
+        later = _event(cluster, "later")
+        await bus.publish(subject, later)
+        await wait_for(lambda: first.id in done and later.id in done)
+        await wait_for(lambda: _ack_pending_zero(bus, durable))
+        assert sorted(hung) == [1, 2]
+    finally:
+        release.set()
+        for c in replicas:
+            await c.stop(timeout=5)
+    assert await dlq_count(bus, durable) == 1  # the hung handlers finishing late changes nothing
