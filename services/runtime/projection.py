@@ -12,10 +12,19 @@ transaction that also
 On start the checkpoint is compared with the durable consumer: when the store is behind the consumer
 (e.g. an emptied store, checkpoint 0), the consumer is recreated to deliver from ``checkpoint + 1``; that
 is how a store is rebuilt by replaying the stream. ``rebuild()`` does it on purpose.
+
+A dead-lettered event (handler kept failing, bytes did not decode, or the server dropped it after
+``max_deliver`` ack timeouts) moves the checkpoint past it too.
+
+The inbox is pruned in the background (``InboxPruning``): rows far below the checkpoint (``keep`` stream
+sequences) AND older than ``retention`` are deleted in small batches. See docs/adr/0002.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -82,7 +91,35 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
     consumer   text PRIMARY KEY,
     stream_seq bigint NOT NULL
 );
+CREATE INDEX IF NOT EXISTS inbox_consumer_stream_seq ON {schema}.inbox (consumer, stream_seq);
 """
+
+PRUNE_SQL = """
+DELETE FROM {schema}.inbox
+WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id FROM {schema}.inbox
+    WHERE consumer = $1
+      AND stream_seq < (SELECT stream_seq FROM {schema}.checkpoint WHERE consumer = $1) - $2
+      AND applied_at < now() - make_interval(secs => $3)
+    LIMIT $4
+)
+"""
+
+
+@dataclass(frozen=True)
+class InboxPruning:
+    """How the inbox of processed event ids is kept bounded (see docs/adr/0002).
+
+    A row is deleted only when BOTH hold: its stream sequence is more than ``keep`` below the checkpoint, and it
+    was applied more than ``retention`` seconds ago. A pass runs every ``interval`` seconds (None: never) and
+    deletes ``batch`` rows per statement, pausing ``pause`` seconds between statements.
+    """
+
+    keep: int = 100_000
+    retention: float = 3600.0
+    interval: float | None = 300.0
+    batch: int = 1000
+    pause: float = 0.05
 
 
 async def ensure_tracking_tables(pool: asyncpg.Pool, schema: str) -> None:
@@ -110,8 +147,11 @@ class Projection:
         settings: ConsumerSettings = DEFAULT_CONSUMER,
         stream: str = subjects.EVENTS_STREAM,
         migrations_dir: Path | str | None = None,
+        inbox_pruning: InboxPruning = InboxPruning(),
     ) -> None:
         self.name = name
+        self.inbox_pruning = inbox_pruning
+        self._pruner: asyncio.Task[None] | None = None
         self.schema = db.ident(schema)
         self.pool = pool
         self.bus = bus
@@ -161,9 +201,11 @@ class Projection:
             else:
                 await self.consumer.ensure()
         await self.consumer.start(ensure=False)
+        self._start_pruner()
         log.info("projection_started", projection=self.name, schema=self.schema, checkpoint=checkpoint)
 
     async def stop(self) -> None:
+        await self._stop_pruner()
         await self.consumer.stop()
 
     async def rebuild(self) -> None:
@@ -183,6 +225,49 @@ class Projection:
         log.warning("projection_rebuild_started", projection=self.name, schema=self.schema)
         if was_running:
             await self.consumer.start(ensure=False)
+            self._start_pruner()
+
+    # ------------------------------------------------------------------ inbox pruning
+
+    async def prune_inbox(self) -> int:
+        """One pruning pass: delete, batch by batch, the inbox rows of this consumer that are more than
+        ``keep`` stream sequences below the checkpoint and older than ``retention``. Returns the rows deleted."""
+        cfg = self.inbox_pruning
+        sql = PRUNE_SQL.format(schema=self.schema)
+        total = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                status = await conn.execute(sql, self.name, cfg.keep, float(cfg.retention), cfg.batch)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < cfg.batch:
+                break
+            await asyncio.sleep(cfg.pause)
+        if total:
+            log.info("inbox_pruned", projection=self.name, rows=total)
+        return total
+
+    def _start_pruner(self) -> None:
+        if self.inbox_pruning.interval is not None and self._pruner is None:
+            self._pruner = asyncio.create_task(self._prune_periodically(), name=f"prune:{self.name}")
+
+    async def _stop_pruner(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
+
+    async def _prune_periodically(self) -> None:
+        interval = self.inbox_pruning.interval
+        assert interval is not None
+        while True:
+            # Jitter spreads replicas (and the projections of one process) apart.
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                await self.prune_inbox()
+            except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: try again next time
+                log.warning("inbox_prune_failed", projection=self.name, error=repr(exc))
 
     async def _apply(self, env: Envelope, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -217,5 +302,7 @@ class Projection:
 
     async def _dead_lettered(self, msg: Msg) -> None:
         # A dead-lettered event is settled: move the checkpoint past it so a restart does not replay it.
+        # Also called for a message the server dropped after max_deliver ack timeouts (``msg`` rebuilt from the
+        # stream: only its metadata and data are meaningful).
         async with self.pool.acquire() as conn:
             await self._advance(conn, msg.metadata.sequence.stream)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -11,11 +12,13 @@ from proto import subjects
 from proto.envelope import Envelope, decode, new_envelope
 from proto.events import ClusterCreateFailed, ClusterRejected
 from proto.streams import ConsumerSettings
+from services.runtime import consumer as cmod
 from services.runtime import db
 from services.runtime import projection as pmod
 from services.runtime.bus import Bus
 from services.runtime.projection import Outgoing, Projection
 from tests.conftest import wait_for
+from tests.runtime.test_consumer import dlq_count
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +218,155 @@ async def test_store_dropped_and_rebuilt_by_replay_equals_original(fx: Fixture) 
 async def _consumer_caught_up(bus: Bus, durable: str) -> bool:
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+HANGS = ConsumerSettings(ack_wait=0.5, max_deliver=2, backoff=(), fetch_batch=1, fetch_timeout=0.1)
+
+
+async def test_event_dropped_after_ack_timeouts_moves_the_checkpoint_past_it(fx: Fixture) -> None:
+    """Replicas hang (holding the transaction open) on one event until the server drops it: it is dead-lettered
+    with the ack-timeout reason, the checkpoint moves past it, and the next event is applied."""
+    release = asyncio.Event()
+
+    async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        if env.payload.reason == "hang":  # type: ignore[union-attr]
+            await release.wait()
+            raise RuntimeError("the process died: this transaction never commits")
+        return await fx.handle(env, tx)
+
+    name = f"proj_{fx.producer}"
+    replicas = [
+        Projection(
+            name=name,
+            schema=fx.schema,
+            pool=fx.pool,
+            bus=fx.bus,
+            handler=handle,
+            filter_subjects=[f"cove.evt.{fx.producer}.>"],
+            settings=HANGS,
+        )
+        for _ in range(3)
+    ]
+    for p in replicas:
+        await p.start()
+    try:
+        stuck, fine = str(uuid.uuid4()), str(uuid.uuid4())
+        await fx.publish(stuck, "hang")
+        stuck_seq = (
+            await fx.bus.js.get_last_msg(subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, stuck))
+        ).seq
+        await wait_for(lambda: _checkpoint_at(replicas[0], stuck_seq))
+        assert await replicas[0].checkpoint() == stuck_seq  # moved by the dead letter, nothing was applied
+        assert await dlq_count(fx.bus, name) == 1
+        dead = await fx.bus.js.get_last_msg(subjects.DLQ_STREAM, subjects.dlq_subject(name))
+        assert (dead.headers or {})[cmod.DLQ_REASON] == cmod.ACK_TIMEOUT_REASON
+        await fx.publish(fine, "quota")
+        fine_seq = (
+            await fx.bus.js.get_last_msg(subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, fine))
+        ).seq
+        await wait_for(lambda: _checkpoint_at(replicas[0], fine_seq))
+        assert [(r[0], r[2]) for r in await fx.rows()] == [(fine, 1)]
+    finally:
+        release.set()
+        for p in replicas:
+            await p.stop()
+    assert await dlq_count(fx.bus, name) == 1
+    assert [(r[0], r[2]) for r in await fx.rows()] == [(fine, 1)]
+
+
+async def _inbox(fx: Fixture, consumer: str) -> dict[int, str]:
+    async with fx.pool.acquire() as conn:
+        recs = await conn.fetch(
+            f"SELECT stream_seq, event_id FROM {fx.schema}.inbox WHERE consumer = $1", consumer
+        )
+    return {r["stream_seq"]: r["event_id"] for r in recs}
+
+
+async def _age_inbox(fx: Fixture, consumer: str, except_seq: int) -> None:
+    async with fx.pool.acquire() as conn:
+        await conn.execute(
+            f"UPDATE {fx.schema}.inbox SET applied_at = now() - interval '2 hours'"
+            " WHERE consumer = $1 AND stream_seq <> $2",
+            consumer,
+            except_seq,
+        )
+        # Another projection's old rows in the same schema: not this pruner's business.
+        await conn.execute(
+            f"INSERT INTO {fx.schema}.inbox (consumer, event_id, stream_seq, applied_at)"
+            " VALUES ('other', 'ancient', 1, now() - interval '2 days')"
+        )
+
+
+async def _applied(fx: Fixture, p: Projection, count: int) -> dict[int, str]:
+    envs = [await fx.publish(str(uuid.uuid4()), f"r{i}") for i in range(count)]
+    last_seq = (
+        await fx.bus.js.get_last_msg(
+            subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, envs[-1].cluster_id or "")
+        )
+    ).seq
+    await wait_for(lambda: _checkpoint_at(p, last_seq))
+    return await _inbox(fx, p.name)
+
+
+async def test_inbox_pruning_keeps_recent_rows_and_the_last_keep_sequences(fx: Fixture) -> None:
+    p = Projection(
+        name=f"proj_{fx.producer}",
+        schema=fx.schema,
+        pool=fx.pool,
+        bus=fx.bus,
+        handler=fx.handle,
+        filter_subjects=[f"cove.evt.{fx.producer}.>"],
+        settings=FAST,
+        inbox_pruning=pmod.InboxPruning(keep=5, retention=3600, interval=None, batch=2, pause=0),
+    )
+    await p.start()
+    try:
+        rows = await _applied(fx, p, 8)
+        assert len(rows) == 8
+        assert await p.prune_inbox() == 0  # all younger than the retention
+        checkpoint = await p.checkpoint()
+        oldest = min(rows)
+        await _age_inbox(fx, p.name, except_seq=oldest)
+        expected = {s: e for s, e in rows.items() if s >= checkpoint - 5 or s == oldest}
+        assert 1 < len(expected) < len(rows)
+        assert await p.prune_inbox() == len(rows) - len(expected)  # in several batches of 2
+        assert await _inbox(fx, p.name) == expected
+        assert await _inbox(fx, "other") == {1: "ancient"}
+        assert await p.prune_inbox() == 0
+
+        # A copy of a recent event under another msg id is still caught by the rows kept.
+        newest = max(rows)
+        raw = await fx.bus.js.get_msg(subjects.EVENTS_STREAM, seq=newest)
+        before = await fx.rows()
+        copy = await fx.bus.publish_raw(raw.subject or "", raw.data or b"", {"Nats-Msg-Id": "copy"})
+        await wait_for(lambda: _checkpoint_at(p, copy.seq))
+        assert await fx.rows() == before
+    finally:
+        await p.stop()
+
+
+async def test_inbox_is_pruned_in_the_background(fx: Fixture) -> None:
+    p = Projection(
+        name=f"proj_{fx.producer}",
+        schema=fx.schema,
+        pool=fx.pool,
+        bus=fx.bus,
+        handler=fx.handle,
+        filter_subjects=[f"cove.evt.{fx.producer}.>"],
+        settings=FAST,
+        inbox_pruning=pmod.InboxPruning(keep=2, retention=60, interval=0.1, batch=2, pause=0),
+    )
+    await p.start()
+    try:
+        rows = await _applied(fx, p, 5)
+        checkpoint = await p.checkpoint()
+        await _age_inbox(fx, p.name, except_seq=min(rows))
+        expected = {s: e for s, e in rows.items() if s >= checkpoint - 2 or s == min(rows)}
+        await wait_for(lambda: _inbox_is(fx, p.name, expected), timeout=5)
+    finally:
+        await p.stop()
+    assert p._pruner is None
+
+
+async def _inbox_is(fx: Fixture, consumer: str, expected: dict[int, str]) -> bool:
+    return await _inbox(fx, consumer) == expected
