@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from services.api import openapi, policy
+from services.api.freshness import ReadCache
 from services.api.keystone import Keystone
 from services.api.middleware import KEYSTONE, MIDDLEWARES
 from services.api.writer import Writer
@@ -23,9 +24,11 @@ class Settings:
 POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 SETTINGS = web.AppKey("settings", Settings)
+READ_CACHE = web.AppKey("read_cache", ReadCache)
 
 
-def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None) -> web.Application:
+def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None,
+              read_cache: ReadCache | None = None) -> web.Application:
     from services.api.resources import (
         certificates,
         clusters,
@@ -43,6 +46,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app[WRITER] = writer
     app[KEYSTONE] = keystone
     app[SETTINGS] = settings or Settings()
+    app[READ_CACHE] = read_cache or ReadCache(None)
     app[policy.POLICY] = policy.load()
     app.add_routes(root.routes)
     app.add_routes(openapi.routes)

@@ -9,18 +9,21 @@ Configuration (environment, via ``ServiceConfig.extra``):
     COVE_TOKEN_REVOCATION_INTERVAL   seconds between polls of Keystone's revocation events (default 1)
     COVE_API_POLICY_FILE     operator policy file (YAML rule -> expression) over Magnum's defaults
     COVE_API_ADMISSION_TIMEOUT   seconds a create waits for the quota decision (default 1.5)
+    COVE_API_READ_POOL_SIZE  connections of the handlers' read pool (default 8; the projection has its own)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 import structlog
 from aiohttp import web
 
 from proto import subjects
 from services.api import handlers, store
 from services.api.app import Settings, build_app
+from services.api.freshness import Freshness, ReadCache
 from services.api.keystone import Keystone, ServiceCredentials
 from services.api.writer import Writer
 from services.runtime.service import Service, ServiceConfig
@@ -28,6 +31,15 @@ from services.runtime.service import Service, ServiceConfig
 log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class ReadConnection(asyncpg.Connection):
+    """A connection of the API's read pool: handlers only run single statements (no session state, LISTEN or
+    advisory locks), so the reset query asyncpg runs at every release (a round trip per request) is skipped.
+    asyncpg still rolls back an open transaction on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
 
 
 class ApiServer:
@@ -54,11 +66,22 @@ class ApiServer:
             read_your_writes_timeout=float(extra.get("COVE_API_READ_YOUR_WRITES_TIMEOUT", "2.0")),
         )
         self._runner: web.AppRunner | None = None
+        self.freshness: Freshness | None = None
+        self.read_pool: asyncpg.Pool | None = None
+        self.read_pool_size = int(extra.get("COVE_API_READ_POOL_SIZE", "8"))
 
     async def start(self, svc: Service) -> None:
         assert svc.bus is not None and svc.pool is not None
-        writer = Writer(svc.bus, svc.pool, read_your_writes_timeout=self.settings.read_your_writes_timeout)
-        app = build_app(pool=svc.pool, writer=writer, keystone=self.keystone, settings=self.settings)
+        self.freshness = Freshness(svc.pool, store.PROJECTION)
+        await self.freshness.start()
+        writer = Writer(svc.bus, svc.pool, read_your_writes_timeout=self.settings.read_your_writes_timeout,
+                        freshness=self.freshness)
+        self.read_pool = await asyncpg.create_pool(
+            svc.config.database_url, min_size=2, max_size=self.read_pool_size, connection_class=ReadConnection,
+            server_settings={"search_path": "api, public", "application_name": "cove-api-read"},
+        )
+        app = build_app(pool=self.read_pool, writer=writer, keystone=self.keystone, settings=self.settings,
+                        read_cache=ReadCache(self.freshness))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.requested_port)
@@ -73,6 +96,12 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.freshness is not None:
+            await self.freshness.close()
+            self.freshness = None
+        if self.read_pool is not None:
+            await self.read_pool.close()
+            self.read_pool = None
         await self.keystone.close()
 
     @property

@@ -17,6 +17,7 @@ from proto.envelope import new_envelope
 from proto.events import Event
 from services.api import store
 from services.api.errors import ApiError
+from services.api.freshness import Freshness
 from services.runtime.bus import Bus, ConcurrencyConflict
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,8 @@ class Writer:
     pool: asyncpg.Pool
     read_your_writes_timeout: float = 2.0
     poll_interval: float = 0.01
+    freshness: Freshness | None = None
+    """When listening (services/api/freshness.py), waits end at the commit's NOTIFY instead of by polling."""
 
     async def publish(
         self,
@@ -53,7 +56,29 @@ class Writer:
 
     async def wait_applied(self, seq: int, timeout: float | None = None) -> bool:
         """True once the projection's checkpoint reaches ``seq`` (False after the bound)."""
-        return await self.wait_until(lambda: self._applied(seq), timeout)
+        bound = self.read_your_writes_timeout if timeout is None else timeout
+        if self.freshness is not None:
+            done = await self.freshness.wait_applied(seq, bound)
+            if done is not None:
+                return done
+        return await self.wait_until(lambda: self._applied(seq), bound)
+
+    async def wait_admission(self, cluster_uuid: str, decided: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+        """``wait_until(decided, timeout)`` for a cluster's admission decision: ``decided`` is asked once, then
+        again when the read model records the decision (its NOTIFY), or polled when not listening."""
+        fut = self.freshness.admission_waiter(cluster_uuid) if self.freshness is not None else None
+        if fut is None or self.freshness is None:
+            return await self.wait_until(decided, timeout)
+        try:
+            if await decided():
+                return True
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                pass
+            return await decided()
+        finally:
+            self.freshness.forget_admission(cluster_uuid, fut)
 
     async def _applied(self, seq: int) -> bool:
         return await store.checkpoint(self.pool) >= seq

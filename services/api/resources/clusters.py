@@ -30,7 +30,7 @@ from services.api.microversion import Microversion
 from services.api.middleware import KEYSTONE, base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
-from services.api.resources.common import iso, json_body, links, one, scope_of
+from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
 from services.api.validation import as_bool, as_int, cluster_fields, merged_labels
 
 log = structlog.get_logger(__name__)
@@ -112,16 +112,20 @@ async def _list(request: web.Request, rule: str, *, full: bool) -> web.Response:
     ctx = context(request)
     policy.require(request, rule)
     page = paging.parse_page(request.query, store.CLUSTER_SORT_KEYS)
-    try:
-        rows = await store.list_clusters(request.app[POOL], scope_of(ctx), page)
-    except store.MarkerNotFound:
-        raise bad_request(f"Marker {page.marker} could not be found.") from None
-    base, v = base_url(request), version(request)
-    body: dict[str, Any] = {"clusters": [view(r, base, v, full=full) for r in rows]}
-    nxt = paging.next_link(base, RESOURCE, page, len(rows), rows[-1]["uuid"] if rows else None)
-    if nxt:
-        body["next"] = nxt
-    return web.json_response(body)
+    scope, base, v = scope_of(ctx), base_url(request), version(request)
+
+    async def build() -> dict[str, Any]:
+        try:
+            rows = await store.list_clusters(request.app[POOL], scope, page)
+        except store.MarkerNotFound:
+            raise bad_request(f"Marker {page.marker} could not be found.") from None
+        body: dict[str, Any] = {"clusters": [view(r, base, v, full=full) for r in rows]}
+        nxt = paging.next_link(base, RESOURCE, page, len(rows), rows[-1]["uuid"] if rows else None)
+        if nxt:
+            body["next"] = nxt
+        return body
+
+    return await cached_json(request, (scope.project_id, scope.is_admin, base, v), build)
 
 
 @routes.get("/v1/clusters")
@@ -227,7 +231,7 @@ async def _wait_admission(request: web.Request, cluster_uuid: str) -> asyncpg.Re
         seen[0] = await store.get_cluster(pool, cluster_uuid)
         return seen[0] is not None and seen[0]["admission"] is not None
 
-    await writer.wait_until(decided, request.app[SETTINGS].admission_timeout)
+    await writer.wait_admission(cluster_uuid, decided, request.app[SETTINGS].admission_timeout)
     return seen[0]
 
 

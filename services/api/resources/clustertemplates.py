@@ -27,7 +27,7 @@ from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request, forbidden
 from services.api.middleware import KEYSTONE, base_url, context
 from services.api.patch import TEMPLATE_INTERNAL, TEMPLATE_NON_REMOVABLE, apply_patch, changed, parse_patch
-from services.api.resources.common import iso, json_body, links, scope_of
+from services.api.resources.common import cached_json, iso, json_body, links, scope_of
 from services.api.validation import TEMPLATE_FIELDS, template_fields
 
 log = structlog.get_logger(__name__)
@@ -72,16 +72,20 @@ async def _list(request: web.Request, rule: str) -> web.Response:
     ctx = context(request)
     policy.require(request, rule)
     page = paging.parse_page(request.query, store.TEMPLATE_SORT_KEYS)
-    try:
-        items = await store.list_templates(request.app[POOL], scope_of(ctx), page)
-    except store.MarkerNotFound:
-        raise bad_request(f"Marker {page.marker} could not be found.") from None
-    base = base_url(request)
-    body: dict[str, Any] = {"clustertemplates": [view(t, base) for t in items]}
-    nxt = paging.next_link(base, RESOURCE, page, len(items), items[-1].uuid if items else None)
-    if nxt:
-        body["next"] = nxt
-    return web.json_response(body)
+    scope, base = scope_of(ctx), base_url(request)
+
+    async def build() -> dict[str, Any]:
+        try:
+            items = await store.list_templates(request.app[POOL], scope, page)
+        except store.MarkerNotFound:
+            raise bad_request(f"Marker {page.marker} could not be found.") from None
+        body: dict[str, Any] = {"clustertemplates": [view(t, base) for t in items]}
+        nxt = paging.next_link(base, RESOURCE, page, len(items), items[-1].uuid if items else None)
+        if nxt:
+            body["next"] = nxt
+        return body
+
+    return await cached_json(request, (scope.project_id, scope.is_admin, base), build)
 
 
 @routes.get("/v1/clustertemplates")

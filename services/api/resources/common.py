@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from services.api import policy
@@ -33,6 +35,32 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_nul(v) for v in value)
     return False
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``web.json_response`` encoded with msgspec (several times faster than ``json.dumps`` on big lists)."""
+    return web.Response(body=_ENCODER.encode(body), status=status, headers=headers,
+                        content_type="application/json", charset="utf-8")
+
+
+async def cached_json(request: web.Request, key: tuple[Hashable, ...], build: Callable[[], Awaitable[Any]]
+                      ) -> web.Response:
+    """A read answered from the read cache (services/api/freshness.py) when the projection applied nothing since
+    the same ``key`` was answered, else built by ``build()`` and cached. ``key`` must hold everything the body
+    depends on besides the path and query (the caller's scope, microversion, base URL). Check policy first."""
+    from services.api.app import READ_CACHE
+
+    cache = request.app[READ_CACHE]
+    full_key = (request.path, request.query_string, *key)
+    body = cache.get(full_key)
+    if body is None:
+        version = cache.version()
+        body = _ENCODER.encode(await build())
+        cache.put(full_key, version, body)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 def links(base: str, resource: str, ident: str) -> list[dict[str, str]]:

@@ -1,0 +1,219 @@
+"""How far the API's projection got, learned from PostgreSQL at commit time instead of by polling.
+
+Migration 0005 makes every commit of the projection's checkpoint ``NOTIFY cove_api_applied '<consumer> <seq>'``
+and every admission decision ``NOTIFY cove_api_admission '<cluster uuid>'``. One ``Freshness`` per API process
+LISTENs on a connection of its own and
+
+* wakes writers waiting for their event to be applied (``wait_applied``: read-your-writes with no polling),
+* wakes a cluster create waiting for the scheduler's decision (``wait_admission``),
+* versions the read cache (``ReadCache``): a cached response is served only while the checkpoint it was built
+  at is still the latest one this process heard of; any applied event invalidates it. A writer that waited for
+  its sequence has heard of it, so a read after a write never sees a response cached before that write.
+
+When the LISTEN connection is down (``live`` is False) nothing is cached and waits fall back to polling the
+checkpoint table; on reconnection the checkpoint is read again before anything is trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+APPLIED_CHANNEL = "cove_api_applied"
+ADMISSION_CHANNEL = "cove_api_admission"
+
+
+@dataclass
+class Freshness:
+    pool: asyncpg.Pool
+    consumer: str
+    """The projection whose checkpoint counts (``store.PROJECTION``)."""
+    reconnect_interval: float = 1.0
+    seq: int = 0
+    """The highest checkpoint this process heard of (valid while ``live``)."""
+    live: bool = False
+    _conn: asyncpg.pool.PoolConnectionProxy | None = None
+    _waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
+    _admission: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _closing: bool = False
+    admission_wakeups: int = 0
+    epoch: int = 0
+    """Bumped whenever ``live`` is lost, so a cache entry from before an outage is never served after it."""
+
+    async def start(self) -> None:
+        try:
+            await self._connect()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("freshness_listen_failed", error=repr(exc))
+            self._schedule_reconnect()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop()
+
+    async def _connect(self) -> None:
+        conn = await self.pool.acquire()
+        try:
+            await conn.add_listener(APPLIED_CHANNEL, self._on_applied)
+            await conn.add_listener(ADMISSION_CHANNEL, self._on_admission)
+            conn.add_termination_listener(self._on_terminated)
+            seq = await conn.fetchval("SELECT stream_seq FROM checkpoint WHERE consumer = $1", self.consumer)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._conn = conn
+        self._advance(int(seq or 0))
+        self.live = True
+        log.info("freshness_listening", checkpoint=self.seq)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(APPLIED_CHANNEL, self._on_applied)
+            await conn.remove_listener(ADMISSION_CHANNEL, self._on_admission)
+        with contextlib.suppress(Exception):
+            await self.pool.release(conn)
+
+    def _on_terminated(self, conn: Any) -> None:
+        if self._closing:
+            return
+        log.warning("freshness_listen_lost")
+        self.live = False
+        self.epoch += 1
+        self._conn = None
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._closing or (self._task is not None and not self._task.done()):
+            return
+        self._task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while not self._closing and not self.live:
+            await asyncio.sleep(self.reconnect_interval)
+            try:
+                await self._connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("freshness_listen_failed", error=repr(exc))
+
+    # ------------------------------------------------------------------ notifications
+
+    def _on_applied(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        consumer, _, raw = payload.rpartition(" ")
+        if consumer == self.consumer:
+            self._advance(int(raw))
+
+    def _advance(self, seq: int) -> None:
+        if seq <= self.seq:
+            return
+        self.seq = seq
+        if self._waiters:
+            for target in [t for t in self._waiters if t <= seq]:
+                for fut in self._waiters.pop(target):
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def _on_admission(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        for fut in self._admission.pop(payload, ()):
+            if not fut.done():
+                fut.set_result(None)
+                self.admission_wakeups += 1
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool | None:
+        """True once the checkpoint reaches ``seq``, False after ``timeout``; None when not listening (the caller
+        polls instead)."""
+        if not self.live:
+            return None
+        if self.seq >= seq:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(seq, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return self.seq >= seq
+        finally:
+            waiting = self._waiters.get(seq)
+            if waiting is not None and fut in waiting:
+                waiting.remove(fut)
+                if not waiting:
+                    del self._waiters[seq]
+
+    def admission_waiter(self, cluster_uuid: str) -> asyncio.Future[None] | None:
+        """A future resolved when ``cluster_uuid``'s admission is decided (None when not listening). Register
+        it BEFORE reading the row, then await it only if the row was still undecided."""
+        if not self.live:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._admission.setdefault(cluster_uuid, []).append(fut)
+        return fut
+
+    def forget_admission(self, cluster_uuid: str, fut: asyncio.Future[None]) -> None:
+        waiting = self._admission.get(cluster_uuid)
+        if waiting is not None and fut in waiting:
+            waiting.remove(fut)
+            if not waiting:
+                del self._admission[cluster_uuid]
+
+
+@dataclass
+class ReadCache:
+    """Ready-to-serve response bodies, valid while the projection has applied nothing since they were built.
+
+    ``get(key)`` returns the body or None; ``version()`` is read BEFORE building a body, and ``put(key, version,
+    body)`` stores it under that version (a body built across a commit is then already stale, never wrong)."""
+
+    freshness: Freshness | None
+    max_entries: int = 256
+    max_bytes: int = 64 * 1024 * 1024
+    _entries: OrderedDict[Hashable, tuple[tuple[int, int], bytes]] = field(default_factory=OrderedDict)
+    _bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+
+    def version(self) -> tuple[int, int] | None:
+        f = self.freshness
+        if f is None or not f.live:
+            return None
+        return (f.epoch, f.seq)
+
+    def get(self, key: Hashable) -> bytes | None:
+        current = self.version()
+        found = self._entries.get(key)
+        if current is None or found is None or found[0] != current:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return found[1]
+
+    def put(self, key: Hashable, version: tuple[int, int] | None, body: bytes) -> None:
+        if version is None or version != self.version() or len(body) > self.max_bytes // 4:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1])
+        self._entries[key] = (version, body)
+        self._bytes += len(body)
+        while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)

@@ -1,0 +1,190 @@
+"""The fast read path: the read cache versioned by the projection's checkpoint (PostgreSQL NOTIFY), writes that
+wait for their commit's notification, and what happens when the LISTEN connection is lost.
+
+Runs the API in-process against a real nats-server, PostgreSQL and the devcloud (tests/api/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from proto import subjects
+from proto.events import ClusterAdmitted
+from services.api.app import READ_CACHE
+from services.api.freshness import ReadCache
+from tests.api.conftest import RunningApi, user_token
+from tests.api.test_api_integration import Client, publish
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+LATEST = {"OpenStack-API-Version": "container-infra latest"}
+
+
+@pytest.fixture(scope="module")
+async def demo(api: RunningApi) -> Client:
+    return Client(api.url, await user_token(api.devcloud, "demo", "demo-pass", "demo"))
+
+
+def _template(name: str) -> dict[str, Any]:
+    return {"name": name, "coe": "kubernetes", "image_id": "fedora-coreos", "flavor_id": "m1.small",
+            "master_flavor_id": "m1.small", "external_network_id": "public"}
+
+
+def _cache(api: RunningApi) -> ReadCache:
+    runner = api.server._runner
+    assert runner is not None
+    return runner.app[READ_CACHE]
+
+
+async def test_list_is_served_from_cache_until_a_write_lands(api: RunningApi, demo: Client) -> None:
+    freshness = api.server.freshness
+    assert freshness is not None
+    await wait_for(lambda: freshness.live, timeout=10, message="API listening for checkpoint notifications")
+    cache = _cache(api)
+    name = f"cached-{uuid.uuid4().hex[:6]}"
+    status, first, _ = await demo.call("POST", "/v1/clustertemplates", _template(name))
+    assert status == 201, first
+    status, listed, _ = await demo.call("GET", "/v1/clustertemplates")
+    assert status == 200 and name in {t["name"] for t in listed["clustertemplates"]}
+    hits = cache.hits
+    status, again, headers = await demo.call("GET", "/v1/clustertemplates")
+    assert status == 200 and again == listed and cache.hits == hits + 1
+    assert headers["Content-Type"].startswith("application/json")
+    assert headers["X-Openstack-Request-Id"].startswith("req-")
+    # A write is visible to the very next read (the cached page is stale as soon as the write is applied).
+    second = f"cached-{uuid.uuid4().hex[:6]}"
+    status, _, _ = await demo.call("POST", "/v1/clustertemplates", _template(second))
+    assert status == 201
+    status, listed, _ = await demo.call("GET", "/v1/clustertemplates")
+    assert {name, second} <= {t["name"] for t in listed["clustertemplates"]}
+    # Pages, scopes and microversions are cached apart.
+    status, one, _ = await demo.call("GET", "/v1/clustertemplates?limit=1")
+    assert status == 200 and len(one["clustertemplates"]) == 1 and "next" in one
+    status, old, _ = await demo.call("GET", "/v1/clusters", headers={"OpenStack-API-Version": "container-infra 1.1"})
+    status, new, _ = await demo.call("GET", "/v1/clusters", headers=LATEST)
+    for c in old["clusters"]:
+        assert "stack_id" in c and "cluster_id" not in c
+    for c in new["clusters"]:
+        assert "cluster_id" in c and "stack_id" not in c
+
+
+async def test_event_from_another_service_invalidates_the_cached_list(
+    api: RunningApi, demo: Client, template: dict[str, Any]
+) -> None:
+    status, body, _ = await demo.call("POST", "/v1/clusters", {
+        "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
+    assert status == 202, body
+    cid = body["uuid"]
+    status, shown, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+    pid = shown["project_id"]
+    for _ in range(2):  # cached now
+        status, listed, _ = await demo.call("GET", "/v1/clusters")
+        assert next(c for c in listed["clusters"] if c["uuid"] == cid)["status"] == "CREATE_IN_PROGRESS"
+    await publish(api, "provisioner", cid, pid, _completed(cid, pid))
+
+    async def complete() -> bool:
+        _, b, _ = await demo.call("GET", "/v1/clusters")
+        return bool(next(c for c in b["clusters"] if c["uuid"] == cid)["status"] == "CREATE_COMPLETE")
+
+    await wait_for(complete, timeout=10, message="the list shows the provisioner's CREATE_COMPLETE")
+
+
+def _completed(cid: str, pid: str) -> Any:
+    from proto.events import ClusterCreateCompleted
+
+    return ClusterCreateCompleted(uuid=cid, project_id=pid, api_address="https://10.0.0.9:6443",
+                                  coe_version="v1.30.1")
+
+
+@pytest.fixture(scope="module")
+async def template(demo: Client) -> dict[str, Any]:
+    status, body, _ = await demo.call("POST", "/v1/clustertemplates", _template(f"rp-{uuid.uuid4().hex[:6]}"))
+    assert status == 201, body
+    return dict(body)
+
+
+async def test_admission_wait_ends_at_the_decision(
+    api: RunningApi, demo: Client, template: dict[str, Any]
+) -> None:
+    """A stand-in scheduler admits at once: the create answers well before the admission timeout (1 s here)."""
+
+    async def admit(msg: Any) -> None:
+        from proto.envelope import decode
+        from proto.events import ClusterCreateRequested
+
+        env = decode(msg.data)
+        if isinstance(env.payload, ClusterCreateRequested):
+            p = env.payload
+            await publish(api, "scheduler", p.uuid, p.project_id, ClusterAdmitted(
+                uuid=p.uuid, project_id=p.project_id, master_count=1, node_count=1))
+
+    freshness = api.server.freshness
+    assert freshness is not None
+    await wait_for(lambda: freshness.live, timeout=10, message="listening")
+    wakeups = freshness.admission_wakeups
+    sub = await api.bus.nc.subscribe(subjects.producer_events("api", "cluster"), cb=admit)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, body, _ = await demo.call("POST", "/v1/clusters", {
+            "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
+        took = loop.time() - started
+    finally:
+        await sub.unsubscribe()
+    assert status == 202, body
+    assert took < 0.9, f"create took {took:.2f} s: it waited for the timeout, not for the decision"
+    assert freshness.admission_wakeups == wakeups + 1, "woken by the decision's NOTIFY, not by polling"
+
+
+async def test_lost_listen_connection_disables_the_cache_and_comes_back(
+    api: RunningApi, demo: Client
+) -> None:
+    freshness = api.server.freshness
+    assert freshness is not None and api.service.pool is not None
+    await wait_for(lambda: freshness.live, timeout=10, message="listening")
+    conn = freshness._conn
+    assert conn is not None
+    backend = conn.get_server_pid()
+    epoch = freshness.epoch
+    await api.service.pool.execute("SELECT pg_terminate_backend($1)", backend)
+    await wait_for(lambda: freshness.epoch > epoch, timeout=10, message="the lost connection noticed")
+    # Reads and writes keep working meanwhile (no cache, polling waits), and the listener comes back.
+    status, _, _ = await demo.call("GET", "/v1/clustertemplates")
+    assert status == 200
+    await wait_for(lambda: freshness.live, timeout=10, message="listening again")
+    assert freshness._conn is not None and freshness._conn.get_server_pid() != backend
+    name = f"after-{uuid.uuid4().hex[:6]}"
+    status, _, _ = await demo.call("POST", "/v1/clustertemplates", _template(name))
+    assert status == 201
+    status, listed, _ = await demo.call("GET", "/v1/clustertemplates")
+    assert name in {t["name"] for t in listed["clustertemplates"]}
+
+
+def test_read_cache_refuses_stale_bodies_and_bounds_its_size() -> None:
+    class Live:
+        live = True
+        seq = 5
+        epoch = 0
+
+    f: Any = Live()
+    cache = ReadCache(f, max_entries=2, max_bytes=1000)
+    v = cache.version()
+    assert v == (0, 5)
+    cache.put("a", v, b"x" * 10)
+    assert cache.get("a") == b"x" * 10
+    f.seq = 6  # something was applied: the entry is stale
+    assert cache.get("a") is None
+    cache.put("b", v, b"old")  # built before the change: not stored
+    assert cache.get("b") is None
+    v = cache.version()
+    for key in ("c", "d", "e"):
+        cache.put(key, v, b"y" * 100)
+    assert cache.get("c") is None and cache.get("e") == b"y" * 100  # at most 2 entries
+    cache.put("big", v, b"z" * 600)  # more than a quarter of max_bytes: never cached
+    assert cache.get("big") is None
+    f.live = False
+    assert cache.version() is None and cache.get("e") is None
