@@ -245,7 +245,7 @@ def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Nam
                        warmup=0.5, warm_url=f"{api}/clustertemplates?limit=1")
     if creates["ok"] < args.clusters:
         raise RuntimeError(f"only {creates['ok']} of {args.clusters} clusters accepted: {creates['error_kinds']}")
-    settled, waited, counts = True, 0.0, {}
+    settled, waited, counts = True, 0.0, dict[str, int]()
     if args.full_stack:
         settled, waited, counts = asyncio.run(_settle(api, prep["demo"], args.clusters, args.settle))
         print(f"   provisioning {'settled' if settled else 'NOT settled'} after {waited:.1f} s: {counts}",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,9 +186,11 @@ class ReadCache:
     max_entries: int = 256
     max_bytes: int = 64 * 1024 * 1024
     _entries: OrderedDict[Hashable, tuple[tuple[int, int], bytes]] = field(default_factory=OrderedDict)
+    _inflight: dict[Hashable, tuple[tuple[int, int], asyncio.Future[bytes]]] = field(default_factory=dict)
     _bytes: int = 0
     hits: int = 0
     misses: int = 0
+    joined: int = 0
 
     def version(self) -> tuple[int, int] | None:
         f = self.freshness
@@ -217,3 +219,42 @@ class ReadCache:
         while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= len(dropped)
+
+    async def fill(self, key: Hashable, version: tuple[int, int] | None, make: Callable[[], Awaitable[bytes]]
+                   ) -> bytes:
+        """``make()`` the body and cache it under ``version``. Concurrent misses of the same key at the same
+        version share one ``make()`` (after a change, 16 connections asking for the same page build it once);
+        a request that knows of a newer checkpoint never joins an older build."""
+        if version is not None:
+            running = self._inflight.get(key)
+            if running is not None and running[0] == version:
+                self.joined += 1
+                try:
+                    return await asyncio.shield(running[1])
+                except _LeaderGone:
+                    pass  # the first request went away: build our own
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if version is not None:
+            self._inflight[key] = (version, fut)
+        try:
+            body = await make()
+        except Exception as exc:
+            fut.set_exception(exc)  # the same key and inputs: the same answer (e.g. a 400 for a bad marker)
+            raise
+        except BaseException:
+            fut.set_exception(_LeaderGone())
+            raise
+        else:
+            fut.set_result(body)
+            self.put(key, version, body)
+            return body
+        finally:
+            if fut.done():
+                fut.exception()  # mark it retrieved: asyncio must not warn when nobody joined
+            current = self._inflight.get(key)
+            if current is not None and current[1] is fut:
+                del self._inflight[key]
+
+
+class _LeaderGone(Exception):
+    """The request building a shared body was cancelled."""

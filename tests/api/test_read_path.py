@@ -188,3 +188,46 @@ def test_read_cache_refuses_stale_bodies_and_bounds_its_size() -> None:
     assert cache.get("big") is None
     f.live = False
     assert cache.version() is None and cache.get("e") is None
+
+
+async def test_concurrent_misses_share_one_build_at_the_same_version() -> None:
+    class Live:
+        live = True
+        seq = 1
+        epoch = 0
+
+    f: Any = Live()
+    cache = ReadCache(f)
+    builds = 0
+    gate = asyncio.Event()
+
+    async def make() -> bytes:
+        nonlocal builds
+        builds += 1
+        await gate.wait()
+        return f"v{f.seq}".encode()
+
+    v1 = cache.version()
+    first = [asyncio.create_task(cache.fill("k", v1, make)) for _ in range(5)]
+    await asyncio.sleep(0)
+    f.seq = 2  # a later commit: a request that knows of it must not join the older build
+    late = asyncio.create_task(cache.fill("k", cache.version(), make))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*first) == [b"v2"] * 5  # (built after the bump, stored under v1: stale at once)
+    assert await late == b"v2"
+    assert builds == 2 and cache.joined == 4
+    assert cache.get("k") == b"v2"  # the late build, stored under the current version
+
+    # The first request going away does not fail the ones that joined it: they build their own.
+    gate.clear()
+    f.seq = 3
+    leader = asyncio.create_task(cache.fill("x", cache.version(), make))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(cache.fill("x", cache.version(), make))
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await follower == b"v3"
+    assert leader.cancelled()

@@ -57,9 +57,11 @@ async def cached_json(request: web.Request, key: tuple[Hashable, ...], build: Ca
     full_key = (request.path, request.query_string, *key)
     body = cache.get(full_key)
     if body is None:
-        version = cache.version()
-        body = _ENCODER.encode(await build())
-        cache.put(full_key, version, body)
+
+        async def make() -> bytes:
+            return _ENCODER.encode(await build())
+
+        body = await cache.fill(full_key, cache.version(), make)
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
