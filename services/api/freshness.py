@@ -116,8 +116,17 @@ class Freshness:
 
     def _on_applied(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         consumer, _, raw = payload.rpartition(" ")
-        if consumer == self.consumer:
-            self._advance(int(raw))
+        if consumer != self.consumer:
+            return
+        seq = int(raw)
+        if seq < self.seq:
+            # The checkpoint went back: the read model is being rebuilt (replayed from the stream). Nothing
+            # cached before may be served; waiters wait until the replay passes their sequence again.
+            log.warning("freshness_checkpoint_rewound", checkpoint=seq, was=self.seq)
+            self.epoch += 1
+            self.seq = seq
+            return
+        self._advance(seq)
 
     def _advance(self, seq: int) -> None:
         if seq <= self.seq:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from proto import subjects
 from proto.events import ClusterAdmitted
 from services.api.app import READ_CACHE
-from services.api.freshness import ReadCache
+from services.api.freshness import APPLIED_CHANNEL, Freshness, ReadCache
 from tests.api.conftest import RunningApi, user_token
 from tests.api.test_api_integration import Client, publish
 from tests.conftest import wait_for
@@ -231,3 +231,24 @@ async def test_concurrent_misses_share_one_build_at_the_same_version() -> None:
     gate.set()
     assert await follower == b"v3"
     assert leader.cancelled()
+
+
+async def test_a_rewound_checkpoint_invalidates_everything_cached() -> None:
+    """A rebuild replays the stream from 1: bodies cached before it must not be served, and a write waits until
+    the replay passes its sequence again."""
+    f = Freshness(cast(Any, None), "api", live=True)
+    cache = ReadCache(f)
+    f._on_applied(None, 0, APPLIED_CHANNEL, "api 10")
+    f._on_applied(None, 0, APPLIED_CHANNEL, "scheduler 99")  # another consumer's checkpoint: not ours
+    assert f.seq == 10
+    cache.put("page", cache.version(), b"before")
+    assert cache.get("page") == b"before"
+    f._on_applied(None, 0, APPLIED_CHANNEL, "api 1")
+    assert f.seq == 1 and cache.get("page") is None
+    waiting = asyncio.create_task(f.wait_applied(10, timeout=5))
+    await asyncio.sleep(0)
+    f._on_applied(None, 0, APPLIED_CHANNEL, "api 9")
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    f._on_applied(None, 0, APPLIED_CHANNEL, "api 10")
+    assert await waiting is True
