@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -17,7 +18,23 @@ import pytest
 
 from services.api import openapi
 from services.api.app import build_app
+from services.certs.service import build_service as build_certs
+from services.runtime.service import Service, ServiceConfig
 from tests.api.conftest import RunningApi, user_token
+
+
+@pytest.fixture(scope="module")
+async def certs(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+    """The certs service, so certificate calls reach a real CA instead of the API's 503 for a missing service."""
+    svc = build_certs(ServiceConfig(
+        service="certs", nats_url=nats_url, database_url=database_url, http_port=0, heartbeat_interval=5.0,
+        extra={"COVE_STATE_DIR": str(tmp_path_factory.mktemp("openapi-certs"))},
+    ))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
 
 
 def _app_ops() -> set[tuple[str, str]]:
@@ -59,7 +76,9 @@ async def test_served_without_auth(api: RunningApi) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-async def test_schemathesis_finds_no_server_errors_or_schema_breaks(api: RunningApi, tmp_path: Path) -> None:
+async def test_schemathesis_finds_no_server_errors_or_schema_breaks(
+    api: RunningApi, certs: Service, tmp_path: Path
+) -> None:
     token = await user_token(api.devcloud, "demo", "demo-pass", "demo")
     report = tmp_path / "st.json"
     cmd = [

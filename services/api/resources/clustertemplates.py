@@ -40,8 +40,14 @@ REFERENCED_MAY_CHANGE = frozenset({"name", "public", "hidden", "tags"})
 """What may change on a template some cluster uses (Magnum: rename, publish, hide, tag)."""
 
 
+def magnum_tags(t: ClusterTemplate) -> str | None:
+    """Magnum's template `tags` is one comma-separated string (or null); Cove keeps a list."""
+    return ",".join(t.tags) if t.tags else None
+
+
 def view(t: ClusterTemplate, base: str) -> dict[str, Any]:
     body = msgspec.to_builtins(t)
+    body["tags"] = magnum_tags(t)
     body["created_at"] = iso(t.created_at)
     body["updated_at"] = iso(t.updated_at)
     body["links"] = links(base, RESOURCE, t.uuid)
@@ -164,6 +170,7 @@ async def delete_template(request: web.Request) -> web.Response:
 def patch_doc(t: ClusterTemplate) -> dict[str, Any]:
     """The document a PATCH applies to: every field Magnum shows (``driver`` too, which Cove resolves itself)."""
     doc = dict(msgspec.to_builtins(t))
+    doc["tags"] = magnum_tags(t)
     doc.setdefault("driver", None)
     return doc
 
