@@ -134,9 +134,9 @@ async def run(stack: LocalStack, count: int, concurrency: int) -> dict[str, Any]
                 raise RuntimeError(f"{len(gone)} of {count} clusters deleted after 600 s")
         await deletes
         delete_result = summary([gone[c] - deleted_at[c] for c in posted], max(gone.values()) - started)
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a:
-            async with a.get(f"{stack.devcloud_url}/admin/ledger?live=true&kind=server&project_id={pid}") as r:
-                live = (await r.json())["count"]
+        ledger = f"{stack.devcloud_url}/admin/ledger?live=true&kind=server&project_id={pid}"
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a, a.get(ledger) as r:
+            live = (await r.json())["count"]
     return {"create": create_result, "delete": delete_result, "servers_left": live}
 
 

@@ -150,7 +150,8 @@ async def scale_phase(url: str, token: str, count: int, concurrency: int, pid: i
         async with session.get(f"{url}/compute/v2.1/servers/detail?limit=1000") as resp:
             await resp.read()
         list_ms = (time.perf_counter() - t) * 1000
-    rss_kb = int(next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS")))
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
     return {
         "servers": count,
         "create_requests_per_s": round(count / created, 1),

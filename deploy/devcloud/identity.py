@@ -275,7 +275,6 @@ class Identity:
         user_id: str | None = None
         roles_cap: tuple[str, ...] | None = None
         project_id: str | None = None
-        trust_id: str | None = None
         app_cred_id: str | None = None
         audit_id: str | None = None
         expires_at: datetime | None = None
@@ -309,7 +308,7 @@ class Identity:
             trust = self.trusts.get((scope["OS-TRUST:trust"] or {}).get("id", ""))
             if trust is None or trust["trustee_user_id"] != user_id:
                 raise ERR(401, "The request you have made requires authentication.")
-            if trust["expires_at"] and datetime.fromisoformat(trust["expires_at"].replace("Z", "+00:00")) <= now():
+            if trust["expires_at"] and datetime.fromisoformat(trust["expires_at"]) <= now():
                 raise ERR(401, "The request you have made requires authentication.")
             trustor_roles = set(self.role_names(trust["trustor_user_id"], trust["project_id"]))
             roles = tuple(sorted(r["name"] for r in trust["roles"] if r["name"] in trustor_roles))

@@ -15,10 +15,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from deploy.devcloud.process import http_ok
 from deploy.local.ports import tcp_reachable
 from deploy.local.stack import LocalStack, ServiceSpec, StackError
 from tests.conftest import REPO_ROOT, stop_process, wait_for
-from deploy.devcloud.process import http_ok
 
 pytestmark = pytest.mark.integration
 

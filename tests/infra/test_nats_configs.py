@@ -10,10 +10,10 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from deploy.devcloud.process import http_ok
 from deploy.local.nats import find_nats_server
 from deploy.local.ports import free_port
 from tests.conftest import REPO_ROOT, stop_process, wait_for
-from deploy.devcloud.process import http_ok
 
 pytestmark = pytest.mark.integration
 
