@@ -28,6 +28,11 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[Envelope, Msg], Awaitable[None]]
 """Handles one decoded event. Returning acks the message; raising naks it with backoff."""
 
+BatchHandler = Callable[[list[tuple[Envelope, Msg]]], Awaitable[None]]
+"""Handles a fetched batch of decoded events, in order, all or nothing. Returning acks every message; raising
+makes the consumer handle the batch again one message at a time with ``Handler`` (which retries, naks and
+dead-letters each message on its own)."""
+
 DLQ_REASON = "Cove-Dlq-Reason"
 DLQ_STREAM_SEQ = "Cove-Dlq-Stream-Seq"
 DLQ_SUBJECT = "Cove-Dlq-Subject"
@@ -59,7 +64,10 @@ class Consumer:
       its sequence and dead-lettered with ``ACK_TIMEOUT_REASON`` (every replica hears the advisory; the
       dead letter's ``Nats-Msg-Id`` makes it one);
     * each message is handled in a consumer span continuing the producer's trace, with the event id,
-      correlation id, trace id and cluster id bound into structlog's contextvars.
+      correlation id, trace id and cluster id bound into structlog's contextvars;
+    * with a ``batch_handler``, a fetched batch of more than one message that all decode is handed over in one
+      call (one "consume batch" span) and acked after it returns; if it raises, the batch is handled again one
+      message at a time by ``handler`` as above.
     """
 
     def __init__(
@@ -72,8 +80,14 @@ class Consumer:
         settings: ConsumerSettings = DEFAULT_CONSUMER,
         stream: str = subjects.EVENTS_STREAM,
         on_dead_lettered: Callable[[Msg], Awaitable[None]] | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
         self.bus = bus
+        self.batch_handler = batch_handler
+        self.batches_applied = 0
+        """Batches ``batch_handler`` applied as a whole."""
+        self.batches_split = 0
+        """Batches ``batch_handler`` raised on, handled again one message at a time."""
         self.on_dead_lettered = on_dead_lettered
         """Called after each dead letter. On the ack-timeout path the ``Msg`` is rebuilt from the stream: its
         ``metadata`` (stream sequence, deliveries) is set, but it has no reply subject and cannot be settled."""
@@ -188,12 +202,63 @@ class Consumer:
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
             failures = 0
+            batchable = self.batch_handler is not None and len(msgs) > 1 and not self._stopping.is_set()
+            if batchable and await self.process_batch(msgs):
+                continue
             for i, msg in enumerate(msgs):
                 if self._stopping.is_set():
                     for rest in msgs[i:]:
                         await _quietly(rest.nak())
                     return
                 await self.process(msg)
+
+    async def process_batch(self, msgs: list[Msg]) -> bool:
+        """Hand ``msgs`` to ``batch_handler`` in one call and ack them all. False (nothing settled) when a message
+        does not decode or the batch handler raised: the caller then processes them one at a time."""
+        assert self.batch_handler is not None
+        items: list[tuple[Envelope, Msg]] = []
+        for msg in msgs:
+            try:
+                items.append((decode(msg.data), msg))
+            except MalformedMessage:
+                return False
+        metrics.CONSUMER_LAG.labels(self.durable).set(msgs[-1].metadata.num_pending)
+        first, last = msgs[0].metadata.sequence.stream, msgs[-1].metadata.sequence.stream
+        with (
+            tracing.tracer(__name__).start_as_current_span(
+                "consume batch",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.consumer.group.name": self.durable,
+                    "messaging.batch.message_count": len(items),
+                    "cove.stream_seq.first": first,
+                    "cove.stream_seq.last": last,
+                },
+            ),
+            structlog.contextvars.bound_contextvars(consumer=self.durable, batch_first_seq=first),
+        ):
+            started = time.perf_counter()
+            try:
+                await self.batch_handler(items)
+            except Exception as exc:  # noqa: BLE001 - the per-message path retries and dead-letters
+                self.batches_split += 1
+                trace.get_current_span().record_exception(exc)
+                log.warning(
+                    "batch_failed_applying_one_by_one",
+                    first_seq=first,
+                    last_seq=last,
+                    size=len(items),
+                    error=repr(exc),
+                )
+                return False
+            finally:
+                metrics.HANDLER_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
+            self.batches_applied += 1
+            for env, msg in items:
+                await _quietly(msg.ack())
+                metrics.MESSAGES_HANDLED.labels(self.durable, env.type).inc()
+        return True
 
     async def process(self, msg: Msg) -> None:
         """Decode, handle and settle one message (ack, nak with delay, or dead-letter)."""

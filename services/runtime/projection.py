@@ -9,6 +9,18 @@ transaction that also
   (uuid5 of the cause's id and the output index) used as ``Nats-Msg-Id``: a crash after publishing but
   before commit leads to a redelivery whose re-publish JetStream deduplicates.
 
+A fetched batch of events is applied in ONE transaction (``_apply_batch``): per event the inbox check and
+insert, the handler and the publishing of its outgoing events (deterministic ids, before the commit), in stream
+order; the checkpoint is written once, at the batch's last sequence, before the commit (so the API's
+``cove_api_applied`` NOTIFY fires once per batch with the sequence every event of the batch is visible at).
+The consumer acks the messages after the commit. If anything in the batch raises (a handler, a publish, the
+commit), the transaction is rolled back and the consumer applies the batch again one message at a time with
+``_apply`` (one transaction each), so a poison message is retried, nak'd and dead-lettered on its own; what was
+published before the rollback is re-published with the same ids and deduplicated by JetStream.
+A subclass customises the per-event work through ``_handle`` (runs the handler inside the transaction) and
+``_applied`` (after the commit, once per event); a subclass that overrides ``_apply`` itself is applied one
+message at a time, since the batch path cannot run its override.
+
 On start the checkpoint is compared with the durable consumer: when the store is behind the consumer
 (e.g. an emptied store, checkpoint 0), the consumer is recreated to deliver from ``checkpoint + 1``; that
 is how a store is rebuilt by replaying the stream. ``rebuild()`` does it on purpose.
@@ -157,6 +169,8 @@ class Projection:
         self.bus = bus
         self.handler = handler
         self.migrations_dir = Path(migrations_dir) if migrations_dir is not None else None
+        # A subclass overriding ``_apply`` wraps the per-message path in ways the batch path cannot reproduce.
+        self.batching = type(self)._apply is Projection._apply
         self.consumer = Consumer(
             bus,
             durable=name,
@@ -165,6 +179,7 @@ class Projection:
             on_dead_lettered=self._dead_lettered,
             settings=settings,
             stream=stream,
+            batch_handler=self._apply_batch if self.batching else None,
         )
         self.replay_until = 0
         """Events at or below this stream sequence were applied before (we are replaying): their outgoing events
@@ -270,27 +285,55 @@ class Projection:
                 log.warning("inbox_prune_failed", projection=self.name, error=repr(exc))
 
     async def _apply(self, env: Envelope, msg: Msg) -> None:
+        """Apply one event in its own transaction (the per-message path)."""
         seq = msg.metadata.sequence.stream
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
-                f"INSERT INTO {self.schema}.inbox (event_id, consumer, stream_seq) VALUES ($1, $2, $3)"
-                " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING true",
-                env.id,
-                self.name,
-                seq,
-            )
-            if fresh:
-                outgoing = await self.handler(env, conn) or ()
-                if outgoing and seq <= self.replay_until:
-                    self.suppressed += len(outgoing)
-                    outgoing = ()
-                for index, out in enumerate(outgoing):
-                    out_env = outgoing_envelope(env, index, out)
-                    await self.bus.publish(out.subject, out_env, msg_id=out_env.id)
-            else:
-                metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
-                log.info("event_already_applied", projection=self.name, stream_seq=seq)
+            await self._apply_in(conn, env, msg)
             await self._advance(conn, seq)
+        await self._applied(env, msg)
+
+    async def _apply_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
+        """Apply ``batch`` in stream order in ONE transaction; the checkpoint is written once, at the end. Raises
+        (after the rollback) when anything fails: the consumer then applies the batch one message at a time."""
+        last = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            for env, msg in batch:
+                await self._apply_in(conn, env, msg)
+                last = max(last, msg.metadata.sequence.stream)
+            await self._advance(conn, last)
+        for env, msg in batch:
+            await self._applied(env, msg)
+
+    async def _apply_in(self, conn: asyncpg.Connection, env: Envelope, msg: Msg) -> None:
+        """Inside the caller's transaction: skip an event already in the inbox, else record it, run the handler
+        and publish its outgoing events (deterministic ids) unless replaying."""
+        seq = msg.metadata.sequence.stream
+        fresh = await conn.fetchval(
+            f"INSERT INTO {self.schema}.inbox (event_id, consumer, stream_seq) VALUES ($1, $2, $3)"
+            " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING true",
+            env.id,
+            self.name,
+            seq,
+        )
+        if not fresh:
+            metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
+            log.info("event_already_applied", projection=self.name, stream_seq=seq)
+            return
+        outgoing = await self._handle(env, msg, conn)
+        if outgoing and seq <= self.replay_until:
+            self.suppressed += len(outgoing)
+            outgoing = ()
+        for index, out in enumerate(outgoing):
+            out_env = outgoing_envelope(env, index, out)
+            await self.bus.publish(out.subject, out_env, msg_id=out_env.id)
+
+    async def _handle(self, env: Envelope, msg: Msg, conn: asyncpg.Connection) -> Sequence[Outgoing]:
+        """Run the handler for one fresh event inside the transaction ``conn`` (a subclass hook)."""
+        return await self.handler(env, conn) or ()
+
+    async def _applied(self, env: Envelope, msg: Msg) -> None:
+        """Called once per event (fresh or duplicate) after the transaction that applied it committed, in stream
+        order (a subclass hook; nothing by default)."""
 
     async def _advance(self, conn: asyncpg.Connection, seq: int) -> None:
         await conn.execute(

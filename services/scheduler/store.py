@@ -17,14 +17,10 @@ async def cluster_exists(tx: asyncpg.Connection, cluster_id: str) -> bool:
 
 
 async def clusters_in_use(tx: asyncpg.Connection, project_id: str) -> int:
-    """Clusters counted against the project's quota (admitted and not yet deleted)."""
-    return int(
-        await tx.fetchval(
-            "SELECT count(*) FROM clusters"
-            " WHERE project_id = $1 AND decision = 'admitted' AND NOT delete_completed",
-            project_id,
-        )
-    )
+    """Clusters counted against the project's quota (admitted and not yet deleted): one row of the counter a
+    trigger keeps in step with ``clusters`` (migration 0002), not a count over the project's clusters."""
+    value = await tx.fetchval("SELECT clusters FROM project_usage WHERE project_id = $1", project_id)
+    return int(value or 0)
 
 
 async def quota_override(tx: asyncpg.Connection, project_id: str, resource: str = "Cluster") -> int | None:

@@ -13,6 +13,7 @@ import pytest
 
 from proto import subjects
 from proto.events import ClusterAdmitted
+from services.api import store
 from services.api.app import READ_CACHE
 from services.api.freshness import APPLIED_CHANNEL, Freshness, ReadCache
 from tests.api.conftest import RunningApi, user_token
@@ -119,6 +120,11 @@ async def test_admission_wait_ends_at_the_decision(
         env = decode(msg.data)
         if isinstance(env.payload, ClusterCreateRequested):
             p = env.payload
+            # Decide only once the request is in the read model: a decision fetched in the same batch as the
+            # request commits with it, and the create then finds it decided without waiting at all.
+            pool = api.service.pool
+            assert pool is not None
+            await wait_for(lambda: store.get_cluster(pool, p.uuid), timeout=5, message="request applied")
             await publish(api, "scheduler", p.uuid, p.project_id, ClusterAdmitted(
                 uuid=p.uuid, project_id=p.project_id, master_count=1, node_count=1))
 

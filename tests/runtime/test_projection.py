@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from nats.aio.msg import Msg
 
 from proto import subjects
 from proto.envelope import Envelope, decode, new_envelope
@@ -370,3 +371,153 @@ async def test_inbox_is_pruned_in_the_background(fx: Fixture) -> None:
 
 async def _inbox_is(fx: Fixture, consumer: str, expected: dict[int, str]) -> bool:
     return await _inbox(fx, consumer) == expected
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+async def _last_seq(fx: Fixture, cluster: str) -> int:
+    return (
+        await fx.bus.js.get_last_msg(subjects.EVENTS_STREAM, subjects.cluster_events(fx.producer, cluster))
+    ).seq
+
+
+async def test_fetched_batch_is_applied_in_one_transaction_with_one_checkpoint_write(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events waiting before the start arrive in one fetch: one transaction applies them in stream order, the
+    checkpoint is written once (the batch's last sequence), each outgoing event is published once with its
+    deterministic id, and the after-commit hook sees every event committed, in order."""
+    seen_after_commit: list[tuple[int, int]] = []
+
+    class Hooked(Projection):
+        async def _applied(self, env: Envelope, msg: Msg) -> None:
+            # Runs after the commit: another connection already sees the checkpoint past the event.
+            async with fx.pool.acquire() as conn:
+                checkpoint = await conn.fetchval(
+                    f"SELECT stream_seq FROM {fx.schema}.checkpoint WHERE consumer = $1", self.name
+                )
+            visible = int(checkpoint or 0) >= msg.metadata.sequence.stream
+            seen_after_commit.append((msg.metadata.sequence.stream, int(visible)))
+
+    p = Hooked(
+        name=f"proj_{fx.producer}",
+        schema=fx.schema,
+        pool=fx.pool,
+        bus=fx.bus,
+        handler=fx.handle,
+        filter_subjects=[f"cove.evt.{fx.producer}.>"],
+        settings=FAST,
+    )
+    assert p.batching
+    cluster = str(uuid.uuid4())
+    envs = [await fx.publish(cluster, f"r{i}") for i in range(10)]
+    last = await _last_seq(fx, cluster)
+    advances: list[int] = []
+    real_advance = p._advance
+
+    async def counting_advance(conn: asyncpg.Connection, seq: int) -> None:
+        advances.append(seq)
+        await real_advance(conn, seq)
+
+    monkeypatch.setattr(p, "_advance", counting_advance)
+    await p.start()
+    try:
+        await wait_for(lambda: _checkpoint_at(p, last))
+        await wait_for(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert p.consumer.batches_applied == 1 and p.consumer.batches_split == 0
+        assert advances == [last]
+        # One row updated ten times, in stream order.
+        rows = await fx.rows()
+        assert [(r[0], r[2], r[3]) for r in rows] == [(cluster, 10, ",".join(f"r{i}" for i in range(10)))]
+        assert rows[0][4] == envs[-1].id
+        out = await fx.outgoing()
+        assert [e.id for e in out] == [pmod.outgoing_id(e.id, 0) for e in envs]
+        assert [seq for seq, _ in seen_after_commit] == sorted(seq for seq, _ in seen_after_commit)
+        assert len(seen_after_commit) == 10 and all(visible == 1 for _, visible in seen_after_commit)
+    finally:
+        await p.stop()
+
+
+async def test_poison_event_in_a_batch_is_dead_lettered_alone_and_nothing_is_lost_or_applied_twice(
+    fx: Fixture,
+) -> None:
+    """The handler always fails on one event of a batch: the batch is rolled back and applied one message at a
+    time; the poison event is retried and dead-lettered on its own, every other event is applied exactly once and
+    its outgoing event published once (the re-publish of what the rolled-back batch published is deduplicated)."""
+    calls: dict[str, int] = {}
+
+    async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        p = env.payload
+        assert isinstance(p, ClusterRejected)
+        calls[p.reason] = calls.get(p.reason, 0) + 1
+        if p.reason == "poison":
+            raise RuntimeError("cannot apply this one")
+        return await fx.handle(env, tx)
+
+    p = Projection(
+        name=f"proj_{fx.producer}",
+        schema=fx.schema,
+        pool=fx.pool,
+        bus=fx.bus,
+        handler=handle,
+        filter_subjects=[f"cove.evt.{fx.producer}.>"],
+        settings=ConsumerSettings(ack_wait=5, max_deliver=3, backoff=(0.05,), fetch_timeout=0.2),
+    )
+    clusters = [str(uuid.uuid4()) for _ in range(6)]
+    reasons = ["a", "b", "poison", "c", "d", "e"]
+    envs = [await fx.publish(c, r) for c, r in zip(clusters, reasons, strict=True)]
+    last = await _last_seq(fx, clusters[-1])
+    await p.start()
+    try:
+        await wait_for(lambda: _checkpoint_at(p, last))
+        await wait_for(lambda: _dlq_is(fx.bus, p.name, 1))
+        await wait_for(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert p.consumer.batches_split >= 1
+        assert (
+            calls["poison"] == 3 + p.consumer.batches_split
+        )  # max_deliver per-message tries, plus each batch
+        rows = await fx.rows()
+        good = sorted((c, r) for c, r in zip(clusters, reasons, strict=True) if r != "poison")
+        assert sorted((r[0], r[3]) for r in rows) == good
+        assert all(r[2] == 1 for r in rows)
+        out = await fx.outgoing()
+        expected = sorted(pmod.outgoing_id(e.id, 0) for e in envs if e.payload.reason != "poison")  # type: ignore[union-attr]
+        assert sorted(e.id for e in out) == expected
+    finally:
+        await p.stop()
+
+
+async def _dlq_is(bus: Bus, durable: str, n: int) -> bool:
+    return await dlq_count(bus, durable) == n
+
+
+async def test_subclass_overriding_apply_is_applied_one_message_at_a_time(fx: Fixture) -> None:
+    applied: list[int] = []
+
+    class Wrapping(Projection):
+        async def _apply(self, env: Envelope, msg: Msg) -> None:
+            await super()._apply(env, msg)
+            applied.append(msg.metadata.sequence.stream)
+
+    p = Wrapping(
+        name=f"proj_{fx.producer}",
+        schema=fx.schema,
+        pool=fx.pool,
+        bus=fx.bus,
+        handler=fx.handle,
+        filter_subjects=[f"cove.evt.{fx.producer}.>"],
+        settings=FAST,
+    )
+    assert not p.batching and p.consumer.batch_handler is None
+    cluster = str(uuid.uuid4())
+    for i in range(4):
+        await fx.publish(cluster, f"r{i}")
+    last = await _last_seq(fx, cluster)
+    await p.start()
+    try:
+        await wait_for(lambda: _checkpoint_at(p, last))
+        assert len(applied) == 4 and applied == sorted(applied)
+        assert p.consumer.batches_applied == 0
+    finally:
+        await p.stop()
