@@ -288,7 +288,7 @@ class Projection:
         """Apply one event in its own transaction (the per-message path)."""
         seq = msg.metadata.sequence.stream
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._apply_in(conn, env, msg)
+            await self._publish(await self._apply_in(conn, env, msg))
             await self._advance(conn, seq)
         await self._applied(env, msg)
 
@@ -296,17 +296,22 @@ class Projection:
         """Apply ``batch`` in stream order in ONE transaction; the checkpoint is written once, at the end. Raises
         (after the rollback) when anything fails: the consumer then applies the batch one message at a time."""
         last = 0
+        pending: list[tuple[str, Envelope]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for env, msg in batch:
-                await self._apply_in(conn, env, msg)
+                pending.extend(await self._apply_in(conn, env, msg))
                 last = max(last, msg.metadata.sequence.stream)
+            await self._publish(pending)
             await self._advance(conn, last)
         for env, msg in batch:
             await self._applied(env, msg)
 
-    async def _apply_in(self, conn: asyncpg.Connection, env: Envelope, msg: Msg) -> None:
+    async def _apply_in(
+        self, conn: asyncpg.Connection, env: Envelope, msg: Msg
+    ) -> list[tuple[str, Envelope]]:
         """Inside the caller's transaction: skip an event already in the inbox, else record it, run the handler
-        and publish its outgoing events (deterministic ids) unless replaying."""
+        and return its outgoing events (subject, envelope with a deterministic id) unless replaying; the caller
+        publishes them before it commits."""
         seq = msg.metadata.sequence.stream
         fresh = await conn.fetchval(
             f"INSERT INTO {self.schema}.inbox (event_id, consumer, stream_seq) VALUES ($1, $2, $3)"
@@ -318,14 +323,25 @@ class Projection:
         if not fresh:
             metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
             log.info("event_already_applied", projection=self.name, stream_seq=seq)
-            return
+            return []
         outgoing = await self._handle(env, msg, conn)
         if outgoing and seq <= self.replay_until:
             self.suppressed += len(outgoing)
             outgoing = ()
-        for index, out in enumerate(outgoing):
-            out_env = outgoing_envelope(env, index, out)
-            await self.bus.publish(out.subject, out_env, msg_id=out_env.id)
+        return [(out.subject, outgoing_envelope(env, index, out)) for index, out in enumerate(outgoing)]
+
+    async def _publish(self, pending: list[tuple[str, Envelope]]) -> None:
+        """Publish outgoing events, waiting for every acknowledgement: one subject's events in order, different
+        subjects concurrently (a batch's decisions for many clusters then cost one round trip, not one each)."""
+        by_subject: dict[str, list[Envelope]] = {}
+        for subject, out_env in pending:
+            by_subject.setdefault(subject, []).append(out_env)
+
+        async def in_order(subject: str, envs: list[Envelope]) -> None:
+            for out_env in envs:
+                await self.bus.publish(subject, out_env, msg_id=out_env.id)
+
+        await asyncio.gather(*(in_order(subject, envs) for subject, envs in by_subject.items()))
 
     async def _handle(self, env: Envelope, msg: Msg, conn: asyncpg.Connection) -> Sequence[Outgoing]:
         """Run the handler for one fresh event inside the transaction ``conn`` (a subclass hook)."""
