@@ -134,16 +134,13 @@ async def test_admission_wait_ends_at_the_decision(
     wakeups = freshness.admission_wakeups
     sub = await api.bus.nc.subscribe(subjects.producer_events("api", "cluster"), cb=admit)
     try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         status, body, _ = await demo.call("POST", "/v1/clusters", {
             "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
-        took = loop.time() - started
     finally:
         await sub.unsubscribe()
     assert status == 202, body
-    assert took < 0.9, f"create took {took:.2f} s: it waited for the timeout, not for the decision"
-    assert freshness.admission_wakeups == wakeups + 1, "woken by the decision's NOTIFY, not by polling"
+    # a wake-up is counted only for a waiter still waiting: the create ended at the decision, not at the timeout
+    assert freshness.admission_wakeups == wakeups + 1, "woken by the decision's NOTIFY, not by the timeout"
 
 
 async def test_lost_listen_connection_disables_the_cache_and_comes_back(

@@ -84,7 +84,8 @@ def osc(env: dict[str, str], *args: str) -> Any:
 
 
 def sdk(cloud: Devcloud, name: str) -> Connection:
-    config = openstack.config.OpenStackConfig(config_files=[str(cloud.clouds_yaml)])
+    # load_envvars=False: the session devcloud fixture sets OS_CLIENT_CONFIG_FILE, which would otherwise win
+    config = openstack.config.OpenStackConfig(config_files=[str(cloud.clouds_yaml)], load_envvars=False)
     return Connection(config=config.get_one(cloud=name))
 
 

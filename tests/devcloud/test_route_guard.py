@@ -123,7 +123,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Devcloud
 
 
 def sdk(cloud: Devcloud, name: str) -> Connection:
-    config = openstack.config.OpenStackConfig(config_files=[str(cloud.clouds_yaml)])
+    # load_envvars=False: the session devcloud fixture sets OS_CLIENT_CONFIG_FILE, which would otherwise win
+    config = openstack.config.OpenStackConfig(config_files=[str(cloud.clouds_yaml)], load_envvars=False)
     return Connection(config=config.get_one(cloud=name))
 
 
