@@ -14,7 +14,7 @@ import collections
 import contextlib
 import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -322,13 +322,24 @@ class Reconciler:
             return await self._create_failed(
                 row, f"Timed out after {spec.create_timeout} minutes waiting for the cluster's servers"
             )
-        if not row.trust_id:
-            return await self._create_failed(row, "The cluster has no trust: Cove cannot act in the project")
+        return await self._attempt(row, st, self._create_steps, self._create_failed)
+
+    async def _attempt(
+        self,
+        row: store.ClusterRow,
+        st: TaskState,
+        steps: Callable[[store.ClusterRow, TaskState], Awaitable[Outcome]],
+        failed: Callable[[store.ClusterRow, str], Awaitable[Outcome]],
+    ) -> Outcome:
+        """One pass of the create, update or delete path: a failure the cloud will repeat (or no trust to act
+        with) ends the operation through `failed`, with a reason a user can act on; others back off and retry."""
+        if row.spec is None or not row.trust_id:
+            return await failed(row, "The cluster has no trust: Cove cannot act in the project")
         try:
-            outcome = await self._create_steps(row, st)
+            outcome = await steps(row, st)
         except CloudError as err:
             if self._project_failure(st, err):
-                return await self._create_failed(row, err.reason)
+                return await failed(row, err.reason)
             await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
             return Outcome.POLL
         st.failures = 0
@@ -499,17 +510,7 @@ class Reconciler:
                 uuid=row.uuid, project_id=spec.project_id, node_count=rz.worker_count(row.groups), generation=gen,
             ), f"ClusterUpdateStarted:{gen}")
             return Outcome.AGAIN
-        if not row.trust_id:
-            return await self._update_failed(row, "The cluster has no trust: Cove cannot act in the project")
-        try:
-            outcome = await self._update_steps(row, st)
-        except CloudError as err:
-            if self._project_failure(st, err):
-                return await self._update_failed(row, err.reason)
-            await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
-            return Outcome.POLL
-        st.failures = 0
-        return outcome
+        return await self._attempt(row, st, self._update_steps, self._update_failed)
 
     async def _update_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         spec = row.spec
@@ -655,17 +656,7 @@ class Reconciler:
         if row.create_started_at is None and not row.nodes:
             # Nothing was ever built (every cloud call follows ClusterCreateStarted, and we caught up).
             return await self._delete_completed(row)
-        if row.spec is None or not row.trust_id:
-            return await self._delete_failed(row, "The cluster has no trust: Cove cannot act in the project")
-        try:
-            outcome = await self._delete_steps(row, st)
-        except CloudError as err:
-            if self._project_failure(st, err):
-                return await self._delete_failed(row, err.reason)
-            await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
-            return Outcome.POLL
-        st.failures = 0
-        return outcome
+        return await self._attempt(row, st, self._delete_steps, self._delete_failed)
 
     async def _delete_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         spec = row.spec
