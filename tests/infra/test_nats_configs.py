@@ -67,8 +67,20 @@ async def test_three_node_example_forms_a_jetstream_cluster(tmp_path: Path) -> N
 
             await wait_for(add_r3_stream, timeout=60, interval=0.5, message="R3 stream created (meta leader elected)",
                            ignore=(nats.errors.Error,))
+            async def has_leader() -> bool:
+                info = await js.stream_info("CLUSTERED")
+                return bool(info.cluster and info.cluster.leader)
+
+            await wait_for(has_leader, timeout=60, interval=0.2, message="the R3 stream has a leader",
+                           ignore=(nats.errors.Error,))
             for k in range(10):
-                await js.publish("clustered.x", str(k).encode())
+
+                async def publish(k: int = k) -> bool:
+                    # a retry after a leader change is deduplicated by the message id
+                    await js.publish("clustered.x", str(k).encode(), headers={"Nats-Msg-Id": f"m{k}"})
+                    return True
+
+                await wait_for(publish, timeout=30, interval=0.2, message=f"publish {k}", ignore=(nats.errors.Error,))
             info = await js.stream_info("CLUSTERED")
             assert info.state.messages == 10
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2
