@@ -377,13 +377,6 @@ class Keystone:
         log.info("trust_created", trust_id=trust["id"], trustor=user.user_id, project_id=user.project_id)
         return str(trust["id"]), svc.user_id
 
-    async def delete_trust(self, user: AuthContext, trust_id: str) -> None:
-        async with self._session().delete(
-            f"{self.v3}/OS-TRUST/trusts/{trust_id}", headers={"X-Auth-Token": user.token}
-        ) as resp:
-            if resp.status not in (204, 404):
-                log.warning("trust_delete_failed", trust_id=trust_id, status=resp.status)
-
     # ------------------------------------------------------------------ the user's cloud
 
     async def _get(self, user: AuthContext, url: str) -> tuple[int, Any]:
