@@ -29,7 +29,7 @@ bench: venv
 
 lint: venv
 	$(VENV)/bin/ruff check proto services deploy tests benchmarks
-	$(VENV)/bin/mypy proto services/runtime deploy/local
+	$(VENV)/bin/mypy proto services/runtime deploy/local deploy/devcloud
 
 clean:
 	rm -rf .cove

@@ -855,6 +855,21 @@ def _place(
     return cloud.capacity.place(flavor["vcpus"], flavor["ram"], disk_gb, az, down)
 
 
+def _required_spec(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """The body's `key` object (Nova's 400 when it is missing), with OSC's explicit nulls dropped."""
+    spec = body.get(key)
+    if not isinstance(spec, dict):
+        raise ERR(400, f"Invalid input for field/attribute {key}: '{key}' is a required property")
+    return drop_nulls(spec)
+
+
+def _valid_name(spec: dict[str, Any]) -> str:
+    name = spec.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise ERR(400, f"Invalid input for field/attribute name. Value: {name!r}.")
+    return name
+
+
 @_api("POST", "/servers")
 async def create_server(request: web.Request) -> web.Response:
     cloud = cloud_of(request)
@@ -862,13 +877,8 @@ async def create_server(request: web.Request) -> web.Response:
     _writer(c, "servers:create")
     project_id = _project(c)
     body = await read_json(request, ERR)
-    spec = body.get("server")
-    if not isinstance(spec, dict):
-        raise ERR(400, "Invalid input for field/attribute server: 'server' is a required property")
-    spec = drop_nulls(spec)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise ERR(400, f"Invalid input for field/attribute name. Value: {name!r}.")
+    spec = _required_spec(body, "server")
+    name = _valid_name(spec)
     flavor_ref = spec.get("flavorRef")
     if flavor_ref is None:
         raise ERR(400, "Invalid input for field/attribute server: 'flavorRef' is a required property")
@@ -1655,10 +1665,7 @@ async def create_keypair(request: web.Request) -> web.Response:
     c = ctx(request)
     _writer(c, "os-keypairs:create")
     body = await read_json(request, ERR)
-    spec = body.get("keypair")
-    if not isinstance(spec, dict):
-        raise ERR(400, "Invalid input for field/attribute keypair: 'keypair' is a required property")
-    spec = drop_nulls(spec)
+    spec = _required_spec(body, "keypair")
     name = spec.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9 _\-.@]{1,255}", name) or not name.strip():
         raise ERR(400, f"Keypair data is invalid: Keypair name contains unsafe characters ({name!r})")
@@ -1766,13 +1773,8 @@ async def create_group(request: web.Request) -> web.Response:
     _writer(c, "os-server-groups:create")
     project_id = _project(c)
     body = await read_json(request, ERR)
-    spec = body.get("server_group")
-    if not isinstance(spec, dict):
-        raise ERR(400, "Invalid input for field/attribute server_group: 'server_group' is a required property")
-    spec = drop_nulls(spec)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise ERR(400, f"Invalid input for field/attribute name. Value: {name!r}.")
+    spec = _required_spec(body, "server_group")
+    name = _valid_name(spec)
     rules: dict[str, Any] = {}
     if at_least(request, 64):
         if "policies" in spec:

@@ -80,11 +80,11 @@ class Identity:
             }
             self.passwords[uid] = u.password
             for project_name, role_names in u.roles.items():
-                pid = self.project_id(project_name)
-                if pid is None:
+                member_of = self.project_id(project_name)
+                if member_of is None:
                     raise ValueError(f"user {u.name}: unknown project {project_name}")
                 for role in role_names:
-                    self.assignments.add((uid, pid, self.role_id(role)))
+                    self.assignments.add((uid, member_of, self.role_id(role)))
 
     # ---------------------------------------------------------------------------------------------------- lookups
     def role_id(self, name: str) -> str:
@@ -709,7 +709,7 @@ async def create_trust(request: web.Request) -> web.Response:
         "id": tid, "trustor_user_id": trustor, "trustee_user_id": trustee, "project_id": project_id,
         "impersonation": bool(spec.get("impersonation", False)), "expires_at": spec.get("expires_at"),
         "remaining_uses": spec.get("remaining_uses"), "allow_redelegation": bool(spec.get("allow_redelegation")),
-        "redelegation_count": 0, "roles": [{"id": ident.role_id(r), "name": r} for r in wanted],
+        "redelegation_count": 0, "roles": [{"id": ident.role_id(str(r)), "name": r} for r in wanted],
         "roles_links": {"self": None, "next": None, "previous": None}, "deleted_at": None,
     }
     ident.trusts[tid] = trust

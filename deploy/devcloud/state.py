@@ -8,6 +8,7 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ class Capacity:
     hosts: list[Host] = field(default_factory=list)
 
     def place(
-        self, vcpus: int, ram_mb: int, disk_gb: int, az: str | None, down: set[str], avoid: set[str] = frozenset()
+        self, vcpus: int, ram_mb: int, disk_gb: int, az: str | None, down: AbstractSet[str], avoid: AbstractSet[str] = frozenset()
     ) -> Host | None:
         for host in self.hosts:
             if az and host.az != az:
