@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,11 @@ from cryptography.x509.oid import NameOID
 
 from deploy.local.stack import LocalStack
 from tests.conftest import wait_for
-from tests.e2e.test_cluster_lifecycle import OPENSTACK, cluster_status, http, osc, private_nats, stack, token
+from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, osc_raw, private_nats, stack, token
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 __all__ = ["private_nats", "stack"]  # module-scoped fixtures reused from the lifecycle test
-
-
-def osc_raw(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(stack.state_dir / "clouds.yaml"))
-    return subprocess.run([OPENSTACK, "--os-cloud", cloud, *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
 
 
 def verifies(cert: x509.Certificate, ca_pem: bytes) -> bool:

@@ -75,10 +75,16 @@ async def stack(
         await drop_database(pg_admin_url, db_url)
 
 
-def osc(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> str:
+def osc_raw(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(stack.state_dir / "clouds.yaml"))
-    proc = subprocess.run([OPENSTACK, "--os-cloud", cloud, *args], env=env, capture_output=True, text=True,
+    # magnumclient's `coe cluster config` reads $SHELL (a login shell always sets it; CI's environment may not)
+    env.setdefault("SHELL", "/bin/sh")
+    return subprocess.run([OPENSTACK, "--os-cloud", cloud, *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+def osc(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> str:
+    proc = osc_raw(stack, *args, cloud=cloud)
     assert proc.returncode == 0, f"openstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
