@@ -42,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import cpu
 from benchmarks.clusters import keystone_token
 from deploy.local.stack import SERVICES, LocalStack
 
@@ -210,6 +211,19 @@ def _profiler(stack: LocalStack, out_dir: str | None, name: str) -> list[subproc
     return spies
 
 
+def _cpu_groups(stack: LocalStack, load_pid: int) -> dict[str, list[int]]:
+    """The processes whose CPU each scenario reports: every service, the devcloud (its Keystone validates tokens
+    and creates each cluster's trust), NATS, PostgreSQL (an embedded one; a server named by COVE_DATABASE_URL is not
+    ours to measure) and the load process."""
+    groups = {child.name: [child.proc.pid] for child in stack.children}
+    if stack.nats is not None and stack.nats.pid is not None:
+        groups["nats"] = [stack.nats.pid]
+    if stack.postgres is not None and stack.postgres.pid is not None:
+        groups["postgres"] = [stack.postgres.pid]
+    groups["load"] = [load_pid]
+    return groups
+
+
 def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Namespace) -> dict[str, Any]:
     prep = asyncio.run(_prepare(stack, args.templates, args.concurrency))
     api = stack.api_url
@@ -217,17 +231,23 @@ def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Nam
     base = {"headers": headers, "concurrency": args.concurrency}
     results: list[dict[str, Any]] = []
 
+    groups = _cpu_groups(stack, pool.submit(os.getpid).result())
+
     def scenario(**spec: Any) -> dict[str, Any]:
         spies = _profiler(stack, args.profile, spec["name"])
+        before = cpu.snapshot(groups)
         try:
             out = pool.submit(run_scenario, {**base, **spec}).result()
         finally:
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
+        out["cpu_ms_per_request"] = cpu.per_request_ms(before, cpu.snapshot(groups), out["requests"])
         results.append(out)
         print(f"   {out['scenario']}: {out['rps']} req/s, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, "
               f"{out['requests']} requests, {out['errors']} errors {out['error_kinds'] or ''}", flush=True)
+        print("      CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in out["cpu_ms_per_request"].items()),
+              flush=True)
         return out
 
     template = {"name": "bench-k8s-{i}", "coe": "kubernetes", "image_id": "fedora-coreos",

@@ -186,6 +186,11 @@ class EmbeddedPostgres:
             pass
         return (pid, port) if tcp_reachable(LOCALHOST, port) else None
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (its backends are its children)."""
+        return self._proc.pid if self._proc is not None else self._adopted_pid
+
     def is_running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None

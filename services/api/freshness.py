@@ -1,7 +1,7 @@
 """How far the API's projection got, learned from PostgreSQL at commit time instead of by polling.
 
 Migration 0005 makes every commit of the projection's checkpoint ``NOTIFY cove_api_applied '<consumer> <seq>'``
-and every admission decision ``NOTIFY cove_api_admission '<cluster uuid>'``. One ``Freshness`` per API process
+and every admission decision ``NOTIFY cove_api_admission '<cluster uuid> <admitted|rejected>'`` (0006). One ``Freshness`` per API process
 LISTENs on a connection of its own and
 
 * wakes writers waiting for their event to be applied (``wait_applied``: read-your-writes with no polling),
@@ -43,7 +43,7 @@ class Freshness:
     live: bool = False
     _conn: asyncpg.pool.PoolConnectionProxy | None = None
     _waiters: dict[int, list[asyncio.Future[None]]] = field(default_factory=dict)
-    _admission: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    _admission: dict[str, list[asyncio.Future[str | None]]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
     admission_wakeups: int = 0
@@ -95,6 +95,11 @@ class Freshness:
             return
         log.warning("freshness_listen_lost")
         self.live = False
+        # Creates waiting for a decision will hear no NOTIFY now: wake them to read the row instead.
+        for waiting in self._admission.values():
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(None)
         self.epoch += 1
         self._conn = None
         self._schedule_reconnect()
@@ -139,9 +144,10 @@ class Freshness:
                         fut.set_result(None)
 
     def _on_admission(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        for fut in self._admission.pop(payload, ()):
+        cluster_uuid, _, decision = payload.partition(" ")
+        for fut in self._admission.pop(cluster_uuid, ()):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(decision or None)
                 self.admission_wakeups += 1
 
     # ------------------------------------------------------------------ waiting
@@ -167,16 +173,17 @@ class Freshness:
                 if not waiting:
                     del self._waiters[seq]
 
-    def admission_waiter(self, cluster_uuid: str) -> asyncio.Future[None] | None:
-        """A future resolved when ``cluster_uuid``'s admission is decided (None when not listening). Register
-        it BEFORE reading the row, then await it only if the row was still undecided."""
+    def admission_waiter(self, cluster_uuid: str) -> asyncio.Future[str | None] | None:
+        """A future resolved with the decision (``admitted`` or ``rejected``) when ``cluster_uuid``'s admission is
+        recorded (None when not listening). Register it BEFORE the decision can be recorded (before publishing the
+        create), then await it."""
         if not self.live:
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._admission.setdefault(cluster_uuid, []).append(fut)
         return fut
 
-    def forget_admission(self, cluster_uuid: str, fut: asyncio.Future[None]) -> None:
+    def forget_admission(self, cluster_uuid: str, fut: asyncio.Future[str | None]) -> None:
         waiting = self._admission.get(cluster_uuid)
         if waiting is not None and fut in waiting:
             waiting.remove(fut)

@@ -62,8 +62,7 @@ async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyn
 
 
 async def admitted(e: ev.ClusterAdmitted, env: Envelope, tx: asyncpg.Connection) -> None:
-    if await store.cluster_status(tx, e.uuid) is not None:
-        await store.update_cluster(tx, e.uuid, admission="admitted")
+    await store.update_cluster(tx, e.uuid, admission="admitted")  # no row (deleted since): changes nothing
 
 
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:

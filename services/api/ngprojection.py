@@ -46,21 +46,19 @@ async def _sync_node_count(tx: asyncpg.Connection, cluster_uuid: str) -> None:
 
 
 async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
-    if await store.cluster_status(tx, e.uuid) is None:
-        return
+    """The default master and worker groups (the cluster's row was inserted just before, by handlers.py)."""
     t, at = e.template, env.occurred_at
     labels = dict(e.labels) if e.labels else dict(t.labels)
-    for name, role, count, flavor in (
+    await ngstore.insert_many(tx, [ev.NodeGroup(
+        uuid=ngstore.default_uuid(e.uuid, name), name=name, cluster_id=e.uuid, project_id=e.project_id,
+        role=role, node_count=count, min_node_count=0, max_node_count=None, flavor_id=flavor,
+        image_id=t.image_id, labels=labels, is_default=True, created_at=e.requested_at or at,
+        docker_volume_size=e.docker_volume_size if e.docker_volume_size is not None else t.docker_volume_size,
+    ) for name, role, count, flavor in (
         (ngstore.DEFAULT_MASTER, "master", e.master_count,
          e.master_flavor_id or t.master_flavor_id or e.flavor_id or t.flavor_id),
         (ngstore.DEFAULT_WORKER, "worker", e.node_count, e.flavor_id or t.flavor_id),
-    ):
-        await ngstore.insert(tx, ev.NodeGroup(
-            uuid=ngstore.default_uuid(e.uuid, name), name=name, cluster_id=e.uuid, project_id=e.project_id,
-            role=role, node_count=count, min_node_count=0, max_node_count=None, flavor_id=flavor,
-            image_id=t.image_id, labels=labels, is_default=True, created_at=e.requested_at or at,
-            docker_volume_size=e.docker_volume_size if e.docker_volume_size is not None else t.docker_volume_size,
-        ), CREATE_IN_PROGRESS, at)
+    )], CREATE_IN_PROGRESS, at)
 
 
 async def create_completed(e: ev.ClusterCreateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:

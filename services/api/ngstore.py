@@ -39,14 +39,25 @@ def nodegroup_of(row: asyncpg.Record) -> NodeGroup:
     return msgspec.json.decode(row["body"], type=NodeGroup)
 
 
+_INSERT = (
+    "INSERT INTO nodegroups (uuid, cluster_uuid, project_id, name, role, is_default, node_count,"
+    " min_node_count, max_node_count, status, body, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12) ON CONFLICT DO NOTHING"
+)
+
+
+def _row(ng: NodeGroup, status: str, at: datetime) -> tuple[object, ...]:
+    return (ng.uuid, ng.cluster_id, ng.project_id, ng.name, ng.role, ng.is_default, ng.node_count,
+            ng.min_node_count, ng.max_node_count, status, msgspec.json.encode(ng).decode(), ng.created_at or at)
+
+
 async def insert(conn: asyncpg.Connection, ng: NodeGroup, status: str, at: datetime) -> None:
-    await conn.execute(
-        "INSERT INTO nodegroups (uuid, cluster_uuid, project_id, name, role, is_default, node_count,"
-        " min_node_count, max_node_count, status, body, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12) ON CONFLICT DO NOTHING",
-        ng.uuid, ng.cluster_id, ng.project_id, ng.name, ng.role, ng.is_default, ng.node_count,
-        ng.min_node_count, ng.max_node_count, status, msgspec.json.encode(ng).decode(), ng.created_at or at,
-    )
+    await conn.execute(_INSERT, *_row(ng, status, at))
+
+
+async def insert_many(conn: asyncpg.Connection, groups: list[NodeGroup], status: str, at: datetime) -> None:
+    """Several nodegroups in one round trip (asyncpg pipelines executemany)."""
+    await conn.executemany(_INSERT, [_row(ng, status, at) for ng in groups])
 
 
 async def find(conn: asyncpg.Connection | asyncpg.Pool, cluster_uuid: str, ident: str | None) -> asyncpg.Record | None:

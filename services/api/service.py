@@ -26,20 +26,12 @@ from services.api.app import Settings, build_app
 from services.api.freshness import Freshness, ReadCache
 from services.api.keystone import Keystone, ServiceCredentials
 from services.api.writer import Writer
+from services.runtime import db
 from services.runtime.service import Service, ServiceConfig
 
 log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class ReadConnection(asyncpg.Connection):
-    """A connection of the API's read pool: handlers only run single statements (no session state, LISTEN or
-    advisory locks), so the reset query asyncpg runs at every release (a round trip per request) is skipped.
-    asyncpg still rolls back an open transaction on release."""
-
-    def get_reset_query(self) -> str:
-        return ""
 
 
 class ApiServer:
@@ -77,7 +69,7 @@ class ApiServer:
         writer = Writer(svc.bus, svc.pool, read_your_writes_timeout=self.settings.read_your_writes_timeout,
                         freshness=self.freshness)
         self.read_pool = await asyncpg.create_pool(
-            svc.config.database_url, min_size=2, max_size=self.read_pool_size, connection_class=ReadConnection,
+            svc.config.database_url, min_size=2, max_size=self.read_pool_size, connection_class=db.NoResetConnection,
             server_settings={"search_path": "api, public", "application_name": "cove-api-read"},
         )
         app = build_app(pool=self.read_pool, writer=writer, keystone=self.keystone, settings=self.settings,

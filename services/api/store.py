@@ -201,6 +201,12 @@ async def insert_cluster(conn: asyncpg.Connection, ev: ClusterCreateRequested, a
     )
 
 
+async def admission_of(conn: asyncpg.Connection | asyncpg.Pool, uuid: str) -> str | None:
+    """The scheduler's decision on the cluster as the read model knows it (None: not yet, or no such cluster)."""
+    value = await conn.fetchval("SELECT admission FROM clusters WHERE uuid = $1", uuid)
+    return str(value) if value is not None else None
+
+
 async def cluster_status(conn: asyncpg.Connection, uuid: str) -> str | None:
     value = await conn.fetchval("SELECT status FROM clusters WHERE uuid = $1 FOR UPDATE", uuid)
     return str(value) if value is not None else None

@@ -63,22 +63,11 @@ class Writer:
                 return done
         return await self.wait_until(lambda: self._applied(seq), bound)
 
-    async def wait_admission(self, cluster_uuid: str, decided: Callable[[], Awaitable[bool]], timeout: float) -> bool:
-        """``wait_until(decided, timeout)`` for a cluster's admission decision: ``decided`` is asked once, then
-        again when the read model records the decision (its NOTIFY), or polled when not listening."""
+    def watch_admission(self, cluster_uuid: str) -> AdmissionWatch:
+        """Start listening for the scheduler's decision on ``cluster_uuid``: call BEFORE publishing its create,
+        then ``decision()``, and ``close()`` in any case."""
         fut = self.freshness.admission_waiter(cluster_uuid) if self.freshness is not None else None
-        if fut is None or self.freshness is None:
-            return await self.wait_until(decided, timeout)
-        try:
-            if await decided():
-                return True
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except TimeoutError:
-                pass
-            return await decided()
-        finally:
-            self.freshness.forget_admission(cluster_uuid, fut)
+        return AdmissionWatch(self, cluster_uuid, fut)
 
     async def _applied(self, seq: int) -> bool:
         return await store.checkpoint(self.pool) >= seq
@@ -93,3 +82,38 @@ class Writer:
                 return False
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, 0.1)
+
+
+@dataclass
+class AdmissionWatch:
+    """One create's wait for the scheduler's decision (``Writer.watch_admission``)."""
+
+    writer: Writer
+    cluster_uuid: str
+    fut: asyncio.Future[str | None] | None
+    """Resolved by the decision's NOTIFY (services/api/freshness.py); None when not listening."""
+
+    async def decision(self, read: Callable[[], Awaitable[str | None]], timeout: float) -> str | None:
+        """``admitted`` or ``rejected``, or None when still undecided after ``timeout``. Learned from the NOTIFY's
+        payload when listening (no query); ``read`` (the row's admission) is polled when not listening, or once
+        the listening connection was lost."""
+        deadline = time.monotonic() + timeout
+        if self.fut is not None:
+            try:
+                decided = await asyncio.wait_for(asyncio.shield(self.fut), timeout)
+            except TimeoutError:
+                return await read()
+            if decided is not None:
+                return decided
+        seen: list[str | None] = [None]
+
+        async def known() -> bool:
+            seen[0] = await read()
+            return seen[0] is not None
+
+        await self.writer.wait_until(known, max(0.0, deadline - time.monotonic()))
+        return seen[0]
+
+    def close(self) -> None:
+        if self.fut is not None and self.writer.freshness is not None:
+            self.writer.freshness.forget_admission(self.cluster_uuid, self.fut)

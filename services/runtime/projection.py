@@ -9,10 +9,12 @@ transaction that also
   (uuid5 of the cause's id and the output index) used as ``Nats-Msg-Id``: a crash after publishing but
   before commit leads to a redelivery whose re-publish JetStream deduplicates.
 
-A fetched batch of events is applied in ONE transaction (``_apply_batch``): per event the inbox check and
-insert, the handler and the publishing of its outgoing events (deterministic ids, before the commit), in stream
-order; the checkpoint is written once, at the batch's last sequence, before the commit (so the API's
-``cove_api_applied`` NOTIFY fires once per batch with the sequence every event of the batch is visible at).
+A fetched batch of events is applied in ONE transaction (``_apply_batch``; a single message is a batch of one):
+first ONE statement (``_claim``) inserts every event id into the inbox, learning which are fresh; then, in stream
+order, the handler of each fresh event and the publishing of its outgoing events (deterministic ids, before the
+commit); last the checkpoint, written once at the batch's last sequence (so the API's ``cove_api_applied`` NOTIFY
+fires once per batch with the sequence every event of the batch is visible at, and a transaction hung in a handler
+holds no checkpoint lock). The statements a batch costs do not grow with its size beyond what the handlers run.
 The consumer acks the messages after the commit. If anything in the batch raises (a handler, a publish, the
 commit), the transaction is rolled back and the consumer applies the batch again one message at a time with
 ``_apply`` (one transaction each), so a poison message is retried, nak'd and dead-lettered on its own; what was
@@ -105,6 +107,14 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoint (
 );
 CREATE INDEX IF NOT EXISTS inbox_consumer_stream_seq ON {schema}.inbox (consumer, stream_seq);
 """
+
+CLAIM_SQL = """
+INSERT INTO {schema}.inbox (event_id, consumer, stream_seq)
+SELECT event_id, $2, stream_seq FROM unnest($1::text[], $3::bigint[]) AS batch (event_id, stream_seq)
+ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id
+"""
+"""Every event id of a batch into the inbox in one round trip, returning the fresh ones (``Projection._claim``)."""
 
 PRUNE_SQL = """
 DELETE FROM {schema}.inbox
@@ -286,44 +296,51 @@ class Projection:
 
     async def _apply(self, env: Envelope, msg: Msg) -> None:
         """Apply one event in its own transaction (the per-message path)."""
-        seq = msg.metadata.sequence.stream
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._publish(await self._apply_in(conn, env, msg))
-            await self._advance(conn, seq)
-        await self._applied(env, msg)
+        await self._apply_batch([(env, msg)])
 
     async def _apply_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
-        """Apply ``batch`` in stream order in ONE transaction; the checkpoint is written once, at the end. Raises
-        (after the rollback) when anything fails: the consumer then applies the batch one message at a time."""
-        last = 0
+        """Apply ``batch`` in stream order in ONE transaction. Raises (after the rollback) when anything fails: the
+        consumer then applies the batch one message at a time."""
         pending: list[tuple[str, Envelope]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            for env, msg in batch:
-                pending.extend(await self._apply_in(conn, env, msg))
-                last = max(last, msg.metadata.sequence.stream)
+            fresh = await self._claim(conn, batch)
+            for (env, msg), is_fresh in zip(batch, fresh, strict=True):
+                if is_fresh:
+                    pending.extend(await self._apply_in(conn, env, msg))
+                else:
+                    metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
+                    log.info("event_already_applied", projection=self.name, stream_seq=msg.metadata.sequence.stream)
             await self._publish(pending)
-            await self._advance(conn, last)
+            await self._advance(conn, max(msg.metadata.sequence.stream for _, msg in batch))
         for env, msg in batch:
             await self._applied(env, msg)
+
+    async def _claim(self, conn: asyncpg.Connection, batch: list[tuple[Envelope, Msg]]) -> list[bool]:
+        """In ONE statement of the caller's transaction, record every event id of ``batch`` in the inbox. Returns,
+        per event, whether it is fresh (False: applied before, or an earlier copy in this batch). The checkpoint is
+        written last (``_advance``), so a transaction hung in a handler holds no lock other replicas need."""
+        ids = [env.id for env, _ in batch]
+        seqs = [msg.metadata.sequence.stream for _, msg in batch]
+        claimed = {
+            row[0] for row in await conn.fetch(self._claim_sql, ids, self.name, seqs)
+        }
+        fresh = []
+        for event_id in ids:
+            fresh.append(event_id in claimed)
+            claimed.discard(event_id)
+        return fresh
+
+    @property
+    def _claim_sql(self) -> str:
+        return CLAIM_SQL.format(schema=self.schema)
 
     async def _apply_in(
         self, conn: asyncpg.Connection, env: Envelope, msg: Msg
     ) -> list[tuple[str, Envelope]]:
-        """Inside the caller's transaction: skip an event already in the inbox, else record it, run the handler
-        and return its outgoing events (subject, envelope with a deterministic id) unless replaying; the caller
-        publishes them before it commits."""
+        """Inside the caller's transaction, for an event ``_claim`` found fresh: run the handler and return its
+        outgoing events (subject, envelope with a deterministic id) unless replaying; the caller publishes them
+        before it commits."""
         seq = msg.metadata.sequence.stream
-        fresh = await conn.fetchval(
-            f"INSERT INTO {self.schema}.inbox (event_id, consumer, stream_seq) VALUES ($1, $2, $3)"
-            " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING true",
-            env.id,
-            self.name,
-            seq,
-        )
-        if not fresh:
-            metrics.MESSAGES_DUPLICATE.labels(self.name).inc()
-            log.info("event_already_applied", projection=self.name, stream_seq=seq)
-            return []
         outgoing = await self._handle(env, msg, conn)
         if outgoing and seq <= self.replay_until:
             self.suppressed += len(outgoing)

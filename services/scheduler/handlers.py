@@ -86,11 +86,12 @@ class Handlers:
         self, env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection
     ) -> Sequence[Outgoing]:
         await store.lock_project(tx, p.project_id)
-        if await store.cluster_exists(tx, p.uuid):
+        facts = await store.admission_facts(tx, p.uuid, p.project_id)
+        if facts.known:
             log.info("cluster_request_repeated", cluster_id=p.uuid, project_id=p.project_id)
             return ()
-        in_use = await store.clusters_in_use(tx, p.project_id)
-        limit = admission.cluster_limit(self.default_quota, await store.quota_override(tx, p.project_id))
+        in_use = facts.in_use
+        limit = admission.cluster_limit(self.default_quota, facts.quota_override)
         decision = admission.decide(in_use, limit)
         await store.record_request(
             tx,

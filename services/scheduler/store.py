@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -12,22 +13,32 @@ async def lock_project(tx: asyncpg.Connection, project_id: str) -> None:
     await tx.execute("SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:' || $1))", project_id)
 
 
-async def cluster_exists(tx: asyncpg.Connection, cluster_id: str) -> bool:
-    return bool(await tx.fetchval("SELECT true FROM clusters WHERE cluster_id = $1", cluster_id))
-
-
-async def clusters_in_use(tx: asyncpg.Connection, project_id: str) -> int:
+@dataclass(frozen=True)
+class AdmissionFacts:
+    known: bool
+    """The cluster was seen before (a repeated request)."""
+    in_use: int
     """Clusters counted against the project's quota (admitted and not yet deleted): one row of the counter a
     trigger keeps in step with ``clusters`` (migration 0002), not a count over the project's clusters."""
-    value = await tx.fetchval("SELECT clusters FROM project_usage WHERE project_id = $1", project_id)
-    return int(value or 0)
+    quota_override: int | None
+    """The project's own limit, if an admin set one."""
 
 
-async def quota_override(tx: asyncpg.Connection, project_id: str, resource: str = "Cluster") -> int | None:
-    value = await tx.fetchval(
-        "SELECT hard_limit FROM quotas WHERE project_id = $1 AND resource = $2", project_id, resource
+async def admission_facts(
+    tx: asyncpg.Connection, cluster_id: str, project_id: str, resource: str = "Cluster"
+) -> AdmissionFacts:
+    """What an admission decision needs, in one round trip. Run it AFTER ``lock_project`` (in its own statement:
+    a statement's snapshot is taken when it starts, so reads in the locking statement could predate the lock)."""
+    row = await tx.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1) AS known,"
+        " (SELECT clusters FROM project_usage WHERE project_id = $2) AS in_use,"
+        " (SELECT hard_limit FROM quotas WHERE project_id = $2 AND resource = $3) AS quota_override",
+        cluster_id,
+        project_id,
+        resource,
     )
-    return None if value is None else int(value)
+    override = row["quota_override"]
+    return AdmissionFacts(bool(row["known"]), int(row["in_use"] or 0), None if override is None else int(override))
 
 
 async def record_request(

@@ -142,6 +142,26 @@ async def test_redelivered_and_republished_events_change_the_store_once(fx: Fixt
         await p.stop()
 
 
+async def test_the_same_event_twice_in_one_batch_is_applied_once(fx: Fixture) -> None:
+    p = fx.projection()
+    assert p.batching
+    c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+    e1 = await fx.publish(c1, "quota")
+    again = await fx.bus.publish(subjects.cluster_events(fx.producer, c1), e1, msg_id=f"other-{e1.id}")
+    await fx.publish(c2, "quota")
+    last = await _last_seq(fx, c2)
+    assert again.seq < last
+    await p.start()
+    try:
+        await wait_for(lambda: _checkpoint_at(p, last))
+        await wait_for(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert p.consumer.batches_applied == 1 and p.consumer.batches_split == 0  # all three in one batch
+        assert [(r[0], r[2]) for r in await fx.rows()] == sorted([(c1, 1), (c2, 1)])
+        assert [e.cluster_id for e in await fx.outgoing()] == [c1, c2]
+    finally:
+        await p.stop()
+
+
 async def test_crash_between_publish_and_commit_is_deduplicated(
     fx: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -207,32 +207,26 @@ async def create_cluster(request: web.Request) -> web.Response:
         trustee_user_id=trustee,
         requested_at=datetime.now(UTC),
     )
-    seq = await writer.publish(
-        subjects.cluster_events("api", cluster_uuid),
-        event,
-        project_id=event.project_id,
-        cluster_id=cluster_uuid,
-        expected_last_subject_seq=0,
-    )
-    await writer.wait_applied(seq)
-    row = await _wait_admission(request, cluster_uuid)
-    if row is not None and row["admission"] == "rejected":
-        raise ApiError(403, row["status_reason"] or "Cluster creation was refused.")
-    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=row["admission"] if row else None)
+    # Listen for the scheduler's decision before it can be taken; wait (bounded) for it to reach the read model.
+    watch = writer.watch_admission(cluster_uuid)
+    try:
+        seq = await writer.publish(
+            subjects.cluster_events("api", cluster_uuid),
+            event,
+            project_id=event.project_id,
+            cluster_id=cluster_uuid,
+            expected_last_subject_seq=0,
+        )
+        await writer.wait_applied(seq)
+        decision = await watch.decision(lambda: store.admission_of(pool, cluster_uuid),
+                                        request.app[SETTINGS].admission_timeout)
+    finally:
+        watch.close()
+    if decision == "rejected":
+        row = await store.get_cluster(pool, cluster_uuid)
+        raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
+    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision)
     return web.json_response({"uuid": cluster_uuid}, status=202)
-
-
-async def _wait_admission(request: web.Request, cluster_uuid: str) -> asyncpg.Record | None:
-    """Wait (bounded) for the scheduler's decision to reach the read model; the last row seen."""
-    pool, writer = request.app[POOL], request.app[WRITER]
-    seen: list[asyncpg.Record | None] = [None]
-
-    async def decided() -> bool:
-        seen[0] = await store.get_cluster(pool, cluster_uuid)
-        return seen[0] is not None and seen[0]["admission"] is not None
-
-    await writer.wait_admission(cluster_uuid, decided, request.app[SETTINGS].admission_timeout)
-    return seen[0]
 
 
 @routes.delete("/v1/clusters/{ident}")
