@@ -97,6 +97,9 @@ def database_name(url: str) -> str:
 class EmbeddedPostgres:
     """A PostgreSQL server process owned by us, with its data in `data_dir`, on 127.0.0.1:`port`.
 
+    It also listens on a Unix socket in `<data_dir>.sock/` when that path is short enough (a socket path is
+    limited to ~107 bytes): `local_url` uses it. A round trip over a Unix socket costs about 40% less CPU than over
+    TCP loopback on this machine (54 vs 91 us in the client), and a cluster create costs ~20 round trips.
     `durable=False` turns off fsync and synchronous commit: for throwaway test clusters only.
     If a server from an earlier run is still alive on the same data folder (e.g. `cove run` was SIGKILLed),
     start() adopts it instead of failing on the lock file; stop() then stops it too.
@@ -121,11 +124,20 @@ class EmbeddedPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted_pid: int | None = None
         self._log_handle: IO[bytes] | None = None
+        socket_dir = self.data_dir.parent / f"{self.data_dir.name}.sock"
+        self.socket_dir: Path | None = socket_dir if len(str(socket_dir)) + len("/.s.PGSQL.65535") < 100 else None
 
     @property
     def url(self) -> str:
-        """URL of the `postgres` maintenance database (superuser `postgres`, trust auth)."""
+        """URL of the `postgres` maintenance database over TCP (superuser `postgres`, trust auth)."""
         return f"postgresql://{PG_SUPERUSER}@{LOCALHOST}:{self.port}/postgres"
+
+    @property
+    def local_url(self) -> str:
+        """``url`` over the Unix socket when the server has one (the cheaper way for processes on this machine)."""
+        if self.socket_dir is None or not (self.socket_dir / f".s.PGSQL.{self.port}").exists():
+            return self.url
+        return f"postgresql://{PG_SUPERUSER}@/postgres?host={self.socket_dir}&port={self.port}"
 
     def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
         """(user, group, extra_groups) for subprocess: the unprivileged user when we are root, else ourselves."""
@@ -137,8 +149,12 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(mode=0o755, exist_ok=True)
         if self.os_user is not None:
             os.chown(self.data_dir, self.os_user.pw_uid, self.os_user.pw_gid)
+            if self.socket_dir is not None:
+                os.chown(self.socket_dir, self.os_user.pw_uid, self.os_user.pw_gid)
             _ensure_traversable(self.data_dir.parent, self.os_user)
             _ensure_traversable(self.bin_dir, self.os_user)
 
@@ -210,7 +226,7 @@ class EmbeddedPostgres:
         options = {
             "listen_addresses": LOCALHOST,
             "port": str(self.port),
-            "unix_socket_directories": "",
+            "unix_socket_directories": str(self.socket_dir or ""),
             "max_connections": str(self.max_connections),
         }
         if not self.durable:
@@ -316,7 +332,7 @@ def database_url(
     server = EmbeddedPostgres(data_dir, durable=durable, log_file=log_file)
     server.start()
     _create_database_sync(server, "cove")
-    return with_database(server.url, "cove"), server
+    return with_database(server.local_url, "cove"), server
 
 
 def _create_database_sync(server: EmbeddedPostgres, name: str) -> None:

@@ -82,6 +82,15 @@ async def test_embedded_postgres_starts_answers_and_restarts(pg_scratch_dir: Pat
             assert await conn.fetchval("SELECT v FROM kept") == "survives restart"
         finally:
             await conn.close()
+        # Processes on this machine use the Unix socket (cheaper per round trip than TCP loopback).
+        if server.socket_dir is not None:
+            assert "host=" in server.local_url and str(server.socket_dir) in server.local_url
+            conn = await asyncpg.connect(server.local_url)
+            try:
+                assert await conn.fetchval("SELECT v FROM kept") == "survives restart"
+                assert await conn.fetchval("SELECT inet_server_addr()") is None  # not over TCP
+            finally:
+                await conn.close()
     finally:
         server.stop()
 
