@@ -25,6 +25,20 @@ ROLE_NAMES = ("admin", "member", "reader", "service")
 ERR = keystone_error
 
 
+def parse_expiry(value: Any) -> datetime | None:
+    """A request's ``expires_at`` (application credentials, trusts): ISO 8601, read as UTC when it names no zone
+    (as Keystone reads it); None when absent; a 400 otherwise."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        at = None
+    if at is None:
+        raise ERR(400, f"Invalid input for field 'expires_at': {value!r} is not an ISO 8601 timestamp.")
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def stable_id(*parts: str) -> str:
     """Seeded objects get ids that stay the same across restarts, so a clouds.yaml or a test can rely on them."""
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:32]
@@ -143,6 +157,10 @@ class Identity:
     ) -> Token:
         issued = now()
         lifetime = timedelta(seconds=self.cloud.config.timing.token_lifetime_seconds)
+        expires = min(expires_at, issued + lifetime) if expires_at else issued + lifetime
+        cred_expiry = self.app_creds[app_cred_id].get("_expires_at") if app_cred_id else None
+        if cred_expiry is not None and cred_expiry < expires:
+            expires = cred_expiry  # Keystone: a token never outlives the application credential it came from
         token = Token(
             id="gAAAAA" + secrets.token_urlsafe(48),
             user_id=user_id,
@@ -150,7 +168,7 @@ class Identity:
             roles=roles,
             methods=methods,
             issued_at=issued,
-            expires_at=min(expires_at, issued + lifetime) if expires_at else issued + lifetime,
+            expires_at=expires,
             audit_id=audit_id or secrets.token_urlsafe(16)[:22],
             trust_id=trust_id,
             app_cred_id=app_cred_id,
@@ -297,6 +315,8 @@ class Identity:
             cred = self._find_app_cred(spec)
             if cred is None or cred["_secret"] != spec.get("secret"):
                 raise ERR(401, "The request you have made requires authentication.")
+            if cred.get("_expires_at") is not None and cred["_expires_at"] <= now():
+                raise ERR(401, "The request you have made requires authentication.")  # expired credential
             user_id, app_cred_id = cred["user_id"], cred["id"]
             project_id, roles_cap = cred["project_id"], tuple(r["name"] for r in cred["roles"])
             if scope:
@@ -308,7 +328,8 @@ class Identity:
             trust = self.trusts.get((scope["OS-TRUST:trust"] or {}).get("id", ""))
             if trust is None or trust["trustee_user_id"] != user_id:
                 raise ERR(401, "The request you have made requires authentication.")
-            if trust["expires_at"] and datetime.fromisoformat(trust["expires_at"]) <= now():
+            expiry = parse_expiry(trust["expires_at"])
+            if expiry is not None and expiry <= now():
                 raise ERR(401, "The request you have made requires authentication.")
             trustor_roles = set(self.role_names(trust["trustor_user_id"], trust["project_id"]))
             roles = tuple(sorted(r["name"] for r in trust["roles"] if r["name"] in trustor_roles))
@@ -623,12 +644,13 @@ async def create_app_cred(request: web.Request) -> web.Response:
     wanted = [r.get("name") or ident.roles.get(r.get("id", ""), {}).get("name") for r in spec.get("roles") or []]
     roles = [r for r in (wanted or list(c.roles)) if r in c.roles]
     secret = spec.get("secret") or secrets.token_urlsafe(64)
+    expires_at = parse_expiry(spec.get("expires_at"))
     cid = uuid.uuid4().hex
     ident.app_creds[cid] = {
         "id": cid, "name": spec["name"], "description": spec.get("description"), "user_id": uid,
         "project_id": c.project_id, "roles": [{"id": ident.role_id(r), "name": r} for r in roles],
         "expires_at": spec.get("expires_at"), "unrestricted": bool(spec.get("unrestricted", False)),
-        "access_rules": [], "_secret": secret,
+        "access_rules": [], "_secret": secret, "_expires_at": expires_at,
         "links": {"self": ident.cloud.url(f"{V3}/users/{uid}/application_credentials/{cid}")},
     }
     return json_response({"application_credential": {**_cred_view(ident.app_creds[cid]), "secret": secret}},
@@ -694,6 +716,7 @@ async def create_trust(request: web.Request) -> web.Response:
         raise ERR(403, "Redelegation is not allowed.")
     if trustee not in ident.users:
         raise ERR(404, f"Could not find user: {trustee}.")
+    parse_expiry(spec.get("expires_at"))
     project_id = spec.get("project_id")
     if project_id and project_id not in ident.projects:
         raise ERR(404, f"Could not find project: {project_id}.")

@@ -16,7 +16,14 @@ from aiohttp import web
 from services.api import policy
 from services.api.app import build_app
 from services.api.errors import ApiError
-from services.api.keystone import AuthContext, Keystone, ServiceCredentials, event_matches, token_facts
+from services.api.keystone import (
+    AuthContext,
+    Keystone,
+    ServiceCredentials,
+    event_matches,
+    parse_time,
+    token_facts,
+)
 from tests.api.conftest import RunningApi, user_token
 from tests.conftest import wait_for
 
@@ -182,6 +189,75 @@ async def test_api_refuses_revoked_token_even_with_long_cache(api: RunningApi) -
 async def _get_if(url: str, token: str, status: int) -> tuple[int, Any, dict[str, str]] | None:
     got = await _get(url, token)
     return got if got[0] == status else None
+
+
+async def _short_lived_tokens(devcloud_url: str, life: float, count: int = 2) -> tuple[list[str], datetime]:
+    """``count`` demo tokens that expire ``life`` seconds from now: Keystone caps a token issued for an
+    application credential at the credential's ``expires_at``."""
+    url = f"{devcloud_url}/identity/v3"
+    password = {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"name": "Default"}, "password": "demo-pass"}}},
+        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}},
+    }}
+    expiry = datetime.now(UTC) + timedelta(seconds=life)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/auth/tokens", json=password) as r:
+            assert r.status == 201, await r.text()
+            demo, user_id = r.headers["X-Subject-Token"], (await r.json())["token"]["user"]["id"]
+        async with s.post(f"{url}/users/{user_id}/application_credentials", headers={"X-Auth-Token": demo},
+                          json={"application_credential": {"name": f"short-{uuid.uuid4().hex[:8]}",
+                                                           "expires_at": expiry.isoformat()}}) as r:
+            assert r.status == 201, await r.text()
+            cred = (await r.json())["application_credential"]
+        tokens = []
+        for _ in range(count):
+            async with s.post(f"{url}/auth/tokens", json={"auth": {"identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": {"id": cred["id"], "secret": cred["secret"]}}}}) as r:
+                assert r.status == 201, await r.text()
+                assert parse_time((await r.json())["token"]["expires_at"]) == expiry
+                tokens.append(r.headers["X-Subject-Token"])
+    return tokens, expiry
+
+
+def _assert_magnum_401(got: tuple[int, Any, dict[str, str]]) -> None:
+    status, body, headers = got
+    assert status == 401, body
+    assert set(body) == {"errors"} and len(body["errors"]) == 1, body
+    err = body["errors"][0]
+    assert {"status", "code", "title", "detail", "request_id"} <= set(err), err
+    assert err["status"] == 401 and err["code"] == "client" and err["title"] and err["detail"], err
+    assert err["request_id"] == headers["X-Openstack-Request-Id"]
+    assert headers["WWW-Authenticate"].startswith("Keystone uri=")
+
+
+@pytest.mark.integration
+async def test_api_refuses_expired_token_and_drops_cached_one_at_expiry(api: RunningApi) -> None:
+    """With tokens cached for their whole life (no TTL cap), a token the API has accepted and cached is accepted
+    up to its expires_at and refused after it, with Magnum's 401 body; a token that expired before the API
+    ever saw it is refused too."""
+    ks = api.server.keystone
+    saved = ks.ttl
+    ks.ttl = None
+    try:
+        (used, unseen), expires_at = await _short_lived_tokens(api.devcloud.url, life=2.0)
+        url = f"{api.url}/v1/clusters"
+        assert (await _get(url, used))[0] == 200
+        misses = ks.stats["misses"]
+        assert (await _get(url, used))[0] == 200
+        assert ks.stats["misses"] == misses, "the valid token is answered from the cache"
+        got = await wait_for(lambda: _get_if(url, used, 401), timeout=6, interval=0.05,
+                             message="a cached token refused once its expires_at passed")
+        assert datetime.now(UTC) >= expires_at - timedelta(seconds=0.1), "refused before it expired"
+        _assert_magnum_401(got)
+        assert used not in ks._cache
+        _assert_magnum_401(await _get(url, used))
+        assert unseen not in ks._cache
+        _assert_magnum_401(await _get(url, unseen))
+        assert unseen not in ks._cache
+    finally:
+        ks.ttl = saved
 
 
 @pytest.mark.integration

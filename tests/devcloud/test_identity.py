@@ -7,14 +7,17 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import openstack
 import pytest
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
-from tests.conftest import Devcloud
+from tests.conftest import Devcloud, wait_for
 
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 
@@ -137,6 +140,55 @@ def test_application_credential(devcloud: Devcloud) -> None:
                               application_credential_id=cred.id, application_credential_secret=cred.secret)
     with pytest.raises(openstack.exceptions.SDKException, match="HTTP 401"):
         again.authorize()
+
+
+async def _auth(s: aiohttp.ClientSession, url: str, identity: dict[str, Any],
+                scope: str | None = None) -> tuple[int, str | None, dict[str, Any]]:
+    auth: dict[str, Any] = {"identity": identity}
+    if scope:
+        auth["scope"] = {"project": {"name": scope, "domain": {"name": "Default"}}}
+    async with s.post(f"{url}/auth/tokens", json={"auth": auth}) as r:
+        return r.status, r.headers.get("X-Subject-Token"), await r.json()
+
+
+def _password(user: str, password: str) -> dict[str, Any]:
+    return {"methods": ["password"],
+            "password": {"user": {"name": user, "domain": {"name": "Default"}, "password": password}}}
+
+
+async def test_application_credential_expiry_bounds_its_tokens(devcloud: Devcloud) -> None:
+    """Keystone's rules: a token issued for an application credential expires no later than the credential,
+    and an expired credential no longer authenticates (how a test gets a token that lives seconds)."""
+    url = f"{devcloud.url}/identity/v3"
+    async with aiohttp.ClientSession() as s:
+        _, demo, body = await _auth(s, url, _password("demo", "demo-pass"), "demo")
+        _, admin, _ = await _auth(s, url, _password("admin", "admin-pass"), "admin")
+        creds = f"{url}/users/{body['token']['user']['id']}/application_credentials"
+        headers = {"X-Auth-Token": str(demo)}
+        async with s.post(creds, headers=headers, json={"application_credential": {
+                "name": "bad-expiry", "expires_at": "tomorrow"}}) as r:
+            assert r.status == 400, await r.text()
+        expiry = datetime.now(UTC) + timedelta(seconds=1.5)
+        async with s.post(creds, headers=headers, json={"application_credential": {
+                "name": "short-lived", "expires_at": expiry.replace(tzinfo=None).isoformat()}}) as r:  # UTC
+            assert r.status == 201, await r.text()
+            cred = (await r.json())["application_credential"]
+        by_cred = {"methods": ["application_credential"],
+                   "application_credential": {"id": cred["id"], "secret": cred["secret"]}}
+        status, token, body = await _auth(s, url, by_cred)
+        assert status == 201, body
+        assert datetime.fromisoformat(body["token"]["expires_at"]) == expiry
+        check = {"X-Auth-Token": str(admin), "X-Subject-Token": str(token)}
+        async with s.get(f"{url}/auth/tokens", headers=check) as r:
+            assert r.status == 200
+
+        async def refused() -> bool:
+            return (await _auth(s, url, by_cred))[0] == 401
+
+        await wait_for(refused, timeout=5, message="an expired application credential refused")
+        assert datetime.now(UTC) >= expiry
+        async with s.get(f"{url}/auth/tokens", headers=check) as r:
+            assert r.status == 404, "the credential's token expired with it"
 
 
 def test_project_isolation_in_identity(devcloud: Devcloud) -> None:
