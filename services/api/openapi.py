@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.api import microversion
+from services.api import microversion, patch, validation
 
 routes = web.RouteTableDef()
 
@@ -80,6 +80,33 @@ _NODEGROUP: dict[str, Any] = {
     "labels_skipped": _LABELS, "node_labels": _LABELS, "node_taints": _nullable("array", items={"type": "object"}),
     "created_at": _TIME, "updated_at": _TIME,
 }
+_INT32_MAX = 2**31 - 1
+
+
+def _template_create() -> dict[str, Any]:
+    """What a template create accepts (services/api/validation.py): these fields only, strings of 1 to 255
+    characters, the COE, server type and drivers Cove supports, Magnum's bounds on sizes and ports; ``coe`` and
+    ``image_id`` mandatory."""
+    props: dict[str, Any] = {}
+    for name, schema in _TEMPLATE_FIELDS.items():
+        if name in ("uuid", "links", "created_at", "updated_at", "project_id", "user_id"):
+            continue
+        if name in validation.TEMPLATE_STR_FIELDS:
+            schema = {**schema, "minLength": 1, "maxLength": 255}
+        props[name] = schema
+    props["coe"] = {"type": "string", "enum": list(validation.COES)}
+    props["server_type"] = _nullable("string", enum=[*validation.SERVER_TYPES, None])
+    props["network_driver"] = _nullable("string", enum=[*validation.NETWORK_DRIVERS, None])
+    props["volume_driver"] = _nullable("string", enum=["cinder", None])
+    props["docker_volume_size"] = _nullable("integer", minimum=1)
+    props["apiserver_port"] = _nullable("integer", minimum=1024, maximum=65535)
+    return {**_obj(props, ["coe", "image_id"]), "additionalProperties": False}
+
+
+_QUOTA_INPUT: dict[str, Any] = {
+    "project_id": {"type": "string", "minLength": 1}, "resource": {"type": "string", "enum": ["Cluster"]},
+    "hard_limit": {"type": "integer", "minimum": 0, "maximum": _INT32_MAX},
+}
 _QUOTA: dict[str, Any] = {"id": _NINT, "project_id": _STR, "resource": _STR, "hard_limit": _INT,
                           "created_at": _TIME, "updated_at": _TIME}
 _MSERVICE: dict[str, Any] = {"id": _INT, "host": _NSTR, "binary": _STR, "state": _STR, "report_count": _NINT,
@@ -102,8 +129,15 @@ def _collection(key: str, item: str) -> dict[str, Any]:
     return _obj({key: {"type": "array", "items": _ref(item)}, "next": _STR}, [key])
 
 
-_JSON_PATCH = {"type": "array", "items": _obj({
-    "op": {"type": "string", "enum": ["add", "replace", "remove"]}, "path": _STR, "value": {}}, ["op", "path"])}
+_PATCH_PATH = {"type": "string", "pattern": patch.PATH_RE.pattern}
+_JSON_PATCH = {"type": "array", "minItems": 1, "items": {"oneOf": [
+    {**_obj({"op": {"type": "string", "enum": ["add", "replace"]}, "path": _PATCH_PATH, "value": {}},
+            ["op", "path", "value"]), "additionalProperties": False},
+    {**_obj({"op": {"type": "string", "enum": ["remove"]}, "path": _PATCH_PATH, "value": {}}, ["op", "path"]),
+     "additionalProperties": False},
+]}}
+"""Magnum's JSON patch: a non-empty list of operations with no other keys; ``add`` and ``replace`` carry a value;
+paths are ``/field`` (or ``/labels/key``)."""
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"errors": {"type": "array", "minItems": 1, "items": _obj({
@@ -114,9 +148,7 @@ SCHEMAS: dict[str, Any] = {
     "UuidAccepted": _obj({"uuid": _STR}, ["uuid"]),
     "ClusterTemplate": _obj(_TEMPLATE_FIELDS, ["uuid"]),
     "ClusterTemplateList": _collection("clustertemplates", "ClusterTemplate"),
-    "ClusterTemplateCreate": _obj({k: v for k, v in _TEMPLATE_FIELDS.items()
-                                   if k not in ("uuid", "links", "created_at", "updated_at", "project_id",
-                                                "user_id")}, ["image_id"]),
+    "ClusterTemplateCreate": _template_create(),
     "ClusterSummary": _obj(_CLUSTER_SUMMARY, ["uuid"]),
     "Cluster": _obj(_CLUSTER_FULL, ["uuid"]),
     "ClusterList": _collection("clusters", "ClusterSummary"),
@@ -143,8 +175,8 @@ SCHEMAS: dict[str, Any] = {
                             ["cluster_uuid", "csr"]),
     "Quota": _obj(_QUOTA, ["project_id", "resource", "hard_limit"]),
     "QuotaList": _collection("quotas", "Quota"),
-    "QuotaCreate": _obj({"project_id": _STR, "resource": _STR, "hard_limit": _INT}, ["project_id"]),
-    "QuotaUpdate": _obj({"hard_limit": _INT, "resource": _STR, "project_id": _STR}),
+    "QuotaCreate": _obj(_QUOTA_INPUT, ["project_id"]),
+    "QuotaUpdate": _obj(_QUOTA_INPUT, ["hard_limit"]),
     "Stats": _obj({"clusters": _INT, "nodes": _INT}, ["clusters", "nodes"]),
     "MServiceList": _obj({"mservices": {"type": "array", "items": _obj(_MSERVICE, ["id", "binary", "state"])}},
                          ["mservices"]),

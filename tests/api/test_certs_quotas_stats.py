@@ -275,6 +275,29 @@ async def test_quotas_crud_and_enforcement(stack: Stack, demo: Client, admin: Cl
     assert (await admin.call("DELETE", f"/quotas/{demo_id}/Cluster"))[0] == 204
 
 
+async def test_quota_values_beyond_sql_integers_are_refused(stack: Stack, admin: Client) -> None:
+    """Regression: a hard_limit above 2**31 - 1 was accepted (201/202) and published as an event that neither the
+    API's nor the scheduler's projection could store (integer columns), and a quota marker beyond the bigint
+    range was a 500. Both are 400s now; the largest storable limit is applied by the projections."""
+    url = f"{stack.devcloud.url}/identity/v3/projects"
+    async with aiohttp.ClientSession() as s, s.post(url, headers={"X-Auth-Token": admin.token}, json={
+            "project": {"name": f"q-{uuid.uuid4().hex[:8]}"}}) as r:
+        assert r.status == 201, await r.text()
+        pid = (await r.json())["project"]["id"]
+    for limit in (2**31, 2**70):
+        status, err = await admin.call("POST", "/quotas", {"project_id": pid, "hard_limit": limit})
+        assert status == 400 and "lower or equal to 2147483647" in err["errors"][0]["detail"], (status, err)
+    status, created = await admin.call("POST", "/quotas", {"project_id": pid, "hard_limit": 2**31 - 1})
+    assert status == 201 and created["hard_limit"] == 2**31 - 1 and "id" in created, created  # "id": applied
+    status, err = await admin.call("PATCH", f"/quotas/{pid}/Cluster", {"hard_limit": 2**31})
+    assert status == 400, (status, err)
+    assert (await admin.call("GET", f"/quotas/{pid}/Cluster"))[1]["hard_limit"] == 2**31 - 1
+    for marker in (2**63, 2**70, -1, 0, "x"):
+        status, err = await admin.call("GET", f"/quotas?all_tenants=True&marker={marker}")
+        assert status == 400 and err["errors"][0]["detail"] == f"Marker {marker} could not be found.", (marker, err)
+    assert (await admin.call("DELETE", f"/quotas/{pid}/Cluster"))[0] == 204
+
+
 async def test_stats(stack: Stack, demo: Client, admin: Client, template: dict[str, Any]) -> None:
     status, before = await demo.call("GET", "/stats")
     assert status == 200 and set(before) == {"clusters", "nodes"}

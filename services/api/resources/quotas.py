@@ -35,6 +35,10 @@ routes = web.RouteTableDef()
 
 RESOURCES = ("Cluster",)
 MAGNUM_DEFAULT_LIMIT = 20
+MAX_HARD_LIMIT = 2**31 - 1
+"""hard_limit is an SQL integer here and in the scheduler (Magnum's column too): a larger one is a 400, never an
+accepted event that neither projection can store."""
+_MAX_ID = 2**63 - 1
 SORT_KEYS: dict[str, str] = {
     "id": "id",
     "project_id": "project_id",
@@ -108,7 +112,9 @@ async def list_quotas(pool: asyncpg.Pool, project_id: str | None, page: Page) ->
         try:
             marker_id = int(page.marker)
         except ValueError:
-            raise bad_request(f"Marker {page.marker} could not be found.") from None
+            marker_id = 0
+        if not 0 < marker_id <= _MAX_ID:  # ids are bigserial: no row has any other
+            raise bad_request(f"Marker {page.marker} could not be found.")
         mark = await pool.fetchrow(f"SELECT {expr} AS k, id FROM quotas WHERE id = $1", marker_id)
         if mark is None:
             raise bad_request(f"Marker {page.marker} could not be found.")
@@ -154,6 +160,9 @@ def _hard_limit(value: Any) -> int:
     if limit < 0:
         raise bad_request(f"Invalid input for field/attribute hard_limit. Value: '{value}'. "
                           "Value should be greater or equal to 0")
+    if limit > MAX_HARD_LIMIT:
+        raise bad_request(f"Invalid input for field/attribute hard_limit. Value: '{value}'. "
+                          f"Value should be lower or equal to {MAX_HARD_LIMIT}")
     return limit
 
 
