@@ -82,7 +82,14 @@ def as_bool(body: dict[str, Any], field: str) -> bool | None:
     raise _invalid(field, value, "Wrong type. Expected 'bool'.")
 
 
-def as_int(body: dict[str, Any], field: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+SQL_INT_MAX = 2**31 - 1
+"""The largest value an ``integer`` column (and Magnum's) holds: every count, size and timeout the API accepts is
+bounded by it, so an accepted write can always be stored by the projections that apply it."""
+
+
+def as_int(
+    body: dict[str, Any], field: str, *, minimum: int | None = None, maximum: int | None = SQL_INT_MAX
+) -> int | None:
     value = body.get(field)
     if value is None:
         return None

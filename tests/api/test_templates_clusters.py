@@ -104,6 +104,21 @@ def test_cluster_patch_rules() -> None:
                       V1_14)[0] == 400
 
 
+def test_integers_beyond_sql_integer_columns_are_refused() -> None:
+    """Regression: node_count (or create_timeout, docker_volume_size) of 2**31 was accepted with a 202 and
+    published as an event the API's projection could not store (integer columns): the cluster never appeared."""
+    from services.api.validation import SQL_INT_MAX, cluster_fields
+
+    latest = Microversion(1, 14)
+    base = {"cluster_template_id": "t"}
+    assert cluster_fields({**base, "node_count": SQL_INT_MAX}, latest)["node_count"] == SQL_INT_MAX
+    for field in ("node_count", "master_count", "create_timeout", "docker_volume_size"):
+        for value in (SQL_INT_MAX + 1, str(2**70)):
+            with pytest.raises(ApiError) as err:
+                cluster_fields({**base, field: value}, latest)
+            assert err.value.status == 400 and "lower or equal to 2147483647" in err.value.detail, (field, value)
+
+
 def test_template_patch_validates_like_create() -> None:
     t = ClusterTemplate(uuid="u", project_id="p", user_id="x", image_id="fedora-coreos", name="t",
                         network_driver="flannel", labels={"a": "1"}, created_at=datetime.now(UTC))
