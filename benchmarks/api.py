@@ -309,6 +309,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(_table(result["scenarios"]))
     print(f"targets: lists >= {TARGET_LIST_RPS} req/s with p99 < {TARGET_LIST_P99_MS} ms; "
           f"cluster creates >= {TARGET_CREATE_RPS} accepted/s ({args.concurrency} connections)")
+    cores = os.cpu_count() or 1
+    print(f"CPU per request across every process on this machine, and the ceiling it sets on {cores} cores:")
+    for r in result["scenarios"]:
+        total = sum(r["cpu_ms_per_request"].values())
+        r["cpu_ms_total"] = round(total, 3)
+        ceiling = cores * 1000 / total if total else float("inf")
+        print(f"   {r['scenario']:34} {total:6.2f} ms -> at most {ceiling:8.0f} req/s")
     return result
 
 
