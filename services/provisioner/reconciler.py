@@ -14,7 +14,7 @@ import collections
 import contextlib
 import enum
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -47,7 +47,7 @@ from services.provisioner import resize as rz
 from services.provisioner.cloud import Cloud, CloudError, Flavor, NetworkRefs
 from services.provisioner.cloudinit import NodeBoot, bootstrap_token, render_user_data
 from services.runtime.bus import Bus, ConcurrencyConflict
-from services.runtime.projection import Projection
+from services.runtime.projection import Outgoing, Projection
 
 log = structlog.get_logger(__name__)
 
@@ -93,14 +93,16 @@ class ProvisionerProjection(Projection):
         await super().start()
         await self.tracker.advance(await self.checkpoint())
 
-    async def _apply(self, env: Envelope, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        token = handlers.STREAM_SEQ.set(seq)
+    async def _handle(self, env: Envelope, msg: Msg, conn: asyncpg.Connection) -> Sequence[Outgoing]:
+        token = handlers.STREAM_SEQ.set(msg.metadata.sequence.stream)
         try:
-            await super()._apply(env, msg)
+            return await super()._handle(env, msg, conn)
         finally:
             handlers.STREAM_SEQ.reset(token)
-        await self.tracker.advance(seq)
+
+    async def _applied(self, env: Envelope, msg: Msg) -> None:
+        # After the commit that applied it (a fetched batch commits once), in stream order, duplicates included.
+        await self.tracker.advance(msg.metadata.sequence.stream)
         self.on_applied(env)
 
     async def _dead_lettered(self, msg: Msg) -> None:

@@ -353,6 +353,16 @@ async def snapshot(database_url: str, cluster_id: str) -> tuple[Any, ...]:
         await conn.close()
 
 
+def test_the_provisioner_projection_applies_fetched_batches() -> None:
+    """It customises the per-event hooks only, so a fetched batch commits once (the rebuild test below replays
+    the stream through that path and compares every row, each event's stream sequence included)."""
+    from services.provisioner.reconciler import ProvisionerProjection
+    from services.runtime.projection import Projection
+
+    assert ProvisionerProjection._apply is Projection._apply
+    assert ProvisionerProjection._apply_batch is Projection._apply_batch
+
+
 async def test_store_dropped_and_rebuilt_from_the_stream_equals_the_original(
     bus: Bus, cloud: Cloud, provisioner: Provisioner
 ) -> None:
