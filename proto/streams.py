@@ -86,7 +86,16 @@ class ConsumerSettings:
     max_ack_pending: int = 256
     fetch_batch: int = 32
     fetch_timeout: float = 1.0
+    handler_deadline: float | None = None
+    """Seconds a handler (or a batch) may run before it is cancelled and counted as a failure: nak with backoff,
+    dead letter after ``max_deliver``. A handler stuck on a dead connection must not hold its message past
+    ``ack_wait``, when the server hands it to another replica while this one still sits on it. None: 0.8 x
+    ``ack_wait``; ``math.inf``: no deadline."""
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float:
+        return self.handler_deadline if self.handler_deadline is not None else 0.8 * self.ack_wait
 
     def nak_delay(self, num_delivered: int) -> float:
         if not self.backoff:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +33,10 @@ BatchHandler = Callable[[list[tuple[Envelope, Msg]]], Awaitable[None]]
 """Handles a fetched batch of decoded events, in order, all or nothing. Returning acks every message; raising
 makes the consumer handle the batch again one message at a time with ``Handler`` (which retries, naks and
 dead-letters each message on its own)."""
+
+class HandlerDeadlineExceeded(Exception):
+    """A handler ran past ``ConsumerSettings.deadline`` and was cancelled (a failure like any other)."""
+
 
 DLQ_REASON = "Cove-Dlq-Reason"
 DLQ_STREAM_SEQ = "Cove-Dlq-Stream-Seq"
@@ -240,7 +245,7 @@ class Consumer:
         ):
             started = time.perf_counter()
             try:
-                await self.batch_handler(items)
+                await self._within_deadline(self.batch_handler(items))
             except Exception as exc:  # noqa: BLE001 - the per-message path retries and dead-letters
                 self.batches_split += 1
                 trace.get_current_span().record_exception(exc)
@@ -296,7 +301,7 @@ class Consumer:
         ):
             started = time.perf_counter()
             try:
-                await self.handler(env, msg)
+                await self._within_deadline(self.handler(env, msg))
             except Exception as exc:  # noqa: BLE001 - any handler error is retried then dead-lettered
                 metrics.MESSAGES_FAILED.labels(self.durable, env.type).inc()
                 trace.get_current_span().record_exception(exc)
@@ -315,6 +320,18 @@ class Consumer:
                 metrics.HANDLER_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
             await msg.ack()
             metrics.MESSAGES_HANDLED.labels(self.durable, env.type).inc()
+
+    async def _within_deadline(self, work: Awaitable[None]) -> None:
+        """Await ``work``, cancelling it after ``settings.deadline`` seconds (raises HandlerDeadlineExceeded)."""
+        deadline = self.settings.deadline
+        if math.isinf(deadline):
+            await work
+            return
+        try:
+            await asyncio.wait_for(work, deadline)
+        except TimeoutError:
+            metrics.HANDLER_DEADLINE_EXCEEDED.labels(self.durable).inc()
+            raise HandlerDeadlineExceeded(f"handler still running after {deadline:g} s: cancelled") from None
 
     async def dead_letter(self, msg: Msg, reason: str, *, kind: str = "other") -> None:
         """Publish the original bytes and headers plus the reason to ``cove.dlq.<durable>``, then ``term``."""

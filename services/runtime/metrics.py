@@ -17,4 +17,7 @@ MESSAGES_DUPLICATE = Counter(
     "cove_messages_duplicate_total", "Redelivered events already applied (inbox hit)", ["consumer"]
 )
 HANDLER_SECONDS = Histogram("cove_handler_seconds", "Handler latency", ["consumer"])
+HANDLER_DEADLINE_EXCEEDED = Counter(
+    "cove_handler_deadline_exceeded_total", "Handlers (or batches) cancelled at their deadline", ["consumer"]
+)
 CONSUMER_LAG = Gauge("cove_consumer_lag", "Messages pending for the consumer at last delivery", ["consumer"])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 
 import pytest
@@ -102,6 +103,43 @@ async def test_handler_failing_until_max_deliver_is_dead_lettered(bus: Bus) -> N
         await c.stop()
 
 
+async def test_a_handler_past_its_deadline_is_cancelled_retried_and_dead_lettered(bus: Bus) -> None:
+    """A handler stuck (say, on a dead connection) is cancelled at its deadline, well before ack_wait would hand the
+    message to another replica: retried with backoff, dead-lettered after max_deliver, and the next message flows."""
+    producer = f"t{uuid.uuid4().hex[:8]}"
+    durable = f"c_{producer}"
+    attempts: dict[str, int] = {}
+    cancelled: list[str] = []
+    done: list[str] = []
+
+    async def handler(env: Envelope, msg: Msg) -> None:
+        attempts[env.id] = attempts.get(env.id, 0) + 1
+        if env.payload.reason == "stuck":  # type: ignore[union-attr]
+            try:
+                await asyncio.Event().wait()  # never set
+            except asyncio.CancelledError:
+                cancelled.append(env.id)
+                raise
+        done.append(env.id)
+
+    settings = ConsumerSettings(ack_wait=30, max_deliver=2, backoff=(0.05,), fetch_timeout=0.2, handler_deadline=0.3)
+    c = Consumer(bus, durable=durable, filter_subjects=[f"cove.evt.{producer}.>"], handler=handler, settings=settings)
+    await c.start()
+    try:
+        cluster = str(uuid.uuid4())
+        subject = subjects.cluster_events(producer, cluster)
+        stuck, fine = _event(cluster, "stuck"), _event(cluster, "fine")
+        await bus.publish(subject, stuck)
+        await bus.publish(subject, fine)
+        dead = await wait_for(lambda: _dlq_last(bus, durable), timeout=10)  # far less than ack_wait (30 s)
+        headers = dead.headers  # type: ignore[attr-defined]
+        assert "HandlerDeadlineExceeded" in headers[cmod.DLQ_REASON], headers
+        assert attempts[stuck.id] == 2 and cancelled == [stuck.id, stuck.id]
+        await wait_for(lambda: fine.id in done)
+    finally:
+        await c.stop()
+
+
 async def _ack_pending_zero(bus: Bus, durable: str) -> bool:
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     return info.num_ack_pending == 0
@@ -148,7 +186,9 @@ async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
         await c.stop()
 
 
-HANGS = ConsumerSettings(ack_wait=0.5, max_deliver=2, backoff=(), fetch_batch=1, fetch_timeout=0.1)
+# A process hung beyond cancellation (blocked outside the event loop): only ack timeouts can count its deliveries.
+HANGS = ConsumerSettings(ack_wait=0.5, max_deliver=2, backoff=(), fetch_batch=1, fetch_timeout=0.1,
+                         handler_deadline=math.inf)
 """Tiny ack_wait, two deliveries, one message per fetch (so a hung replica holds only the message it hangs on)."""
 
 
