@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import socket
 import sys
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from deploy.devcloud.app import build_app
@@ -49,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.clouds_yaml:
         write_clouds_yaml(args.clouds_yaml, config, public_url)
     print(f"devcloud listening on {public_url}", flush=True)
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+    # uvloop as for Cove's services: the devcloud shares the machine with the stack it serves in tests and
+    # benchmarks (COVE_EVENT_LOOP=asyncio for the standard library's loop).
+    loop = asyncio.new_event_loop() if os.environ.get("COVE_EVENT_LOOP") == "asyncio" else uvloop.new_event_loop()
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True, loop=loop)
 
 
 if __name__ == "__main__":
