@@ -41,6 +41,11 @@ def render() -> str:
             f"- Heartbeats: stream `{subjects.HEARTBEATS_STREAM}`, subject `cove.heartbeat.<service>` "
             "(one message per subject)."
         ),
+        (
+            f"- Dropped messages: stream `{subjects.ADVISORIES_STREAM}` keeps the server's "
+            f"`{subjects.MAX_DELIVERIES_PREFIX}.<stream>.<consumer>` advisories (7 days); each consumer reads its own "
+            "through the durable queue group `<consumer>_dropped` and dead-letters the message."
+        ),
         "- RPC: `cove.rpc.<service>.<verb>`, queue group `<service>`.",
         "",
     ]

@@ -67,8 +67,40 @@ def heartbeats_stream() -> StreamConfig:
     )
 
 
+def advisories_stream() -> StreamConfig:
+    """The server's MAX_DELIVERIES advisories, kept: a message dropped while every replica of its consumer was down
+    is still dead-lettered when one comes back (core NATS advisories reach only those listening)."""
+    return StreamConfig(
+        name=subjects.ADVISORIES_STREAM,
+        description="JetStream MAX_DELIVERIES advisories (messages the server dropped after ack timeouts)",
+        subjects=[subjects.MAX_DELIVERIES_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas(),
+        max_age=7 * 24 * 3600.0,
+        max_msgs=100_000,
+    )
+
+
 def all_streams() -> list[StreamConfig]:
-    return [events_stream(), dlq_stream(), heartbeats_stream()]
+    return [events_stream(), dlq_stream(), heartbeats_stream(), advisories_stream()]
+
+
+def dropped_consumer_config(durable: str, stream: str, ack_wait: float = 30.0) -> ConsumerConfig:
+    """The durable push consumer (a queue group: one replica per advisory) through which the consumer ``durable``
+    learns of the messages the server dropped from it. It starts at creation time: the events consumer it watches
+    is created after it, so nothing can have been dropped before."""
+    name = f"{durable}_dropped"
+    return ConsumerConfig(
+        durable_name=name,
+        deliver_subject=f"{subjects.DROPPED_DELIVER_PREFIX}.{stream}.{durable}",
+        deliver_group=name,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        filter_subject=subjects.max_deliveries_subject(stream, durable),
+    )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,20 @@ HEARTBEATS_STREAM = "COVE_HEARTBEATS"
 HEARTBEATS_PREFIX = "cove.heartbeat"
 HEARTBEATS_ALL = f"{HEARTBEATS_PREFIX}.*"
 
+ADVISORIES_STREAM = "COVE_ADVISORIES"
+MAX_DELIVERIES_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+"""The server publishes ``<this>.<stream>.<consumer>`` when it drops a message after ``max_deliver`` deliveries
+that were not settled (ack timeouts), telling no one else."""
+MAX_DELIVERIES_ALL = f"{MAX_DELIVERIES_PREFIX}.>"
+DROPPED_DELIVER_PREFIX = "cove.dropped"
+"""Where the advisories stream pushes a consumer's own advisories (``<this>.<stream>.<consumer>``, no stream
+captures it)."""
+
+
+def max_deliveries_subject(stream: str, durable: str) -> str:
+    return f"{MAX_DELIVERIES_PREFIX}.{stream}.{durable}"
+
+
 RPC_PREFIX = "cove.rpc"
 
 

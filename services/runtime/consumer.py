@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from proto import subjects
 from proto.envelope import Envelope, MalformedMessage, decode
-from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
+from proto.streams import DEFAULT_CONSUMER, ConsumerSettings, dropped_consumer_config
 from services.runtime import metrics, tracing
 from services.runtime.bus import Bus
 
@@ -44,9 +44,6 @@ DLQ_SUBJECT = "Cove-Dlq-Subject"
 DLQ_DELIVERIES = "Cove-Dlq-Deliveries"
 DLQ_CONSUMER = "Cove-Dlq-Consumer"
 
-ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-"""The server publishes ``<this>.<stream>.<consumer>`` when it gives up on a message after ``max_deliver``
-deliveries that were not settled (ack timeouts): it drops the message from the consumer without telling it."""
 ACK_TIMEOUT_REASON = "max deliveries exceeded (ack timeouts)"
 
 
@@ -55,8 +52,7 @@ def dlq_msg_id(durable: str, stream: str, stream_seq: int) -> str:
     return f"dlq:{durable}:{stream}:{stream_seq}"
 
 
-def max_deliveries_subject(stream: str, durable: str) -> str:
-    return f"{ADVISORY_MAX_DELIVERIES}.{stream}.{durable}"
+max_deliveries_subject = subjects.max_deliveries_subject
 
 
 class Consumer:
@@ -156,10 +152,9 @@ class Consumer:
         if ensure:
             await self.ensure()
         self._stopping.clear()
-        # Listen before fetching: a message this replica is the last to time out on must still be heard of.
-        self._advisories = await self.bus.nc.subscribe(
-            max_deliveries_subject(self.stream, self.durable), cb=self._on_max_deliveries
-        )
+        # Listen before fetching. The advisories are kept in a stream and reach one replica each through a durable
+        # queue group, so a drop while every replica was down is acted on when one comes back.
+        self._advisories = await self._subscribe_dropped()
         self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
         log.info("consumer_started", consumer=self.durable, filter_subjects=self.filter_subjects)
@@ -356,10 +351,11 @@ class Consumer:
 
     async def dead_letter_dropped(self, stream_seq: int, deliveries: int) -> bool:
         """Dead-letter the message the server dropped after ``deliveries`` ack timeouts: read it back from the
-        stream by ``stream_seq`` and publish it as ``dead_letter`` would. True once a dead letter exists (this
-        call's or an earlier identical one); False when the message is gone from the stream or publishing kept
-        failing (logged: the advisory is not redelivered)."""
+        stream by ``stream_seq`` and publish it as ``dead_letter`` would. True when settled: a dead letter exists (this
+        call's or an earlier identical one) or the message is gone from the stream (logged); False when publishing
+        kept failing (logged; the caller gets the advisory again later)."""
         raw = None
+        gone = False
         for attempt in range(1, 6):
             try:
                 raw = await self.bus.js.get_msg(self.stream, seq=stream_seq)
@@ -376,7 +372,7 @@ class Consumer:
             except nats.js.errors.NotFoundError:
                 # Removed by the stream's limits (or purged) since: nothing left to keep.
                 log.error("dropped_message_gone", consumer=self.durable, stream_seq=stream_seq)
-                raw = None
+                raw, gone = None, True
                 break
             except Exception as exc:  # noqa: BLE001 - retried a few times, then logged as lost
                 log.warning(
@@ -389,7 +385,23 @@ class Consumer:
         # The server has settled the message either way: tell the owner (a projection moves its checkpoint).
         if self.on_dead_lettered is not None:
             await _quietly(self.on_dead_lettered(self._dropped_msg(raw, stream_seq, deliveries)))
-        return raw is not None
+        return raw is not None or gone
+
+    async def _subscribe_dropped(self) -> Subscription:
+        cfg = dropped_consumer_config(self.durable, self.stream)
+        name = cfg.durable_name
+        assert name is not None
+        try:
+            await self.bus.js.consumer_info(subjects.ADVISORIES_STREAM, name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.bus.js.add_consumer(subjects.ADVISORIES_STREAM, cfg)
+            except nats.js.errors.BadRequestError:
+                pass  # another replica created it first
+        return await self.bus.js.subscribe(
+            cfg.filter_subject or "", queue=name, durable=name, stream=subjects.ADVISORIES_STREAM,
+            cb=self._on_max_deliveries, manual_ack=True,
+        )
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         try:
@@ -398,14 +410,18 @@ class Consumer:
             stream_seq, deliveries = int(body["stream_seq"]), int(body.get("deliveries", 0))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("advisory_unreadable", subject=advisory.subject, error=repr(exc))
+            await _quietly(advisory.term())
             return
         if stream != self.stream or durable != self.durable:
+            await _quietly(advisory.ack())
             return
         log.warning(
             "message_dropped_by_server", consumer=self.durable, stream_seq=stream_seq, deliveries=deliveries
         )
-        await self.dead_letter_dropped(stream_seq, deliveries)
+        settled = await self.dead_letter_dropped(stream_seq, deliveries)
         self.advisories_handled += 1
+        # Not settled (publishing the dead letter kept failing): the advisory comes back later.
+        await _quietly(advisory.ack() if settled else advisory.nak(delay=5.0))
 
     def _dropped_msg(self, raw: RawStreamMsg | None, stream_seq: int, deliveries: int) -> Msg:
         """A ``Msg`` standing for a dropped message: metadata set, no reply subject (nothing to settle)."""
