@@ -391,20 +391,9 @@ class Reconciler:
 
         for server in plan.to_record:
             await self._emit_node_created(row, server.id, server.name, server.role, flavors[server.role])
-        for server in plan.failed:
-            reason = server.fault or "the server went to ERROR without a fault message"
-            await self._emit(row, NodeFailed(
-                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, reason=reason,
-                node_name=server.name,
-            ), f"NodeFailed:{server.id}")
-        if plan.failed:
-            first = plan.failed[0]
-            return await self._create_failed(row, rc.node_failure_reason(first.name, first.fault))
-        for server in plan.became_active:
-            await self._emit(row, NodeBecameActive(
-                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, node_name=server.name,
-                role=server.role, addresses=server.addresses,  # type: ignore[arg-type]
-            ), f"NodeBecameActive:{server.id}")
+        failure = await self._emit_node_states(row, spec.project_id, plan.failed, plan.became_active)
+        if failure is not None:
+            return await self._create_failed(row, failure)
         if plan.complete:
             by_name = {s.name: s for s in servers}
             masters = [by_name[n.name].first_ip() or "" for n in desired if n.role == rc.MASTER]
@@ -480,6 +469,26 @@ class Reconciler:
         if first_error is not None:
             raise first_error
 
+    async def _emit_node_states(
+        self, row: store.ClusterRow, project_id: str, failed: Sequence[rc.ServerView],
+        became_active: Sequence[rc.ServerView],
+    ) -> str | None:
+        """NodeFailed for every server in ERROR and, when none is, NodeBecameActive for the servers that just
+        became ACTIVE. Returns the reason the pass fails (the first failed server's), or None."""
+        for server in failed:
+            await self._emit(row, NodeFailed(
+                cluster_id=row.uuid, project_id=project_id, server_id=server.id, node_name=server.name,
+                reason=server.fault or "the server went to ERROR without a fault message",
+            ), f"NodeFailed:{server.id}")
+        if failed:
+            return rc.node_failure_reason(failed[0].name, failed[0].fault)
+        for server in became_active:
+            await self._emit(row, NodeBecameActive(
+                cluster_id=row.uuid, project_id=project_id, server_id=server.id, node_name=server.name,
+                role=server.role, addresses=server.addresses,  # type: ignore[arg-type]
+            ), f"NodeBecameActive:{server.id}")
+        return None
+
     async def _emit_node_created(
         self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: Flavor,
         *, nodegroup: str | None = None,
@@ -552,19 +561,9 @@ class Reconciler:
                 cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
                 role=node.role,  # type: ignore[arg-type]
             ), f"NodeDeleted:{node.server_id}")
-        for server in plan.failed:
-            await self._emit(row, NodeFailed(
-                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, node_name=server.name,
-                reason=server.fault or "the server went to ERROR without a fault message",
-            ), f"NodeFailed:{server.id}")
-        if plan.failed:
-            first = plan.failed[0]
-            return await self._update_failed(row, rc.node_failure_reason(first.name, first.fault))
-        for server in plan.became_active:
-            await self._emit(row, NodeBecameActive(
-                cluster_id=row.uuid, project_id=spec.project_id, server_id=server.id, node_name=server.name,
-                role=server.role, addresses=server.addresses,  # type: ignore[arg-type]
-            ), f"NodeBecameActive:{server.id}")
+        failure = await self._emit_node_states(row, spec.project_id, plan.failed, plan.became_active)
+        if failure is not None:
+            return await self._update_failed(row, failure)
         if plan.complete:
             workers = [s.first_ip() or "" for s in sorted(servers, key=lambda s: s.name) if s.role == rc.WORKER]
             counts = {g.name: g.node_count for g in groups if g.present}
