@@ -18,7 +18,7 @@ from services.runtime import consumer as cmod
 from services.runtime import db
 from services.runtime import projection as pmod
 from services.runtime.bus import Bus
-from services.runtime.projection import Outgoing, Projection
+from services.runtime.projection import Outgoing, Projection, ProjectionHandler
 from tests.conftest import wait_for
 from tests.runtime.test_consumer import dlq_count
 
@@ -52,16 +52,26 @@ class Fixture:
             )
         ]
 
-    def projection(self, name: str | None = None) -> Projection:
+    def projection(
+        self,
+        name: str | None = None,
+        *,
+        handler: ProjectionHandler | None = None,
+        settings: ConsumerSettings = FAST,
+        inbox_pruning: pmod.InboxPruning | None = None,
+    ) -> Projection:
+        """A projection of this fixture's events into its schema (``handle`` unless another handler is given)."""
+        extra = {"inbox_pruning": inbox_pruning} if inbox_pruning is not None else {}
         return Projection(
             name=name or f"proj_{self.producer}",
             schema=self.schema,
             pool=self.pool,
             bus=self.bus,
-            handler=self.handle,
+            handler=handler or self.handle,
             filter_subjects=[f"cove.evt.{self.producer}.>"],
-            settings=FAST,
+            settings=settings,
             migrations_dir=MIGRATIONS,
+            **extra,
         )
 
     async def rows(self) -> list[tuple[object, ...]]:
@@ -259,18 +269,7 @@ async def test_event_dropped_after_ack_timeouts_moves_the_checkpoint_past_it(fx:
         return await fx.handle(env, tx)
 
     name = f"proj_{fx.producer}"
-    replicas = [
-        Projection(
-            name=name,
-            schema=fx.schema,
-            pool=fx.pool,
-            bus=fx.bus,
-            handler=handle,
-            filter_subjects=[f"cove.evt.{fx.producer}.>"],
-            settings=HANGS,
-        )
-        for _ in range(3)
-    ]
+    replicas = [fx.projection(name, handler=handle, settings=HANGS) for _ in range(3)]
     for p in replicas:
         await p.start()
     try:
@@ -333,16 +332,7 @@ async def _applied(fx: Fixture, p: Projection, count: int) -> dict[int, str]:
 
 
 async def test_inbox_pruning_keeps_recent_rows_and_the_last_keep_sequences(fx: Fixture) -> None:
-    p = Projection(
-        name=f"proj_{fx.producer}",
-        schema=fx.schema,
-        pool=fx.pool,
-        bus=fx.bus,
-        handler=fx.handle,
-        filter_subjects=[f"cove.evt.{fx.producer}.>"],
-        settings=FAST,
-        inbox_pruning=pmod.InboxPruning(keep=5, retention=3600, interval=None, batch=2, pause=0),
-    )
+    p = fx.projection(inbox_pruning=pmod.InboxPruning(keep=5, retention=3600, interval=None, batch=2, pause=0))
     await p.start()
     try:
         rows = await _applied(fx, p, 8)
@@ -370,16 +360,7 @@ async def test_inbox_pruning_keeps_recent_rows_and_the_last_keep_sequences(fx: F
 
 
 async def test_inbox_is_pruned_in_the_background(fx: Fixture) -> None:
-    p = Projection(
-        name=f"proj_{fx.producer}",
-        schema=fx.schema,
-        pool=fx.pool,
-        bus=fx.bus,
-        handler=fx.handle,
-        filter_subjects=[f"cove.evt.{fx.producer}.>"],
-        settings=FAST,
-        inbox_pruning=pmod.InboxPruning(keep=2, retention=60, interval=0.1, batch=2, pause=0),
-    )
+    p = fx.projection(inbox_pruning=pmod.InboxPruning(keep=2, retention=60, interval=0.1, batch=2, pause=0))
     await p.start()
     try:
         rows = await _applied(fx, p, 5)
@@ -478,14 +459,8 @@ async def test_poison_event_in_a_batch_is_dead_lettered_alone_and_nothing_is_los
             raise RuntimeError("cannot apply this one")
         return await fx.handle(env, tx)
 
-    p = Projection(
-        name=f"proj_{fx.producer}",
-        schema=fx.schema,
-        pool=fx.pool,
-        bus=fx.bus,
-        handler=handle,
-        filter_subjects=[f"cove.evt.{fx.producer}.>"],
-        settings=ConsumerSettings(ack_wait=5, max_deliver=3, backoff=(0.05,), fetch_timeout=0.2),
+    p = fx.projection(
+        handler=handle, settings=ConsumerSettings(ack_wait=5, max_deliver=3, backoff=(0.05,), fetch_timeout=0.2)
     )
     clusters = [str(uuid.uuid4()) for _ in range(6)]
     reasons = ["a", "b", "poison", "c", "d", "e"]
