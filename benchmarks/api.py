@@ -44,7 +44,7 @@ import aiohttp
 import uvloop
 
 from benchmarks import cpu
-from benchmarks.clusters import keystone_token
+from benchmarks.clusters import demo_with_unlimited_cloud_quotas
 from deploy.local.stack import SERVICES, LocalStack
 
 HEADERS = {"OpenStack-API-Version": "container-infra latest", "Accept": "application/json"}
@@ -150,25 +150,6 @@ def run_scenario(spec: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- the stack side
 
 
-async def _prepare(stack: LocalStack, templates: int, concurrency: int) -> dict[str, Any]:
-    """Tokens, the cloud's quotas lifted for the demo project, and ``templates`` cluster templates."""
-    demo = await keystone_token(stack.devcloud_url, "demo", "demo-pass", "demo")
-    admin = await keystone_token(stack.devcloud_url, "admin", "admin-pass", "admin")
-    async with aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a:
-        async with a.get(f"{stack.devcloud_url}/identity/v3/auth/tokens", headers={"X-Subject-Token": demo}) as r:
-            pid = (await r.json())["token"]["project"]["id"]
-        # the cloud's quotas are not what is measured here
-        async with a.put(f"{stack.devcloud_url}/compute/v2.1/os-quota-sets/{pid}",
-                         json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}}) as r:
-            assert r.status == 200, await r.text()
-        async with a.put(f"{stack.devcloud_url}/networking/v2.0/quotas/{pid}",
-                         json={"quota": {"network": -1, "subnet": -1, "port": -1, "router": -1,
-                                         "security_group": -1, "security_group_rule": -1,
-                                         "floatingip": -1}}) as r:
-            assert r.status == 200, await r.text()
-    return {"demo": demo, "project_id": pid}
-
-
 async def _settle(api: str, token: str, expected: int, limit: float) -> tuple[bool, float, dict[str, int]]:
     """Wait until none of the clusters is still being created (bounded). Returns (settled, seconds, by status)."""
     started = time.perf_counter()
@@ -232,9 +213,9 @@ def _cpu_groups(stack: LocalStack, load_pid: int) -> dict[str, list[int]]:
 
 
 def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Namespace) -> dict[str, Any]:
-    prep = asyncio.run(_prepare(stack, args.templates, args.concurrency))
+    demo, _ = asyncio.run(demo_with_unlimited_cloud_quotas(stack.devcloud_url))
     api = stack.api_url
-    headers = {**HEADERS, "X-Auth-Token": prep["demo"]}
+    headers = {**HEADERS, "X-Auth-Token": demo}
     base = {"headers": headers, "concurrency": args.concurrency}
     results: list[dict[str, Any]] = []
 
@@ -272,7 +253,7 @@ def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Nam
         raise RuntimeError(f"only {creates['ok']} of {args.clusters} clusters accepted: {creates['error_kinds']}")
     settled, waited, counts = True, 0.0, dict[str, int]()
     if args.full_stack:
-        settled, waited, counts = asyncio.run(_settle(api, prep["demo"], args.clusters, args.settle))
+        settled, waited, counts = asyncio.run(_settle(api, demo, args.clusters, args.settle))
         print(f"   provisioning {'settled' if settled else 'NOT settled'} after {waited:.1f} s: {counts}",
               flush=True)
     reads = {"duration": args.duration, "warmup": 0.5, "expect": 200, "method": "GET"}

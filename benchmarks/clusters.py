@@ -36,6 +36,25 @@ async def keystone_token(devcloud: str, user: str, password: str, project: str) 
         return r.headers["X-Subject-Token"]
 
 
+async def demo_with_unlimited_cloud_quotas(devcloud: str) -> tuple[str, str]:
+    """A token of the devcloud's ``demo`` user and its project id, after lifting the project's compute and network
+    quotas in the cloud (the cloud's quotas are not what a benchmark measures)."""
+    demo = await keystone_token(devcloud, "demo", "demo-pass", "demo")
+    admin = await keystone_token(devcloud, "admin", "admin-pass", "admin")
+    async with aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a:
+        async with a.get(f"{devcloud}/identity/v3/auth/tokens", headers={"X-Subject-Token": demo}) as r:
+            pid = (await r.json())["token"]["project"]["id"]
+        async with a.put(f"{devcloud}/compute/v2.1/os-quota-sets/{pid}",
+                         json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}}) as r:
+            assert r.status == 200, await r.text()
+        async with a.put(f"{devcloud}/networking/v2.0/quotas/{pid}",
+                         json={"quota": {"network": -1, "subnet": -1, "port": -1, "router": -1,
+                                         "security_group": -1, "security_group_rule": -1,
+                                         "floatingip": -1}}) as r:
+            assert r.status == 200, await r.text()
+    return demo, pid
+
+
 def summary(durations: list[float], elapsed: float) -> dict[str, Any]:
     durations.sort()
     return {
@@ -48,22 +67,10 @@ def summary(durations: list[float], elapsed: float) -> dict[str, Any]:
 
 
 async def run(stack: LocalStack, count: int, concurrency: int) -> dict[str, Any]:
-    demo = await keystone_token(stack.devcloud_url, "demo", "demo-pass", "demo")
+    demo, pid = await demo_with_unlimited_cloud_quotas(stack.devcloud_url)
     admin = await keystone_token(stack.devcloud_url, "admin", "admin-pass", "admin")
     api = stack.api_url
     async with aiohttp.ClientSession(headers={**HEADERS, "X-Auth-Token": demo}) as s:
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a:
-            async with s.get(f"{stack.devcloud_url}/identity/v3/auth/tokens",
-                             headers={"X-Subject-Token": demo}) as r:
-                pid = (await r.json())["token"]["project"]["id"]
-            # the cloud's quotas are not what is measured here
-            async with a.put(f"{stack.devcloud_url}/compute/v2.1/os-quota-sets/{pid}",
-                             json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}}) as r:
-                assert r.status == 200, await r.text()
-            async with a.put(f"{stack.devcloud_url}/networking/v2.0/quotas/{pid}",
-                             json={"quota": {"network": -1, "subnet": -1, "port": -1, "router": -1,
-                                             "security_group": -1, "security_group_rule": -1}}) as r:
-                assert r.status == 200, await r.text()
         template = {"name": "bench-k8s", "coe": "kubernetes", "image_id": "fedora-coreos",
                     "external_network_id": "public", "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny"}
         async with s.post(f"{api}/clustertemplates", json=template) as r:
