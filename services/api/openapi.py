@@ -80,7 +80,6 @@ _NODEGROUP: dict[str, Any] = {
     "labels_skipped": _LABELS, "node_labels": _LABELS, "node_taints": _nullable("array", items={"type": "object"}),
     "created_at": _TIME, "updated_at": _TIME,
 }
-_INT32_MAX = 2**31 - 1
 
 
 def _template_create() -> dict[str, Any]:
@@ -105,7 +104,7 @@ def _template_create() -> dict[str, Any]:
 
 _QUOTA_INPUT: dict[str, Any] = {
     "project_id": {"type": "string", "minLength": 1}, "resource": {"type": "string", "enum": ["Cluster"]},
-    "hard_limit": {"type": "integer", "minimum": 0, "maximum": _INT32_MAX},
+    "hard_limit": {"type": "integer", "minimum": 0, "maximum": validation.SQL_INT_MAX},
 }
 _QUOTA: dict[str, Any] = {"id": _NINT, "project_id": _STR, "resource": _STR, "hard_limit": _INT,
                           "created_at": _TIME, "updated_at": _TIME}

@@ -28,6 +28,7 @@ from services.api.keystone import AuthContext
 from services.api.middleware import KEYSTONE, base_url, context
 from services.api.resources.common import iso, json_body
 from services.api.store import Page
+from services.api.validation import SQL_INT_MAX
 
 log = structlog.get_logger(__name__)
 
@@ -35,9 +36,6 @@ routes = web.RouteTableDef()
 
 RESOURCES = ("Cluster",)
 MAGNUM_DEFAULT_LIMIT = 20
-MAX_HARD_LIMIT = 2**31 - 1
-"""hard_limit is an SQL integer here and in the scheduler (Magnum's column too): a larger one is a 400, never an
-accepted event that neither projection can store."""
 _MAX_ID = 2**63 - 1
 SORT_KEYS: dict[str, str] = {
     "id": "id",
@@ -160,9 +158,9 @@ def _hard_limit(value: Any) -> int:
     if limit < 0:
         raise bad_request(f"Invalid input for field/attribute hard_limit. Value: '{value}'. "
                           "Value should be greater or equal to 0")
-    if limit > MAX_HARD_LIMIT:
+    if limit > SQL_INT_MAX:  # an SQL integer here and in the scheduler, as every integer the API accepts
         raise bad_request(f"Invalid input for field/attribute hard_limit. Value: '{value}'. "
-                          f"Value should be lower or equal to {MAX_HARD_LIMIT}")
+                          f"Value should be lower or equal to {SQL_INT_MAX}")
     return limit
 
 
