@@ -306,12 +306,14 @@ async def test_a_drop_while_every_replica_is_down_is_dead_lettered_when_one_come
     await wait_for(lambda: sorted(hung) == [1, 2], timeout=10)
     for c in down:  # both die holding it (well within the 0.5 s ack_wait of the second delivery)
         await c.stop(timeout=0.01)
-    # The server acts on an expired ack wait when someone pulls: here a pull request from a replica that died
-    # right after sending it.
-    await asyncio.sleep(HANGS.ack_wait + 0.3)
-    await bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{durable}",
-                         json.dumps({"batch": 1, "expires": 3_000_000_000}).encode(), reply=bus.nc.new_inbox())
-    await wait_for(lambda: _dropped_advisory_stored(bus, durable), timeout=10)
+    # The server acts on an expired ack wait when someone pulls: here pull requests from a replica that died right
+    # after sending them (no_wait: each is answered at once and none lingers to take later messages).
+    async def pulled_and_dropped() -> bool:
+        await bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{durable}",
+                             json.dumps({"batch": 1, "no_wait": True}).encode(), reply=bus.nc.new_inbox())
+        return await _dropped_advisory_stored(bus, durable)
+
+    await wait_for(pulled_and_dropped, timeout=10)
     assert await dlq_count(bus, durable) == 0  # nobody was listening when it was dropped
 
     back = replica()
