@@ -241,13 +241,18 @@ async def create(request: web.Request) -> web.Response:
     if not await _project_exists(request, ctx, project_id):
         raise ApiError(404, f"Project {project_id} could not be found.")
     await _publish(request, QuotaCreated(project_id=project_id, resource=resource, hard_limit=hard_limit))
-    row = await get_quota(pool, project_id, resource)
     log.info("quota_created", project_id=project_id, resource=resource, hard_limit=hard_limit)
-    if row is None:  # the projection is behind: answer from the request
-        return web.json_response(
-            {"project_id": project_id, "resource": resource, "hard_limit": hard_limit}, status=201
-        )
-    return web.json_response(view(row), status=201)
+    return await _answer(pool, project_id, resource, hard_limit, 201)
+
+
+async def _answer(pool: asyncpg.Pool, project_id: str, resource: str, hard_limit: int, status: int) -> web.Response:
+    """The quota as the read model now has it; from the request when it is not there (the projection is behind,
+    or the quota was deleted meanwhile)."""
+    row = await get_quota(pool, project_id, resource)
+    if row is None:
+        return web.json_response({"project_id": project_id, "resource": resource, "hard_limit": hard_limit},
+                                 status=status)
+    return web.json_response(view(row), status=status)
 
 
 @routes.patch("/v1/quotas/{project_id}/{resource}")
@@ -262,13 +267,8 @@ async def update(request: web.Request) -> web.Response:
     if await get_quota(pool, project_id, resource) is None:
         raise ApiError(404, f"Quota for project {project_id} and resource {resource} could not be found.")
     await _publish(request, QuotaUpdated(project_id=project_id, resource=resource, hard_limit=hard_limit))
-    row = await get_quota(pool, project_id, resource)
     log.info("quota_updated", project_id=project_id, resource=resource, hard_limit=hard_limit)
-    if row is None:  # deleted meanwhile, or the projection is behind: answer from the request
-        return web.json_response(
-            {"project_id": project_id, "resource": resource, "hard_limit": hard_limit}, status=202
-        )
-    return web.json_response(view(row), status=202)
+    return await _answer(pool, project_id, resource, hard_limit, 202)
 
 
 @routes.delete("/v1/quotas/{project_id}/{resource}")
