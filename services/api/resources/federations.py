@@ -19,6 +19,7 @@ from services.api.app import POOL
 from services.api.errors import ApiError, bad_request
 from services.api.middleware import context
 from services.api.resources.common import json_body, one, require_read, require_write, scope_of
+from services.api.validation import reject_unknown
 
 routes = web.RouteTableDef()
 
@@ -56,9 +57,7 @@ async def create_federation(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise bad_request(f"Unknown attribute for argument federation: {', '.join(unknown)}")
+    reject_unknown(body, FIELDS, "federation")
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 242 or not _NAME.match(name)):
         raise bad_request(f"Invalid input for field/attribute name. Value: '{name}'.")
