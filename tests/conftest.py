@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import nats.errors
 import pytest
 import pytest_asyncio
 
@@ -45,6 +46,8 @@ from deploy.local.postgres import (
     fresh_database,
     server_answers,
 )
+from proto.envelope import Envelope, decode
+from services.runtime.bus import Bus
 
 __all__ = ["Devcloud", "drop_database", "free_port", "fresh_database", "wait_for"]
 
@@ -102,6 +105,22 @@ async def wait_for(
 
 
 # -- NATS ------------------------------------------------------------------------------------------------------
+
+
+async def stream_events(bus: Bus, subject_filter: str) -> list[Envelope]:
+    """Every event on ``subject_filter`` in the stream, in stream order (read until 0.3 s pass with nothing new)."""
+    sub = await bus.js.subscribe(subject_filter, ordered_consumer=True)
+    found: list[Envelope] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.3)
+            except (nats.errors.TimeoutError, TimeoutError):
+                return found
+            found.append(decode(msg.data))
+    finally:
+        await sub.unsubscribe()
+
 
 
 @pytest.fixture(scope="session")

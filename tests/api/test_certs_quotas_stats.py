@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats.errors
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from deploy.local.nats import NatsServer
 from proto import subjects
-from proto.envelope import Envelope, decode, new_envelope
+from proto.envelope import new_envelope
 from proto.events import (
     ClusterCAReplaced,
     ClusterCreateCompleted,
@@ -35,7 +34,7 @@ from services.runtime.bus import Bus
 from services.runtime.service import Service, ServiceConfig
 from services.scheduler.service import build_service as build_scheduler
 from tests.api.conftest import user_token
-from tests.conftest import Devcloud, drop_database, fresh_database, wait_for
+from tests.conftest import Devcloud, drop_database, fresh_database, stream_events, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -145,20 +144,6 @@ async def complete(stack: Stack, demo: Client, cid: str) -> dict[str, Any]:
     return await wait_for(done, timeout=10, message="CREATE_COMPLETE in the read model")
 
 
-async def events_on(bus: Bus, subject: str) -> list[Envelope]:
-    sub = await bus.js.subscribe(subject, ordered_consumer=True)
-    found: list[Envelope] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.3)
-            except (nats.errors.TimeoutError, TimeoutError):
-                return found
-            found.append(decode(msg.data))
-    finally:
-        await sub.unsubscribe()
-
-
 def make_csr(cn: str = "admin", org: str = "system:masters") -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
@@ -220,7 +205,7 @@ async def test_ca_show_sign_rotate(stack: Stack, demo: Client, template: dict[st
     status, signed = await demo.call("POST", "/certificates", {"cluster_uuid": cid, "csr": make_csr()})
     assert status == 201, signed
     assert issued_by(signed["pem"], new_ca) and not issued_by(signed["pem"], old_ca)
-    replaced = [e.payload for e in await events_on(stack.bus, subjects.cluster_events("certs", cid))
+    replaced = [e.payload for e in await stream_events(stack.bus, subjects.cluster_events("certs", cid))
                 if isinstance(e.payload, ClusterCAReplaced)]
     assert len(replaced) == 1 and replaced[0].ca_cert_pem == new_ca
 
@@ -357,7 +342,7 @@ async def test_credential_rotation_makes_a_new_trust(stack: Stack, demo: Client,
     assert status == 403 and "credential:rotate" in err["errors"][0]["detail"], err
     status, body = await demo.call("PATCH", f"/credentials/{cid}")
     assert status == 202 and body == {"uuid": cid}, body
-    found = [e.payload for e in await events_on(stack.bus, subjects.cluster_events("api", cid))]
+    found = [e.payload for e in await stream_events(stack.bus, subjects.cluster_events("api", cid))]
     original = next(p for p in found if isinstance(p, ClusterCreateRequested))
     rotated = [p for p in found if isinstance(p, ClusterTrustRotated)]
     assert len(rotated) == 1 and rotated[0].trust_id and rotated[0].trust_id != original.trust_id

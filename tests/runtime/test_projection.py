@@ -11,7 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from proto import subjects
-from proto.envelope import Envelope, decode, new_envelope
+from proto.envelope import Envelope, new_envelope
 from proto.events import ClusterCreateFailed, ClusterRejected
 from proto.streams import ConsumerSettings
 from services.runtime import consumer as cmod
@@ -19,7 +19,7 @@ from services.runtime import db
 from services.runtime import projection as pmod
 from services.runtime.bus import Bus
 from services.runtime.projection import Outgoing, Projection, ProjectionHandler
-from tests.conftest import wait_for
+from tests.conftest import stream_events, wait_for
 from tests.runtime.test_consumer import dlq_count
 
 pytestmark = pytest.mark.integration
@@ -88,17 +88,7 @@ class Fixture:
 
     async def outgoing(self) -> list[Envelope]:
         """Every event the projection published (read back from the stream)."""
-        sub = await self.bus.js.subscribe(f"cove.evt.{self.out_producer}.>", ordered_consumer=True)
-        found: list[Envelope] = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except TimeoutError:
-                    return found
-                found.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
+        return await stream_events(self.bus, f"cove.evt.{self.out_producer}.>")
 
 
 @pytest.fixture

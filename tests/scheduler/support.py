@@ -11,14 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import nats.errors
 
-from proto.envelope import Envelope, decode, new_envelope
+from proto.envelope import Envelope, new_envelope
 from proto.events import Event
 from services.runtime import db
 from services.runtime.bus import Bus
 from services.runtime.projection import Projection
 from services.runtime.service import Service, ServiceConfig
+from tests.conftest import stream_events
 
 
 class Harness:
@@ -48,17 +48,7 @@ class Harness:
 
     async def events(self, subject_filter: str) -> list[Envelope]:
         """Every event on ``subject_filter`` in the stream, in stream order."""
-        sub = await self.bus.js.subscribe(subject_filter, ordered_consumer=True)
-        found: list[Envelope] = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    return found
-                found.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
+        return await stream_events(self.bus, subject_filter)
 
     async def last_seq(self) -> int:
         info = await self.bus.js.stream_info("COVE_EVENTS")
