@@ -20,10 +20,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import openstack.config
 import pytest
@@ -31,9 +30,9 @@ from openstack import exceptions
 from openstack.connection import Connection
 
 from deploy.devcloud.process import Devcloud, start_devcloud, stop_devcloud
+from tests.devcloud.test_compute import poll
 
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
-T = TypeVar("T")
 WAIT = 20.0
 
 
@@ -89,15 +88,6 @@ def sdk(cloud: Devcloud, name: str) -> Connection:
     return Connection(config=config.get_one(cloud=name))
 
 
-def poll(predicate: Callable[[], T], message: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {message}")
-        time.sleep(0.05)
 
 
 def gone(get: Callable[[], Any]) -> bool:
@@ -306,21 +296,21 @@ def test_openstack_cli_smoke_run(smoke_cloud: Devcloud, tmp_path: Path) -> None:
     # -- a volume: create, attach, list, detach, delete ------------------------------------------------------
     v1 = osc(demo, "volume", "create", "--size", "1", "v1", "-f", "json")
     assert (v1["name"], v1["size"], v1["status"]) == ("v1", 1, "creating")
-    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "available", "v1 available")
+    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "available", timeout=WAIT, message="v1 available")
     attachment = osc(demo, "server", "add", "volume", "vm1", "v1", "-f", "json")
     assert (attachment["Server ID"], attachment["Volume ID"], attachment["Device"]) == (
         vm1["id"],
         v1["id"],
         "/dev/vdb",
     )
-    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "in-use", "v1 in-use")
+    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "in-use", timeout=WAIT, message="v1 in-use")
     volumes = rows(osc(demo, "volume", "list", "-f", "json"))
     assert volumes["v1"]["Status"] == "in-use"
     assert [(a["server_id"], a["device"]) for a in volumes["v1"]["Attached to"]] == [(vm1["id"], "/dev/vdb")]
     osc(demo, "server", "remove", "volume", "vm1", "v1")
-    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "available", "v1 detached")
+    poll(lambda: conn.block_storage.get_volume(v1["id"]).status == "available", timeout=WAIT, message="v1 detached")
     osc(demo, "volume", "delete", "v1")
-    poll(lambda: gone(lambda: conn.block_storage.get_volume(v1["id"])), "v1 deleted")
+    poll(lambda: gone(lambda: conn.block_storage.get_volume(v1["id"])), timeout=WAIT, message="v1 deleted")
 
     # -- a floating IP on the server (OSC finds the server's Neutron port by device_id) ----------------------
     fip = osc(demo, "floating", "ip", "create", "ext", "-f", "json")
