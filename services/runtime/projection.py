@@ -175,6 +175,7 @@ class Projection:
         self.inbox_pruning = inbox_pruning
         self._pruner: asyncio.Task[None] | None = None
         self.schema = db.ident(schema)
+        self._claim_sql = CLAIM_SQL.format(schema=self.schema)
         self.pool = pool
         self.bus = bus
         self.handler = handler
@@ -321,18 +322,12 @@ class Projection:
         written last (``_advance``), so a transaction hung in a handler holds no lock other replicas need."""
         ids = [env.id for env, _ in batch]
         seqs = [msg.metadata.sequence.stream for _, msg in batch]
-        claimed = {
-            row[0] for row in await conn.fetch(self._claim_sql, ids, self.name, seqs)
-        }
+        claimed = {row[0] for row in await conn.fetch(self._claim_sql, ids, self.name, seqs)}
         fresh = []
         for event_id in ids:
             fresh.append(event_id in claimed)
             claimed.discard(event_id)
         return fresh
-
-    @property
-    def _claim_sql(self) -> str:
-        return CLAIM_SQL.format(schema=self.schema)
 
     async def _apply_in(
         self, conn: asyncpg.Connection, env: Envelope, msg: Msg
