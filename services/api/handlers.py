@@ -6,6 +6,7 @@ read model does not show are ignored. The API publishes nothing from here: its w
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -58,11 +59,11 @@ async def _move(tx: asyncpg.Connection, uuid: str, event_type: str, at: datetime
 
 
 async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.insert_cluster(tx, e, env.occurred_at, status.CREATE_IN_PROGRESS)
+    await store.insert_clusters(tx, [(e, env.occurred_at)], status.CREATE_IN_PROGRESS)
 
 
 async def admitted(e: ev.ClusterAdmitted, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.update_cluster(tx, e.uuid, admission="admitted")  # no row (deleted since): changes nothing
+    await store.set_admission(tx, [e.uuid], "admitted")  # no row (deleted since): changes nothing
 
 
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
@@ -208,3 +209,31 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
         await apply(env.payload, env, tx)
     await ngprojection.apply(env, tx)
     return None
+
+
+ADMISSION_RUN = (ev.ClusterCreateRequested, ev.ClusterAdmitted)
+"""Event types a run of which is applied set-based (``handle_batch``): under load the stream interleaves new
+clusters' requests with the scheduler's decisions on earlier ones."""
+
+
+async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
+    """The API's batch handler: each run of consecutive ``ADMISSION_RUN`` events in a few statements (the
+    clusters and their default nodegroups inserted, then the decisions set), every other event with ``handle``.
+
+    Applying a run's requests before its decisions is what stream order does: a decision on a cluster is published
+    after its request was consumed, so it never precedes that request in the stream, and each request is for a new
+    cluster (published with expected_last_subject_seq=0), so it does not touch a row an earlier decision did."""
+    for batchable, group in itertools.groupby(envs, key=lambda env: isinstance(env.payload, ADMISSION_RUN)):
+        run = list(group)
+        if not batchable or len(run) == 1:
+            for env in run:
+                await handle(env, tx)
+            continue
+        requested = [(env.payload, env.occurred_at) for env in run if isinstance(env.payload, ev.ClusterCreateRequested)]
+        if requested:
+            await store.insert_clusters(tx, requested, status.CREATE_IN_PROGRESS)
+            await ngprojection.create_requested_many(requested, tx)
+        decided = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
+        if decided:
+            await store.set_admission(tx, decided, "admitted")
+    return [()] * len(envs)

@@ -45,11 +45,10 @@ async def _sync_node_count(tx: asyncpg.Connection, cluster_uuid: str) -> None:
         await store.set_node_count(tx, cluster_uuid, total)
 
 
-async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
-    """The default master and worker groups (the cluster's row was inserted just before, by handlers.py)."""
-    t, at = e.template, env.occurred_at
+def _default_groups(e: ev.ClusterCreateRequested, at: datetime) -> list[ev.NodeGroup]:
+    t = e.template
     labels = dict(e.labels) if e.labels else dict(t.labels)
-    await ngstore.insert_many(tx, [ev.NodeGroup(
+    return [ev.NodeGroup(
         uuid=ngstore.default_uuid(e.uuid, name), name=name, cluster_id=e.uuid, project_id=e.project_id,
         role=role, node_count=count, min_node_count=0, max_node_count=None, flavor_id=flavor,
         image_id=t.image_id, labels=labels, is_default=True, created_at=e.requested_at or at,
@@ -58,7 +57,20 @@ async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyn
         (ngstore.DEFAULT_MASTER, "master", e.master_count,
          e.master_flavor_id or t.master_flavor_id or e.flavor_id or t.flavor_id),
         (ngstore.DEFAULT_WORKER, "worker", e.node_count, e.flavor_id or t.flavor_id),
-    )], CREATE_IN_PROGRESS, at)
+    )]
+
+
+async def create_requested_many(
+    requested: list[tuple[ev.ClusterCreateRequested, datetime]], tx: asyncpg.Connection
+) -> None:
+    """The default master and worker groups of several new clusters (request, time it occurred; their rows were
+    inserted just before, by handlers.py), in one round trip."""
+    groups = [(ng, at) for e, at in requested for ng in _default_groups(e, at)]
+    await ngstore.insert_many(tx, groups, CREATE_IN_PROGRESS)
+
+
+async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    await create_requested_many([(e, env.occurred_at)], tx)
 
 
 async def create_completed(e: ev.ClusterCreateCompleted, env: Envelope, tx: asyncpg.Connection) -> None:

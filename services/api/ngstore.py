@@ -55,9 +55,10 @@ async def insert(conn: asyncpg.Connection, ng: NodeGroup, status: str, at: datet
     await conn.execute(_INSERT, *_row(ng, status, at))
 
 
-async def insert_many(conn: asyncpg.Connection, groups: list[NodeGroup], status: str, at: datetime) -> None:
-    """Several nodegroups in one round trip (asyncpg pipelines executemany)."""
-    await conn.executemany(_INSERT, [_row(ng, status, at) for ng in groups])
+async def insert_many(conn: asyncpg.Connection, groups: list[tuple[NodeGroup, datetime]], status: str) -> None:
+    """Several nodegroups (each with the time its event occurred) in one round trip (asyncpg pipelines
+    executemany)."""
+    await conn.executemany(_INSERT, [_row(ng, status, at) for ng, at in groups])
 
 
 async def find(conn: asyncpg.Connection | asyncpg.Pool, cluster_uuid: str, ident: str | None) -> asyncpg.Record | None:

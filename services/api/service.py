@@ -103,7 +103,7 @@ class ApiServer:
 
 def build_service(config: ServiceConfig) -> tuple[Service, ApiServer]:
     svc = Service(config, schema="api", migrations_dir=MIGRATIONS)
-    svc.add_projection(store.PROJECTION, handlers.handle, [subjects.EVENTS_ALL])
+    svc.add_projection(store.PROJECTION, handlers.handle, [subjects.EVENTS_ALL], batch_handler=handlers.handle_batch)
     server = ApiServer(config)
     svc.on_startup(server.start)
     svc.on_cleanup(server.stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -185,20 +186,21 @@ def spec_of(ev: ClusterCreateRequested) -> dict[str, Any]:
     }
 
 
-async def insert_cluster(conn: asyncpg.Connection, ev: ClusterCreateRequested, at: datetime, status: str) -> None:
-    await conn.execute(
+async def insert_clusters(
+    conn: asyncpg.Connection, created: Sequence[tuple[ClusterCreateRequested, datetime]], status: str
+) -> None:
+    """New clusters (request event, time it occurred) in one round trip (asyncpg pipelines executemany)."""
+    await conn.executemany(
         "INSERT INTO clusters (uuid, name, project_id, user_id, cluster_template_id, status, spec, stack_id,"
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
-        ev.uuid,
-        ev.name,
-        ev.project_id,
-        ev.user_id,
-        ev.template.uuid,
-        status,
-        json.dumps(spec_of(ev)),
-        ev.stack_id,
-        ev.requested_at or at,
+        [(ev.uuid, ev.name, ev.project_id, ev.user_id, ev.template.uuid, status, json.dumps(spec_of(ev)),
+          ev.stack_id, ev.requested_at or at) for ev, at in created],
     )
+
+
+async def set_admission(conn: asyncpg.Connection, uuids: Sequence[str], admission: str) -> None:
+    """The scheduler's decision on these clusters, in one statement (a uuid without a row changes nothing)."""
+    await conn.execute("UPDATE clusters SET admission = $2 WHERE uuid = ANY($1::text[])", list(uuids), admission)
 
 
 async def admission_of(conn: asyncpg.Connection | asyncpg.Pool, uuid: str) -> str | None:

@@ -39,7 +39,7 @@ from services.runtime.consumer import Consumer, Handler
 from services.runtime.health import HealthServer
 from services.runtime.heartbeat import Heartbeat
 from services.runtime.logging import configure_logging
-from services.runtime.projection import Projection, ProjectionHandler
+from services.runtime.projection import BatchProjectionHandler, Projection, ProjectionHandler
 from services.runtime.tracing import setup_tracing
 
 log = structlog.get_logger(__name__)
@@ -97,7 +97,9 @@ class Service:
         self.heartbeat: Heartbeat | None = None
         self.projections: list[Projection] = []
         self.consumers: list[Consumer] = []
-        self._projection_specs: list[tuple[str, ProjectionHandler, list[str], ConsumerSettings]] = []
+        self._projection_specs: list[
+            tuple[str, ProjectionHandler, list[str], ConsumerSettings, BatchProjectionHandler | None]
+        ] = []
         self._consumer_specs: list[tuple[str, Handler, list[str], ConsumerSettings, str]] = []
         self._rpc_specs: list[tuple[str, rpc.RpcHandler, str]] = []
         self._rpc_subs: list[Subscription] = []
@@ -115,9 +117,11 @@ class Service:
         handler: ProjectionHandler,
         filter_subjects: Sequence[str],
         settings: ConsumerSettings = DEFAULT_CONSUMER,
+        batch_handler: BatchProjectionHandler | None = None,
     ) -> None:
-        """An idempotent projection into this service's schema (requires ``schema`` and a database)."""
-        self._projection_specs.append((name, handler, list(filter_subjects), settings))
+        """An idempotent projection into this service's schema (requires ``schema`` and a database);
+        ``batch_handler`` applies several fresh events at once (``Projection``)."""
+        self._projection_specs.append((name, handler, list(filter_subjects), settings, batch_handler))
 
     def add_consumer(
         self,
@@ -161,7 +165,7 @@ class Service:
             raise RuntimeError(f"{self.name}: projections need COVE_DATABASE_URL and a schema")
         for hook in self._startup:
             await hook(self)
-        for name, handler, filters, settings in self._projection_specs:
+        for name, handler, filters, settings, batch_handler in self._projection_specs:
             assert self.pool is not None and self.schema is not None
             p = Projection(
                 name=name,
@@ -172,6 +176,7 @@ class Service:
                 filter_subjects=filters,
                 settings=settings,
                 migrations_dir=self.migrations_dir,
+                batch_handler=batch_handler,
             )
             await p.start()
             self.projections.append(p)

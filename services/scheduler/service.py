@@ -15,5 +15,5 @@ def build_service(config: ServiceConfig, *, schema: str = "scheduler", durable: 
     """``COVE_DEFAULT_CLUSTER_QUOTA`` (default 20) sets the limit of projects without a quota row."""
     handlers = Handlers(admission.default_quota_from_env(config.extra))
     svc = Service(config, schema=schema, migrations_dir=MIGRATIONS)
-    svc.add_projection(durable, handlers.handle, FILTER_SUBJECTS)
+    svc.add_projection(durable, handlers.handle, FILTER_SUBJECTS, batch_handler=handlers.handle_batch)
     return svc

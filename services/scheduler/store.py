@@ -2,96 +2,108 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 
-async def lock_project(tx: asyncpg.Connection, project_id: str) -> None:
-    """Serialise admissions of one project across scheduler replicas (held until the transaction ends)."""
-    await tx.execute("SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:' || $1))", project_id)
+async def lock_projects(tx: asyncpg.Connection, project_ids: Sequence[str]) -> None:
+    """Serialise admissions of these projects across scheduler replicas (held until the transaction ends); one
+    statement, locking in sorted order so that two replicas locking overlapping sets cannot deadlock."""
+    await tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:' || p)) FROM unnest($1::text[]) AS p",
+        sorted(set(project_ids)),
+    )
 
 
 @dataclass(frozen=True)
-class AdmissionFacts:
-    known: bool
-    """The cluster was seen before (a repeated request)."""
-    in_use: int
-    """Clusters counted against the project's quota (admitted and not yet deleted): one row of the counter a
-    trigger keeps in step with ``clusters`` (migration 0002), not a count over the project's clusters."""
-    quota_override: int | None
-    """The project's own limit, if an admin set one."""
+class RunFacts:
+    """What admitting requests and confirming decisions needs (``run_facts``)."""
+
+    decisions: dict[str, str | None]
+    """Every asked-for cluster the store knows, with its decision (None: known from another event only)."""
+    projects: dict[str, tuple[int, int | None]]
+    """Per asked-for project: the clusters counted against its quota (admitted and not yet deleted: one row of the
+    counter a trigger keeps in step with ``clusters``, migration 0002, not a count over the project's clusters), and
+    its own limit if an admin set one."""
 
 
-async def admission_facts(
-    tx: asyncpg.Connection, cluster_id: str, project_id: str, resource: str = "Cluster"
-) -> AdmissionFacts:
-    """What an admission decision needs, in one round trip. Run it AFTER ``lock_project`` (in its own statement:
-    a statement's snapshot is taken when it starts, so reads in the locking statement could predate the lock)."""
-    row = await tx.fetchrow(
-        "SELECT EXISTS (SELECT 1 FROM clusters WHERE cluster_id = $1) AS known,"
-        " (SELECT clusters FROM project_usage WHERE project_id = $2) AS in_use,"
-        " (SELECT hard_limit FROM quotas WHERE project_id = $2 AND resource = $3) AS quota_override",
-        cluster_id,
-        project_id,
+async def run_facts(
+    tx: asyncpg.Connection, cluster_ids: Sequence[str], project_ids: Sequence[str], resource: str = "Cluster"
+) -> RunFacts:
+    """The facts for these clusters and projects, in one round trip. Run it AFTER ``lock_projects`` (in its own
+    statement: a statement's snapshot is taken when it starts, so reads in the locking statement could predate the
+    lock)."""
+    rows = await tx.fetch(
+        "SELECT true AS is_cluster, cluster_id AS key, decision, NULL::integer AS in_use, NULL::integer AS limit_"
+        " FROM clusters WHERE cluster_id = ANY($1::text[])"
+        " UNION ALL"
+        " SELECT false, p, NULL, (SELECT clusters FROM project_usage WHERE project_id = p),"
+        " (SELECT hard_limit FROM quotas WHERE project_id = p AND resource = $3) FROM unnest($2::text[]) AS p",
+        list(cluster_ids),
+        list(set(project_ids)),
         resource,
     )
-    override = row["quota_override"]
-    return AdmissionFacts(bool(row["known"]), int(row["in_use"] or 0), None if override is None else int(override))
+    decisions: dict[str, str | None] = {}
+    projects: dict[str, tuple[int, int | None]] = {}
+    for row in rows:
+        if row["is_cluster"]:
+            decisions[row["key"]] = row["decision"]
+        else:
+            limit = row["limit_"]
+            projects[row["key"]] = (int(row["in_use"] or 0), None if limit is None else int(limit))
+    return RunFacts(decisions, projects)
 
 
-async def record_request(
-    tx: asyncpg.Connection,
-    *,
-    cluster_id: str,
-    project_id: str,
-    name: str | None,
-    master_count: int,
-    node_count: int,
-    requested_at: datetime,
-    decision: str,
-    reason: str | None,
-) -> None:
+@dataclass(frozen=True)
+class Request:
     """A new cluster and the decision taken on it now (the decision event later confirms it)."""
-    await tx.execute(
+
+    cluster_id: str
+    project_id: str
+    name: str | None
+    master_count: int
+    node_count: int
+    requested_at: datetime
+    decision: str
+    reason: str | None
+
+
+async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -> None:
+    """New clusters with the decisions taken on them, in one round trip (asyncpg pipelines executemany)."""
+    await tx.executemany(
         "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
         " reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        cluster_id,
-        project_id,
-        name,
-        master_count,
-        node_count,
-        requested_at,
-        decision,
-        reason,
+        [(r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason)
+         for r in requests],
     )
 
 
-async def record_decision(
-    tx: asyncpg.Connection,
-    *,
-    cluster_id: str,
-    project_id: str,
-    decision: str,
-    reason: str | None,
-    decided_at: datetime,
-    master_count: int | None = None,
-    node_count: int | None = None,
-) -> None:
-    """The published decision is the fact: it overrides what a replay may have re-decided differently."""
-    await tx.execute(
+@dataclass(frozen=True)
+class Decided:
+    """A published decision (``ClusterAdmitted`` / ``ClusterRejected``)."""
+
+    cluster_id: str
+    project_id: str
+    decision: str
+    reason: str | None
+    decided_at: datetime
+    master_count: int | None = None
+    node_count: int | None = None
+
+
+async def record_decisions(tx: asyncpg.Connection, decided: Sequence[Decided]) -> None:
+    """The published decision is the fact: it overrides what a replay may have re-decided differently. Several in
+    one round trip."""
+    await tx.executemany(
         "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count)"
         " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1))"
         " ON CONFLICT (cluster_id) DO UPDATE SET decision = EXCLUDED.decision, reason = EXCLUDED.reason,"
         " decided_at = EXCLUDED.decided_at",
-        cluster_id,
-        project_id,
-        decision,
-        reason,
-        decided_at,
-        master_count,
-        node_count,
+        [(d.cluster_id, d.project_id, d.decision, d.reason, d.decided_at, d.master_count, d.node_count)
+         for d in decided],
     )
 
 
