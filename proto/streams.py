@@ -107,9 +107,11 @@ def dropped_consumer_config(durable: str, stream: str, ack_wait: float = 30.0) -
 class ConsumerSettings:
     """Delivery settings for a durable pull consumer.
 
-    ``backoff`` drives both the server's redelivery after an ack timeout and the consumer's ``nak`` delay
-    after a handler error (delivery n waits ``backoff[min(n-1, len-1)]``). After ``max_deliver`` deliveries
-    the message is dead-lettered.
+    ``ack_wait`` is how long every delivery may stay unacknowledged before the server hands the message out again
+    (the holder is taken as dead). ``backoff`` is the consumer's ``nak`` delay after a handler error (delivery n
+    waits ``backoff[min(n-1, len-1)]``); it is NOT given to the server, whose BackOff would replace ``ack_wait``
+    (the first delivery's ack wait becomes BackOff[0]: with (1, 5, ...) a message still queued behind a batch after
+    one second would be delivered again). After ``max_deliver`` deliveries the message is dead-lettered.
     """
 
     ack_wait: float = 30.0
@@ -145,7 +147,6 @@ class ConsumerSettings:
             policy, opt = DeliverPolicy.BY_START_SEQUENCE, start_seq
         else:
             policy, opt = DeliverPolicy.ALL, None
-        server_backoff = list(self.backoff) if self.backoff and self.max_deliver > len(self.backoff) else None
         cfg = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -153,7 +154,6 @@ class ConsumerSettings:
             opt_start_seq=opt,
             ack_wait=self.ack_wait,
             max_deliver=self.max_deliver,
-            backoff=server_backoff,
             max_ack_pending=self.max_ack_pending,
         )
         if len(filter_subjects) == 1:

@@ -229,11 +229,13 @@ async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Seq
             for env in run:
                 await handle(env, tx)
             continue
-        requested = [(env.payload, env.occurred_at) for env in run if isinstance(env.payload, ev.ClusterCreateRequested)]
+        requested: list[tuple[ev.ClusterCreateRequested, datetime]] = [
+            (env.payload, env.occurred_at) for env in run if isinstance(env.payload, ev.ClusterCreateRequested)
+        ]
         if requested:
             await store.insert_clusters(tx, requested, status.CREATE_IN_PROGRESS)
             await ngprojection.create_requested_many(requested, tx)
-        decided = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
+        decided: list[str] = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
         if decided:
             await store.set_admission(tx, decided, "admitted")
     return [()] * len(envs)

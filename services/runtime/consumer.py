@@ -14,7 +14,6 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo, RawStreamMsg
 from opentelemetry import trace
 
@@ -23,6 +22,7 @@ from proto.envelope import Envelope, MalformedMessage, decode
 from proto.streams import DEFAULT_CONSUMER, ConsumerSettings, dropped_consumer_config
 from services.runtime import metrics, tracing
 from services.runtime.bus import Bus
+from services.runtime.pull import PullFeed
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class Consumer:
         self.stream = stream
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._feed: PullFeed | None = None
         self._advisories: Subscription | None = None
         self.last_error: str | None = None
         self.advisories_handled = 0
@@ -155,7 +155,8 @@ class Consumer:
         # Listen before fetching. The advisories are kept in a stream and reach one replica each through a durable
         # queue group, so a drop while every replica was down is acted on when one comes back.
         self._advisories = await self._subscribe_dropped()
-        self._sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._feed = PullFeed(self.bus.nc, stream=self.stream, durable=self.durable, batch=self.settings.fetch_batch)
+        await self._feed.start()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
         log.info("consumer_started", consumer=self.durable, filter_subjects=self.filter_subjects)
 
@@ -168,12 +169,15 @@ class Consumer:
             except TimeoutError:
                 self._task.cancel()
             self._task = None
-        if self._sub is not None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            left: list[Msg] = []
             try:
-                await self._sub.unsubscribe()
+                left = await feed.stop()
             except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 pass
-            self._sub = None
+            for msg in left:
+                await _quietly(msg.nak())
         if self._advisories is not None:
             try:
                 await self._advisories.unsubscribe()
@@ -183,11 +187,13 @@ class Consumer:
         log.info("consumer_stopped", consumer=self.durable)
 
     async def _run(self) -> None:
-        assert self._sub is not None
+        assert self._feed is not None
         failures = 0
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self.settings.fetch_batch, timeout=self.settings.fetch_timeout)
+                msgs = await self._feed.next_batch(self.settings.fetch_timeout)
+                if not msgs:
+                    continue
             except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
