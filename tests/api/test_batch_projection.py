@@ -1,0 +1,200 @@
+"""The API projection's batch handler against its per-event handler, on real PostgreSQL with the API's migrations.
+
+``handle_batch`` inserts a run's new clusters and their default nodegroups set-based and then sets the run's
+admissions in one statement; it must leave the read model exactly as ``handle`` applied one event at a time in
+stream order. One stream is applied both ways into fresh schemas and every table is compared, all columns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from proto.envelope import Envelope, new_envelope
+from proto.events import (
+    ClusterAdmitted,
+    ClusterCreateRequested,
+    ClusterDeleteCompleted,
+    ClusterDeleteRequested,
+    ClusterRejected,
+    ClusterTemplate,
+    ClusterTemplateCreated,
+    Event,
+)
+from services.api import handlers
+from services.api.service import MIGRATIONS
+from tests.scheduler.test_admission_run import Schemas, snapshot
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+PROJECT = "p-batch"
+
+
+class Stream:
+    """Stream-ordered envelopes, one second apart (every recorded time tells which event set it)."""
+
+    def __init__(self) -> None:
+        self.envs: list[Envelope] = []
+
+    def add(self, payload: Event, cluster: str | None = None) -> None:
+        self.envs.append(
+            new_envelope(
+                payload,
+                project_id=PROJECT,
+                cluster_id=cluster,
+                occurred_at=T0 + timedelta(seconds=len(self.envs)),
+            )
+        )
+
+    def template(self, name: str, **fields: Any) -> ClusterTemplate:
+        t = ClusterTemplate(
+            uuid=str(uuid.uuid4()),
+            name=name,
+            project_id=PROJECT,
+            user_id="u",
+            image_id=f"img-{name}",
+            created_at=T0,
+            **fields,
+        )
+        self.add(ClusterTemplateCreated(template=t))
+        return t
+
+    def request(self, name: str, template: ClusterTemplate, **fields: Any) -> ClusterCreateRequested:
+        req = ClusterCreateRequested(
+            uuid=str(uuid.uuid4()), name=name, project_id=PROJECT, user_id="u", template=template, **fields
+        )
+        self.add(req, req.uuid)
+        return req
+
+    def admitted(self, req: ClusterCreateRequested) -> None:
+        self.add(
+            ClusterAdmitted(
+                uuid=req.uuid,
+                project_id=PROJECT,
+                master_count=req.master_count,
+                node_count=req.node_count,
+                name=req.name,
+            ),
+            req.uuid,
+        )
+
+
+def story() -> tuple[Stream, dict[str, ClusterCreateRequested]]:
+    """Templates, requests of several shapes interleaved with the scheduler's decisions on earlier ones (the runs
+    the batch handler applies set-based), a rejection, deletes in between, a repeated request and a decision that
+    arrives after its cluster is gone."""
+    s = Stream()
+    t1 = s.template(
+        "t1",
+        labels={"kube_tag": "v1.27"},
+        flavor_id="m1.small",
+        master_flavor_id="m1.medium",
+        docker_volume_size=5,
+    )
+    c: dict[str, ClusterCreateRequested] = {}
+    c["c1"] = s.request("c1", t1)
+    t2 = s.template("t2", flavor_id="m1.large")
+    c["c2"] = s.request("c2", t1, master_count=3, node_count=4, labels={"a": "b"}, flavor_id="m1.xlarge")
+    c["c3"] = s.request("c3", t2, node_count=2)
+    s.admitted(c["c1"])
+    c["c4"] = s.request(
+        "c4",
+        t2,
+        master_count=5,
+        node_count=0,
+        labels={"x": "y"},
+        docker_volume_size=20,
+        master_flavor_id="m1.tiny",
+    )
+    s.admitted(c["c2"])
+    c["c5"] = s.request("c5", t1, node_count=3, requested_at=T0 - timedelta(hours=1), keypair="kp")
+    s.add(ClusterRejected(uuid=c["c3"].uuid, project_id=PROJECT, reason="quota exceeded"), c["c3"].uuid)
+    s.admitted(c["c4"])
+    c["c6"] = s.request("c6", t2, master_count=1, node_count=6)
+    c["c7"] = s.request("c7", t1)
+    s.add(ClusterDeleteRequested(uuid=c["c2"].uuid, project_id=PROJECT), c["c2"].uuid)
+    s.admitted(c["c5"])
+    # the same cluster asked for again (other counts): ignored
+    s.add(msgspec.structs.replace(c["c6"], node_count=9), c["c6"].uuid)
+    s.admitted(c["c6"])
+    s.add(ClusterDeleteRequested(uuid=c["c7"].uuid, project_id=PROJECT), c["c7"].uuid)
+    s.admitted(c["c7"])  # decided after its delete was asked for
+    c["c8"] = s.request("c8", t2)
+    s.add(ClusterDeleteCompleted(uuid=c["c8"].uuid, project_id=PROJECT), c["c8"].uuid)
+    s.admitted(c["c8"])  # the cluster is gone: changes nothing
+    c["c9"] = s.request("c9", t1, labels={"only": "mine"})
+    s.admitted(c["c9"])
+    return s, c
+
+
+@pytest.fixture
+async def schemas(database_url: str) -> AsyncIterator[Schemas]:
+    made = Schemas(database_url, "api_run")
+    yield made
+    await made.close()
+
+
+@pytest.mark.parametrize(
+    "size", [None, 2, 3, 5], ids=["whole-stream", "batches-of-2", "batches-of-3", "batches-of-5"]
+)
+async def test_batch_leaves_the_read_model_exactly_as_one_by_one(schemas: Schemas, size: int | None) -> None:
+    stream, c = story()
+    envs = stream.envs
+    sequential_pool, batched_pool = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    for env in envs:
+        async with sequential_pool.acquire() as conn, conn.transaction():
+            await handlers.handle(env, conn)
+    size = size or len(envs)
+    for start in range(0, len(envs), size):
+        batch = envs[start : start + size]
+        async with batched_pool.acquire() as conn, conn.transaction():
+            # As Projection._handle_fresh does: more than one event through the batch handler.
+            if len(batch) > 1:
+                assert len(await handlers.handle_batch(batch, conn)) == len(batch)
+            else:
+                await handlers.handle(batch[0], conn)
+
+    # Every table, every column. The bigserial ids (clusters.id, nodegroups.id, cluster_templates.id) are compared
+    # too: each schema is new, so they count from 1, and they are Magnum's integer ids and default sort key, so
+    # the batch path must insert in stream order.
+    expected = await snapshot(sequential_pool)
+    assert await snapshot(batched_pool) == expected
+
+    # The reference itself is what the story says, so the comparison is not between two empty tables.
+    clusters = {row["name"]: row for row in expected["clusters"]}
+    assert {name: (row["status"], row["admission"]) for name, row in clusters.items()} == {
+        "c1": ("CREATE_IN_PROGRESS", "admitted"),
+        "c2": ("DELETE_IN_PROGRESS", "admitted"),
+        "c3": ("CREATE_FAILED", "rejected"),
+        "c4": ("CREATE_IN_PROGRESS", "admitted"),
+        "c5": ("CREATE_IN_PROGRESS", "admitted"),
+        "c6": ("CREATE_IN_PROGRESS", "admitted"),
+        "c7": ("DELETE_IN_PROGRESS", "admitted"),
+        "c9": ("CREATE_IN_PROGRESS", "admitted"),
+    }
+    assert [row["name"] for row in sorted(expected["clusters"], key=lambda row: row["id"])] == [
+        "c1",
+        "c2",
+        "c3",
+        "c4",
+        "c5",
+        "c6",
+        "c7",
+        "c9",
+    ]
+    groups = {(row["cluster_uuid"], row["name"]): row for row in expected["nodegroups"]}
+    assert len(groups) == 2 * 8
+    for name, req in c.items():
+        if name == "c8":
+            continue
+        master, worker = groups[(req.uuid, "default-master")], groups[(req.uuid, "default-worker")]
+        assert (master["node_count"], worker["node_count"]) == (req.master_count, req.node_count)
+    assert groups[(c["c3"].uuid, "default-worker")]["status"] == "CREATE_FAILED"
+    assert groups[(c["c1"].uuid, "default-worker")]["status"] == "CREATE_IN_PROGRESS"
+    assert len(expected["cluster_templates"]) == 2
