@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from benchmarks import cpu
+from benchmarks import cpu, http1
 from benchmarks.clusters import demo_with_unlimited_cloud_quotas
 from deploy.local.stack import SERVICES, LocalStack
 
@@ -70,7 +70,6 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] | None = spec.get("body")
     # The JSON text once; each request only substitutes its index (the load should cost the shared cores little).
     body_text = json.dumps(body) if body is not None else None
-    json_headers = {"Content-Type": "application/json"}
     expect: int = spec["expect"]
     count: int | None = spec.get("count")
     concurrency: int = spec["concurrency"]
@@ -79,24 +78,24 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     created: list[str] = []
     bytes_read = 0
     next_index = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(headers=spec["headers"], connector=connector) as session:
+    base = urls[0][: urls[0].index("/", urls[0].index("//") + 2)]
+    connections = [http1.Connection(base, spec["headers"]) for _ in range(concurrency)]
+    try:
         # Warm up: the connections, and the API's token cache (the first request validates the token).
         warm_until = time.perf_counter() + spec.get("warmup", 0.0)
 
-        async def warm() -> None:
+        async def warm(conn: http1.Connection) -> None:
             while time.perf_counter() < warm_until:
-                async with session.get(spec.get("warm_url") or urls[0]) as r:
-                    await r.read()
+                await conn.request("GET", spec.get("warm_url") or urls[0])
 
         if spec.get("warmup"):
-            await asyncio.gather(*(warm() for _ in range(concurrency)))
+            await asyncio.gather(*(warm(conn) for conn in connections))
         # CPU of every process of the machine under test, from here (after the warm-up) to the last answer.
         cpu_before = cpu.snapshot(spec["cpu_groups"])
         started = time.perf_counter()
         deadline = started + spec["duration"]
 
-        async def worker() -> None:
+        async def worker(conn: http1.Connection) -> None:
             nonlocal next_index, bytes_read
             while time.perf_counter() < deadline:
                 i = next_index
@@ -107,11 +106,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 payload = body_text.replace("{i}", str(i)).encode() if body_text is not None else None
                 t = time.perf_counter()
                 try:
-                    async with session.request(method, url, data=payload,
-                                               headers=json_headers if payload is not None else None) as r:
-                        data = await r.read()
-                        status = r.status
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status, data = await conn.request(method, url, payload)
+                except (OSError, asyncio.IncompleteReadError, http1.HttpError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                     continue
                 latencies.append(time.perf_counter() - t)
@@ -121,9 +117,12 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
                 elif spec.get("collect_uuid"):
                     created.append(json.loads(data)["uuid"])
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(conn) for conn in connections))
         elapsed = time.perf_counter() - started
         cpu_after = cpu.snapshot(spec["cpu_groups"])
+    finally:
+        for conn in connections:
+            await conn.close()
     latencies.sort()
     ok = len(latencies) - sum(v for k, v in errors.items() if k.isdigit())
     return {
