@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from services.api import openapi, policy
-from services.api.freshness import ReadCache
+from services.api.freshness import ReadCache, TemplateCache
 from services.api.keystone import Keystone
 from services.api.middleware import KEYSTONE, MIDDLEWARES
 from services.api.writer import Writer
@@ -25,10 +25,12 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 WRITER = web.AppKey("writer", Writer)
 SETTINGS = web.AppKey("settings", Settings)
 READ_CACHE = web.AppKey("read_cache", ReadCache)
+TEMPLATES = web.AppKey("template_cache", TemplateCache)
 
 
 def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None,
-              read_cache: ReadCache | None = None) -> web.Application:
+              read_cache: ReadCache | None = None, template_cache: TemplateCache | None = None
+              ) -> web.Application:
     from services.api.resources import (
         certificates,
         clusters,
@@ -47,6 +49,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app[KEYSTONE] = keystone
     app[SETTINGS] = settings or Settings()
     app[READ_CACHE] = read_cache or ReadCache(None)
+    app[TEMPLATES] = template_cache or TemplateCache(None)
     app[policy.POLICY] = policy.load()
     app.add_routes(root.routes)
     app.add_routes(openapi.routes)

@@ -8,7 +8,10 @@ LISTENs on a connection of its own and
 * wakes a cluster create waiting for the scheduler's decision (``wait_admission``),
 * versions the read cache (``ReadCache``): a cached response is served only while the checkpoint it was built
   at is still the latest one this process heard of; any applied event invalidates it. A writer that waited for
-  its sequence has heard of it, so a read after a write never sees a response cached before that write.
+  its sequence has heard of it, so a read after a write never sees a response cached before that write;
+* versions the template cache (``TemplateCache``) by ``NOTIFY cove_api_templates`` (migration 0007), sent by the
+  transaction that changed a template before the one for its checkpoint: a cluster create after a template
+  change this process waited for never uses the template as it was before.
 
 When the LISTEN connection is down (``live`` is False) nothing is cached and waits fall back to polling the
 checkpoint table; on reconnection the checkpoint is read again before anything is trusted.
@@ -26,10 +29,14 @@ from typing import Any
 import asyncpg
 import structlog
 
+from proto.events import ClusterTemplate
+from services.api.store import Scope, find_templates
+
 log = structlog.get_logger(__name__)
 
 APPLIED_CHANNEL = "cove_api_applied"
 ADMISSION_CHANNEL = "cove_api_admission"
+TEMPLATES_CHANNEL = "cove_api_templates"
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Freshness:
     admission_wakeups: int = 0
     epoch: int = 0
     """Bumped whenever ``live`` is lost, so a cache entry from before an outage is never served after it."""
+    template_changes: int = 0
+    """Transactions that changed templates this process heard of (``TemplateCache``)."""
 
     async def start(self) -> None:
         try:
@@ -70,6 +79,7 @@ class Freshness:
         try:
             await conn.add_listener(APPLIED_CHANNEL, self._on_applied)
             await conn.add_listener(ADMISSION_CHANNEL, self._on_admission)
+            await conn.add_listener(TEMPLATES_CHANNEL, self._on_templates)
             conn.add_termination_listener(self._on_terminated)
             seq = await conn.fetchval("SELECT stream_seq FROM checkpoint WHERE consumer = $1", self.consumer)
         except BaseException:
@@ -87,6 +97,7 @@ class Freshness:
         with contextlib.suppress(Exception):
             await conn.remove_listener(APPLIED_CHANNEL, self._on_applied)
             await conn.remove_listener(ADMISSION_CHANNEL, self._on_admission)
+            await conn.remove_listener(TEMPLATES_CHANNEL, self._on_templates)
         with contextlib.suppress(Exception):
             await self.pool.release(conn)
 
@@ -149,6 +160,9 @@ class Freshness:
             if not fut.done():
                 fut.set_result(decision or None)
                 self.admission_wakeups += 1
+
+    def _on_templates(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self.template_changes += 1
 
     # ------------------------------------------------------------------ waiting
 
@@ -274,3 +288,42 @@ class ReadCache:
 
 class _LeaderGone(Exception):
     """The request building a shared body was cancelled."""
+
+
+@dataclass
+class TemplateCache:
+    """Template lookups (``store.find_templates``) kept until a template changes: a cluster create then costs no
+    query for its template. Valid while ``freshness`` is live and has heard of no template change (nor lost its
+    connection) since the lookup started; without a live ``freshness`` every lookup queries. The templates handed
+    out are shared: callers must not change them."""
+
+    freshness: Freshness | None
+    max_entries: int = 1024
+    _entries: OrderedDict[Hashable, tuple[tuple[int, int], list[ClusterTemplate]]] = field(
+        default_factory=OrderedDict)
+    hits: int = 0
+    misses: int = 0
+
+    def version(self) -> tuple[int, int] | None:
+        f = self.freshness
+        if f is None or not f.live:
+            return None
+        return (f.epoch, f.template_changes)
+
+    async def find(self, pool: asyncpg.Pool, scope: Scope, ident: str, *, include_hidden: bool = False
+                   ) -> list[ClusterTemplate]:
+        key = (scope, ident, include_hidden)
+        version = self.version()  # read BEFORE querying: a change committed meanwhile makes the result stale
+        found = self._entries.get(key)
+        if version is not None and found is not None and found[0] == version:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        templates = await find_templates(pool, scope, ident, include_hidden=include_hidden)
+        if version is not None and version == self.version():
+            self._entries[key] = (version, templates)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return templates

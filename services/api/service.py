@@ -23,7 +23,7 @@ from aiohttp import web
 from proto import subjects
 from services.api import handlers, store
 from services.api.app import Settings, build_app
-from services.api.freshness import Freshness, ReadCache
+from services.api.freshness import Freshness, ReadCache, TemplateCache
 from services.api.keystone import Keystone, ServiceCredentials
 from services.api.writer import Writer
 from services.runtime import db
@@ -73,7 +73,7 @@ class ApiServer:
             server_settings={"search_path": "api, public", "application_name": "cove-api-read"},
         )
         app = build_app(pool=self.read_pool, writer=writer, keystone=self.keystone, settings=self.settings,
-                        read_cache=ReadCache(self.freshness))
+                        read_cache=ReadCache(self.freshness), template_cache=TemplateCache(self.freshness))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.requested_port)

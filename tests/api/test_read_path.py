@@ -14,7 +14,7 @@ import pytest
 from proto import subjects
 from proto.events import ClusterAdmitted
 from services.api import store
-from services.api.app import READ_CACHE
+from services.api.app import READ_CACHE, TEMPLATES
 from services.api.freshness import APPLIED_CHANNEL, Freshness, ReadCache
 from tests.api.conftest import RunningApi, user_token
 from tests.api.test_api_integration import Client, publish
@@ -255,3 +255,45 @@ async def test_a_rewound_checkpoint_invalidates_everything_cached() -> None:
     assert not waiting.done()
     f._on_applied(None, 0, APPLIED_CHANNEL, "api 10")
     assert await waiting is True
+
+
+async def test_cluster_creates_use_the_cached_template_until_it_changes(api: RunningApi, demo: Client) -> None:
+    """The template a create looks up is cached per process and dropped when a template changes (NOTIFY at commit):
+    a create right after a template PATCH or delete that this process waited for sees the change. (A template in
+    use cannot change, so the lookups before the change are creates refused after the lookup: master_count 3 needs
+    a load balancer.)"""
+    freshness = api.server.freshness
+    assert freshness is not None
+    await wait_for(lambda: freshness.live, timeout=10, message="listening")
+    runner = api.server._runner
+    assert runner is not None
+    cache = runner.app[TEMPLATES]
+    status, t, _ = await demo.call("POST", "/v1/clustertemplates",
+                                   {**_template(f"tc-{uuid.uuid4().hex[:6]}"), "labels": {"kube_tag": "v1"}})
+    assert status == 201, t
+    refused = {"name": "never", "cluster_template_id": t["name"], "master_count": 3, "node_count": 1}
+    status, body, _ = await demo.call("POST", "/v1/clusters", refused, headers=LATEST)
+    assert status == 400 and "master_count must be 1" in body["errors"][0]["detail"], body
+    hits = cache.hits
+    status, body, _ = await demo.call("POST", "/v1/clusters", refused, headers=LATEST)
+    assert status == 400, body
+    assert cache.hits == hits + 1, "the second lookup was answered from the cache"
+    changes = freshness.template_changes
+    status, patched, _ = await demo.call(
+        "PATCH", f"/v1/clustertemplates/{t['uuid']}", [{"op": "replace", "path": "/labels", "value": {"kube_tag": "v2"}}])
+    assert status == 200, patched
+    assert freshness.template_changes > changes, "the PATCH's commit was heard of before the PATCH answered"
+    status, body, _ = await demo.call("POST", "/v1/clusters", {**refused, "master_count": 1}, headers=LATEST)
+    assert status == 202, body
+    status, shown, _ = await demo.call("GET", f"/v1/clusters/{body['uuid']}", headers=LATEST)
+    assert status == 200 and shown["labels"] == {"kube_tag": "v2"}, shown
+    # A deleted template is not found any more.
+    status, other, _ = await demo.call("POST", "/v1/clustertemplates", _template(f"tc-{uuid.uuid4().hex[:6]}"))
+    assert status == 201, other
+    refused = {**refused, "cluster_template_id": other["uuid"]}
+    status, body, _ = await demo.call("POST", "/v1/clusters", refused, headers=LATEST)
+    assert status == 400, body
+    status, body, _ = await demo.call("DELETE", f"/v1/clustertemplates/{other['uuid']}")
+    assert status == 204, body
+    status, body, _ = await demo.call("POST", "/v1/clusters", refused, headers=LATEST)
+    assert status == 404 and "could not be found" in body["errors"][0]["detail"], body

@@ -24,7 +24,7 @@ from proto.events import (
     ClusterUpdateRequested,
 )
 from services.api import paging, policy, status, store
-from services.api.app import POOL, SETTINGS, WRITER
+from services.api.app import POOL, SETTINGS, TEMPLATES, WRITER
 from services.api.errors import ApiError, bad_request
 from services.api.microversion import Microversion
 from services.api.middleware import KEYSTONE, base_url, context, version
@@ -165,7 +165,7 @@ async def create_cluster(request: web.Request) -> web.Response:
     v = version(request)
     fields = cluster_fields(await json_body(request), v)
     pool, writer, keystone = request.app[POOL], request.app[WRITER], request.app[KEYSTONE]
-    found = await store.find_templates(pool, scope_of(ctx), fields["cluster_template_id"], include_hidden=True)
+    found = await request.app[TEMPLATES].find(pool, scope_of(ctx), fields["cluster_template_id"], include_hidden=True)
     if not found:
         detail = f"ClusterTemplate {fields['cluster_template_id']} could not be found."
         raise ApiError(404 if v.at_least(1, 10) else 400, detail)
