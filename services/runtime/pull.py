@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -72,10 +74,17 @@ class PullFeed:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> list[Msg]:
-        """Stop listening; returns the messages that arrived but were not handed out (the caller releases them)."""
+        """Stop listening; returns the messages that arrived but were not handed out (the caller releases them).
+        Drains the subscription: a message the server sent before it heard of the unsubscription is still handed
+        out here (a plain unsubscribe drops it in the client, and the server redelivers it only after ack_wait)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            await sub.unsubscribe()
+            try:
+                await sub.drain()
+            except (nats.errors.Error, TimeoutError):
+                # Connection closed or draining: what the client had not handed over is lost with it anyway.
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
         left = list(self._ready)
         self._ready.clear()
         self._requests.clear()
