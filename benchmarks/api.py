@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from benchmarks import cpu, http1
+from benchmarks import counters, cpu, http1
 from benchmarks.clusters import demo_with_unlimited_cloud_quotas
 from deploy.local.stack import SERVICES, LocalStack
 
@@ -92,6 +92,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.gather(*(warm(conn) for conn in connections))
         # CPU of every process of the machine under test, from here (after the warm-up) to the last answer.
         cpu_before = cpu.snapshot(spec["cpu_groups"])
+        nats_before = counters.nats_messages(spec.get("nats_monitor"))
         started = time.perf_counter()
         deadline = started + spec["duration"]
 
@@ -120,6 +121,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(worker(conn) for conn in connections))
         elapsed = time.perf_counter() - started
         cpu_after = cpu.snapshot(spec["cpu_groups"])
+        nats_after = counters.nats_messages(spec.get("nats_monitor"))
     finally:
         for conn in connections:
             await conn.close()
@@ -137,6 +139,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
         "avg_kb": round(bytes_read / max(1, len(latencies)) / 1024, 1),
         "cpu_ms_per_request": cpu.per_request_ms(cpu_before, cpu_after, len(latencies)),
+        "nats_msgs_per_request": (round((nats_after - nats_before) / len(latencies), 2)
+                                  if nats_before is not None and nats_after is not None and latencies else None),
         "created": created,
     }
 
@@ -215,7 +219,8 @@ def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Nam
     demo, _ = asyncio.run(demo_with_unlimited_cloud_quotas(stack.devcloud_url))
     api = stack.api_url
     headers = {**HEADERS, "X-Auth-Token": demo}
-    base = {"headers": headers, "concurrency": args.concurrency}
+    base = {"headers": headers, "concurrency": args.concurrency,
+            "nats_monitor": stack.nats.monitor_url if stack.nats is not None else None}
     results: list[dict[str, Any]] = []
 
     groups = _cpu_groups(stack, pool.submit(os.getpid).result())
@@ -231,8 +236,9 @@ def run(stack: LocalStack, pool: concurrent.futures.Executor, args: argparse.Nam
         results.append(out)
         print(f"   {out['scenario']}: {out['rps']} req/s, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, "
               f"{out['requests']} requests, {out['errors']} errors {out['error_kinds'] or ''}", flush=True)
-        print("      CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in out["cpu_ms_per_request"].items()),
-              flush=True)
+        print("      CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in out["cpu_ms_per_request"].items())
+              + (f"; NATS messages per request: {out['nats_msgs_per_request']}"
+                 if out["nats_msgs_per_request"] is not None else ""), flush=True)
         return out
 
     template = {"name": "bench-k8s-{i}", "coe": "kubernetes", "image_id": "fedora-coreos",
