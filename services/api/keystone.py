@@ -374,7 +374,8 @@ class Keystone:
                     f"Could not create a trust for the cluster: {_message(text) or resp.status}.",
                 )
             trust = (await resp.json())["trust"]
-        log.info("trust_created", trust_id=trust["id"], trustor=user.user_id, project_id=user.project_id)
+        # debug: the caller's own line names the trust (cluster_create_accepted, cluster_trust_rotated).
+        log.debug("trust_created", trust_id=trust["id"], trustor=user.user_id, project_id=user.project_id)
         return str(trust["id"]), svc.user_id
 
     # ------------------------------------------------------------------ the user's cloud

@@ -225,7 +225,7 @@ async def create_cluster(request: web.Request) -> web.Response:
     if decision == "rejected":
         row = await store.get_cluster(pool, cluster_uuid)
         raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
-    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision)
+    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision, trust_id=trust_id)
     return web.json_response({"uuid": cluster_uuid}, status=202)
 
 
