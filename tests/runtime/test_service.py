@@ -205,3 +205,18 @@ async def _ready(base: str) -> bool:
     except aiohttp.ClientError:
         return False
     return status == 200
+
+
+def test_tune_gc_freezes_the_startup_heap_and_raises_the_thresholds() -> None:
+    import gc
+
+    from services.runtime.service import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
