@@ -149,6 +149,16 @@ async def test_a_message_queued_behind_a_slow_batch_is_delivered_once(bus: Bus) 
         await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
 
 
+async def _resumes(bus: Bus, subject: str, recorder: Recorder, before: Envelope, what: str) -> None:
+    """A message published now is handled within RESUME_WITHIN, once, and ``before`` was handled once too."""
+    after = _event(str(uuid.uuid4()))
+    await bus.publish(subject, after)
+    published = time.monotonic()
+    await wait_for(lambda: recorder.has(after), timeout=RESUME_WITHIN, message=what)
+    assert time.monotonic() - published < RESUME_WITHIN
+    assert recorder.deliveries == {before.id: [1], after.id: [1]}
+
+
 def _crash_and_start(server: NatsServer) -> None:
     server.kill()
     server.start()
@@ -175,16 +185,7 @@ async def test_delivery_resumes_after_the_server_restarts(
         await asyncio.to_thread(bounce, server)
         await wait_for(lambda: bus.connected and bus.nc.stats["reconnects"] > reconnects, timeout=10)
 
-        after = _event(str(uuid.uuid4()))
-        await bus.publish(subject, after)
-        published = time.monotonic()
-        await wait_for(
-            lambda: recorder.has(after),
-            timeout=RESUME_WITHIN,
-            message="the message published after the restart handled",
-        )
-        assert time.monotonic() - published < RESUME_WITHIN
-        assert recorder.deliveries == {before.id: [1], after.id: [1]}
+        await _resumes(bus, subject, recorder, before, "the message published after the restart handled")
     finally:
         await c.stop(timeout=5)
 
@@ -203,16 +204,7 @@ async def test_delivery_resumes_after_the_durable_is_deleted_and_recreated(bus: 
 
         await c.recreate(start_seq=ack.seq + 1)  # delete + add while the feed's pull is outstanding
 
-        after = _event(str(uuid.uuid4()))
-        await bus.publish(subject, after)
-        published = time.monotonic()
-        await wait_for(
-            lambda: recorder.has(after),
-            timeout=RESUME_WITHIN,
-            message="the message published after the re-creation handled",
-        )
-        assert time.monotonic() - published < RESUME_WITHIN
-        assert recorder.deliveries == {before.id: [1], after.id: [1]}
+        await _resumes(bus, subject, recorder, before, "the message published after the re-creation handled")
     finally:
         await c.stop()
         await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
