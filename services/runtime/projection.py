@@ -22,7 +22,8 @@ published before the rollback is re-published with the same ids and deduplicated
 A service may also give a ``batch_handler``: it receives every fresh event of a batch at once, so that runs of events
 it can apply set-based (one statement for many rows) cost a few statements per batch instead of a few per event; it
 must leave the store exactly as the per-event handler applied in stream order would (tests/scheduler/
-test_admission_run.py and tests/api/test_batch_projection.py compare both paths table by table). A subclass customises the per-event work through ``_handle`` (runs the handler inside the transaction) and
+test_admission_run.py and tests/api/test_batch_projection.py compare both paths table by table).
+A subclass customises the per-event work through ``_handle`` (runs the handler inside the transaction) and
 ``_applied`` (after the commit, once per event); a subclass that overrides ``_apply`` itself is applied one
 message at a time, since the batch path cannot run its override.
 

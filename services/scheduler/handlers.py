@@ -106,10 +106,7 @@ class Handlers:
                 continue
             decided = _decided(env)
             if decisions.get(decided.cluster_id, "unknown") != decided.decision:
-                if len(run) == 1:
-                    confirmed.append(decided)
-                    outgoing.append(())
-                    continue
+                # (The run holds a request too, so it has more than one event: each alone takes another branch.)
                 log.info("admission_run_applied_one_by_one", cluster_id=decided.cluster_id, events=len(run))
                 return [(await self.admission_run([one], tx))[0] for one in run]
             confirmed.append(decided)
