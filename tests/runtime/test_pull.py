@@ -76,6 +76,11 @@ async def test_consumer_config_keeps_ack_wait_and_gives_the_server_no_backoff(bu
     settings = ConsumerSettings()
     assert settings.backoff and settings.max_deliver > len(settings.backoff)  # what used to become a BackOff
     durable, filter_subject, _ = _names()
+    await _ensured_without_backoff(bus, durable, filter_subject, settings)
+
+
+async def _ensured_without_backoff(bus: Bus, durable: str, filter_subject: str, settings: ConsumerSettings) -> None:
+    """``Consumer.ensure()`` leaves the server's consumer with ``ack_wait`` and no BackOff (then deletes it)."""
     c = Consumer(
         bus, durable=durable, filter_subjects=[filter_subject], handler=Recorder(), settings=settings
     )
@@ -108,16 +113,7 @@ async def test_ensure_removes_the_backoff_an_older_version_gave_the_server(bus: 
     )
     old = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     assert old.config.backoff and old.config.ack_wait == settings.backoff[0]  # the server's substitution
-    c = Consumer(
-        bus, durable=durable, filter_subjects=[filter_subject], handler=Recorder(), settings=settings
-    )
-    try:
-        await c.ensure()
-        info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
-        assert info.config.ack_wait == settings.ack_wait
-        assert not info.config.backoff
-    finally:
-        await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
+    await _ensured_without_backoff(bus, durable, filter_subject, settings)
 
 
 async def test_a_message_queued_behind_a_slow_batch_is_delivered_once(bus: Bus) -> None:
