@@ -213,7 +213,8 @@ class ReadCache:
     body)`` stores it under that version (a body built across a commit is then already stale, never wrong)."""
 
     freshness: Freshness | None
-    max_entries: int = 256
+    max_entries: int = 4096
+    """Enough for a show of every cluster a busy dashboard polls (a show's body is about 1 KB)."""
     max_bytes: int = 64 * 1024 * 1024
     _entries: OrderedDict[Hashable, tuple[tuple[int, int], bytes]] = field(default_factory=OrderedDict)
     _inflight: dict[Hashable, tuple[tuple[int, int], asyncio.Future[bytes]]] = field(default_factory=dict)

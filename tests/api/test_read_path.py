@@ -94,6 +94,33 @@ async def test_event_from_another_service_invalidates_the_cached_list(
     await wait_for(complete, timeout=10, message="the list shows the provisioner's CREATE_COMPLETE")
 
 
+async def test_cluster_show_is_cached_per_caller_until_an_event_lands(
+    api: RunningApi, demo: Client, template: dict[str, Any]
+) -> None:
+    """A show is answered from the read cache while nothing was applied; the cached body never reaches a caller
+    the lookup or policy would refuse (another project: 404), and an event for the cluster invalidates it."""
+    cache = _cache(api)
+    status, body, _ = await demo.call("POST", "/v1/clusters", {
+        "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
+    assert status == 202, body
+    cid = body["uuid"]
+    status, first, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+    assert status == 200 and first["status"] == "CREATE_IN_PROGRESS", first
+    hits = cache.hits
+    status, again, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+    assert status == 200 and again == first and cache.hits == hits + 1
+    alt = Client(api.url, await user_token(api.devcloud, "alt", "alt-pass", "alt"))
+    status, refused, _ = await alt.call("GET", f"/v1/clusters/{cid}")
+    assert status == 404, refused
+    await publish(api, "provisioner", cid, first["project_id"], _completed(cid, first["project_id"]))
+
+    async def complete() -> bool:
+        _, shown, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+        return bool(shown["status"] == "CREATE_COMPLETE")
+
+    await wait_for(complete, timeout=10, message="the show reflects the provisioner's CREATE_COMPLETE")
+
+
 def _completed(cid: str, pid: str) -> Any:
     from proto.events import ClusterCreateCompleted
 

@@ -152,10 +152,17 @@ async def _faults(pool: asyncpg.Pool, row: asyncpg.Record) -> dict[str, str]:
 
 @routes.get("/v1/clusters/{ident}")
 async def show_cluster(request: web.Request) -> web.Response:
-    row = await lookup(request, request.match_info["ident"])
-    policy.require(request, "cluster:get", owner(row))
-    faults = await _faults(request.app[POOL], row)
-    return web.json_response(view(row, base_url(request), version(request), faults=faults))
+    ctx = context(request)
+    base, v = base_url(request), version(request)
+
+    async def build() -> dict[str, Any]:
+        row = await lookup(request, request.match_info["ident"])
+        policy.require(request, "cluster:get", owner(row))
+        return view(row, base, v, faults=await _faults(request.app[POOL], row))
+
+    # From the read cache like the lists. The body depends on the caller only through what the lookup (scope) and
+    # the policy check (user, project, roles) see, so those are the key; a refusal (404, 403) is never cached.
+    return await cached_json(request, (ctx.project_id, ctx.user_id, ctx.roles, base, v), build)
 
 
 @routes.post("/v1/clusters")
