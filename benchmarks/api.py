@@ -16,9 +16,9 @@ provisioning 1,000 clusters (many minutes of both cores) does not compete with t
 ``--full-stack`` runs all five and waits (bounded by --settle) for provisioning to finish before the reads.
 
 Load comes from a SEPARATE process (a minimal keep-alive HTTP/1.1 client, benchmarks/http1.py, with --concurrency
-connections, each running requests back to back), so the client does not share the API's event loop or core. Before the read scenarios the benchmark waits
-(bounded by --settle) until the provisioner has finished the seeded clusters, so reads are measured on a quiet
-stack; it says so when it did not settle.
+connections, each running requests back to back), so the client does not share the API's event loop or core.
+Before the read scenarios the benchmark waits (bounded by --settle) until the provisioner has finished the seeded
+clusters, so reads are measured on a quiet stack; it says so when it did not settle.
 
     .venv/bin/python -m benchmarks api [--templates 100] [--clusters 1000] [--concurrency 16] [--duration 5]
                                        [--full-stack] [--profile DIR]   # py-spy (test extra) the API process per scenario
