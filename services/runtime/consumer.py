@@ -34,6 +34,7 @@ BatchHandler = Callable[[list[tuple[Envelope, Msg]]], Awaitable[None]]
 makes the consumer handle the batch again one message at a time with ``Handler`` (which retries, naks and
 dead-letters each message on its own)."""
 
+
 class HandlerDeadlineExceeded(Exception):
     """A handler ran past ``ConsumerSettings.deadline`` and was cancelled (a failure like any other)."""
 
@@ -50,9 +51,6 @@ ACK_TIMEOUT_REASON = "max deliveries exceeded (ack timeouts)"
 def dlq_msg_id(durable: str, stream: str, stream_seq: int) -> str:
     """``Nats-Msg-Id`` of a dead letter: one per consumer and stream message, whichever path or replica sends it."""
     return f"dlq:{durable}:{stream}:{stream_seq}"
-
-
-max_deliveries_subject = subjects.max_deliveries_subject
 
 
 class Consumer:
@@ -171,12 +169,7 @@ class Consumer:
             self._task = None
         if self._feed is not None:
             feed, self._feed = self._feed, None
-            left: list[Msg] = []
-            try:
-                left = await feed.stop()
-            except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                pass
-            for msg in left:
+            for msg in await feed.stop():  # arrived but not handed out: release them to the other replicas
                 await _quietly(msg.nak())
         if self._advisories is not None:
             try:
@@ -194,8 +187,6 @@ class Consumer:
                 msgs = await self._feed.next_batch(self.settings.fetch_timeout)
                 if not msgs:
                     continue
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 if self._stopping.is_set():
                     return

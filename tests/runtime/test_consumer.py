@@ -256,7 +256,7 @@ async def test_message_dropped_after_ack_timeouts_is_dead_lettered_once(bus: Bus
             "deliveries": HANGS.max_deliver,
         }
         await bus.nc.publish(
-            cmod.max_deliveries_subject(subjects.EVENTS_STREAM, durable), json.dumps(advisory).encode()
+            subjects.max_deliveries_subject(subjects.EVENTS_STREAM, durable), json.dumps(advisory).encode()
         )
         await wait_for(lambda: sum(c.advisories_handled for c in replicas) == 2)
         assert await dlq_count(bus, durable) == 1
