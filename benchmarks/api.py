@@ -78,8 +78,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     created: list[str] = []
     bytes_read = 0
     next_index = 0
-    base = urls[0][: urls[0].index("/", urls[0].index("//") + 2)]
-    connections = [http1.Connection(base, spec["headers"]) for _ in range(concurrency)]
+    connections = [http1.Connection(urls[0], spec["headers"]) for _ in range(concurrency)]
     try:
         # Warm up: the connections, and the API's token cache (the first request validates the token).
         warm_until = time.perf_counter() + spec.get("warmup", 0.0)

@@ -17,12 +17,12 @@ class HttpError(Exception):
 
 
 class Connection:
-    """One keep-alive connection to ``base`` (scheme://host:port); reconnects after the server closes it."""
+    """One keep-alive connection to the host and port of ``url``; reconnects after the server closes it."""
 
-    def __init__(self, base: str, headers: dict[str, str]) -> None:
-        parts = urlsplit(base)
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
-            raise ValueError(f"only plain http is supported: {base}")
+            raise ValueError(f"only plain http is supported: {url}")
         self.host = parts.hostname
         self.port = parts.port or 80
         fixed = {"Host": f"{self.host}:{self.port}", **headers}
@@ -31,10 +31,13 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    def _head(self, method: str, target: str, has_body: bool) -> bytes:
-        key = (method, target, has_body)
+    def _head(self, method: str, url: str, has_body: bool) -> bytes:
+        """The request line and fixed headers for ``url`` (built on first use, then looked up)."""
+        key = (method, url, has_body)
         head = self._heads.get(key)
         if head is None:
+            parts = urlsplit(url)
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
             extra = "Content-Type: application/json\r\n" if has_body else ""
             head = f"{method} {target} HTTP/1.1\r\n{self._fixed}{extra}".encode()
             self._heads[key] = head
@@ -45,9 +48,8 @@ class Connection:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
-        target = url[url.index("/", url.index("//") + 2):]
         length = f"Content-Length: {len(body)}\r\n\r\n".encode() if body is not None else b"Content-Length: 0\r\n\r\n"
-        self._writer.write(self._head(method, target, body is not None) + length + (body or b""))
+        self._writer.write(self._head(method, url, body is not None) + length + (body or b""))
         try:
             status, data, keep = await self._read_response(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError, HttpError):
