@@ -145,6 +145,16 @@ async def test_a_message_queued_behind_a_slow_batch_is_delivered_once(bus: Bus) 
         await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
 
 
+async def _running_consumer(bus: Bus) -> tuple[Consumer, Recorder, str]:
+    """A started consumer recording what it handles; returns it, the recorder and a subject it reads."""
+    durable, filter_subject, subject = _names()
+    recorder = Recorder()
+    settings = ConsumerSettings(backoff=(0.1,), fetch_timeout=0.2)
+    c = Consumer(bus, durable=durable, filter_subjects=[filter_subject], handler=recorder, settings=settings)
+    await c.start()
+    return c, recorder, subject
+
+
 async def _resumes(bus: Bus, subject: str, recorder: Recorder, before: Envelope, what: str) -> None:
     """A message published now is handled within RESUME_WITHIN, once, and ``before`` was handled once too."""
     after = _event(str(uuid.uuid4()))
@@ -167,11 +177,7 @@ async def test_delivery_resumes_after_the_server_restarts(
     """The restarted server has forgotten the outstanding pull requests. Stopping, it answers them with 409 (server
     shutdown); killed, it says nothing and the feed can only learn of it through the client's reconnect."""
     server, bus = private_bus
-    durable, filter_subject, subject = _names()
-    recorder = Recorder()
-    settings = ConsumerSettings(backoff=(0.1,), fetch_timeout=0.2)
-    c = Consumer(bus, durable=durable, filter_subjects=[filter_subject], handler=recorder, settings=settings)
-    await c.start()
+    c, recorder, subject = await _running_consumer(bus)
     try:
         before = _event(str(uuid.uuid4()))
         await bus.publish(subject, before)
@@ -188,11 +194,7 @@ async def test_delivery_resumes_after_the_server_restarts(
 
 async def test_delivery_resumes_after_the_durable_is_deleted_and_recreated(bus: Bus) -> None:
     """The server answers the outstanding pulls with 409 (consumer deleted); the feed must ask again."""
-    durable, filter_subject, subject = _names()
-    recorder = Recorder()
-    settings = ConsumerSettings(backoff=(0.1,), fetch_timeout=0.2)
-    c = Consumer(bus, durable=durable, filter_subjects=[filter_subject], handler=recorder, settings=settings)
-    await c.start()
+    c, recorder, subject = await _running_consumer(bus)
     try:
         before = _event(str(uuid.uuid4()))
         ack = await bus.publish(subject, before)
@@ -203,7 +205,7 @@ async def test_delivery_resumes_after_the_durable_is_deleted_and_recreated(bus: 
         await _resumes(bus, subject, recorder, before, "the message published after the re-creation handled")
     finally:
         await c.stop()
-        await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
+        await bus.js.delete_consumer(subjects.EVENTS_STREAM, c.durable)
 
 
 async def test_stopping_a_consumer_releases_what_it_had_buffered(bus: Bus) -> None:
