@@ -168,6 +168,9 @@ class Keystone:
     feed_stale_after: float = 10.0
     fallback_ttl: float = 10.0
     max_cached: int = 100_000
+    trust_reuse_seconds: float = 0.0
+    """How long after creating a trust it is handed to further clusters of the same user, project and roles
+    (``cluster_trust``); 0: every cluster gets a trust of its own, as in Magnum."""
     session: aiohttp.ClientSession | None = None
     _service: AuthContext | None = None
     _cache: dict[str, _Cached] = field(default_factory=dict)
@@ -176,6 +179,8 @@ class Keystone:
     _feed_ok_at: float = -1e18
     _since: str | None = None
     _recent_events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    _recent_trusts: dict[tuple[str, str | None, frozenset[str]], tuple[float, tuple[str, str]]] = field(
+        default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: {
         "hits": 0, "misses": 0, "refused": 0, "revoked_dropped": 0, "feed_errors": 0})
 
@@ -353,6 +358,26 @@ class Keystone:
         return len(doomed)
 
     # ------------------------------------------------------------------ trusts
+
+    async def cluster_trust(self, user: AuthContext) -> tuple[str, str]:
+        """The trust a new cluster of ``user`` is built with: the one created for the same user, project and roles
+        less than ``trust_reuse_seconds`` ago, else a new one (``create_trust``). A burst of creates then costs
+        Keystone one trust, not one each; the provisioner's trust reaper deletes a trust only when no cluster uses
+        it any more and the window in which it could still be handed out has passed (docs/adr/0005)."""
+        if self.trust_reuse_seconds <= 0:
+            return await self.create_trust(user)
+        key = (user.user_id, user.project_id, frozenset(user.roles - {"admin"}))
+        now = time.monotonic()
+        recent = self._recent_trusts.get(key)
+        if recent is not None and now - recent[0] < self.trust_reuse_seconds:
+            return recent[1]
+        trust = await self.create_trust(user)
+        # Timed from before the creation: the window never outlasts what the provisioner's hold assumes.
+        self._recent_trusts[key] = (now, trust)
+        if len(self._recent_trusts) > 1024:
+            self._recent_trusts = {
+                k: v for k, v in self._recent_trusts.items() if now - v[0] < self.trust_reuse_seconds}
+        return trust
 
     async def create_trust(self, user: AuthContext) -> tuple[str, str]:
         """A trust from ``user`` to the cove service user on the user's project, impersonating, with the

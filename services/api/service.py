@@ -10,6 +10,8 @@ Configuration (environment, via ``ServiceConfig.extra``):
     COVE_API_POLICY_FILE     operator policy file (YAML rule -> expression) over Magnum's defaults
     COVE_API_ADMISSION_TIMEOUT   seconds a create waits for the quota decision (default 1.5)
     COVE_API_READ_POOL_SIZE  connections of the handlers' read pool (default 8; the projection has its own)
+    COVE_TRUST_REUSE_SECONDS  a new cluster gets the trust created for the same user, project and roles this many
+                             seconds ago or less (default 30; 0 = a trust per cluster; proto/trusts.py)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from proto import subjects
+from proto import subjects, trusts
 from services.api import handlers, store
 from services.api.app import Settings, build_app
 from services.api.freshness import Freshness, ReadCache, TemplateCache
@@ -52,6 +54,7 @@ class ApiServer:
             ),
             ttl=float(extra["COVE_TOKEN_CACHE_TTL"]) if extra.get("COVE_TOKEN_CACHE_TTL") else None,
             revocation_interval=float(extra.get("COVE_TOKEN_REVOCATION_INTERVAL", "1")),
+            trust_reuse_seconds=trusts.reuse_seconds(extra),
         )
         self.settings = Settings(
             admission_timeout=float(extra.get("COVE_API_ADMISSION_TIMEOUT", "1.5")),

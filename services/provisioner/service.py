@@ -10,6 +10,8 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_DURABLE         the projection's durable consumer name (default provisioner)
     COVE_BOOTSTRAP_SECRET            secret the kubeadm bootstrap tokens are derived from
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
+    COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
+                                     (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from proto import subjects
+from proto import subjects, trusts
 from proto.envelope import Envelope
 from services.provisioner import handlers
 from services.provisioner.cloud import Cloud, CloudSettings
@@ -73,6 +75,7 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
             pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, in_use=reconciler.trust_in_use,
             settings=TrustReaperSettings(
                 rotation_grace=float(config.extra.get("COVE_PROVISIONER_TRUST_GRACE", "5")),
+                hold=float(config.extra.get("COVE_PROVISIONER_TRUST_HOLD", trusts.hold_seconds(config.extra))),
             ),
         )
         reapers.append(reaper)

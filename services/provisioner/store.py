@@ -289,6 +289,9 @@ class PendingTrust:
     reason: str
     """``cluster_deleted`` or ``rotated``."""
     recorded_at: datetime
+    handed_out_at: datetime | None = None
+    """When the newest cluster created with this trust was requested (the API may hand a trust to several clusters
+    of one user: proto/trusts.py); None when no cluster in the store was created with it."""
 
 
 async def current_trust(tx: asyncpg.Connection, cluster_id: str) -> tuple[str | None, str | None]:
@@ -312,12 +315,20 @@ async def remove_trust_to_delete(tx: asyncpg.Connection, trust_id: str) -> None:
 
 
 async def trusts_to_delete(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 500) -> list[PendingTrust]:
+    """The recorded trusts that no cluster acts with any more: a trust another cluster still acts with (the API
+    shares one among a user's clusters, proto/trusts.py) stays recorded, and comes back here once that cluster's
+    ``ClusterDeleteCompleted`` (or a rotation away from it) was applied."""
     rows = await conn.fetch(
-        "SELECT trust_id, cluster_id, project_id, reason, recorded_at FROM trusts_to_delete"
-        " ORDER BY recorded_at LIMIT $1", limit,
+        "SELECT t.trust_id, t.cluster_id, t.project_id, t.reason, t.recorded_at,"
+        " (SELECT max((c.spec->>'requested_at')::timestamptz) FROM clusters c"
+        "   WHERE c.spec->>'trust_id' = t.trust_id) AS handed_out_at"
+        " FROM trusts_to_delete t"
+        " WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.trust_id = t.trust_id"
+        "   AND c.status IS DISTINCT FROM 'DELETE_COMPLETE')"
+        " ORDER BY t.recorded_at LIMIT $1", limit,
     )
-    return [PendingTrust(r["trust_id"], r["cluster_id"], r["project_id"], r["reason"], r["recorded_at"])
-            for r in rows]
+    return [PendingTrust(r["trust_id"], r["cluster_id"], r["project_id"], r["reason"], r["recorded_at"],
+                         r["handed_out_at"]) for r in rows]
 
 
 async def last_seq(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) -> int:

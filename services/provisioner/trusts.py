@@ -10,6 +10,10 @@ so the next start deletes (or finds gone) the trust and publishes the fact again
 
 A replaced trust may still be held by a reconcile pass that loaded the cluster before the rotation was applied,
 so it is deleted only once no pass holds it and ``rotation_grace`` seconds have passed since it was recorded.
+
+The API hands one trust to the clusters a user creates in a burst (proto/trusts.py): a trust is deleted only when
+no cluster in the store acts with it (``store.trusts_to_delete``) and ``hold`` seconds have passed since the newest
+cluster created with it was requested, so that a create the API accepted with it, not yet applied here, finds it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ WAKING_EVENTS = frozenset({"ClusterDeleteCompleted", "ClusterTrustRotated"})
 class TrustReaperSettings:
     rotation_grace: float = 5.0
     """Seconds a replaced trust is kept after the rotation was applied (a pass may have loaded it just before)."""
+    hold: float = 0.0
+    """Seconds a trust is kept after the newest cluster created with it was requested (``proto.trusts``)."""
     scan_interval: float = 5.0
     """Seconds between scans of the table when nothing woke the reaper."""
     retry_base: float = 0.5
@@ -62,17 +68,27 @@ def due(
     not_before: dict[str, float],
     monotonic: float,
     rotation_grace: float,
+    hold: float = 0.0,
 ) -> list[store.PendingTrust]:
-    """The pending trusts to delete now: not held by a reconcile pass, past their retry time, and (replaced
-    trusts) past the rotation grace."""
+    """The pending trusts to delete now: not held by a reconcile pass, past their retry time, past the hold since
+    a cluster was last created with them, and (replaced trusts) past the rotation grace."""
     out = []
     for p in pending:
         if in_use(p.trust_id) or not_before.get(p.trust_id, 0.0) > monotonic:
             continue
         if p.reason == "rotated" and now - p.recorded_at < timedelta(seconds=rotation_grace):
             continue
+        if hold_left(p, now=now, hold=hold) > 0:
+            continue
         out.append(p)
     return out
+
+
+def hold_left(p: store.PendingTrust, *, now: datetime, hold: float) -> float:
+    """Seconds until the API can no longer hand ``p``'s trust to a new cluster (0: it cannot now)."""
+    if hold <= 0 or p.handed_out_at is None:
+        return 0.0
+    return max(0.0, hold - (now - p.handed_out_at).total_seconds())
 
 
 @dataclass
@@ -131,9 +147,9 @@ class TrustReaper:
         for gone in [t for t in self._not_before if t not in live]:
             self._not_before.pop(gone, None)
             self._failures.pop(gone, None)
-        mono = time.monotonic()
-        ready = due(pending, now=datetime.now(UTC), in_use=self.in_use, not_before=self._not_before,
-                    monotonic=mono, rotation_grace=self.settings.rotation_grace)
+        mono, now = time.monotonic(), datetime.now(UTC)
+        ready = due(pending, now=now, in_use=self.in_use, not_before=self._not_before,
+                    monotonic=mono, rotation_grace=self.settings.rotation_grace, hold=self.settings.hold)
         sem = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(p: store.PendingTrust) -> None:
@@ -144,8 +160,14 @@ class TrustReaper:
         waiting = [p for p in pending if p not in ready]
         if not waiting:
             return self.settings.scan_interval
-        # Something is held, in its grace or backing off: look again soon (at most scan_interval).
-        soonest = min((self._not_before.get(p.trust_id, mono) - mono for p in waiting), default=0.0)
+        # Something is held, in its grace or backing off: look again soon (at most scan_interval); what only waits
+        # out the hold is looked at again when its hold ends.
+        held = [p for p in waiting if hold_left(p, now=now, hold=self.settings.hold) > 0]
+        others = [p for p in waiting if p not in held]
+        soonest = min((self._not_before.get(p.trust_id, mono) - mono for p in others), default=0.0)
+        if not others:
+            soonest = min(hold_left(p, now=now, hold=self.settings.hold) for p in held)
+            return max(min(soonest, self.settings.scan_interval), 0.1)
         return max(min(soonest, 0.5), 0.1)
 
     async def _reap(self, p: store.PendingTrust) -> None:

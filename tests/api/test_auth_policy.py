@@ -4,6 +4,7 @@ real nats-server, PostgreSQL and the devcloud's Keystone."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,6 +137,34 @@ async def _get(url: str, token: str | None) -> tuple[int, Any, dict[str, str]]:
     headers = {"X-Auth-Token": token} if token else {}
     async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
         return r.status, await r.json(content_type=None), dict(r.headers)
+
+
+@pytest.mark.integration
+async def test_a_burst_of_creates_shares_one_trust_per_user_project_and_roles(api: RunningApi) -> None:
+    """``cluster_trust`` hands the trust it created for the same user, project and roles within the reuse window to
+    the next cluster (proto/trusts.py); another user or set of roles, the window's end, or reuse 0 make a new one.
+    Each trust it hands out exists in Keystone."""
+    auth = ServiceCredentials(auth_url=f"{api.devcloud.url}/identity")
+    shared, per_cluster = Keystone(auth, trust_reuse_seconds=0.5), Keystone(auth, trust_reuse_seconds=0)
+    try:
+        demo = await shared.validate(await user_token(api.devcloud, "demo", "demo-pass", "demo"))
+        again = await shared.validate(await user_token(api.devcloud, "demo", "demo-pass", "demo"))
+        viewer = await shared.validate(await user_token(api.devcloud, "viewer", "viewer-pass", "demo"))
+        first = await shared.cluster_trust(demo)
+        assert await shared.cluster_trust(again) == first  # another token of the same user, project and roles
+        assert (await shared.cluster_trust(viewer))[0] != first[0]
+        one, two = await per_cluster.cluster_trust(demo), await per_cluster.cluster_trust(demo)
+        assert len({one[0], two[0], first[0]}) == 3
+        await asyncio.sleep(0.6)
+        later = await shared.cluster_trust(demo)
+        assert later[0] != first[0]
+        for trust_id, _ in (first, later):
+            url = f"{api.devcloud.url}/identity/v3/OS-TRUST/trusts/{trust_id}"
+            async with aiohttp.ClientSession() as s, s.get(url, headers={"X-Auth-Token": demo.token}) as r:
+                assert r.status == 200, await r.text()
+    finally:
+        await shared.close()
+        await per_cluster.close()
 
 
 @pytest.mark.integration

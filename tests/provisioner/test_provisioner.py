@@ -152,6 +152,10 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     await b.close()
 
 
+TRUST_HOLD = 2.0
+"""The provisioner's trust hold in these tests (COVE_PROVISIONER_TRUST_HOLD), seconds."""
+
+
 @pytest.fixture
 async def provisioner(
     nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path: Path
@@ -162,7 +166,7 @@ async def provisioner(
         "COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, "COVE_HTTP_PORT": str(free_port()),
         "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_PROVISIONER_DURABLE": f"prov_{uuid.uuid4().hex[:8]}",
         "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
-        "COVE_PROVISIONER_TRUST_GRACE": "1",
+        "COVE_PROVISIONER_TRUST_GRACE": "1", "COVE_PROVISIONER_TRUST_HOLD": str(TRUST_HOLD),
     })
     p = Provisioner(env, tmp_path / "provisioner.log")
     p.start()
@@ -197,7 +201,8 @@ async def watch(bus: Bus, cluster_id: str) -> tuple[ClusterEvents, Any]:
 
 
 async def request_cluster(
-    bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2, flavor: str = "m1.small"
+    bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2, flavor: str = "m1.small",
+    trust_id: str | None = None,
 ) -> ClusterCreateRequested:
     now = datetime.datetime.now(datetime.UTC)
     template = ClusterTemplate(
@@ -207,7 +212,8 @@ async def request_cluster(
     )
     req = ClusterCreateRequested(
         uuid=str(uuid.uuid4()), name=name, project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
-        template=template, master_count=masters, node_count=workers, trust_id=cloud.trust(), requested_at=now,
+        template=template, master_count=masters, node_count=workers, trust_id=trust_id or cloud.trust(),
+        requested_at=now,
     )
     env = new_envelope(req, project_id=req.project_id, cluster_id=req.uuid)
     await bus.publish(subjects.cluster_events("api", req.uuid), env)
@@ -465,6 +471,38 @@ async def test_delete_removes_the_clusters_trust_from_keystone(
 
 async def _no_pending(db: str) -> bool:
     return await pending_trusts(db) == []
+
+
+async def test_a_trust_two_clusters_share_is_deleted_after_the_last_of_them_and_the_hold(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    """The API hands one trust to a burst of a user's clusters (proto/trusts.py): deleting one of them leaves the
+    trust to the other; deleting the last deletes it, once the hold since the newest one was requested is over."""
+    shared = await asyncio.to_thread(cloud.trust)
+    first = await request_cluster(bus, cloud, "demo-share-a", workers=1, trust_id=shared)
+    second = await request_cluster(bus, cloud, "demo-share-b", workers=1, trust_id=shared)
+    events_a, sub_a = await watch(bus, first.uuid)
+    events_b, sub_b = await watch(bus, second.uuid)
+    try:
+        await until(events_a, "ClusterCreateCompleted", provisioner)
+        await until(events_b, "ClusterCreateCompleted", provisioner)
+        await request_delete(bus, first)
+        await until(events_a, "ClusterDeleteCompleted", provisioner)
+        await asyncio.sleep(TRUST_HOLD + 1.0)  # the hold is over: only the second cluster keeps the trust now
+        assert await asyncio.to_thread(cloud.trust_status, shared) == 200
+        assert "ClusterTrustDeleted" not in events_a.types() + events_b.types()
+        assert await pending_trusts(provisioner.database_url()) == [shared]  # recorded, waiting for its user
+        second_started = await asyncio.to_thread(cloud.live_records, prefix_of(second))
+        assert second_started, "the second cluster's servers are gone"
+        await request_delete(bus, second)
+        await until(events_b, "ClusterDeleteCompleted", provisioner)
+        deleted = await until_trust_deleted(events_a, shared, provisioner)
+        assert deleted.payload.uuid == first.uuid  # published on the cluster that recorded it first
+        assert await asyncio.to_thread(cloud.trust_status, shared) == 404
+        await wait_for(lambda: _no_pending(provisioner.database_url()), message="trusts_to_delete emptied")
+    finally:
+        await sub_a.unsubscribe()
+        await sub_b.unsubscribe()
 
 
 async def test_trust_deletion_survives_keystone_failures_and_a_sigkill_after_delete_completed(

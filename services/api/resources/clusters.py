@@ -188,7 +188,7 @@ async def create_cluster(request: web.Request) -> web.Response:
     if fields.get("keypair"):
         await keystone.find_keypair(ctx, fields["keypair"])
     labels = merged_labels(template.labels, fields.get("labels"), fields.get("merge_labels", False))
-    trust_id, trustee = await keystone.create_trust(ctx)
+    trust_id, trustee = await keystone.cluster_trust(ctx)
     cluster_uuid = str(uuid.uuid4())
     event = ClusterCreateRequested(
         uuid=cluster_uuid,
