@@ -41,8 +41,10 @@ class Writer:
         cluster_id: str | None,
         correlation_id: str | None = None,
         expected_last_subject_seq: int | None = None,
+        quiet: bool = False,
     ) -> int:
-        """Publish and return the stream sequence; 503 when JetStream does not acknowledge."""
+        """Publish and return the stream sequence; 503 when JetStream does not acknowledge. ``quiet``: the caller
+        logs the accepted write itself (with the sequence), so this line is only a debug one."""
         env = new_envelope(payload, project_id=project_id, cluster_id=cluster_id, correlation_id=correlation_id)
         try:
             ack = await self.bus.publish(subject, env, expected_last_subject_seq=expected_last_subject_seq)
@@ -51,7 +53,8 @@ class Writer:
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             log.error("publish_failed", subject=subject, error=repr(exc))
             raise ApiError(503, "The request could not be stored; try again later.") from exc
-        log.info("event_accepted", subject=subject, type=env.type, seq=ack.seq, event_id=env.id)
+        (log.debug if quiet else log.info)("event_accepted", subject=subject, type=env.type, seq=ack.seq,
+                                            event_id=env.id)
         return int(ack.seq)
 
     async def wait_applied(self, seq: int, timeout: float | None = None) -> bool:

@@ -215,6 +215,8 @@ async def create_cluster(request: web.Request) -> web.Response:
         requested_at=datetime.now(UTC),
     )
     # Listen for the scheduler's decision before it can be taken; wait (bounded) for it to reach the read model.
+    # The projection applies events in stream order, so a decision it applied means the create was applied too
+    # (read-your-writes); only when no decision came in time is the create's own sequence waited for.
     watch = writer.watch_admission(cluster_uuid)
     try:
         seq = await writer.publish(
@@ -223,16 +225,18 @@ async def create_cluster(request: web.Request) -> web.Response:
             project_id=event.project_id,
             cluster_id=cluster_uuid,
             expected_last_subject_seq=0,
+            quiet=True,
         )
-        await writer.wait_applied(seq)
         decision = await watch.decision(lambda: store.admission_of(pool, cluster_uuid),
                                         request.app[SETTINGS].admission_timeout)
     finally:
         watch.close()
+    if decision is None:
+        await writer.wait_applied(seq)
     if decision == "rejected":
         row = await store.get_cluster(pool, cluster_uuid)
         raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
-    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision, trust_id=trust_id)
+    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision, trust_id=trust_id, seq=seq)
     return web.json_response({"uuid": cluster_uuid}, status=202)
 
 
