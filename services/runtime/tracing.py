@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 
@@ -41,7 +42,10 @@ def setup_tracing(
     _configured = True
 
 
+@functools.cache
 def tracer(name: str = "cove") -> trace.Tracer:
+    """The tracer for ``name``, built once (a consumer asks for it on every batch). One obtained before
+    ``setup_tracing`` is OpenTelemetry's proxy, which uses the provider installed later."""
     return trace.get_tracer(name)
 
 
