@@ -162,12 +162,11 @@ class TrustReaper:
             return self.settings.scan_interval
         # Something is held, in its grace or backing off: look again soon (at most scan_interval); what only waits
         # out the hold is looked at again when its hold ends.
-        held = [p for p in waiting if hold_left(p, now=now, hold=self.settings.hold) > 0]
-        others = [p for p in waiting if p not in held]
-        soonest = min((self._not_before.get(p.trust_id, mono) - mono for p in others), default=0.0)
+        holds = [hold_left(p, now=now, hold=self.settings.hold) for p in waiting]
+        others = [p for p, left in zip(waiting, holds, strict=True) if left <= 0]
         if not others:
-            soonest = min(hold_left(p, now=now, hold=self.settings.hold) for p in held)
-            return max(min(soonest, self.settings.scan_interval), 0.1)
+            return max(min(min(holds), self.settings.scan_interval), 0.1)
+        soonest = min(self._not_before.get(p.trust_id, mono) - mono for p in others)
         return max(min(soonest, 0.5), 0.1)
 
     async def _reap(self, p: store.PendingTrust) -> None:
