@@ -193,7 +193,7 @@ async def insert_clusters(
     await conn.executemany(
         "INSERT INTO clusters (uuid, name, project_id, user_id, cluster_template_id, status, spec, stack_id,"
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
-        [(ev.uuid, ev.name, ev.project_id, ev.user_id, ev.template.uuid, status, json.dumps(spec_of(ev)),
+        [(ev.uuid, ev.name, ev.project_id, ev.user_id, ev.template.uuid, status, msgspec.json.encode(spec_of(ev)).decode(),
           ev.stack_id, ev.requested_at or at) for ev, at in created],
     )
 
