@@ -142,7 +142,8 @@ async def _get(url: str, token: str | None) -> tuple[int, Any, dict[str, str]]:
 @pytest.mark.integration
 async def test_a_burst_of_creates_shares_one_trust_per_user_project_and_roles(api: RunningApi) -> None:
     """``cluster_trust`` hands the trust it created for the same user, project and roles within the reuse window to
-    the next cluster (proto/trusts.py); another user or set of roles, the window's end, or reuse 0 make a new one.
+    the next cluster (proto/trusts.py); another user (the viewer, whose roles differ too), the window's end, or
+    reuse 0 make a new one.
     Each trust it hands out exists in Keystone."""
     auth = ServiceCredentials(auth_url=f"{api.devcloud.url}/identity")
     shared, per_cluster = Keystone(auth, trust_reuse_seconds=0.5), Keystone(auth, trust_reuse_seconds=0)

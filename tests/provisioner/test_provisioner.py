@@ -492,8 +492,8 @@ async def test_a_trust_two_clusters_share_is_deleted_after_the_last_of_them_and_
         assert await asyncio.to_thread(cloud.trust_status, shared) == 200
         assert "ClusterTrustDeleted" not in events_a.types() + events_b.types()
         assert await pending_trusts(provisioner.database_url()) == [shared]  # recorded, waiting for its user
-        second_started = await asyncio.to_thread(cloud.live_records, prefix_of(second))
-        assert second_started, "the second cluster's servers are gone"
+        second_servers = await asyncio.to_thread(cloud.live_records, prefix_of(second))
+        assert second_servers, "the second cluster's servers are gone"
         await request_delete(bus, second)
         await until(events_b, "ClusterDeleteCompleted", provisioner)
         deleted = await until_trust_deleted(events_a, shared, provisioner)
