@@ -57,6 +57,11 @@ class AuthContext:
     def can_write(self) -> bool:
         return bool(self.roles & {"admin", "member"})
 
+    @property
+    def delegated_roles(self) -> frozenset[str]:
+        """The roles a cluster's trust delegates: the user's, minus admin."""
+        return self.roles - {"admin"}
+
     def endpoint(self, *types: str, interface: str = "public") -> str | None:
         for entry in self.catalog:
             if entry.get("type") in types:
@@ -366,7 +371,7 @@ class Keystone:
         it any more and the window in which it could still be handed out has passed (docs/adr/0005)."""
         if self.trust_reuse_seconds <= 0:
             return await self.create_trust(user)
-        key = (user.user_id, user.project_id, frozenset(user.roles - {"admin"}))
+        key = (user.user_id, user.project_id, user.delegated_roles)  # what the trust would say
         now = time.monotonic()
         recent = self._recent_trusts.get(key)
         if recent is not None and now - recent[0] < self.trust_reuse_seconds:
@@ -383,7 +388,7 @@ class Keystone:
         """A trust from ``user`` to the cove service user on the user's project, impersonating, with the
         user's roles minus admin. Returns (trust id, trustee user id)."""
         svc = await self.service_context()
-        roles = sorted(user.roles - {"admin"})
+        roles = sorted(user.delegated_roles)
         body = {"trust": {
             "trustor_user_id": user.user_id, "trustee_user_id": svc.user_id, "project_id": user.project_id,
             "impersonation": True, "allow_redelegation": False, "roles": [{"name": r} for r in roles],
