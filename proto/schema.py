@@ -46,6 +46,11 @@ def render() -> str:
             f"`{subjects.MAX_DELIVERIES_PREFIX}.<stream>.<consumer>` advisories (7 days); each consumer reads its own "
             "through the durable queue group `<consumer>_dropped` and dead-letters the message."
         ),
+        (
+            f"- Stored decisions: `{subjects.EVENTS_STREAM}` re-announces each event on "
+            f"`{subjects.decisions_source()}` once stored, headers only (JetStream RePublish), on "
+            f"`{subjects.stored_decisions()}` with `Cove-Event-Type` and `Nats-Sequence`; core NATS, kept by no stream."
+        ),
         "- RPC: `cove.rpc.<service>.<verb>`, queue group `<service>`.",
         "",
     ]

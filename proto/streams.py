@@ -10,6 +10,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -26,7 +27,9 @@ def replicas() -> int:
 
 
 def events_stream() -> StreamConfig:
-    """The event log: kept forever (replay rebuilds stores), deduplicated on ``Nats-Msg-Id``."""
+    """The event log: kept forever (replay rebuilds stores), deduplicated on ``Nats-Msg-Id``. The scheduler's
+    decisions are re-announced, headers only, the moment they are stored (``subjects.stored_decisions``): a cluster
+    create answers on them instead of waiting for the API's projection to apply them (services/api/decisions.py)."""
     return StreamConfig(
         name=subjects.EVENTS_STREAM,
         description="Cove domain events (the source of truth for every projection)",
@@ -36,6 +39,11 @@ def events_stream() -> StreamConfig:
         discard=DiscardPolicy.OLD,
         num_replicas=replicas(),
         duplicate_window=DUPLICATE_WINDOW_S,
+        republish=RePublish(
+            src=subjects.decisions_source(),
+            dest=f"{subjects.STORED_PREFIX}.scheduler.cluster.{{{{wildcard(1)}}}}",
+            headers_only=True,
+        ),
     )
 
 

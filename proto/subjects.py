@@ -34,6 +34,11 @@ DROPPED_DELIVER_PREFIX = "cove.dropped"
 captures it)."""
 
 
+STORED_PREFIX = "cove.stored"
+"""Where the events stream re-announces what it stored (JetStream RePublish, headers only; no stream captures it).
+Only the scheduler's decisions are re-announced: ``cove.stored.scheduler.cluster.<uuid>`` (``stored_decisions``)."""
+
+
 def max_deliveries_subject(stream: str, durable: str) -> str:
     return f"{MAX_DELIVERIES_PREFIX}.{stream}.{durable}"
 
@@ -91,3 +96,15 @@ CERTS_ROTATE_CA = rpc_subject("certs", "rotate_ca")
 
 # The RPCs the accounting service answers.
 ACCOUNTING_USAGE = rpc_subject("accounting", "usage")
+
+
+def decisions_source() -> str:
+    """The scheduler's decisions in the events stream (``ClusterAdmitted`` / ``ClusterRejected``), re-announced once
+    stored on ``stored_decisions()``."""
+    return producer_events("scheduler", "cluster")
+
+
+def stored_decisions() -> str:
+    """``cove.stored.scheduler.cluster.*``: one headers-only message per decision the events stream stored; the
+    headers keep the event's own (``Cove-Event-Type``) and add ``Nats-Sequence`` (its stream sequence)."""
+    return f"{STORED_PREFIX}.scheduler.cluster.*"

@@ -25,6 +25,7 @@ from aiohttp import web
 from proto import subjects, trusts
 from services.api import handlers, store
 from services.api.app import Settings, build_app
+from services.api.decisions import StoredDecisions
 from services.api.freshness import Freshness, ReadCache, TemplateCache
 from services.api.keystone import Keystone, ServiceCredentials
 from services.api.writer import Writer
@@ -62,6 +63,7 @@ class ApiServer:
         )
         self._runner: web.AppRunner | None = None
         self.freshness: Freshness | None = None
+        self.decisions: StoredDecisions | None = None
         self.read_pool: asyncpg.Pool | None = None
         self.read_pool_size = int(extra.get("COVE_API_READ_POOL_SIZE", "8"))
 
@@ -69,8 +71,10 @@ class ApiServer:
         assert svc.bus is not None and svc.pool is not None
         self.freshness = Freshness(svc.pool, store.PROJECTION)
         await self.freshness.start()
+        self.decisions = StoredDecisions(svc.bus)
+        await self.decisions.start()
         writer = Writer(svc.bus, svc.pool, read_your_writes_timeout=self.settings.read_your_writes_timeout,
-                        freshness=self.freshness)
+                        freshness=self.freshness, decisions=self.decisions)
         self.read_pool = await asyncpg.create_pool(
             svc.config.database_url, min_size=2, max_size=self.read_pool_size, connection_class=db.NoResetConnection,
             server_settings={"search_path": "api, public", "application_name": "cove-api-read"},
@@ -91,6 +95,9 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.decisions is not None:
+            await self.decisions.stop()
+            self.decisions = None
         if self.freshness is not None:
             await self.freshness.close()
             self.freshness = None

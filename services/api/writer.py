@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import nats.errors
@@ -16,6 +17,7 @@ import structlog
 from proto.envelope import new_envelope
 from proto.events import Event
 from services.api import store
+from services.api.decisions import Decision, StoredDecisions
 from services.api.errors import ApiError
 from services.api.freshness import Freshness
 from services.runtime.bus import Bus, ConcurrencyConflict
@@ -31,6 +33,8 @@ class Writer:
     poll_interval: float = 0.01
     freshness: Freshness | None = None
     """When listening (services/api/freshness.py), waits end at the commit's NOTIFY instead of by polling."""
+    decisions: StoredDecisions | None = None
+    """When subscribed (services/api/decisions.py), a create hears its decision as soon as it is stored."""
 
     async def publish(
         self,
@@ -69,8 +73,9 @@ class Writer:
     def watch_admission(self, cluster_uuid: str) -> AdmissionWatch:
         """Start listening for the scheduler's decision on ``cluster_uuid``: call BEFORE publishing its create,
         then ``decision()``, and ``close()`` in any case."""
-        fut = self.freshness.admission_waiter(cluster_uuid) if self.freshness is not None else None
-        return AdmissionWatch(self, cluster_uuid, fut)
+        applied = self.freshness.admission_waiter(cluster_uuid) if self.freshness is not None else None
+        stored = self.decisions.waiter(cluster_uuid) if self.decisions is not None else None
+        return AdmissionWatch(self, cluster_uuid, applied, stored)
 
     async def _applied(self, seq: int) -> bool:
         return await store.checkpoint(self.pool) >= seq
@@ -93,21 +98,32 @@ class AdmissionWatch:
 
     writer: Writer
     cluster_uuid: str
-    fut: asyncio.Future[str | None] | None
-    """Resolved by the decision's NOTIFY (services/api/freshness.py); None when not listening."""
+    applied: asyncio.Future[str | None] | None
+    """Resolved by the NOTIFY of the projection applying the decision (services/api/freshness.py); None when not
+    listening."""
+    stored: asyncio.Future[Decision] | None
+    """Resolved when the events stream stored the decision (services/api/decisions.py), usually well before the
+    projection applies it; None when not subscribed."""
 
-    async def decision(self, read: Callable[[], Awaitable[str | None]], timeout: float) -> str | None:
-        """``admitted`` or ``rejected``, or None when still undecided after ``timeout``. Learned from the NOTIFY's
-        payload when listening (no query); ``read`` (the row's admission) is polled when not listening, or once
-        the listening connection was lost."""
+    async def decision(self, read: Callable[[], Awaitable[str | None]], timeout: float) -> Decision | None:
+        """The decision, or None when still undecided after ``timeout``: from whichever of ``stored`` and
+        ``applied`` comes first (no query); ``read`` (the row's admission) is polled when neither can come (not
+        listening, or the listening connection was lost while the decision was not heard of)."""
         deadline = time.monotonic() + timeout
-        if self.fut is not None:
-            try:
-                decided = await asyncio.wait_for(asyncio.shield(self.fut), timeout)
-            except TimeoutError:
-                return await read()
-            if decided is not None:
-                return decided
+        pending: set[asyncio.Future[Any]] = {f for f in (self.stored, self.applied) if f is not None}
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                verdict = await read()
+                return Decision(verdict, 0) if verdict is not None else None
+            if self.stored in done:
+                return self.stored.result()
+            assert self.applied is not None
+            verdict = self.applied.result()
+            if verdict is not None:
+                return Decision(verdict, 0)
         seen: list[str | None] = [None]
 
         async def known() -> bool:
@@ -115,8 +131,10 @@ class AdmissionWatch:
             return seen[0] is not None
 
         await self.writer.wait_until(known, max(0.0, deadline - time.monotonic()))
-        return seen[0]
+        return Decision(seen[0], 0) if seen[0] is not None else None
 
     def close(self) -> None:
-        if self.fut is not None and self.writer.freshness is not None:
-            self.writer.freshness.forget_admission(self.cluster_uuid, self.fut)
+        if self.applied is not None and self.writer.freshness is not None:
+            self.writer.freshness.forget_admission(self.cluster_uuid, self.applied)
+        if self.stored is not None and self.writer.decisions is not None:
+            self.writer.decisions.forget(self.cluster_uuid, self.stored)

@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from typing import Any, cast
 
+import asyncpg
 import pytest
 
 from proto import subjects
@@ -138,7 +139,8 @@ async def template(demo: Client) -> dict[str, Any]:
 async def test_admission_wait_ends_at_the_decision(
     api: RunningApi, demo: Client, template: dict[str, Any]
 ) -> None:
-    """A stand-in scheduler admits at once: the create answers well before the admission timeout (1 s here)."""
+    """A stand-in scheduler admits at once: the create answers well before the admission timeout (1 s here), at the
+    projection's NOTIFY when the stored decisions are not heard (services/api/decisions.py, unsubscribed here)."""
 
     async def admit(msg: Any) -> None:
         from proto.envelope import decode
@@ -155,19 +157,68 @@ async def test_admission_wait_ends_at_the_decision(
             await publish(api, "scheduler", p.uuid, p.project_id, ClusterAdmitted(
                 uuid=p.uuid, project_id=p.project_id, master_count=1, node_count=1))
 
-    freshness = api.server.freshness
-    assert freshness is not None
+    freshness, decisions = api.server.freshness, api.server.decisions
+    assert freshness is not None and decisions is not None
     await wait_for(lambda: freshness.live, timeout=10, message="listening")
     wakeups = freshness.admission_wakeups
+    await decisions.stop()
     sub = await api.bus.nc.subscribe(subjects.producer_events("api", "cluster"), cb=admit)
     try:
         status, body, _ = await demo.call("POST", "/v1/clusters", {
             "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
     finally:
         await sub.unsubscribe()
+        await decisions.start()
     assert status == 202, body
     # a wake-up is counted only for a waiter still waiting: the create ended at the decision, not at the timeout
     assert freshness.admission_wakeups == wakeups + 1, "woken by the decision's NOTIFY, not by the timeout"
+
+
+async def test_a_create_answers_on_the_stored_decision_before_its_projection_applies_it(
+    api: RunningApi, demo: Client, template: dict[str, Any]
+) -> None:
+    """A stand-in scheduler admits while the cluster's read-model row is locked, so the projection cannot apply the
+    decision: the create answers 202 at once from the stored decision (not at the 1 s admission timeout), and the
+    cluster it names is readable already (its own event was applied)."""
+    decisions, pool = api.server.decisions, api.service.pool
+    assert decisions is not None and pool is not None
+    release = asyncio.Event()
+    decided: list[str] = []
+
+    async def admit_while_locked(msg: Any) -> None:
+        from proto.envelope import decode
+        from proto.events import ClusterCreateRequested
+
+        p = decode(msg.data).payload
+        if not isinstance(p, ClusterCreateRequested):
+            return
+        await wait_for(lambda: store.get_cluster(pool, p.uuid), timeout=5, message="request applied")
+        conn = await asyncpg.connect(api.service.config.database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM api.clusters WHERE uuid = $1 FOR UPDATE", p.uuid)
+                await publish(api, "scheduler", p.uuid, p.project_id, ClusterAdmitted(
+                    uuid=p.uuid, project_id=p.project_id, master_count=1, node_count=1))
+                decided.append(p.uuid)
+                await asyncio.wait_for(release.wait(), 15)
+        finally:
+            await conn.close()
+
+    wakeups = decisions.wakeups
+    sub = await api.bus.nc.subscribe(subjects.producer_events("api", "cluster"), cb=admit_while_locked)
+    try:
+        status, body, _ = await demo.call("POST", "/v1/clusters", {
+            "name": f"c-{uuid.uuid4().hex[:6]}", "cluster_template_id": template["uuid"], "node_count": 1})
+        assert status == 202, body
+        assert decided == [body["uuid"]]
+        assert decisions.wakeups == wakeups + 1, "answered on the stored decision, not at the admission timeout"
+        assert await store.admission_of(pool, body["uuid"]) is None, "the projection has not applied the decision"
+        status, shown, _ = await demo.call("GET", f"/v1/clusters/{body['uuid']}")
+        assert status == 200 and shown["status"] == "CREATE_IN_PROGRESS"
+    finally:
+        release.set()
+        await sub.unsubscribe()
+    await wait_for(lambda: store.admission_of(pool, body["uuid"]), timeout=10, message="the decision applied")
 
 
 async def test_lost_listen_connection_disables_the_cache_and_comes_back(

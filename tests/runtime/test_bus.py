@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
+from nats.aio.msg import Msg
 
-from proto import subjects
+from deploy.local.nats import NatsServer
+from proto import streams, subjects
 from proto.envelope import Envelope, decode, new_envelope
 from proto.events import ClusterRejected
 from services.runtime.bus import Bus, ConcurrencyConflict
@@ -55,3 +59,47 @@ async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
     assert info.config.duplicate_window == 120
     hb = await bus.js.stream_info(subjects.HEARTBEATS_STREAM)
     assert hb.config.max_msgs_per_subject == 1
+
+
+async def test_the_events_stream_re_announces_each_stored_decision(bus: Bus) -> None:
+    """Headers only, once stored, with the stream sequence: what a cluster create answers on (services/api/
+    decisions.py). Other producers' events and a deduplicated publish are not re-announced."""
+    heard: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await bus.nc.subscribe(subjects.stored_decisions(), cb=heard.put)
+    try:
+        cluster = str(uuid.uuid4())
+        await bus.publish(subjects.cluster_events("api", cluster), _env(cluster))
+        env = _env(cluster)
+        ack = await bus.publish(subjects.cluster_events("scheduler", cluster), env)
+        again = await bus.publish(subjects.cluster_events("scheduler", cluster), env)
+        assert again.duplicate
+        msg = await asyncio.wait_for(heard.get(), 5)
+        assert msg.subject == f"cove.stored.scheduler.cluster.{cluster}"
+        assert msg.data == b""
+        assert msg.headers is not None
+        assert msg.headers["Cove-Event-Type"] == "ClusterRejected"
+        assert int(msg.headers["Nats-Sequence"]) == ack.seq
+        await bus.nc.flush()
+        await asyncio.sleep(0.2)
+        assert heard.empty(), "the api event and the duplicate are not re-announced"
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_ensure_streams_adds_the_re_announcing_to_an_existing_stream(
+    make_nats_server: Callable[..., NatsServer],
+) -> None:
+    """A deployment whose events stream predates the re-announcing gets it on the next start."""
+    server = make_nats_server()
+    b = await Bus.connect(server.url, name="test-upgrade")
+    try:
+        older = streams.events_stream()
+        older.republish = None
+        await b.js.add_stream(older)
+        await b.ensure_streams()
+        info = await b.js.stream_info(subjects.EVENTS_STREAM)
+        assert info.config.republish is not None
+        assert info.config.republish.src == subjects.decisions_source()
+        assert info.config.republish.headers_only
+    finally:
+        await b.close()

@@ -214,9 +214,9 @@ async def create_cluster(request: web.Request) -> web.Response:
         trustee_user_id=trustee,
         requested_at=datetime.now(UTC),
     )
-    # Listen for the scheduler's decision before it can be taken; wait (bounded) for it to reach the read model.
-    # The projection applies events in stream order, so a decision it applied means the create was applied too
-    # (read-your-writes); only when no decision came in time is the create's own sequence waited for.
+    # Listen for the scheduler's decision before it can be taken, then wait (bounded) for it: heard the moment the
+    # stream stores it, or when the projection applies it. Then, read-your-writes: an admitted create's own event
+    # applied (usually done while the scheduler decided), a rejection applied (its reason is in the read model).
     watch = writer.watch_admission(cluster_uuid)
     try:
         seq = await writer.publish(
@@ -231,12 +231,13 @@ async def create_cluster(request: web.Request) -> web.Response:
                                         request.app[SETTINGS].admission_timeout)
     finally:
         watch.close()
-    if decision is None:
-        await writer.wait_applied(seq)
-    if decision == "rejected":
+    if decision is not None and decision.verdict == "rejected":
+        await writer.wait_applied(max(seq, decision.seq))
         row = await store.get_cluster(pool, cluster_uuid)
         raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
-    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision, trust_id=trust_id, seq=seq)
+    await writer.wait_applied(seq)
+    log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision and decision.verdict,
+             trust_id=trust_id, seq=seq)
     return web.json_response({"uuid": cluster_uuid}, status=202)
 
 
