@@ -10,10 +10,13 @@ are delivered ahead of the handler, so a buffered message's ack wait (``Consumer
 mostly in the batch before it, as with ``fetch``.
 
 Bookkeeping follows the server's rules: it serves pull requests in order, so each message counts against the
-oldest outstanding request; a request that ends early is announced by a status message (404/408: expired or
-nothing more to give; 409: refused, e.g. the consumer was deleted; 503: no JetStream), after which the next
-request goes out (after ``RETRY_AFTER`` for a refusal). A request the server forgot without telling (the
-connection was lost) is dropped locally once it should have expired, or at once after a reconnect.
+oldest outstanding request. Each request has a reply subject of its own (``<inbox>.<n>``), on which the server
+announces that it ended early (404/408: expired or nothing more to give; 409: refused, e.g. the consumer was
+deleted; 503: no JetStream), so the status ends exactly that request; the next request then goes out (after
+``RETRY_AFTER`` for a refusal). A request the server forgot without telling (the connection was lost) is dropped
+locally once it should have expired, or at once after a reconnect; if the server answers it late after all, its
+status ends nothing else (ending the oldest request instead would end a newer one, and the feed would then ask for
+more than its handler takes within the ack wait).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ class PullFeed:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._ready: collections.deque[Msg] = collections.deque()
-        self._requests: collections.deque[_Request] = collections.deque()
+        self._requests: dict[str, _Request] = {}
+        """Outstanding pull requests by reply subject, oldest first."""
         self._arrived = asyncio.Event()
         self._retry_at = 0.0
         self._reconnects = 0
@@ -71,7 +75,7 @@ class PullFeed:
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
         self._reconnects = self.nc.stats["reconnects"]
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def stop(self) -> list[Msg]:
         """Stop listening; returns the messages that arrived but were not handed out (the caller releases them).
@@ -104,7 +108,7 @@ class PullFeed:
         return taken
 
     def _requested(self) -> int:
-        return sum(r.remaining for r in self._requests)
+        return sum(r.remaining for r in self._requests.values())
 
     async def _top_up(self) -> None:
         now = time.monotonic()
@@ -113,30 +117,31 @@ class PullFeed:
             # The server forgot our requests with the old connection.
             self._reconnects = reconnects
             self._requests.clear()
-        while self._requests and self._requests[0].expires_at + GRACE < now:
-            self._requests.popleft()
+        for reply in [reply for reply, r in self._requests.items() if r.expires_at + GRACE < now]:
+            del self._requests[reply]
         if self._sub is None or now < self._retry_at or len(self._ready) + self._requested() > self.batch // 2:
             return
-        self._requests.append(_Request(self.batch, now + self.expires))
+        reply = f"{self._inbox}.{self.requests_sent}"
+        self._requests[reply] = _Request(self.batch, now + self.expires)
         self.requests_sent += 1
-        await self.nc.publish(self._next_subject, self._request_body, reply=self._inbox)
+        await self.nc.publish(self._next_subject, self._request_body, reply=reply)
 
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
         if status is None:
             self._ready.append(msg)
+            # (A message carries its own subject, not the request's: it fills the oldest request, served first.)
             if self._requests:
-                head = self._requests[0]
-                head.remaining -= 1
-                if head.remaining <= 0:
-                    self._requests.popleft()
+                oldest = next(iter(self._requests))
+                self._requests[oldest].remaining -= 1
+                if self._requests[oldest].remaining <= 0:
+                    del self._requests[oldest]
             self._arrived.set()
             return
         if status == HEARTBEAT:
             return
-        # The oldest request ended: expired or nothing more to give (404/408), or refused.
-        if self._requests:
-            self._requests.popleft()
+        # The request answered on this subject ended: expired or nothing more to give (404/408), or refused.
+        self._requests.pop(msg.subject, None)
         if status not in (NO_MESSAGES, REQUEST_TIMEOUT):
             description = (msg.headers or {}).get("Description", "")
             log.warning("pull_request_refused", consumer=self.durable, status=status, description=description)

@@ -28,6 +28,7 @@ from proto.events import ClusterRejected
 from proto.streams import ConsumerSettings
 from services.runtime.bus import Bus
 from services.runtime.consumer import Consumer
+from services.runtime.pull import PullFeed
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -277,3 +278,38 @@ async def _settled(bus: Bus, durable: str) -> bool:
 async def _holding(bus: Bus, durable: str, *, ack_pending: int, pending: int) -> bool:
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     return info.num_ack_pending == ack_pending and info.num_pending == pending
+
+
+async def test_a_late_status_of_a_request_given_up_ends_no_newer_request(bus: Bus) -> None:
+    """The feed gave a pull request up (as it does after a reconnect) but the server still had it: that request's
+    408 at its expiry must end only itself, not the newer request the feed sent meanwhile, which would make the feed
+    ask for more than it counts on and buffer more than one and a half batches."""
+    durable, filter_subject, subject = _names()
+    await bus.js.add_consumer(subjects.EVENTS_STREAM, ConsumerConfig(
+        durable_name=durable, filter_subject=filter_subject, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+    ))
+    feed = PullFeed(bus.nc, stream=subjects.EVENTS_STREAM, durable=durable, batch=4, expires=1.0)
+    await feed.start()
+    late: asyncio.Queue[Msg] = asyncio.Queue()
+    try:
+        await feed.next_batch(0)  # sends request 0 (expires after 1 s)
+        assert feed.requests_sent == 1
+        spy = await bus.nc.subscribe(f"{feed._inbox}.0", cb=late.put)
+        feed._requests.clear()  # given up locally; the server keeps it
+        await asyncio.sleep(0.5)
+        await feed.next_batch(0)  # sends request 1 (expires half a second after request 0)
+        assert feed.requests_sent == 2
+        status = await asyncio.wait_for(late.get(), 5)
+        assert (status.headers or {}).get("Status") == "408"
+        await bus.nc.flush()
+        await asyncio.sleep(0.1)  # the feed's own subscription heard the same 408
+        assert feed._requested() == 4, "request 1 is still counted on"
+        await spy.unsubscribe()
+        await bus.publish(subject, _event(str(uuid.uuid4())))
+        await wait_for(lambda: len(feed._ready) == 1, timeout=5, message="request 1 delivered")
+        assert feed._requested() == 3
+    finally:
+        for msg in await feed.stop():
+            await msg.ack()
+        await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
