@@ -113,6 +113,17 @@ class ClusterDeleteRequested(_Event, frozen=True, tag=True):
     user_id: str | None = None
 
 
+class ClusterWithdrawn(_Event, frozen=True, tag=True):
+    """The requester was told the create was refused: the scheduler's ``ClusterRejected`` came while the API still
+    held the request, which answered 403 as Magnum answers a quota refusal. For the requester the cluster never
+    existed, so it leaves the read model at once (Magnum has no row for a refused create) and the provisioner,
+    which never built it, lets its trust go. A rejection that came after the API had answered 202 is not withdrawn:
+    the cluster shows ``CREATE_FAILED`` with the reason until its owner deletes it."""
+
+    uuid: str
+    project_id: str
+
+
 class ClusterUpdateRequested(_Event, frozen=True, tag=True):
     """A resize: the new worker count (and optionally which nodes to remove first)."""
 
@@ -424,6 +435,7 @@ Event = (
     | ClusterTemplateDeleted
     | ClusterCreateRequested
     | ClusterDeleteRequested
+    | ClusterWithdrawn
     | ClusterUpdateRequested
     | ClusterHealthUpdated
     | ClusterAdmitted

@@ -72,6 +72,12 @@ async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection)
     await _move(tx, e.uuid, "ClusterRejected", env.occurred_at, status_reason=e.reason)
 
 
+async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connection) -> None:
+    """The requester was answered 403: the refused cluster leaves the read model (only a rejected one)."""
+    if await store.admission_of(tx, e.uuid) == "rejected":
+        await _move(tx, e.uuid, "ClusterWithdrawn", env.occurred_at)
+
+
 async def create_started(e: ev.ClusterCreateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
     if e.stack_id and await store.cluster_status(tx, e.uuid) is not None:
         await store.update_cluster(tx, e.uuid, stack_id=e.stack_id)
@@ -182,6 +188,7 @@ HANDLERS: dict[type, Apply] = {
     ev.ClusterCreateRequested: create_requested,
     ev.ClusterAdmitted: admitted,
     ev.ClusterRejected: rejected,
+    ev.ClusterWithdrawn: withdrawn,
     ev.ClusterCreateStarted: create_started,
     ev.ClusterCreateCompleted: create_completed,
     ev.ClusterCreateFailed: create_failed,

@@ -161,6 +161,12 @@ async def delete_completed(e: ev.ClusterDeleteCompleted, env: Envelope, tx: asyn
     await ngstore.delete_cluster_groups(tx, e.uuid)
 
 
+async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connection) -> None:
+    """(Applied after the cluster's own handler: its groups go only if the cluster row went.)"""
+    if await store.cluster_status(tx, e.uuid) is None:
+        await ngstore.delete_cluster_groups(tx, e.uuid)
+
+
 async def node_created(e: ev.NodeCreated, env: Envelope, tx: asyncpg.Connection) -> None:
     group = e.nodegroup or (ngstore.DEFAULT_MASTER if e.role == "master" else ngstore.DEFAULT_WORKER)
     await ngstore.set_node_group(tx, e.cluster_id, e.server_id, group)
@@ -179,6 +185,7 @@ HANDLERS: dict[type, Callable[[Any, Envelope, asyncpg.Connection], Awaitable[Non
     ev.ClusterUpdateCompleted: update_completed,
     ev.ClusterUpdateFailed: update_failed,
     ev.ClusterDeleteCompleted: delete_completed,
+    ev.ClusterWithdrawn: withdrawn,
     ev.NodeCreated: node_created,
 }
 

@@ -35,6 +35,7 @@ _RULES: dict[str, tuple[frozenset[str] | None, str]] = {
     "ClusterDeleteStarted": (None, DELETE_IN_PROGRESS),
     "ClusterDeleteFailed": (frozenset({DELETE_IN_PROGRESS}), DELETE_FAILED),
     "ClusterDeleteCompleted": (None, GONE),
+    "ClusterWithdrawn": (frozenset({CREATE_IN_PROGRESS, CREATE_FAILED}), GONE),
 }
 
 

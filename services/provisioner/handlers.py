@@ -32,6 +32,7 @@ from proto.events import (
     ClusterUpdateRequested,
     ClusterUpdateStarted,
     ClusterUpgradeRequested,
+    ClusterWithdrawn,
     NodeBecameActive,
     NodeCreated,
     NodeDeleted,
@@ -165,6 +166,21 @@ async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyn
         await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
 
 
+async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connection) -> None:
+    """A refused create whose requester was answered 403: never admitted, so never built; for everyone it is gone.
+    Its trust is to be deleted (the trust reaper keeps a trust another cluster still acts with, ADR 0005)."""
+    trust_id, status = await store.current_trust(tx, p.uuid)
+    if status is not None:
+        # Only a rejected cluster is withdrawn, and a rejected one is never started: keep what the store says.
+        log.warning("withdrawn_cluster_was_started", cluster_id=p.uuid, status=status)
+        return
+    # (last_seq is of the provisioner's own events on the cluster, none here: the trust reaper publishes the first.)
+    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, "withdrawn", 0)
+    if trust_id:  # (as a deleted cluster's: due at once, ClusterTrustDeleted says cluster_deleted)
+        await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
+    log.info("cluster_withdrawn", cluster_id=p.uuid, trust_id=trust_id)
+
+
 async def on_trust_deleted(env: Envelope, p: ClusterTrustDeleted, tx: asyncpg.Connection) -> None:
     await store.bump_seq(tx, p.uuid, p.project_id, STREAM_SEQ.get())
     await store.remove_trust_to_delete(tx, p.trust_id)
@@ -217,6 +233,7 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     ClusterDeleteCompleted: on_delete_completed,  # type: ignore[dict-item]
     ClusterDeleteFailed: on_delete_failed,  # type: ignore[dict-item]
     ClusterTrustDeleted: on_trust_deleted,  # type: ignore[dict-item]
+    ClusterWithdrawn: on_withdrawn,  # type: ignore[dict-item]
     NodeCreated: on_node_created,  # type: ignore[dict-item]
     NodeBecameActive: on_node_active,  # type: ignore[dict-item]
     NodeFailed: on_node_failed,  # type: ignore[dict-item]

@@ -26,7 +26,7 @@ from proto.events import (
     NodeCreated,
 )
 from tests.api.conftest import RunningApi, user_token
-from tests.conftest import wait_for
+from tests.conftest import stream_events, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -199,6 +199,9 @@ async def test_cluster_lifecycle_from_events(api: RunningApi, demo: Client, temp
 
 
 async def test_quota_rejection_in_time_is_403(api: RunningApi, demo: Client, template: dict[str, Any]) -> None:
+    """Answered 403 as Magnum answers, and then, as in Magnum, there is no such cluster: the API withdrew it."""
+    refused: list[str] = []
+
     # Stand in for the scheduler: reject every ClusterCreateRequested we see, quickly.
     async def reject(msg: Any) -> None:
         from proto.envelope import decode
@@ -207,6 +210,7 @@ async def test_quota_rejection_in_time_is_403(api: RunningApi, demo: Client, tem
         env = decode(msg.data)
         if isinstance(env.payload, ClusterCreateRequested):
             p = env.payload
+            refused.append(p.uuid)
             await publish(api, "scheduler", p.uuid, p.project_id, ClusterRejected(
                 uuid=p.uuid, project_id=p.project_id,
                 reason="You have reached the maximum clusters per project, 0. Please delete a cluster first."))
@@ -218,6 +222,30 @@ async def test_quota_rejection_in_time_is_403(api: RunningApi, demo: Client, tem
         await sub.unsubscribe()
     assert status == 403
     assert body["errors"][0]["detail"].startswith("You have reached the maximum clusters per project")
+    [cid] = refused
+    assert (await demo.call("GET", f"/v1/clusters/{cid}"))[0] == 404
+    _, listed, _ = await demo.call("GET", "/v1/clusters")
+    assert cid not in {c["uuid"] for c in listed["clusters"]}
+    subject = subjects.cluster_events("api", cid)
+    assert [e.type for e in await stream_events(api.bus, subject)] == ["ClusterCreateRequested", "ClusterWithdrawn"]
+
+
+async def test_a_late_rejection_stays_visible_with_its_reason(
+    api: RunningApi, demo: Client, template: dict[str, Any]
+) -> None:
+    """A rejection after the create was answered 202 is not withdrawn: the owner sees CREATE_FAILED and why."""
+    cid = await _create_cluster(demo, template)
+    _, body, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+    await publish(api, "scheduler", cid, body["project_id"], ClusterRejected(
+        uuid=cid, project_id=body["project_id"], reason="Resource limit exceeded: late."))
+
+    async def failed() -> dict[str, Any] | None:
+        _, b, _ = await demo.call("GET", f"/v1/clusters/{cid}")
+        return b if b["status"] == "CREATE_FAILED" else None
+
+    shown = await wait_for(failed, timeout=10, message="CREATE_FAILED")
+    assert shown["status_reason"] == "Resource limit exceeded: late."
+    assert "ClusterWithdrawn" not in [e.type for e in await stream_events(api.bus, subjects.cluster_events("api", cid))]
 
 
 async def test_failed_create_shows_reason_and_faults(api: RunningApi, demo: Client, template: dict[str, Any]) -> None:

@@ -95,8 +95,11 @@ async def test_cluster_config_ca_and_quotas_with_the_cli(stack: LocalStack, tmp_
     assert str(in_use) in shown_q
     listed = osc(stack, "coe", "quotas", "list", "--all-tenants", cloud="cove-admin")
     assert project_id in listed
-    refused = osc_raw(stack, "coe", "cluster", "create", f"over-{uuid.uuid4().hex[:4]}", "--cluster-template", tname)
+    over = f"over-{uuid.uuid4().hex[:4]}"
+    refused = osc_raw(stack, "coe", "cluster", "create", over, "--cluster-template", tname)
     assert refused.returncode != 0 and "maximum clusters per project" in refused.stderr + refused.stdout
+    listed_clusters = json.loads(osc(stack, "coe", "cluster", "list", "-f", "json"))
+    assert over not in {c["name"] for c in listed_clusters}, "as in Magnum, a refused create leaves no cluster"
     out = osc(stack, "coe", "quotas", "update", "--project-id", project_id, "--resource", "Cluster",
               "--hard-limit", str(in_use + 5), cloud="cove-admin")
     assert "failed" not in out.lower(), out

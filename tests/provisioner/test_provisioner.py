@@ -33,6 +33,7 @@ from proto.events import (
     ClusterTemplate,
     ClusterTrustRotated,
     ClusterUpdateRequested,
+    ClusterWithdrawn,
 )
 from services.runtime.bus import Bus
 from tests.conftest import REPO_ROOT, Devcloud, drop_database, free_port, fresh_database, wait_for
@@ -507,6 +508,68 @@ async def test_a_trust_two_clusters_share_is_deleted_after_the_last_of_them_and_
     finally:
         await sub_a.unsubscribe()
         await sub_b.unsubscribe()
+
+
+async def test_a_withdrawn_clusters_trust_is_deleted_unless_a_live_cluster_shares_it(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    """A refused create answered 403 is withdrawn (ClusterWithdrawn): never built, it lets its trust go at once, but
+    a trust the API shared with a live cluster of the same user stays that cluster's."""
+    live = await request_cluster(bus, cloud, "demo-wd-live", workers=1)
+    assert live.trust_id is not None
+    events_live, sub_live = await watch(bus, live.uuid)
+    try:
+        await until(events_live, "ClusterCreateCompleted", provisioner)
+        refused = [await _refused_request(bus, cloud, f"demo-wd-{i}", trust_id) for i, trust_id in
+                   enumerate((await asyncio.to_thread(cloud.trust), live.trust_id))]
+        own = refused[0]
+        events_own, sub_own = await watch(bus, own.uuid)
+        try:
+            for req in refused:
+                w = ClusterWithdrawn(uuid=req.uuid, project_id=req.project_id)
+                await bus.publish(subjects.cluster_events("api", req.uuid),
+                                  new_envelope(w, project_id=req.project_id, cluster_id=req.uuid))
+            assert own.trust_id is not None
+            deleted = await until_trust_deleted(events_own, own.trust_id, provisioner)
+            assert deleted.payload.reason == "cluster_deleted" and deleted.payload.uuid == own.uuid
+            assert await asyncio.to_thread(cloud.trust_status, own.trust_id) == 404
+            # The shared trust outlives the hold (the reaper looks again when it ends) while the live cluster has it.
+            await asyncio.sleep(TRUST_HOLD + 1.0)
+            assert await asyncio.to_thread(cloud.trust_status, live.trust_id) == 200
+            assert await pending_trusts(provisioner.database_url()) == [live.trust_id]
+            assert "ClusterCreateStarted" not in events_own.types()
+            for req in refused:
+                assert await asyncio.to_thread(cloud.live_records, prefix_of(req)) == []
+        finally:
+            await sub_own.unsubscribe()
+        await request_delete(bus, live)
+        await until(events_live, "ClusterDeleteCompleted", provisioner)
+        # (Its ClusterTrustDeleted names the withdrawn cluster, which recorded the trust first.)
+        await wait_for(lambda: _trust_gone(cloud, live.trust_id), timeout=30, message="the shared trust deleted")
+        await wait_for(lambda: _no_pending(provisioner.database_url()), message="trusts_to_delete emptied")
+    finally:
+        await sub_live.unsubscribe()
+
+
+async def _trust_gone(cloud: Cloud, trust_id: str) -> bool:
+    return await asyncio.to_thread(cloud.trust_status, trust_id) == 404
+
+
+async def _refused_request(bus: Bus, cloud: Cloud, name: str, trust_id: str) -> ClusterCreateRequested:
+    """A create the scheduler refused: its request only (no CA follows a rejection)."""
+    now = datetime.datetime.now(datetime.UTC)
+    template = ClusterTemplate(
+        uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
+        image_id="fedora-coreos", flavor_id="m1.small", master_flavor_id="m1.small", external_network_id="public",
+        created_at=now,
+    )
+    req = ClusterCreateRequested(
+        uuid=str(uuid.uuid4()), name=name, project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
+        template=template, master_count=1, node_count=1, trust_id=trust_id, requested_at=now,
+    )
+    await bus.publish(subjects.cluster_events("api", req.uuid),
+                      new_envelope(req, project_id=req.project_id, cluster_id=req.uuid))
+    return req
 
 
 async def test_trust_deletion_survives_keystone_failures_and_a_sigkill_after_delete_completed(

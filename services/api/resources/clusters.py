@@ -22,6 +22,7 @@ from proto.events import (
     ClusterDeleteRequested,
     ClusterHealthUpdated,
     ClusterUpdateRequested,
+    ClusterWithdrawn,
 )
 from services.api import paging, policy, status, store
 from services.api.app import POOL, SETTINGS, TEMPLATES, WRITER
@@ -32,6 +33,7 @@ from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_pa
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
 from services.api.validation import as_bool, as_int, cluster_fields, merged_labels
+from services.api.writer import Writer
 
 log = structlog.get_logger(__name__)
 
@@ -234,11 +236,31 @@ async def create_cluster(request: web.Request) -> web.Response:
     if decision is not None and decision.verdict == "rejected":
         await writer.wait_applied(max(seq, decision.seq))
         row = await store.get_cluster(pool, cluster_uuid)
+        await _withdraw(writer, event, seq)
         raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
     await writer.wait_applied(seq)
     log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision and decision.verdict,
              trust_id=trust_id, seq=seq)
     return web.json_response({"uuid": cluster_uuid}, status=202)
+
+
+async def _withdraw(writer: Writer, request: ClusterCreateRequested, request_seq: int) -> None:
+    """The create is answered 403, as Magnum answers a quota refusal, and Magnum then has no such cluster: withdraw
+    it (``ClusterWithdrawn``, right after the request, at ``request_seq``, on its subject: nothing else was asked of
+    the cluster meanwhile) and wait until the read model dropped it. If that fails the 403 stands and the cluster
+    shows CREATE_FAILED with the reason, as after a late rejection."""
+    try:
+        seq = await writer.publish(
+            subjects.cluster_events("api", request.uuid),
+            ClusterWithdrawn(uuid=request.uuid, project_id=request.project_id),
+            project_id=request.project_id,
+            cluster_id=request.uuid,
+            expected_last_subject_seq=request_seq,
+        )
+    except ApiError as exc:
+        log.warning("cluster_withdraw_failed", cluster_id=request.uuid, status=exc.status, detail=exc.detail)
+        return
+    await writer.wait_applied(seq)
 
 
 @routes.delete("/v1/clusters/{ident}")
