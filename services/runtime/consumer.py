@@ -159,7 +159,8 @@ class Consumer:
         log.info("consumer_started", consumer=self.durable, filter_subjects=self.filter_subjects)
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop fetching; the message in hand is finished, the rest of the batch is released (nak)."""
+        """Stop fetching; the message in hand is finished, the rest of the batch is released (nak). A handler still
+        running after ``timeout`` is cancelled and its messages are released too."""
         self._stopping.set()
         if self._task is not None:
             try:
@@ -199,15 +200,28 @@ class Consumer:
                 await asyncio.sleep(min(0.2 * 2**failures, 5.0))
                 continue
             failures = 0
-            batchable = self.batch_handler is not None and len(msgs) > 1 and not self._stopping.is_set()
-            if batchable and await self.process_batch(msgs):
-                continue
-            for i, msg in enumerate(msgs):
-                if self._stopping.is_set():
-                    for rest in msgs[i:]:
-                        await _quietly(rest.nak())
+            try:
+                if not await self._handle(msgs):
                     return
-                await self.process(msg)
+            except asyncio.CancelledError:
+                # stop() stopped waiting for a handler that did not finish: release what is in hand, so that another
+                # replica (or this one restarted) gets it at once rather than after ack_wait.
+                for msg in msgs:
+                    await _release(msg)
+                raise
+
+    async def _handle(self, msgs: list[Msg]) -> bool:
+        """Handle and settle one fetched batch; False when the consumer is stopping (the unhandled rest released)."""
+        batchable = self.batch_handler is not None and len(msgs) > 1 and not self._stopping.is_set()
+        if batchable and await self.process_batch(msgs):
+            return True
+        for i, msg in enumerate(msgs):
+            if self._stopping.is_set():
+                for rest in msgs[i:]:
+                    await _quietly(rest.nak())
+                return False
+            await self.process(msg)
+        return True
 
     async def process_batch(self, msgs: list[Msg]) -> bool:
         """Hand ``msgs`` to ``batch_handler`` in one call and ack them all. False (nothing settled) when a message
@@ -472,6 +486,16 @@ def _filters(cfg: ConsumerConfig) -> list[str]:
     if cfg.filter_subjects:
         return sorted(cfg.filter_subjects)
     return [cfg.filter_subject] if cfg.filter_subject else []
+
+
+async def _release(msg: Msg) -> None:
+    """Nak ``msg`` unless it was settled already."""
+    try:
+        await msg.nak()
+    except nats.errors.MsgAlreadyAckdError:
+        pass
+    except Exception as exc:  # noqa: BLE001
+        log.warning("settle_failed", error=repr(exc))
 
 
 async def _quietly(aw: Awaitable[None]) -> None:

@@ -270,6 +270,38 @@ async def test_stopping_a_consumer_releases_what_it_had_buffered(bus: Bus) -> No
         await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
 
 
+async def test_a_handler_still_running_when_stop_gives_up_has_its_message_released(bus: Bus) -> None:
+    """stop() cancels a handler that outlives its timeout (a hung cloud call, say); the message it held is naked, so
+    another replica handles it at once, not after ack_wait (30 s here)."""
+    settings = ConsumerSettings(ack_wait=30, backoff=(0.1,), fetch_timeout=0.2)
+    durable, filter_subject, subject = _names()
+    hung = Recorder()
+
+    async def hangs(env: Envelope, msg: Msg) -> None:
+        await hung(env, msg)
+        await asyncio.Event().wait()
+
+    first = Consumer(bus, durable=durable, filter_subjects=[filter_subject], handler=hangs, settings=settings)
+    handled = Recorder()
+    second = Consumer(bus, durable=durable, filter_subjects=[filter_subject], handler=handled, settings=settings)
+    await first.start()
+    try:
+        sent = _event(str(uuid.uuid4()))
+        await bus.publish(subject, sent)
+        await wait_for(lambda: hung.has(sent), timeout=5, message="the handler holds the message")
+        await first.stop(timeout=0.5)
+        await second.start()
+        started = time.monotonic()
+        await wait_for(lambda: handled.has(sent), timeout=3, message="the released message handled by another")
+        assert time.monotonic() - started < 3 < settings.ack_wait
+        assert handled.deliveries == {sent.id: [2]}
+        await wait_for(lambda: _settled(bus, durable), timeout=5, message="settled")
+    finally:
+        await first.stop(timeout=1)
+        await second.stop(timeout=5)
+        await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
+
+
 async def _settled(bus: Bus, durable: str) -> bool:
     info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
     return info.num_pending == 0 and info.num_ack_pending == 0
