@@ -170,6 +170,8 @@ async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connectio
     """A refused create whose requester was answered 403: never admitted, so never built; for everyone it is gone.
     Its trust is to be deleted (the trust reaper keeps a trust another cluster still acts with, ADR 0005)."""
     trust_id, status = await store.current_trust(tx, p.uuid)
+    if status == rc.DELETE_COMPLETE:
+        return
     if status is not None:
         # Only a rejected cluster is withdrawn, and a rejected one is never started: keep what the store says.
         log.warning("withdrawn_cluster_was_started", cluster_id=p.uuid, status=status)
