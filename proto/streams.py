@@ -41,7 +41,7 @@ def events_stream() -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_S,
         republish=RePublish(
             src=subjects.decisions_source(),
-            dest=f"{subjects.STORED_PREFIX}.scheduler.cluster.{{{{wildcard(1)}}}}",
+            dest=subjects.stored_decisions_destination(),
             headers_only=True,
         ),
     )

@@ -104,6 +104,11 @@ def decisions_source() -> str:
     return producer_events("scheduler", "cluster")
 
 
+def stored_decisions_destination() -> str:
+    """The RePublish destination mapping of ``decisions_source()`` (its last token, the cluster uuid, kept)."""
+    return f"{STORED_PREFIX}.scheduler.cluster.{{{{wildcard(1)}}}}"
+
+
 def stored_decisions() -> str:
     """``cove.stored.scheduler.cluster.*``: one headers-only message per decision the events stream stored; the
     headers keep the event's own (``Cove-Event-Type``) and add ``Nats-Sequence`` (its stream sequence)."""

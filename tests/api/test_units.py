@@ -178,3 +178,7 @@ def test_status_never_goes_backwards() -> None:
     assert status.transition(status.CREATE_COMPLETE, "ClusterRejected") == status.CREATE_COMPLETE
     assert status.transition(None, "ClusterCreateCompleted") is None
     assert status.transition(status.CREATE_COMPLETE, "NodeCreated") == status.CREATE_COMPLETE
+    # a refused create answered 403 goes away; a cluster that got further is never withdrawn
+    assert status.transition(status.CREATE_FAILED, "ClusterWithdrawn") == status.GONE
+    assert status.transition(status.CREATE_COMPLETE, "ClusterWithdrawn") == status.CREATE_COMPLETE
+    assert status.transition(status.DELETE_IN_PROGRESS, "ClusterWithdrawn") == status.DELETE_IN_PROGRESS
