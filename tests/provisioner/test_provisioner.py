@@ -203,8 +203,10 @@ async def watch(bus: Bus, cluster_id: str) -> tuple[ClusterEvents, Any]:
 
 async def request_cluster(
     bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2, flavor: str = "m1.small",
-    trust_id: str | None = None,
+    trust_id: str | None = None, admitted: bool = True,
 ) -> ClusterCreateRequested:
+    """Publish a create request and, when ``admitted``, the CA the certs service makes for an admitted cluster (the
+    provisioner builds a cluster once it has both); a refused create has its request only."""
     now = datetime.datetime.now(datetime.UTC)
     template = ClusterTemplate(
         uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
@@ -218,6 +220,8 @@ async def request_cluster(
     )
     env = new_envelope(req, project_id=req.project_id, cluster_id=req.uuid)
     await bus.publish(subjects.cluster_events("api", req.uuid), env)
+    if not admitted:
+        return req
     ca = ClusterCACreated(uuid=req.uuid, project_id=req.project_id, ca_cert_pem=make_ca_pem(),
                           encrypted_ca_key=b"opaque", key_id="k1")
     await bus.publish(subjects.cluster_events("certs", req.uuid), new_envelope(ca, project_id=req.project_id,
@@ -520,9 +524,9 @@ async def test_a_withdrawn_clusters_trust_is_deleted_unless_a_live_cluster_share
     events_live, sub_live = await watch(bus, live.uuid)
     try:
         await until(events_live, "ClusterCreateCompleted", provisioner)
-        refused = [await _refused_request(bus, cloud, f"demo-wd-{i}", trust_id) for i, trust_id in
-                   enumerate((await asyncio.to_thread(cloud.trust), live.trust_id))]
-        own = refused[0]
+        refused = [await request_cluster(bus, cloud, f"demo-wd-{i}", workers=1, trust_id=trust_id, admitted=False)
+                   for i, trust_id in enumerate((await asyncio.to_thread(cloud.trust), live.trust_id))]
+        own, sharing = refused
         events_own, sub_own = await watch(bus, own.uuid)
         try:
             for req in refused:
@@ -533,8 +537,11 @@ async def test_a_withdrawn_clusters_trust_is_deleted_unless_a_live_cluster_share
             deleted = await until_trust_deleted(events_own, own.trust_id, provisioner)
             assert deleted.payload.reason == "cluster_deleted" and deleted.payload.uuid == own.uuid
             assert await asyncio.to_thread(cloud.trust_status, own.trust_id) == 404
-            # The shared trust outlives the hold (the reaper looks again when it ends) while the live cluster has it.
-            await asyncio.sleep(TRUST_HOLD + 1.0)
+            # The shared trust outlives the hold since the sharing request (the reaper looks again when it ends, plus
+            # a second for that look) while the live cluster has it.
+            assert sharing.requested_at is not None
+            since = (datetime.datetime.now(datetime.UTC) - sharing.requested_at).total_seconds()
+            await asyncio.sleep(max(0.0, TRUST_HOLD + 1.0 - since))
             assert await asyncio.to_thread(cloud.trust_status, live.trust_id) == 200
             assert await pending_trusts(provisioner.database_url()) == [live.trust_id]
             assert "ClusterCreateStarted" not in events_own.types()
@@ -553,23 +560,6 @@ async def test_a_withdrawn_clusters_trust_is_deleted_unless_a_live_cluster_share
 
 async def _trust_gone(cloud: Cloud, trust_id: str) -> bool:
     return await asyncio.to_thread(cloud.trust_status, trust_id) == 404
-
-
-async def _refused_request(bus: Bus, cloud: Cloud, name: str, trust_id: str) -> ClusterCreateRequested:
-    """A create the scheduler refused: its request only (no CA follows a rejection)."""
-    now = datetime.datetime.now(datetime.UTC)
-    template = ClusterTemplate(
-        uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
-        image_id="fedora-coreos", flavor_id="m1.small", master_flavor_id="m1.small", external_network_id="public",
-        created_at=now,
-    )
-    req = ClusterCreateRequested(
-        uuid=str(uuid.uuid4()), name=name, project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
-        template=template, master_count=1, node_count=1, trust_id=trust_id, requested_at=now,
-    )
-    await bus.publish(subjects.cluster_events("api", req.uuid),
-                      new_envelope(req, project_id=req.project_id, cluster_id=req.uuid))
-    return req
 
 
 async def test_trust_deletion_survives_keystone_failures_and_a_sigkill_after_delete_completed(
