@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import psutil
+
 LOCALHOST = "127.0.0.1"
 
 
@@ -15,8 +17,12 @@ def free_port(host: str = LOCALHOST) -> int:
 
 
 def port_is_free(port: int, host: str = LOCALHOST) -> bool:
-    """True when nothing listens on host:port and we could bind it."""
+    """True when a server could listen on host:port now.
+
+    Tested the way our servers bind (aiohttp, nats-server and PostgreSQL all set SO_REUSEADDR): a previous run's
+    connections in TIME_WAIT do not stop them, so they must not make the port look taken; a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -24,9 +30,30 @@ def port_is_free(port: int, host: str = LOCALHOST) -> bool:
         return True
 
 
-def preferred_port(port: int, host: str = LOCALHOST) -> int:
-    """`port` when it is free, otherwise a free port chosen by the kernel."""
-    return port if port_is_free(port, host) else free_port(host)
+def port_holder(port: int) -> str | None:
+    """Who listens on TCP ``port``: "pid 123 (nats-server)", "another user's process", or None when nobody."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return "another user's process"
+            try:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return None
+
+
+def preferred_port(port: int, host: str = LOCALHOST) -> tuple[int, str | None]:
+    """``(port, None)`` when `port` is free; otherwise a free port chosen by the kernel and why `port` was not
+    taken ("9511 is in use by pid 123 (python3)"), for the caller's table and log."""
+    if port_is_free(port, host):
+        return port, None
+    holder = port_holder(port)
+    return free_port(host), f"{port} is in use by {holder or 'a process this user cannot see'}"
 
 
 def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:

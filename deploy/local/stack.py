@@ -141,6 +141,8 @@ class LocalStack:
         self.api_url = ""
         self.children: list[Child] = []
         self.reported_dead: set[str] = set()
+        self.moved: dict[str, str] = {}
+        """Process name -> why it does not listen on its usual port, shown in the summary table."""
 
     # -- start ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,13 +163,21 @@ class LocalStack:
             return
         self.nats = NatsServer(
             self.state_dir / "nats",
-            port=preferred_port(DEFAULT_NATS_PORT),
-            http_port=preferred_port(DEFAULT_NATS_MONITOR_PORT),
+            port=self._port("nats", DEFAULT_NATS_PORT),
+            http_port=self._port("nats", DEFAULT_NATS_MONITOR_PORT),
             log_file=self.logs / "nats.log",
         )
         self.nats.start(timeout=self.timeout)
         self.nats_url = self.nats.url
         self._record_pid("nats", self.nats.pid, [self.nats.binary, "-c", str(self.nats.config_path)])
+
+    def _port(self, name: str, usual: int) -> int:
+        """`usual` when a server can listen there, else a free port; the reason is logged and kept for the table."""
+        port, why = preferred_port(usual)
+        if why is not None:
+            log.warning("usual_port_taken", process=name, usual_port=usual, port=port, reason=why)
+            self.moved[name] = "; ".join(filter(None, (self.moved.get(name), why)))
+        return port
 
     def _start_postgres(self) -> None:
         self.database_url, self.postgres = database_url(self.state_dir / "pg", log_file=self.logs / "postgres.log")
@@ -188,8 +198,8 @@ class LocalStack:
         return child
 
     def _start_devcloud(self) -> None:
-        port = preferred_port(DEFAULT_DEVCLOUD_PORT)
-        self.api_port = preferred_port(DEFAULT_API_PORT)
+        port = self._port("devcloud", DEFAULT_DEVCLOUD_PORT)
+        self.api_port = self._port("api", DEFAULT_API_PORT)
         self.api_url = f"http://{LOCALHOST}:{self.api_port}/v1"
         self.devcloud_url = f"http://{LOCALHOST}:{port}"
         clouds = self.state_dir / "devcloud-clouds.yaml"
@@ -316,7 +326,8 @@ class LocalStack:
         else:
             rows.append(("postgres", "COVE_DATABASE_URL", "-"))
         rows += [(c.name, c.listen, str(c.log_file)) for c in self.children]
-        return rows
+        return [(name, f"{listen} (not the usual port: {self.moved[name]})" if name in self.moved else listen, logs)
+                for name, listen, logs in rows]
 
     # -- stop -----------------------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from services.api import openapi, policy
 from services.api.freshness import ReadCache, TemplateCache
 from services.api.keystone import Keystone
 from services.api.middleware import KEYSTONE, MIDDLEWARES
+from services.api.routing import slash_optional
 from services.api.writer import Writer
 
 
@@ -61,4 +62,5 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(cluster_actions.routes)
     for extra in (certificates, quotas, stats, mservices, federations, credentials):
         app.add_routes(extra.routes)
+    slash_optional(app.router)
     return app

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from services.api import microversion, policy
 from services.api.errors import ApiError, bad_request, error_body
 from services.api.keystone import AuthContext, Keystone
+from services.api.routing import canonical
 
 log = structlog.get_logger(__name__)
 
@@ -20,7 +21,7 @@ CONTEXT = web.RequestKey("auth_context", AuthContext)
 VERSION = web.RequestKey("microversion", microversion.Microversion)
 KEYSTONE = web.AppKey("keystone", Keystone)
 
-PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/", "/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/openapi.json"})  # slash-less: see routing.canonical
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"
 
 
@@ -85,7 +86,7 @@ async def microversion_middleware(request: web.Request, handler: Handler) -> web
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
+    if canonical(request.path) in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
         return await handler(request)
     keystone = request.app[KEYSTONE]
     ctx = await keystone.validate(request.headers.get("X-Auth-Token"))

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from services.api import microversion, patch, validation
+from services.api.routing import canonical
 
 routes = web.RouteTableDef()
 
@@ -177,8 +178,8 @@ SCHEMAS: dict[str, Any] = {
     "QuotaCreate": _obj(_QUOTA_INPUT, ["project_id"]),
     "QuotaUpdate": _obj(_QUOTA_INPUT, ["hard_limit"]),
     "Stats": _obj({"clusters": _INT, "nodes": _INT}, ["clusters", "nodes"]),
-    "MServiceList": _obj({"mservices": {"type": "array", "items": _obj(_MSERVICE, ["id", "binary", "state"])}},
-                         ["mservices"]),
+    "MServiceList": _obj({"mservices": {"type": "array", "items": _obj(_MSERVICE, ["id", "binary", "state"])},
+                          "next": _STR}, ["mservices"]),
     "Federation": _obj(_FEDERATION, ["uuid"]),
     "FederationList": _collection("federations", "Federation"),
     "FederationCreate": _obj({"name": _NSTR, "hostcluster_id": _STR, "member_ids": _nullable("array", items=_STR),
@@ -269,7 +270,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("DELETE", "/v1/quotas/{project_id}/{resource}", "Delete a quota", "quotas", ok=204),
     # Stats, services.
     Op("GET", "/v1/stats", "Cluster and node counts", "stats", response="Stats", query=("project_id", "type")),
-    Op("GET", "/v1/mservices", "Magnum services", "mservices", response="MServiceList"),
+    Op("GET", "/v1/mservices", "Magnum services", "mservices", response="MServiceList", query=_PAGING),
     # Federations (stub).
     Op("GET", "/v1/federations", "List federations", "federations", response="FederationList", query=_PAGING),
     Op("GET", "/v1/federations/detail", "List federations in full", "federations", response="FederationList",
@@ -337,7 +338,9 @@ def document(served: set[tuple[str, str]] | None = None) -> dict[str, Any]:
             "title": "Cove: OpenStack Magnum v1 API",
             "version": str(microversion.MAX),
             "description": "Magnum v1 API compatible Containers-as-a-Service. Microversions "
-                           f"{microversion.MIN}..{microversion.MAX} via the OpenStack-API-Version header.",
+                           f"{microversion.MIN}..{microversion.MAX} via the OpenStack-API-Version header. "
+                           "Every path is also served with a trailing slash (`/v1/clusters/?limit=1`, as "
+                           "python-magnumclient sends it): the slash is optional everywhere and changes nothing.",
         },
         "servers": [{"url": "/"}],
         "components": {
@@ -350,12 +353,13 @@ def document(served: set[tuple[str, str]] | None = None) -> dict[str, Any]:
 
 
 def router_operations(app: web.Application) -> set[tuple[str, str]]:
-    """(method, path) of every route the app serves, HEAD excluded (aiohttp adds it to every GET)."""
+    """(method, path) of every route the app serves, HEAD excluded (aiohttp adds it to every GET), each path in
+    its slash-less spelling (the router serves both: services/api/routing.py)."""
     out: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
             continue
-        out.add((route.method, route.resource.canonical if route.resource else ""))
+        out.add((route.method, canonical(route.resource.canonical) if route.resource else ""))
     return out
 
 

@@ -10,6 +10,16 @@ Magnum's rules on top of the RFC (``magnum/api/controllers/v1/types.py::JsonPatc
 * ``replace /labels`` (and ``/health_status_reason``, ``/node_labels``, ``/node_taints``) accepts a
   Python-literal string, as python-magnumclient sends ``str(dict)``.
 * ``remove`` of a root attribute sets it to null (Magnum saves the unset field as None).
+
+One leniency past Magnum (docs/api-compatibility.md): openstacksdk's ``update_cluster(<uuid>, node_count=3)``
+and ``update_cluster_template(<uuid>, ...)`` (every release to this day; Ansible's openstack.cloud collection 2.5,
+which needs openstacksdk < 4.15, calls them so) diff an object that holds only the uuid against the one wanted,
+and send ``[{"op": "move", "from": "/uuid", "path": "/id"}, {"op": "add", "path": "/node_count", "value": 3}]``.
+Magnum refuses both operations (400), so those users cannot resize a cluster. The meaning is unambiguous: the
+move renames the uuid to the SDK's own alias and changes nothing; the ``add`` of an attribute the SDK did not
+hold is, in RFC 6902, a replace. So exactly that move is dropped as the no-op it is, and only in a patch that
+carries it, a root ``add`` of an attribute that exists replaces it as the RFC says. Any other ``move``, and every
+``add`` on an existing attribute in a patch without the SDK's move, stays Magnum's 400.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ PATH_RE = re.compile(r"^(/[\w-]+)+$")
 OPS = ("add", "replace", "remove")
 BASE_INTERNAL = frozenset({"/created_at", "/id", "/links", "/updated_at", "/uuid", "/project_id", "/user_id"})
 LITERAL_PATHS = frozenset({"/labels", "/health_status_reason", "/node_labels", "/node_taints"})
+SDK_ID_ALIAS_MOVE = {"op": "move", "from": "/uuid", "path": "/id"}
+"""What openstacksdk < 4.15 prepends to every Magnum PATCH; see the module's docstring."""
 
 TEMPLATE_INTERNAL = BASE_INTERNAL
 TEMPLATE_NON_REMOVABLE = frozenset({
@@ -62,6 +74,9 @@ def parse_patch(body: Any, *, internal: Iterable[str], non_removable: Iterable[s
         body = [body]  # WSME accepts a single object where a list is expected
     if not isinstance(body, list) or not body:
         raise bad_request("Invalid input for field/attribute patch. Value: a non-empty JSON-patch list is required.")
+    sdk_diff = SDK_ID_ALIAS_MOVE in body
+    if sdk_diff:
+        body = [item for item in body if item != SDK_ID_ALIAS_MOVE]
     ops: list[dict[str, Any]] = []
     for item in body:
         if not isinstance(item, dict):
@@ -84,6 +99,8 @@ def parse_patch(body: Any, *, internal: Iterable[str], non_removable: Iterable[s
         if op == "remove" and path in non_removable:
             raise bad_request(f"'{path}' is a mandatory attribute and can not be removed")
         normalised: dict[str, Any] = {"op": op, "path": path}
+        if sdk_diff and op == "add":
+            normalised["rfc_add"] = True  # RFC 6902: an add on an existing member replaces it
         if op != "remove":
             if "value" not in item:
                 raise bad_request("'add' and 'replace' operations needs value")
@@ -124,7 +141,7 @@ def apply_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any
         if op == "add" and len(parts) == 1:
             if root not in out:
                 raise bad_request(f"Adding a new attribute {path} to the root of the resource is not allowed.")
-            if out[root] is not None:
+            if out[root] is not None and not p.get("rfc_add"):
                 raise bad_request(f"The attribute {path} has existed, please use 'replace' operation instead.")
         value = p.get("value")
         if op == "replace" and path in LITERAL_PATHS:

@@ -65,19 +65,40 @@ class MarkerNotFound(Exception):
     pass
 
 
-async def _page(
+BIGSERIAL_MAX = 2**63 - 1
+
+
+def _marker_value(marker: str, column: str) -> Any:
+    """The marker as the column's type: a uuid as given; an integer id (quotas, mservices) parsed and bounded."""
+    if column != "id":
+        return marker
+    try:
+        value = int(marker)
+    except ValueError:
+        raise MarkerNotFound(marker) from None
+    if not 0 < value <= BIGSERIAL_MAX:  # ids are bigserial: no row has any other
+        raise MarkerNotFound(marker)
+    return value
+
+
+async def keyset_page(
     conn: asyncpg.Connection | asyncpg.Pool,
     table: str,
     sort_keys: dict[str, str],
     where: str,
     args: list[Any],
     page: Page,
+    *,
+    marker_column: str = "uuid",
 ) -> list[asyncpg.Record]:
+    """One page of ``table`` ordered by ``page.sort_key`` then id, after the row ``page.marker`` names (by
+    ``marker_column``: Magnum's uuid, or the integer id where Magnum's objects have no uuid)."""
     expr = sort_keys[page.sort_key]
     op, direction = (">", "ASC") if page.sort_dir == "asc" else ("<", "DESC")
     args = list(args)
     if page.marker is not None:
-        marker = await conn.fetchrow(f"SELECT {expr} AS k, id FROM {table} WHERE uuid = $1", page.marker)
+        marker = await conn.fetchrow(f"SELECT {expr} AS k, id FROM {table} WHERE {marker_column} = $1",
+                                     _marker_value(page.marker, marker_column))
         if marker is None:
             raise MarkerNotFound(page.marker)
         args += [marker["k"], marker["id"]]
@@ -124,7 +145,7 @@ def template_of(row: asyncpg.Record) -> ClusterTemplate:
 
 async def list_templates(pool: asyncpg.Pool, scope: Scope, page: Page) -> list[ClusterTemplate]:
     where, args = template_scope(scope)
-    rows = await _page(pool, "cluster_templates", TEMPLATE_SORT_KEYS, where, args, page)
+    rows = await keyset_page(pool, "cluster_templates", TEMPLATE_SORT_KEYS, where, args, page)
     return [template_of(r) for r in rows]
 
 
@@ -250,7 +271,7 @@ async def delete_cluster(conn: asyncpg.Connection, uuid: str) -> None:
 
 async def list_clusters(pool: asyncpg.Pool, scope: Scope, page: Page) -> list[asyncpg.Record]:
     where, args = cluster_scope(scope)
-    return await _page(pool, "clusters", CLUSTER_SORT_KEYS, where, args, page)
+    return await keyset_page(pool, "clusters", CLUSTER_SORT_KEYS, where, args, page)
 
 
 async def find_clusters(pool: asyncpg.Pool, scope: Scope, ident: str) -> list[asyncpg.Record]:

@@ -287,12 +287,17 @@ UPDATABLE = status.STABLE | {status.UPDATE_FAILED}
 """Statuses a node_count change is accepted from (the projection's ClusterUpdateRequested rule)."""
 
 
+def cluster_patch_ops(body: Any) -> list[dict[str, Any]]:
+    """The PATCH body as validated JSON-patch operations: checked before the cluster is looked up, as in Magnum."""
+    return parse_patch(body, internal=CLUSTER_INTERNAL, non_removable=CLUSTER_NON_REMOVABLE)
+
+
 def cluster_patch(doc: dict[str, Any], body: Any, v: Microversion) -> dict[str, Any]:
     """Magnum's cluster PATCH as a pure function: the changed patchable fields and their validated values.
 
-    ``doc`` is the cluster as shown (``view``). Raises ``ApiError(400)`` for internal paths, unknown or
-    unchangeable properties, bad values, and ``node_count`` 0 before microversion 1.10."""
-    ops = parse_patch(body, internal=CLUSTER_INTERNAL, non_removable=CLUSTER_NON_REMOVABLE)
+    ``doc`` is the cluster as shown (``view``), ``body`` the request's. Raises ``ApiError(400)`` for internal
+    paths, unknown or unchangeable properties, bad values, and ``node_count`` 0 before microversion 1.10."""
+    ops = cluster_patch_ops(body)
     after = apply_patch(doc, ops)
     if after.get("node_count") is not None:
         after["node_count"] = as_int(after, "node_count", minimum=0)
@@ -335,15 +340,16 @@ def _rollback(request: web.Request, v: Microversion) -> bool:
 
 
 @routes.patch("/v1/clusters/{ident}")
-@routes.patch("/v1/clusters/{ident}/")  # magnumclient: PATCH .../{id}/?rollback=True
 async def patch_cluster(request: web.Request) -> web.Response:
     ctx = context(request)
     v = version(request)
+    body = await json_body(request)
+    cluster_patch_ops(body)  # a malformed body is a 400 before any look-up, as in Magnum
+    rollback = _rollback(request, v)
     row = await lookup(request, request.match_info["ident"])
     policy.require(request, "cluster:update", owner(row))
-    rollback = _rollback(request, v)
     doc = view(row, base_url(request), v)
-    delta = cluster_patch(doc, await json_body(request), v)
+    delta = cluster_patch(doc, body, v)
     spec = json.loads(row["spec"])
     if {"health_status", "health_status_reason"} & set(delta):
         trustee = spec.get("trustee_user_id")

@@ -197,9 +197,11 @@ def patched_template(t: ClusterTemplate, body: Any, *, now: datetime) -> tuple[C
 async def patch_template(request: web.Request) -> web.Response:
     ctx = context(request)
     ident = request.match_info["ident"]
+    body = await json_body(request)
+    parse_patch(body, internal=TEMPLATE_INTERNAL, non_removable=TEMPLATE_NON_REMOVABLE)  # 400 before any look-up
     t = await lookup(request, ident)
     policy.require(request, "clustertemplate:update", owner(t))
-    new, diff = patched_template(t, await json_body(request), now=datetime.now(UTC))
+    new, diff = patched_template(t, body, now=datetime.now(UTC))
     base = base_url(request)
     if not diff:
         return web.json_response(view(t, base))

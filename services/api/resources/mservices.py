@@ -22,9 +22,12 @@ from aiohttp import web
 from proto import subjects
 from proto.envelope import MalformedMessage, decode
 from proto.events import ServiceHeartbeat
-from services.api import policy
+from services.api import paging, policy
 from services.api.app import POOL, WRITER
+from services.api.errors import bad_request
+from services.api.middleware import base_url
 from services.api.resources.common import iso
+from services.api.store import MarkerNotFound, keyset_page
 from services.runtime.bus import Bus
 
 log = structlog.get_logger(__name__)
@@ -102,11 +105,31 @@ def view(row: asyncpg.Record, now: datetime, down_after: timedelta) -> dict[str,
     }
 
 
+SORT_KEYS: dict[str, str] = {
+    "id": "id",
+    "binary": "binary_name",
+    "host": "host",
+    "report_count": "report_count",
+    "created_at": "created_at",
+    "updated_at": "COALESCE(updated_at, 'epoch'::timestamptz)",
+}
+
+
 @routes.get("/v1/mservices")
 async def list_services(request: web.Request) -> web.Response:
+    """Magnum's list, paged like every other (``limit``, ``marker`` = the last id, ``sort_key``, ``sort_dir``):
+    python-magnumclient's ``mservices.list(limit=..., marker=...)`` sends them."""
     policy.require(request, "magnum-service:get_all")
+    page = paging.parse_page(request.query, SORT_KEYS)
     pool = request.app[POOL]
     await record(pool, await last_heartbeats(request.app[WRITER].bus))
-    rows = await pool.fetch("SELECT * FROM mservices ORDER BY id")
+    try:
+        rows = await keyset_page(pool, "mservices", SORT_KEYS, "TRUE", [], page, marker_column="id")
+    except MarkerNotFound:
+        raise bad_request(f"Marker {page.marker} could not be found.") from None
     now, down_after = datetime.now(UTC), down_time()
-    return web.json_response({"mservices": [view(r, now, down_after) for r in rows]})
+    body: dict[str, Any] = {"mservices": [view(r, now, down_after) for r in rows]}
+    nxt = paging.next_link(base_url(request), "mservices", page, len(rows), str(rows[-1]["id"]) if rows else None)
+    if nxt:
+        body["next"] = nxt
+    return web.json_response(body)

@@ -124,7 +124,6 @@ async def _show(request: web.Request, cluster: asyncpg.Record, row: asyncpg.Reco
 
 
 @routes.get("/v1/clusters/{cluster}/nodegroups")
-@routes.get("/v1/clusters/{cluster}/nodegroups/")
 async def list_nodegroups(request: web.Request) -> web.Response:
     cluster = await _cluster(request, "nodegroup:get_all", write=False)
     page = paging.parse_page(request.query, ngstore.NODEGROUP_SORT_KEYS)
@@ -195,7 +194,6 @@ def _ensure_operable(cluster: asyncpg.Record) -> None:
 
 
 @routes.post("/v1/clusters/{cluster}/nodegroups")
-@routes.post("/v1/clusters/{cluster}/nodegroups/")
 async def create_nodegroup(request: web.Request) -> web.Response:
     cluster = await _cluster(request, "nodegroup:create", write=True)
     ctx, v, pool = context(request), version(request), request.app[POOL]
@@ -251,22 +249,29 @@ async def create_nodegroup(request: web.Request) -> web.Response:
     return await _show(request, cluster, row, 202)
 
 
-def _apply_patch(current: dict[str, Any], ops: Any, v: Microversion) -> dict[str, Any]:
-    if not isinstance(ops, list):
+def _parse_ops(body: Any, v: Microversion) -> list[dict[str, Any]]:
+    """The PATCH body as validated operations; checked before any look-up, as Magnum's WSME types are."""
+    if not isinstance(body, list):
         raise bad_request("The PATCH body must be a JSON-patch list of operations.")
-    out = dict(current)
-    for op in ops:
+    allowed = PATCHABLE if v.at_least(1, 14) else PATCHABLE[:2]
+    for op in body:
         if not isinstance(op, dict) or op.get("op") not in ("add", "replace", "remove") \
                 or not isinstance(op.get("path"), str):
             raise bad_request(f"Invalid JSON-patch operation: {op!r}")
         field = op["path"].strip("/")
-        allowed = PATCHABLE if v.at_least(1, 14) else PATCHABLE[:2]
         if field not in allowed:
             raise bad_request(f"cannot change nodegroup property(ies) {field}.")
+        if op["op"] != "remove" and "value" not in op:
+            raise bad_request(f"'value' is required for {op['op']} of {op['path']}")
+    return body
+
+
+def _apply_ops(current: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(current)
+    for op in ops:
+        field = op["path"].strip("/")
         if op["op"] == "remove":
             out[field] = {"min_node_count": 0, "max_node_count": None, "node_labels": {}, "node_taints": []}[field]
-        elif "value" not in op:
-            raise bad_request(f"'value' is required for {op['op']} of {op['path']}")
         else:
             out[field] = op["value"]
     return out
@@ -274,16 +279,17 @@ def _apply_patch(current: dict[str, Any], ops: Any, v: Microversion) -> dict[str
 
 @routes.patch("/v1/clusters/{cluster}/nodegroups/{ng}")
 async def update_nodegroup(request: web.Request) -> web.Response:
+    v = version(request)
+    ops = _parse_ops(await json_body(request), v)
     cluster = await _cluster(request, "nodegroup:update", write=True)
     row = await _group(request, cluster)
-    v = version(request)
     ng = ngstore.nodegroup_of(row)
     current = {
         "min_node_count": row["min_node_count"], "max_node_count": row["max_node_count"],
         "node_labels": dict(ng.node_labels),
         "node_taints": [{"key": t.key, "value": t.value, "effect": t.effect} for t in ng.node_taints],
     }
-    new = _apply_patch(current, await json_body(request), v)
+    new = _apply_ops(current, ops)
     min_count = as_int(new, "min_node_count", minimum=0) or 0
     max_count = as_int(new, "max_node_count", minimum=0)
     if row["role"] == "master" and (new["node_labels"] != current["node_labels"]

@@ -27,7 +27,7 @@ from services.api.errors import ApiError, bad_request
 from services.api.keystone import AuthContext
 from services.api.middleware import KEYSTONE, base_url, context
 from services.api.resources.common import iso, json_body
-from services.api.store import Page
+from services.api.store import MarkerNotFound, Page, keyset_page
 from services.api.validation import SQL_INT_MAX
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,6 @@ routes = web.RouteTableDef()
 
 RESOURCES = ("Cluster",)
 MAGNUM_DEFAULT_LIMIT = 20
-_MAX_ID = 2**63 - 1
 SORT_KEYS: dict[str, str] = {
     "id": "id",
     "project_id": "project_id",
@@ -99,32 +98,11 @@ async def get_quota(pool: asyncpg.Pool, project_id: str, resource: str) -> async
 
 async def list_quotas(pool: asyncpg.Pool, project_id: str | None, page: Page) -> list[asyncpg.Record]:
     """One page ordered by ``page.sort_key`` then id; the marker is a row id (Magnum's integer ids)."""
-    expr = SORT_KEYS[page.sort_key]
-    op, direction = (">", "ASC") if page.sort_dir == "asc" else ("<", "DESC")
-    where: list[str] = []
-    args: list[Any] = []
-    if project_id is not None:
-        args.append(project_id)
-        where.append(f"project_id = ${len(args)}")
-    if page.marker is not None:
-        try:
-            marker_id = int(page.marker)
-        except ValueError:
-            marker_id = 0
-        if not 0 < marker_id <= _MAX_ID:  # ids are bigserial: no row has any other
-            raise bad_request(f"Marker {page.marker} could not be found.")
-        mark = await pool.fetchrow(f"SELECT {expr} AS k, id FROM quotas WHERE id = $1", marker_id)
-        if mark is None:
-            raise bad_request(f"Marker {page.marker} could not be found.")
-        args.extend([mark["k"], mark["id"]])
-        where.append(f"({expr}, id) {op} (${len(args) - 1}, ${len(args)})")
-    args.append(page.limit)
-    sql = (
-        "SELECT * FROM quotas"
-        + (f" WHERE {' AND '.join(where)}" if where else "")
-        + f" ORDER BY {expr} {direction}, id {direction} LIMIT ${len(args)}"
-    )
-    return list(await pool.fetch(sql, *args))
+    where, args = ("project_id = $1", [project_id]) if project_id is not None else ("TRUE", [])
+    try:
+        return await keyset_page(pool, "quotas", SORT_KEYS, where, args, page, marker_column="id")
+    except MarkerNotFound:
+        raise bad_request(f"Marker {page.marker} could not be found.") from None
 
 
 # --------------------------------------------------------------------------- HTTP

@@ -35,7 +35,6 @@ async def root(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1")
-@routes.get("/v1/")
 async def v1(request: web.Request) -> web.Response:
     base = base_url(request)
     body: dict[str, object] = {
