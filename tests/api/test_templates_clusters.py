@@ -104,6 +104,33 @@ def test_cluster_patch_rules() -> None:
                       V1_14)[0] == 400
 
 
+MOVE = {"op": "move", "from": "/uuid", "path": "/id"}  # what openstacksdk's update_cluster(<uuid>, ...) prepends
+
+
+def test_openstacksdk_id_alias_diff_is_accepted_and_nothing_else() -> None:
+    """openstacksdk sends [move /uuid->/id, add /<attr>] for update_cluster(<uuid>, attr=...): the move is a
+    no-op and, in such a patch only, a root add on an existing attribute replaces it (RFC 6902)."""
+    doc = {"name": "a", "labels": {"x": "1"}, "flavor_id": None, "coe": "kubernetes", "hidden": False}
+    assert _tpl_patch(doc, [MOVE, {"op": "add", "path": "/name", "value": "b"}])["name"] == "b"
+    assert _tpl_patch(doc, [{"op": "add", "path": "/flavor_id", "value": "m1.small"}, MOVE])["flavor_id"] == \
+        "m1.small", "the sdk sorts by path: its move need not come first"
+    assert _tpl_patch(doc, [MOVE]) == doc
+    # without the sdk's move, Magnum's rule holds
+    status, detail = _status_of(_tpl_patch, doc, [{"op": "add", "path": "/name", "value": "b"}])
+    assert status == 400 and "please use 'replace'" in detail
+    # any other move is still refused, and so is an add of an unknown attribute in an sdk patch
+    for other in ({"op": "move", "from": "/name", "path": "/id"}, {"op": "move", "from": "/uuid", "path": "/name"},
+                  {**MOVE, "value": 1}, {"op": "copy", "from": "/uuid", "path": "/id"}):
+        assert _status_of(_tpl_patch, doc, [other, {"op": "replace", "path": "/name", "value": "b"}])[0] == 400, other
+    status, detail = _status_of(_tpl_patch, doc, [MOVE, {"op": "add", "path": "/bogus", "value": "b"}])
+    assert status == 400 and "not allowed" in detail
+    # the cluster rules: resize through the sdk's diff; the uuid itself still cannot change
+    cluster = {"uuid": "u", "name": "c", "node_count": 2, "health_status": None, "health_status_reason": {},
+               "status": "X", "labels": {}}
+    assert cluster_patch(cluster, [MOVE, {"op": "add", "path": "/node_count", "value": 3}], V1_1) == {"node_count": 3}
+    assert _status_of(cluster_patch, cluster, [MOVE, {"op": "replace", "path": "/uuid", "value": "v"}], V1_1)[0] == 400
+
+
 def test_integers_beyond_sql_integer_columns_are_refused() -> None:
     """Regression: node_count (or create_timeout, docker_volume_size) of 2**31 was accepted with a 202 and
     published as an event the API's projection could not store (integer columns): the cluster never appeared."""
@@ -350,8 +377,10 @@ async def test_openstacksdk_proxy(api: RunningApi, clients: dict[str, Client]) -
     assert t.id and t.name == name
     got = await asyncio.to_thread(coe.get_cluster_template, t.id)
     assert got.labels == {"kube_tag": "v1.30.1"}
-    # (openstacksdk 4.22's update_cluster_template sends [move /uuid->/id, add /name, add /labels]: Magnum refuses
-    # `add` on an existing attribute with 400 and so does Cove; template PATCH is proven with magnumclient.)
+    # update by uuid sends [move /uuid->/id, add /name]: Magnum refuses it, Cove takes it (services/api/patch.py)
+    renamed = await asyncio.to_thread(coe.update_cluster_template, t.id, name=f"{name}-r")
+    assert renamed.name == f"{name}-r"
+    assert (await asyncio.to_thread(coe.get_cluster_template, t.id)).name == f"{name}-r"
     templates = await asyncio.to_thread(lambda: [x.id for x in coe.cluster_templates()])
     assert t.id in templates
     cluster = await asyncio.to_thread(coe.create_cluster, name=_name("sdkc"), cluster_template_id=t.id,

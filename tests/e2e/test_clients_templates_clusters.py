@@ -55,11 +55,13 @@ def show_json(st: LocalStack, *args: str, cloud: str = "cove-demo") -> dict[str,
     return body
 
 
-def magnum(st: LocalStack, user: str, password: str, project: str) -> Any:
-    """python-magnumclient as an application uses it: a keystoneauth session, the endpoint from the catalog."""
+def magnum(st: LocalStack, user: str, password: str, project: str, api_version: str | None = None) -> Any:
+    """python-magnumclient as an application uses it: a keystoneauth session, the endpoint from the catalog
+    (``api_version="latest"`` for what needs a later microversion than the client's default, nodegroups)."""
     auth = v3.Password(auth_url=f"{st.devcloud_url}/identity/v3", username=user, password=password,
                        project_name=project, user_domain_name="Default", project_domain_name="Default")
-    return MagnumClient("1", session=ks_session.Session(auth=auth), service_type="container-infra")
+    return MagnumClient("1", session=ks_session.Session(auth=auth), service_type="container-infra",
+                        api_version=api_version)
 
 
 async def settled(st: LocalStack, tok: str, cid: str, wanted: str) -> dict[str, Any] | None:
