@@ -1,0 +1,90 @@
+"""The COE driver interface: what the provisioner asks of a container orchestration engine's driver.
+
+A driver is pure: it says which ports its COE needs open on each role's security group, renders each node's user
+data from plain facts (``NodeContext``), names the health checks, and says what ``cluster config`` hands the user.
+It never calls the cloud, NATS or a database; the provisioner's reconcile does, with what the driver returns.
+One module per COE (``kubernetes.py``, later ``swarm.py`` and ``mesos.py``); ``drivers.driver_for(coe)`` picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["master", "worker"]
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """One ingress rule a COE needs on one role's security group.
+
+    ``source`` ``"allowed"``: from the cluster's allow-list (``master_lb_allowed_cidrs``; 0.0.0.0/0 when none is
+    given): what users reach (the API, SSH). ``"cluster"``: only from the cluster's own security groups (etcd,
+    kubelet, the overlay network). ``protocol`` is ``tcp``, ``udp`` or an IP protocol Neutron knows by name
+    (``ipip`` for calico's IP-in-IP), which takes no ports."""
+
+    protocol: str
+    port_min: int | None
+    port_max: int | None
+    source: Literal["allowed", "cluster"]
+    description: str
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Everything one node's user data depends on (no cloud call needed to render it)."""
+
+    cluster_id: str
+    cluster_name: str
+    node_name: str
+    role: Role
+    nodegroup: str
+    is_first_master: bool
+    """The master that initialises the control plane; every other master joins it."""
+    api_host: str
+    """Where the control plane is reached: the load balancer's VIP, else the first master's fixed IP."""
+    api_port: int
+    ca_cert_pem: str
+    bootstrap_token: str
+    labels: dict[str, str] = field(default_factory=dict)
+    """The cluster's labels, resolved (merge_labels applied) by the API; the driver reads its own."""
+    network_driver: str | None = None
+    master_addresses: tuple[str, ...] = ()
+    """The masters' fixed IPs known at render time (certificate SANs, etcd peers)."""
+    docker_volume_device: str | None = None
+    """Block device of the container-storage volume (``docker_volume_size``), attached before boot."""
+    etcd_volume_device: str | None = None
+    """Block device of the etcd volume (label ``etcd_volume_size``), masters only."""
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A check the provisioner (or a node) runs to call a node or the cluster healthy."""
+
+    name: str
+    role: Role | Literal["cluster"]
+    description: str
+    port: int | None = None
+    path: str | None = None
+
+
+class CoeDriver(Protocol):
+    coe: str
+
+    def port_rules(self, role: Role, *, api_port: int, network_driver: str | None) -> list[PortRule]:
+        """The ingress rules ``role``'s security group needs, and no more."""
+        ...
+
+    def user_data(self, node: NodeContext) -> str:
+        """The node's user data (a ``#cloud-config`` document); raises ``ValueError`` on impossible input."""
+        ...
+
+    def health_checks(self) -> list[HealthCheck]:
+        ...
+
+    def cluster_config(self) -> str:
+        """What ``openstack coe cluster config`` hands the user for this COE, in a sentence (docs and tests)."""
+        ...
