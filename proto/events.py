@@ -11,6 +11,8 @@ from typing import Literal
 
 import msgspec
 
+from proto.clusterspec import ClusterSpec, NodeGroupSpec
+
 NodeRole = Literal["master", "worker"]
 
 
@@ -105,6 +107,10 @@ class ClusterCreateRequested(_Event, frozen=True, tag=True):
     """Delegated credentials for the provisioner (Magnum uses a Keystone trust)."""
     stack_id: str | None = None
     requested_at: datetime | None = None
+    spec: ClusterSpec | None = None
+    """The cluster as it will be built, resolved once by the API (proto/clusterspec.py). Every service reads it
+    (``clusterspec.spec_of`` for events written before it existed) and none re-derives it from the fields above,
+    which stay as the request gave them."""
 
 
 class ClusterDeleteRequested(_Event, frozen=True, tag=True):
@@ -181,6 +187,10 @@ class NodeGroup(msgspec.Struct, frozen=True, kw_only=True):
 
 class NodeGroupCreateRequested(_Event, frozen=True, tag=True):
     nodegroup: NodeGroup
+    spec: NodeGroupSpec | None = None
+    """The nodegroup as it will be built (flavor, image and volume with the cluster's values filled in by the API);
+    None in events written before it existed: then ``nodegroup``'s own values, and the cluster's where they are
+    None."""
 
 
 class NodeGroupUpdateRequested(_Event, frozen=True, tag=True):

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from proto import clusterspec
 from proto import events as ev
 from proto.envelope import Envelope
 from services.api import ngstore, status, store
@@ -46,18 +47,13 @@ async def _sync_node_count(tx: asyncpg.Connection, cluster_uuid: str) -> None:
 
 
 def _default_groups(e: ev.ClusterCreateRequested, at: datetime) -> list[ev.NodeGroup]:
-    t = e.template
-    labels = dict(e.labels) if e.labels else dict(t.labels)
+    """The cluster's default groups exactly as its resolved spec says they are built."""
     return [ev.NodeGroup(
-        uuid=ngstore.default_uuid(e.uuid, name), name=name, cluster_id=e.uuid, project_id=e.project_id,
-        role=role, node_count=count, min_node_count=0, max_node_count=None, flavor_id=flavor,
-        image_id=t.image_id, labels=labels, is_default=True, created_at=e.requested_at or at,
-        docker_volume_size=e.docker_volume_size if e.docker_volume_size is not None else t.docker_volume_size,
-    ) for name, role, count, flavor in (
-        (ngstore.DEFAULT_MASTER, "master", e.master_count,
-         e.master_flavor_id or t.master_flavor_id or e.flavor_id or t.flavor_id),
-        (ngstore.DEFAULT_WORKER, "worker", e.node_count, e.flavor_id or t.flavor_id),
-    )]
+        uuid=ngstore.default_uuid(e.uuid, g.name), name=g.name, cluster_id=e.uuid, project_id=e.project_id,
+        role=g.role, node_count=g.node_count, min_node_count=0, max_node_count=None, flavor_id=g.flavor_id,
+        image_id=g.image_id, labels=dict(g.labels), is_default=True, created_at=e.requested_at or at,
+        docker_volume_size=g.docker_volume_size,
+    ) for g in clusterspec.spec_of(e).nodegroups]
 
 
 async def create_requested_many(

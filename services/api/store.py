@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from proto import clusterspec
 from proto.events import ClusterCreateRequested, ClusterTemplate
 
 PROJECTION = "api"
@@ -179,29 +180,26 @@ def cluster_scope(scope: Scope, first_arg: int = 1) -> tuple[str, list[Any]]:
     return f"project_id = ${first_arg}", [scope.project_id]
 
 
-def spec_of(ev: ClusterCreateRequested) -> dict[str, Any]:
-    """The request fields the read model shows, with the template's values filled in (Magnum's inheritance)."""
-    t = ev.template
+def shown_spec(ev: ClusterCreateRequested) -> dict[str, Any]:
+    """The fields ``cluster show`` takes from the cluster's resolved spec (proto/clusterspec.py: decided once by
+    the API; the provisioner builds exactly this), plus the template's labels for labels_added/overridden."""
+    spec = clusterspec.spec_of(ev)
     return {
-        "keypair": ev.keypair if ev.keypair is not None else t.keypair_id,
-        "node_count": ev.node_count,
-        "master_count": ev.master_count,
-        "docker_volume_size": (
-            ev.docker_volume_size if ev.docker_volume_size is not None else t.docker_volume_size
-        ),
-        "labels": dict(ev.labels) if ev.labels else dict(t.labels),
-        "template_labels": dict(t.labels),
-        "master_flavor_id": ev.master_flavor_id or t.master_flavor_id,
-        "flavor_id": ev.flavor_id or t.flavor_id,
-        "create_timeout": ev.create_timeout,
-        "discovery_url": ev.discovery_url,
-        "fixed_network": ev.fixed_network or t.fixed_network,
-        "fixed_subnet": ev.fixed_subnet or t.fixed_subnet,
-        "floating_ip_enabled": (
-            ev.floating_ip_enabled if ev.floating_ip_enabled is not None else t.floating_ip_enabled
-        ),
-        "master_lb_enabled": ev.master_lb_enabled if ev.master_lb_enabled is not None else t.master_lb_enabled,
-        "coe": t.coe,
+        "keypair": spec.keypair,
+        "node_count": spec.node_count,
+        "master_count": spec.master_count,
+        "docker_volume_size": spec.docker_volume_size,
+        "labels": dict(spec.labels),
+        "template_labels": dict(ev.template.labels),
+        "master_flavor_id": spec.master_flavor_id,
+        "flavor_id": spec.flavor_id,
+        "create_timeout": spec.create_timeout,
+        "discovery_url": spec.discovery_url,
+        "fixed_network": spec.fixed_network,
+        "fixed_subnet": spec.fixed_subnet,
+        "floating_ip_enabled": spec.floating_ip_enabled,
+        "master_lb_enabled": spec.master_lb_enabled,
+        "coe": spec.coe,
         "merge_labels": bool(ev.merge_labels),
         "trustee_user_id": ev.trustee_user_id,
     }
@@ -214,7 +212,7 @@ async def insert_clusters(
     await conn.executemany(
         "INSERT INTO clusters (uuid, name, project_id, user_id, cluster_template_id, status, spec, stack_id,"
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
-        [(ev.uuid, ev.name, ev.project_id, ev.user_id, ev.template.uuid, status, msgspec.json.encode(spec_of(ev)).decode(),
+        [(ev.uuid, ev.name, ev.project_id, ev.user_id, ev.template.uuid, status, msgspec.json.encode(shown_spec(ev)).decode(),
           ev.stack_id, ev.requested_at or at) for ev, at in created],
     )
 

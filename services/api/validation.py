@@ -9,6 +9,7 @@ import random
 import re
 from typing import Any
 
+from proto.clusterspec import merged_labels  # noqa: F401 - one definition (the resolved spec's), re-exported
 from services.api.errors import bad_request
 from services.api.microversion import Microversion
 
@@ -244,8 +245,3 @@ def cluster_fields(body: Any, version: Microversion) -> dict[str, Any]:
     return out
 
 
-def merged_labels(template_labels: dict[str, str], labels: dict[str, str] | None, merge: bool) -> dict[str, str]:
-    """Magnum: empty cluster labels inherit the template's; else replace them, or merge over them."""
-    if not labels:
-        return dict(template_labels)
-    return {**template_labels, **labels} if merge else dict(labels)

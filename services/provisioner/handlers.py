@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 import structlog
 
+from proto import clusterspec
 from proto.envelope import Envelope
 from proto.events import (
     ClusterCACreated,
@@ -52,16 +53,11 @@ STREAM_SEQ: contextvars.ContextVar[int] = contextvars.ContextVar("provisioner_st
 
 async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection) -> None:
     await store.record_spec(tx, p, env.correlation_id)
-    tpl = p.template
-    master_flavor = p.master_flavor_id or tpl.master_flavor_id or p.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
-    await store.upsert_group(
-        tx, p.uuid, "default-master", uuid=None, role=rc.MASTER, node_count=p.master_count,
-        flavor_id=master_flavor, image_id=tpl.image_id, is_default=True,
-    )
-    await store.upsert_group(
-        tx, p.uuid, "default-worker", uuid=None, role=rc.WORKER, node_count=p.node_count,
-        flavor_id=p.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR, image_id=tpl.image_id, is_default=True,
-    )
+    for g in clusterspec.spec_of(p).nodegroups:  # exactly the groups the API resolved: nothing re-derived here
+        await store.upsert_group(
+            tx, p.uuid, g.name, uuid=None, role=g.role, node_count=g.node_count, flavor_id=g.flavor_id,
+            image_id=g.image_id, is_default=True, docker_volume_size=g.docker_volume_size,
+        )
 
 
 async def on_update_requested(env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> None:
@@ -78,9 +74,12 @@ async def on_nodegroup_create_requested(
     env: Envelope, p: NodeGroupCreateRequested, tx: asyncpg.Connection
 ) -> None:
     ng = p.nodegroup
+    built = p.spec  # resolved by the API; None in older events, whose nodegroup carries the values it had
     await store.upsert_group(
         tx, ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == rc.MASTER else rc.WORKER,
-        node_count=ng.node_count, flavor_id=ng.flavor_id, image_id=ng.image_id, is_default=ng.is_default,
+        node_count=ng.node_count, flavor_id=built.flavor_id if built else ng.flavor_id,
+        image_id=(built.image_id or None) if built else ng.image_id, is_default=ng.is_default,
+        docker_volume_size=built.docker_volume_size if built else ng.docker_volume_size,
     )
     await store.bump_update(tx, ng.cluster_id)
 

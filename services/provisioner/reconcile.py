@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass, field
 
 MASTER, WORKER = "master", "worker"
-DEFAULT_FLAVOR = "m1.small"
 DEFAULT_SUBNET_CIDR = "10.0.0.0/24"
 
 # Magnum's cluster statuses the provisioner produces (proto events map onto them).

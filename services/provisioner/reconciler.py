@@ -352,18 +352,17 @@ class Reconciler:
         spec = row.spec
         assert spec is not None and row.trust_id is not None
         trust = row.trust_id
-        tpl = spec.template
+        built = row.resolved
         prefix = rc.cluster_prefix(spec.name, row.uuid)
-        api_port = tpl.apiserver_port or 6443
+        api_port = built.apiserver_port
         if st.network is None:
             st.network = await self.cloud.call(trust, lambda c: c.ensure_network(
                 prefix, row.uuid,
-                fixed_network=spec.fixed_network or tpl.fixed_network,
-                fixed_subnet=spec.fixed_subnet or tpl.fixed_subnet,
-                external_network=tpl.external_network_id,
-                cidr=spec.labels.get("fixed_subnet_cidr") or tpl.labels.get("fixed_subnet_cidr")
-                or rc.DEFAULT_SUBNET_CIDR,
-                dns_nameserver=tpl.dns_nameserver,
+                fixed_network=built.fixed_network,
+                fixed_subnet=built.fixed_subnet,
+                external_network=built.external_network_id,
+                cidr=built.fixed_subnet_cidr or rc.DEFAULT_SUBNET_CIDR,
+                dns_nameserver=built.dns_nameserver,
             ))
         if st.security_group is None:
             st.security_group = await self.cloud.call(
@@ -374,19 +373,16 @@ class Reconciler:
         spec = row.spec
         assert spec is not None and row.trust_id is not None and row.ca_cert_pem is not None
         trust = row.trust_id
-        tpl = spec.template
+        built = row.resolved
         prefix = rc.cluster_prefix(spec.name, row.uuid)
-        api_port = tpl.apiserver_port or 6443
+        api_port = built.apiserver_port
         await self._ensure_infra(row, st)
-        master_flavor = spec.master_flavor_id or tpl.master_flavor_id or spec.flavor_id or tpl.flavor_id \
-            or rc.DEFAULT_FLAVOR
-        worker_flavor = spec.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
         flavors = {
-            rc.MASTER: await self.cloud.call(trust, lambda c: c.flavor(master_flavor)),
-            rc.WORKER: await self.cloud.call(trust, lambda c: c.flavor(worker_flavor)),
+            rc.MASTER: await self.cloud.call(trust, lambda c: c.flavor(built.master_flavor_id)),
+            rc.WORKER: await self.cloud.call(trust, lambda c: c.flavor(built.flavor_id)),
         }
         servers = await self.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
-        desired = rc.desired_nodes(prefix, spec.master_count, spec.node_count)
+        desired = rc.desired_nodes(prefix, built.master_count, built.node_count)
         plan = rc.plan_create(desired, servers, row.nodes)
 
         for server in plan.to_record:
@@ -400,9 +396,9 @@ class Reconciler:
             workers = [by_name[n.name].first_ip() or "" for n in desired if n.role == rc.WORKER]
             await self._emit(row, ClusterCreateCompleted(
                 uuid=row.uuid, project_id=spec.project_id,
-                api_address=rc.api_address(masters[0] if masters else None, tpl.apiserver_port),
+                api_address=rc.api_address(masters[0] if masters else None, built.apiserver_port),
                 master_addresses=masters, node_addresses=workers,
-                coe_version=spec.labels.get("kube_tag") or tpl.labels.get("kube_tag"),
+                coe_version=built.labels.get("kube_tag"),
             ), "ClusterCreateCompleted")
             log.info("cluster_create_complete", nodes=len(desired))
             return Outcome.IDLE
@@ -424,16 +420,16 @@ class Reconciler:
         assert spec is not None and row.trust_id is not None and row.ca_cert_pem is not None
         assert st.network is not None
         trust = row.trust_id
-        tpl = spec.template
+        built = row.resolved
         masters = sorted((s for s in servers if s.role == rc.MASTER), key=lambda s: s.name)
         master_ip = masters[0].first_ip() if masters else None
-        masters_ready = len(masters) >= spec.master_count and all(m.first_ip() for m in masters)
+        masters_ready = len(masters) >= built.master_count and all(m.first_ip() for m in masters)
         batch = [n for n in missing if n.role == rc.MASTER or masters_ready]
         if not batch:
             return
-        image = await self.cloud.call(trust, lambda c: c.image(tpl.image_id))
+        image = await self.cloud.call(trust, lambda c: c.image(built.image_id))
         token = bootstrap_token(self.settings.bootstrap_secret, row.uuid)
-        key_name = spec.keypair or tpl.keypair_id
+        key_name = built.keypair
         network_id = st.network.network_id
         sg = rc.security_group_name(prefix) if st.security_group else None
 
@@ -443,7 +439,7 @@ class Reconciler:
             user_data = render_user_data(NodeBoot(
                 cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,
                 ca_cert_pem=row.ca_cert_pem or "", api_address=address, bootstrap_token=token,
-                labels={**tpl.labels, **spec.labels},
+                labels=built.labels,
             ))
             flavor = flavors[node.role]
             try:
@@ -526,18 +522,18 @@ class Reconciler:
     async def _update_steps(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         spec = row.spec
         assert spec is not None and row.trust_id is not None
-        trust, tpl, gen = row.trust_id, spec.template, row.update_generation
+        trust, built, gen = row.trust_id, row.resolved, row.update_generation
         prefix = rc.cluster_prefix(spec.name, row.uuid)
-        api_port = tpl.apiserver_port or 6443
+        api_port = built.apiserver_port
         await self._ensure_infra(row, st)
         groups: list[rz.GroupSpec] = []
         flavors: dict[str, Flavor] = {}
         for g in row.groups:
             image = None
             if g.present and not g.is_master:
-                ref = g.image_ref or tpl.image_id
+                ref = g.image_ref or built.image_id
                 image = await self.cloud.call(trust, lambda c, ref=ref: c.image(ref))  # type: ignore[misc]
-                fref = g.flavor_id or spec.flavor_id or tpl.flavor_id or rc.DEFAULT_FLAVOR
+                fref = g.flavor_id or built.flavor_id
                 flavors[g.name] = await self.cloud.call(trust, lambda c, f=fref: c.flavor(f))  # type: ignore[misc]
             groups.append(rz.GroupSpec(
                 name=g.name, role=g.role, node_count=g.node_count, present=g.present, is_default=g.is_default,
@@ -552,8 +548,7 @@ class Reconciler:
             if server.id not in row.nodes:
                 flavor = flavors.get(rz.group_of(server)) or next(iter(flavors.values()), None)
                 if flavor is None:
-                    flavor = await self.cloud.call(trust, lambda c: c.flavor(spec.flavor_id or tpl.flavor_id
-                                                                             or rc.DEFAULT_FLAVOR))
+                    flavor = await self.cloud.call(trust, lambda c: c.flavor(built.flavor_id))
                 await self._emit_node_created(row, server.id, server.name, server.role, flavor,
                                               nodegroup=rz.group_of(server))
         for node in [n for sid, n in sorted(row.nodes.items()) if sid not in present and n.status != rc.NODE_DELETED]:
@@ -594,24 +589,24 @@ class Reconciler:
     ) -> None:
         spec = row.spec
         assert spec is not None and row.trust_id is not None and st.network is not None
-        trust, tpl = row.trust_id, spec.template
+        trust, built = row.trust_id, row.resolved
         prefix = rc.cluster_prefix(spec.name, row.uuid)
         token = bootstrap_token(self.settings.bootstrap_secret, row.uuid)
         network_id = st.network.network_id
         sg = rc.security_group_name(prefix) if st.security_group else None
-        key_name = spec.keypair or tpl.keypair_id
+        key_name = built.keypair
         address = f"{master_ip}:{api_port}" if master_ip else f"{rc.node_name(prefix, rc.MASTER, 0)}:{api_port}"
 
         async def create(group: rz.GroupSpec, node: rc.DesiredNode) -> tuple[rc.DesiredNode, str | CloudError]:
             user_data = render_user_data(NodeBoot(
                 cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,
                 ca_cert_pem=row.ca_cert_pem or "", api_address=address, bootstrap_token=token,
-                labels={**tpl.labels, **spec.labels},
+                labels=built.labels,
             ))
             flavor = flavors[group.name]
             try:
                 sid = await self.cloud.call(trust, lambda c: c.create_server(
-                    name=node.name, flavor_id=flavor.id, image_id=group.image or tpl.image_id,
+                    name=node.name, flavor_id=flavor.id, image_id=group.image or built.image_id,
                     network_id=network_id, security_group=sg, key_name=key_name,
                     metadata=rc.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
                     user_data=user_data,

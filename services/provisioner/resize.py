@@ -33,6 +33,8 @@ class GroupSpec:
     flavor_id: str | None = None
     image_ref: str | None = None
     """The group's image as given (name or id) before resolution."""
+    docker_volume_size: int | None = None
+    """GB of the volume attached to each of the group's servers before boot; None: none."""
 
     @property
     def is_master(self) -> bool:

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from proto import clusterspec
+from proto.clusterspec import ClusterSpec
 from proto.events import ClusterCreateRequested
 from services.provisioner.reconcile import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
 from services.provisioner.resize import GroupSpec
@@ -43,6 +45,12 @@ class ClusterRow:
     max_batch_size: int = 1
     groups: list[GroupSpec] = field(default_factory=list)
 
+    @property
+    def resolved(self) -> ClusterSpec:
+        """The cluster as the API resolved it (record_spec stores every request with its spec)."""
+        assert self.spec is not None and self.spec.spec is not None
+        return self.spec.spec
+
 
 _spec_decoder = msgspec.json.Decoder(ClusterCreateRequested)
 _encoder = msgspec.json.Encoder()
@@ -56,6 +64,8 @@ def encode_spec(spec: ClusterCreateRequested) -> str:
 
 
 async def record_spec(tx: asyncpg.Connection, spec: ClusterCreateRequested, correlation_id: str) -> None:
+    """The request, with its resolved spec (resolved now for an event written before the API carried one)."""
+    spec = msgspec.structs.replace(spec, spec=clusterspec.spec_of(spec))
     await tx.execute(
         "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
         " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
@@ -188,7 +198,7 @@ async def load_cluster(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str)
         row.groups.append(GroupSpec(
             name=g["name"], role=g["role"], node_count=g["node_count"], present=g["present"],
             is_default=g["is_default"], nodes_to_remove=frozenset(json.loads(g["nodes_to_remove"])),
-            flavor_id=g["flavor_id"], image_ref=g["image_id"],
+            flavor_id=g["flavor_id"], image_ref=g["image_id"], docker_volume_size=g["docker_volume_size"],
         ))
     return row
 
@@ -218,12 +228,12 @@ async def node_rows(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) ->
 
 async def upsert_group(
     tx: asyncpg.Connection, cluster_id: str, name: str, *, uuid: str | None, role: str, node_count: int,
-    flavor_id: str | None, image_id: str | None, is_default: bool,
+    flavor_id: str | None, image_id: str | None, is_default: bool, docker_volume_size: int | None = None,
 ) -> None:
     await tx.execute(
-        "INSERT INTO nodegroups (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (cluster_id, name) DO NOTHING",
-        cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id,
+        "INSERT INTO nodegroups (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id,"
+        " docker_volume_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (cluster_id, name) DO NOTHING",
+        cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id, docker_volume_size,
     )
 
 

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from proto import subjects
+from proto.clusterspec import SpecError, resolve_cluster
 from proto.events import (
     ClusterCreateRequested,
     ClusterDeleteRequested,
@@ -32,7 +33,7 @@ from services.api.middleware import KEYSTONE, base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
-from services.api.validation import as_bool, as_int, cluster_fields, merged_labels
+from services.api.validation import as_bool, as_int, cluster_fields
 from services.api.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -181,15 +182,25 @@ async def create_cluster(request: web.Request) -> web.Response:
     template = one_template(found, fields["cluster_template_id"])
     if template.hidden and not ctx.is_admin:
         raise ApiError(403, f"Cluster template {template.uuid} is hidden.")
-    master_lb = fields.get("master_lb_enabled", template.master_lb_enabled)
-    if fields["master_count"] > 1 and not master_lb:
+    try:
+        spec = resolve_cluster(
+            template, master_count=fields["master_count"], node_count=fields["node_count"],
+            flavor_id=fields.get("flavor_id"), master_flavor_id=fields.get("master_flavor_id"),
+            labels=fields.get("labels"), merge_labels=bool(fields.get("merge_labels", False)),
+            keypair=fields.get("keypair"), docker_volume_size=fields.get("docker_volume_size"),
+            fixed_network=fields.get("fixed_network"), fixed_subnet=fields.get("fixed_subnet"),
+            floating_ip_enabled=fields.get("floating_ip_enabled"), master_lb_enabled=fields.get("master_lb_enabled"),
+            create_timeout=fields["create_timeout"], discovery_url=fields.get("discovery_url"),
+        )
+    except SpecError as exc:
+        raise bad_request(str(exc)) from None
+    if spec.master_count > 1 and not spec.master_lb_enabled:
         raise bad_request("master_count must be 1 when master_lb_enabled is False")
     for f in ("flavor_id", "master_flavor_id"):
         if fields.get(f):
             await keystone.find_flavor(ctx, fields[f])
     if fields.get("keypair"):
         await keystone.find_keypair(ctx, fields["keypair"])
-    labels = merged_labels(template.labels, fields.get("labels"), fields.get("merge_labels", False))
     trust_id, trustee = await keystone.cluster_trust(ctx)
     cluster_uuid = str(uuid.uuid4())
     event = ClusterCreateRequested(
@@ -203,7 +214,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         keypair=fields.get("keypair"),
         flavor_id=fields.get("flavor_id"),
         master_flavor_id=fields.get("master_flavor_id"),
-        labels=labels,
+        labels=spec.labels,
         create_timeout=fields["create_timeout"],
         discovery_url=fields.get("discovery_url"),
         docker_volume_size=fields.get("docker_volume_size"),
@@ -215,6 +226,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         trust_id=trust_id,
         trustee_user_id=trustee,
         requested_at=datetime.now(UTC),
+        spec=spec,
     )
     # Listen for the scheduler's decision before it can be taken, then wait (bounded) for it: heard the moment the
     # stream stores it, or when the projection applies it. Then, read-your-writes: an admitted create's own event

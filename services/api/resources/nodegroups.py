@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from proto import subjects
+from proto.clusterspec import DEFAULT_FLAVOR, NodeGroupSpec
 from proto.events import (
     NodeGroup,
     NodeGroupCreateRequested,
@@ -229,15 +230,19 @@ async def create_nodegroup(request: web.Request) -> web.Response:
         await request.app[KEYSTONE].find_image(ctx, image)
     merge = bool(as_bool(body, "merge_labels"))
     labels = merged_labels(spec.get("labels") or {}, as_labels(body), merge)
+    volume = as_int(body, "docker_volume_size", minimum=1)
     ng = NodeGroup(
         uuid=str(uuid.uuid4()), name=name, cluster_id=cluster["uuid"], project_id=cluster["project_id"],
         role=role, node_count=node_count, min_node_count=min_count, max_node_count=max_count, flavor_id=flavor,
-        image_id=image, docker_volume_size=as_int(body, "docker_volume_size", minimum=1), labels=labels,
-        merge_labels=merge, node_labels=_node_labels(body.get("node_labels")),
+        image_id=image, docker_volume_size=volume if volume is not None else spec.get("docker_volume_size"),
+        labels=labels, merge_labels=merge, node_labels=_node_labels(body.get("node_labels")),
         node_taints=_taints(body.get("node_taints")), created_at=datetime.now(UTC),
     )
+    # Resolved here, once: the group's own values, else the cluster's (its flavor, its default worker's image).
+    built = NodeGroupSpec(name=name, role=role, node_count=node_count, flavor_id=flavor or DEFAULT_FLAVOR,
+                          image_id=image or "", docker_volume_size=ng.docker_volume_size, labels=labels)
     seq = await request.app[WRITER].publish(
-        subjects.cluster_events("api", cluster["uuid"]), NodeGroupCreateRequested(nodegroup=ng),
+        subjects.cluster_events("api", cluster["uuid"]), NodeGroupCreateRequested(nodegroup=ng, spec=built),
         project_id=cluster["project_id"], cluster_id=cluster["uuid"],
     )
     await request.app[WRITER].wait_applied(seq)
