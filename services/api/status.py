@@ -6,19 +6,22 @@ requested leaves ``DELETE_IN_PROGRESS`` alone; ``ClusterDeleteCompleted`` remove
 
 from __future__ import annotations
 
-CREATE_IN_PROGRESS = "CREATE_IN_PROGRESS"
-CREATE_COMPLETE = "CREATE_COMPLETE"
-CREATE_FAILED = "CREATE_FAILED"
-UPDATE_IN_PROGRESS = "UPDATE_IN_PROGRESS"
-UPDATE_COMPLETE = "UPDATE_COMPLETE"
-UPDATE_FAILED = "UPDATE_FAILED"
-DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
-DELETE_FAILED = "DELETE_FAILED"
+from proto.statuses import (  # noqa: F401 - re-exported: the read model's statuses are the contract's
+    CREATE_COMPLETE,
+    CREATE_FAILED,
+    CREATE_IN_PROGRESS,
+    DELETE_FAILED,
+    DELETE_IN_PROGRESS,
+    FAILED,
+    STABLE,
+    UPDATE_COMPLETE,
+    UPDATE_FAILED,
+    UPDATE_IN_PROGRESS,
+)
+
 GONE = "GONE"
 """Not a Magnum status: the cluster row is removed (Magnum's list never shows DELETE_COMPLETE)."""
 
-STABLE = frozenset({CREATE_COMPLETE, UPDATE_COMPLETE})
-FAILED = frozenset({CREATE_FAILED, UPDATE_FAILED, DELETE_FAILED})
 DELETING = frozenset({DELETE_IN_PROGRESS, DELETE_FAILED})
 
 # event type -> (statuses it applies from (None = any), status it leads to)

@@ -6,19 +6,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from proto.statuses import (  # noqa: F401 - the provisioner's statuses are the contract's
+    CREATE_COMPLETE,
+    CREATE_FAILED,
+    CREATE_IN_PROGRESS,
+    DELETE_COMPLETE,
+    DELETE_FAILED,
+    DELETE_IN_PROGRESS,
+    UPDATE_COMPLETE,
+    UPDATE_FAILED,
+    UPDATE_IN_PROGRESS,
+)
+
 MASTER, WORKER = "master", "worker"
 DEFAULT_SUBNET_CIDR = "10.0.0.0/24"
 
-# Magnum's cluster statuses the provisioner produces (proto events map onto them).
-CREATE_IN_PROGRESS = "CREATE_IN_PROGRESS"
-CREATE_COMPLETE = "CREATE_COMPLETE"
-CREATE_FAILED = "CREATE_FAILED"
-DELETE_IN_PROGRESS = "DELETE_IN_PROGRESS"
-DELETE_COMPLETE = "DELETE_COMPLETE"
-DELETE_FAILED = "DELETE_FAILED"
-UPDATE_IN_PROGRESS = "UPDATE_IN_PROGRESS"
-UPDATE_COMPLETE = "UPDATE_COMPLETE"
-UPDATE_FAILED = "UPDATE_FAILED"
 UPDATABLE = frozenset({CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED, UPDATE_IN_PROGRESS})
 """Statuses from which a pending update request is carried out."""
 
