@@ -3,15 +3,29 @@
 Every ``ensure_*`` FINDS what exists (by the cluster's names, checking the ``cove_cluster_id`` metadata or
 tag) before it creates anything, so it is safe to run twice and after a crash mid-create. The connection is the
 Cove service user with the cluster's Keystone trust (impersonation): everything lands in the user's project.
+
+Each ``ensure_*`` returns quickly with the current state and never waits for a long transition (a load balancer
+or a volume being built): the caller polls by calling it again. Every single API request goes through
+``ClusterCloud._api``, which retries transient answers (see ``RetryPolicy``) and turns the rest into a
+``CloudError`` with a reason a user can act on.
+
+What marks a resource as the cluster's: Neutron objects carry the tag ``cove-cluster-<uuid>`` and the
+description ``Cove cluster <uuid>`` (set in the create call itself, so an object whose tagging a crash cut short
+is still recognised); Octavia objects the tag (in the create call); Cinder volumes the metadata
+``cove_cluster_id``; Nova servers the metadata; Nova server groups only their name (they have nothing else).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
+import ipaddress
 import os
+import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,13 +38,21 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
 from services.provisioner import reconcile as rc
+from services.provisioner.drivers.base import PortRule
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 # 4xx answers that will not change by retrying: they end the operation with a reason the user can act on.
+# (413 is Cinder's quota answer; a 413 WITH Retry-After is a rate limit and transient, see ``classify``.)
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 413})
+
+# Neutron names its quotas by resource key ("Quota exceeded for resources: ['floatingip']."): say it in words.
+_NEUTRON_QUOTA_NAMES = {
+    "floatingip": "floating IPs", "network": "networks", "subnet": "subnets", "port": "ports",
+    "router": "routers", "security_group": "security groups", "security_group_rule": "security group rules",
+}
 
 
 class CloudError(Exception):
@@ -42,17 +64,233 @@ class CloudError(Exception):
         self.permanent = permanent
 
 
+def _status_of(exc: BaseException) -> int | None:
+    if isinstance(exc, openstack.exceptions.HttpException):
+        return exc.status_code
+    if isinstance(exc, ks_exceptions.HttpError):
+        return exc.http_status
+    return None
+
+
+def _detail_of(exc: BaseException) -> str:
+    if isinstance(exc, openstack.exceptions.HttpException):
+        return str(exc.details or exc.message)
+    if isinstance(exc, ks_exceptions.HttpError):
+        return str(exc.message)
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The answer's ``Retry-After`` in seconds (delta-seconds or an HTTP date), None when it has none."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    raw = headers.get("Retry-After") if headers is not None else None
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_quota(exc: BaseException) -> bool:
+    detail = _detail_of(exc).lower()
+    return "quota" in detail or "overquota" in detail or "limitexceeded" in detail
+
+
+def classify(exc: BaseException, *, idempotent: bool = True) -> bool:
+    """True when the answer is transient and the same request may be sent again:
+
+    - 429 (rate limit); 413 only with ``Retry-After`` (without it, 413 is Cinder's quota answer: permanent);
+    - 409 on an immutable / pending object (Octavia while a load balancer is ``PENDING_*``, Nova's task states);
+      any other 409 (a duplicate, an object in use, Neutron's ``OverQuota``) is for the caller to judge;
+    - 408, and 502/503/504 always; 500 and connection timeouts only for an ``idempotent`` request (a create that
+      failed that way may have happened);
+    - a refused connection, or a discovery that failed (the version document answered an error).
+
+    400, 401, 403, 404 and quotas are permanent and never retried."""
+    status = _status_of(exc)
+    if status is None:
+        if isinstance(exc, ks_exceptions.ConnectFailure):
+            return True  # refused: the request never arrived
+        if isinstance(exc, ks_exceptions.ConnectTimeout):
+            return idempotent
+        return isinstance(exc, ks_exceptions.DiscoveryFailure) and not isinstance(
+            exc, ks_exceptions.VersionNotAvailable
+        )
+    if status == 429:
+        return True
+    if status == 413:
+        return retry_after(exc) is not None
+    if status == 409:
+        detail = _detail_of(exc).lower()
+        return not is_quota(exc) and ("immutable" in detail or "pending" in detail or "task_state" in detail)
+    if status in (408, 502, 503, 504):
+        return True
+    if status >= 500:
+        return idempotent
+    return False
+
+
+def _reason(what: str, exc: BaseException) -> str:
+    detail = _detail_of(exc)
+    if "Quota exceeded for resources" in detail:  # Neutron: name the resource in words and say what to do
+        keys = [k for k in _NEUTRON_QUOTA_NAMES if f"'{k}'" in detail]
+        if keys:
+            names = ", ".join(_NEUTRON_QUOTA_NAMES[k] for k in keys)
+            return (f"{what}: Quota exceeded for {names} (Neutron quota {', '.join(keys)} is used up); free some "
+                    "or ask the cloud's administrator to raise the project's quota")
+    return f"{what}: {detail}"
+
+
 def explain(what: str, exc: BaseException) -> CloudError:
     """Turn an SDK/keystoneauth exception into a CloudError with a short reason."""
     if isinstance(exc, openstack.exceptions.NotFoundException):  # also find_*() misses, which have no status
         return CloudError(f"{what}: {exc.details or exc.message}", permanent=True)
-    if isinstance(exc, openstack.exceptions.HttpException):
-        detail = exc.details or exc.message
-        status = exc.status_code
-        return CloudError(f"{what}: {detail}", permanent=status in PERMANENT_STATUS)
-    if isinstance(exc, ks_exceptions.HttpError):
-        return CloudError(f"{what}: {exc.message}", permanent=exc.http_status in PERMANENT_STATUS)
+    status = _status_of(exc)
+    if status is not None:
+        if is_quota(exc) and status in (403, 409, 413) and retry_after(exc) is None:
+            return CloudError(_reason(what, exc), permanent=True)
+        permanent = status in PERMANENT_STATUS and not classify(exc)
+        return CloudError(_reason(what, exc), permanent=permanent)
     return CloudError(f"{what}: {exc.__class__.__name__}: {exc}", permanent=False)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Back-off for transient answers (``classify``): at most ``attempts`` sends of one request; before send n+1
+    a sleep of ``base * 2**(n-1)`` capped at ``cap`` seconds, with equal jitter (half fixed, half random), or the
+    answer's ``Retry-After`` when that is longer. A ``Retry-After`` beyond ``max_retry_after`` ends the tries at
+    once. After the last try the error is a non-permanent CloudError (the caller's next pass may succeed).
+    The sleeps block one thread of the Cloud pool, which bounds the concurrency per cloud."""
+
+    attempts: int = 5
+    base: float = 0.25
+    cap: float = 4.0
+    max_retry_after: float = 10.0
+
+    def delay(self, attempt: int, hinted: float | None = None) -> float:
+        """The sleep before try ``attempt + 1`` (attempt counts from 1)."""
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        jittered = ceiling / 2 + random.uniform(0, ceiling / 2)
+        return max(jittered, hinted or 0.0)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+# ------------------------------------------------------------------------------------------------ names and shapes
+
+
+ROLES = (rc.MASTER, rc.WORKER)
+
+
+def role_security_group_name(prefix: str, role: str) -> str:
+    """``<prefix>-master-sg`` / ``<prefix>-worker-sg``."""
+    return f"{prefix}-{role}-sg"
+
+
+def server_group_name(prefix: str) -> str:
+    return f"{prefix}-masters"
+
+
+def load_balancer_name(prefix: str) -> str:
+    return f"{prefix}-api-lb"
+
+
+def cluster_description(cluster_id: str) -> str:
+    """The description every Neutron and Octavia object of the cluster is created with."""
+    return f"Cove cluster {cluster_id}"
+
+
+def _oldest(found: list[Any]) -> Any:
+    """Of several objects a race made twice, the one every pass picks (the others go at teardown)."""
+    return min(found, key=lambda o: (getattr(o, "created_at", None) or "", str(o.id)))
+
+
+def _owned(resource: Any, cluster_id: str) -> bool:
+    """The object carries the cluster's tag, or was created with its description (before a crash cut tagging)."""
+    tags = getattr(resource, "tags", None) or []
+    description = getattr(resource, "description", None) or ""
+    return rc.cluster_tag(cluster_id) in tags or description.startswith(cluster_description(cluster_id))
+
+
+@dataclass(frozen=True)
+class PortRefs:
+    id: str
+    ip: str | None
+    """The port's first IPv4 fixed address (None only if its subnet has no address left to give)."""
+
+
+@dataclass(frozen=True)
+class VolumeState:
+    id: str
+    status: str
+    """Cinder's status: ``creating`` -> ``available`` (boot the server now) -> ``in-use``; ``error`` raises."""
+
+
+@dataclass(frozen=True)
+class LoadBalancerState:
+    lb_id: str
+    listener_id: str | None
+    pool_id: str | None
+    monitor_id: str | None
+    vip_address: str | None
+    vip_port_id: str | None
+    provisioning_status: str
+    """The load balancer's own provisioning status (``PENDING_CREATE``, ``PENDING_UPDATE``, ``ACTIVE``)."""
+    ready: bool
+    """The load balancer, listener, pool and monitor all exist and are ACTIVE, with the listener as asked."""
+
+
+@dataclass(frozen=True)
+class _RuleKey:
+    """An ingress rule as Neutron compares them (0.0.0.0/0 and ::/0 are "any", as no prefix)."""
+
+    ethertype: str
+    protocol: str | None
+    port_min: int | None
+    port_max: int | None
+    remote_ip_prefix: str | None
+    remote_group_id: str | None
+
+
+_PORTED = frozenset({"tcp", "udp", "sctp", "dccp", "udplite"})
+
+
+def _rule_key(
+    *, ethertype: str | None, protocol: str | None, port_min: int | None, port_max: int | None,
+    remote_ip_prefix: str | None, remote_group_id: str | None,
+) -> _RuleKey:
+    proto = str(protocol).lower() if protocol is not None else None
+    if proto == "any":
+        proto = None
+    pmin = int(port_min) if port_min is not None else None
+    pmax = int(port_max) if port_max is not None else None
+    if proto in _PORTED and pmin is not None and pmax is None:
+        pmax = pmin
+    prefix = None
+    if remote_ip_prefix:
+        net = ipaddress.ip_network(remote_ip_prefix, strict=False)
+        ethertype = "IPv4" if net.version == 4 else "IPv6"
+        prefix = None if net.prefixlen == 0 else str(net)
+    return _RuleKey(ethertype or "IPv4", proto, pmin, pmax, prefix, remote_group_id or None)
+
+
+def _normalized_cidrs(cidrs: Iterable[str]) -> list[str]:
+    out = []
+    for cidr in cidrs:
+        try:
+            out.append(str(ipaddress.ip_network(str(cidr).strip(), strict=False)))
+        except ValueError:
+            raise CloudError(f"The allowed CIDR {cidr!r} is not an IP network (e.g. 192.0.2.0/24)",
+                             permanent=True) from None
+    return sorted(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -98,21 +336,64 @@ class NetworkRefs:
 
 
 class ClusterCloud:
-    """Synchronous openstacksdk calls for one trust (one cluster). Call only from the Cloud thread pool."""
+    """Synchronous openstacksdk calls for one trust (one cluster). Call only from the Cloud thread pool.
 
-    def __init__(self, conn: openstack.connection.Connection) -> None:
+    Every request is sent through ``_api``: transient answers are retried with back-off (``retry``), anything
+    else becomes a CloudError at once. Each method is one idempotent step: it finds what exists before it
+    creates anything, does at most what one pass needs, and returns the current state without waiting."""
+
+    def __init__(self, conn: openstack.connection.Connection, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         self.conn = conn
+        self.retry = retry
         self._flavors: dict[str, Flavor] = {}
         self._images: dict[str, str] = {}
+
+    # -------------------------------------------------------------------------------------- requests
+
+    def _api(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        idempotent: bool = True,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """``fn()`` (ONE request, or a list materialised), retried while its answer is transient (``classify``,
+        with ``RetryPolicy`` back-off). ``idempotent=False`` for a create: a 500 or a timeout is not retried, since
+        the object may exist (the caller's next pass finds it). An exception of a ``passthrough`` type that is
+        not transient reaches the caller as it is (e.g. NotFound on a delete); anything else is a CloudError
+        whose reason starts with ``what``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except CloudError:
+                raise
+            except Exception as exc:
+                transient = classify(exc, idempotent=idempotent)
+                if not transient and passthrough and isinstance(exc, passthrough):
+                    raise
+                if not transient:
+                    raise explain(what, exc) from exc
+                hinted = retry_after(exc)
+                if attempt >= self.retry.attempts or (hinted or 0.0) > self.retry.max_retry_after:
+                    err = explain(what, exc)
+                    raise CloudError(f"{err.reason} (still failing after {attempt} tries)", permanent=False) from exc
+                delay = self.retry.delay(attempt, hinted)
+                log.info("cloud_call_retry", what=what, status=_status_of(exc), attempt=attempt,
+                         delay=round(delay, 3), error=_detail_of(exc)[:200])
+                time.sleep(delay)
+
+    def _list(self, what: str, fn: Callable[[], Iterable[T]]) -> list[T]:
+        return self._api(what, lambda: list(fn()))
 
     # -------------------------------------------------------------------------------------- lookups
 
     def flavor(self, name_or_id: str) -> Flavor:
         if name_or_id not in self._flavors:
-            try:
-                f = self.conn.compute.find_flavor(name_or_id, ignore_missing=False)
-            except Exception as exc:
-                raise explain(f"Flavor {name_or_id} not found", exc) from exc
+            f = self._api(f"Flavor {name_or_id} not found",
+                          lambda: self.conn.compute.find_flavor(name_or_id, ignore_missing=False))
             self._flavors[name_or_id] = Flavor(
                 id=f.id, name=f.name, vcpus=int(f.vcpus or 0), ram_mb=int(f.ram or 0), disk_gb=int(f.disk or 0)
             )
@@ -120,10 +401,10 @@ class ClusterCloud:
 
     def image(self, name_or_id: str) -> str:
         if name_or_id not in self._images:
-            try:
-                self._images[name_or_id] = self.conn.image.find_image(name_or_id, ignore_missing=False).id
-            except Exception as exc:
-                raise explain(f"Image {name_or_id} not found", exc) from exc
+            self._images[name_or_id] = self._api(
+                f"Image {name_or_id} not found",
+                lambda: self.conn.image.find_image(name_or_id, ignore_missing=False).id,
+            )
         return self._images[name_or_id]
 
     # -------------------------------------------------------------------------------------- network
@@ -133,10 +414,8 @@ class ClusterCloud:
         return found[0] if found else None
 
     def find_network(self, name_or_id: str) -> str:
-        try:
-            return str(self.conn.network.find_network(name_or_id, ignore_missing=False).id)
-        except Exception as exc:
-            raise explain(f"Network {name_or_id} not found", exc) from exc
+        return str(self._api(f"Network {name_or_id} not found",
+                             lambda: self.conn.network.find_network(name_or_id, ignore_missing=False).id))
 
     def ensure_network(
         self,
@@ -152,33 +431,31 @@ class ClusterCloud:
         """The cluster's private network + subnet (+ router to the external network), unless the template names
         an existing fixed network/subnet, which are used as they are."""
         if fixed_subnet:
-            try:
-                fixed = self.conn.network.find_subnet(fixed_subnet, ignore_missing=False)
-            except Exception as exc:
-                raise explain(f"Subnet {fixed_subnet} not found", exc) from exc
+            fixed = self._api(f"Subnet {fixed_subnet} not found",
+                              lambda: self.conn.network.find_subnet(fixed_subnet, ignore_missing=False))
             return NetworkRefs(network_id=fixed.network_id, subnet_id=fixed.id, router_id=None)
         if fixed_network:
             return NetworkRefs(network_id=self.find_network(fixed_network), subnet_id=None, router_id=None)
         tag = rc.cluster_tag(cluster_id)
-        try:
-            net = self._one(self.conn.network.networks(name=rc.network_name(prefix)))
-            if net is None:
-                net = self.conn.network.create_network(
-                    name=rc.network_name(prefix), description=f"Cove cluster {cluster_id}"
-                )
-                log.info("network_created", cluster_id=cluster_id, network_id=net.id)
-                self._tag(net, tag)
-            subnet: Any = self._one(self.conn.network.subnets(name=rc.subnet_name(prefix), network_id=net.id))
-            if subnet is None:
-                subnet = self.conn.network.create_subnet(
-                    name=rc.subnet_name(prefix), network_id=net.id, ip_version=4, cidr=cidr,
-                    dns_nameservers=[dns_nameserver] if dns_nameserver else [],
-                    description=f"Cove cluster {cluster_id}",
-                )
-                log.info("subnet_created", cluster_id=cluster_id, subnet_id=subnet.id)
-                self._tag(subnet, tag)
-        except openstack.exceptions.SDKException as exc:
-            raise explain(f"Creating the cluster network {rc.network_name(prefix)} failed", exc) from exc
+        what = f"Creating the cluster network {rc.network_name(prefix)} failed"
+        net = self._one(self._list(what, lambda: self.conn.network.networks(name=rc.network_name(prefix))))
+        if net is None:
+            net = self._api(what, lambda: self.conn.network.create_network(
+                name=rc.network_name(prefix), description=cluster_description(cluster_id)
+            ), idempotent=False)
+            log.info("network_created", cluster_id=cluster_id, network_id=net.id)
+            self._tag(net, tag)
+        subnet: Any = self._one(self._list(
+            what, lambda: self.conn.network.subnets(name=rc.subnet_name(prefix), network_id=net.id)
+        ))
+        if subnet is None:
+            subnet = self._api(what, lambda: self.conn.network.create_subnet(
+                name=rc.subnet_name(prefix), network_id=net.id, ip_version=4, cidr=cidr,
+                dns_nameservers=[dns_nameserver] if dns_nameserver else [],
+                description=cluster_description(cluster_id),
+            ), idempotent=False)
+            log.info("subnet_created", cluster_id=cluster_id, subnet_id=subnet.id)
+            self._tag(subnet, tag)
         router_id = None
         if external_network:
             router_id = self._ensure_router(prefix, cluster_id, external_network, subnet.id, tag)
@@ -186,72 +463,406 @@ class ClusterCloud:
 
     def _ensure_router(self, prefix: str, cluster_id: str, external: str, subnet_id: str, tag: str) -> str:
         ext_id = self.find_network(external)
-        try:
-            router = self._one(self.conn.network.routers(name=rc.router_name(prefix)))
-            if router is None:
-                router = self.conn.network.create_router(
-                    name=rc.router_name(prefix), external_gateway_info={"network_id": ext_id},
-                    description=f"Cove cluster {cluster_id}",
-                )
-                log.info("router_created", cluster_id=cluster_id, router_id=router.id)
-                self._tag(router, tag)
-            attached = any(
-                any(ip.get("subnet_id") == subnet_id for ip in (port.fixed_ips or []))
-                for port in self.conn.network.ports(device_id=router.id)
-            )
-            if not attached:
-                self.conn.network.add_interface_to_router(router, subnet=subnet_id)
-        except openstack.exceptions.SDKException as exc:
-            raise explain(f"Creating the cluster router {rc.router_name(prefix)} failed", exc) from exc
+        what = f"Creating the cluster router {rc.router_name(prefix)} failed"
+        router = self._one(self._list(what, lambda: self.conn.network.routers(name=rc.router_name(prefix))))
+        if router is None:
+            router = self._api(what, lambda: self.conn.network.create_router(
+                name=rc.router_name(prefix), external_gateway_info={"network_id": ext_id},
+                description=cluster_description(cluster_id),
+            ), idempotent=False)
+            log.info("router_created", cluster_id=cluster_id, router_id=router.id)
+            self._tag(router, tag)
+        attached = any(
+            any(ip.get("subnet_id") == subnet_id for ip in (port.fixed_ips or []))
+            for port in self._list(what, lambda: self.conn.network.ports(device_id=router.id))
+        )
+        if not attached:
+            self._api(what, lambda: self.conn.network.add_interface_to_router(router, subnet=subnet_id))
         return str(router.id)
 
     def _tag(self, resource: Any, tag: str) -> None:
         try:
-            self.conn.network.set_tags(resource, [tag])
-        except openstack.exceptions.SDKException as exc:  # tags help operators; names are what we find by
-            log.warning("tagging_failed", resource_id=resource.id, error=str(exc))
+            self._api(f"Tagging {resource.id}", lambda: self.conn.network.set_tags(resource, [tag]))
+        except CloudError as exc:  # tags help operators; names and descriptions are what we find by
+            log.warning("tagging_failed", resource_id=resource.id, error=exc.reason)
 
     def ensure_security_group(self, prefix: str, cluster_id: str, api_port: int) -> str:
-        """The cluster's security group: SSH and the API from anywhere, everything between the cluster's nodes."""
+        """The cluster's single security group (the layout before per-role groups): SSH and the API from
+        anywhere, everything between the cluster's nodes. Superseded by ``ensure_security_groups``."""
         name = rc.security_group_name(prefix)
-        try:
-            sg = self._one(self.conn.network.security_groups(name=name))
-            if sg is None:
-                sg = self.conn.network.create_security_group(name=name, description=f"Cove cluster {cluster_id}")
-                log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id)
-                self._tag(sg, rc.cluster_tag(cluster_id))
-            have = {
-                (r.get("direction"), r.get("protocol"), r.get("port_range_min"), r.get("remote_group_id"))
-                for r in (sg.security_group_rules or [])
-            }
-            wanted = [
-                {"protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"},
-                {"protocol": "tcp", "port_range_min": api_port, "port_range_max": api_port,
-                 "remote_ip_prefix": "0.0.0.0/0"},
-                {"protocol": None, "remote_group_id": sg.id},
-            ]
-            for rule in wanted:
-                key = ("ingress", rule.get("protocol"), rule.get("port_range_min"), rule.get("remote_group_id"))
+        what = f"Creating the security group {name} failed"
+        sg = self._one(self._list(what, lambda: self.conn.network.security_groups(name=name)))
+        if sg is None:
+            sg = self._api(what, lambda: self.conn.network.create_security_group(
+                name=name, description=cluster_description(cluster_id)
+            ), idempotent=False)
+            log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id)
+            self._tag(sg, rc.cluster_tag(cluster_id))
+        have = {
+            (r.get("direction"), r.get("protocol"), r.get("port_range_min"), r.get("remote_group_id"))
+            for r in (sg.security_group_rules or [])
+        }
+        wanted = [
+            {"protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"},
+            {"protocol": "tcp", "port_range_min": api_port, "port_range_max": api_port,
+             "remote_ip_prefix": "0.0.0.0/0"},
+            {"protocol": None, "remote_group_id": sg.id},
+        ]
+        for rule in wanted:
+            key = ("ingress", rule.get("protocol"), rule.get("port_range_min"), rule.get("remote_group_id"))
+            if key in have:
+                continue
+            try:
+                self._api(what, lambda rule=rule: self.conn.network.create_security_group_rule(  # type: ignore[misc]
+                    security_group_id=sg.id, direction="ingress", ethertype="IPv4", **rule
+                ), passthrough=(openstack.exceptions.ConflictException,))
+            except openstack.exceptions.ConflictException:
+                pass  # the rule exists already: what we wanted
+        return str(sg.id)
+
+    def _ensure_group(self, name: str, cluster_id: str) -> Any:
+        """The security group ``name`` of the cluster (found by name, owned by tag/description), made if missing."""
+        what = f"Creating the security group {name} failed"
+        found = [g for g in self._list(what, lambda: self.conn.network.security_groups(name=name))
+                 if _owned(g, cluster_id)]
+        if found:
+            return _oldest(found)
+        sg = self._api(what, lambda: self.conn.network.create_security_group(
+            name=name, description=cluster_description(cluster_id)
+        ), idempotent=False)
+        log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id, name=name)
+        self._tag(sg, rc.cluster_tag(cluster_id))
+        return sg
+
+    def ensure_security_groups(
+        self, prefix: str, cluster_id: str, rules: Mapping[str, list[PortRule]], allowed_cidrs: list[str]
+    ) -> dict[str, str]:
+        """One security group per role of ``rules`` (``<prefix>-master-sg``, ``<prefix>-worker-sg``), each
+        holding exactly the ingress rules asked for, and returns ``{role: security group id}``.
+
+        A rule with source ``"allowed"`` is made once per CIDR of ``allowed_cidrs`` (``0.0.0.0/0`` when the list
+        is empty); one with source ``"cluster"`` once per group of the cluster (``remote_group_id``: every role's
+        group, so masters and workers reach each other). Converges: missing rules are added, any other ingress
+        rule is deleted (after the allow-list or the COE's ports changed); egress rules are left as Neutron made
+        them. Synchronous (Neutron's API is): the groups are complete when it returns. An invalid CIDR is a
+        permanent CloudError."""
+        cidrs = _normalized_cidrs(allowed_cidrs) or ["0.0.0.0/0"]
+        groups = {role: self._ensure_group(role_security_group_name(prefix, role), cluster_id) for role in rules}
+        cluster_ids = sorted(str(g.id) for g in groups.values())
+        for role, role_rules in rules.items():
+            sg = groups[role]
+            what = f"Updating the rules of security group {sg.name} failed"
+            wanted: dict[_RuleKey, dict[str, Any]] = {}
+            for rule in role_rules:
+                sources: list[dict[str, Any]] = (
+                    [{"remote_ip_prefix": c} for c in cidrs] if rule.source == "allowed"
+                    else [{"remote_group_id": gid} for gid in cluster_ids]
+                )
+                for source in sources:
+                    key = _rule_key(ethertype=None, protocol=rule.protocol, port_min=rule.port_min,
+                                    port_max=rule.port_max, remote_ip_prefix=source.get("remote_ip_prefix"),
+                                    remote_group_id=source.get("remote_group_id"))
+                    body = {"protocol": key.protocol, "ethertype": key.ethertype, "description": rule.description,
+                            **source}
+                    if key.port_min is not None:
+                        body["port_range_min"], body["port_range_max"] = key.port_min, key.port_max
+                    wanted.setdefault(key, body)
+            current = self._api(what, lambda sg=sg: self.conn.network.get_security_group(sg.id))  # type: ignore[misc]
+            have: dict[_RuleKey, list[str]] = {}
+            for r in current.security_group_rules or []:
+                if r.get("direction") != "ingress":
+                    continue
+                key = _rule_key(ethertype=r.get("ethertype"), protocol=r.get("protocol"),
+                                port_min=r.get("port_range_min"), port_max=r.get("port_range_max"),
+                                remote_ip_prefix=r.get("remote_ip_prefix"), remote_group_id=r.get("remote_group_id"))
+                have.setdefault(key, []).append(str(r["id"]))
+            for key, ids in have.items():
+                keep = ids[:1] if key in wanted else []
+                for rule_id in ids[len(keep):]:
+                    self._api(what, lambda rule_id=rule_id: self.conn.network.delete_security_group_rule(  # type: ignore[misc]
+                        rule_id, ignore_missing=True))
+                    log.info("security_group_rule_deleted", cluster_id=cluster_id, security_group=sg.name,
+                             rule_id=rule_id)
+            for key, body in wanted.items():
                 if key in have:
                     continue
                 try:
-                    self.conn.network.create_security_group_rule(
-                        security_group_id=sg.id, direction="ingress", ethertype="IPv4", **rule
-                    )
-                except openstack.exceptions.ConflictException:
-                    pass  # the rule exists already: what we wanted
-        except openstack.exceptions.SDKException as exc:
-            raise explain(f"Creating the security group {name} failed", exc) from exc
-        return str(sg.id)
+                    self._api(what, lambda body=body, sg=sg: self.conn.network.create_security_group_rule(  # type: ignore[misc]
+                        security_group_id=sg.id, direction="ingress", **body
+                    ), passthrough=(openstack.exceptions.ConflictException,))
+                except openstack.exceptions.ConflictException as exc:
+                    if is_quota(exc):
+                        raise explain(what, exc) from exc
+                    # SecurityGroupRuleExists: another pass made it meanwhile, which is what we wanted
+        return {role: str(g.id) for role, g in groups.items()}
+
+    def ensure_port(
+        self,
+        prefix: str,
+        cluster_id: str,
+        name: str,
+        *,
+        network_id: str,
+        subnet_id: str | None,
+        security_group_ids: list[str],
+    ) -> PortRefs:
+        """A Neutron port for a node, made before its server boots so that its fixed IP is known when the user
+        data is rendered (the first master's IP is the API address of a cluster without a load balancer).
+
+        ``name`` is the port's name, conventionally the node's name (``rc.node_name``); a name that does not
+        start with ``<prefix>-`` gets that prefix. Found again by that name and the cluster's tag/description;
+        an existing port's security groups are set to ``security_group_ids`` if they differ. The address comes
+        from ``subnet_id`` when given, else from any subnet of ``network_id``. Synchronous: the IP is final.
+        Boot the server with ``create_server(port_id=...)``; the port outlives the server (Neutron keeps ports
+        it did not make), so ``delete_cluster_resources`` deletes it."""
+        port_name = name if name.startswith(f"{prefix}-") else f"{prefix}-{name}"
+        what = f"Creating the port {port_name} failed"
+        found = [p for p in self._list(what, lambda: self.conn.network.ports(name=port_name))
+                 if _owned(p, cluster_id)]
+        if found:
+            port = _oldest(found)
+            if set(port.security_group_ids or []) != set(security_group_ids):
+                port = self._api(what, lambda: self.conn.network.update_port(
+                    port, security_group_ids=list(security_group_ids)))
+        else:
+            attrs: dict[str, Any] = {
+                "name": port_name, "network_id": network_id, "security_group_ids": list(security_group_ids),
+                "description": cluster_description(cluster_id),
+            }
+            if subnet_id:
+                attrs["fixed_ips"] = [{"subnet_id": subnet_id}]
+            port = self._api(what, lambda: self.conn.network.create_port(**attrs), idempotent=False)
+            log.info("port_created", cluster_id=cluster_id, port_id=port.id, name=port_name)
+            self._tag(port, rc.cluster_tag(cluster_id))
+        ip = next((str(f["ip_address"]) for f in port.fixed_ips or []
+                   if ipaddress.ip_address(f["ip_address"]).version == 4), None)
+        return PortRefs(id=str(port.id), ip=ip)
+
+    def ensure_floating_ip(
+        self, prefix: str, cluster_id: str, *, external_network: str, port_id: str, name: str
+    ) -> str:
+        """A floating IP from ``external_network`` (name or id) associated to ``port_id``; returns its address.
+
+        Floating IPs have no name: it is found again by its description ``Cove cluster <uuid>: <name>`` (and
+        the cluster's tag), and re-associated if it points elsewhere. Synchronous. The port's subnet must be
+        routed to the external network (``ensure_network(external_network=...)``), else a permanent CloudError
+        says so; an exhausted floating IP quota is permanent too."""
+        description = f"{cluster_description(cluster_id)}: {name}"
+        what = f"Allocating the floating IP {name} of {prefix} failed"
+        found = [f for f in self._list(what, lambda: self.conn.network.ips(description=description))
+                 if _owned(f, cluster_id)]
+        if found:
+            fip = _oldest(found)
+            if fip.port_id != port_id:
+                fip = self._api(what, lambda: self.conn.network.update_ip(fip, port_id=port_id))
+                log.info("floating_ip_associated", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
+            return str(fip.floating_ip_address)
+        ext_id = self.find_network(external_network)
+        fip = self._api(what, lambda: self.conn.network.create_ip(
+            floating_network_id=ext_id, port_id=port_id, description=description
+        ), idempotent=False)
+        log.info("floating_ip_created", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
+        self._tag(fip, rc.cluster_tag(cluster_id))
+        return str(fip.floating_ip_address)
+
+    # -------------------------------------------------------------------------------------- load balancer
+
+    def _lb_failed(self, kind: str, obj: Any) -> None:
+        if (obj.provisioning_status or "").upper() == "ERROR":
+            raise CloudError(
+                f"The cluster's API load balancer failed: its {kind} {obj.name or obj.id} went to ERROR in Octavia "
+                "(it could not be provisioned); the load balancer must be deleted and made again", permanent=True)
+
+    def _find_lb(self, prefix: str, cluster_id: str) -> Any | None:
+        name = load_balancer_name(prefix)
+        found = [lb for lb in self._list(f"Listing the load balancer {name} failed",
+                                         lambda: self.conn.load_balancer.load_balancers(name=name))
+                 if _owned(lb, cluster_id)]
+        return _oldest(found) if found else None
+
+    def ensure_load_balancer(
+        self, prefix: str, cluster_id: str, *, subnet_id: str, api_port: int, allowed_cidrs: list[str]
+    ) -> LoadBalancerState:
+        """The cluster's API load balancer (``<prefix>-api-lb``): a VIP on ``subnet_id``, a TCP listener on
+        ``api_port`` (Octavia's ``allowed_cidrs`` set to ``allowed_cidrs``, none = from anywhere), a TCP
+        ROUND_ROBIN pool and a TCP health monitor, all tagged with the cluster.
+
+        Octavia refuses every write while the load balancer is ``PENDING_*``, so each call makes at most ONE
+        write (create the load balancer, or the listener, or the pool, or the monitor, or update the listener's
+        CIDRs) and returns. Call it again until ``ready``; meanwhile the state carries the ids found so far, the
+        VIP (known from the first call) and the load balancer's ``provisioning_status``. An object in ERROR is a
+        permanent CloudError. The members are ``ensure_lb_members``' business."""
+        tag = rc.cluster_tag(cluster_id)
+        description = cluster_description(cluster_id)
+        lbs = self.conn.load_balancer
+        name = load_balancer_name(prefix)
+        what = f"Creating the load balancer {name} failed"
+        lb = self._find_lb(prefix, cluster_id)
+        if lb is None:
+            lb = self._api(what, lambda: lbs.create_load_balancer(
+                name=name, vip_subnet_id=subnet_id, description=description, tags=[tag]), idempotent=False)
+            log.info("load_balancer_created", cluster_id=cluster_id, lb_id=lb.id)
+            return LoadBalancerState(lb.id, None, None, None, lb.vip_address, lb.vip_port_id,
+                                     lb.provisioning_status or "PENDING_CREATE", False)
+        self._lb_failed("load balancer", lb)
+        listener = next((
+            li for li in self._list(what, lambda: lbs.listeners(name=f"{prefix}-api-listener"))
+            if _owned(li, cluster_id) and any(ref.get("id") == lb.id for ref in li.load_balancers or [])
+        ), None)
+        pool = None
+        if listener is not None:
+            pool = next((
+                p for p in self._list(what, lambda: lbs.pools(name=f"{prefix}-api-pool"))
+                if _owned(p, cluster_id) and any(ref.get("id") == listener.id for ref in p.listeners or [])
+            ), None)
+        monitor = None
+        if pool is not None:
+            monitor = next((
+                m for m in self._list(what, lambda: lbs.health_monitors(name=f"{prefix}-api-monitor"))
+                if _owned(m, cluster_id) and any(ref.get("id") == pool.id for ref in m.pools or [])
+            ), None)
+        children = [("listener", listener), ("pool", pool), ("health monitor", monitor)]
+        for kind, child in children:
+            if child is not None:
+                self._lb_failed(kind, child)
+
+        def state(ready: bool = False) -> LoadBalancerState:
+            return LoadBalancerState(
+                lb.id, listener.id if listener else None, pool.id if pool else None, monitor.id if monitor else None,
+                lb.vip_address, lb.vip_port_id, lb.provisioning_status or "", ready,
+            )
+
+        if lb.provisioning_status != "ACTIVE":
+            return state()
+        cidrs = _normalized_cidrs(allowed_cidrs)
+        if listener is None:
+            listener = self._api(what, lambda: lbs.create_listener(
+                name=f"{prefix}-api-listener", loadbalancer_id=lb.id, protocol="TCP", protocol_port=api_port,
+                allowed_cidrs=cidrs or None, description=description, tags=[tag]), idempotent=False)
+            log.info("lb_listener_created", cluster_id=cluster_id, listener_id=listener.id)
+            lb.provisioning_status = "PENDING_UPDATE"
+            return state()
+        if _normalized_cidrs(listener.allowed_cidrs or []) != cidrs:
+            listener = self._api(what, lambda: lbs.update_listener(listener, allowed_cidrs=cidrs or None))
+            log.info("lb_listener_cidrs_updated", cluster_id=cluster_id, listener_id=listener.id, cidrs=cidrs)
+            lb.provisioning_status = "PENDING_UPDATE"
+            return state()
+        if pool is None:
+            pool = self._api(what, lambda: lbs.create_pool(
+                name=f"{prefix}-api-pool", listener_id=listener.id, protocol="TCP", lb_algorithm="ROUND_ROBIN",
+                description=description, tags=[tag]), idempotent=False)
+            log.info("lb_pool_created", cluster_id=cluster_id, pool_id=pool.id)
+            lb.provisioning_status = "PENDING_UPDATE"
+            return state()
+        if monitor is None:
+            monitor = self._api(what, lambda: lbs.create_health_monitor(
+                name=f"{prefix}-api-monitor", pool_id=pool.id, type="TCP", delay=10, timeout=5, max_retries=3,
+                tags=[tag]), idempotent=False)
+            log.info("lb_monitor_created", cluster_id=cluster_id, monitor_id=monitor.id)
+            lb.provisioning_status = "PENDING_UPDATE"
+            return state()
+        ready = all((c.provisioning_status or "") == "ACTIVE" for _, c in children if c is not None)
+        return state(ready)
+
+    def ensure_lb_members(self, state: LoadBalancerState, members: Mapping[str, str], port: int) -> bool:
+        """Make the pool of ``state`` (from a ready ``ensure_load_balancer``) hold exactly ``members`` (name ->
+        fixed IP) on ``port``. One write per call (Octavia's immutability again): deletes a member not wanted,
+        else adds a missing one, and returns False; True once the pool holds exactly those members and the load
+        balancer and every member are ACTIVE. False too while the load balancer is PENDING_*; ERROR raises a
+        permanent CloudError."""
+        if state.pool_id is None:
+            raise CloudError("The cluster's API load balancer has no pool yet: ensure_load_balancer first",
+                             permanent=False)
+        lbs = self.conn.load_balancer
+        what = "Updating the members of the cluster's API load balancer failed"
+        lb = self._api(what, lambda: lbs.get_load_balancer(state.lb_id))
+        self._lb_failed("load balancer", lb)
+        have = self._list(what, lambda: lbs.members(state.pool_id))
+        for member in have:
+            self._lb_failed("member", member)
+        if lb.provisioning_status != "ACTIVE":
+            return False
+        wanted = {(ip, int(port)): name for name, ip in members.items()}
+        for member in have:
+            if (member.address, member.protocol_port) not in wanted:
+                self._api(what, lambda member=member: lbs.delete_member(  # type: ignore[misc]
+                    member, state.pool_id, ignore_missing=True))
+                log.info("lb_member_deleted", lb_id=state.lb_id, address=member.address)
+                return False
+        present = {(m.address, m.protocol_port) for m in have}
+        tag = next((t for t in lb.tags or [] if t.startswith("cove-cluster-")), None)
+        for (ip, member_port), name in sorted(wanted.items()):
+            if (ip, member_port) not in present:
+                self._api(what, lambda name=name, ip=ip, member_port=member_port: lbs.create_member(  # type: ignore[misc]
+                    state.pool_id, name=name, address=ip, protocol_port=member_port,
+                    tags=[tag] if tag else []), idempotent=False)
+                log.info("lb_member_created", lb_id=state.lb_id, address=ip, name=name)
+                return False
+        return all((m.provisioning_status or "") == "ACTIVE" for m in have)
+
+    # -------------------------------------------------------------------------------------- compute extras
+
+    def ensure_server_group(self, prefix: str, cluster_id: str, policy: str = "anti-affinity") -> str:
+        """The Nova server group of the masters (``<prefix>-masters``), found by name (server groups carry
+        nothing else); returns its id, to boot the masters with ``create_server(server_group=...)``.
+
+        ``anti-affinity`` is a hard rule: a master that finds no hypervisor without another master of the group
+        goes to ERROR ("No valid host was found"), and the devcloud enforces it that way at placement (first
+        fit over the zone's hypervisors, skipping those that hold a member). Choose ``soft-anti-affinity`` when
+        the masters may outnumber the hypervisors they can land on (a small cloud or test configuration with
+        fewer hosts than masters, an availability zone with few hosts, hosts full), or when a replacement master
+        must boot while the one it replaces still holds a host: soft spreads when it can and packs when it must.
+        The policy of an existing group cannot change (Nova), so a group found is returned as it is."""
+        if policy not in ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"):
+            raise CloudError(f"Unknown server group policy {policy!r}", permanent=True)
+        name = server_group_name(prefix)
+        what = f"Creating the server group {name} failed"
+        found = [g for g in self._list(what, lambda: self.conn.compute.server_groups()) if g.name == name]
+        if found:
+            group = min(found, key=lambda g: str(g.id))
+            if group.policy and group.policy != policy:
+                log.warning("server_group_policy_differs", cluster_id=cluster_id, group=name, policy=group.policy,
+                            wanted=policy)
+            return str(group.id)
+        group = self._api(what, lambda: self.conn.compute.create_server_group(name=name, policy=policy),
+                          idempotent=False)
+        log.info("server_group_created", cluster_id=cluster_id, server_group_id=group.id, policy=policy)
+        return str(group.id)
+
+    def ensure_volume(
+        self, prefix: str, cluster_id: str, name: str, *, size_gb: int, availability_zone: str | None = None
+    ) -> VolumeState:
+        """A Cinder volume ``name`` (a name not starting with ``<prefix>-`` gets that prefix) with the metadata
+        ``cove_cluster_id``, found again by name and metadata. Returns at once with its status: ``creating``
+        while Cinder builds it; boot the server with ``create_server(volume_ids=[...])`` once it is
+        ``available`` (it is then ``in-use``, attached to the server). A volume in ``error`` is a permanent
+        CloudError; so is an exhausted volume or gigabyte quota. The size of an existing volume is not changed."""
+        vol_name = name if name.startswith(f"{prefix}-") else f"{prefix}-{name}"
+        what = f"Creating the volume {vol_name} failed"
+        found = [v for v in self._list(what, lambda: self.conn.block_storage.volumes(details=True, name=vol_name))
+                 if (v.metadata or {}).get("cove_cluster_id") == cluster_id]
+        if found:
+            vol = _oldest(found)
+        else:
+            attrs: dict[str, Any] = {
+                "name": vol_name, "size": int(size_gb), "description": cluster_description(cluster_id),
+                "metadata": {"cove_cluster_id": cluster_id},
+            }
+            if availability_zone:
+                attrs["availability_zone"] = availability_zone
+            vol = self._api(what, lambda: self.conn.block_storage.create_volume(**attrs), idempotent=False)
+            log.info("volume_created", cluster_id=cluster_id, volume_id=vol.id, size_gb=size_gb)
+        status = (vol.status or "creating").lower()
+        if status.startswith("error"):
+            raise CloudError(f"The volume {vol_name} ({vol.id}) went to {status} in Cinder", permanent=True)
+        return VolumeState(id=str(vol.id), status=status)
 
     # -------------------------------------------------------------------------------------- servers
 
     def list_servers(self, prefix: str, cluster_id: str) -> list[rc.ServerView]:
         """ONE list call: the cluster's servers (name prefix, then the cove_cluster_id metadata)."""
-        try:
-            raw = list(self.conn.compute.servers(details=True, name=rc.server_name_filter(prefix)))
-        except openstack.exceptions.SDKException as exc:
-            raise explain("Listing the cluster's servers failed", exc) from exc
+        raw = self._list("Listing the cluster's servers failed",
+                         lambda: self.conn.compute.servers(details=True, name=rc.server_name_filter(prefix)))
         views = [
             rc.ServerView(
                 id=s.id, name=s.name, status=(s.status or "").upper(), metadata=dict(s.metadata or {}),
@@ -268,58 +879,206 @@ class ClusterCloud:
         name: str,
         flavor_id: str,
         image_id: str,
-        network_id: str,
-        security_group: str | None,
+        network_id: str | None = None,
+        security_group: str | None = None,
         key_name: str | None,
         metadata: dict[str, str],
         user_data: str,
+        port_id: str | None = None,
+        volume_ids: list[str] | None = None,
+        server_group: str | None = None,
+        availability_zone: str | None = None,
     ) -> str:
+        """Send the server create (returns its id at once; the server is in BUILD).
+
+        Its NIC is ``port_id`` (a port from ``ensure_port``, which carries its own security groups, so
+        ``security_group`` is then not sent) or a new port on ``network_id`` with ``security_group`` (a name).
+        ``volume_ids`` (each ``available``) are attached before boot (block_device_mapping_v2: source and
+        destination volume, boot_index -1, delete_on_termination False: the volume outlives the server and
+        ``delete_cluster_resources`` deletes it), in the order given (/dev/vdb, /dev/vdc...). ``server_group``
+        (an id from ``ensure_server_group``) is sent as the scheduler hint ``group``; ``availability_zone``
+        pins the zone. Not idempotent: find the server by name (``list_servers``) before calling again."""
+        if bool(port_id) == bool(network_id):
+            raise CloudError(f"Creating server {name} failed: give exactly one of a network and a port",
+                             permanent=True)
         kwargs: dict[str, Any] = {
             "name": name, "flavor_id": flavor_id, "image_id": image_id,
-            "networks": [{"uuid": network_id}], "metadata": metadata,
+            "networks": [{"port": port_id}] if port_id else [{"uuid": network_id}], "metadata": metadata,
             "user_data": base64.b64encode(user_data.encode()).decode(),
         }
-        if security_group:
+        if security_group and not port_id:
             kwargs["security_groups"] = [{"name": security_group}]
         if key_name:
             kwargs["key_name"] = key_name
-        try:
-            server = self.conn.compute.create_server(**kwargs)
-        except openstack.exceptions.SDKException as exc:
-            raise explain(f"Creating server {name} failed", exc) from exc
+        if volume_ids:
+            kwargs["block_device_mapping"] = [
+                {"uuid": image_id, "source_type": "image", "destination_type": "local", "boot_index": 0,
+                 "delete_on_termination": True},
+                *({"uuid": vid, "source_type": "volume", "destination_type": "volume", "boot_index": -1,
+                   "delete_on_termination": False} for vid in volume_ids),
+            ]
+        if server_group:
+            kwargs["scheduler_hints"] = {"group": server_group}
+        if availability_zone:
+            kwargs["availability_zone"] = availability_zone
+        server = self._api(f"Creating server {name} failed", lambda: self.conn.compute.create_server(**kwargs),
+                           idempotent=False)
         log.info("server_create_sent", server=name, server_id=server.id)
         return str(server.id)
 
     def delete_server(self, server_id: str) -> None:
-        try:
-            self.conn.compute.delete_server(server_id, ignore_missing=True)
-        except openstack.exceptions.SDKException as exc:
-            raise explain(f"Deleting server {server_id} failed", exc) from exc
+        self._api(f"Deleting server {server_id} failed",
+                  lambda: self.conn.compute.delete_server(server_id, ignore_missing=True))
 
     # -------------------------------------------------------------------------------------- teardown
 
+    def delete_cluster_resources(self, prefix: str, cluster_id: str) -> bool:
+        """Delete every cloud resource of the cluster but its servers, in order, as far as one pass can go; True
+        when nothing is left, False when something is still going away or still in use (call again).
+
+        Order: the API load balancer (cascade; waits out PENDING_*), floating IPs, volumes (only those no server
+        holds: detaching is the server delete's business, so delete the servers first), the cluster's ports
+        (those still bound to a server are left for its delete), the masters' server group, the router
+        (interfaces, gateway), subnet and network, and the security groups (per role and the old single
+        ``<prefix>-sg``). Tolerant of anything already gone and of a create that stopped half-way; an object in
+        use (Neutron's 409) is left for the next pass. A fixed network/subnet named by the template is never
+        touched (it carries neither the cluster's names nor its tag). Raises CloudError only for a failure a
+        further pass would not fix by itself (or transient answers that outlasted the back-off)."""
+        tag = rc.cluster_tag(cluster_id)
+        what = f"Deleting the cloud resources of {prefix} failed"
+        left = False
+        net = self.conn.network
+        lbs = self.conn.load_balancer
+
+        def gone(fn: Callable[[], Any], label: str) -> bool:
+            """Run one delete; True when done (or already gone), False when the object is still in use."""
+            try:
+                self._api(f"{what} ({label})", fn, passthrough=(openstack.exceptions.NotFoundException,
+                                                              openstack.exceptions.ConflictException,
+                                                              openstack.exceptions.BadRequestException))
+            except openstack.exceptions.NotFoundException:
+                return True
+            except (openstack.exceptions.ConflictException, openstack.exceptions.BadRequestException) as exc:
+                if isinstance(exc, openstack.exceptions.BadRequestException) and "attached" not in _detail_of(exc) \
+                        and "status" not in _detail_of(exc):
+                    raise explain(f"{what} ({label})", exc) from exc
+                log.info("cloud_resource_in_use", cluster_id=cluster_id, resource=label, error=_detail_of(exc)[:200])
+                return False
+            return True
+
+        # 1. the load balancer: cascade delete takes its listener, pool, members, monitor and VIP port
+        found_lbs = {lb.id: lb for lb in self._list(what, lambda: lbs.load_balancers(tags=tag))}
+        lb = self._find_lb(prefix, cluster_id)
+        if lb is not None:
+            found_lbs.setdefault(lb.id, lb)
+        for lb in found_lbs.values():
+            left = True  # even a delete sent now takes a while
+            if lb.provisioning_status in ("ACTIVE", "ERROR"):
+                gone(lambda lb=lb: lbs.delete_load_balancer(lb, cascade=True, ignore_missing=True),  # type: ignore[misc]
+                     f"load balancer {lb.name}")
+                log.info("load_balancer_deleting", cluster_id=cluster_id, lb_id=lb.id)
+
+        # 2. floating IPs (tag or description; they have no name)
+        for fip in self._list(what, lambda: net.ips()):
+            if _owned(fip, cluster_id):
+                if gone(lambda fip=fip: net.delete_ip(fip, ignore_missing=True),  # type: ignore[misc]
+                        f"floating IP {fip.floating_ip_address}"):
+                    log.info("floating_ip_deleted", cluster_id=cluster_id, floating_ip_id=fip.id)
+                else:
+                    left = True
+
+        # 3. volumes no server holds
+        for vol in self._list(what, lambda: self.conn.block_storage.volumes(details=True)):
+            if (vol.metadata or {}).get("cove_cluster_id") != cluster_id:
+                continue
+            left = True  # Cinder deletes asynchronously
+            status = (vol.status or "").lower()
+            if vol.attachments or status in ("in-use", "attaching", "detaching", "deleting", "creating",
+                                             "extending"):
+                continue
+            if gone(lambda vol=vol: self.conn.block_storage.delete_volume(vol, ignore_missing=True),  # type: ignore[misc]
+                    f"volume {vol.name}"):
+                log.info("volume_deleting", cluster_id=cluster_id, volume_id=vol.id)
+
+        # 4. the cluster's ports: tagged or described as the cluster's, and unbound ports on its own network
+        own_nets = self._list(what, lambda: net.networks(name=rc.network_name(prefix)))
+        ports: dict[str, Any] = {}
+        for p in self._list(what, lambda: net.ports(tags=tag)):
+            ports[p.id] = p
+        for p in self._list(what, lambda: net.ports(description=cluster_description(cluster_id))):
+            ports[p.id] = p
+        for n in own_nets:
+            for p in self._list(what, lambda n=n: net.ports(network_id=n.id)):  # type: ignore[misc]
+                if not p.device_id and not (p.device_owner or "").startswith("network:"):
+                    ports[p.id] = p
+        for p in ports.values():
+            if p.device_id and (p.device_owner or "").startswith("compute:"):
+                left = True  # its server is still there: its delete unbinds the port
+                continue
+            if gone(lambda p=p: net.delete_port(p, ignore_missing=True), f"port {p.name or p.id}"):  # type: ignore[misc]
+                log.info("port_deleted", cluster_id=cluster_id, port_id=p.id)
+            else:
+                left = True
+
+        # 5. the masters' server group
+        group_name = server_group_name(prefix)
+        for group in self._list(what, lambda: self.conn.compute.server_groups()):
+            if group.name == group_name:
+                gone(lambda group=group: self.conn.compute.delete_server_group(  # type: ignore[misc]
+                    group, ignore_missing=True), f"server group {group_name}")
+                log.info("server_group_deleted", cluster_id=cluster_id, server_group_id=group.id)
+
+        # 6. router: interfaces, gateway, router
+        for router in self._list(what, lambda: net.routers(name=rc.router_name(prefix))):
+            in_use = False
+            for port in self._list(what, lambda router=router: net.ports(device_id=router.id)):  # type: ignore[misc]
+                if port.device_owner != "network:router_interface":
+                    continue
+                for ip in port.fixed_ips or []:
+                    if not gone(lambda router=router, ip=ip: net.remove_interface_from_router(  # type: ignore[misc]
+                            router, subnet=ip["subnet_id"]), f"router interface on {ip['subnet_id']}"):
+                        in_use = True
+            if in_use:
+                left = True
+                continue
+            if router.external_gateway_info and not gone(
+                    lambda router=router: net.update_router(router, external_gateway_info={}),  # type: ignore[misc]
+                    f"router gateway of {router.name}"):
+                left = True
+                continue
+            if gone(lambda router=router: net.delete_router(router, ignore_missing=True), f"router {router.name}"):  # type: ignore[misc]
+                log.info("router_deleted", cluster_id=cluster_id, router_id=router.id)
+            else:
+                left = True
+
+        # 7. subnet and network (only the cluster's own, by name)
+        for n in own_nets:
+            subnets_gone = True
+            for subnet in self._list(what, lambda n=n: net.subnets(network_id=n.id)):  # type: ignore[misc]
+                if not gone(lambda subnet=subnet: net.delete_subnet(subnet, ignore_missing=True),  # type: ignore[misc]
+                            f"subnet {subnet.name}"):
+                    subnets_gone = False
+            if subnets_gone and gone(lambda n=n: net.delete_network(n, ignore_missing=True), f"network {n.name}"):  # type: ignore[misc]
+                log.info("network_deleted", cluster_id=cluster_id, network_id=n.id)
+            else:
+                left = True
+
+        # 8. security groups: per role, and the old single group
+        names = [role_security_group_name(prefix, r) for r in ROLES] + [rc.security_group_name(prefix)]
+        for name in names:
+            for sg in self._list(what, lambda name=name: net.security_groups(name=name)):  # type: ignore[misc]
+                if gone(lambda sg=sg: net.delete_security_group(sg, ignore_missing=True), f"security group {name}"):  # type: ignore[misc]
+                    log.info("security_group_deleted", cluster_id=cluster_id, security_group_id=sg.id)
+                else:
+                    left = True
+        return not left
+
     def delete_network_resources(self, prefix: str, cluster_id: str) -> None:
-        """Router (interfaces, gateway), subnet, network and security group named for the cluster; missing is fine.
-        A fixed network/subnet named by the template is never touched (it does not carry the cluster's names)."""
-        try:
-            for router in list(self.conn.network.routers(name=rc.router_name(prefix))):
-                for port in list(self.conn.network.ports(device_id=router.id)):
-                    for ip in port.fixed_ips or []:
-                        try:
-                            self.conn.network.remove_interface_from_router(router, subnet=ip["subnet_id"])
-                        except openstack.exceptions.NotFoundException:
-                            pass
-                self.conn.network.delete_router(router, ignore_missing=True)
-            for net in list(self.conn.network.networks(name=rc.network_name(prefix))):
-                for subnet in list(self.conn.network.subnets(network_id=net.id)):
-                    self.conn.network.delete_subnet(subnet, ignore_missing=True)
-                self.conn.network.delete_network(net, ignore_missing=True)
-            for sg in list(self.conn.network.security_groups(name=rc.security_group_name(prefix))):
-                self.conn.network.delete_security_group(sg, ignore_missing=True)
-        except openstack.exceptions.SDKException as exc:
-            err = explain(f"Deleting the network resources of {prefix} failed", exc)
-            # 409 (in use) settles once the servers' ports are gone: retry
-            raise CloudError(err.reason, permanent=err.permanent and getattr(exc, "status_code", 0) != 409) from exc
+        """Everything ``delete_cluster_resources`` deletes; returns when nothing is left, else raises a
+        non-permanent CloudError (the caller retries), as it did when this deleted only the network and the
+        security group. A fixed network/subnet named by the template is never touched."""
+        if not self.delete_cluster_resources(prefix, cluster_id):
+            raise CloudError(f"The cloud resources of {prefix} are still being deleted", permanent=False)
 
 
 class Cloud:
@@ -347,7 +1106,9 @@ class Cloud:
             return self._clients.setdefault(trust_id, client)
 
     async def call(self, trust_id: str, fn: Callable[[ClusterCloud], T]) -> T:
-        """Run ``fn(client)`` in the pool with the trust's cached connection."""
+        """Run ``fn(client)`` in the pool with the trust's cached connection. Each request ``fn`` sends is
+        retried there on transient answers (``ClusterCloud._api``, ``RetryPolicy``); the pool's size
+        (``COVE_PROVISIONER_CLOUD_THREADS``) bounds the requests in flight, back-off sleeps included."""
 
         def work() -> T:
             try:
