@@ -21,6 +21,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps --upgrade --target $(SDK_4_14) 'openstacksdk==4.14.0'
 	touch $(STAMP)
 
+# cloud-init (for its `cloud-init schema`) and shellcheck, from Debian's packages, unpacked into the venv without
+# root and without touching the system (the venv's Python runs cloud-init with PYTHONPATH on the unpacked modules):
+# tests/provisioner/test_drivers.py checks every rendered user data with them. apt-get download uses the system's
+# package lists, else fetches its own into the venv.
+TOOLS       := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
+TOOLS_DEBS  := cloud-init python3-configobj python3-six shellcheck
+venv: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): | $(STAMP)
+	rm -rf $(TOOLS) && mkdir -p $(TOOLS)/debs $(TOOLS)/apt/lists/partial $(TOOLS)/apt/cache
+	cd $(TOOLS)/debs && { apt-get -q download $(TOOLS_DEBS) || { \
+	  apt="apt-get -q -o Dir::State::Lists=$$PWD/../apt/lists -o Dir::Cache=$$PWD/../apt/cache -o Debug::NoLocking=1"; \
+	  $$apt update && $$apt download $(TOOLS_DEBS); }; }
+	for deb in $(TOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(TOOLS) || exit 1; done
+	PYTHONPATH=$(TOOLS)/usr/lib/python3/dist-packages $(PY) $(TOOLS)/usr/bin/cloud-init schema --help >/dev/null
+	$(TOOLS)/usr/bin/shellcheck --version >/dev/null
+	rm -rf $(TOOLS)/debs $(TOOLS)/apt
+	touch $@
+
 # NATS, PostgreSQL (embedded unless COVE_DATABASE_URL), the devcloud and every service; Ctrl-C stops all.
 run: venv
 	$(VENV)/bin/cove run

@@ -1,0 +1,17 @@
+"""COE drivers: ``driver_for(coe)`` picks the driver of a cluster's COE (see ``base.py`` for the interface)."""
+
+from __future__ import annotations
+
+from services.provisioner.drivers.base import CoeDriver
+from services.provisioner.drivers.kubernetes import KubernetesDriver
+
+DRIVERS: dict[str, type[CoeDriver]] = {"kubernetes": KubernetesDriver}
+
+
+def driver_for(coe: str) -> CoeDriver:
+    """The driver of ``coe``; ``ValueError`` for a COE Cove has no driver for."""
+    try:
+        driver = DRIVERS[coe]
+    except KeyError:
+        raise ValueError(f"no driver for COE {coe!r}; Cove drives: {', '.join(sorted(DRIVERS))}") from None
+    return driver()

@@ -58,6 +58,10 @@ class NodeContext:
     http_proxy: str | None = None
     https_proxy: str | None = None
     no_proxy: str | None = None
+    ca_key_pem: str | None = None
+    """The cluster CA's private key (PEM), for masters only (docs/adr/0006): the first master's user data carries
+    it (kubeadm init signs the control plane's certificates and the controller manager the kubelets' with it); the
+    other masters' user data carries only the kubeadm certificate key derived from it. Never given for a worker."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,571 @@
+"""The Kubernetes driver: kubeadm on Debian/Ubuntu images, containerd, flannel or calico.
+
+Rendering keeps every value out of shell text: the bootstrap script is a constant; what varies is written as data
+(an environment file whose values are ``shlex.quote``d, a kubeadm configuration and a systemd environment file,
+each emitted by a serialiser), and the whole document by PyYAML. Names, labels and proxies may therefore contain
+anything (quotes, newlines, ``$(...)``): they reach the node as values, never as code.
+
+Certificates (docs/adr/0006): the cluster CA from the certs service is the Kubernetes CA. The first master gets
+its key (0600) so ``kubeadm init`` signs the control plane's certificates with it and the controller manager signs
+the kubelets'; it uploads them encrypted (``--upload-certs``) with a certificate key derived from the CA key,
+which the other masters get instead of the CA key. Workers get neither, only the bootstrap token and the CA pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import shlex
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from proto import labels as label_rules
+from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
+
+COE = "kubernetes"
+DEFAULT_API_PORT = 6443
+DEFAULT_NETWORK_DRIVER = "flannel"
+NETWORK_DRIVERS = ("flannel", "calico")
+CRI_SOCKET = "unix:///run/containerd/containerd.sock"
+
+CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
+CA_KEY_PATH = "/etc/kubernetes/pki/ca.key"
+ENV_PATH = "/etc/cove/node.env"
+PROXY_ENV_PATH = "/etc/cove/proxy.env"
+KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
+SCRIPT_PATH = "/usr/local/sbin/cove-bootstrap"
+ETCD_DIR = "/var/lib/etcd"
+CONTAINERD_DIR = "/var/lib/containerd"
+
+_TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+_BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
+
+
+# --------------------------------------------------------------------------- derived secrets and names
+
+
+def ca_cert_hash(ca_cert_pem: str) -> str:
+    """kubeadm's discovery pin: ``sha256:<hex of SHA-256 over the CA's DER SubjectPublicKeyInfo>``."""
+    try:
+        cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+    except ValueError as e:
+        raise ValueError(f"ca_cert_pem is not a PEM certificate: {e}") from None
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def bootstrap_token(secret: bytes, cluster_id: str) -> str:
+    """A kubeadm bootstrap token (``[a-z0-9]{6}.[a-z0-9]{16}``) derived from a provisioner secret and the cluster.
+
+    Derived, not random, so a restarted provisioner renders the same token for the workers it still has to create.
+    """
+    digest = hmac.new(secret, cluster_id.encode(), hashlib.sha256).hexdigest()
+    alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+    chars = "".join(alphabet[int(digest[i : i + 2], 16) % 36] for i in range(0, 44, 2))
+    return f"{chars[:6]}.{chars[6:22]}"
+
+
+def certificate_key(ca_key_pem: str, cluster_id: str) -> str:
+    """kubeadm's ``--certificate-key`` (32 bytes, hex) with which the first master uploads the control plane's
+    certificates and keys (encrypted) and the other masters download them.
+
+    Derived, like the bootstrap token, so every render agrees; but from the CA key, not from the bootstrap token:
+    kubeadm lets the bootstrap token read the uploaded ``kubeadm-certs`` Secret, and every worker holds that token,
+    so a key a worker could derive would hand it the CA key."""
+    key = _load_key(ca_key_pem)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return hmac.new(der, b"cove/kubeadm-certificate-key/" + cluster_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _load_key(ca_key_pem: str) -> Any:
+    try:
+        return serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"ca_key_pem is not an unencrypted PEM private key: {e}") from None
+
+
+def kube_node_name(name: str) -> str:
+    """The Kubernetes node name (and hostname) for a server name: a DNS-1123 label (lowercase letters, digits and
+    '-', at most 63 characters), other characters replaced by '-'."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-")
+    if not label:
+        raise ValueError(f"node name {name!r} has no letter or digit to make a Kubernetes node name from")
+    return label
+
+
+def endpoint(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- serialisers
+
+
+def shell_env(values: dict[str, str]) -> str:
+    """``NAME='value'`` lines for ``.`` in a shell: every value quoted by ``shlex.quote``."""
+    for name, value in values.items():
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise ValueError(f"bad environment variable name {name!r}")
+        if "\0" in value:
+            raise ValueError(f"{name} contains a NUL character")
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+
+
+def systemd_env(values: dict[str, str]) -> str:
+    """``NAME="value"`` lines that systemd's ``EnvironmentFile=`` and a POSIX shell both read as the same value:
+    double quotes, with the four characters special inside them (``\\ " $ ```) escaped by a backslash."""
+    out = []
+    for name, value in values.items():
+        if "\0" in value:
+            raise ValueError(f"{name} contains a NUL character")
+        escaped = re.sub(r'([\\"$`])', r"\\\1", value)
+        out.append(f'{name}="{escaped}"\n')
+    return "".join(out)
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, with multi-line strings as literal blocks where YAML allows it (readable scripts)."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000,
+                     allow_unicode=False)
+
+
+# --------------------------------------------------------------------------- the bootstrap script
+
+BOOTSTRAP_SCRIPT = r"""#!/bin/bash
+# Cove's Kubernetes node bootstrap (kubeadm). A constant: everything it depends on is read from the environment
+# file and the kubeadm configuration that cloud-init wrote beside it.
+set -euo pipefail
+umask 022
+# shellcheck source=/dev/null
+. /etc/cove/node.env
+
+KUBEADM_CONFIG=/etc/cove/kubeadm.yaml
+JOIN_ATTEMPTS=90
+DASHBOARD_MANIFEST=https://raw.githubusercontent.com/kubernetes/dashboard/v2.7.0/aio/deploy/recommended.yaml
+
+log() {
+  printf 'cove-bootstrap: %s\n' "$*" >&2
+}
+
+# retry ATTEMPTS DELAY COMMAND...: run COMMAND until it succeeds, at most ATTEMPTS times, DELAY seconds apart.
+retry() {
+  local attempts=$1 delay=$2 n=1
+  shift 2
+  until "$@"; do
+    if [ "$n" -ge "$attempts" ]; then
+      log "giving up after $n attempts: $*"
+      return 1
+    fi
+    n=$((n + 1))
+    sleep "$delay"
+  done
+}
+
+use_proxy() {
+  if [ -n "${HTTP_PROXY}${HTTPS_PROXY}" ]; then
+    export HTTP_PROXY HTTPS_PROXY NO_PROXY
+    export http_proxy="$HTTP_PROXY" https_proxy="$HTTPS_PROXY" no_proxy="$NO_PROXY"
+  fi
+}
+
+prepare_host() {
+  swapoff -a
+  sed -i '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab
+  modprobe overlay
+  modprobe br_netfilter
+  sysctl --system >/dev/null
+}
+
+install_packages() {
+  export DEBIAN_FRONTEND=noninteractive
+  retry 10 10 apt-get update -q
+  retry 10 10 apt-get install -y -q ca-certificates curl containerd
+  install -d -m 0755 /etc/apt/keyrings
+  retry 10 10 curl -fsSL -o /etc/apt/keyrings/kubernetes.asc \
+    "https://pkgs.k8s.io/core:/stable:/${KUBE_MINOR}/deb/Release.key"
+  printf 'deb [signed-by=/etc/apt/keyrings/kubernetes.asc] https://pkgs.k8s.io/core:/stable:/%s/deb/ /\n' \
+    "$KUBE_MINOR" >/etc/apt/sources.list.d/kubernetes.list
+  retry 10 10 apt-get update -q
+  retry 10 10 apt-get install -y -q "kubelet=${KUBE_VERSION}-*" "kubeadm=${KUBE_VERSION}-*" \
+    "kubectl=${KUBE_VERSION}-*"
+  apt-mark hold kubelet kubeadm kubectl containerd
+}
+
+configure_containerd() {
+  install -d -m 0755 /etc/containerd
+  containerd config default >/etc/containerd/config.toml
+  if [ "$CGROUP_DRIVER" = systemd ]; then
+    sed -i 's/SystemdCgroup = false/SystemdCgroup = true/' /etc/containerd/config.toml
+  fi
+  systemctl daemon-reload
+  systemctl enable containerd
+  systemctl restart containerd
+  systemctl enable kubelet
+}
+
+api_ready() {
+  kubectl --kubeconfig /etc/kubernetes/admin.conf get --raw=/readyz >/dev/null 2>&1
+}
+
+api_answers() {
+  curl --silent --fail --max-time 5 --noproxy '*' --cacert /etc/cove/ca.crt \
+    "https://${API_ENDPOINT}/healthz" >/dev/null
+}
+
+install_cni() {
+  local manifest=/etc/cove/cni.yaml
+  case "$NETWORK_DRIVER" in
+    flannel)
+      retry 10 10 curl -fsSL -o "$manifest" \
+        "https://github.com/flannel-io/flannel/releases/download/${CNI_TAG}/kube-flannel.yml"
+      sed -i "s#10.244.0.0/16#${POD_CIDR}#g" "$manifest"
+      ;;
+    calico)
+      retry 10 10 curl -fsSL -o "$manifest" \
+        "https://raw.githubusercontent.com/projectcalico/calico/${CNI_TAG}/manifests/calico.yaml"
+      sed -i -e 's|# - name: CALICO_IPV4POOL_CIDR|- name: CALICO_IPV4POOL_CIDR|' \
+        -e "s|#   value: \"192.168.0.0/16\"|  value: \"${POD_CIDR}\"|" "$manifest"
+      ;;
+    *)
+      log "unknown network driver: $NETWORK_DRIVER"
+      return 1
+      ;;
+  esac
+  retry 10 10 kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f "$manifest"
+}
+
+init_control_plane() {
+  kubeadm init --config "$KUBEADM_CONFIG" --upload-certs
+  retry 60 5 api_ready
+  install_cni
+  if [ "$DASHBOARD_ENABLED" = true ]; then
+    retry 10 10 kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f "$DASHBOARD_MANIFEST"
+  fi
+}
+
+# Join the control plane or the workers: wait for the API to answer, then join; a failed join is undone and
+# tried again (the first master may still be uploading its certificates), a bounded number of times.
+join_cluster() {
+  local n=1
+  until api_answers && kubeadm join --config "$KUBEADM_CONFIG"; do
+    if [ "$n" -ge "$JOIN_ATTEMPTS" ]; then
+      log "could not join ${API_ENDPOINT} after $n attempts"
+      return 1
+    fi
+    kubeadm reset --force >/dev/null 2>&1 || true
+    n=$((n + 1))
+    sleep 10
+  done
+}
+
+main() {
+  log "bootstrapping ${KUBE_NODE_NAME} (${COVE_ROLE}) of cluster ${COVE_CLUSTER_ID}"
+  install -d -m 0755 /etc/cove
+  install -m 0644 /etc/kubernetes/pki/ca.crt /etc/cove/ca.crt
+  use_proxy
+  prepare_host
+  install_packages
+  configure_containerd
+  if [ "$COVE_ROLE" = master ] && [ "$COVE_FIRST_MASTER" = true ]; then
+    init_control_plane
+  else
+    join_cluster
+  fi
+  log "done"
+}
+
+main "$@"
+"""
+
+_MODULES = "overlay\nbr_netfilter\n"
+_SYSCTL = "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n"
+_PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _network_driver(value: str | None) -> str:
+    driver = value or DEFAULT_NETWORK_DRIVER
+    if driver not in NETWORK_DRIVERS:
+        raise ValueError(
+            f"network driver {driver!r} is not supported by the Kubernetes driver; supported: "
+            f"{', '.join(NETWORK_DRIVERS)}"
+        )
+    return driver
+
+
+def _write(path: str, content: str, permissions: str) -> dict[str, str]:
+    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
+
+
+def _kubeadm_api_version(kube_tag: str) -> str:
+    minor = int(kube_tag[1:].split(".")[1])
+    return "kubeadm.k8s.io/v1beta4" if minor >= 31 else "kubeadm.k8s.io/v1beta3"
+
+
+def _no_proxy(node: NodeContext, pod_cidr: str, service_cidr: str) -> str:
+    given = [p.strip() for p in (node.no_proxy or "").split(",") if p.strip()]
+    ours = ["localhost", "127.0.0.1", node.api_host, *node.master_addresses, pod_cidr, service_cidr,
+            ".svc", ".cluster.local"]
+    return ",".join(dict.fromkeys(given + ours))
+
+
+class KubernetesDriver:
+    coe = COE
+
+    def port_rules(self, role: Role, *, api_port: int, network_driver: str | None) -> list[PortRule]:
+        if not 1 <= api_port <= 65535:
+            raise ValueError(f"API port {api_port} is not a TCP port")
+        overlay = _overlay_rules(_network_driver(network_driver))
+        if role == "master":
+            return [
+                PortRule("tcp", api_port, api_port, "allowed", "Kubernetes API"),
+                PortRule("tcp", api_port, api_port, "cluster", "Kubernetes API from the nodes"),
+                PortRule("tcp", 22, 22, "allowed", "SSH"),
+                PortRule("tcp", 2379, 2380, "cluster", "etcd client and peer"),
+                PortRule("tcp", 10250, 10250, "cluster", "kubelet API"),
+                PortRule("tcp", 10257, 10257, "cluster", "kube-controller-manager"),
+                PortRule("tcp", 10259, 10259, "cluster", "kube-scheduler"),
+                *overlay,
+            ]
+        if role == "worker":
+            return [
+                PortRule("tcp", 22, 22, "allowed", "SSH"),
+                PortRule("tcp", 10250, 10250, "cluster", "kubelet API"),
+                PortRule("tcp", 30000, 32767, "allowed", "NodePort services"),
+                *overlay,
+            ]
+        raise ValueError(f"unknown node role {role!r}")
+
+    def user_data(self, node: NodeContext) -> str:
+        labels = _labels(node)
+        driver = _network_driver(node.network_driver)
+        _check_node(node)
+        kube_tag = labels["kube_tag"]
+        pod_cidr = labels[label_rules.POD_NETWORK_LABEL[driver]]
+        service_cidr = labels["service_cluster_ip_range"]
+        cni_tag = labels["calico_tag" if driver == "calico" else "flannel_tag"]
+        node_name = kube_node_name(node.node_name)
+        first = node.role == "master" and node.is_first_master
+        proxied = bool(node.http_proxy or node.https_proxy)
+        proxy = {
+            "HTTP_PROXY": node.http_proxy or "",
+            "HTTPS_PROXY": node.https_proxy or "",
+            "NO_PROXY": _no_proxy(node, pod_cidr, service_cidr) if proxied else (node.no_proxy or ""),
+        }
+        env = {
+            "COVE_CLUSTER_ID": node.cluster_id,
+            "COVE_CLUSTER_NAME": node.cluster_name,
+            "COVE_NODE_NAME": node.node_name,
+            "COVE_NODEGROUP": node.nodegroup,
+            "COVE_ROLE": node.role,
+            "COVE_FIRST_MASTER": "true" if first else "false",
+            "KUBE_NODE_NAME": node_name,
+            "KUBE_TAG": kube_tag,
+            "KUBE_VERSION": kube_tag[1:],
+            "KUBE_MINOR": ".".join(kube_tag.split(".")[:2]),
+            "API_HOST": node.api_host,
+            "API_PORT": str(node.api_port),
+            "API_ENDPOINT": endpoint(node.api_host, node.api_port),
+            "NETWORK_DRIVER": driver,
+            "CNI_TAG": cni_tag,
+            "POD_CIDR": pod_cidr,
+            "SERVICE_CIDR": service_cidr,
+            "CGROUP_DRIVER": labels["cgroup_driver"],
+            "CONTAINER_RUNTIME": labels["container_runtime"],
+            "DASHBOARD_ENABLED": "true" if label_rules.as_bool(labels["kube_dashboard_enabled"]) else "false",
+            "ETCD_VOLUME_DEVICE": node.etcd_volume_device or "",
+            "CONTAINER_VOLUME_DEVICE": node.docker_volume_device or "",
+            **proxy,
+        }
+        files = [_write(CA_CERT_PATH, node.ca_cert_pem, "0644")]
+        if first:
+            assert node.ca_key_pem is not None
+            files.append(_write(CA_KEY_PATH, node.ca_key_pem, "0600"))
+        files += [
+            _write(ENV_PATH, shell_env(env), "0600"),
+            _write(KUBEADM_CONFIG_PATH, self.kubeadm_config(node, labels, driver), "0600"),
+            _write("/etc/modules-load.d/cove-kubernetes.conf", _MODULES, "0644"),
+            _write("/etc/sysctl.d/99-cove-kubernetes.conf", _SYSCTL, "0644"),
+        ]
+        if proxied or node.no_proxy:
+            files += [
+                _write(PROXY_ENV_PATH, systemd_env({**proxy, **{k.lower(): v for k, v in proxy.items()}}), "0600"),
+                _write("/etc/systemd/system/containerd.service.d/cove-proxy.conf", _PROXY_DROP_IN, "0644"),
+                _write("/etc/systemd/system/kubelet.service.d/cove-proxy.conf", _PROXY_DROP_IN, "0644"),
+            ]
+        files.append(_write(SCRIPT_PATH, BOOTSTRAP_SCRIPT, "0755"))
+        doc: dict[str, Any] = {
+            "hostname": node_name,
+            "preserve_hostname": False,
+            "write_files": files,
+        }
+        volumes = [(node.docker_volume_device, CONTAINERD_DIR, "containerd")]
+        if node.role == "master":
+            volumes.append((node.etcd_volume_device, ETCD_DIR, "etcd"))
+        volumes_given = [(device, path, label) for device, path, label in volumes if device]
+        if volumes_given:
+            doc["fs_setup"] = [
+                {"label": label, "filesystem": "ext4", "device": device, "partition": "none", "overwrite": False}
+                for device, _, label in volumes_given
+            ]
+            doc["mounts"] = [
+                [device, path, "ext4", "defaults,nofail,x-systemd.device-timeout=120", "0", "2"]
+                for device, path, _ in volumes_given
+            ]
+        doc["runcmd"] = [[SCRIPT_PATH]]
+        return "#cloud-config\n" + _yaml(doc)
+
+    def kubeadm_config(self, node: NodeContext, labels: dict[str, str], driver: str) -> str:
+        """The node's kubeadm configuration: Init-, Cluster- and KubeletConfiguration on the first master, a
+        JoinConfiguration (with the certificate key on masters) on every other node."""
+        api_version = _kubeadm_api_version(labels["kube_tag"])
+        api = endpoint(node.api_host, node.api_port)
+        registration: dict[str, Any] = {"name": kube_node_name(node.node_name), "criSocket": CRI_SOCKET}
+        ignored = []
+        if node.role == "master" and node.etcd_volume_device:
+            ignored.append("DirAvailable--var-lib-etcd")  # a fresh filesystem's lost+found
+        if not (node.role == "master" and node.is_first_master):
+            ignored.append("FileAvailable--etc-kubernetes-pki-ca.crt")  # written by cloud-init, the same CA
+        if ignored:
+            registration["ignorePreflightErrors"] = ignored
+        if node.role == "master" and node.is_first_master:
+            assert node.ca_key_pem is not None
+            docs: list[dict[str, Any]] = [
+                {
+                    "apiVersion": api_version,
+                    "kind": "InitConfiguration",
+                    "bootstrapTokens": [{
+                        "token": node.bootstrap_token,
+                        "ttl": "0s",
+                        "description": "Cove: nodes of this cluster join with it",
+                        "groups": [_BOOTSTRAP_GROUP],
+                        "usages": ["signing", "authentication"],
+                    }],
+                    "certificateKey": certificate_key(node.ca_key_pem, node.cluster_id),
+                    "nodeRegistration": registration,
+                    "localAPIEndpoint": {"bindPort": node.api_port},
+                },
+                {
+                    "apiVersion": api_version,
+                    "kind": "ClusterConfiguration",
+                    "kubernetesVersion": labels["kube_tag"],
+                    "controlPlaneEndpoint": api,
+                    "networking": {
+                        "podSubnet": labels[label_rules.POD_NETWORK_LABEL[driver]],
+                        "serviceSubnet": labels["service_cluster_ip_range"],
+                    },
+                    "apiServer": {"certSANs": list(dict.fromkeys([node.api_host, *node.master_addresses]))},
+                },
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "cgroupDriver": labels["cgroup_driver"],
+                },
+            ]
+        else:
+            join: dict[str, Any] = {
+                "apiVersion": api_version,
+                "kind": "JoinConfiguration",
+                "discovery": {"bootstrapToken": {
+                    "apiServerEndpoint": api,
+                    "token": node.bootstrap_token,
+                    "caCertHashes": [ca_cert_hash(node.ca_cert_pem)],
+                }},
+                "nodeRegistration": registration,
+            }
+            if node.role == "master":
+                assert node.ca_key_pem is not None
+                join["controlPlane"] = {
+                    "certificateKey": certificate_key(node.ca_key_pem, node.cluster_id),
+                    "localAPIEndpoint": {"bindPort": node.api_port},
+                }
+            docs = [join]
+        return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000)
+
+    def health_checks(self) -> list[HealthCheck]:
+        return [
+            HealthCheck("kube-apiserver", "cluster",
+                        "the API server's /healthz through the cluster's API address and port (api_address)",
+                        port=None, path="/healthz"),
+            HealthCheck("kubelet", "master", "the kubelet's /healthz on the node (127.0.0.1)", port=10248,
+                        path="/healthz"),
+            HealthCheck("kubelet", "worker", "the kubelet's /healthz on the node (127.0.0.1)", port=10248,
+                        path="/healthz"),
+            HealthCheck("etcd", "master", "etcd's /health on the master's metrics listener (127.0.0.1)",
+                        port=2381, path="/health"),
+        ]
+
+    def cluster_config(self) -> str:
+        return (
+            "A kubeconfig whose server is the cluster's api_address (https) and whose client certificate "
+            "(CN=admin, O=system:masters) is signed by the cluster's CA, the CA the API server trusts."
+        )
+
+
+def _overlay_rules(driver: str) -> list[PortRule]:
+    if driver == "flannel":
+        return [PortRule("udp", 8472, 8472, "cluster", "flannel VXLAN")]
+    return [
+        PortRule("tcp", 179, 179, "cluster", "calico BGP"),
+        PortRule("ipip", None, None, "cluster", "calico IP-in-IP"),
+    ]
+
+
+def _labels(node: NodeContext) -> dict[str, str]:
+    problems = label_rules.validate_labels(COE, node.labels, network_driver=node.network_driver)
+    if problems:
+        raise ValueError(" ".join(problems))
+    return label_rules.resolved(COE, node.labels)
+
+
+def _check_node(node: NodeContext) -> None:
+    if node.role not in ("master", "worker"):
+        raise ValueError(f"unknown node role {node.role!r}")
+    if node.role == "worker":
+        if node.is_first_master:
+            raise ValueError("a worker cannot be the first master")
+        if node.ca_key_pem is not None:
+            raise ValueError("a worker never receives the cluster CA's key (docs/adr/0006)")
+        if node.etcd_volume_device:
+            raise ValueError("an etcd volume is for masters only")
+    elif node.ca_key_pem is None:
+        raise ValueError("a master needs the cluster CA's key (ca_key_pem) to init or join the control plane")
+    if not _TOKEN_RE.fullmatch(node.bootstrap_token):
+        raise ValueError("bootstrap_token is not a kubeadm token ([a-z0-9]{6}.[a-z0-9]{16})")
+    if not node.api_host or any(c.isspace() for c in node.api_host):
+        raise ValueError(f"api_host {node.api_host!r} is not a host name or address")
+    if not 1 <= node.api_port <= 65535:
+        raise ValueError(f"api_port {node.api_port} is not a TCP port")
+    ca_cert_hash(node.ca_cert_pem)
+    if node.ca_key_pem is not None:
+        cert = x509.load_pem_x509_certificate(node.ca_cert_pem.encode())
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if _load_key(node.ca_key_pem).public_key().public_bytes(serialization.Encoding.DER, public) != \
+                cert.public_key().public_bytes(serialization.Encoding.DER, public):
+            raise ValueError("ca_key_pem is not the key of ca_cert_pem")
