@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from proto.clusterspec import merged_labels  # noqa: F401 - one definition (the resolved spec's), re-exported
+from proto.labels import validate_labels
 from services.api.errors import bad_request
 from services.api.microversion import Microversion
 
@@ -173,6 +174,7 @@ def template_fields(body: Any) -> dict[str, Any]:
             f"Cluster type (vm, None, {coe}) does not support network driver {driver}. "
             f"Supported network drivers: {', '.join(NETWORK_DRIVERS)}"
         )
+    check_labels(coe, out["labels"], driver)
     volume_driver = out.get("volume_driver")
     if volume_driver is not None and volume_driver != "cinder":
         raise bad_request(f"Cluster type ({coe}) does not support volume driver {volume_driver}.")
@@ -183,6 +185,13 @@ def template_fields(body: Any) -> dict[str, Any]:
         out["name"] = random_name("template")
     out.pop("driver", None)
     return out
+
+
+def check_labels(coe: str, labels: dict[str, str], network_driver: str | None) -> None:
+    """400 when the COE's driver would refuse a label's value (``proto/labels.py``); unknown labels pass."""
+    problems = validate_labels(coe, labels, network_driver=network_driver)
+    if problems:
+        raise bad_request("Invalid input for field/attribute labels. " + " ".join(problems))
 
 
 def _ip(value: str) -> bool:

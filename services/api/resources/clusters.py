@@ -33,7 +33,7 @@ from services.api.middleware import KEYSTONE, base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
-from services.api.validation import as_bool, as_int, cluster_fields
+from services.api.validation import as_bool, as_int, check_labels, cluster_fields
 from services.api.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -194,6 +194,7 @@ async def create_cluster(request: web.Request) -> web.Response:
         )
     except SpecError as exc:
         raise bad_request(str(exc)) from None
+    check_labels(template.coe, spec.labels, spec.network_driver)
     if spec.master_count > 1 and not spec.master_lb_enabled:
         raise bad_request("master_count must be 1 when master_lb_enabled is False")
     for f in ("flavor_id", "master_flavor_id"):
