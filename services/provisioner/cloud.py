@@ -213,6 +213,11 @@ def _oldest(found: list[Any]) -> Any:
     return min(found, key=lambda o: (getattr(o, "created_at", None) or "", str(o.id)))
 
 
+def _first_ipv4(port: Any) -> str | None:
+    return next((str(f["ip_address"]) for f in port.fixed_ips or []
+                 if ipaddress.ip_address(f["ip_address"]).version == 4), None)
+
+
 def _owned(resource: Any, cluster_id: str) -> bool:
     """The object carries the cluster's tag, or was created with its description (before a crash cut tagging)."""
     tags = getattr(resource, "tags", None) or []
@@ -634,9 +639,7 @@ class ClusterCloud:
             port = self._api(what, lambda: self.conn.network.create_port(**attrs), idempotent=False)
             log.info("port_created", cluster_id=cluster_id, port_id=port.id, name=port_name)
             self._tag(port, rc.cluster_tag(cluster_id))
-        ip = next((str(f["ip_address"]) for f in port.fixed_ips or []
-                   if ipaddress.ip_address(f["ip_address"]).version == 4), None)
-        return PortRefs(id=str(port.id), ip=ip)
+        return PortRefs(id=str(port.id), ip=_first_ipv4(port))
 
     def ensure_floating_ip(
         self, prefix: str, cluster_id: str, *, external_network: str, port_id: str, name: str
@@ -743,7 +746,8 @@ class ClusterCloud:
             lb.provisioning_status = "PENDING_UPDATE"
             return state()
         if _normalized_cidrs(listener.allowed_cidrs or []) != cidrs:
-            listener = self._api(what, lambda: lbs.update_listener(listener, allowed_cidrs=cidrs or None))
+            current = listener
+            listener = self._api(what, lambda: lbs.update_listener(current, allowed_cidrs=cidrs or None))
             log.info("lb_listener_cidrs_updated", cluster_id=cluster_id, listener_id=listener.id, cidrs=cidrs)
             lb.provisioning_status = "PENDING_UPDATE"
             return state()
@@ -774,10 +778,11 @@ class ClusterCloud:
             raise CloudError("The cluster's API load balancer has no pool yet: ensure_load_balancer first",
                              permanent=False)
         lbs = self.conn.load_balancer
+        pool_id = state.pool_id
         what = "Updating the members of the cluster's API load balancer failed"
         lb = self._api(what, lambda: lbs.get_load_balancer(state.lb_id))
         self._lb_failed("load balancer", lb)
-        have = self._list(what, lambda: lbs.members(state.pool_id))
+        have = self._list(what, lambda: lbs.members(pool_id))
         for member in have:
             self._lb_failed("member", member)
         if lb.provisioning_status != "ACTIVE":
@@ -786,7 +791,7 @@ class ClusterCloud:
         for member in have:
             if (member.address, member.protocol_port) not in wanted:
                 self._api(what, lambda member=member: lbs.delete_member(  # type: ignore[misc]
-                    member, state.pool_id, ignore_missing=True))
+                    member, pool_id, ignore_missing=True))
                 log.info("lb_member_deleted", lb_id=state.lb_id, address=member.address)
                 return False
         present = {(m.address, m.protocol_port) for m in have}
@@ -794,7 +799,7 @@ class ClusterCloud:
         for (ip, member_port), name in sorted(wanted.items()):
             if (ip, member_port) not in present:
                 self._api(what, lambda name=name, ip=ip, member_port=member_port: lbs.create_member(  # type: ignore[misc]
-                    state.pool_id, name=name, address=ip, protocol_port=member_port,
+                    pool_id, name=name, address=ip, protocol_port=member_port,
                     tags=[tag] if tag else []), idempotent=False)
                 log.info("lb_member_created", lb_id=state.lb_id, address=ip, name=name)
                 return False
@@ -885,29 +890,32 @@ class ClusterCloud:
         metadata: dict[str, str],
         user_data: str,
         port_id: str | None = None,
+        security_group_ids: list[str] | None = None,
         volume_ids: list[str] | None = None,
         server_group: str | None = None,
         availability_zone: str | None = None,
     ) -> str:
         """Send the server create (returns its id at once; the server is in BUILD).
 
-        Its NIC is ``port_id`` (a port from ``ensure_port``, which carries its own security groups, so
-        ``security_group`` is then not sent) or a new port on ``network_id`` with ``security_group`` (a name).
+        Its NIC is ``port_id`` when given (a port from ``ensure_port``, which carries its own security groups:
+        ``network_id`` and the groups are then not sent), else a new port on ``network_id`` in the groups
+        ``security_group_ids`` (ids, e.g. from ``ensure_security_groups``) and/or ``security_group`` (a name);
+        Nova deletes that port with the server.
         ``volume_ids`` (each ``available``) are attached before boot (block_device_mapping_v2: source and
         destination volume, boot_index -1, delete_on_termination False: the volume outlives the server and
         ``delete_cluster_resources`` deletes it), in the order given (/dev/vdb, /dev/vdc...). ``server_group``
         (an id from ``ensure_server_group``) is sent as the scheduler hint ``group``; ``availability_zone``
         pins the zone. Not idempotent: find the server by name (``list_servers``) before calling again."""
-        if bool(port_id) == bool(network_id):
-            raise CloudError(f"Creating server {name} failed: give exactly one of a network and a port",
-                             permanent=True)
+        if not port_id and not network_id:
+            raise CloudError(f"Creating server {name} failed: it needs a network or a port", permanent=True)
         kwargs: dict[str, Any] = {
             "name": name, "flavor_id": flavor_id, "image_id": image_id,
             "networks": [{"port": port_id}] if port_id else [{"uuid": network_id}], "metadata": metadata,
             "user_data": base64.b64encode(user_data.encode()).decode(),
         }
-        if security_group and not port_id:
-            kwargs["security_groups"] = [{"name": security_group}]
+        groups = [*(security_group_ids or []), *([security_group] if security_group else [])]
+        if groups and not port_id:
+            kwargs["security_groups"] = [{"name": g} for g in dict.fromkeys(groups)]  # Nova takes names or ids
         if key_name:
             kwargs["key_name"] = key_name
         if volume_ids:
@@ -925,6 +933,16 @@ class ClusterCloud:
                            idempotent=False)
         log.info("server_create_sent", server=name, server_id=server.id)
         return str(server.id)
+
+    def server_port(self, server_id: str) -> PortRefs | None:
+        """The server's first port (Neutron ``ports?device_id=``) with its first IPv4 address, e.g. to give it a
+        floating IP; None while it has none (Nova binds it during BUILD)."""
+        ports = self._list(f"Listing the ports of server {server_id} failed",
+                           lambda: self.conn.network.ports(device_id=server_id))
+        if not ports:
+            return None
+        port = _oldest(ports)
+        return PortRefs(id=str(port.id), ip=_first_ipv4(port))
 
     def delete_server(self, server_id: str) -> None:
         self._api(f"Deleting server {server_id} failed",
