@@ -694,7 +694,9 @@ class ClusterCloud:
         write (create the load balancer, or the listener, or the pool, or the monitor, or update the listener's
         CIDRs) and returns. Call it again until ``ready``; meanwhile the state carries the ids found so far, the
         VIP (known from the first call) and the load balancer's ``provisioning_status``. An object in ERROR is a
-        permanent CloudError. The members are ``ensure_lb_members``' business."""
+        permanent CloudError. The members are ``ensure_lb_members``' business. Objects are found by their names
+        (``<prefix>-api-lb``, ``-api-listener``, ``-api-pool``, ``-api-monitor``) and the cluster's tag; a
+        listener found on another port than ``api_port`` is kept (the API port does not change after create)."""
         tag = rc.cluster_tag(cluster_id)
         description = cluster_description(cluster_id)
         lbs = self.conn.load_balancer

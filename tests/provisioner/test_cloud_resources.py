@@ -408,6 +408,35 @@ async def test_transient_answers_are_retried_and_bounded(
     await teardown(cc, prefix, cid, ledger)
 
 
+async def test_a_write_to_a_pending_load_balancer_waits_out_octavias_409(
+    devcloud: Devcloud, demo: openstack.connection.Connection, admin: openstack.connection.Connection,
+    ledger: Ledger,
+) -> None:
+    """Octavia's "immutable" 409 while a load balancer is PENDING_* is transient: the request is sent again
+    after a back-off until Octavia takes it (here a listener sent right after the load balancer's create)."""
+    patient = ClusterCloud(demo, retry=RetryPolicy(attempts=12, base=0.05, cap=0.4))
+    prefix, cid = cluster("t-409")
+    net = patient.ensure_network(prefix, cid, fixed_network=None, fixed_subnet=None, external_network=None,
+                                 cidr="10.70.0.0/24", dns_nameserver=None)
+    assert net.subnet_id is not None
+    subnet_id = net.subnet_id
+    with time_factor(devcloud.url, admin, 0.1):
+        lb = patient.ensure_load_balancer(prefix, cid, subnet_id=subnet_id, api_port=6443, allowed_cidrs=[])
+        assert lb.provisioning_status == "PENDING_CREATE"
+        before = stats(devcloud.url, admin)["by_status"].get("409", 0)
+        listener = patient._api("Creating a listener", lambda: demo.load_balancer.create_listener(
+            name=f"{prefix}-api-listener", loadbalancer_id=lb.lb_id, protocol="TCP", protocol_port=6443,
+            tags=[rc.cluster_tag(cid)]), idempotent=False)
+        assert listener.provisioning_status == "PENDING_CREATE"
+        assert stats(devcloud.url, admin)["by_status"].get("409", 0) > before  # it was refused, then taken
+        # the step finds the listener it did not make itself, and goes on from there
+        state = await wait_for(lambda: (s := patient.ensure_load_balancer(
+            prefix, cid, subnet_id=subnet_id, api_port=6443, allowed_cidrs=[])).ready and s,
+            timeout=30, message="the load balancer is ready")
+        assert state.listener_id == listener.id and ledger.count("listener") == 1
+        await teardown(patient, prefix, cid, ledger)
+
+
 async def test_a_quota_is_permanent_and_not_retried(devcloud: Devcloud, admin: openstack.connection.Connection) -> None:
     """The alt project runs out of floating IPs: one request, a reason the user can act on."""
     url = devcloud.url
