@@ -125,6 +125,7 @@ class LocalStack:
         stop_timeout: float = 10.0,
         time_factor: float | None = None,
         stop_event: threading.Event | None = None,
+        devcloud_config: Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.logs = self.state_dir / "logs"
@@ -133,6 +134,8 @@ class LocalStack:
         self.stop_timeout = stop_timeout
         self.time_factor = time_factor
         self.stop_event = stop_event or threading.Event()
+        self.devcloud_config = devcloud_config
+        """The devcloud's YAML configuration (default deploy/devcloud/cloud.yaml), e.g. a benchmark's timing model."""
         self.nats: NatsServer | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.nats_url = ""
@@ -206,8 +209,8 @@ class LocalStack:
         clouds.unlink(missing_ok=True)
         args = [sys.executable, "-m", "deploy.devcloud", "--host", LOCALHOST, "--port", str(port),
                 "--public-url", self.devcloud_url, "--clouds-yaml", str(clouds), "--magnum-url", self.api_url]
-        config = REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
-        if config.exists():
+        config = self.devcloud_config or REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
+        if self.devcloud_config is not None or config.exists():  # a missing named config fails the devcloud, loudly
             args += ["--config", str(config)]
         if self.time_factor is not None:
             args += ["--time-factor", str(self.time_factor)]
