@@ -42,6 +42,20 @@ class ClusterCARotated(_Message, frozen=True, tag=True):
     pem: str
 
 
+class GetClusterCAKey(_Message, frozen=True, tag=True):
+    """The provisioner asks for the cluster CA's key to put in its first master's user data (docs/adr/0006);
+    answered to the provisioner only (``cove.rpc.certs.ca_key``)."""
+
+    cluster_id: str
+    project_id: str
+
+
+class ClusterCAKey(_Message, frozen=True, tag=True):
+    cluster_id: str
+    cert_pem: str
+    key_pem: str
+
+
 class GetUsage(_Message, frozen=True, tag=True):
     """Usage of one project (optionally one cluster) over [since, until); open intervals count up to now."""
 
@@ -78,8 +92,8 @@ class ErrorReply(_Message, frozen=True, tag=True):
     message: str
 
 
-Request = SignCertificate | GetClusterCA | RotateClusterCA | GetUsage
-Reply = CertificateSigned | ClusterCA | ClusterCARotated | UsageReport | ErrorReply
+Request = SignCertificate | GetClusterCA | GetClusterCAKey | RotateClusterCA | GetUsage
+Reply = CertificateSigned | ClusterCA | ClusterCAKey | ClusterCARotated | UsageReport | ErrorReply
 Message = Request | Reply
 
 REQUEST_TYPES: dict[str, type[_Message]] = {c.__name__: c for c in Message.__args__}  # type: ignore[attr-defined]

@@ -93,6 +93,8 @@ def rpc_subject(service: str, verb: str) -> str:
 CERTS_SIGN = rpc_subject("certs", "sign")
 CERTS_GET_CA = rpc_subject("certs", "get_ca")
 CERTS_ROTATE_CA = rpc_subject("certs", "rotate_ca")
+CERTS_CA_KEY = rpc_subject("certs", "ca_key")
+"""The provisioner's: the CA key for a first master's user data (docs/adr/0006)."""
 
 # The RPCs the accounting service answers.
 ACCOUNTING_USAGE = rpc_subject("accounting", "usage")

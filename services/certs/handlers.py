@@ -20,8 +20,10 @@ from proto.events import (
 from proto.requests import (
     CertificateSigned,
     ClusterCA,
+    ClusterCAKey,
     ClusterCARotated,
     GetClusterCA,
+    GetClusterCAKey,
     Message,
     RotateClusterCA,
     SignCertificate,
@@ -143,6 +145,17 @@ class Handlers:
             raise RpcError(400, f"expected GetClusterCA, got {type(req).__name__}")
         found = await self._live_ca(req.cluster_id, req.project_id)
         return ClusterCA(pem=found.ca_cert_pem, cluster_id=found.cluster_id)
+
+    async def ca_key(self, req: Message) -> Message:
+        """The CA's key, decrypted, for the provisioner to hand the first master (docs/adr/0006). 404: unknown or
+        deleted cluster, or another project's."""
+        if not isinstance(req, GetClusterCAKey):
+            raise RpcError(400, f"expected GetClusterCAKey, got {type(req).__name__}")
+        found = await self._live_ca(req.cluster_id, req.project_id)
+        assert found.encrypted_ca_key is not None
+        key_pem = self.keyring.decrypt(found.cluster_id, found.encrypted_ca_key, found.key_id)
+        log.info("ca_key_released", cluster_id=found.cluster_id, to="provisioner")
+        return ClusterCAKey(cluster_id=found.cluster_id, cert_pem=found.ca_cert_pem, key_pem=key_pem.decode())
 
     async def sign(self, req: Message) -> Message:
         """Sign a CSR with the cluster's CA. 400: malformed CSR; 404: unknown/deleted cluster or other project."""

@@ -20,4 +20,5 @@ def build_service(config: ServiceConfig, *, schema: str = "certs", durable: str 
     svc.add_rpc(subjects.CERTS_SIGN, handlers.sign, queue="certs")
     svc.add_rpc(subjects.CERTS_GET_CA, handlers.get_ca, queue="certs")
     svc.add_rpc(subjects.CERTS_ROTATE_CA, handlers.rotate, queue="certs")
+    svc.add_rpc(subjects.CERTS_CA_KEY, handlers.ca_key, queue="certs")
     return svc

@@ -7,7 +7,6 @@ and rebuilt from the stream is the same store. Handlers return no outgoing event
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -43,12 +42,9 @@ from proto.events import (
 )
 from services.provisioner import reconcile as rc
 from services.provisioner import store
-from services.runtime.projection import Outgoing
+from services.runtime.projection import Outgoing, current_sequence
 
 log = structlog.get_logger(__name__)
-
-STREAM_SEQ: contextvars.ContextVar[int] = contextvars.ContextVar("provisioner_stream_seq", default=0)
-"""Stream sequence of the event being applied (set by the provisioner's projection around each handler call)."""
 
 
 async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection) -> None:
@@ -98,17 +94,17 @@ async def on_upgrade_requested(env: Envelope, p: ClusterUpgradeRequested, tx: as
 
 
 async def on_update_started(env: Envelope, p: ClusterUpdateStarted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_IN_PROGRESS, None, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_IN_PROGRESS, None, current_sequence())
     await store.mark_update(tx, p.uuid, started=p.generation)
 
 
 async def on_update_completed(env: Envelope, p: ClusterUpdateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_COMPLETE, None, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_COMPLETE, None, current_sequence())
     await store.mark_update(tx, p.uuid, done=p.generation)
 
 
 async def on_update_failed(env: Envelope, p: ClusterUpdateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_FAILED, p.status_reason, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_FAILED, p.status_reason, current_sequence())
     await store.mark_update(tx, p.uuid, done=p.generation)
 
 
@@ -140,26 +136,26 @@ async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyn
 
 async def on_create_started(env: Envelope, p: ClusterCreateStarted, tx: asyncpg.Connection) -> None:
     await store.set_status(
-        tx, p.uuid, p.project_id, rc.CREATE_IN_PROGRESS, None, STREAM_SEQ.get(), started_at=env.occurred_at
+        tx, p.uuid, p.project_id, rc.CREATE_IN_PROGRESS, None, current_sequence(), started_at=env.occurred_at
     )
 
 
 async def on_create_completed(env: Envelope, p: ClusterCreateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_COMPLETE, None, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_COMPLETE, None, current_sequence())
 
 
 async def on_create_failed(env: Envelope, p: ClusterCreateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_FAILED, p.status_reason, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_FAILED, p.status_reason, current_sequence())
 
 
 async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.Connection) -> None:
     await store.set_status(
-        tx, p.uuid, p.project_id, rc.DELETE_IN_PROGRESS, None, STREAM_SEQ.get(), delete_started=True
+        tx, p.uuid, p.project_id, rc.DELETE_IN_PROGRESS, None, current_sequence(), delete_started=True
     )
 
 
 async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, None, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, None, current_sequence())
     trust_id, _ = await store.current_trust(tx, p.uuid)
     if trust_id:
         await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
@@ -183,16 +179,16 @@ async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connectio
 
 
 async def on_trust_deleted(env: Envelope, p: ClusterTrustDeleted, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.uuid, p.project_id, STREAM_SEQ.get())
+    await store.bump_seq(tx, p.uuid, p.project_id, current_sequence())
     await store.remove_trust_to_delete(tx, p.trust_id)
 
 
 async def on_delete_failed(env: Envelope, p: ClusterDeleteFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_FAILED, p.status_reason, STREAM_SEQ.get())
+    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_FAILED, p.status_reason, current_sequence())
 
 
 async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
         tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_CREATED,
         flavor_id=p.flavor_id, vcpus=p.vcpus, ram_mb=p.ram_mb, disk_gb=p.disk_gb,
@@ -200,7 +196,7 @@ async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection)
 
 
 async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
         tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_ACTIVE,
         addresses=p.addresses,
@@ -208,14 +204,14 @@ async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connect
 
 
 async def on_node_failed(env: Envelope, p: NodeFailed, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
         tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=rc.NODE_FAILED, reason=p.reason
     )
 
 
 async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, STREAM_SEQ.get())
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
         tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_DELETED
     )

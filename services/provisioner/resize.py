@@ -1,8 +1,9 @@
 """Decisions for a cluster update (resize, nodegroup create/delete, upgrade) as pure functions over plain data:
 which servers to delete, which to create and whether the update is complete (no I/O here).
 
-A worker nodegroup is converged when exactly ``node_count`` of its servers exist, all ACTIVE, all booted from the
-group's image, none of them being deleted. Servers are removed in this order: the ones named in
+One planner for every nodegroup, masters included: a cluster create is an update from zero nodes. A worker
+nodegroup is converged when exactly ``node_count`` of its servers exist, all ACTIVE, all booted from the group's
+image, none of them being deleted; a master group when it has its masters, all ACTIVE. Servers are removed in this order: the ones named in
 ``nodes_to_remove``, then the highest-numbered ones; new servers take the lowest free numbers. An upgrade replaces
 at most ``max_batch_size`` outdated servers at a time, and only once the group is otherwise converged (rolling).
 """
@@ -101,9 +102,10 @@ def plan_update(
             plan.to_delete += doomed
             complete = False
     for group in groups:
-        if group.is_master:
-            continue  # masters are neither resized nor rolled here
         members = by_group.get(group.name, [])
+        if group.is_master:
+            complete = _plan_masters(plan, prefix, group, members, known, deleting) and complete
+            continue
         alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
         pending = len(members) - len(alive)
         if not group.present:
@@ -147,6 +149,29 @@ def plan_update(
         complete = complete and done
     plan.complete = complete and not plan.failed and not plan.to_create and not plan.to_delete
     return plan
+
+
+def _plan_masters(
+    plan: UpdatePlan, prefix: str, group: GroupSpec, members: list[rc.ServerView], known: dict[str, rc.KnownNode],
+    deleting: set[str],
+) -> bool:
+    """Masters are created up to the group's count (a create is an update from zero nodes) and never removed nor
+    rolled here (Magnum fixes master_count at create). True when the group has its masters, all ACTIVE."""
+    alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
+    for s in alive:
+        recorded = known.get(s.id)
+        if s.status == "ERROR" and (recorded is None or recorded.status != rc.NODE_FAILED):
+            plan.failed.append(s)
+        elif s.status == "ACTIVE" and (recorded is None or recorded.status == rc.NODE_CREATED):
+            plan.became_active.append(s)
+    taken = {index_of(s.name) for s in members}
+    index = 0
+    for _ in range(group.node_count - len(alive)):
+        while index in taken:
+            index += 1
+        taken.add(index)
+        plan.to_create.append((group, rc.DesiredNode(group_node_name(prefix, group, index), rc.MASTER, index)))
+    return len(alive) >= group.node_count and all(s.status == "ACTIVE" for s in alive)
 
 
 def worker_count(groups: list[GroupSpec]) -> int:

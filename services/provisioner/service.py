@@ -1,5 +1,8 @@
 """Wiring of the provisioner: one projection (api + certs cluster events and its own) feeding the reconciler.
 
+The projection is the runtime's, like every other service's; its ``on_applied`` hook tells the reconcile tasks how
+far the store has applied (they wait for their own events) and wakes the cluster an input event is about.
+
 Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_PORT):
     COVE_AUTH_URL                    identity root of the cloud (COVE_CLOUD_AUTH_URL also read)
     COVE_SERVICE_USER / _PASSWORD    the Cove service user (default cove / cove-pass), domain Default
@@ -9,6 +12,7 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_POLL_INTERVAL   seconds between server list calls while building/deleting (default 0.25)
     COVE_PROVISIONER_DURABLE         the projection's durable consumer name (default provisioner)
     COVE_BOOTSTRAP_SECRET            secret the kubeadm bootstrap tokens are derived from
+    COVE_PROVISIONER_SUBNET_CIDR     a cluster's private subnet when its spec names none (default 10.0.0.0/24)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
                                      (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
@@ -16,6 +20,7 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -23,13 +28,11 @@ import structlog
 from proto import subjects, trusts
 from proto.envelope import Envelope
 from services.provisioner import handlers
+from services.provisioner import reconcile as rc
 from services.provisioner.cloud import Cloud, CloudSettings
-from services.provisioner.reconciler import (
-    AppliedTracker,
-    ProvisionerProjection,
-    Reconciler,
-    ReconcilerSettings,
-)
+from services.provisioner.loop import Reconciler
+from services.provisioner.state import ReconcilerSettings
+from services.provisioner.tracking import AppliedTracker
 from services.provisioner.trusts import TrustReaper, TrustReaperSettings
 from services.runtime.service import Service, ServiceConfig
 
@@ -52,6 +55,7 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         max_active=int(extra.get("COVE_PROVISIONER_MAX_ACTIVE", "16")),
         poll_interval=float(extra.get("COVE_PROVISIONER_POLL_INTERVAL", "0.25")),
         bootstrap_secret=(secret or "cove-dev-bootstrap-secret").encode(),
+        default_subnet_cidr=extra.get("COVE_PROVISIONER_SUBNET_CIDR") or rc.DEFAULT_SUBNET_CIDR,
     )
 
 
@@ -62,15 +66,26 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
     cloud = Cloud(CloudSettings.from_env(config.extra))
     settings = reconciler_settings(config.extra)
     tracker = AppliedTracker()
-    state: dict[str, Reconciler] = {}
-    reapers: list[TrustReaper] = []
+    workers = Workers()
 
-    async def startup(s: Service) -> None:
-        # The runtime's add_projection builds a plain Projection; ours also reports stream sequences to the
-        # reconciler, so it is created here and handed to the Service to stop and health-check like any other.
+    async def applied(env: Envelope | None, seq: int) -> None:
+        """After each commit of the projection: the reconcile tasks may read what it applied; an input event
+        about a cluster wakes that cluster's task (and the trust reaper)."""
+        await tracker.advance(seq)
+        if env is not None:
+            if workers.reconciler is not None:
+                workers.reconciler.on_applied(env)
+            if workers.reaper is not None:
+                workers.reaper.on_applied(env)
+
+    svc.add_projection(durable, handlers.project, FILTER_SUBJECTS, on_applied=applied)
+
+    async def start_workers(s: Service) -> None:
+        """Once the projection runs: the reconciler resumes every cluster with work left, the reaper its trusts."""
         assert s.pool is not None and s.bus is not None
+        projection = next(p for p in s.projections if p.name == durable)
+        await tracker.advance(await projection.checkpoint())
         reconciler = Reconciler(pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, settings=settings)
-        state["reconciler"] = reconciler
         reaper = TrustReaper(
             pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, in_use=reconciler.trust_in_use,
             settings=TrustReaperSettings(
@@ -78,32 +93,26 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
                 hold=float(config.extra.get("COVE_PROVISIONER_TRUST_HOLD", trusts.hold_seconds(config.extra))),
             ),
         )
-        reapers.append(reaper)
-
-        def on_applied(env: Envelope) -> None:
-            reconciler.on_applied(env)
-            reaper.on_applied(env)
-
-        projection = ProvisionerProjection(
-            name=durable, schema=SCHEMA, pool=s.pool, bus=s.bus, handler=handlers.project,
-            filter_subjects=FILTER_SUBJECTS, migrations_dir=MIGRATIONS,
-            tracker=tracker, on_applied=on_applied,
-        )
-        await projection.start()
-        s.projections.append(projection)
-        s.health.add_check("projection", lambda: projection.running)
+        workers.reconciler, workers.reaper = reconciler, reaper
         await reconciler.start()
         await reaper.start()
         s.health.add_check("trust_reaper", lambda: reaper.running)
 
     async def cleanup(s: Service) -> None:
-        for reaper in reapers:
-            await reaper.stop()
-        reconciler = state.get("reconciler")
-        if reconciler is not None:
-            await reconciler.stop()
+        if workers.reaper is not None:
+            await workers.reaper.stop()
+        if workers.reconciler is not None:
+            await workers.reconciler.stop()
         cloud.close()
 
-    svc.on_startup(startup)
+    svc.add_task(start_workers)
     svc.on_cleanup(cleanup)
     return svc
+
+
+@dataclass
+class Workers:
+    """What the provisioner runs beside its projection, once the projection has started."""
+
+    reconciler: Reconciler | None = None
+    reaper: TrustReaper | None = None

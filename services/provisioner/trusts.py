@@ -33,7 +33,7 @@ from proto.envelope import Envelope, new_envelope
 from proto.events import ClusterTrustDeleted
 from services.provisioner import store
 from services.provisioner.cloud import Cloud, CloudError
-from services.provisioner.reconciler import PRODUCER, AppliedTracker, event_id
+from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
 from services.runtime.bus import Bus, ConcurrencyConflict
 
 log = structlog.get_logger(__name__)

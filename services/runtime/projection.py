@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -155,6 +156,19 @@ async def ensure_tracking_tables(pool: asyncpg.Pool, schema: str) -> None:
         await conn.execute(TRACKING_DDL.format(schema=db.ident(schema)))
 
 
+AppliedHook = Callable[[Envelope | None, int], Awaitable[None]]
+"""Told, after the commit, of each event a projection settled: ``(event, stream sequence)`` in stream order,
+duplicates included; ``(None, sequence)`` for one it dead-lettered."""
+
+_SEQUENCE: contextvars.ContextVar[int] = contextvars.ContextVar("projection_stream_sequence", default=0)
+
+
+def current_sequence() -> int:
+    """The stream sequence of the event the running projection handler is applying (0 outside a handler, and in
+    a batch handler, which applies several)."""
+    return _SEQUENCE.get()
+
+
 class Projection:
     """One durable consumer whose every event is applied to ``schema`` exactly once.
 
@@ -177,8 +191,10 @@ class Projection:
         migrations_dir: Path | str | None = None,
         inbox_pruning: InboxPruning = InboxPruning(),
         batch_handler: BatchProjectionHandler | None = None,
+        on_applied: AppliedHook | None = None,
     ) -> None:
         self.name = name
+        self.on_applied = on_applied
         self.batch_handler = batch_handler
         self.inbox_pruning = inbox_pruning
         self._pruner: asyncio.Task[None] | None = None
@@ -376,12 +392,19 @@ class Projection:
         await asyncio.gather(*(in_order(subject, envs) for subject, envs in by_subject.items()))
 
     async def _handle(self, env: Envelope, msg: Msg, conn: asyncpg.Connection) -> Sequence[Outgoing]:
-        """Run the handler for one fresh event inside the transaction ``conn`` (a subclass hook)."""
-        return await self.handler(env, conn) or ()
+        """Run the handler for one fresh event inside the transaction ``conn`` (a subclass hook); the handler
+        reads the event's stream sequence with ``current_sequence()``."""
+        token = _SEQUENCE.set(msg.metadata.sequence.stream)
+        try:
+            return await self.handler(env, conn) or ()
+        finally:
+            _SEQUENCE.reset(token)
 
     async def _applied(self, env: Envelope, msg: Msg) -> None:
         """Called once per event (fresh or duplicate) after the transaction that applied it committed, in stream
-        order (a subclass hook; nothing by default)."""
+        order: tells ``on_applied``."""
+        if self.on_applied is not None:
+            await self.on_applied(env, msg.metadata.sequence.stream)
 
     async def _advance(self, conn: asyncpg.Connection, seq: int) -> None:
         await conn.execute(
@@ -397,3 +420,5 @@ class Projection:
         # stream: only its metadata and data are meaningful).
         async with self.pool.acquire() as conn:
             await self._advance(conn, msg.metadata.sequence.stream)
+        if self.on_applied is not None:
+            await self.on_applied(None, msg.metadata.sequence.stream)

@@ -40,7 +40,7 @@ from services.runtime.consumer import Consumer, Handler
 from services.runtime.health import HealthServer
 from services.runtime.heartbeat import Heartbeat
 from services.runtime.logging import configure_logging
-from services.runtime.projection import BatchProjectionHandler, Projection, ProjectionHandler
+from services.runtime.projection import AppliedHook, BatchProjectionHandler, Projection, ProjectionHandler
 from services.runtime.tracing import setup_tracing
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,8 @@ class Service:
         self.projections: list[Projection] = []
         self.consumers: list[Consumer] = []
         self._projection_specs: list[
-            tuple[str, ProjectionHandler, list[str], ConsumerSettings, BatchProjectionHandler | None]
+            tuple[str, ProjectionHandler, list[str], ConsumerSettings, BatchProjectionHandler | None,
+                  AppliedHook | None]
         ] = []
         self._consumer_specs: list[tuple[str, Handler, list[str], ConsumerSettings, str]] = []
         self._rpc_specs: list[tuple[str, rpc.RpcHandler, str]] = []
@@ -119,10 +120,12 @@ class Service:
         filter_subjects: Sequence[str],
         settings: ConsumerSettings = DEFAULT_CONSUMER,
         batch_handler: BatchProjectionHandler | None = None,
+        on_applied: AppliedHook | None = None,
     ) -> None:
         """An idempotent projection into this service's schema (requires ``schema`` and a database);
-        ``batch_handler`` applies several fresh events at once (``Projection``)."""
-        self._projection_specs.append((name, handler, list(filter_subjects), settings, batch_handler))
+        ``batch_handler`` applies several fresh events at once, ``on_applied`` hears each settled event after its
+        commit (``Projection``)."""
+        self._projection_specs.append((name, handler, list(filter_subjects), settings, batch_handler, on_applied))
 
     def add_consumer(
         self,
@@ -166,7 +169,7 @@ class Service:
             raise RuntimeError(f"{self.name}: projections need COVE_DATABASE_URL and a schema")
         for hook in self._startup:
             await hook(self)
-        for name, handler, filters, settings, batch_handler in self._projection_specs:
+        for name, handler, filters, settings, batch_handler, on_applied in self._projection_specs:
             assert self.pool is not None and self.schema is not None
             p = Projection(
                 name=name,
@@ -178,6 +181,7 @@ class Service:
                 settings=settings,
                 migrations_dir=self.migrations_dir,
                 batch_handler=batch_handler,
+                on_applied=on_applied,
             )
             await p.start()
             self.projections.append(p)

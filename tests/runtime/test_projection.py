@@ -509,3 +509,34 @@ async def test_subclass_overriding_apply_is_applied_one_message_at_a_time(fx: Fi
         assert p.consumer.batches_applied == 0
     finally:
         await p.stop()
+
+
+async def test_on_applied_hears_each_event_after_its_commit_and_handlers_see_its_sequence(fx: Fixture) -> None:
+    """What the provisioner builds on: ``on_applied(event, seq)`` once per settled event after the commit, in
+    stream order, duplicates included; ``current_sequence()`` inside the handler is that event's sequence."""
+    seen_in_handler: list[int] = []
+    heard: list[tuple[str | None, int, int]] = []  # (event id, sequence, rows committed when heard)
+
+    async def handler(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        seen_in_handler.append(pmod.current_sequence())
+        return await fx.handle(env, tx)
+
+    async def on_applied(env: Envelope | None, seq: int) -> None:
+        heard.append((env.id if env else None, seq, len(await fx.rows())))
+
+    p = fx.projection(handler=handler)
+    p.on_applied = on_applied
+    await p.start()
+    try:
+        c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+        e1, e2 = await fx.publish(c1, "quota"), await fx.publish(c2, "quota")
+        again = await fx.bus.publish(subjects.cluster_events(fx.producer, c1), e1, msg_id=f"other-{e1.id}")
+        await wait_for(lambda: len(heard) == 3, message="three events heard")
+        seqs = [seq for _, seq, _ in heard]
+        assert seqs == sorted(seqs) and seqs[-1] == again.seq
+        assert [event_id for event_id, _, _ in heard] == [e1.id, e2.id, e1.id], "the duplicate is heard too"
+        assert heard[0][2] >= 1 and heard[1][2] == 2, "heard after the commit that applied it"
+        assert seen_in_handler == seqs[:2], "the handler ran once per fresh event, each with its own sequence"
+        assert pmod.current_sequence() == 0
+    finally:
+        await p.stop()

@@ -1,0 +1,58 @@
+"""The create path (CAPO's reconcileNormal): ClusterCreateStarted, the cluster's resources, every nodegroup from
+zero, the load balancer's members and the floating IPs, then ClusterCreateCompleted with the addresses users reach,
+or ClusterCreateFailed with a reason they can act on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import structlog
+
+from proto.events import ClusterCreateCompleted, ClusterCreateFailed, ClusterCreateStarted
+from services.provisioner import infra, nodes, store
+from services.provisioner.state import Outcome, TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
+
+
+async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    assert row.spec is not None and row.ca_cert_pem is not None
+    if row.status is None:
+        await r.emit(row, ClusterCreateStarted(uuid=row.uuid, project_id=row.spec.project_id), "ClusterCreateStarted")
+        return Outcome.AGAIN
+    timeout = row.resolved.create_timeout
+    started = row.create_started_at or datetime.now(UTC)
+    if datetime.now(UTC) - started > timedelta(minutes=timeout):
+        return await failed(r, row, f"Timed out after {timeout} minutes waiting for the cluster's servers")
+    return await r.attempt(row, st, steps, failed)
+
+
+async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    found = await infra.ensure(r, row, st)
+    result = await nodes.converge(r, row, st, found)
+    if result.failure is not None:
+        return await failed(r, row, result.failure)
+    if not result.complete:
+        return Outcome.POLL
+    exposed = await infra.expose(r, row, st, result.servers)
+    if exposed is None:
+        return Outcome.POLL
+    built = row.resolved
+    await r.emit(row, ClusterCreateCompleted(
+        uuid=row.uuid, project_id=row.project_id or "", api_address=exposed.api_address,
+        master_addresses=exposed.master_addresses, node_addresses=exposed.node_addresses,
+        coe_version=built.labels.get("kube_tag"),
+    ), "ClusterCreateCompleted")
+    log.info("cluster_create_complete", nodes=len(result.servers), api_address=exposed.api_address)
+    return Outcome.IDLE
+
+
+async def failed(r: Reconciler, row: store.ClusterRow, reason: str) -> Outcome:
+    log.warning("cluster_create_failed", reason=reason)
+    await r.emit(row, ClusterCreateFailed(uuid=row.uuid, project_id=row.project_id or "", status_reason=reason),
+                 "ClusterCreateFailed")
+    return Outcome.IDLE

@@ -1,0 +1,81 @@
+"""The delete path (CAPO's reconcileDelete), from any state: a create still running or failed half-way, an update,
+a failed delete. ClusterDeleteStarted; the servers deleted and each NodeDeleted once it is gone (servers a crash
+left unrecorded included); then every other resource of the cluster in order (``cloud.delete_cluster_resources``:
+load balancer, floating IPs, volumes, ports, server group, router, subnet, network, security groups), tolerant of
+what is already gone; then ClusterDeleteCompleted, or ClusterDeleteFailed with the cloud's reason."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from proto.events import ClusterDeleteCompleted, ClusterDeleteFailed, ClusterDeleteStarted, NodeDeleted
+from services.provisioner import reconcile as rc
+from services.provisioner import store
+from services.provisioner.state import Outcome, TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
+
+
+async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    if row.status == rc.DELETE_COMPLETE:
+        return Outcome.IDLE
+    if row.status == rc.DELETE_FAILED and not row.delete_pending:
+        return Outcome.IDLE
+    if row.delete_pending or row.status != rc.DELETE_IN_PROGRESS:
+        await r.emit(row, ClusterDeleteStarted(uuid=row.uuid, project_id=row.project_id or ""),
+                     f"ClusterDeleteStarted:{row.delete_generation}")
+        return Outcome.AGAIN
+    if row.create_started_at is None and not row.nodes:
+        # Nothing was ever built (every cloud call follows ClusterCreateStarted, and we caught up).
+        return await completed(r, row)
+    return await r.attempt(row, st, steps, failed)
+
+
+async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    spec = row.spec
+    assert spec is not None and row.trust_id is not None
+    trust = row.trust_id
+    prefix = rc.cluster_prefix(spec.name, row.uuid)
+    servers = await r.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
+    for s in servers:
+        if s.id not in row.nodes:
+            st.unrecorded[s.id] = s
+    known = dict(row.nodes)
+    for sid, s in st.unrecorded.items():
+        known.setdefault(sid, rc.KnownNode(sid, s.name, s.role, rc.NODE_CREATED))
+    plan = rc.plan_delete(servers, known, st.delete_requested)
+    for server in plan.to_delete:
+        await r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
+        st.delete_requested.add(server.id)
+    for node in plan.gone:
+        await r.emit(row, NodeDeleted(
+            cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
+            role=node.role,  # type: ignore[arg-type]
+        ), f"NodeDeleted:{node.server_id}")
+        st.unrecorded.pop(node.server_id, None)
+    if plan.servers_left:
+        return Outcome.POLL
+    if not await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid)):
+        return Outcome.POLL  # a load balancer or volume still goes away
+    outcome = await completed(r, row)
+    r.cloud.forget(trust)
+    return outcome
+
+
+async def completed(r: Reconciler, row: store.ClusterRow) -> Outcome:
+    await r.emit(row, ClusterDeleteCompleted(uuid=row.uuid, project_id=row.project_id or ""),
+                 "ClusterDeleteCompleted")
+    log.info("cluster_delete_complete")
+    return Outcome.IDLE
+
+
+async def failed(r: Reconciler, row: store.ClusterRow, reason: str) -> Outcome:
+    log.warning("cluster_delete_failed", reason=reason)
+    await r.emit(row, ClusterDeleteFailed(uuid=row.uuid, project_id=row.project_id or "", status_reason=reason),
+                 f"ClusterDeleteFailed:{row.delete_generation}")
+    return Outcome.IDLE

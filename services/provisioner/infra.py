@@ -1,0 +1,132 @@
+"""The cluster's cloud resources around its servers: network, per-role security groups with only the ports the COE
+driver names (open only to the allow-list where it must face users), the masters' server group, the load balancer
+in front of the masters (or the first master's port, made before it boots, when there is none), and, once the
+nodes are up, the load balancer's members and the floating IPs. Each step is idempotent (``cloud.py`` finds what
+exists by the cluster's tag or name before it creates anything); what a pass found is kept in ``TaskState.infra``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from services.provisioner import reconcile as rc
+from services.provisioner import resize as rz
+from services.provisioner import store
+from services.provisioner.cloud import CloudError, ClusterCloud
+from services.provisioner.drivers import driver_for
+from services.provisioner.drivers.base import PortRule, Role
+from services.provisioner.state import Infra, TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
+
+ROLES: tuple[Role, ...] = ("master", "worker")
+
+
+def first_master_port_name(prefix: str) -> str:
+    return f"{rc.node_name(prefix, rc.MASTER, 0)}-port"
+
+
+async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
+    """Everything the servers need before they boot. The load balancer is asked for again on every pass until it
+    is ready (Octavia builds it while the servers build); the rest once per task."""
+    built, trust = row.resolved, row.trust_id
+    assert trust is not None and row.spec is not None
+    prefix = rc.cluster_prefix(row.spec.name, row.uuid)
+    if st.infra is None:
+        network = await r.cloud.call(trust, lambda c: c.ensure_network(
+            prefix, row.uuid, fixed_network=built.fixed_network, fixed_subnet=built.fixed_subnet,
+            external_network=built.external_network_id,
+            cidr=built.fixed_subnet_cidr or r.settings.default_subnet_cidr, dns_nameserver=built.dns_nameserver,
+        ))
+        driver = driver_for(built.coe)
+        rules: dict[str, list[PortRule]] = {
+            role: driver.port_rules(role, api_port=built.apiserver_port, network_driver=built.network_driver)
+            for role in ROLES
+        }
+        groups = await r.cloud.call(trust, lambda c: c.ensure_security_groups(
+            prefix, row.uuid, rules, built.master_lb_allowed_cidrs))
+        server_group = None
+        if built.master_count > 1:
+            server_group = await r.cloud.call(trust, lambda c: c.ensure_server_group(prefix, row.uuid))
+        api_port_ref = None
+        if not built.master_lb_enabled:
+            api_port_ref = await r.cloud.call(trust, lambda c: c.ensure_port(
+                prefix, row.uuid, first_master_port_name(prefix), network_id=network.network_id,
+                subnet_id=network.subnet_id, security_group_ids=[groups[rc.MASTER]],
+            ))
+        st.infra = Infra(network=network, security_groups=groups, server_group=server_group, load_balancer=None,
+                         api_port_ref=api_port_ref)
+    infra = st.infra
+    if built.master_lb_enabled and (infra.load_balancer is None or not infra.load_balancer.ready):
+        if infra.network.subnet_id is None:
+            raise CloudError("master_lb_enabled needs the cluster's subnet: give the template a fixed_subnet",
+                             permanent=True)
+        subnet_id = infra.network.subnet_id
+        infra.load_balancer = await r.cloud.call(trust, lambda c: c.ensure_load_balancer(
+            prefix, row.uuid, subnet_id=subnet_id, api_port=built.apiserver_port,
+            allowed_cidrs=built.master_lb_allowed_cidrs,
+        ))
+    return infra
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Where users reach the cluster once it is up (ClusterCreateCompleted's addresses)."""
+
+    api_address: str
+    master_addresses: list[str]
+    node_addresses: list[str]
+
+
+async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: list[rc.ServerView]
+                 ) -> Exposure | None:
+    """The load balancer's members (the masters) and the floating IPs; None while Octavia still works."""
+    built, trust, infra = row.resolved, row.trust_id, st.infra
+    assert trust is not None and infra is not None and row.spec is not None
+    prefix = rc.cluster_prefix(row.spec.name, row.uuid)
+    masters = sorted((s for s in servers if s.role == rc.MASTER), key=lambda s: (rz.index_of(s.name), s.name))
+    workers = sorted((s for s in servers if s.role != rc.MASTER), key=lambda s: (rz.index_of(s.name), s.name))
+    api_host = infra.api_host
+    external = built.external_network_id
+    if infra.load_balancer is not None:
+        lb = infra.load_balancer
+        members = {s.name: s.first_ip() or "" for s in masters}
+        if not lb.ready or not await r.cloud.call(trust, lambda c: c.ensure_lb_members(
+                lb, members, built.apiserver_port)):
+            return None
+        if built.master_lb_floating_ip_enabled and external and lb.vip_port_id:
+            vip_port = lb.vip_port_id
+            api_host = await r.cloud.call(trust, lambda c: c.ensure_floating_ip(
+                prefix, row.uuid, external_network=external, port_id=vip_port, name=f"{prefix}-api"))
+    fips: dict[str, str] = {}
+    if built.floating_ip_enabled and external:
+        async def fip(server: rc.ServerView) -> tuple[str, str]:
+            def work(c: ClusterCloud) -> str:
+                port = c.server_port(server.id)
+                if port is None:
+                    raise CloudError(f"Server {server.name} has no port for its floating IP", permanent=False)
+                return c.ensure_floating_ip(prefix, row.uuid, external_network=external, port_id=port.id,
+                                            name=f"{server.name}-fip")
+            return server.id, await r.cloud.call(trust, work)
+
+        fips = dict(await asyncio.gather(*(fip(s) for s in [*masters, *workers])))
+        if infra.load_balancer is None and masters:
+            api_host = fips.get(masters[0].id, api_host)
+
+    def shown(s: rc.ServerView) -> str:
+        return fips.get(s.id) or s.first_ip() or ""
+
+    return Exposure(
+        api_address=rc.api_address(api_host, built.apiserver_port),
+        master_addresses=[shown(s) for s in masters],
+        node_addresses=[shown(s) for s in workers],
+    )
+
+

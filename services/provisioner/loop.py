@@ -1,0 +1,252 @@
+"""The reconcile loop: one asyncio task per cluster that compares the desired state with what the cloud has and takes
+the next idempotent step (CAPO's reconcileNormal / reconcileDelete), emitting the provisioner's events.
+
+Which step: ``create.py`` (reconcileNormal), ``update.py`` (resize, nodegroups, upgrade) and ``delete.py``
+(reconcileDelete); the first two converge the cluster's nodegroups through ``nodes.py``, the one code path that
+boots nodes (a create is an update from zero nodes), and its resources around them through ``infra.py``.
+
+The provisioner is the single writer of ``cove.evt.provisioner.cluster.<uuid>``: every publish carries
+``Nats-Expected-Last-Subject-Sequence`` (the last sequence the store recorded for the cluster) and a deterministic
+``Nats-Msg-Id``. On a ConcurrencyConflict the task re-reads the subject's last sequence from the stream, waits until
+its projection has applied that far, reloads and decides again; it never blindly retries a publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+import nats.js.errors
+import structlog
+
+from proto import subjects
+from proto.envelope import Envelope, new_envelope
+from proto.events import Event, NodeBecameActive, NodeCreated, NodeFailed
+from services.provisioner import create, delete, store, update
+from services.provisioner import reconcile as rc
+from services.provisioner.cloud import Cloud, CloudError, Flavor
+from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
+from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
+from services.runtime.bus import Bus, ConcurrencyConflict
+
+log = structlog.get_logger(__name__)
+
+KICKING_EVENTS = frozenset({
+    "ClusterCreateRequested", "ClusterCACreated", "ClusterDeleteRequested", "ClusterUpdateRequested",
+    "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested",
+})
+"""Input events after which a cluster's task must decide again."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        cloud: Cloud,
+        tracker: AppliedTracker,
+        settings: ReconcilerSettings | None = None,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.cloud = cloud
+        self.tracker = tracker
+        self.settings = settings = settings or ReconcilerSettings()
+        self._sem = asyncio.Semaphore(settings.max_active)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._kicks: dict[str, asyncio.Event] = {}
+        self._trusts_in_use: collections.Counter[str] = collections.Counter()
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        for cluster_id in await store.clusters_needing_work(self.pool):
+            self.ensure(cluster_id)
+        log.info("reconciler_started", resumed=len(self._tasks))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    def trust_in_use(self, trust_id: str) -> bool:
+        """True while a reconcile pass that loaded this trust runs (the trust reaper must not delete it yet)."""
+        return self._trusts_in_use[trust_id] > 0
+
+    def on_applied(self, env: Envelope) -> None:
+        """Projection callback: an input event (api, certs) about a cluster was committed."""
+        if env.cluster_id is not None and env.type in KICKING_EVENTS:
+            self.kick(env.cluster_id)
+
+    def kick(self, cluster_id: str) -> None:
+        event = self._kicks.get(cluster_id)
+        if event is not None:
+            event.set()
+        self.ensure(cluster_id)
+
+    def ensure(self, cluster_id: str) -> None:
+        if self._stopping or cluster_id in self._tasks:
+            return
+        self._kicks.setdefault(cluster_id, asyncio.Event())
+        self._tasks[cluster_id] = asyncio.create_task(self._run(cluster_id), name=f"reconcile:{cluster_id}")
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    async def _run(self, cluster_id: str) -> None:
+        kick = self._kicks[cluster_id]
+        state = TaskState()
+        caught_up = False
+        try:
+            with structlog.contextvars.bound_contextvars(cluster_id=cluster_id):
+                while not self._stopping:
+                    kick.clear()
+                    outcome = Outcome.POLL
+                    try:
+                        if not caught_up:
+                            await self._catch_up(cluster_id)
+                            caught_up = True
+                        row = await store.load_cluster(self.pool, cluster_id)
+                        if row is None:
+                            outcome = Outcome.IDLE
+                        else:
+                            trust = row.trust_id or ""
+                            self._trusts_in_use[trust] += 1
+                            try:
+                                async with self._sem:
+                                    outcome = await self._step(row, state)
+                            finally:
+                                self._trusts_in_use[trust] -= 1
+                                if self._trusts_in_use[trust] <= 0:
+                                    del self._trusts_in_use[trust]
+                    except Recheck:
+                        caught_up = False
+                        continue
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the task survives NATS/DB/cloud hiccups
+                        state.failures += 1
+                        delay = min(0.25 * 2**state.failures, 10.0)
+                        log.warning("reconcile_failed", error=repr(exc), retry_in=delay, failures=state.failures)
+                        caught_up = False
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(kick.wait(), delay)
+                        continue
+                    if outcome is Outcome.AGAIN:
+                        continue
+                    if outcome is Outcome.IDLE:
+                        if kick.is_set():
+                            continue
+                        return  # finally removes the task in the same step: a later kick starts a new one
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(kick.wait(), self.settings.poll_interval)
+        finally:
+            if self._tasks.get(cluster_id) is asyncio.current_task():
+                del self._tasks[cluster_id]
+                if not kick.is_set():
+                    self._kicks.pop(cluster_id, None)
+                elif not self._stopping:
+                    self.ensure(cluster_id)
+
+    async def _catch_up(self, cluster_id: str) -> None:
+        """Wait until the store has applied every event already on the cluster's provisioner subject."""
+        subject = subjects.cluster_events(PRODUCER, cluster_id)
+        try:
+            last = (await self.bus.js.get_last_msg(subjects.EVENTS_STREAM, subject)).seq or 0
+        except nats.js.errors.NotFoundError:
+            last = 0
+        if last > self.tracker.seq:
+            await self.tracker.wait(last, self.settings.catch_up_timeout)
+
+    async def _step(self, row: store.ClusterRow, st: TaskState) -> Outcome:
+        if row.desired == "absent":
+            return await delete.reconcile(self, row, st)
+        if row.status in rc.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
+            return await update.reconcile(self, row, st)
+        if row.spec is None or row.ca_cert_pem is None or row.status in (rc.CREATE_FAILED, *rc.UPDATABLE):
+            return Outcome.IDLE
+        return await create.reconcile(self, row, st)
+
+    # ------------------------------------------------------------------------------------------- shared by the paths
+
+    async def emit(self, row: store.ClusterRow, payload: Event, key: str) -> None:
+        """Publish one of the provisioner's events about ``row`` (idempotent by ``key``) and wait until the store
+        applied it; raises Recheck when the subject moved under us."""
+        env_id = event_id(row.uuid, key)
+        env = new_envelope(
+            payload, project_id=row.project_id, cluster_id=row.uuid, correlation_id=row.correlation_id, id=env_id
+        )
+        subject = subjects.cluster_events(PRODUCER, row.uuid)
+        try:
+            ack = await self.bus.publish(subject, env, msg_id=env_id, expected_last_subject_seq=row.last_seq)
+        except ConcurrencyConflict as exc:
+            log.warning("emit_conflict", event_type=env.type, key=key, expected=row.last_seq)
+            raise Recheck() from exc
+        log.info("event_emitted", event_type=env.type, key=key, seq=ack.seq, duplicate=ack.duplicate)
+        row.last_seq = ack.seq
+        await self.tracker.wait(ack.seq, self.settings.catch_up_timeout)
+
+    async def attempt(
+        self,
+        row: store.ClusterRow,
+        st: TaskState,
+        steps: Callable[[Reconciler, store.ClusterRow, TaskState], Awaitable[Outcome]],
+        failed: Callable[[Reconciler, store.ClusterRow, str], Awaitable[Outcome]],
+    ) -> Outcome:
+        """One pass of the create, update or delete path: a failure the cloud will repeat (or no trust to act
+        with) ends the operation through `failed`, with a reason a user can act on; others back off and retry."""
+        if row.spec is None or not row.trust_id:
+            return await failed(self, row, "The cluster has no trust: Cove cannot act in the project")
+        try:
+            outcome = await steps(self, row, st)
+        except CloudError as err:
+            st.failures += 1
+            if err.permanent or st.failures >= self.settings.max_transient_failures:
+                return await failed(self, row, err.reason)
+            log.warning("cloud_call_failed", reason=err.reason, failures=st.failures)
+            await asyncio.sleep(min(0.25 * 2**st.failures, 5.0))
+            return Outcome.POLL
+        st.failures = 0
+        return outcome
+
+    async def emit_node_created(
+        self, row: store.ClusterRow, server_id: str, name: str, role: str, flavor: Flavor, *, nodegroup: str,
+    ) -> None:
+        assert row.project_id is not None
+        await self.emit(row, NodeCreated(
+            cluster_id=row.uuid, project_id=row.project_id, node_name=name, role=role,  # type: ignore[arg-type]
+            server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
+            vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb, nodegroup=nodegroup,
+        ), f"NodeCreated:{server_id}")
+        row.nodes[server_id] = rc.KnownNode(server_id, name, role, rc.NODE_CREATED)
+
+    async def emit_node_states(
+        self, row: store.ClusterRow, failed: Sequence[rc.ServerView], became_active: Sequence[rc.ServerView],
+    ) -> str | None:
+        """NodeFailed for every server in ERROR and, when none is, NodeBecameActive for the servers that just
+        became ACTIVE. Returns the reason the pass fails (the first failed server's), or None."""
+        project_id = row.project_id or ""
+        for server in failed:
+            await self.emit(row, NodeFailed(
+                cluster_id=row.uuid, project_id=project_id, server_id=server.id, node_name=server.name,
+                reason=server.fault or "the server went to ERROR without a fault message",
+            ), f"NodeFailed:{server.id}")
+        if failed:
+            return rc.node_failure_reason(failed[0].name, failed[0].fault)
+        for server in became_active:
+            await self.emit(row, NodeBecameActive(
+                cluster_id=row.uuid, project_id=project_id, server_id=server.id, node_name=server.name,
+                role=server.role, addresses=server.addresses,  # type: ignore[arg-type]
+            ), f"NodeBecameActive:{server.id}")
+        return None

@@ -1,0 +1,61 @@
+"""What one cluster's reconcile pass decides and remembers: the pass's outcome, the task's memory, the settings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from services.provisioner import reconcile as rc
+from services.provisioner.cloud import LoadBalancerState, NetworkRefs, PortRefs
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    max_active: int = 16
+    """Clusters whose step runs at the same time (the cloud thread pool bounds the calls further)."""
+    poll_interval: float = 0.25
+    """Seconds between the list calls while servers build or go away."""
+    catch_up_timeout: float = 15.0
+    max_transient_failures: int = 8
+    bootstrap_secret: bytes = b"cove-dev-bootstrap-secret"
+    default_subnet_cidr: str = rc.DEFAULT_SUBNET_CIDR
+    """The private subnet of a cluster whose spec names none (``COVE_PROVISIONER_SUBNET_CIDR``)."""
+
+
+class Outcome(enum.Enum):
+    AGAIN = "again"  # decide again right away (the store changed)
+    POLL = "poll"  # the cloud is working: look again after poll_interval (or a kick)
+    IDLE = "idle"  # nothing to do until a new event arrives
+
+
+class Recheck(Exception):
+    """The subject moved under us: re-read, catch up and decide again."""
+
+
+@dataclass
+class Infra:
+    """The cluster's cloud resources around its servers, as the last pass found or made them."""
+
+    network: NetworkRefs
+    security_groups: dict[str, str]
+    """Role -> security group id."""
+    server_group: str | None
+    load_balancer: LoadBalancerState | None
+    api_port_ref: PortRefs | None
+    """The first master's port, made before it boots, when there is no load balancer: its IP is the API's."""
+
+    @property
+    def api_host(self) -> str | None:
+        if self.load_balancer is not None:
+            return self.load_balancer.vip_address
+        return self.api_port_ref.ip if self.api_port_ref is not None else None
+
+
+@dataclass
+class TaskState:
+    """What one cluster's task remembers between passes (never needed for correctness after a restart)."""
+
+    infra: Infra | None = None
+    delete_requested: set[str] = field(default_factory=set)
+    unrecorded: dict[str, rc.ServerView] = field(default_factory=dict)
+    failures: int = 0

@@ -1,0 +1,58 @@
+"""The update path: a resize, a nodegroup created or deleted, an upgrade. Each request bumps the cluster's update
+generation; ClusterUpdateStarted, then every nodegroup converged (``nodes.py``, the same code path as a create),
+the load balancer's members and floating IPs brought up to date, then ClusterUpdateCompleted or Failed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from proto.events import ClusterUpdateCompleted, ClusterUpdateFailed, ClusterUpdateStarted
+from services.provisioner import infra, nodes, store
+from services.provisioner import resize as rz
+from services.provisioner.state import Outcome, TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
+
+
+async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    gen = row.update_generation
+    if row.update_started < gen:
+        await r.emit(row, ClusterUpdateStarted(
+            uuid=row.uuid, project_id=row.project_id or "", node_count=rz.worker_count(row.groups), generation=gen,
+        ), f"ClusterUpdateStarted:{gen}")
+        return Outcome.AGAIN
+    return await r.attempt(row, st, steps, failed)
+
+
+async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    gen = row.update_generation
+    found = await infra.ensure(r, row, st)
+    result = await nodes.converge(r, row, st, found)
+    if result.failure is not None:
+        return await failed(r, row, result.failure)
+    if not result.complete:
+        return Outcome.POLL
+    exposed = await infra.expose(r, row, st, result.servers)
+    if exposed is None:
+        return Outcome.POLL
+    counts = {g.name: g.node_count for g in row.groups if g.present}
+    await r.emit(row, ClusterUpdateCompleted(
+        uuid=row.uuid, project_id=row.project_id or "", node_count=rz.worker_count(row.groups),
+        node_addresses=exposed.node_addresses, generation=gen, nodegroup_counts=counts,
+    ), f"ClusterUpdateCompleted:{gen}")
+    log.info("cluster_update_complete", generation=gen, node_count=rz.worker_count(row.groups))
+    return Outcome.IDLE
+
+
+async def failed(r: Reconciler, row: store.ClusterRow, reason: str) -> Outcome:
+    gen = row.update_generation
+    log.warning("cluster_update_failed", reason=reason, generation=gen)
+    await r.emit(row, ClusterUpdateFailed(
+        uuid=row.uuid, project_id=row.project_id or "", status_reason=reason, generation=gen,
+    ), f"ClusterUpdateFailed:{gen}")
+    return Outcome.IDLE
