@@ -347,7 +347,7 @@ async def test_cluster_creates_use_the_cached_template_until_it_changes(api: Run
     assert runner is not None
     cache = runner.app[TEMPLATES]
     status, t, _ = await demo.call("POST", "/v1/clustertemplates",
-                                   {**_template(f"tc-{uuid.uuid4().hex[:6]}"), "labels": {"kube_tag": "v1"}})
+                                   {**_template(f"tc-{uuid.uuid4().hex[:6]}"), "labels": {"kube_tag": "v1.30.1"}})
     assert status == 201, t
     refused = {"name": "never", "cluster_template_id": t["name"], "master_count": 3, "node_count": 1}
     status, body, _ = await demo.call("POST", "/v1/clusters", refused, headers=LATEST)
@@ -358,13 +358,13 @@ async def test_cluster_creates_use_the_cached_template_until_it_changes(api: Run
     assert cache.hits == hits + 1, "the second lookup was answered from the cache"
     changes = freshness.template_changes
     status, patched, _ = await demo.call(
-        "PATCH", f"/v1/clustertemplates/{t['uuid']}", [{"op": "replace", "path": "/labels", "value": {"kube_tag": "v2"}}])
+        "PATCH", f"/v1/clustertemplates/{t['uuid']}", [{"op": "replace", "path": "/labels", "value": {"kube_tag": "v1.31.0"}}])
     assert status == 200, patched
     assert freshness.template_changes > changes, "the PATCH's commit was heard of before the PATCH answered"
     status, body, _ = await demo.call("POST", "/v1/clusters", {**refused, "master_count": 1}, headers=LATEST)
     assert status == 202, body
     status, shown, _ = await demo.call("GET", f"/v1/clusters/{body['uuid']}", headers=LATEST)
-    assert status == 200 and shown["labels"] == {"kube_tag": "v2"}, shown
+    assert status == 200 and shown["labels"] == {"kube_tag": "v1.31.0"}, shown
     # A deleted template is not found any more.
     status, other, _ = await demo.call("POST", "/v1/clustertemplates", _template(f"tc-{uuid.uuid4().hex[:6]}"))
     assert status == 201, other
