@@ -37,7 +37,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
-from services.provisioner import reconcile as rc
+from services.provisioner import model
 from services.provisioner.drivers.base import PortRule
 
 log = structlog.get_logger(__name__)
@@ -187,7 +187,7 @@ DEFAULT_RETRY = RetryPolicy()
 # ------------------------------------------------------------------------------------------------ names and shapes
 
 
-ROLES = (rc.MASTER, rc.WORKER)
+ROLES = (model.MASTER, model.WORKER)
 
 
 def role_security_group_name(prefix: str, role: str) -> str:
@@ -222,7 +222,7 @@ def _owned(resource: Any, cluster_id: str) -> bool:
     """The object carries the cluster's tag, or was created with its description (before a crash cut tagging)."""
     tags = getattr(resource, "tags", None) or []
     description = getattr(resource, "description", None) or ""
-    return rc.cluster_tag(cluster_id) in tags or description.startswith(cluster_description(cluster_id))
+    return model.cluster_tag(cluster_id) in tags or description.startswith(cluster_description(cluster_id))
 
 
 @dataclass(frozen=True)
@@ -441,21 +441,21 @@ class ClusterCloud:
             return NetworkRefs(network_id=fixed.network_id, subnet_id=fixed.id, router_id=None)
         if fixed_network:
             return NetworkRefs(network_id=self.find_network(fixed_network), subnet_id=None, router_id=None)
-        tag = rc.cluster_tag(cluster_id)
-        what = f"Creating the cluster network {rc.network_name(prefix)} failed"
-        net = self._one(self._list(what, lambda: self.conn.network.networks(name=rc.network_name(prefix))))
+        tag = model.cluster_tag(cluster_id)
+        what = f"Creating the cluster network {model.network_name(prefix)} failed"
+        net = self._one(self._list(what, lambda: self.conn.network.networks(name=model.network_name(prefix))))
         if net is None:
             net = self._api(what, lambda: self.conn.network.create_network(
-                name=rc.network_name(prefix), description=cluster_description(cluster_id)
+                name=model.network_name(prefix), description=cluster_description(cluster_id)
             ), idempotent=False)
             log.info("network_created", cluster_id=cluster_id, network_id=net.id)
             self._tag(net, tag)
         subnet: Any = self._one(self._list(
-            what, lambda: self.conn.network.subnets(name=rc.subnet_name(prefix), network_id=net.id)
+            what, lambda: self.conn.network.subnets(name=model.subnet_name(prefix), network_id=net.id)
         ))
         if subnet is None:
             subnet = self._api(what, lambda: self.conn.network.create_subnet(
-                name=rc.subnet_name(prefix), network_id=net.id, ip_version=4, cidr=cidr,
+                name=model.subnet_name(prefix), network_id=net.id, ip_version=4, cidr=cidr,
                 dns_nameservers=[dns_nameserver] if dns_nameserver else [],
                 description=cluster_description(cluster_id),
             ), idempotent=False)
@@ -468,11 +468,11 @@ class ClusterCloud:
 
     def _ensure_router(self, prefix: str, cluster_id: str, external: str, subnet_id: str, tag: str) -> str:
         ext_id = self.find_network(external)
-        what = f"Creating the cluster router {rc.router_name(prefix)} failed"
-        router = self._one(self._list(what, lambda: self.conn.network.routers(name=rc.router_name(prefix))))
+        what = f"Creating the cluster router {model.router_name(prefix)} failed"
+        router = self._one(self._list(what, lambda: self.conn.network.routers(name=model.router_name(prefix))))
         if router is None:
             router = self._api(what, lambda: self.conn.network.create_router(
-                name=rc.router_name(prefix), external_gateway_info={"network_id": ext_id},
+                name=model.router_name(prefix), external_gateway_info={"network_id": ext_id},
                 description=cluster_description(cluster_id),
             ), idempotent=False)
             log.info("router_created", cluster_id=cluster_id, router_id=router.id)
@@ -494,7 +494,7 @@ class ClusterCloud:
     def ensure_security_group(self, prefix: str, cluster_id: str, api_port: int) -> str:
         """The cluster's single security group (the layout before per-role groups): SSH and the API from
         anywhere, everything between the cluster's nodes. Superseded by ``ensure_security_groups``."""
-        name = rc.security_group_name(prefix)
+        name = model.security_group_name(prefix)
         what = f"Creating the security group {name} failed"
         sg = self._one(self._list(what, lambda: self.conn.network.security_groups(name=name)))
         if sg is None:
@@ -502,7 +502,7 @@ class ClusterCloud:
                 name=name, description=cluster_description(cluster_id)
             ), idempotent=False)
             log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id)
-            self._tag(sg, rc.cluster_tag(cluster_id))
+            self._tag(sg, model.cluster_tag(cluster_id))
         have = {
             (r.get("direction"), r.get("protocol"), r.get("port_range_min"), r.get("remote_group_id"))
             for r in (sg.security_group_rules or [])
@@ -536,7 +536,7 @@ class ClusterCloud:
             name=name, description=cluster_description(cluster_id)
         ), idempotent=False)
         log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id, name=name)
-        self._tag(sg, rc.cluster_tag(cluster_id))
+        self._tag(sg, model.cluster_tag(cluster_id))
         return sg
 
     def ensure_security_groups(
@@ -614,7 +614,7 @@ class ClusterCloud:
         """A Neutron port for a node, made before its server boots so that its fixed IP is known when the user
         data is rendered (the first master's IP is the API address of a cluster without a load balancer).
 
-        ``name`` is the port's name, conventionally the node's name (``rc.node_name``); a name that does not
+        ``name`` is the port's name, conventionally the node's name (``model.node_name``); a name that does not
         start with ``<prefix>-`` gets that prefix. Found again by that name and the cluster's tag/description;
         an existing port's security groups are set to ``security_group_ids`` if they differ. The address comes
         from ``subnet_id`` when given, else from any subnet of ``network_id``. Synchronous: the IP is final.
@@ -638,7 +638,7 @@ class ClusterCloud:
                 attrs["fixed_ips"] = [{"subnet_id": subnet_id}]
             port = self._api(what, lambda: self.conn.network.create_port(**attrs), idempotent=False)
             log.info("port_created", cluster_id=cluster_id, port_id=port.id, name=port_name)
-            self._tag(port, rc.cluster_tag(cluster_id))
+            self._tag(port, model.cluster_tag(cluster_id))
         return PortRefs(id=str(port.id), ip=_first_ipv4(port))
 
     def ensure_floating_ip(
@@ -665,7 +665,7 @@ class ClusterCloud:
             floating_network_id=ext_id, port_id=port_id, description=description
         ), idempotent=False)
         log.info("floating_ip_created", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
-        self._tag(fip, rc.cluster_tag(cluster_id))
+        self._tag(fip, model.cluster_tag(cluster_id))
         return str(fip.floating_ip_address)
 
     # -------------------------------------------------------------------------------------- load balancer
@@ -697,7 +697,7 @@ class ClusterCloud:
         permanent CloudError. The members are ``ensure_lb_members``' business. Objects are found by their names
         (``<prefix>-api-lb``, ``-api-listener``, ``-api-pool``, ``-api-monitor``) and the cluster's tag; a
         listener found on another port than ``api_port`` is kept (the API port does not change after create)."""
-        tag = rc.cluster_tag(cluster_id)
+        tag = model.cluster_tag(cluster_id)
         description = cluster_description(cluster_id)
         lbs = self.conn.load_balancer
         name = load_balancer_name(prefix)
@@ -866,19 +866,19 @@ class ClusterCloud:
 
     # -------------------------------------------------------------------------------------- servers
 
-    def list_servers(self, prefix: str, cluster_id: str) -> list[rc.ServerView]:
+    def list_servers(self, prefix: str, cluster_id: str) -> list[model.ServerView]:
         """ONE list call: the cluster's servers (name prefix, then the cove_cluster_id metadata)."""
         raw = self._list("Listing the cluster's servers failed",
-                         lambda: self.conn.compute.servers(details=True, name=rc.server_name_filter(prefix)))
+                         lambda: self.conn.compute.servers(details=True, name=model.server_name_filter(prefix)))
         views = [
-            rc.ServerView(
+            model.ServerView(
                 id=s.id, name=s.name, status=(s.status or "").upper(), metadata=dict(s.metadata or {}),
                 fault=(s.fault or {}).get("message") if isinstance(s.fault, dict) else None,
-                addresses=rc.addresses_of(s.addresses),
+                addresses=model.addresses_of(s.addresses),
             )
             for s in raw
         ]
-        return rc.owned_servers(views, cluster_id)
+        return model.owned_servers(views, cluster_id)
 
     def create_server(
         self,
@@ -964,7 +964,7 @@ class ClusterCloud:
         use (Neutron's 409) is left for the next pass. A fixed network/subnet named by the template is never
         touched (it carries neither the cluster's names nor its tag). Raises CloudError only for a failure a
         further pass would not fix by itself (or transient answers that outlasted the back-off)."""
-        tag = rc.cluster_tag(cluster_id)
+        tag = model.cluster_tag(cluster_id)
         what = f"Deleting the cloud resources of {prefix} failed"
         left = False
         net = self.conn.network
@@ -1021,7 +1021,7 @@ class ClusterCloud:
                 log.info("volume_deleting", cluster_id=cluster_id, volume_id=vol.id)
 
         # 4. the cluster's ports: tagged or described as the cluster's, and unbound ports on its own network
-        own_nets = self._list(what, lambda: net.networks(name=rc.network_name(prefix)))
+        own_nets = self._list(what, lambda: net.networks(name=model.network_name(prefix)))
         ports: dict[str, Any] = {}
         for p in self._list(what, lambda: net.ports(tags=tag)):
             ports[p.id] = p
@@ -1049,7 +1049,7 @@ class ClusterCloud:
                 log.info("server_group_deleted", cluster_id=cluster_id, server_group_id=group.id)
 
         # 6. router: interfaces, gateway, router
-        for router in self._list(what, lambda: net.routers(name=rc.router_name(prefix))):
+        for router in self._list(what, lambda: net.routers(name=model.router_name(prefix))):
             in_use = False
             for port in self._list(what, lambda router=router: net.ports(device_id=router.id)):  # type: ignore[misc]
                 if port.device_owner != "network:router_interface":
@@ -1084,7 +1084,7 @@ class ClusterCloud:
                 left = True
 
         # 8. security groups: per role, and the old single group
-        names = [role_security_group_name(prefix, r) for r in ROLES] + [rc.security_group_name(prefix)]
+        names = [role_security_group_name(prefix, r) for r in ROLES] + [model.security_group_name(prefix)]
         for name in names:
             for sg in self._list(what, lambda name=name: net.security_groups(name=name)):  # type: ignore[misc]
                 if gone(lambda sg=sg: net.delete_security_group(sg, ignore_missing=True), f"security group {name}"):  # type: ignore[misc]

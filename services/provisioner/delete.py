@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterDeleteCompleted, ClusterDeleteFailed, ClusterDeleteStarted, NodeDeleted
-from services.provisioner import reconcile as rc
-from services.provisioner import store
+from services.provisioner import model, store
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -22,11 +21,11 @@ log = structlog.get_logger(__name__)
 
 
 async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
-    if row.status == rc.DELETE_COMPLETE:
+    if row.status == model.DELETE_COMPLETE:
         return Outcome.IDLE
-    if row.status == rc.DELETE_FAILED and not row.delete_pending:
+    if row.status == model.DELETE_FAILED and not row.delete_pending:
         return Outcome.IDLE
-    if row.delete_pending or row.status != rc.DELETE_IN_PROGRESS:
+    if row.delete_pending or row.status != model.DELETE_IN_PROGRESS:
         await r.emit(row, ClusterDeleteStarted(uuid=row.uuid, project_id=row.project_id or ""),
                      f"ClusterDeleteStarted:{row.delete_generation}")
         return Outcome.AGAIN
@@ -40,15 +39,15 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     spec = row.spec
     assert spec is not None and row.trust_id is not None
     trust = row.trust_id
-    prefix = rc.cluster_prefix(spec.name, row.uuid)
+    prefix = model.cluster_prefix(spec.name, row.uuid)
     servers = await r.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
     for s in servers:
         if s.id not in row.nodes:
             st.unrecorded[s.id] = s
     known = dict(row.nodes)
     for sid, s in st.unrecorded.items():
-        known.setdefault(sid, rc.KnownNode(sid, s.name, s.role, rc.NODE_CREATED))
-    plan = rc.plan_delete(servers, known, st.delete_requested)
+        known.setdefault(sid, model.KnownNode(sid, s.name, s.role, model.NODE_CREATED))
+    plan = model.plan_delete(servers, known, st.delete_requested)
     for server in plan.to_delete:
         await r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
         st.delete_requested.add(server.id)

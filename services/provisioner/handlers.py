@@ -40,8 +40,7 @@ from proto.events import (
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
 )
-from services.provisioner import reconcile as rc
-from services.provisioner import store
+from services.provisioner import model, store
 from services.runtime.projection import Outgoing, current_sequence
 
 log = structlog.get_logger(__name__)
@@ -72,7 +71,7 @@ async def on_nodegroup_create_requested(
     ng = p.nodegroup
     built = p.spec  # resolved by the API; None in older events, whose nodegroup carries the values it had
     await store.upsert_group(
-        tx, ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == rc.MASTER else rc.WORKER,
+        tx, ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == model.MASTER else model.WORKER,
         node_count=ng.node_count, flavor_id=built.flavor_id if built else ng.flavor_id,
         image_id=(built.image_id or None) if built else ng.image_id, is_default=ng.is_default,
         docker_volume_size=built.docker_volume_size if built else ng.docker_volume_size,
@@ -94,17 +93,17 @@ async def on_upgrade_requested(env: Envelope, p: ClusterUpgradeRequested, tx: as
 
 
 async def on_update_started(env: Envelope, p: ClusterUpdateStarted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_IN_PROGRESS, None, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_IN_PROGRESS, None, current_sequence())
     await store.mark_update(tx, p.uuid, started=p.generation)
 
 
 async def on_update_completed(env: Envelope, p: ClusterUpdateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_COMPLETE, None, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_COMPLETE, None, current_sequence())
     await store.mark_update(tx, p.uuid, done=p.generation)
 
 
 async def on_update_failed(env: Envelope, p: ClusterUpdateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.UPDATE_FAILED, p.status_reason, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_FAILED, p.status_reason, current_sequence())
     await store.mark_update(tx, p.uuid, done=p.generation)
 
 
@@ -125,7 +124,7 @@ async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Co
     for previous in (old, p.previous_trust_id):
         if previous and previous != p.trust_id:
             await store.add_trust_to_delete(tx, previous, p.uuid, p.project_id, "rotated")
-    if status == rc.DELETE_COMPLETE:
+    if status == model.DELETE_COMPLETE:
         await store.add_trust_to_delete(tx, p.trust_id, p.uuid, p.project_id, "cluster_deleted")
     log.info("cluster_trust_rotated", cluster_id=p.uuid, trust_id=p.trust_id, previous_trust_id=old)
 
@@ -136,26 +135,26 @@ async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyn
 
 async def on_create_started(env: Envelope, p: ClusterCreateStarted, tx: asyncpg.Connection) -> None:
     await store.set_status(
-        tx, p.uuid, p.project_id, rc.CREATE_IN_PROGRESS, None, current_sequence(), started_at=env.occurred_at
+        tx, p.uuid, p.project_id, model.CREATE_IN_PROGRESS, None, current_sequence(), started_at=env.occurred_at
     )
 
 
 async def on_create_completed(env: Envelope, p: ClusterCreateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_COMPLETE, None, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.CREATE_COMPLETE, None, current_sequence())
 
 
 async def on_create_failed(env: Envelope, p: ClusterCreateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.CREATE_FAILED, p.status_reason, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.CREATE_FAILED, p.status_reason, current_sequence())
 
 
 async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.Connection) -> None:
     await store.set_status(
-        tx, p.uuid, p.project_id, rc.DELETE_IN_PROGRESS, None, current_sequence(), delete_started=True
+        tx, p.uuid, p.project_id, model.DELETE_IN_PROGRESS, None, current_sequence(), delete_started=True
     )
 
 
 async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, None, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.DELETE_COMPLETE, None, current_sequence())
     trust_id, _ = await store.current_trust(tx, p.uuid)
     if trust_id:
         await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
@@ -165,14 +164,14 @@ async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connectio
     """A refused create whose requester was answered 403: never admitted, so never built; for everyone it is gone.
     Its trust is to be deleted (the trust reaper keeps a trust another cluster still acts with, ADR 0005)."""
     trust_id, status = await store.current_trust(tx, p.uuid)
-    if status == rc.DELETE_COMPLETE:
+    if status == model.DELETE_COMPLETE:
         return
     if status is not None:
         # Only a rejected cluster is withdrawn, and a rejected one is never started: keep what the store says.
         log.warning("withdrawn_cluster_was_started", cluster_id=p.uuid, status=status)
         return
     # (last_seq is of the provisioner's own events on the cluster, none here: the trust reaper publishes the first.)
-    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_COMPLETE, "withdrawn", 0)
+    await store.set_status(tx, p.uuid, p.project_id, model.DELETE_COMPLETE, "withdrawn", 0)
     if trust_id:  # (as a deleted cluster's: due at once, ClusterTrustDeleted says cluster_deleted)
         await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
     log.info("cluster_withdrawn", cluster_id=p.uuid, trust_id=trust_id)
@@ -184,13 +183,13 @@ async def on_trust_deleted(env: Envelope, p: ClusterTrustDeleted, tx: asyncpg.Co
 
 
 async def on_delete_failed(env: Envelope, p: ClusterDeleteFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, rc.DELETE_FAILED, p.status_reason, current_sequence())
+    await store.set_status(tx, p.uuid, p.project_id, model.DELETE_FAILED, p.status_reason, current_sequence())
 
 
 async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection) -> None:
     await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_CREATED,
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_CREATED,
         flavor_id=p.flavor_id, vcpus=p.vcpus, ram_mb=p.ram_mb, disk_gb=p.disk_gb,
     )
 
@@ -198,7 +197,7 @@ async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection)
 async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connection) -> None:
     await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_ACTIVE,
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_ACTIVE,
         addresses=p.addresses,
     )
 
@@ -206,14 +205,14 @@ async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connect
 async def on_node_failed(env: Envelope, p: NodeFailed, tx: asyncpg.Connection) -> None:
     await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=rc.NODE_FAILED, reason=p.reason
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED, reason=p.reason
     )
 
 
 async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection) -> None:
     await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
     await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=rc.NODE_DELETED
+        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_DELETED
     )
 
 

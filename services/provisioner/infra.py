@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from services.provisioner import reconcile as rc
-from services.provisioner import resize as rz
-from services.provisioner import store
+from services.provisioner import model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import PortRule, Role
@@ -30,7 +28,7 @@ ROLES: tuple[Role, ...] = ("master", "worker")
 
 
 def first_master_port_name(prefix: str) -> str:
-    return f"{rc.node_name(prefix, rc.MASTER, 0)}-port"
+    return f"{model.node_name(prefix, model.MASTER, 0)}-port"
 
 
 async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
@@ -38,7 +36,7 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
     is ready (Octavia builds it while the servers build); the rest once per task."""
     built, trust = row.resolved, row.trust_id
     assert trust is not None and row.spec is not None
-    prefix = rc.cluster_prefix(row.spec.name, row.uuid)
+    prefix = model.cluster_prefix(row.spec.name, row.uuid)
     if st.infra is None:
         network = await r.cloud.call(trust, lambda c: c.ensure_network(
             prefix, row.uuid, fixed_network=built.fixed_network, fixed_subnet=built.fixed_subnet,
@@ -59,7 +57,7 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
         if not built.master_lb_enabled:
             api_port_ref = await r.cloud.call(trust, lambda c: c.ensure_port(
                 prefix, row.uuid, first_master_port_name(prefix), network_id=network.network_id,
-                subnet_id=network.subnet_id, security_group_ids=[groups[rc.MASTER]],
+                subnet_id=network.subnet_id, security_group_ids=[groups[model.MASTER]],
             ))
         st.infra = Infra(network=network, security_groups=groups, server_group=server_group, load_balancer=None,
                          api_port_ref=api_port_ref)
@@ -85,14 +83,14 @@ class Exposure:
     node_addresses: list[str]
 
 
-async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: list[rc.ServerView]
+async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: list[model.ServerView]
                  ) -> Exposure | None:
     """The load balancer's members (the masters) and the floating IPs; None while Octavia still works."""
     built, trust, infra = row.resolved, row.trust_id, st.infra
     assert trust is not None and infra is not None and row.spec is not None
-    prefix = rc.cluster_prefix(row.spec.name, row.uuid)
-    masters = sorted((s for s in servers if s.role == rc.MASTER), key=lambda s: (rz.index_of(s.name), s.name))
-    workers = sorted((s for s in servers if s.role != rc.MASTER), key=lambda s: (rz.index_of(s.name), s.name))
+    prefix = model.cluster_prefix(row.spec.name, row.uuid)
+    masters = sorted((s for s in servers if s.role == model.MASTER), key=lambda s: (nodeplan.index_of(s.name), s.name))
+    workers = sorted((s for s in servers if s.role != model.MASTER), key=lambda s: (nodeplan.index_of(s.name), s.name))
     api_host = infra.api_host
     external = built.external_network_id
     if infra.load_balancer is not None:
@@ -107,7 +105,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
                 prefix, row.uuid, external_network=external, port_id=vip_port, name=f"{prefix}-api"))
     fips: dict[str, str] = {}
     if built.floating_ip_enabled and external:
-        async def fip(server: rc.ServerView) -> tuple[str, str]:
+        async def fip(server: model.ServerView) -> tuple[str, str]:
             def work(c: ClusterCloud) -> str:
                 port = c.server_port(server.id)
                 if port is None:
@@ -120,11 +118,11 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
         if infra.load_balancer is None and masters:
             api_host = fips.get(masters[0].id, api_host)
 
-    def shown(s: rc.ServerView) -> str:
+    def shown(s: model.ServerView) -> str:
         return fips.get(s.id) or s.first_ip() or ""
 
     return Exposure(
-        api_address=rc.api_address(api_host, built.apiserver_port),
+        api_address=model.api_address(api_host, built.apiserver_port),
         master_addresses=[shown(s) for s in masters],
         node_addresses=[shown(s) for s in workers],
     )

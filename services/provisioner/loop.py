@@ -25,8 +25,7 @@ import structlog
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import Event, NodeBecameActive, NodeCreated, NodeFailed
-from services.provisioner import create, delete, store, update
-from services.provisioner import reconcile as rc
+from services.provisioner import create, delete, model, store, update
 from services.provisioner.cloud import Cloud, CloudError, Flavor
 from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
@@ -172,9 +171,9 @@ class Reconciler:
     async def _step(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         if row.desired == "absent":
             return await delete.reconcile(self, row, st)
-        if row.status in rc.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
+        if row.status in model.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
             return await update.reconcile(self, row, st)
-        if row.spec is None or row.ca_cert_pem is None or row.status in (rc.CREATE_FAILED, *rc.UPDATABLE):
+        if row.spec is None or row.ca_cert_pem is None or row.status in (model.CREATE_FAILED, *model.UPDATABLE):
             return Outcome.IDLE
         return await create.reconcile(self, row, st)
 
@@ -229,10 +228,10 @@ class Reconciler:
             server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
             vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb, nodegroup=nodegroup,
         ), f"NodeCreated:{server_id}")
-        row.nodes[server_id] = rc.KnownNode(server_id, name, role, rc.NODE_CREATED)
+        row.nodes[server_id] = model.KnownNode(server_id, name, role, model.NODE_CREATED)
 
     async def emit_node_states(
-        self, row: store.ClusterRow, failed: Sequence[rc.ServerView], became_active: Sequence[rc.ServerView],
+        self, row: store.ClusterRow, failed: Sequence[model.ServerView], became_active: Sequence[model.ServerView],
     ) -> str | None:
         """NodeFailed for every server in ERROR and, when none is, NodeBecameActive for the servers that just
         became ACTIVE. Returns the reason the pass fails (the first failed server's), or None."""
@@ -243,7 +242,7 @@ class Reconciler:
                 reason=server.fault or "the server went to ERROR without a fault message",
             ), f"NodeFailed:{server.id}")
         if failed:
-            return rc.node_failure_reason(failed[0].name, failed[0].fault)
+            return model.node_failure_reason(failed[0].name, failed[0].fault)
         for server in became_active:
             await self.emit(row, NodeBecameActive(
                 cluster_id=row.uuid, project_id=project_id, server_id=server.id, node_name=server.name,

@@ -19,13 +19,11 @@ import structlog
 from proto import subjects
 from proto.events import NodeDeleted
 from proto.requests import ClusterCAKey, GetClusterCAKey
-from services.provisioner import reconcile as rc
-from services.provisioner import resize as rz
-from services.provisioner import store
+from services.provisioner import model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud, Flavor
-from services.provisioner.cloudinit import bootstrap_token
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext
+from services.provisioner.drivers.kubernetes import bootstrap_token
 from services.provisioner.state import Infra, TaskState
 from services.runtime import rpc
 
@@ -42,7 +40,7 @@ DOCKER_DEVICE, SECOND_DEVICE = "/dev/vdb", "/dev/vdc"
 class Convergence:
     """What one pass over the nodegroups found."""
 
-    servers: list[rc.ServerView] = field(default_factory=list)
+    servers: list[model.ServerView] = field(default_factory=list)
     complete: bool = False
     failure: str | None = None
     """Why the operation fails (a server went to ERROR), or None."""
@@ -53,7 +51,7 @@ def volume_names(node: str, role: str, docker_gb: int | None, etcd_gb: int | Non
     out: list[tuple[str, int]] = []
     if docker_gb:
         out.append((f"{node}-docker", docker_gb))
-    if role == rc.MASTER and etcd_gb:
+    if role == model.MASTER and etcd_gb:
         out.append((f"{node}-etcd", etcd_gb))
     return out
 
@@ -61,8 +59,8 @@ def volume_names(node: str, role: str, docker_gb: int | None, etcd_gb: int | Non
 async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra) -> Convergence:
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None
-    prefix = rc.cluster_prefix(spec.name, row.uuid)
-    groups: list[rz.GroupSpec] = []
+    prefix = model.cluster_prefix(spec.name, row.uuid)
+    groups: list[nodeplan.GroupSpec] = []
     flavors: dict[str, Flavor] = {}
     for g in row.groups:
         image = None
@@ -71,7 +69,7 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
             image = await r.cloud.call(trust, lambda c, ref=ref: c.image(ref))  # type: ignore[misc]
             fref = g.flavor_id or (built.master_flavor_id if g.is_master else built.flavor_id)
             flavors[g.name] = await r.cloud.call(trust, lambda c, f=fref: c.flavor(f))  # type: ignore[misc]
-        groups.append(rz.GroupSpec(
+        groups.append(nodeplan.GroupSpec(
             name=g.name, role=g.role, node_count=g.node_count, present=g.present, is_default=g.is_default,
             nodes_to_remove=g.nodes_to_remove, image=image, flavor_id=g.flavor_id, image_ref=g.image_ref,
             docker_volume_size=g.docker_volume_size,
@@ -82,18 +80,18 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
 
     for server in servers:
         if server.id not in row.nodes:
-            group = rz.group_of(server)
+            group = nodeplan.group_of(server)
             flavor = flavors.get(group)
             if flavor is None:  # a server of a group that is gone: counted with the cluster's worker flavor
                 flavor = await r.cloud.call(trust, lambda c: c.flavor(built.flavor_id))
             await r.emit_node_created(row, server.id, server.name, server.role, flavor, nodegroup=group)
-    for node in [n for sid, n in sorted(row.nodes.items()) if sid not in present and n.status != rc.NODE_DELETED]:
+    for node in [n for sid, n in sorted(row.nodes.items()) if sid not in present and n.status != model.NODE_DELETED]:
         await r.emit(row, NodeDeleted(
             cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
             role=node.role,  # type: ignore[arg-type]
         ), f"NodeDeleted:{node.server_id}")
 
-    plan = rz.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
+    plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
     failure = await r.emit_node_states(row, plan.failed, plan.became_active)
     if failure is not None:
         return Convergence(servers=servers, failure=failure)
@@ -125,24 +123,24 @@ async def _boot(
     r: Reconciler,
     row: store.ClusterRow,
     infra: Infra,
-    nodes: list[tuple[rz.GroupSpec, rc.DesiredNode]],
+    nodes: list[tuple[nodeplan.GroupSpec, model.DesiredNode]],
     flavors: dict[str, Flavor],
-    servers: list[rc.ServerView],
+    servers: list[model.ServerView],
 ) -> None:
     """Create the missing nodes, each with its volumes attached before it boots; the first error is raised after
     every other node was tried (a cloud quota stops the operation with its own words)."""
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None and row.ca_cert_pem is not None
-    prefix = rc.cluster_prefix(spec.name, row.uuid)
+    prefix = model.cluster_prefix(spec.name, row.uuid)
     driver = driver_for(built.coe)
     token = bootstrap_token(r.settings.bootstrap_secret, row.uuid)
     api_host = infra.api_host
     if api_host is None:
         raise CloudError("The cluster's API address could not be allocated", permanent=False)
-    masters = tuple(s.first_ip() or "" for s in servers if s.role == rc.MASTER and s.first_ip())
-    ca_key = await _ca_key(r, row) if any(node.role == rc.MASTER for _, node in nodes) else None
+    masters = tuple(s.first_ip() or "" for s in servers if s.role == model.MASTER and s.first_ip())
+    ca_key = await _ca_key(r, row) if any(node.role == model.MASTER for _, node in nodes) else None
 
-    async def create(group: rz.GroupSpec, node: rc.DesiredNode) -> str | CloudError | None:
+    async def create(group: nodeplan.GroupSpec, node: model.DesiredNode) -> str | CloudError | None:
         volumes = volume_names(node.name, node.role, group.docker_volume_size, built.etcd_volume_size)
 
         def work(c: ClusterCloud) -> str | None:
@@ -152,7 +150,7 @@ async def _boot(
                 if state.status != "available":
                     return None  # boots on a later pass, once its volumes are ready
                 volume_ids.append(state.id)
-            is_first_master = node.role == rc.MASTER and node.index == 0 and group.name == rz.DEFAULT_MASTER
+            is_first_master = node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
             user_data = driver.user_data(NodeContext(
                 cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,  # type: ignore[arg-type]
                 nodegroup=group.name, is_first_master=is_first_master, api_host=api_host,
@@ -160,9 +158,9 @@ async def _boot(
                 labels=dict(built.labels), network_driver=built.network_driver, master_addresses=masters,
                 docker_volume_device=DOCKER_DEVICE if group.docker_volume_size else None,
                 etcd_volume_device=(SECOND_DEVICE if group.docker_volume_size else DOCKER_DEVICE)
-                if node.role == rc.MASTER and built.etcd_volume_size else None,
+                if node.role == model.MASTER and built.etcd_volume_size else None,
                 http_proxy=built.http_proxy, https_proxy=built.https_proxy, no_proxy=built.no_proxy,
-                ca_key_pem=ca_key if node.role == rc.MASTER else None,
+                ca_key_pem=ca_key if node.role == model.MASTER else None,
             ))
             port_id = None
             if is_first_master and infra.api_port_ref is not None:
@@ -172,9 +170,9 @@ async def _boot(
                 network_id=infra.network.network_id, port_id=port_id,
                 security_group=None, security_group_ids=[infra.security_groups[node.role]],
                 key_name=built.keypair,
-                metadata=rc.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
+                metadata=model.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
                 user_data=user_data, volume_ids=volume_ids,
-                server_group=infra.server_group if node.role == rc.MASTER else None,
+                server_group=infra.server_group if node.role == model.MASTER else None,
                 availability_zone=built.availability_zone,
             )
 

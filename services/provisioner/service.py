@@ -27,8 +27,7 @@ import structlog
 
 from proto import subjects, trusts
 from proto.envelope import Envelope
-from services.provisioner import handlers
-from services.provisioner import reconcile as rc
+from services.provisioner import handlers, model
 from services.provisioner.cloud import Cloud, CloudSettings
 from services.provisioner.loop import Reconciler
 from services.provisioner.state import ReconcilerSettings
@@ -55,7 +54,7 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         max_active=int(extra.get("COVE_PROVISIONER_MAX_ACTIVE", "16")),
         poll_interval=float(extra.get("COVE_PROVISIONER_POLL_INTERVAL", "0.25")),
         bootstrap_secret=(secret or "cove-dev-bootstrap-secret").encode(),
-        default_subnet_cidr=extra.get("COVE_PROVISIONER_SUBNET_CIDR") or rc.DEFAULT_SUBNET_CIDR,
+        default_subnet_cidr=extra.get("COVE_PROVISIONER_SUBNET_CIDR") or model.DEFAULT_SUBNET_CIDR,
     )
 
 

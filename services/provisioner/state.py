@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from services.provisioner import reconcile as rc
+from services.provisioner import model
 from services.provisioner.cloud import LoadBalancerState, NetworkRefs, PortRefs
 
 
@@ -18,7 +18,7 @@ class ReconcilerSettings:
     catch_up_timeout: float = 15.0
     max_transient_failures: int = 8
     bootstrap_secret: bytes = b"cove-dev-bootstrap-secret"
-    default_subnet_cidr: str = rc.DEFAULT_SUBNET_CIDR
+    default_subnet_cidr: str = model.DEFAULT_SUBNET_CIDR
     """The private subnet of a cluster whose spec names none (``COVE_PROVISIONER_SUBNET_CIDR``)."""
 
 
@@ -57,5 +57,5 @@ class TaskState:
 
     infra: Infra | None = None
     delete_requested: set[str] = field(default_factory=set)
-    unrecorded: dict[str, rc.ServerView] = field(default_factory=dict)
+    unrecorded: dict[str, model.ServerView] = field(default_factory=dict)
     failures: int = 0

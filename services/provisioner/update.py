@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterUpdateCompleted, ClusterUpdateFailed, ClusterUpdateStarted
-from services.provisioner import infra, nodes, store
-from services.provisioner import resize as rz
+from services.provisioner import infra, nodeplan, nodes, store
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -23,7 +22,7 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
     gen = row.update_generation
     if row.update_started < gen:
         await r.emit(row, ClusterUpdateStarted(
-            uuid=row.uuid, project_id=row.project_id or "", node_count=rz.worker_count(row.groups), generation=gen,
+            uuid=row.uuid, project_id=row.project_id or "", node_count=nodeplan.worker_count(row.groups), generation=gen,
         ), f"ClusterUpdateStarted:{gen}")
         return Outcome.AGAIN
     return await r.attempt(row, st, steps, failed)
@@ -42,10 +41,10 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
         return Outcome.POLL
     counts = {g.name: g.node_count for g in row.groups if g.present}
     await r.emit(row, ClusterUpdateCompleted(
-        uuid=row.uuid, project_id=row.project_id or "", node_count=rz.worker_count(row.groups),
+        uuid=row.uuid, project_id=row.project_id or "", node_count=nodeplan.worker_count(row.groups),
         node_addresses=exposed.node_addresses, generation=gen, nodegroup_counts=counts,
     ), f"ClusterUpdateCompleted:{gen}")
-    log.info("cluster_update_complete", generation=gen, node_count=rz.worker_count(row.groups))
+    log.info("cluster_update_complete", generation=gen, node_count=nodeplan.worker_count(row.groups))
     return Outcome.IDLE
 
 

@@ -21,7 +21,7 @@ from openstack import exceptions
 
 from deploy.devcloud.config import DEFAULT_CONFIG
 from deploy.devcloud.process import start_devcloud, stop_process
-from services.provisioner import reconcile as rc
+from services.provisioner import model
 from services.provisioner.cloud import (
     CloudError,
     ClusterCloud,
@@ -115,7 +115,7 @@ def stats(url: str, admin: openstack.connection.Connection) -> dict[str, Any]:
 
 def cluster(name: str) -> tuple[str, str]:
     cid = str(uuid.uuid4())
-    return rc.cluster_prefix(name, cid), cid
+    return model.cluster_prefix(name, cid), cid
 
 
 def ingress(conn: openstack.connection.Connection, sg_id: str) -> set[tuple[Any, ...]]:
@@ -182,7 +182,7 @@ async def test_security_groups_hold_exactly_the_asked_rules_and_converge(
     for role, sg_id in groups.items():
         assert ingress(demo, sg_id) == expected_rules(role, cidrs, groups)
         sg = demo.network.get_security_group(sg_id)
-        assert rc.cluster_tag(cid) in sg.tags
+        assert model.cluster_tag(cid) in sg.tags
         # egress stays as Neutron made it
         assert sum(1 for r in sg.security_group_rules if r["direction"] == "egress") == 2
 
@@ -253,7 +253,7 @@ async def test_load_balancer_goes_active_with_listener_pool_monitor_and_members(
     pool = lbs.get_pool(state.pool_id)
     assert pool.protocol == "TCP" and pool.lb_algorithm == "ROUND_ROBIN" and pool.health_monitor_id == state.monitor_id
     assert lbs.get_health_monitor(state.monitor_id).type == "TCP"
-    assert rc.cluster_tag(cid) in lbs.get_load_balancer(state.lb_id).tags
+    assert model.cluster_tag(cid) in lbs.get_load_balancer(state.lb_id).tags
 
     # the allow-list changes: the listener follows, then the load balancer is ready again
     state = await wait_for(lambda: (s := cc.ensure_load_balancer(
@@ -265,7 +265,7 @@ async def test_load_balancer_goes_active_with_listener_pool_monitor_and_members(
     sg = cc.ensure_security_groups(prefix, cid, RULES, [])
     ports = {name: cc.ensure_port(prefix, cid, name, network_id=net.network_id, subnet_id=subnet_id,
                                   security_group_ids=[sg["master"]])
-             for name in (rc.node_name(prefix, rc.MASTER, 0), rc.node_name(prefix, rc.MASTER, 1))}
+             for name in (model.node_name(prefix, model.MASTER, 0), model.node_name(prefix, model.MASTER, 1))}
     members = {name: str(p.ip) for name, p in ports.items()}
     await wait_for(lambda: cc.ensure_lb_members(state, members, 6443), timeout=30, message="two members")
     have = {(m.address, m.protocol_port, m.provisioning_status) for m in lbs.members(state.pool_id)}
@@ -288,7 +288,7 @@ async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_
     groups = cc.ensure_security_groups(prefix, cid, RULES, [])
     group = cc.ensure_server_group(prefix, cid, "soft-anti-affinity")
     assert cc.ensure_server_group(prefix, cid, "soft-anti-affinity") == group
-    name = rc.node_name(prefix, rc.MASTER, 0)
+    name = model.node_name(prefix, model.MASTER, 0)
     port = cc.ensure_port(prefix, cid, name, network_id=net.network_id, subnet_id=net.subnet_id,
                           security_group_ids=[groups["master"]])
     assert cc.ensure_port(prefix, cid, name, network_id=net.network_id, subnet_id=net.subnet_id,
@@ -311,7 +311,7 @@ async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_
     await wait_for(lambda: demo.compute.get_server(sid).status == "ACTIVE", timeout=30, message="server ACTIVE")
     server = demo.compute.get_server(sid)
     assert server.availability_zone == "nova"
-    assert [ip for ips in rc.addresses_of(server.addresses).values() for ip in ips] == [port.ip]
+    assert [ip for ips in model.addresses_of(server.addresses).values() for ip in ips] == [port.ip]
     assert {sg["name"] for sg in server.security_groups} == {role_security_group_name(prefix, "master")}
     assert sid in demo.compute.get_server_group(group).member_ids
     assert demo.compute.get_server_group(group).name == server_group_name(prefix)
@@ -326,11 +326,11 @@ async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_
     assert cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=port.id, name="api") == address
     assert ledger.count("floating_ip") == 1
     fip = next(demo.network.ips(floating_ip_address=address))
-    assert fip.port_id == port.id and fip.fixed_ip_address == port.ip and rc.cluster_tag(cid) in fip.tags
+    assert fip.port_id == port.id and fip.fixed_ip_address == port.ip and model.cluster_tag(cid) in fip.tags
     assert address.startswith("172.24.4.")  # never connected to: it is outside 127.0.0.0/8
 
     # a worker on the network (Nova makes its port, in the worker group given by id), then its floating IP
-    worker = rc.node_name(prefix, rc.WORKER, 0)
+    worker = model.node_name(prefix, model.WORKER, 0)
     wid = cc.create_server(name=worker, flavor_id=flavor.id, image_id=image, network_id=net.network_id,
                            security_group_ids=[groups["worker"]], key_name=None,
                            metadata={"cove_cluster_id": cid, "cove_role": "worker", "cove_node": worker},
@@ -426,7 +426,7 @@ async def test_a_write_to_a_pending_load_balancer_waits_out_octavias_409(
         before = stats(devcloud.url, admin)["by_status"].get("409", 0)
         listener = patient._api("Creating a listener", lambda: demo.load_balancer.create_listener(
             name=f"{prefix}-api-listener", loadbalancer_id=lb.lb_id, protocol="TCP", protocol_port=6443,
-            tags=[rc.cluster_tag(cid)]), idempotent=False)
+            tags=[model.cluster_tag(cid)]), idempotent=False)
         assert listener.provisioning_status == "PENDING_CREATE"
         assert stats(devcloud.url, admin)["by_status"].get("409", 0) > before  # it was refused, then taken
         # the step finds the listener it did not make itself, and goes on from there

@@ -9,7 +9,9 @@ give back exactly the inputs, and no command substitution in them runs.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -23,7 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from proto.labels import KUBERNETES_LABELS
-from services.provisioner import cloudinit
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext, PortRule
 from services.provisioner.drivers.kubernetes import (
@@ -309,9 +310,13 @@ def test_the_api_endpoint_for_a_host_name_and_an_ipv6_address() -> None:
     assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "[fd00::5]:6443"
 
 
-def test_helpers_agree_with_the_minimal_renderer() -> None:
-    assert ca_cert_hash(CA) == cloudinit.ca_cert_hash(CA)
-    assert bootstrap_token(b"s", CLUSTER) == cloudinit.bootstrap_token(b"s", CLUSTER)
+def test_the_helpers() -> None:
+    spki = x509.load_pem_x509_certificate(CA.encode()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert ca_cert_hash(CA) == "sha256:" + hashlib.sha256(spki).hexdigest()
+    token = bootstrap_token(b"s", CLUSTER)
+    assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token)
+    assert token == bootstrap_token(b"s", CLUSTER) != bootstrap_token(b"t", CLUSTER)
     assert kube_node_name("My_Cluster.x-MASTER-0") == "my-cluster-x-master-0"
     assert kube_node_name("a" * 80) == "a" * 63
     with pytest.raises(ValueError):

@@ -1,48 +1,47 @@
-"""The update planner (services/provisioner/resize.py): pure decisions, no cloud or bus."""
+"""The nodegroup planner (services/provisioner/nodeplan.py): pure decisions, no cloud or bus."""
 
 from __future__ import annotations
 
-from services.provisioner import reconcile as rc
-from services.provisioner import resize as rz
+from services.provisioner import model, nodeplan
 
 P = "c-abcdef12"
 
 
 def srv(name: str, sid: str, status: str = "ACTIVE", group: str | None = None, image: str | None = "img1",
-        role: str = "worker") -> rc.ServerView:
+        role: str = "worker") -> model.ServerView:
     meta = {"cove_cluster_id": "c", "cove_role": role}
     if group:
         meta["cove_nodegroup"] = group
     if image:
         meta["cove_image"] = image
-    return rc.ServerView(id=sid, name=name, status=status, metadata=meta)
+    return model.ServerView(id=sid, name=name, status=status, metadata=meta)
 
 
-def known(*servers: rc.ServerView) -> dict[str, rc.KnownNode]:
-    return {s.id: rc.KnownNode(s.id, s.name, s.role, rc.NODE_ACTIVE) for s in servers}
+def known(*servers: model.ServerView) -> dict[str, model.KnownNode]:
+    return {s.id: model.KnownNode(s.id, s.name, s.role, model.NODE_ACTIVE) for s in servers}
 
 
-MASTER = rz.GroupSpec(name="default-master", role="master", node_count=1, is_default=True, image="img1")
+MASTER = nodeplan.GroupSpec(name="default-master", role="master", node_count=1, is_default=True, image="img1")
 
 
-def worker(count: int, remove: frozenset[str] = frozenset(), image: str = "img1") -> rz.GroupSpec:
-    return rz.GroupSpec(name="default-worker", role="worker", node_count=count, is_default=True,
+def worker(count: int, remove: frozenset[str] = frozenset(), image: str = "img1") -> nodeplan.GroupSpec:
+    return nodeplan.GroupSpec(name="default-worker", role="worker", node_count=count, is_default=True,
                         nodes_to_remove=remove, image=image)
 
 
 M0 = srv(f"{P}-master-0", "m0", role="master")
 
 
-def upd(groups: list[rz.GroupSpec], servers: list[rc.ServerView], recorded: dict[str, rc.KnownNode],
-        deleting: set[str], **kw: int) -> rz.UpdatePlan:
+def upd(groups: list[nodeplan.GroupSpec], servers: list[model.ServerView], recorded: dict[str, model.KnownNode],
+        deleting: set[str], **kw: int) -> nodeplan.UpdatePlan:
     """plan_update for a cluster whose one master is up (the worker-side tests)."""
-    return rz.plan_update(P, groups, [M0, *servers], {**recorded, **known(M0)}, deleting, **kw)
+    return nodeplan.plan_update(P, groups, [M0, *servers], {**recorded, **known(M0)}, deleting, **kw)
 
 
 def test_grow_creates_lowest_free_indices() -> None:
     m = srv(f"{P}-master-0", "m0", role="master")
     w0, w2 = srv(f"{P}-node-0", "w0"), srv(f"{P}-node-2", "w2")
-    plan = rz.plan_update(P, [MASTER, worker(4)], [m, w0, w2], known(m, w0, w2), set())
+    plan = nodeplan.plan_update(P, [MASTER, worker(4)], [m, w0, w2], known(m, w0, w2), set())
     assert [n.name for _, n in plan.to_create] == [f"{P}-node-1", f"{P}-node-3"]
     assert not plan.to_delete and not plan.complete
 
@@ -70,14 +69,14 @@ def test_complete_only_when_deleted_servers_are_gone() -> None:
 
 
 def test_new_group_and_removed_group() -> None:
-    extra = rz.GroupSpec(name="GPU pool", role="worker", node_count=2, image="img1")
+    extra = nodeplan.GroupSpec(name="GPU pool", role="worker", node_count=2, image="img1")
     plan = upd([MASTER, worker(0), extra], [], {}, set())
     assert [n.name for _, n in plan.to_create] == [f"{P}-ng-gpu-pool-0", f"{P}-ng-gpu-pool-1"]
-    gone = rz.GroupSpec(name="GPU pool", role="worker", node_count=2, present=False)
+    gone = nodeplan.GroupSpec(name="GPU pool", role="worker", node_count=2, present=False)
     servers = [srv(f"{P}-ng-gpu-pool-0", "g0", group="GPU pool")]
     plan = upd([MASTER, worker(0), gone], servers, known(*servers), set())
     assert [s.id for s in plan.to_delete] == ["g0"] and not plan.complete
-    assert rz.worker_count([MASTER, worker(3), extra, gone]) == 5
+    assert nodeplan.worker_count([MASTER, worker(3), extra, gone]) == 5
 
 
 def test_upgrade_rolls_in_batches_once_settled() -> None:
@@ -98,32 +97,39 @@ def test_error_server_fails_the_update() -> None:
 
 
 def test_servers_without_group_metadata_are_default_groups() -> None:
-    legacy = rc.ServerView(id="x", name=f"{P}-node-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
-    assert rz.group_of(legacy) == "default-worker"
-    legacy_m = rc.ServerView(id="y", name=f"{P}-master-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
-    assert rz.group_of(legacy_m) == "default-master"
+    legacy = model.ServerView(id="x", name=f"{P}-node-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
+    assert nodeplan.group_of(legacy) == "default-worker"
+    legacy_m = model.ServerView(id="y", name=f"{P}-master-0", status="ACTIVE", metadata={"cove_cluster_id": "c"})
+    assert nodeplan.group_of(legacy_m) == "default-master"
 
 
 def test_a_create_is_an_update_from_zero_nodes() -> None:
-    masters = rz.GroupSpec(name="default-master", role="master", node_count=3, is_default=True, image="img1")
-    plan = rz.plan_update(P, [masters, worker(2)], [], {}, set())
+    masters = nodeplan.GroupSpec(name="default-master", role="master", node_count=3, is_default=True, image="img1")
+    plan = nodeplan.plan_update(P, [masters, worker(2)], [], {}, set())
     assert [(n.name, n.role) for _, n in plan.to_create] == [
         (f"{P}-master-0", "master"), (f"{P}-master-1", "master"), (f"{P}-master-2", "master"),
         (f"{P}-node-0", "worker"), (f"{P}-node-1", "worker")], "every node at once: masters do not hold workers back"
     assert not plan.complete
     ms = [srv(f"{P}-master-{i}", f"m{i}", role="master") for i in range(3)]
     ws = [srv(f"{P}-node-{i}", f"w{i}") for i in range(2)]
-    plan = rz.plan_update(P, [masters, worker(2)], ms + ws, {}, set())
+    plan = nodeplan.plan_update(P, [masters, worker(2)], ms + ws, {}, set())
     assert plan.complete and {s.id for s in plan.became_active} == {"m0", "m1", "m2", "w0", "w1"}
     building = [srv(f"{P}-master-1", "m1", "BUILD", role="master"), *ms[::2], *ws]
-    assert not rz.plan_update(P, [masters, worker(2)], building, {}, set()).complete
+    assert not nodeplan.plan_update(P, [masters, worker(2)], building, {}, set()).complete
 
 
 def test_masters_are_created_never_removed_and_their_failure_fails_the_plan() -> None:
-    one = rz.GroupSpec(name="default-master", role="master", node_count=1, is_default=True, image="img1")
+    one = nodeplan.GroupSpec(name="default-master", role="master", node_count=1, is_default=True, image="img1")
     ms = [srv(f"{P}-master-{i}", f"m{i}", role="master") for i in range(2)]
-    plan = rz.plan_update(P, [one, worker(0)], ms, known(*ms), set())
+    plan = nodeplan.plan_update(P, [one, worker(0)], ms, known(*ms), set())
     assert not plan.to_delete and not plan.to_create and plan.complete
     failed = [srv(f"{P}-master-0", "m0", "ERROR", role="master")]
-    plan = rz.plan_update(P, [one, worker(0)], failed, {}, set())
+    plan = nodeplan.plan_update(P, [one, worker(0)], failed, {}, set())
     assert [s.id for s in plan.failed] == ["m0"] and not plan.to_create and not plan.complete
+
+
+def test_two_servers_of_one_name_never_make_a_third() -> None:
+    """A crash between a create call and its record can leave a duplicate name: the plan keeps one, creates none."""
+    twins = [srv(f"{P}-node-0", "w0"), srv(f"{P}-node-0", "w0b")]
+    plan = upd([MASTER, worker(1)], twins, known(*twins), set())
+    assert not plan.to_create and len(plan.to_delete) == 1

@@ -1,5 +1,5 @@
-"""Decisions for a cluster update (resize, nodegroup create/delete, upgrade) as pure functions over plain data:
-which servers to delete, which to create and whether the update is complete (no I/O here).
+"""The nodegroup planner, a pure function over plain data: for a create, a resize, a nodegroup created or deleted,
+or an upgrade, which servers to delete, which to create and whether the cluster is converged (no I/O here).
 
 One planner for every nodegroup, masters included: a cluster create is an update from zero nodes. A worker
 nodegroup is converged when exactly ``node_count`` of its servers exist, all ACTIVE, all booted from the group's
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from services.provisioner import reconcile as rc
+from services.provisioner import model
 
 DEFAULT_MASTER, DEFAULT_WORKER = "default-master", "default-worker"
 _INDEX = re.compile(r"-(\d+)$")
@@ -39,12 +39,12 @@ class GroupSpec:
 
     @property
     def is_master(self) -> bool:
-        return self.role == rc.MASTER
+        return self.role == model.MASTER
 
 
-def group_of(server: rc.ServerView) -> str:
+def group_of(server: model.ServerView) -> str:
     """The nodegroup a server belongs to (servers created before nodegroups existed: the default of its role)."""
-    return server.metadata.get("cove_nodegroup") or (DEFAULT_MASTER if server.role == rc.MASTER else DEFAULT_WORKER)
+    return server.metadata.get("cove_nodegroup") or (DEFAULT_MASTER if server.role == model.MASTER else DEFAULT_WORKER)
 
 
 def group_slug(name: str) -> str:
@@ -54,9 +54,9 @@ def group_slug(name: str) -> str:
 def group_node_name(prefix: str, group: GroupSpec, index: int) -> str:
     """Default groups keep the create path's names; other groups' servers are ``<prefix>-ng-<group>-<n>``."""
     if group.name == DEFAULT_WORKER:
-        return rc.node_name(prefix, rc.WORKER, index)
+        return model.node_name(prefix, model.WORKER, index)
     if group.name == DEFAULT_MASTER:
-        return rc.node_name(prefix, rc.MASTER, index)
+        return model.node_name(prefix, model.MASTER, index)
     return f"{prefix}-ng-{group_slug(group.name)}-{index}"
 
 
@@ -67,14 +67,14 @@ def index_of(name: str) -> int:
 
 @dataclass
 class UpdatePlan:
-    to_delete: list[rc.ServerView] = field(default_factory=list)
-    to_create: list[tuple[GroupSpec, rc.DesiredNode]] = field(default_factory=list)
-    became_active: list[rc.ServerView] = field(default_factory=list)
-    failed: list[rc.ServerView] = field(default_factory=list)
+    to_delete: list[model.ServerView] = field(default_factory=list)
+    to_create: list[tuple[GroupSpec, model.DesiredNode]] = field(default_factory=list)
+    became_active: list[model.ServerView] = field(default_factory=list)
+    failed: list[model.ServerView] = field(default_factory=list)
     complete: bool = False
 
 
-def _outdated(server: rc.ServerView, group: GroupSpec) -> bool:
+def _outdated(server: model.ServerView, group: GroupSpec) -> bool:
     image = server.metadata.get("cove_image")
     return group.image is not None and image is not None and image != group.image
 
@@ -82,15 +82,15 @@ def _outdated(server: rc.ServerView, group: GroupSpec) -> bool:
 def plan_update(
     prefix: str,
     groups: list[GroupSpec],
-    servers: list[rc.ServerView],
-    known: dict[str, rc.KnownNode],
+    servers: list[model.ServerView],
+    known: dict[str, model.KnownNode],
     deleting: set[str],
     max_batch_size: int = 1,
 ) -> UpdatePlan:
     """Compare the groups' desired state with the cluster's servers. ``deleting`` are server ids whose delete was
     already sent; ``known`` the nodes the provisioner's events recorded (keyed by server id)."""
     plan = UpdatePlan()
-    by_group: dict[str, list[rc.ServerView]] = {}
+    by_group: dict[str, list[model.ServerView]] = {}
     for s in sorted(servers, key=lambda s: (index_of(s.name), s.name, s.id)):
         by_group.setdefault(group_of(s), []).append(s)
     names = {g.name for g in groups}
@@ -114,9 +114,9 @@ def plan_update(
             continue
         for s in alive:
             recorded = known.get(s.id)
-            if s.status == "ERROR" and (recorded is None or recorded.status != rc.NODE_FAILED):
+            if s.status == "ERROR" and (recorded is None or recorded.status != model.NODE_FAILED):
                 plan.failed.append(s)
-            elif s.status == "ACTIVE" and (recorded is None or recorded.status == rc.NODE_CREATED):
+            elif s.status == "ACTIVE" and (recorded is None or recorded.status == model.NODE_CREATED):
                 plan.became_active.append(s)
         remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove]
         keep = [s for s in alive if s not in remove]
@@ -143,8 +143,8 @@ def plan_update(
                 while index in taken:
                     index += 1
                 taken.add(index)
-                role = rc.WORKER
-                plan.to_create.append((group, rc.DesiredNode(group_node_name(prefix, group, index), role, index)))
+                role = model.WORKER
+                plan.to_create.append((group, model.DesiredNode(group_node_name(prefix, group, index), role, index)))
         done = settled and not outdated
         complete = complete and done
     plan.complete = complete and not plan.failed and not plan.to_create and not plan.to_delete
@@ -152,7 +152,7 @@ def plan_update(
 
 
 def _plan_masters(
-    plan: UpdatePlan, prefix: str, group: GroupSpec, members: list[rc.ServerView], known: dict[str, rc.KnownNode],
+    plan: UpdatePlan, prefix: str, group: GroupSpec, members: list[model.ServerView], known: dict[str, model.KnownNode],
     deleting: set[str],
 ) -> bool:
     """Masters are created up to the group's count (a create is an update from zero nodes) and never removed nor
@@ -160,9 +160,9 @@ def _plan_masters(
     alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
     for s in alive:
         recorded = known.get(s.id)
-        if s.status == "ERROR" and (recorded is None or recorded.status != rc.NODE_FAILED):
+        if s.status == "ERROR" and (recorded is None or recorded.status != model.NODE_FAILED):
             plan.failed.append(s)
-        elif s.status == "ACTIVE" and (recorded is None or recorded.status == rc.NODE_CREATED):
+        elif s.status == "ACTIVE" and (recorded is None or recorded.status == model.NODE_CREATED):
             plan.became_active.append(s)
     taken = {index_of(s.name) for s in members}
     index = 0
@@ -170,7 +170,7 @@ def _plan_masters(
         while index in taken:
             index += 1
         taken.add(index)
-        plan.to_create.append((group, rc.DesiredNode(group_node_name(prefix, group, index), rc.MASTER, index)))
+        plan.to_create.append((group, model.DesiredNode(group_node_name(prefix, group, index), model.MASTER, index)))
     return len(alive) >= group.node_count and all(s.status == "ACTIVE" for s in alive)
 
 

@@ -1,5 +1,6 @@
-"""The provisioner's decisions as pure functions over plain data: names, the desired nodes, and what the next
-idempotent step is given what the cloud has (CAPO's reconcileNormal / reconcileDelete, without the I/O)."""
+"""The provisioner's model of a cluster in the cloud, as pure functions over plain data: the names of its resources,
+what one server list call shows (``ServerView``), what the provisioner's events recorded (``KnownNode``), node
+states, and the delete plan. The nodegroup planner is ``nodeplan.py``; the I/O is in the reconcile modules."""
 
 from __future__ import annotations
 
@@ -74,12 +75,6 @@ class DesiredNode:
     index: int
 
 
-def desired_nodes(prefix: str, master_count: int, node_count: int) -> list[DesiredNode]:
-    masters = [DesiredNode(node_name(prefix, MASTER, i), MASTER, i) for i in range(master_count)]
-    workers = [DesiredNode(node_name(prefix, WORKER, i), WORKER, i) for i in range(node_count)]
-    return masters + workers
-
-
 def node_metadata(
     cluster_id: str, node: DesiredNode, *, nodegroup: str | None = None, image: str | None = None
 ) -> dict[str, str]:
@@ -126,46 +121,6 @@ class KnownNode:
 def owned_servers(servers: list[ServerView], cluster_id: str) -> list[ServerView]:
     """The listed servers that belong to this cluster (metadata), ignoring any other server the name matched."""
     return [s for s in servers if s.metadata.get("cove_cluster_id") == cluster_id]
-
-
-@dataclass
-class CreatePlan:
-    to_create: list[DesiredNode] = field(default_factory=list)
-    to_record: list[ServerView] = field(default_factory=list)
-    """Servers the cloud has that no NodeCreated recorded yet (e.g. created just before a crash)."""
-    became_active: list[ServerView] = field(default_factory=list)
-    failed: list[ServerView] = field(default_factory=list)
-    complete: bool = False
-
-
-def plan_create(
-    desired: list[DesiredNode], servers: list[ServerView], known: dict[str, KnownNode]
-) -> CreatePlan:
-    """Compare the desired nodes with the cluster's servers and the recorded nodes (keyed by server id)."""
-    plan = CreatePlan()
-    by_name: dict[str, ServerView] = {}
-    for server in sorted(servers, key=lambda s: s.id):
-        by_name.setdefault(server.name, server)  # a duplicate name never makes us create more
-    for node in desired:
-        found = by_name.get(node.name)
-        if found is None:
-            plan.to_create.append(node)
-            continue
-        server = found
-        recorded = known.get(server.id)
-        if recorded is None:
-            plan.to_record.append(server)
-        if server.status == "ERROR":
-            if recorded is None or recorded.status != NODE_FAILED:
-                plan.failed.append(server)
-        elif server.status == "ACTIVE" and (recorded is None or recorded.status == NODE_CREATED):
-            plan.became_active.append(server)
-    plan.complete = (
-        not plan.to_create
-        and not plan.failed
-        and all(by_name[n.name].status == "ACTIVE" for n in desired)
-    )
-    return plan
 
 
 def node_failure_reason(node: str, fault: str | None) -> str:
