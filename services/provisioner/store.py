@@ -13,8 +13,8 @@ import msgspec
 from proto import clusterspec
 from proto.clusterspec import ClusterSpec
 from proto.events import ClusterCreateRequested
-from services.provisioner.reconcile import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
-from services.provisioner.resize import GroupSpec
+from services.provisioner.model import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
+from services.provisioner.nodeplan import GroupSpec
 
 SCHEMA = "provisioner"
 
