@@ -249,6 +249,9 @@ class Bench:
             # The cluster network's default subnet, 10.0.0.0/24, holds 253 servers: give it room for 4,093.
             template = {"name": "scale-k8s", "coe": "kubernetes", "image_id": "fedora-coreos",
                         "external_network_id": "public", "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny",
+                        # servers only: no floating IP per node (the devcloud's pool holds 250; the bound counts
+                        # servers) and no load balancer, as the bound's resources say
+                        "floating_ip_enabled": False, "master_lb_enabled": False,
                         "labels": {"fixed_subnet_cidr": SUBNET_CIDR}}
             async with self.s.post(f"{self.api}/clustertemplates", json=template) as r:
                 assert r.status == 201, await r.text()

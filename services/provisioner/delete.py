@@ -6,6 +6,7 @@ what is already gone; then ClusterDeleteCompleted, or ClusterDeleteFailed with t
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import structlog
@@ -48,14 +49,14 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     for sid, s in st.unrecorded.items():
         known.setdefault(sid, model.KnownNode(sid, s.name, s.role, model.NODE_CREATED))
     plan = model.plan_delete(servers, known, st.delete_requested)
-    for server in plan.to_delete:
-        await r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
-        st.delete_requested.add(server.id)
+    await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
+                           for server in plan.to_delete))  # the cloud thread pool bounds how many at once
+    st.delete_requested.update(server.id for server in plan.to_delete)
+    await r.emit_many(row, [(NodeDeleted(
+        cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
+        role=node.role,  # type: ignore[arg-type]
+    ), f"NodeDeleted:{node.server_id}") for node in plan.gone])
     for node in plan.gone:
-        await r.emit(row, NodeDeleted(
-            cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
-            role=node.role,  # type: ignore[arg-type]
-        ), f"NodeDeleted:{node.server_id}")
         st.unrecorded.pop(node.server_id, None)
     if plan.servers_left:
         return Outcome.POLL

@@ -78,18 +78,20 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
     present = {s.id for s in servers}
     st.delete_requested &= present
 
+    unrecorded = []
     for server in servers:
         if server.id not in row.nodes:
             group = nodeplan.group_of(server)
             flavor = flavors.get(group)
             if flavor is None:  # a server of a group that is gone: counted with the cluster's worker flavor
                 flavor = await r.cloud.call(trust, lambda c: c.flavor(built.flavor_id))
-            await r.emit_node_created(row, server.id, server.name, server.role, flavor, nodegroup=group)
-    for node in [n for sid, n in sorted(row.nodes.items()) if sid not in present and n.status != model.NODE_DELETED]:
-        await r.emit(row, NodeDeleted(
-            cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
-            role=node.role,  # type: ignore[arg-type]
-        ), f"NodeDeleted:{node.server_id}")
+            unrecorded.append((server.id, server.name, server.role, flavor, group))
+    await r.emit_nodes_created(row, unrecorded)
+    await r.emit_many(row, [(NodeDeleted(
+        cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
+        role=node.role,  # type: ignore[arg-type]
+    ), f"NodeDeleted:{node.server_id}") for sid, node in sorted(row.nodes.items())
+        if sid not in present and node.status != model.NODE_DELETED])
 
     plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
     failure = await r.emit_node_states(row, plan.failed, plan.became_active)
@@ -97,8 +99,9 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         return Convergence(servers=servers, failure=failure)
     if plan.complete:
         return Convergence(servers=servers, complete=True)
+    await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
+                           for server in plan.to_delete))
     for server in plan.to_delete:
-        await r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
         st.delete_requested.add(server.id)
         log.info("node_delete_sent", server_id=server.id, node=server.name)
     if plan.to_create:
@@ -183,11 +186,13 @@ async def _boot(
 
     results = await asyncio.gather(*(create(g, n) for g, n in nodes))
     first_error: CloudError | None = None
+    created = []
     for (group, node), result in zip(nodes, results, strict=True):
         if isinstance(result, CloudError):
             first_error = first_error or result
         elif result is not None:
-            await r.emit_node_created(row, result, node.name, node.role, flavors[group.name], nodegroup=group.name)
+            created.append((result, node.name, node.role, flavors[group.name], group.name))
+    await r.emit_nodes_created(row, created)
     if first_error is not None:
         raise first_error
 
