@@ -1,6 +1,5 @@
-"""Keystone for the API: validating users' tokens (cached for the token's life, dropped on revocation),
-creating trusts, and looking things up in the user's cloud (images, flavors, keypairs) with the user's own
-token and catalog.
+"""Keystone for the API: validating users' tokens (cached for the token's life, dropped on revocation) and
+creating trusts. (Look-ups of the user's images, flavors and keypairs are in ``usercloud.py``.)
 
 Token validation follows keystonemiddleware's approach. The ``cove`` service user's token validates a user's
 token once (``GET /v3/auth/tokens`` + ``X-Subject-Token``); the answer is cached until the token expires (or
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,11 +23,10 @@ from typing import Any
 import aiohttp
 import structlog
 
-from services.api.errors import ApiError, bad_request, unauthorized
+from services.api.errors import ApiError, unauthorized
 
 log = structlog.get_logger(__name__)
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
 @dataclass(frozen=True)
@@ -407,61 +404,6 @@ class Keystone:
         # debug: the caller's own line names the trust (cluster_create_accepted, cluster_trust_rotated).
         log.debug("trust_created", trust_id=trust["id"], trustor=user.user_id, project_id=user.project_id)
         return str(trust["id"]), svc.user_id
-
-    # ------------------------------------------------------------------ the user's cloud
-
-    async def _get(self, user: AuthContext, url: str) -> tuple[int, Any]:
-        async with self._session().get(url, headers={"X-Auth-Token": user.token}) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
-                data = None
-            return resp.status, data
-
-    async def find_image(self, user: AuthContext, ident: str) -> dict[str, Any]:
-        """The Glance image named or identified by ``ident`` (Magnum's checks: exists, unique, has os_distro)."""
-        base = user.endpoint("image")
-        if base is None:
-            raise ApiError(503, "No image service in the catalog.")
-        base = base if base.endswith("/v2") else f"{base}/v2"
-        if _UUID.match(ident):
-            status, data = await self._get(user, f"{base}/images/{ident}")
-            if status == 200 and isinstance(data, dict):
-                return data
-        status, data = await self._get(user, f"{base}/images?name={_q(ident)}")
-        images = (data or {}).get("images", []) if status == 200 else []
-        if not images:
-            raise bad_request(f"Image {ident} could not be found.")
-        if len(images) > 1:
-            raise ApiError(409, f"Multiple images exist with same name {ident}. Please use the image id instead.")
-        return dict(images[0])
-
-    async def find_flavor(self, user: AuthContext, ident: str) -> dict[str, Any]:
-        base = user.endpoint("compute")
-        if base is None:
-            raise ApiError(503, "No compute service in the catalog.")
-        status, data = await self._get(user, f"{base}/flavors/detail")
-        flavors = (data or {}).get("flavors", []) if status == 200 else []
-        for flavor in flavors:
-            if flavor.get("id") == ident or flavor.get("name") == ident:
-                return dict(flavor)
-        raise bad_request(f"Flavor {ident} could not be found.")
-
-    async def find_keypair(self, user: AuthContext, name: str) -> None:
-        base = user.endpoint("compute")
-        if base is None:
-            raise ApiError(503, "No compute service in the catalog.")
-        status, _ = await self._get(user, f"{base}/os-keypairs/{_q(name)}")
-        if status == 404:
-            raise ApiError(404, f"Unable to find keypair {name}.")
-        if status != 200:
-            raise ApiError(503, f"Could not look up keypair {name} (compute answered {status}).")
-
-
-def _q(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
 
 
 def _message(text: str) -> str | None:

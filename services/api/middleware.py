@@ -11,7 +11,8 @@ from aiohttp.typedefs import Handler
 
 from services.api import microversion, policy
 from services.api.errors import ApiError, bad_request, error_body
-from services.api.keystone import AuthContext, Keystone
+from services.api.keys import KEYSTONE
+from services.api.keystone import AuthContext
 from services.api.routing import canonical
 
 log = structlog.get_logger(__name__)
@@ -19,7 +20,6 @@ log = structlog.get_logger(__name__)
 REQUEST_ID = web.RequestKey("request_id", str)
 CONTEXT = web.RequestKey("auth_context", AuthContext)
 VERSION = web.RequestKey("microversion", microversion.Microversion)
-KEYSTONE = web.AppKey("keystone", Keystone)
 
 PUBLIC_PATHS = frozenset({"/", "/v1", "/v1/openapi.json"})  # slash-less: see routing.canonical
 REQUEST_ID_HEADER = "X-Openstack-Request-Id"

@@ -1,4 +1,4 @@
-"""The nodegroup side of the API's projection: applied after ``services.api.handlers`` for every event.
+"""The nodegroup side of the API's projection: applied after ``services.api.projection`` for every event.
 
 Default groups (``default-master``, ``default-worker``) appear with the cluster; each group's status follows
 Magnum's rules (create/update/delete of a group moves the cluster to UPDATE_IN_PROGRESS; the provisioner's
@@ -60,7 +60,7 @@ async def create_requested_many(
     requested: list[tuple[ev.ClusterCreateRequested, datetime]], tx: asyncpg.Connection
 ) -> None:
     """The default master and worker groups of several new clusters (request, time it occurred; their rows were
-    inserted just before, by handlers.py), in one round trip."""
+    inserted just before, by projection.py), in one round trip."""
     groups = [(ng, at) for e, at in requested for ng in _default_groups(e, at)]
     await ngstore.insert_many(tx, groups, CREATE_IN_PROGRESS)
 

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from proto import subjects, trusts
-from services.api import handlers, store
+from services.api import projection, store
 from services.api.app import Settings, build_app
 from services.api.decisions import StoredDecisions
 from services.api.freshness import Freshness, ReadCache, TemplateCache
@@ -113,7 +113,7 @@ class ApiServer:
 
 def build_service(config: ServiceConfig) -> tuple[Service, ApiServer]:
     svc = Service(config, schema="api", migrations_dir=MIGRATIONS)
-    svc.add_projection(store.PROJECTION, handlers.handle, [subjects.EVENTS_ALL], batch_handler=handlers.handle_batch)
+    svc.add_projection(store.PROJECTION, projection.handle, [subjects.EVENTS_ALL], batch_handler=projection.handle_batch)
     server = ApiServer(config)
     svc.on_startup(server.start)
     svc.on_cleanup(server.stop)

@@ -332,7 +332,7 @@ async def test_operator_policy_file_applies(api: RunningApi, tmp_path: Path,
     f.write_text('"cluster:get_all": "role:admin"\n')
     monkeypatch.setenv(policy.POLICY_FILE_ENV, str(f))
     assert api.service.pool is not None
-    from services.api.app import WRITER
+    from services.api.keys import WRITER
 
     main_app = api.server._runner.app if api.server._runner else None
     assert main_app is not None

@@ -26,7 +26,7 @@ from proto.events import (
     ClusterTemplateCreated,
     Event,
 )
-from services.api import handlers
+from services.api import projection
 from services.api.service import MIGRATIONS
 from tests.scheduler.test_admission_run import Schemas, snapshot
 
@@ -149,16 +149,16 @@ async def test_batch_leaves_the_read_model_exactly_as_one_by_one(schemas: Schema
     sequential_pool, batched_pool = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
     for env in envs:
         async with sequential_pool.acquire() as conn, conn.transaction():
-            await handlers.handle(env, conn)
+            await projection.handle(env, conn)
     size = size or len(envs)
     for start in range(0, len(envs), size):
         batch = envs[start : start + size]
         async with batched_pool.acquire() as conn, conn.transaction():
             # As Projection._handle_fresh does: more than one event through the batch handler.
             if len(batch) > 1:
-                assert len(await handlers.handle_batch(batch, conn)) == len(batch)
+                assert len(await projection.handle_batch(batch, conn)) == len(batch)
             else:
-                await handlers.handle(batch[0], conn)
+                await projection.handle(batch[0], conn)
 
     # Every table, every column. The bigserial ids (clusters.id, nodegroups.id, cluster_templates.id) are compared
     # too: each schema is new, so they count from 1, and they are Magnum's integer ids and default sort key, so

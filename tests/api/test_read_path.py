@@ -15,8 +15,8 @@ import pytest
 from proto import subjects
 from proto.events import ClusterAdmitted
 from services.api import store
-from services.api.app import READ_CACHE, TEMPLATES
 from services.api.freshness import APPLIED_CHANNEL, Freshness, ReadCache
+from services.api.keys import READ_CACHE, TEMPLATES
 from tests.api.conftest import RunningApi, user_token
 from tests.api.test_api_integration import Client, publish
 from tests.conftest import wait_for

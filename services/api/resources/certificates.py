@@ -29,8 +29,8 @@ from proto.requests import (
     SignCertificate,
 )
 from services.api import policy, status, store
-from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request
+from services.api.keys import POOL, WRITER
 from services.api.middleware import base_url, context
 from services.api.resources.common import json_body, links, one, require_read, require_write, scope_of
 from services.runtime import rpc

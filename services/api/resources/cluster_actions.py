@@ -15,8 +15,8 @@ from aiohttp import web
 from proto import subjects
 from proto.events import ClusterUpdateRequested, ClusterUpgradeRequested
 from services.api import ngstore, status, store
-from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request, conflict
+from services.api.keys import POOL, WRITER
 from services.api.middleware import context, version
 from services.api.resources.clusters import lookup
 from services.api.resources.common import json_body, one, require_write, scope_of

@@ -26,10 +26,10 @@ from proto.events import (
     ClusterWithdrawn,
 )
 from services.api import paging, policy, status, store
-from services.api.app import POOL, SETTINGS, TEMPLATES, WRITER
 from services.api.errors import ApiError, bad_request
+from services.api.keys import KEYSTONE, POOL, SETTINGS, TEMPLATES, USER_CLOUD, WRITER
 from services.api.microversion import Microversion
-from services.api.middleware import KEYSTONE, base_url, context, version
+from services.api.middleware import base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
@@ -175,6 +175,7 @@ async def create_cluster(request: web.Request) -> web.Response:
     v = version(request)
     fields = cluster_fields(await json_body(request), v)
     pool, writer, keystone = request.app[POOL], request.app[WRITER], request.app[KEYSTONE]
+    user_cloud = request.app[USER_CLOUD]
     found = await request.app[TEMPLATES].find(pool, scope_of(ctx), fields["cluster_template_id"], include_hidden=True)
     if not found:
         detail = f"ClusterTemplate {fields['cluster_template_id']} could not be found."
@@ -199,9 +200,9 @@ async def create_cluster(request: web.Request) -> web.Response:
         raise bad_request("master_count must be 1 when master_lb_enabled is False")
     for f in ("flavor_id", "master_flavor_id"):
         if fields.get(f):
-            await keystone.find_flavor(ctx, fields[f])
+            await user_cloud.find_flavor(ctx, fields[f])
     if fields.get("keypair"):
-        await keystone.find_keypair(ctx, fields["keypair"])
+        await user_cloud.find_keypair(ctx, fields["keypair"])
     trust_id, trustee = await keystone.cluster_trust(ctx)
     cluster_uuid = str(uuid.uuid4())
     event = ClusterCreateRequested(

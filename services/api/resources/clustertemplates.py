@@ -23,9 +23,9 @@ from proto.events import (
     ClusterTemplateUpdated,
 )
 from services.api import paging, policy, store
-from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request, forbidden
-from services.api.middleware import KEYSTONE, base_url, context
+from services.api.keys import POOL, USER_CLOUD, WRITER
+from services.api.middleware import base_url, context
 from services.api.patch import TEMPLATE_INTERNAL, TEMPLATE_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.common import cached_json, iso, json_body, links, scope_of
 from services.api.validation import TEMPLATE_FIELDS, template_fields
@@ -119,15 +119,15 @@ async def create_template(request: web.Request) -> web.Response:
     fields = template_fields(await json_body(request))
     if (fields.get("public") or fields.get("hidden")) and not policy.allowed(request, "clustertemplate:publish"):
         raise forbidden(PUBLISH_DENIED)
-    keystone = request.app[KEYSTONE]
-    image = await keystone.find_image(ctx, fields["image_id"])
+    user_cloud = request.app[USER_CLOUD]
+    image = await user_cloud.find_image(ctx, fields["image_id"])
     os_distro = image.get("os_distro")
     if not os_distro:
         raise bad_request(f"Image {fields['image_id']} doesn't contain os_distro field.")
     fields.setdefault("cluster_distro", os_distro)
     for f in ("flavor_id", "master_flavor_id"):
         if fields.get(f):
-            await keystone.find_flavor(ctx, fields[f])
+            await user_cloud.find_flavor(ctx, fields[f])
     template = ClusterTemplate(
         uuid=str(uuid.uuid4()),
         project_id=ctx.project_id or "",
@@ -207,9 +207,9 @@ async def patch_template(request: web.Request) -> web.Response:
         return web.json_response(view(t, base))
     if diff & {"public", "hidden"} and not policy.allowed(request, "clustertemplate:publish"):
         raise forbidden(PUBLISH_DENIED)
-    keystone = request.app[KEYSTONE]
+    user_cloud = request.app[USER_CLOUD]
     if "image_id" in diff:
-        image = await keystone.find_image(ctx, new.image_id)
+        image = await user_cloud.find_image(ctx, new.image_id)
         os_distro = image.get("os_distro")
         if not os_distro:
             raise bad_request(f"Image {new.image_id} doesn't contain os_distro field.")
@@ -218,7 +218,7 @@ async def patch_template(request: web.Request) -> web.Response:
     for f in ("flavor_id", "master_flavor_id"):
         value = getattr(new, f)
         if f in diff and value:
-            await keystone.find_flavor(ctx, value)
+            await user_cloud.find_flavor(ctx, value)
     if not diff <= REFERENCED_MAY_CHANGE and await store.template_in_use(request.app[POOL], t.uuid):
         raise bad_request(f"ClusterTemplate {ident} is referenced by one or multiple clusters.")
     writer = request.app[WRITER]

@@ -51,7 +51,7 @@ async def cached_json(request: web.Request, key: tuple[Hashable, ...], build: Ca
     """A read answered from the read cache (services/api/freshness.py) when the projection applied nothing since
     the same ``key`` was answered, else built by ``build()`` and cached. ``key`` must hold everything the body
     depends on besides the path and query (the caller's scope, microversion, base URL). Check policy first."""
-    from services.api.app import READ_CACHE
+    from services.api.keys import READ_CACHE
 
     cache = request.app[READ_CACHE]
     full_key = (request.path, request.query_string, *key)

@@ -14,10 +14,10 @@ from aiohttp import web
 from proto import subjects
 from proto.events import ClusterTrustRotated
 from services.api import policy, status, store
-from services.api.app import POOL, WRITER
 from services.api.errors import bad_request
+from services.api.keys import KEYSTONE, POOL, WRITER
 from services.api.microversion import unsupported
-from services.api.middleware import KEYSTONE, context, version
+from services.api.middleware import context, version
 from services.api.resources.common import one, scope_of
 
 log = structlog.get_logger(__name__)

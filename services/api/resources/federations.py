@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from services.api import store
-from services.api.app import POOL
 from services.api.errors import ApiError, bad_request
+from services.api.keys import POOL
 from services.api.middleware import context
 from services.api.resources.common import json_body, one, require_read, require_write, scope_of
 from services.api.validation import reject_unknown

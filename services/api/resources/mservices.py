@@ -23,8 +23,8 @@ from proto import subjects
 from proto.envelope import MalformedMessage, decode
 from proto.events import ServiceHeartbeat
 from services.api import paging, policy
-from services.api.app import POOL, WRITER
 from services.api.errors import bad_request
+from services.api.keys import POOL, WRITER
 from services.api.middleware import base_url
 from services.api.resources.common import iso
 from services.api.store import MarkerNotFound, keyset_page

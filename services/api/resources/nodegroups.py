@@ -25,10 +25,10 @@ from proto.events import (
     NodeTaint,
 )
 from services.api import ngstore, paging, status
-from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request, conflict
+from services.api.keys import POOL, USER_CLOUD, WRITER
 from services.api.microversion import Microversion, unsupported
-from services.api.middleware import KEYSTONE, base_url, context, version
+from services.api.middleware import base_url, context, version
 from services.api.resources.clusters import lookup as lookup_cluster
 from services.api.resources.common import iso, json_body, require_read, require_write
 from services.api.validation import (
@@ -221,13 +221,13 @@ async def create_nodegroup(request: web.Request) -> web.Response:
     spec = json.loads(cluster["spec"])
     flavor = as_str(body, "flavor_id") or spec.get("flavor_id")
     if as_str(body, "flavor_id"):
-        await request.app[KEYSTONE].find_flavor(ctx, body["flavor_id"])
+        await request.app[USER_CLOUD].find_flavor(ctx, body["flavor_id"])
     image = as_str(body, "image_id")
     if image is None:
         default_worker = await ngstore.find(pool, cluster["uuid"], ngstore.DEFAULT_WORKER)
         image = ngstore.nodegroup_of(default_worker).image_id if default_worker is not None else None
     else:
-        await request.app[KEYSTONE].find_image(ctx, image)
+        await request.app[USER_CLOUD].find_image(ctx, image)
     merge = bool(as_bool(body, "merge_labels"))
     labels = merged_labels(spec.get("labels") or {}, as_labels(body), merge)
     volume = as_int(body, "docker_volume_size", minimum=1)

@@ -22,10 +22,10 @@ from proto import subjects
 from proto.envelope import Envelope
 from proto.events import QuotaCreated, QuotaDeleted, QuotaUpdated
 from services.api import paging, policy
-from services.api.app import POOL, WRITER
 from services.api.errors import ApiError, bad_request
+from services.api.keys import KEYSTONE, POOL, WRITER
 from services.api.keystone import AuthContext
-from services.api.middleware import KEYSTONE, base_url, context
+from services.api.middleware import base_url, context
 from services.api.resources.common import iso, json_body
 from services.api.store import MarkerNotFound, Page, keyset_page
 from services.api.validation import SQL_INT_MAX
@@ -86,7 +86,7 @@ PROJECTION: dict[type, Callable[[Any, Envelope, asyncpg.Connection], Awaitable[N
     QuotaUpdated: quota_updated,
     QuotaDeleted: quota_deleted,
 }
-"""Merged into the API projection's handlers (services/api/handlers.py)."""
+"""Merged into the API projection's handlers (services/api/projection.py)."""
 
 
 async def get_quota(pool: asyncpg.Pool, project_id: str, resource: str) -> asyncpg.Record | None:

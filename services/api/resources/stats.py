@@ -12,8 +12,8 @@ import asyncpg
 from aiohttp import web
 
 from services.api import policy
-from services.api.app import POOL
 from services.api.errors import ApiError, bad_request
+from services.api.keys import POOL
 from services.api.middleware import context
 
 routes = web.RouteTableDef()
