@@ -1093,6 +1093,35 @@ class ClusterCloud:
                     left = True
         return not left
 
+    def release_node(self, prefix: str, cluster_id: str, node_name: str) -> bool:
+        """What one node had beside its server, once the server is gone (a resize down, a nodegroup deleted, an
+        upgrade's replaced node): its volumes (``<node>-docker``, ``<node>-etcd``) and its floating IP. True when
+        nothing of it is left; False while a volume still detaches (call again)."""
+        what = f"Releasing the resources of {node_name} failed"
+        done = True
+        description = f"{cluster_description(cluster_id)}: {node_name}-fip"
+        for fip in self._list(what, lambda: self.conn.network.ips(description=description)):
+            if _owned(fip, cluster_id):
+                self._api(what, lambda fip=fip: self.conn.network.delete_ip(fip, ignore_missing=True))  # type: ignore[misc]
+                log.info("floating_ip_deleted", cluster_id=cluster_id, node=node_name, floating_ip_id=fip.id)
+        for suffix in ("docker", "etcd"):
+            name = f"{node_name}-{suffix}"
+            for vol in self._list(what, lambda name=name: self.conn.block_storage.volumes(  # type: ignore[misc]
+                    details=True, name=name)):
+                if (vol.metadata or {}).get("cove_cluster_id") != cluster_id:
+                    continue
+                status = (vol.status or "").lower()
+                if status == "deleting":
+                    done = False
+                elif vol.attachments or status not in ("available", "error"):
+                    done = False  # still attached to the going server, or still being made
+                else:
+                    self._api(what, lambda vol=vol: self.conn.block_storage.delete_volume(  # type: ignore[misc]
+                        vol, ignore_missing=True))
+                    log.info("volume_deleting", cluster_id=cluster_id, node=node_name, volume_id=vol.id)
+                    done = False  # gone once Cinder says so
+        return done
+
     def delete_network_resources(self, prefix: str, cluster_id: str) -> None:
         """Everything ``delete_cluster_resources`` deletes; returns when nothing is left, else raises a
         non-permanent CloudError (the caller retries), as it did when this deleted only the network and the

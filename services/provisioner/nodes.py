@@ -87,17 +87,23 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
                 flavor = await r.cloud.call(trust, lambda c: c.flavor(built.flavor_id))
             unrecorded.append((server.id, server.name, server.role, flavor, group))
     await r.emit_nodes_created(row, unrecorded)
+    gone = [node for sid, node in sorted(row.nodes.items()) if sid not in present and node.status != model.NODE_DELETED]
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
         role=node.role,  # type: ignore[arg-type]
-    ), f"NodeDeleted:{node.server_id}") for sid, node in sorted(row.nodes.items())
-        if sid not in present and node.status != model.NODE_DELETED])
+    ), f"NodeDeleted:{node.server_id}") for node in gone])
+    if built.docker_volume_size or built.etcd_volume_size or built.floating_ip_enabled or any(
+            g.docker_volume_size for g in row.groups):
+        st.releasing.update(node.name for node in gone)
+    for name in sorted(st.releasing):
+        if await r.cloud.call(trust, lambda c, name=name: c.release_node(prefix, row.uuid, name)):  # type: ignore[misc]
+            st.releasing.discard(name)
 
     plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
     failure = await r.emit_node_states(row, plan.failed, plan.became_active)
     if failure is not None:
         return Convergence(servers=servers, failure=failure)
-    if plan.complete:
+    if plan.complete and not st.releasing:
         return Convergence(servers=servers, complete=True)
     await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
                            for server in plan.to_delete))

@@ -58,4 +58,7 @@ class TaskState:
     infra: Infra | None = None
     delete_requested: set[str] = field(default_factory=set)
     unrecorded: dict[str, model.ServerView] = field(default_factory=dict)
+    releasing: set[str] = field(default_factory=set)
+    """Names of nodes whose server is gone and whose volumes and floating IP are still being released (a task
+    restarted meanwhile forgets them: the cluster's delete removes whatever carries its id)."""
     failures: int = 0

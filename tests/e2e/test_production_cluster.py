@@ -2,7 +2,7 @@
 the real `openstack` CLI and openstacksdk as a user would drive them):
 
 * a template with master_lb_enabled, floating_ip_enabled, docker_volume_size and master_lb_allowed_cidrs, 3 masters
-  and 2 workers: CREATE_COMPLETE with an ACTIVE load balancer holding the 3 masters, a floating IP on every node
+  and 2 workers (then resized to 1 worker: its volume and floating IP go with its server): CREATE_COMPLETE with an ACTIVE load balancer holding the 3 masters, a floating IP on every node
   and on the VIP, one volume per node attached, the masters in an anti-affinity server group, security group rules
   that open the API and SSH only to the given CIDRs, and api_address on the load balancer's floating IP;
   `cluster config` gives a kubeconfig whose server is that address and whose client certificate chains to the
@@ -153,6 +153,14 @@ async def test_a_production_cluster_with_load_balancer_floating_ips_volumes_and_
     client = x509.load_pem_x509_certificate(base64.b64decode(kubeconfig["users"][0]["user"]["client-certificate-data"]))
     assert verifies(client, ca_pem)
     assert osc(st, "coe", "ca", "show", cname, cloud="cove-alt").strip() == ca_pem.decode().strip()
+
+    # a resize down releases the removed worker's volume and floating IP with its server
+    osc(st, "coe", "cluster", "resize", cname, "1", cloud="cove-alt")
+    await wait_for(lambda: cluster_status(st, alt, cid, "UPDATE_COMPLETE"), timeout=120, interval=0.5,
+                   message="resized to one worker")
+    after = await live(st, admin, project_id)
+    kept = {k: sum(1 for kind, _ in after - before if kind == k) for k in ("server", "volume", "floating_ip")}
+    assert kept == {"server": 4, "volume": 4, "floating_ip": 5}, kept
 
     # delete leaves nothing of the cluster
     osc(st, "coe", "cluster", "delete", cname, cloud="cove-alt")
