@@ -72,6 +72,9 @@ class Child:
     ready_url: str
     listen: str
     log_handle: IO[bytes]
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """The command line and environment it was started with: ``LocalStack.restart`` starts it again with both."""
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -194,7 +197,8 @@ class LocalStack:
             args, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only `cove run`, which stops everyone in order
         )
-        child = Child(name=name, proc=proc, log_file=log_file, ready_url=ready_url, listen=listen, log_handle=handle)
+        child = Child(name=name, proc=proc, log_file=log_file, ready_url=ready_url, listen=listen, log_handle=handle,
+                      args=list(args), env=dict(env))
         self.children.append(child)
         self._record_pid(name, proc.pid, args)
         log.info("process_started", name=name, pid=proc.pid, log=str(log_file))
@@ -237,9 +241,9 @@ class LocalStack:
             listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
         self._spawn(spec.name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, children: list[Child] | None = None) -> None:
         deadline = time.monotonic() + self.timeout
-        pending = list(self.children)
+        pending = list(self.children if children is None else children)
         while pending:
             dead = [child for child in pending if not child.alive()]
             if dead:
@@ -316,6 +320,26 @@ class LocalStack:
             self.reported_dead.add(child.name)
             log.error("process_died", name=child.name, returncode=child.proc.returncode, log=str(child.log_file))
         return died
+
+    def restart(self, name: str, *, wait: bool = True) -> Child:
+        """SIGKILL the child ``name`` (no graceful shutdown: a crash) and start it again with the same command
+        line, environment, ports and log file; with ``wait``, return once it answers its readiness URL (else
+        StackError, as at start). For chaos tests: what a crashed process leaves behind, its successor must cope
+        with. Returns the new child; the old one is reaped."""
+        index, old = next((i, c) for i, c in enumerate(self.children) if c.name == name)
+        if old.alive():
+            old.proc.kill()
+        old.proc.wait(10)
+        old.log_handle.write(f"\n=== cove run: killed {name} (pid {old.proc.pid}) with SIGKILL\n".encode())
+        old.log_handle.close()
+        log.warning("process_killed", name=name, pid=old.proc.pid, returncode=old.proc.returncode)
+        new = self._spawn(name, old.args, old.env, old.ready_url, old.listen)
+        self.children.remove(new)
+        self.children[index] = new  # keep the start order, which stop() reverses
+        self.reported_dead.discard(name)
+        if wait:
+            self._wait_ready([new])
+        return new
 
     def endpoints(self) -> list[tuple[str, str, str]]:
         """(name, where it listens, log file) for the summary table."""
