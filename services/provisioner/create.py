@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterCreateCompleted, ClusterCreateFailed, ClusterCreateStarted
-from services.provisioner import infra, nodes, store
+from services.provisioner import nodes, store
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -32,16 +32,12 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
 
 
 async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
-    found = await infra.ensure(r, row, st)
-    result = await nodes.converge(r, row, st, found)
+    result = await nodes.bring_up(r, row, st)
     if result.failure is not None:
         return await failed(r, row, result.failure)
-    if not result.complete:
+    if not result.complete or result.exposure is None:
         return Outcome.POLL
-    exposed = await infra.expose(r, row, st, result.servers)
-    if exposed is None:
-        return Outcome.POLL
-    built = row.resolved
+    exposed, built = result.exposure, row.resolved
     await r.emit(row, ClusterCreateCompleted(
         uuid=row.uuid, project_id=row.project_id or "", api_address=exposed.api_address,
         master_addresses=exposed.master_addresses, node_addresses=exposed.node_addresses,

@@ -112,12 +112,7 @@ def plan_update(
             plan.to_delete += alive
             complete = complete and not members
             continue
-        for s in alive:
-            recorded = known.get(s.id)
-            if s.status == "ERROR" and (recorded is None or recorded.status != model.NODE_FAILED):
-                plan.failed.append(s)
-            elif s.status == "ACTIVE" and (recorded is None or recorded.status == model.NODE_CREATED):
-                plan.became_active.append(s)
+        _observe(plan, alive, known)
         remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove]
         keep = [s for s in alive if s not in remove]
         surplus = len(keep) - group.node_count
@@ -151,6 +146,16 @@ def plan_update(
     return plan
 
 
+def _observe(plan: UpdatePlan, alive: list[model.ServerView], known: dict[str, model.KnownNode]) -> None:
+    """Servers that went to ERROR, or became ACTIVE, since the provisioner's events last said so."""
+    for s in alive:
+        recorded = known.get(s.id)
+        if s.status == "ERROR" and (recorded is None or recorded.status != model.NODE_FAILED):
+            plan.failed.append(s)
+        elif s.status == "ACTIVE" and (recorded is None or recorded.status == model.NODE_CREATED):
+            plan.became_active.append(s)
+
+
 def _plan_masters(
     plan: UpdatePlan, prefix: str, group: GroupSpec, members: list[model.ServerView], known: dict[str, model.KnownNode],
     deleting: set[str],
@@ -158,12 +163,7 @@ def _plan_masters(
     """Masters are created up to the group's count (a create is an update from zero nodes) and never removed nor
     rolled here (Magnum fixes master_count at create). True when the group has its masters, all ACTIVE."""
     alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
-    for s in alive:
-        recorded = known.get(s.id)
-        if s.status == "ERROR" and (recorded is None or recorded.status != model.NODE_FAILED):
-            plan.failed.append(s)
-        elif s.status == "ACTIVE" and (recorded is None or recorded.status == model.NODE_CREATED):
-            plan.became_active.append(s)
+    _observe(plan, alive, known)
     taken = {index_of(s.name) for s in members}
     index = 0
     for _ in range(group.node_count - len(alive)):

@@ -19,7 +19,7 @@ import structlog
 from proto import subjects
 from proto.events import NodeDeleted
 from proto.requests import ClusterCAKey, GetClusterCAKey
-from services.provisioner import model, nodeplan, store
+from services.provisioner import infra, model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud, Flavor
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext
@@ -44,6 +44,18 @@ class Convergence:
     complete: bool = False
     failure: str | None = None
     """Why the operation fails (a server went to ERROR), or None."""
+    exposure: infra.Exposure | None = None
+    """Where users reach the cluster, once it is complete (``bring_up``)."""
+
+
+async def bring_up(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Convergence:
+    """One pass of a create or an update: the resources around the servers, every nodegroup, then the load
+    balancer's members and the floating IPs. ``complete`` (with ``exposure``) once all of it is there."""
+    result = await converge(r, row, st, await infra.ensure(r, row, st))
+    if result.complete:
+        result.exposure = await infra.expose(r, row, st, result.servers)
+        result.complete = result.exposure is not None
+    return result
 
 
 def volume_names(node: str, role: str, docker_gb: int | None, etcd_gb: int | None) -> list[tuple[str, int]]:

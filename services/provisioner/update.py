@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterUpdateCompleted, ClusterUpdateFailed, ClusterUpdateStarted
-from services.provisioner import infra, nodeplan, nodes, store
+from services.provisioner import nodeplan, nodes, store
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -30,15 +30,12 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
 
 async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     gen = row.update_generation
-    found = await infra.ensure(r, row, st)
-    result = await nodes.converge(r, row, st, found)
+    result = await nodes.bring_up(r, row, st)
     if result.failure is not None:
         return await failed(r, row, result.failure)
-    if not result.complete:
+    if not result.complete or result.exposure is None:
         return Outcome.POLL
-    exposed = await infra.expose(r, row, st, result.servers)
-    if exposed is None:
-        return Outcome.POLL
+    exposed = result.exposure
     counts = {g.name: g.node_count for g in row.groups if g.present}
     await r.emit(row, ClusterUpdateCompleted(
         uuid=row.uuid, project_id=row.project_id or "", node_count=nodeplan.worker_count(row.groups),

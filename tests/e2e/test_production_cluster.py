@@ -87,7 +87,7 @@ async def test_a_production_cluster_with_load_balancer_floating_ips_volumes_and_
     mine = [s for s in servers if s.metadata.get("cove_cluster_id") == cid]
     masters = sorted((s for s in mine if s.metadata.get("cove_role") == "master"), key=lambda s: s.name)
     workers = sorted((s for s in mine if s.metadata.get("cove_role") == "worker"), key=lambda s: s.name)
-    assert (len(masters), len(workers)) == (3, 2), [s.name for s in mine]
+    assert (len(masters), len(workers)) == (3, 2), ([s.name for s in mine], [(s.name, s.metadata) for s in servers])
     lbs = await asyncio.to_thread(lambda: [lb for lb in conn.load_balancer.load_balancers()
                                            if f"cove-cluster-{cid}" in (lb.tags or [])])
     assert len(lbs) == 1 and lbs[0].provisioning_status == "ACTIVE", lbs
