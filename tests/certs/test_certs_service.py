@@ -17,7 +17,14 @@ from cryptography.x509.oid import NameOID
 from deploy.local.nats import NatsServer
 from proto import subjects
 from proto.events import ClusterAdmitted, ClusterCACreated, ClusterCADeleted, ClusterDeleteCompleted
-from proto.requests import CertificateSigned, ClusterCA, GetClusterCA, SignCertificate
+from proto.requests import (
+    CertificateSigned,
+    ClusterCA,
+    ClusterCAKey,
+    GetClusterCA,
+    GetClusterCAKey,
+    SignCertificate,
+)
 from services.certs.service import build_service
 from services.runtime import rpc
 from services.runtime.rpc import RpcError
@@ -121,6 +128,17 @@ async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -
         await rpc.request(nc, subjects.CERTS_GET_CA, GetClusterCA(cluster_id=cid, project_id="someone-else"))
     assert foreign.value.code == 404
 
+    # the provisioner's question for a first master's user data (ADR 0006): the key that goes with the CA
+    key = await rpc.request(nc, subjects.CERTS_CA_KEY, GetClusterCAKey(cluster_id=cid, project_id=project))
+    assert isinstance(key, ClusterCAKey) and key.cert_pem == created.ca_cert_pem
+    private = serialization.load_pem_private_key(key.key_pem.encode(), password=None)
+    assert private.public_key().public_numbers() == pub.public_numbers()  # type: ignore[union-attr]
+    for other in (GetClusterCAKey(cluster_id=str(uuid.uuid4()), project_id=project),
+                  GetClusterCAKey(cluster_id=cid, project_id="someone-else")):
+        with pytest.raises(RpcError) as refused:
+            await rpc.request(nc, subjects.CERTS_CA_KEY, other)
+        assert refused.value.code == 404
+
     # cluster deleted -> ClusterCADeleted, CA gone (Magnum: GET /v1/certificates/<uuid> is 404 after delete)
     await certs.publish(
         subjects.cluster_events("provisioner", cid),
@@ -132,6 +150,9 @@ async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -
     assert isinstance(events[1], ClusterCADeleted) and events[1].uuid == cid
     with pytest.raises(RpcError) as gone:
         await rpc.request(nc, subjects.CERTS_GET_CA, GetClusterCA(cluster_id=cid, project_id=project))
+    assert gone.value.code == 404
+    with pytest.raises(RpcError) as gone:
+        await rpc.request(nc, subjects.CERTS_CA_KEY, GetClusterCAKey(cluster_id=cid, project_id=project))
     assert gone.value.code == 404
     assert (await certs.rows("cluster_cas", "cluster_id"))[0][3] is None  # key material forgotten
 
