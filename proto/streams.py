@@ -172,3 +172,7 @@ class ConsumerSettings:
 
 
 DEFAULT_CONSUMER = ConsumerSettings()
+PROVISIONER_CONSUMER = ConsumerSettings(ack_wait=10.0)
+"""The provisioner's projection: its reconcile tasks wait for the store to apply their own events, and after a
+crash the events the dead process held come back only after ``ack_wait``; its handlers are a statement or two per
+event, so 10 s (a deadline of 8 s a batch) is ample and a restart holds clusters back for 10 s, not 30."""

@@ -159,14 +159,24 @@ class Reconciler:
                     self.ensure(cluster_id)
 
     async def _catch_up(self, cluster_id: str) -> None:
-        """Wait until the store has applied every event already on the cluster's provisioner subject."""
+        """Wait until the store has applied every event already on the cluster's provisioner subject.
+
+        Asked of the cluster's own row (``last_seq``), not of the projection's highest applied sequence: after a
+        crash, the events the dead process had fetched but not acknowledged come back only after the consumer's
+        ack_wait, while newer events of other clusters are applied meanwhile. Publishing from such a row would
+        conflict again and again (the SIGKILL chaos test saw thousands of conflicts a minute)."""
         subject = subjects.cluster_events(PRODUCER, cluster_id)
         try:
             last = (await self.bus.js.get_last_msg(subjects.EVENTS_STREAM, subject)).seq or 0
         except nats.js.errors.NotFoundError:
             last = 0
-        if last > self.tracker.seq:
-            await self.tracker.wait(last, self.settings.catch_up_timeout)
+        deadline = asyncio.get_running_loop().time() + self.settings.catch_up_timeout
+        while await store.last_seq(self.pool, cluster_id) < last:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"the store has not applied the cluster's events up to {last}")
+            with contextlib.suppress(TimeoutError):
+                await self.tracker.wait(self.tracker.seq + 1, min(left, 1.0))  # the next commit, or a second
 
     async def _step(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         if row.desired == "absent":

@@ -27,6 +27,7 @@ import structlog
 
 from proto import subjects, trusts
 from proto.envelope import Envelope
+from proto.streams import PROVISIONER_CONSUMER
 from services.provisioner import handlers, model
 from services.provisioner.cloud import Cloud, CloudSettings
 from services.provisioner.loop import Reconciler
@@ -77,7 +78,7 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
             if workers.reaper is not None:
                 workers.reaper.on_applied(env)
 
-    svc.add_projection(durable, handlers.project, FILTER_SUBJECTS, on_applied=applied)
+    svc.add_projection(durable, handlers.project, FILTER_SUBJECTS, PROVISIONER_CONSUMER, on_applied=applied)
 
     async def start_workers(s: Service) -> None:
         """Once the projection runs: the reconciler resumes every cluster with work left, the reaper its trusts."""

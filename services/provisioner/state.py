@@ -16,6 +16,8 @@ class ReconcilerSettings:
     poll_interval: float = 0.25
     """Seconds between the list calls while servers build or go away."""
     catch_up_timeout: float = 15.0
+    """How long a task waits for the store to apply its cluster's events (longer than the projection's ack wait,
+    ``PROVISIONER_CONSUMER``, after which the events a crashed process held are delivered again)."""
     max_transient_failures: int = 8
     bootstrap_secret: bytes = b"cove-dev-bootstrap-secret"
     default_subnet_cidr: str = model.DEFAULT_SUBNET_CIDR
