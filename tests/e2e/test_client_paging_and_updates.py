@@ -30,7 +30,15 @@ import pytest
 from deploy.local.stack import LocalStack
 from tests.conftest import wait_for
 from tests.e2e.test_clients_templates_clusters import magnum
-from tests.e2e.test_cluster_lifecycle import cluster_status, live_servers, osc, private_nats, stack, token
+from tests.e2e.test_cluster_lifecycle import (
+    cluster_status,
+    live_servers,
+    osc,
+    private_nats,
+    sdk,
+    stack,
+    token,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,11 +73,6 @@ def paged(fetch: Callable[[str | None], list[Any]], marker_of: Callable[[Any], s
         if len(page) < PAGE:
             return pages
         marker = marker_of(page[-1])
-
-
-def sdk(st: LocalStack, cloud: str = "cove-demo") -> Any:
-    config = openstack.config.OpenStackConfig(config_files=[str(st.state_dir / "clouds.yaml")])
-    return openstack.connection.Connection(config=config.get_one(cloud=cloud))
 
 
 def check_cli(st: LocalStack, what: tuple[str, ...], everything: list[dict[str, Any]], key: str,

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openstack
 import pytest
+import yaml
 
 from deploy.local.nats import NatsServer
 from deploy.local.stack import SERVICES, LocalStack
@@ -87,6 +89,16 @@ def osc(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> str:
     proc = osc_raw(stack, *args, cloud=cloud)
     assert proc.returncode == 0, f"openstack {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def sdk(stack: LocalStack, cloud: str = "cove-demo") -> openstack.connection.Connection:
+    """openstacksdk connected to this stack's devcloud as ``cloud`` of its clouds.yaml. Built from the entry itself:
+    openstacksdk puts $OS_CLIENT_CONFIG_FILE (the session devcloud's, set by tests/conftest.py) before any file it
+    is given, so a named file alone would connect to the other cloud."""
+    entry = yaml.safe_load((stack.state_dir / "clouds.yaml").read_text())["clouds"][cloud]
+    return openstack.connect(load_yaml_config=False, load_envvars=False, auth=entry["auth"],
+                             region_name=entry.get("region_name"), interface=entry.get("interface", "public"),
+                             identity_api_version=entry.get("identity_api_version", 3))
 
 
 async def token(stack: LocalStack, user: str, password: str, project: str) -> str:

@@ -21,9 +21,7 @@ import base64
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
-import openstack
 import pytest
 import yaml
 from cryptography import x509
@@ -31,7 +29,7 @@ from cryptography import x509
 from deploy.local.stack import LocalStack
 from tests.conftest import wait_for
 from tests.e2e.test_cluster_config import verifies
-from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, private_nats, stack, token
+from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, private_nats, sdk, stack, token
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,11 +38,6 @@ __all__ = ["private_nats", "stack"]  # module-scoped fixtures: a stack of our ow
 ALLOWED = ["192.0.2.0/24", "198.51.100.0/24"]
 KINDS = ("server", "port", "floating_ip", "volume", "load_balancer", "listener", "pool", "member", "health_monitor",
          "security_group", "network", "subnet", "router", "server_group")
-
-
-def sdk(st: LocalStack, cloud: str) -> Any:
-    config = openstack.config.OpenStackConfig(config_files=[str(st.state_dir / "clouds.yaml")])
-    return openstack.connection.Connection(config=config.get_one(cloud=cloud))
 
 
 async def live(st: LocalStack, admin: str, project_id: str) -> set[tuple[str, str]]:
