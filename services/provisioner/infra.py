@@ -11,8 +11,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import structlog
-
 from services.provisioner import model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud
 from services.provisioner.drivers import driver_for
@@ -21,8 +19,6 @@ from services.provisioner.state import Infra, TaskState
 
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
-
-log = structlog.get_logger(__name__)
 
 ROLES: tuple[Role, ...] = ("master", "worker")
 
