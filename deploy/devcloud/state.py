@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deploy.devcloud.config import CloudConfig, Distribution, Faults
+from deploy.devcloud.identity_state import Identity
 from deploy.devcloud.ledger import Ledger
 
 
@@ -132,8 +133,6 @@ class BuildSlots:
 
 class Cloud:
     def __init__(self, config: CloudConfig, public_url: str, magnum_url: str | None = None) -> None:
-        from deploy.devcloud.identity import Identity
-
         self.config = config
         self.public_url = public_url.rstrip("/")
         self.magnum_url = magnum_url
@@ -159,7 +158,7 @@ class Cloud:
         self.quota_overrides: dict[str, dict[str, dict[str, int]]] = {
             pid: {svc: dict(v) for svc, v in by_svc.items()} for pid, by_svc in config.quotas.projects.items()
         }
-        self.identity = Identity(self)
+        self.identity = Identity(config, self.public_url, magnum_url)
         self._timers: set[asyncio.TimerHandle] = set()
         self.seeders: list[Callable[[Cloud], None]] = []
 
@@ -216,3 +215,7 @@ CLOUD = web.AppKey("devcloud_cloud", Cloud)
 
 def cloud_of(request: web.Request) -> Cloud:
     return request.app[CLOUD]
+
+
+def identity_of(request: web.Request) -> Identity:
+    return request.app[CLOUD].identity
