@@ -25,7 +25,7 @@ overhead in seconds (measured - bound), which does not depend on the factor.
 The cloud gets room for 1,000 servers: 32 hypervisors of 64 vCPUs (the flavor is m1.tiny) and no compute,
 network, volume or load balancer quota for the ``demo`` project, in a copy of deploy/devcloud/cloud.yaml written
 to a temporary directory and handed to the devcloud that LocalStack starts. The template's ``fixed_subnet_cidr``
-label is 10.0.0.0/20: Cove's default cluster subnet (10.0.0.0/24, Magnum's too) has addresses for 253 servers.
+label is 127.96.0.0/20 (loopback, as everything the local stack hands out): a /24 has addresses for 253 servers.
 
     .venv/bin/python -m benchmarks cluster_scale [--sizes 2,16] [--time-factor 0.05] [--state-dir DIR]
     .venv/bin/python -m benchmarks.cluster_scale --sizes 2,16,128
@@ -59,7 +59,7 @@ from deploy.local.stack import REPO_ROOT, LocalStack
 DEFAULT_SIZES = (2, 16, 128, 512, 1000)
 POLL_SECONDS = 0.05
 TARGET_RATIO = 1.1
-SUBNET_CIDR = "10.0.0.0/20"
+SUBNET_CIDR = "127.96.0.0/20"
 LEDGER_KINDS = ("server", "volume", "load_balancer", "listener", "pool", "member", "health_monitor")
 
 
@@ -246,7 +246,7 @@ class Bench:
         ):
             async with self.admin.get(f"{self.cloud}/identity/v3/auth/tokens", headers={"X-Subject-Token": demo}) as r:
                 self.project_id = (await r.json())["token"]["project"]["id"]
-            # The cluster network's default subnet, 10.0.0.0/24, holds 253 servers: give it room for 4,093.
+            # A /24, the default subnet's size, holds 253 servers: give the cluster room for 4,093.
             template = {"name": "scale-k8s", "coe": "kubernetes", "image_id": "fedora-coreos",
                         "external_network_id": "public", "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny",
                         # servers only: no floating IP per node (the devcloud's pool holds 250; the bound counts

@@ -56,6 +56,9 @@ DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_MONITOR_PORT = 8222
 DEFAULT_DEVCLOUD_PORT = 8775
 DEFAULT_API_PORT = 9511
+LOCAL_SUBNET_CIDR = "127.100.0.0/24"
+"""A cluster's private subnet under the local stack (and the tests): loopback, so that nothing a user or a test is
+handed (a node's address, a load balancer's VIP) leads off the machine."""
 
 
 class StackError(RuntimeError):
@@ -230,6 +233,9 @@ class LocalStack:
             "COVE_CLOUD_AUTH_URL": f"{self.devcloud_url}/identity",
             "COVE_STATE_DIR": str(self.state_dir),
         })
+        # Every address the local stack hands out lies on this machine: the clusters' private subnets too (the
+        # devcloud's external network is loopback already). Cove's production default stays 10.0.0.0/24.
+        env.setdefault("COVE_PROVISIONER_SUBNET_CIDR", LOCAL_SUBNET_CIDR)
         return env
 
     def _start_service(self, spec: ServiceSpec) -> None:

@@ -71,7 +71,7 @@ from tests.e2e.test_cluster_lifecycle import http
 pytestmark = [pytest.mark.integration]
 
 EXTERNAL_ADDRESSES = 253
-"""172.24.4.0/24 less the network, broadcast and gateway addresses."""
+"""127.24.4.0/24 less the network, broadcast and gateway addresses."""
 ALLOWED_CIDRS = "192.0.2.0/24;198.51.100.0/24"
 KINDS = ("server", "port", "floating_ip", "volume", "load_balancer", "listener", "pool", "member", "health_monitor",
          "security_group", "network", "subnet", "router", "server_group")

@@ -8,7 +8,8 @@ the real `openstack` CLI and openstacksdk as a user would drive them):
   `cluster config` gives a kubeconfig whose server is that address and whose client certificate chains to the
   cluster's CA;
 * `cluster show`, `nodegroup show` and `openstack server list` agree on flavor, image and count, for templates with
-  and without a master flavor and with merge_labels true and false;
+  and without a master flavor and with merge_labels true and false; every address they, `floating ip list` and
+  `loadbalancer list` show is in 127.0.0.0/8;
 * delete (after a complete create, in the middle of a create, after a failed create) leaves the devcloud's ledger
   with no server, port, floating IP, volume, load balancer, security group, network, router or server group of
   the cluster.
@@ -18,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -163,6 +167,20 @@ async def test_a_production_cluster_with_load_balancer_floating_ips_volumes_and_
     osc(st, "coe", "cluster", "template", "delete", tname, cloud="cove-alt")
 
 
+def loopback(st: LocalStack, cloud: str, shown: dict[str, Any]) -> None:
+    """Every address the stack handed out for the project lies in 127.0.0.0/8 (issue 17): the servers' fixed and
+    floating addresses, the floating IPs, the load balancers' VIPs, and the cluster's api_address, master_addresses
+    and node_addresses."""
+    addresses = [urlsplit(shown["api_address"]).hostname or "", *shown["master_addresses"], *shown["node_addresses"]]
+    for server in json.loads(osc(st, "server", "list", "-f", "json", cloud=cloud)):
+        addresses += [ip for ips in server["Networks"].values() for ip in ips]
+    addresses += [f["Floating IP Address"] for f in json.loads(osc(st, "floating", "ip", "list", "-f", "json",
+                                                                    cloud=cloud))]
+    addresses += [lb["vip_address"] for lb in json.loads(osc(st, "loadbalancer", "list", "-f", "json", cloud=cloud))]
+    outside = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+    assert not outside and len(addresses) > 3, (outside, addresses)
+
+
 async def agree(st: LocalStack, cname: str, cloud: str, *, masters: int, workers: int, master_flavor: str,
                 flavor: str) -> None:
     shown = json.loads(osc(st, "coe", "cluster", "show", cname, "-f", "json", cloud=cloud))
@@ -173,6 +191,7 @@ async def agree(st: LocalStack, cname: str, cloud: str, *, masters: int, workers
         ng = json.loads(osc(st, "coe", "nodegroup", "show", cname, group, "-f", "json", cloud=cloud))
         assert (ng["flavor_id"], ng["image_id"], ng["node_count"], ng["role"]) == (want, "fedora-coreos", count,
                                                                                     role), ng
+    loopback(st, cloud, shown)
     listed = json.loads(osc(st, "server", "list", "--long", "-f", "json", cloud=cloud))
     prefix = f"{cname}-{shown['uuid'].replace('-', '')[:8]}-"
     ours = [s for s in listed if s["Name"].startswith(prefix)]

@@ -21,6 +21,7 @@ from typing import Any
 import openstack
 import pytest
 
+from deploy.local.stack import LOCAL_SUBNET_CIDR
 from proto import subjects
 from proto.envelope import Envelope, decode, new_envelope
 from proto.events import (
@@ -153,6 +154,7 @@ async def provisioner(
         "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_PROVISIONER_DURABLE": f"prov_{uuid.uuid4().hex[:8]}",
         "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
         "COVE_PROVISIONER_TRUST_GRACE": "1", "COVE_PROVISIONER_TRUST_HOLD": str(TRUST_HOLD),
+        "COVE_PROVISIONER_SUBNET_CIDR": LOCAL_SUBNET_CIDR,
     })
     p = Provisioner(env, tmp_path / "provisioner.log")
     p.start()
