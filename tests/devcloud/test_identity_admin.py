@@ -188,13 +188,23 @@ def test_disabling_changing_the_password_of_and_deleting_a_user(devcloud: Devclo
     with pytest.raises(openstack.exceptions.SDKException, match="HTTP 401"):
         login()
     token = login("a-new-password")
+    # self-service, as `openstack user password set` does it: the original password proves it, the tokens end
+    own = f"{devcloud.url}/identity/v3/users/{tenant['user_id']}/password"
+    wrong = requests.post(own, headers={"X-Auth-Token": token}, timeout=10,
+                          json={"user": {"original_password": "guess", "password": "x"}})
+    assert wrong.status_code == 401
+    changed = requests.post(own, headers={"X-Auth-Token": token}, timeout=10,
+                            json={"user": {"original_password": "a-new-password", "password": "third"}})
+    assert changed.status_code == 204
+    assert token_status(admin, devcloud, token) == 404
+    token = login("third")
 
     since = now_iso()
     admin_cli("user", "delete", tenant["user"], fmt=False)
     assert token_status(admin, devcloud, token) == 404
     assert [e["user_id"] for e in revoke_events(admin, devcloud, since)] == [tenant["user_id"]]
     with pytest.raises(openstack.exceptions.SDKException, match="HTTP 401"):
-        login("a-new-password")
+        login("third")
     with pytest.raises(openstack.exceptions.NotFoundException):
         admin.identity.get_user(tenant["user_id"])
 
