@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # openstacksdk 4.14 beside the venv's newest one: what Ansible's openstack.cloud 2.5 runs with; the tests that
-# prove Cove's leniency for it put this folder first on PYTHONPATH (tests/e2e/test_sdk_versions.py).
+# prove Cove's leniency for it put this folder first on PYTHONPATH (tests/e2e/test_client_paging_and_updates.py).
 SDK_4_14 := $(VENV)/openstacksdk-4.14
 # extra pytest arguments, e.g. make test PYTEST_ARGS="tests/infra -x"
 PYTEST_ARGS ?=
