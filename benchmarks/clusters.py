@@ -72,7 +72,8 @@ async def run(stack: LocalStack, count: int, concurrency: int) -> dict[str, Any]
     api = stack.api_url
     async with aiohttp.ClientSession(headers={**HEADERS, "X-Auth-Token": demo}) as s:
         template = {"name": "bench-k8s", "coe": "kubernetes", "image_id": "fedora-coreos",
-                    "external_network_id": "public", "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny"}
+                    "external_network_id": "public", "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny",
+                    "floating_ip_enabled": False}
         async with s.post(f"{api}/clustertemplates", json=template) as r:
             assert r.status == 201, await r.text()
             template_id = (await r.json())["uuid"]
