@@ -4,6 +4,7 @@ timing checks compare against. Served on the admin-only /admin/ledger endpoint."
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from deploy.devcloud.clock import now_iso_micro as now_iso
@@ -15,6 +16,7 @@ class Ledger:
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records
         self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.listeners: list[Callable[[str], None]] = []  # told the id of every change (coe_endpoints.py)
 
     def created(
         self,
@@ -47,8 +49,10 @@ class Ledger:
             **extra,
         }
         self._bound()
+        self._tell(resource_id)
 
     def changed(self, resource_id: str, status: str, **fields: Any) -> None:
+        self._tell(resource_id)
         record = self.records.get(resource_id)
         if record is None:
             return
@@ -60,6 +64,7 @@ class Ledger:
             del events[1 : len(events) - MAX_EVENTS_PER_RECORD + 1]
 
     def deleted(self, resource_id: str) -> None:
+        self._tell(resource_id)
         record = self.records.get(resource_id)
         if record is None:
             return
@@ -81,6 +86,10 @@ class Ledger:
                 continue
             out.append(r)
         return out
+
+    def _tell(self, resource_id: str) -> None:
+        for listener in self.listeners:
+            listener(resource_id)
 
     def _bound(self) -> None:
         """Memory stays bounded: past max_records the oldest deleted records go first, then the oldest."""
