@@ -281,13 +281,16 @@ def _sign_hash(key: Any) -> hashes.HashAlgorithm | None:
 
 
 def serving_certificate(p: Plan, ips: Iterable[str], key: ec.EllipticCurvePrivateKey) -> bytes:
-    """kube-apiserver's serving certificate as kubeadm makes it on the first master (signed by the cluster CA), with
-    a SAN for every address the endpoint is reached at."""
+    """kube-apiserver's serving certificate as kubeadm makes it on the first master (signed by the cluster CA): SANs
+    for the service names, the masters' names and fixed IPs, the first service IP, the control-plane endpoint and the
+    kubeadm ``certSANs`` of the user data, and nothing else. An address the endpoint listens at (``ips``: a floating
+    IP, a VIP) is in it only when the user data names it, as on a real node, so a kubeconfig pointing at an address
+    the provisioner left out of ``certSANs`` fails verification here as it would in a real cloud."""
     ca = x509.load_pem_x509_certificate(p.ca_cert_pem.encode())
     ca_key = serialization.load_pem_private_key(p.ca_key_pem.encode(), password=None)
     dns = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
            *(n.name for n in p.nodes if n.role == "master" and n.name)]
-    addresses: set[str] = {*ips, *p.master_ips}
+    addresses: set[str] = set(p.master_ips)
     if p.service_cidr:
         try:
             addresses.add(str(next(ipaddress.ip_network(p.service_cidr, strict=False).hosts())))

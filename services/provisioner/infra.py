@@ -67,7 +67,34 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
             prefix, row.uuid, subnet_id=subnet_id, api_port=built.apiserver_port,
             allowed_cidrs=built.master_lb_allowed_cidrs,
         ))
+    if infra.api_floating_ip is None:
+        infra.api_floating_ip = await _api_floating_ip(r, row, infra)
     return infra
+
+
+def api_floating_ip_name(prefix: str, infra: Infra) -> str:
+    """The floating IP in front of the API: the VIP's (``<prefix>-api``), or the first master's (``expose`` gives
+    every node one by this name)."""
+    return f"{prefix}-api" if infra.load_balancer is not None else f"{model.node_name(prefix, model.MASTER, 0)}-fip"
+
+
+async def _api_floating_ip(r: Reconciler, row: store.ClusterRow, infra: Infra) -> str | None:
+    """Allocated before the masters boot, on the port that will carry the API (the VIP's, or the first master's, made
+    beforehand), so that the API server's certificate can name it; None when the cluster has none."""
+    built, trust, spec = row.resolved, row.trust_id, row.spec
+    assert trust is not None and spec is not None
+    external = built.external_network_id
+    lb = infra.load_balancer
+    wanted = built.master_lb_floating_ip_enabled if lb is not None else built.floating_ip_enabled
+    if not external or not wanted:
+        return None
+    port = lb.vip_port_id if lb is not None else (infra.api_port_ref.id if infra.api_port_ref else None)
+    if port is None:  # Octavia names the VIP's port in its create answer: this is a pass to try again
+        raise CloudError("The API's address has no port yet for its floating IP", permanent=False)
+    prefix = model.cluster_prefix(spec.name, row.uuid)
+    name = api_floating_ip_name(prefix, infra)
+    return await r.cloud.call(trust, lambda c: c.ensure_floating_ip(
+        prefix, row.uuid, external_network=external, port_id=port, name=name))
 
 
 @dataclass(frozen=True)
@@ -95,10 +122,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
         if not lb.ready or not await r.cloud.call(trust, lambda c: c.ensure_lb_members(
                 lb, members, built.apiserver_port)):
             return None
-        if built.master_lb_floating_ip_enabled and external and lb.vip_port_id:
-            vip_port = lb.vip_port_id
-            api_host = await r.cloud.call(trust, lambda c: c.ensure_floating_ip(
-                prefix, row.uuid, external_network=external, port_id=vip_port, name=f"{prefix}-api"))
+        api_host = infra.api_floating_ip or api_host
     fips: dict[str, str] = {}
     if built.floating_ip_enabled and external:
         async def fip(server: model.ServerView) -> tuple[str, str]:

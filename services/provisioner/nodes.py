@@ -175,6 +175,7 @@ async def _boot(
             user_data = driver.user_data(NodeContext(
                 cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,  # type: ignore[arg-type]
                 nodegroup=group.name, is_first_master=is_first_master, api_host=api_host,
+                api_sans=(infra.api_floating_ip,) if infra.api_floating_ip else (),
                 api_port=built.apiserver_port, ca_cert_pem=row.ca_cert_pem or "", bootstrap_token=token,
                 labels=dict(built.labels), network_driver=built.network_driver, master_addresses=masters,
                 docker_volume_device=DOCKER_DEVICE if group.docker_volume_size else None,

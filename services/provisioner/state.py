@@ -45,6 +45,9 @@ class Infra:
     load_balancer: LoadBalancerState | None
     api_port_ref: PortRefs | None
     """The first master's port, made before it boots, when there is no load balancer: its IP is the API's."""
+    api_floating_ip: str | None = None
+    """The floating IP in front of the API (on the VIP, or on the first master's port), allocated before the masters
+    boot so that their API server certificate names it."""
 
     @property
     def api_host(self) -> str | None:

@@ -105,15 +105,22 @@ def test_client_certificates_of_the_cluster_ca_only() -> None:
     assert ce.client_identity(None, ca_pem) is None
 
 
-def test_the_serving_certificate_names_every_address_and_chains_to_the_ca() -> None:
+def test_the_serving_certificate_names_what_the_user_data_names_and_chains_to_the_ca() -> None:
+    """As kubeadm on the node: the masters, the service IP, the control-plane endpoint and the certSANs; an address
+    the endpoint listens at (a floating IP) only when the user data's certSANs name it."""
     ca, ca_key = _ca("cluster-ca")
     ca_pem, key_pem = _pem(ca, ca_key)
-    p = ce.Plan("c", ca_pem, key_pem, "v1.30.4", "127.100.0.5", "10.254.0.0/16", ("127.100.0.5",), "")
-    p.master_ips = {"127.100.0.5"}
-    pem = ce.serving_certificate(p, ["127.24.4.9"], ec.generate_private_key(ec.SECP256R1()))
-    cert = x509.load_pem_x509_certificate(pem)
-    cert.verify_directly_issued_by(ca)
-    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} == {"127.24.4.9", "127.100.0.5", "10.254.0.1"}
-    assert {"kubernetes", "kubernetes.default.svc.cluster.local"} <= set(sans.get_values_for_type(x509.DNSName))
+
+    def ips(cert_sans: tuple[str, ...]) -> set[str]:
+        p = ce.Plan("c", ca_pem, key_pem, "v1.30.4", "127.100.0.5", "10.254.0.0/16", cert_sans, "")
+        p.master_ips = {"127.100.0.5"}
+        cert = x509.load_pem_x509_certificate(
+            ce.serving_certificate(p, ["127.24.4.9"], ec.generate_private_key(ec.SECP256R1())))
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert {"kubernetes", "kubernetes.default.svc.cluster.local"} <= set(sans.get_values_for_type(x509.DNSName))
+        return {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+
+    assert ips(("127.100.0.5",)) == {"127.100.0.5", "10.254.0.1"}
+    assert ips(("127.100.0.5", "127.24.4.9")) == {"127.24.4.9", "127.100.0.5", "10.254.0.1"}
     assert ipaddress.ip_address("127.24.4.9") in ce.LOOPBACK

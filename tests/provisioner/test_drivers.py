@@ -191,6 +191,9 @@ def test_the_first_master_inits_with_the_ca_key_and_uploads_the_certificates() -
     assert cluster["controlPlaneEndpoint"] == "10.0.0.5:6443" and cluster["kubernetesVersion"] == "v1.30.4"
     assert cluster["networking"] == {"podSubnet": "10.100.0.0/16", "serviceSubnet": "10.254.0.0/16"}
     assert cluster["apiServer"]["certSANs"] == ["10.0.0.5", "10.0.0.6", "10.0.0.7"]
+    # the floating IP in front of the API is in the API server's certificate, or a kubeconfig naming it fails TLS
+    (_, with_fip, _) = kubeadm_docs(DRIVER.user_data(node("first", api_sans=("127.24.4.9",))))
+    assert with_fip["apiServer"]["certSANs"] == ["10.0.0.5", "127.24.4.9", "10.0.0.6", "10.0.0.7"]
     assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
                        "cgroupDriver": "systemd"}
     assert "kubeadm init --config \"$KUBEADM_CONFIG\" --upload-certs" in BOOTSTRAP_SCRIPT

@@ -49,6 +49,9 @@ class NodeContext:
     labels: dict[str, str] = field(default_factory=dict)
     """The cluster's labels, resolved (merge_labels applied) by the API; the driver reads its own."""
     network_driver: str | None = None
+    api_sans: tuple[str, ...] = ()
+    """Further addresses users reach the API at (the floating IP in front of it, allocated before the masters boot):
+    the API server's certificate must name them."""
     master_addresses: tuple[str, ...] = ()
     """The masters' fixed IPs known at render time (certificate SANs, etcd peers)."""
     docker_volume_device: str | None = None

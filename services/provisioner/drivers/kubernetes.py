@@ -480,7 +480,7 @@ class KubernetesDriver:
                         "podSubnet": labels[label_rules.POD_NETWORK_LABEL[driver]],
                         "serviceSubnet": labels["service_cluster_ip_range"],
                     },
-                    "apiServer": {"certSANs": list(dict.fromkeys([node.api_host, *node.master_addresses]))},
+                    "apiServer": {"certSANs": list(dict.fromkeys([node.api_host, *node.api_sans, *node.master_addresses]))},
                 },
                 {
                     "apiVersion": "kubelet.config.k8s.io/v1beta1",
