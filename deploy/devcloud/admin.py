@@ -11,6 +11,7 @@ from aiohttp import web
 
 from deploy.devcloud.config import ApiFault, ServerFault
 from deploy.devcloud.state import cloud_of
+from deploy.devcloud.stats import STATS
 from deploy.devcloud.web import Routes, ctx, json_response, keystone_error, qbool, read_json
 
 routes = Routes("admin")
@@ -44,8 +45,6 @@ async def ledger(request: web.Request) -> web.Response:
 @routes.get("/admin/stats")
 async def stats(request: web.Request) -> web.Response:
     _admin(request)
-    from deploy.devcloud.app import STATS
-
     cloud = cloud_of(request)
     body = request.app[STATS].as_dict()
     body["resources"] = {kind: len(table) for kind, table in sorted(cloud.tables.items())}

@@ -8,7 +8,6 @@ import asyncio
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +18,7 @@ from aiohttp import web
 from deploy.devcloud import coe_endpoints
 from deploy.devcloud.config import ApiFault, CloudConfig
 from deploy.devcloud.state import CLOUD, Cloud
+from deploy.devcloud.stats import STATS, Stats
 from deploy.devcloud.web import (
     CTX,
     ROUTE_PUBLIC,
@@ -30,33 +30,6 @@ from deploy.devcloud.web import (
 )
 
 log = structlog.get_logger("devcloud")
-
-
-class Stats:
-    """Requests served and the CPU they cost, for the benchmark's CPU-per-request figure."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.by_status: dict[int, int] = {}
-        self.started_cpu = time.process_time()
-        self.started_wall = time.monotonic()
-        self.unrouted_count = 0
-        self.unrouted: deque[str] = deque(maxlen=100)  # the latest, so a flood of bad paths stays bounded
-
-    def as_dict(self) -> dict[str, Any]:
-        cpu = time.process_time() - self.started_cpu
-        return {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "cpu_seconds": round(cpu, 6),
-            "wall_seconds": round(time.monotonic() - self.started_wall, 3),
-            "cpu_ms_per_request": round(cpu * 1000 / self.requests, 4) if self.requests else None,
-            "unrouted_count": self.unrouted_count,
-            "unrouted": list(self.unrouted),
-        }
-
-
-STATS = web.AppKey("devcloud_stats", Stats)
 
 
 class RateLimiter:

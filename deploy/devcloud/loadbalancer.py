@@ -1,7 +1,7 @@
 """Load balancer (Octavia v2) under /load-balancer, served at both /v2 and /v2.0: load balancers, listeners, pools,
 members and health monitors with Octavia's provisioning semantics (the object and its load balancer go PENDING_*,
 then back to ACTIVE, or to ERROR under the `lb_failure_rate` fault; writes while PENDING_* are 409), parent
-linkage, cascade delete, the status tree, stats, providers and quotas. The VIP is a Neutron port from network.py."""
+linkage, cascade delete, the status tree, stats, providers and quotas. The VIP is a Neutron port from the network package."""
 
 from __future__ import annotations
 

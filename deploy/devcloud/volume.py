@@ -1,6 +1,6 @@
 """Block storage (Cinder v3) under /volume/v3/{project_id}: volumes, their state machine and quotas, limits, quota
 sets and volume types. Nova's volume attachments drive the volumes through the functions `attach_volume`,
-`detach_volume`, `volumes_of_server` and `release_server_volumes`, which compute.py calls."""
+`detach_volume`, `volumes_of_server` and `release_server_volumes`, which the compute package calls."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def _live(cloud: Cloud, vol: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Functions other emulated services call (compute.py)
+# Functions other emulated services call (the compute package)
 
 
 def attach_volume(cloud: Cloud, volume_id: str, server_id: str, project_id: str, device: str | None) -> dict[str, Any]:
