@@ -106,6 +106,9 @@ RULES: dict[str, dict[str, LabelRule]] = {"kubernetes": KUBERNETES_LABELS}
 
 POD_NETWORK_LABEL = {"calico": "calico_ipv4pool", "flannel": "flannel_network_cidr"}
 """Which label holds the pod network for each Kubernetes network driver."""
+NETWORK_DRIVERS = ("flannel", "calico")
+"""The network drivers a template may name (the API's 400, the driver's CNI)."""
+DEFAULT_NETWORK_DRIVER = "flannel"
 
 
 def rules_for(coe: str) -> dict[str, LabelRule]:

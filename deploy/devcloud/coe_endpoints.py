@@ -46,6 +46,8 @@ ENV_PATH = "/etc/cove/node.env"
 KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
 DEFAULT_KUBE_TAG = "v1.30.4"  # what the driver's labels default to when the environment file names none
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+ENDPOINT_KINDS = frozenset({"server", "port", "floating_ip", "load_balancer", "listener", "pool", "member"})
+"""Ledger kinds whose changes can move an endpoint."""
 ROUTING = ("ACTIVE", "PENDING_UPDATE")  # an Octavia object whose data plane forwards traffic
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version", "/version/")  # system:public-info-viewer: anonymous may read
 
@@ -496,8 +498,11 @@ class CoeEndpoints:
         self.refused: set[tuple[str, int]] = set()
         self.dirty = asyncio.Event()
 
-    def poke(self, *_: Any) -> None:
-        self.dirty.set()
+    def poke(self, kind: str | None, resource_id: str) -> None:
+        """A ledger change: plan again only for the kinds an endpoint depends on (not a volume, a keypair, a
+        security group), so a busy cloud does not replan on every change."""
+        if kind is None or kind in ENDPOINT_KINDS:
+            self.dirty.set()
 
     async def run(self) -> None:
         while True:

@@ -16,7 +16,8 @@ class Ledger:
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records
         self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.listeners: list[Callable[[str], None]] = []  # told the id of every change (coe_endpoints.py)
+        self.listeners: list[Callable[[str | None, str], None]] = []
+        """Told (kind, id) of every change (coe_endpoints.py); kind None for an id the ledger has no record of."""
 
     def created(
         self,
@@ -49,11 +50,11 @@ class Ledger:
             **extra,
         }
         self._bound()
-        self._tell(resource_id)
+        self._tell(kind, resource_id)
 
     def changed(self, resource_id: str, status: str, **fields: Any) -> None:
-        self._tell(resource_id)
         record = self.records.get(resource_id)
+        self._tell(record["kind"] if record else None, resource_id)
         if record is None:
             return
         record["status"] = status
@@ -64,8 +65,8 @@ class Ledger:
             del events[1 : len(events) - MAX_EVENTS_PER_RECORD + 1]
 
     def deleted(self, resource_id: str) -> None:
-        self._tell(resource_id)
         record = self.records.get(resource_id)
+        self._tell(record["kind"] if record else None, resource_id)
         if record is None:
             return
         at = now_iso()
@@ -87,9 +88,9 @@ class Ledger:
             out.append(r)
         return out
 
-    def _tell(self, resource_id: str) -> None:
+    def _tell(self, kind: str | None, resource_id: str) -> None:
         for listener in self.listeners:
-            listener(resource_id)
+            listener(kind, resource_id)
 
     def _bound(self) -> None:
         """Memory stays bounded: past max_records the oldest deleted records go first, then the oldest."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proto import labels
 from services.api import microversion, patch, validation
 from services.api.routing import canonical
 
@@ -96,7 +97,7 @@ def _template_create() -> dict[str, Any]:
         props[name] = schema
     props["coe"] = {"type": "string", "enum": list(validation.COES)}
     props["server_type"] = _nullable("string", enum=[*validation.SERVER_TYPES, None])
-    props["network_driver"] = _nullable("string", enum=[*validation.NETWORK_DRIVERS, None])
+    props["network_driver"] = _nullable("string", enum=[*labels.NETWORK_DRIVERS, None])
     props["volume_driver"] = _nullable("string", enum=["cinder", None])
     props["docker_volume_size"] = _nullable("integer", minimum=1)
     props["apiserver_port"] = _nullable("integer", minimum=1024, maximum=65535)

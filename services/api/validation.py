@@ -9,14 +9,11 @@ import random
 import re
 from typing import Any
 
-from proto.clusterspec import merged_labels  # noqa: F401 - one definition (the resolved spec's), re-exported
-from proto.labels import validate_labels
+from proto.labels import DEFAULT_NETWORK_DRIVER, NETWORK_DRIVERS, validate_labels
 from services.api.errors import bad_request
 from services.api.microversion import Microversion
 
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
-NETWORK_DRIVERS = ("flannel", "calico")
-DEFAULT_NETWORK_DRIVER = "flannel"
 COES = ("kubernetes",)
 SERVER_TYPES = ("vm", "bm")
 _WORDS = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "juniper")

@@ -191,9 +191,6 @@ DEFAULT_RETRY = RetryPolicy()
 # ------------------------------------------------------------------------------------------------ names and shapes
 
 
-ROLES = (model.MASTER, model.WORKER)
-
-
 def role_security_group_name(prefix: str, role: str) -> str:
     """``<prefix>-master-sg`` / ``<prefix>-worker-sg``."""
     return f"{prefix}-{role}-sg"
@@ -494,40 +491,6 @@ class ClusterCloud:
             self._api(f"Tagging {resource.id}", lambda: self.conn.network.set_tags(resource, [tag]))
         except CloudError as exc:  # tags help operators; names and descriptions are what we find by
             log.warning("tagging_failed", resource_id=resource.id, error=exc.reason)
-
-    def ensure_security_group(self, prefix: str, cluster_id: str, api_port: int) -> str:
-        """The cluster's single security group (the layout before per-role groups): SSH and the API from
-        anywhere, everything between the cluster's nodes. Superseded by ``ensure_security_groups``."""
-        name = model.security_group_name(prefix)
-        what = f"Creating the security group {name} failed"
-        sg = self._one(self._list(what, lambda: self.conn.network.security_groups(name=name)))
-        if sg is None:
-            sg = self._api(what, lambda: self.conn.network.create_security_group(
-                name=name, description=cluster_description(cluster_id)
-            ), idempotent=False)
-            log.info("security_group_created", cluster_id=cluster_id, security_group_id=sg.id)
-            self._tag(sg, model.cluster_tag(cluster_id))
-        have = {
-            (r.get("direction"), r.get("protocol"), r.get("port_range_min"), r.get("remote_group_id"))
-            for r in (sg.security_group_rules or [])
-        }
-        wanted = [
-            {"protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"},
-            {"protocol": "tcp", "port_range_min": api_port, "port_range_max": api_port,
-             "remote_ip_prefix": "0.0.0.0/0"},
-            {"protocol": None, "remote_group_id": sg.id},
-        ]
-        for rule in wanted:
-            key = ("ingress", rule.get("protocol"), rule.get("port_range_min"), rule.get("remote_group_id"))
-            if key in have:
-                continue
-            try:
-                self._api(what, lambda rule=rule: self.conn.network.create_security_group_rule(  # type: ignore[misc]
-                    security_group_id=sg.id, direction="ingress", ethertype="IPv4", **rule
-                ), passthrough=(openstack.exceptions.ConflictException,))
-            except openstack.exceptions.ConflictException:
-                pass  # the rule exists already: what we wanted
-        return str(sg.id)
 
     def _ensure_group(self, name: str, cluster_id: str) -> Any:
         """The security group ``name`` of the cluster (found by name, owned by tag/description), made if missing."""
@@ -903,6 +866,7 @@ class ClusterCloud:
                 metadata=dict(s.get("metadata") or {}),
                 fault=(s.get("fault") or {}).get("message") if isinstance(s.get("fault"), dict) else None,
                 addresses=model.addresses_of(s.get("addresses")),
+                floating_ip=model.floating_address_of(s.get("addresses")),
             )
             for s in self._api("Listing the cluster's servers failed", fetch)
         ]
@@ -915,7 +879,6 @@ class ClusterCloud:
         flavor_id: str,
         image_id: str,
         network_id: str | None = None,
-        security_group: str | None = None,
         key_name: str | None,
         metadata: dict[str, str],
         user_data: str,
@@ -929,7 +892,7 @@ class ClusterCloud:
 
         Its NIC is ``port_id`` when given (a port from ``ensure_port``, which carries its own security groups:
         ``network_id`` and the groups are then not sent), else a new port on ``network_id`` in the groups
-        ``security_group_ids`` (ids, e.g. from ``ensure_security_groups``) and/or ``security_group`` (a name);
+        ``security_group_ids`` (ids, e.g. from ``ensure_security_groups``);
         Nova deletes that port with the server.
         ``volume_ids`` (each ``available``) are attached before boot (block_device_mapping_v2: source and
         destination volume, boot_index -1, delete_on_termination False: the volume outlives the server and
@@ -943,7 +906,7 @@ class ClusterCloud:
             "networks": [{"port": port_id}] if port_id else [{"uuid": network_id}], "metadata": metadata,
             "user_data": base64.b64encode(user_data.encode()).decode(),
         }
-        groups = [*(security_group_ids or []), *([security_group] if security_group else [])]
+        groups = list(security_group_ids or [])
         if groups and not port_id:
             kwargs["security_groups"] = [{"name": g} for g in dict.fromkeys(groups)]  # Nova takes names or ids
         if key_name:
@@ -1112,7 +1075,7 @@ class ClusterCloud:
                 left = True
 
         # 8. security groups: per role, and the old single group
-        names = [role_security_group_name(prefix, r) for r in ROLES] + [model.security_group_name(prefix)]
+        names = [role_security_group_name(prefix, r) for r in model.ROLES] + [model.security_group_name(prefix)]
         for name in names:
             for sg in self._list(what, lambda name=name: net.security_groups(name=name)):  # type: ignore[misc]
                 if gone(lambda sg=sg: net.delete_security_group(sg, ignore_missing=True), f"security group {name}"):  # type: ignore[misc]
@@ -1132,8 +1095,8 @@ class ClusterCloud:
             if _owned(fip, cluster_id):
                 self._api(what, lambda fip=fip: self.conn.network.delete_ip(fip, ignore_missing=True))  # type: ignore[misc]
                 log.info("floating_ip_deleted", cluster_id=cluster_id, node=node_name, floating_ip_id=fip.id)
-        for suffix in ("docker", "etcd"):
-            name = f"{node_name}-{suffix}"
+        for kind in model.VOLUME_KINDS:
+            name = model.volume_name(node_name, kind)
             for vol in self._list(what, lambda name=name: self.conn.block_storage.volumes(  # type: ignore[misc]
                     details=True, name=name)):
                 if (vol.metadata or {}).get("cove_cluster_id") != cluster_id:
@@ -1149,13 +1112,6 @@ class ClusterCloud:
                     log.info("volume_deleting", cluster_id=cluster_id, node=node_name, volume_id=vol.id)
                     done = False  # gone once Cinder says so
         return done
-
-    def delete_network_resources(self, prefix: str, cluster_id: str) -> None:
-        """Everything ``delete_cluster_resources`` deletes; returns when nothing is left, else raises a
-        non-permanent CloudError (the caller retries), as it did when this deleted only the network and the
-        security group. A fixed network/subnet named by the template is never touched."""
-        if not self.delete_cluster_resources(prefix, cluster_id):
-            raise CloudError(f"The cloud resources of {prefix} are still being deleted", permanent=False)
 
 
 class Cloud:

@@ -14,14 +14,11 @@ from typing import TYPE_CHECKING
 from services.provisioner import model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud
 from services.provisioner.drivers import driver_for
-from services.provisioner.drivers.base import PortRule, Role
+from services.provisioner.drivers.base import PortRule
 from services.provisioner.state import Infra, TaskState
 
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
-
-ROLES: tuple[Role, ...] = ("master", "worker")
-
 
 def first_master_port_name(prefix: str) -> str:
     return f"{model.node_name(prefix, model.MASTER, 0)}-port"
@@ -42,7 +39,7 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
         driver = driver_for(built.coe)
         rules: dict[str, list[PortRule]] = {
             role: driver.port_rules(role, api_port=built.apiserver_port, network_driver=built.network_driver)
-            for role in ROLES
+            for role in model.ROLES
         }
         groups = await r.cloud.call(trust, lambda c: c.ensure_security_groups(
             prefix, row.uuid, rules, built.master_lb_allowed_cidrs))
@@ -114,7 +111,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
     prefix = model.cluster_prefix(row.spec.name, row.uuid)
     masters = sorted((s for s in servers if s.role == model.MASTER), key=lambda s: (nodeplan.index_of(s.name), s.name))
     workers = sorted((s for s in servers if s.role != model.MASTER), key=lambda s: (nodeplan.index_of(s.name), s.name))
-    api_host = infra.api_host
+    api_host = infra.api_floating_ip or infra.api_host  # allocated before the masters booted (``ensure``)
     external = built.external_network_id
     if infra.load_balancer is not None:
         lb = infra.load_balancer
@@ -122,8 +119,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
         if not lb.ready or not await r.cloud.call(trust, lambda c: c.ensure_lb_members(
                 lb, members, built.apiserver_port)):
             return None
-        api_host = infra.api_floating_ip or api_host
-    fips: dict[str, str] = {}
+    fips = {s.id: s.floating_ip for s in servers if s.floating_ip}  # Nova shows them: nothing to ask again
     if built.floating_ip_enabled and external:
         async def fip(server: model.ServerView) -> tuple[str, str]:
             def work(c: ClusterCloud) -> str:
@@ -134,9 +130,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
                                             name=f"{server.name}-fip")
             return server.id, await r.cloud.call(trust, work)
 
-        fips = dict(await asyncio.gather(*(fip(s) for s in [*masters, *workers])))
-        if infra.load_balancer is None and masters:
-            api_host = fips.get(masters[0].id, api_host)
+        fips |= dict(await asyncio.gather(*(fip(s) for s in [*masters, *workers] if s.id not in fips)))
 
     def shown(s: model.ServerView) -> str:
         return fips.get(s.id) or s.first_ip() or ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proto.statuses import (  # noqa: F401 - the provisioner's statuses are the contract's
     CREATE_COMPLETE,
@@ -20,6 +21,8 @@ from proto.statuses import (  # noqa: F401 - the provisioner's statuses are the 
 )
 
 MASTER, WORKER = "master", "worker"
+ROLES: tuple[Literal["master", "worker"], ...] = ("master", "worker")
+"""Every role a node has; each gets a security group of its own."""
 DEFAULT_SUBNET_CIDR = "10.0.0.0/24"
 
 UPDATABLE = frozenset({CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED, UPDATE_IN_PROGRESS})
@@ -41,6 +44,15 @@ def cluster_prefix(name: str, cluster_id: str) -> str:
 
 def node_name(prefix: str, role: str, index: int) -> str:
     return f"{prefix}-{'master' if role == MASTER else 'node'}-{index}"
+
+
+VOLUME_KINDS = ("docker", "etcd")
+"""The volumes a node may have: container storage (``docker_volume_size``) and, on masters, etcd's data."""
+
+
+def volume_name(node: str, kind: str) -> str:
+    """``<node>-docker`` / ``<node>-etcd``."""
+    return f"{node}-{kind}"
 
 
 def network_name(prefix: str) -> str:
@@ -96,6 +108,8 @@ class ServerView:
     metadata: dict[str, str] = field(default_factory=dict)
     fault: str | None = None
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    floating_ip: str | None = None
+    """The floating address Nova shows for the server (``OS-EXT-IPS:type`` floating), if it has one."""
 
     @property
     def role(self) -> str:
@@ -150,6 +164,15 @@ def addresses_of(raw: dict[str, list[dict[str, object]]] | None) -> dict[str, li
     for net, entries in (raw or {}).items():
         out[net] = [str(e["addr"]) for e in entries if isinstance(e, dict) and e.get("addr")]
     return out
+
+
+def floating_address_of(raw: dict[str, list[dict[str, object]]] | None) -> str | None:
+    """The first floating address in Nova's ``addresses``, or None."""
+    for entries in (raw or {}).values():
+        for e in entries:
+            if isinstance(e, dict) and e.get("OS-EXT-IPS:type") == "floating" and e.get("addr"):
+                return str(e["addr"])
+    return None
 
 
 def api_address(master_ip: str | None, port: int | None) -> str:

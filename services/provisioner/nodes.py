@@ -62,9 +62,9 @@ def volume_names(node: str, role: str, docker_gb: int | None, etcd_gb: int | Non
     """(volume name, GB) attached to ``node`` before it boots: container storage, then the masters' etcd."""
     out: list[tuple[str, int]] = []
     if docker_gb:
-        out.append((f"{node}-docker", docker_gb))
+        out.append((model.volume_name(node, "docker"), docker_gb))
     if role == model.MASTER and etcd_gb:
-        out.append((f"{node}-etcd", etcd_gb))
+        out.append((model.volume_name(node, "etcd"), etcd_gb))
     return out
 
 
@@ -190,7 +190,7 @@ async def _boot(
             return c.create_server(
                 name=node.name, flavor_id=flavors[group.name].id, image_id=group.image or built.image_id,
                 network_id=infra.network.network_id, port_id=port_id,
-                security_group=None, security_group_ids=[infra.security_groups[node.role]],
+                security_group_ids=[infra.security_groups[node.role]],
                 key_name=built.keypair,
                 metadata=model.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
                 user_data=user_data, volume_ids=volume_ids,

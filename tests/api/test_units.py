@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proto import clusterspec
 from services.api import microversion, paging, status, validation
 from services.api.errors import ApiError, error_body, title_of
 from services.api.microversion import Microversion
@@ -151,9 +152,9 @@ def test_cluster_fields_rejects(body: dict[str, object], version: tuple[int, int
 
 def test_merged_labels() -> None:
     parent = {"a": "1", "b": "2"}
-    assert validation.merged_labels(parent, None, False) == parent
-    assert validation.merged_labels(parent, {"b": "3"}, False) == {"b": "3"}
-    assert validation.merged_labels(parent, {"b": "3", "c": "4"}, True) == {"a": "1", "b": "3", "c": "4"}
+    assert clusterspec.merged_labels(parent, None, False) == parent
+    assert clusterspec.merged_labels(parent, {"b": "3"}, False) == {"b": "3"}
+    assert clusterspec.merged_labels(parent, {"b": "3", "c": "4"}, True) == {"a": "1", "b": "3", "c": "4"}
 
 
 # ----------------------------------------------------------------------------- status machine

@@ -202,9 +202,9 @@ async def test_security_groups_hold_exactly_the_asked_rules_and_converge(
         cc.ensure_security_groups(prefix, cid, RULES, ["10.0.0.300/24"])
     assert err.value.permanent and "10.0.0.300/24" in err.value.reason
 
-    # the old single group keeps working beside them, and goes at teardown too
-    old = cc.ensure_security_group(prefix, cid, 6443)
-    assert cc.ensure_security_group(prefix, cid, 6443) == old
+    # a group of the layout before per-role groups (clusters built earlier) goes at teardown too
+    cc.conn.network.create_security_group(name=model.security_group_name(prefix),
+                                          description=f"Cove cluster {cid}")
     assert ledger.count("security_group") == 3
     await teardown(cc, prefix, cid, ledger)
 
@@ -379,7 +379,6 @@ async def test_teardown_of_a_half_built_cluster(
 async def test_a_cluster_with_nothing_yet_deletes_at_once(cc: ClusterCloud, ledger: Ledger) -> None:
     prefix, cid = cluster("t-none")
     assert cc.delete_cluster_resources(prefix, cid) is True
-    cc.delete_network_resources(prefix, cid)  # the old entry point still works
     assert ledger.live_new() == []
 
 

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from proto import subjects
-from proto.clusterspec import DEFAULT_FLAVOR, NodeGroupSpec
+from proto.clusterspec import DEFAULT_FLAVOR, NodeGroupSpec, merged_labels
 from proto.events import (
     NodeGroup,
     NodeGroupCreateRequested,
@@ -36,7 +36,6 @@ from services.api.validation import (
     as_int,
     as_labels,
     as_str,
-    merged_labels,
     reject_unknown,
     require_object,
 )

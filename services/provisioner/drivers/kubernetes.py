@@ -28,9 +28,6 @@ from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
 
 COE = "kubernetes"
-DEFAULT_API_PORT = 6443
-DEFAULT_NETWORK_DRIVER = "flannel"
-NETWORK_DRIVERS = ("flannel", "calico")
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 
 CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
@@ -310,11 +307,11 @@ _PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
 
 
 def _network_driver(value: str | None) -> str:
-    driver = value or DEFAULT_NETWORK_DRIVER
-    if driver not in NETWORK_DRIVERS:
+    driver = value or label_rules.DEFAULT_NETWORK_DRIVER
+    if driver not in label_rules.NETWORK_DRIVERS:
         raise ValueError(
             f"network driver {driver!r} is not supported by the Kubernetes driver; supported: "
-            f"{', '.join(NETWORK_DRIVERS)}"
+            f"{', '.join(label_rules.NETWORK_DRIVERS)}"
         )
     return driver
 
