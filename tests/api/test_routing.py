@@ -72,8 +72,9 @@ async def test_every_get_route_answers_alike_with_and_without_the_slash(api: Run
                                                               "hard_limit": 30})
     assert code == 201, quota
     values = {"ident": cid, "cluster": cid, "ng": "default-worker", "project_id": pid, "resource": "Cluster"}
-    app = build_app(pool=MagicMock(), writer=MagicMock(), keystone=MagicMock())  # the same routes as the server's
-    gets = sorted(p for m, p in openapi.router_operations(app) if m == "GET")
+    served = api.server._runner
+    assert served is not None
+    gets = sorted(p for m, p in openapi.router_operations(served.app) if m == "GET")  # the running server's routes
     assert "/v1/clusters" in gets and "/v1/mservices" in gets
     for path in gets:
         concrete = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
@@ -82,10 +83,12 @@ async def test_every_get_route_answers_alike_with_and_without_the_slash(api: Run
         answers = []
         other = twin(concrete) or concrete
         for url in (concrete, other, f"{concrete}?limit=1", f"{other}?limit=1"):
-            code, body, _ = await admin.call("GET", url)
+            code, body, _ = await admin.call("GET", url, headers=LATEST)  # nodegroups need 1.9+
             answers.append((code, _volatile_free(body)))
-        if "{" not in path:  # a collection (or a version document): served, and paged where it pages
-            assert answers[0][0] == 200 and answers[2][0] == 200, (path, answers[0], answers[2])
+        if path == "/v1/federations/{ident}":  # federations are Magnum's stub: no federation is ever found
+            assert answers[0][0] == 404, (path, answers[0])
+        else:  # every other route finds what it is given, with and without the slash and the query
+            assert answers[0][0] < 400 and answers[2][0] < 400, (path, answers[0], answers[2])
         assert answers[0] == answers[1], (path, answers[:2])
         assert answers[2] == answers[3], (path, answers[2:])
     assert (await admin.call("DELETE", f"/v1/quotas/{pid}/Cluster/"))[0] == 204

@@ -65,6 +65,7 @@ from deploy.local.nats import NatsServer
 from deploy.local.stack import REPO_ROOT, LocalStack
 from proto import subjects
 from proto.envelope import Envelope, decode
+from services.provisioner import model
 from tests.conftest import drop_database, fresh_database, wait_for
 from tests.e2e.test_cluster_lifecycle import http
 
@@ -332,7 +333,7 @@ async def network_usage(st: LocalStack, admin: str, project_id: str) -> dict[str
 
 
 def prefix_of(name: str, cluster_id: str) -> str:
-    return f"{name}-{cluster_id.replace('-', '')[:8]}"
+    return model.cluster_prefix(name, cluster_id)
 
 
 def owner(name: str, prefixes: Mapping[str, str]) -> str | None:
@@ -517,6 +518,9 @@ async def test_killing_the_provisioner_never_duplicates_nor_orphans(chaos_stack:
             print(f"chaos: CREATE_FAILED {names[cid]} ({cid}): {reason}")
         assert "stuck" not in report, f"clusters not terminal after {form.deadline}s: {report['stuck']}"
         assert all(failed.values()), f"CREATE_FAILED without a reason: {failed}"
+        # no fault is injected: a kill may delay a create, never fail it (a test where every create fails would
+        # otherwise pass: nothing built, nothing duplicated, nothing orphaned)
+        assert report["statuses"] == {"CREATE_COMPLETE": n}, f"creates (seed {form.seed}): {report['statuses']}"
 
         # -- no duplicates --------------------------------------------------------------------------------------
         records = await ledger(st, admin, project_id=project_id)

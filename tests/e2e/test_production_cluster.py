@@ -31,6 +31,7 @@ import yaml
 from cryptography import x509
 
 from deploy.local.stack import LocalStack
+from services.provisioner import model
 from tests.conftest import wait_for
 from tests.e2e.test_cluster_config import verifies
 from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, private_nats, sdk, stack, token
@@ -127,8 +128,8 @@ async def test_a_production_cluster_with_load_balancer_floating_ips_volumes_and_
     sgs = await asyncio.to_thread(lambda: [g for g in conn.network.security_groups(project_id=project_id)
                                            if g.name in sg_ids])
     own = {g.id for g in sgs}
-    assert {g.name for g in sgs} == {f"{cname}-{cid.replace('-', '')[:8]}-master-sg",
-                                     f"{cname}-{cid.replace('-', '')[:8]}-worker-sg"}, sg_ids
+    prefix = model.cluster_prefix(cname, cid)
+    assert {g.name for g in sgs} == {f"{prefix}-master-sg", f"{prefix}-worker-sg"}, sg_ids
     for group in sgs:
         for rule in group.security_group_rules:
             if rule["direction"] != "ingress":
@@ -193,7 +194,7 @@ async def agree(st: LocalStack, cname: str, cloud: str, *, masters: int, workers
                                                                                     role), ng
     loopback(st, cloud, shown)
     listed = json.loads(osc(st, "server", "list", "--long", "-f", "json", cloud=cloud))
-    prefix = f"{cname}-{shown['uuid'].replace('-', '')[:8]}-"
+    prefix = f"{model.cluster_prefix(cname, shown['uuid'])}-"
     ours = [s for s in listed if s["Name"].startswith(prefix)]
     by_role = {"master": [s for s in ours if "-master-" in s["Name"]], "worker": [s for s in ours if "-node-" in s["Name"]]}
     assert len(by_role["master"]) == masters and len(by_role["worker"]) == workers, ours
@@ -247,6 +248,8 @@ async def test_delete_in_the_middle_of_a_create_and_after_a_failed_one_leaves_no
         return bool(await live(st, admin, project_id) - before)
 
     await wait_for(building, timeout=60, interval=0.05, message="the create started making resources")
+    code, body = await http("GET", f"{st.api_url}/clusters/{mid}", alt)
+    assert code == 200 and body["status"] == "CREATE_IN_PROGRESS", body  # really in the middle of the create
     assert (await http("DELETE", f"{st.api_url}/clusters/{mid}", alt))[0] == 204
 
     # after a failed create
