@@ -3,7 +3,7 @@
 A driver is pure: it says which ports its COE needs open on each role's security group, renders each node's user
 data from plain facts (``NodeContext``), names the health checks, and says what ``cluster config`` hands the user.
 It never calls the cloud, NATS or a database; the provisioner's reconcile does, with what the driver returns.
-One module per COE (``kubernetes.py``, later ``swarm.py`` and ``mesos.py``); ``drivers.driver_for(coe)`` picks one.
+One module per COE (``kubernetes.py``, ``swarm.py``, ``mesos.py``); ``drivers.driver_for(coe)`` picks one.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ class NodeContext:
     """The cluster CA's private key (PEM), for masters only (docs/adr/0006): the first master's user data carries
     it (kubeadm init signs the control plane's certificates and the controller manager the kubelets' with it); the
     other masters' user data carries only the kubeadm certificate key derived from it. Never given for a worker."""
+    node_address: str | None = None
+    """The node's own fixed IP when it is known before boot (its port made first): drivers that need a server
+    certificate get one naming it."""
+    server_cert_pem: str | None = None
+    """The node's TLS certificate (PEM), for drivers whose ``needs_server_certificate(role)`` is true: issued by the
+    certs service from the cluster CA, with server and client authentication, naming every address the node is
+    reached at (``node_address``, ``api_host``, ``api_sans``, the node's name, 127.0.0.1 and localhost)."""
+    server_key_pem: str | None = None
+    """The private key (PEM) of ``server_cert_pem``."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,22 @@ class HealthCheck:
 
 class CoeDriver(Protocol):
     coe: str
+    default_api_port: int
+    """Where the COE's API listens when the template names no ``apiserver_port`` (Kubernetes 6443, the Docker
+    engine's TLS port 2376, Marathon 8080); ``proto.clusterspec`` resolves the same default."""
+
+    def api_address(self, host: str, port: int) -> str:
+        """The cluster's ``api_address`` as Magnum's clients expect it for this COE (``https://``, ``tcp://``...)."""
+        ...
+
+    def load_balancer_ports(self, api_port: int) -> list[int]:
+        """The TCP ports the API load balancer (and the floating IP in front of it) forwards to the masters."""
+        ...
+
+    def needs_server_certificate(self, role: Role) -> bool:
+        """Whether each node of ``role`` needs its own TLS certificate from the cluster CA in its user data
+        (``NodeContext.server_cert_pem``)."""
+        ...
 
     def port_rules(self, role: Role, *, api_port: int, network_driver: str | None) -> list[PortRule]:
         """The ingress rules ``role``'s security group needs, and no more."""

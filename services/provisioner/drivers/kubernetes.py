@@ -334,6 +334,16 @@ def _no_proxy(node: NodeContext, pod_cidr: str, service_cidr: str) -> str:
 
 class KubernetesDriver:
     coe = COE
+    default_api_port = 6443
+
+    def api_address(self, host: str, port: int) -> str:
+        return f"https://{endpoint(host, port)}"
+
+    def load_balancer_ports(self, api_port: int) -> list[int]:
+        return [api_port]
+
+    def needs_server_certificate(self, role: Role) -> bool:
+        return False  # kubeadm makes the control plane's certificates on the masters from the CA key (ADR 0006)
 
     def port_rules(self, role: Role, *, api_port: int, network_driver: str | None) -> list[PortRule]:
         if not 1 <= api_port <= 65535:
