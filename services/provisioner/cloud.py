@@ -25,7 +25,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -251,7 +251,9 @@ class LoadBalancerState:
     provisioning_status: str
     """The load balancer's own provisioning status (``PENDING_CREATE``, ``PENDING_UPDATE``, ``ACTIVE``)."""
     ready: bool
-    """The load balancer, listener, pool and monitor all exist and are ACTIVE, with the listener as asked."""
+    """The load balancer and every port's listener, pool and monitor exist and are ACTIVE, as asked."""
+    pools: tuple[tuple[int, str], ...] = ()
+    """(port, pool id) of every port's pool made so far, the API port's first."""
 
 
 @dataclass(frozen=True)
@@ -661,19 +663,23 @@ class ClusterCloud:
         return _oldest(found) if found else None
 
     def ensure_load_balancer(
-        self, prefix: str, cluster_id: str, *, subnet_id: str, api_port: int, allowed_cidrs: list[str]
+        self, prefix: str, cluster_id: str, *, subnet_id: str, api_port: int, allowed_cidrs: list[str],
+        extra_ports: Sequence[int] = (), subnet_cidr: str | None = None,
     ) -> LoadBalancerState:
-        """The cluster's API load balancer (``<prefix>-api-lb``): a VIP on ``subnet_id``, a TCP listener on
-        ``api_port`` (Octavia's ``allowed_cidrs`` set to ``allowed_cidrs``, none = from anywhere), a TCP
-        ROUND_ROBIN pool and a TCP health monitor, all tagged with the cluster.
+        """The cluster's API load balancer (``<prefix>-api-lb``): a VIP on ``subnet_id``, and for ``api_port`` and
+        each of ``extra_ports`` (what the COE's driver forwards besides its API, e.g. Swarm's 2377) a TCP listener,
+        a TCP ROUND_ROBIN pool and a TCP health monitor, all tagged with the cluster. The API port's listener takes
+        Octavia's ``allowed_cidrs`` = ``allowed_cidrs`` (none = from anywhere); an extra port's listener is for the
+        nodes as well, so its allow-list adds ``subnet_cidr`` when there is one.
 
         Octavia refuses every write while the load balancer is ``PENDING_*``, so each call makes at most ONE
-        write (create the load balancer, or the listener, or the pool, or the monitor, or update the listener's
-        CIDRs) and returns. Call it again until ``ready``; meanwhile the state carries the ids found so far, the
-        VIP (known from the first call) and the load balancer's ``provisioning_status``. An object in ERROR is a
-        permanent CloudError. The members are ``ensure_lb_members``' business. Objects are found by their names
-        (``<prefix>-api-lb``, ``-api-listener``, ``-api-pool``, ``-api-monitor``) and the cluster's tag; a
-        listener found on another port than ``api_port`` is kept (the API port does not change after create)."""
+        write (create the load balancer, or a listener, a pool or a monitor, or update a listener's CIDRs) and
+        returns. Call it again until ``ready``; meanwhile the state carries the ids found so far, the VIP (known
+        from the first call) and the load balancer's ``provisioning_status``. An object in ERROR is a permanent
+        CloudError. The members are ``ensure_lb_members``' business. Objects are found by their names
+        (``<prefix>-api-lb``, ``-api-listener``, ``-api-pool``, ``-api-monitor``, with ``-<port>`` appended for
+        an extra port) and the cluster's tag; a listener found on another port than asked is kept (ports do not
+        change after create)."""
         tag = model.cluster_tag(cluster_id)
         description = cluster_description(cluster_id)
         lbs = self.conn.load_balancer
@@ -687,102 +693,123 @@ class ClusterCloud:
             return LoadBalancerState(lb.id, None, None, None, lb.vip_address, lb.vip_port_id,
                                      lb.provisioning_status or "PENDING_CREATE", False)
         self._lb_failed("load balancer", lb)
+        allowed = _normalized_cidrs(allowed_cidrs)
+        ports = [(api_port, "", allowed)] + [
+            (p, f"-{p}", _normalized_cidrs([*allowed, subnet_cidr]) if allowed and subnet_cidr else allowed)
+            for p in extra_ports if p != api_port
+        ]
+        found = [self._lb_port_objects(prefix, cluster_id, lb.id, suffix) for _, suffix, _ in ports]
+        for objects in found:
+            for kind, child in zip(("listener", "pool", "health monitor"), objects, strict=True):
+                if child is not None:
+                    self._lb_failed(kind, child)
+
+        def state(ready: bool = False) -> LoadBalancerState:
+            listener, pool, monitor = found[0]
+            return LoadBalancerState(
+                lb.id, listener.id if listener else None, pool.id if pool else None, monitor.id if monitor else None,
+                lb.vip_address, lb.vip_port_id, lb.provisioning_status or "", ready,
+                pools=tuple((port, objs[1].id) for (port, _, _), objs in zip(ports, found, strict=True) if objs[1]),
+            )
+
+        if lb.provisioning_status != "ACTIVE":
+            return state()
+        for i, ((port, suffix, cidrs), (listener, pool, monitor)) in enumerate(zip(ports, found, strict=True)):
+            if listener is None:
+                created = self._api(what, lambda port=port, suffix=suffix, cidrs=cidrs: lbs.create_listener(  # type: ignore[misc]
+                    name=f"{prefix}-api-listener{suffix}", loadbalancer_id=lb.id, protocol="TCP",
+                    protocol_port=port, allowed_cidrs=cidrs or None, description=description, tags=[tag]),
+                    idempotent=False)
+                log.info("lb_listener_created", cluster_id=cluster_id, listener_id=created.id, port=port)
+                found[i] = (created, None, None)
+                lb.provisioning_status = "PENDING_UPDATE"
+                return state()
+            if _normalized_cidrs(listener.allowed_cidrs or []) != cidrs:
+                updated = self._api(what, lambda listener=listener, cidrs=cidrs: lbs.update_listener(  # type: ignore[misc]
+                    listener, allowed_cidrs=cidrs or None))
+                log.info("lb_listener_cidrs_updated", cluster_id=cluster_id, listener_id=updated.id, cidrs=cidrs)
+                found[i] = (updated, pool, monitor)
+                lb.provisioning_status = "PENDING_UPDATE"
+                return state()
+            if pool is None:
+                created = self._api(what, lambda suffix=suffix, listener=listener: lbs.create_pool(  # type: ignore[misc]
+                    name=f"{prefix}-api-pool{suffix}", listener_id=listener.id, protocol="TCP",
+                    lb_algorithm="ROUND_ROBIN", description=description, tags=[tag]), idempotent=False)
+                log.info("lb_pool_created", cluster_id=cluster_id, pool_id=created.id, port=port)
+                found[i] = (listener, created, None)
+                lb.provisioning_status = "PENDING_UPDATE"
+                return state()
+            if monitor is None:
+                created = self._api(what, lambda suffix=suffix, pool=pool: lbs.create_health_monitor(  # type: ignore[misc]
+                    name=f"{prefix}-api-monitor{suffix}", pool_id=pool.id, type="TCP", delay=10, timeout=5,
+                    max_retries=3, tags=[tag]), idempotent=False)
+                log.info("lb_monitor_created", cluster_id=cluster_id, monitor_id=created.id, port=port)
+                found[i] = (listener, pool, created)
+                lb.provisioning_status = "PENDING_UPDATE"
+                return state()
+        ready = all((c.provisioning_status or "") == "ACTIVE" for objs in found for c in objs if c is not None)
+        return state(ready)
+
+    def _lb_port_objects(self, prefix: str, cluster_id: str, lb_id: str, suffix: str) -> tuple[Any, Any, Any]:
+        """The listener, pool and monitor of one of the load balancer's ports (``suffix`` "" for the API's, else
+        ``-<port>``), each None until made."""
+        lbs = self.conn.load_balancer
+        what = f"Reading the load balancer {load_balancer_name(prefix)} failed"
         listener = next((
-            li for li in self._list(what, lambda: lbs.listeners(name=f"{prefix}-api-listener"))
-            if _owned(li, cluster_id) and any(ref.get("id") == lb.id for ref in li.load_balancers or [])
+            li for li in self._list(what, lambda: lbs.listeners(name=f"{prefix}-api-listener{suffix}"))
+            if _owned(li, cluster_id) and any(ref.get("id") == lb_id for ref in li.load_balancers or [])
         ), None)
         pool = None
         if listener is not None:
             pool = next((
-                p for p in self._list(what, lambda: lbs.pools(name=f"{prefix}-api-pool"))
+                p for p in self._list(what, lambda: lbs.pools(name=f"{prefix}-api-pool{suffix}"))
                 if _owned(p, cluster_id) and any(ref.get("id") == listener.id for ref in p.listeners or [])
             ), None)
         monitor = None
         if pool is not None:
             monitor = next((
-                m for m in self._list(what, lambda: lbs.health_monitors(name=f"{prefix}-api-monitor"))
+                m for m in self._list(what, lambda: lbs.health_monitors(name=f"{prefix}-api-monitor{suffix}"))
                 if _owned(m, cluster_id) and any(ref.get("id") == pool.id for ref in m.pools or [])
             ), None)
-        children = [("listener", listener), ("pool", pool), ("health monitor", monitor)]
-        for kind, child in children:
-            if child is not None:
-                self._lb_failed(kind, child)
-
-        def state(ready: bool = False) -> LoadBalancerState:
-            return LoadBalancerState(
-                lb.id, listener.id if listener else None, pool.id if pool else None, monitor.id if monitor else None,
-                lb.vip_address, lb.vip_port_id, lb.provisioning_status or "", ready,
-            )
-
-        if lb.provisioning_status != "ACTIVE":
-            return state()
-        cidrs = _normalized_cidrs(allowed_cidrs)
-        if listener is None:
-            listener = self._api(what, lambda: lbs.create_listener(
-                name=f"{prefix}-api-listener", loadbalancer_id=lb.id, protocol="TCP", protocol_port=api_port,
-                allowed_cidrs=cidrs or None, description=description, tags=[tag]), idempotent=False)
-            log.info("lb_listener_created", cluster_id=cluster_id, listener_id=listener.id)
-            lb.provisioning_status = "PENDING_UPDATE"
-            return state()
-        if _normalized_cidrs(listener.allowed_cidrs or []) != cidrs:
-            current = listener
-            listener = self._api(what, lambda: lbs.update_listener(current, allowed_cidrs=cidrs or None))
-            log.info("lb_listener_cidrs_updated", cluster_id=cluster_id, listener_id=listener.id, cidrs=cidrs)
-            lb.provisioning_status = "PENDING_UPDATE"
-            return state()
-        if pool is None:
-            pool = self._api(what, lambda: lbs.create_pool(
-                name=f"{prefix}-api-pool", listener_id=listener.id, protocol="TCP", lb_algorithm="ROUND_ROBIN",
-                description=description, tags=[tag]), idempotent=False)
-            log.info("lb_pool_created", cluster_id=cluster_id, pool_id=pool.id)
-            lb.provisioning_status = "PENDING_UPDATE"
-            return state()
-        if monitor is None:
-            monitor = self._api(what, lambda: lbs.create_health_monitor(
-                name=f"{prefix}-api-monitor", pool_id=pool.id, type="TCP", delay=10, timeout=5, max_retries=3,
-                tags=[tag]), idempotent=False)
-            log.info("lb_monitor_created", cluster_id=cluster_id, monitor_id=monitor.id)
-            lb.provisioning_status = "PENDING_UPDATE"
-            return state()
-        ready = all((c.provisioning_status or "") == "ACTIVE" for _, c in children if c is not None)
-        return state(ready)
+        return listener, pool, monitor
 
     def ensure_lb_members(self, state: LoadBalancerState, members: Mapping[str, str], port: int) -> bool:
-        """Make the pool of ``state`` (from a ready ``ensure_load_balancer``) hold exactly ``members`` (name ->
-        fixed IP) on ``port``. One write per call (Octavia's immutability again): deletes a member not wanted,
-        else adds a missing one, and returns False; True once the pool holds exactly those members and the load
-        balancer and every member are ACTIVE. False too while the load balancer is PENDING_*; ERROR raises a
-        permanent CloudError."""
+        """Make every pool of ``state`` (from a ready ``ensure_load_balancer``) hold exactly ``members`` (name ->
+        fixed IP), the API's pool on ``port`` and each extra port's pool on its own port. One write per call
+        (Octavia's immutability again): deletes a member not wanted, else adds a missing one, and returns False;
+        True once every pool holds exactly those members and the load balancer and every member are ACTIVE. False
+        too while the load balancer is PENDING_*; ERROR raises a permanent CloudError."""
         if state.pool_id is None:
             raise CloudError("The cluster's API load balancer has no pool yet: ensure_load_balancer first",
                              permanent=False)
         lbs = self.conn.load_balancer
-        pool_id = state.pool_id
         what = "Updating the members of the cluster's API load balancer failed"
         lb = self._api(what, lambda: lbs.get_load_balancer(state.lb_id))
         self._lb_failed("load balancer", lb)
-        have = self._list(what, lambda: lbs.members(pool_id))
-        for member in have:
+        pools = [(state.pool_id, int(port))] + [(pid, p) for p, pid in state.pools if pid != state.pool_id]
+        have = {pid: self._list(what, lambda pid=pid: lbs.members(pid)) for pid, _ in pools}  # type: ignore[misc]
+        for member in (m for ms in have.values() for m in ms):
             self._lb_failed("member", member)
         if lb.provisioning_status != "ACTIVE":
             return False
-        wanted = {(ip, int(port)): name for name, ip in members.items()}
-        for member in have:
-            if (member.address, member.protocol_port) not in wanted:
-                self._api(what, lambda member=member: lbs.delete_member(  # type: ignore[misc]
-                    member, pool_id, ignore_missing=True))
-                log.info("lb_member_deleted", lb_id=state.lb_id, address=member.address)
-                return False
-        present = {(m.address, m.protocol_port) for m in have}
         tag = next((t for t in lb.tags or [] if t.startswith("cove-cluster-")), None)
-        for (ip, member_port), name in sorted(wanted.items()):
-            if (ip, member_port) not in present:
-                self._api(what, lambda name=name, ip=ip, member_port=member_port: lbs.create_member(  # type: ignore[misc]
-                    pool_id, name=name, address=ip, protocol_port=member_port,
-                    tags=[tag] if tag else []), idempotent=False)
-                log.info("lb_member_created", lb_id=state.lb_id, address=ip, name=name)
-                return False
-        return all((m.provisioning_status or "") == "ACTIVE" for m in have)
+        for pool_id, member_port in pools:
+            wanted = {(ip, member_port): name for name, ip in members.items()}
+            for member in have[pool_id]:
+                if (member.address, member.protocol_port) not in wanted:
+                    self._api(what, lambda member=member, pool_id=pool_id: lbs.delete_member(  # type: ignore[misc]
+                        member, pool_id, ignore_missing=True))
+                    log.info("lb_member_deleted", lb_id=state.lb_id, address=member.address, port=member_port)
+                    return False
+            present = {(m.address, m.protocol_port) for m in have[pool_id]}
+            for (ip, p), name in sorted(wanted.items()):
+                if (ip, p) not in present:
+                    self._api(what, lambda pool_id=pool_id, name=name, ip=ip, p=p: lbs.create_member(  # type: ignore[misc]
+                        pool_id, name=name, address=ip, protocol_port=p,
+                        tags=[tag] if tag else []), idempotent=False)
+                    log.info("lb_member_created", lb_id=state.lb_id, address=ip, name=name, port=p)
+                    return False
+        return all((m.provisioning_status or "") == "ACTIVE" for ms in have.values() for m in ms)
 
     # -------------------------------------------------------------------------------------- compute extras
 

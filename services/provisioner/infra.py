@@ -60,9 +60,12 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
             raise CloudError("master_lb_enabled needs the cluster's subnet: give the template a fixed_subnet",
                              permanent=True)
         subnet_id = infra.network.subnet_id
+        extra = [p for p in driver_for(built.coe).load_balancer_ports(built.apiserver_port)
+                 if p != built.apiserver_port]
+        subnet_cidr = built.fixed_subnet_cidr or r.settings.default_subnet_cidr
         infra.load_balancer = await r.cloud.call(trust, lambda c: c.ensure_load_balancer(
             prefix, row.uuid, subnet_id=subnet_id, api_port=built.apiserver_port,
-            allowed_cidrs=built.master_lb_allowed_cidrs,
+            allowed_cidrs=built.master_lb_allowed_cidrs, extra_ports=extra, subnet_cidr=subnet_cidr,
         ))
     if infra.api_floating_ip is None:
         infra.api_floating_ip = await _api_floating_ip(r, row, infra)
@@ -136,7 +139,7 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
         return fips.get(s.id) or s.first_ip() or ""
 
     return Exposure(
-        api_address=model.api_address(api_host, built.apiserver_port),
+        api_address=driver_for(built.coe).api_address(api_host, built.apiserver_port) if api_host else "",
         master_addresses=[shown(s) for s in masters],
         node_addresses=[shown(s) for s in workers],
     )

@@ -175,12 +175,6 @@ def floating_address_of(raw: dict[str, list[dict[str, object]]] | None) -> str |
     return None
 
 
-def api_address(master_ip: str | None, port: int | None) -> str:
-    if not master_ip:
-        return ""
-    return f"https://{master_ip}:{port or 6443}"
-
-
 def is_terminal(status: str | None, desired: str) -> bool:
     """Nothing more to do for a cluster in this state (until a new request arrives)."""
     if desired == "absent":

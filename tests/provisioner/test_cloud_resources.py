@@ -278,6 +278,41 @@ async def test_load_balancer_goes_active_with_listener_pool_monitor_and_members(
     await teardown(cc, prefix, cid, ledger)
 
 
+async def test_load_balancer_forwards_the_drivers_extra_ports_to_every_master(
+    cc: ClusterCloud, demo: openstack.connection.Connection, ledger: Ledger,
+) -> None:
+    """Swarm's managers join through the load balancer on 2377 besides the engine's 2376: a listener, pool and
+    monitor per port, the extra port's allow-list opened to the cluster's subnet, and members on each pool."""
+    prefix, cid = cluster("t-lb2")
+    net = cc.ensure_network(prefix, cid, fixed_network=None, fixed_subnet=None, external_network=None,
+                            cidr="10.21.0.0/24", dns_nameserver=None)
+    assert net.subnet_id is not None
+    subnet_id = net.subnet_id
+
+    def step() -> LoadBalancerState | None:
+        state = cc.ensure_load_balancer(prefix, cid, subnet_id=subnet_id, api_port=2376, extra_ports=[2377],
+                                        allowed_cidrs=["192.0.2.0/24"], subnet_cidr="10.21.0.0/24")
+        return state if state.ready else None
+
+    state = await wait_for(step, timeout=30, interval=0.05, message="both ports ready")
+    lbs = demo.load_balancer
+    assert [p for p, _ in state.pools] == [2376, 2377]
+    listeners = {li.protocol_port: li for li in lbs.listeners(loadbalancer_id=state.lb_id)}
+    assert sorted(listeners) == [2376, 2377]
+    assert listeners[2376].allowed_cidrs == ["192.0.2.0/24"]
+    assert sorted(listeners[2377].allowed_cidrs) == ["10.21.0.0/24", "192.0.2.0/24"]
+    for kind in ("listener", "pool", "health_monitor"):
+        assert ledger.count(kind) == 2, kind
+    sg = cc.ensure_security_groups(prefix, cid, RULES, [])
+    port = cc.ensure_port(prefix, cid, model.node_name(prefix, model.MASTER, 0), network_id=net.network_id,
+                          subnet_id=subnet_id, security_group_ids=[sg["master"]])
+    members = {"m0": str(port.ip)}
+    await wait_for(lambda: cc.ensure_lb_members(state, members, 2376), timeout=30, message="members on both")
+    for port_number, pool_id in state.pools:
+        assert [(m.address, m.protocol_port) for m in lbs.members(pool_id)] == [(str(port.ip), port_number)]
+    await teardown(cc, prefix, cid, ledger)
+
+
 async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_ip(
     cc: ClusterCloud, demo: openstack.connection.Connection, ledger: Ledger
 ) -> None:

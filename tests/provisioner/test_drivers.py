@@ -426,6 +426,9 @@ def test_health_checks_and_cluster_config() -> None:
     assert checks[("kubelet", "worker")].port == checks[("kubelet", "master")].port == 10248
     assert checks[("etcd", "master")].path == "/health" and ("etcd", "worker") not in checks
     assert "api_address" in DRIVER.cluster_config() and "CA" in DRIVER.cluster_config()
+    assert DRIVER.api_address("10.0.0.5", 6443) == "https://10.0.0.5:6443"
+    assert DRIVER.api_address("fd00::5", 6443) == "https://[fd00::5]:6443"
+    assert DRIVER.load_balancer_ports(6443) == [6443] and not DRIVER.needs_server_certificate("master")
 
 
 def test_contexts_are_plain_data() -> None:

@@ -49,8 +49,6 @@ def test_plan_delete() -> None:
     assert again.to_delete == []
 
 
-def test_addresses_and_api_address() -> None:
+def test_addresses() -> None:
     raw = {"c-1-net": [{"addr": "10.0.0.5", "version": 4}, {"addr": "172.24.4.9", "version": 4}]}
     assert model.addresses_of(raw) == {"c-1-net": ["10.0.0.5", "172.24.4.9"]}
-    assert model.api_address("10.0.0.5", None) == "https://10.0.0.5:6443"
-    assert model.api_address(None, 6443) == ""
