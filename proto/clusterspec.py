@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from proto import labels as label_rules
 from proto.nodegroups import DEFAULT_MASTER, DEFAULT_WORKER
 
 if TYPE_CHECKING:
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 DEFAULT_FLAVOR = "m1.small"
 """Magnum's Heat templates default both the master and the worker flavor to m1.small."""
 DEFAULT_API_PORT = 6443
+"""Kubernetes' API port; also what ``ClusterSpec.apiserver_port`` decodes to for an event written without one."""
+DEFAULT_API_PORTS: dict[str, int] = {"kubernetes": 6443, "swarm-mode": 2376, "swarm": 2376, "mesos": 8080}
+"""Where each COE's API listens when the template names no ``apiserver_port``: the Kubernetes API server, the
+Docker engine's TLS port, Marathon. Each driver's ``default_api_port`` equals its COE's entry (tested)."""
 DEFAULT_CREATE_TIMEOUT = 60
 
 
@@ -107,25 +112,22 @@ def _bool_label(labels: dict[str, str], key: str, default: bool) -> bool:
     raw = labels.get(key)
     if raw is None or raw == "":
         return default
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise SpecError(f"Invalid value '{raw}' for label {key}: true or false is expected.")
+    value = label_rules.bool_value(raw)
+    if value is None:
+        raise SpecError(f"Invalid value '{raw}' for label {key}: true or false is expected.")
+    return value
 
 
 def _size_label(labels: dict[str, str], key: str) -> int | None:
     raw = labels.get(key)
-    if raw is None or raw.strip() in ("", "0"):
+    if raw is None:
         return None
     try:
-        size = int(raw)
+        return label_rules.size_value(raw)
     except ValueError:
-        raise SpecError(f"Invalid value '{raw}' for label {key}: a size in GB is expected.") from None
-    if not 0 < size <= 16384:
-        raise SpecError(f"Invalid value '{raw}' for label {key}: a size between 1 and 16384 GB is expected.")
-    return size
+        raise SpecError(
+            f"Invalid value '{raw}' for label {key}: a size between 1 and {label_rules.MAX_VOLUME_GB} GB is expected."
+        ) from None
 
 
 def _cidrs_label(labels: dict[str, str], key: str) -> list[str]:
@@ -203,7 +205,7 @@ def resolve_cluster(
         master_lb_floating_ip_enabled=_bool_label(resolved_labels, "master_lb_floating_ip_enabled", bool(fip)),
         master_lb_allowed_cidrs=_cidrs_label(resolved_labels, "master_lb_allowed_cidrs"),
         availability_zone=resolved_labels.get("availability_zone") or None,
-        apiserver_port=template.apiserver_port or DEFAULT_API_PORT,
+        apiserver_port=template.apiserver_port or DEFAULT_API_PORTS.get(template.coe, DEFAULT_API_PORT),
         tls_disabled=template.tls_disabled,
         server_type=template.server_type,
         cluster_distro=template.cluster_distro,

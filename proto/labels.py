@@ -8,6 +8,7 @@ Labels no rule names are passed through untouched, as Magnum does.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,8 +45,19 @@ def _kube_version(value: str) -> bool:
     return m is not None and int(m.group(1)) == 1 and int(m.group(2)) >= MIN_KUBE_MINOR
 
 
+def bool_value(raw: str) -> bool | None:
+    """A boolean label's value (Horizon sends ``True``/``False``, the CLI ``true``/``false``); None when ``raw`` is
+    no boolean word. The one boolean parser: the API's check, ``proto.clusterspec`` and the drivers use it."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    return None
+
+
 def _bool(value: str) -> bool:
-    return value.lower() in _TRUE | _FALSE
+    return bool_value(value) is not None
 
 
 def _ipv4_cidr(value: str) -> bool:
@@ -56,10 +68,26 @@ def _ipv4_cidr(value: str) -> bool:
     return net.version == 4 and 8 <= net.prefixlen <= 28
 
 
+MAX_VOLUME_GB = 16384
+
+
+def size_value(raw: str) -> int | None:
+    """A size label's value in GiB: None for empty or 0 (no volume), else 1 to 16384; ``ValueError`` otherwise.
+    The one size parser: the API's check and ``proto.clusterspec`` use it."""
+    value = raw.strip()
+    if value in ("", "0"):
+        return None
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= MAX_VOLUME_GB:
+        raise ValueError(f"a size in GiB from 1 to {MAX_VOLUME_GB} is expected, not {raw!r}")
+    return int(value)
+
+
 def _size(value: str) -> bool:
-    """As ``proto.clusterspec`` reads a size label: empty or 0 for none, else 1 to 16384 (GiB)."""
-    value = value.strip()
-    return value == "" or (value.isascii() and value.isdigit() and int(value) <= 16384)
+    try:
+        size_value(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _anything(value: str) -> bool:
@@ -67,8 +95,8 @@ def _anything(value: str) -> bool:
 
 
 def as_bool(value: str) -> bool:
-    """A boolean label's value (Horizon sends ``True``/``False``, the CLI ``true``/``false``)."""
-    return value.lower() in _TRUE
+    """A boolean label's value, already validated (anything but a true word is false)."""
+    return bool_value(value) is True
 
 
 _CIDR = "an IPv4 network in CIDR notation with a prefix of /8 to /28 (e.g. 10.100.0.0/16)"
@@ -101,14 +129,112 @@ KUBERNETES_LABELS: dict[str, LabelRule] = {
     )
 }
 
-RULES: dict[str, dict[str, LabelRule]] = {"kubernetes": KUBERNETES_LABELS}
-"""Every COE's label rules, by COE."""
+_PLAIN_VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_WORK_DIR_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+/?$")
+MESOS_ISOLATORS = (
+    "filesystem/posix", "filesystem/linux", "filesystem/shared", "posix/cpu", "posix/mem", "posix/disk",
+    "cgroups/cpu", "cgroups/mem", "docker/runtime", "namespaces/pid",
+)
+"""The isolators Magnum's Mesos driver accepted in ``mesos_slave_isolation``."""
+MESOS_IMAGE_PROVIDERS = ("appc", "docker")
+
+
+def _plain_version(value: str) -> bool:
+    return _PLAIN_VERSION_RE.fullmatch(value) is not None
+
+
+def _volume_type(value: str) -> bool:
+    """A Cinder volume type's name: printable, no control characters, at most 255 characters."""
+    return 0 < len(value) <= 255 and value.isprintable()
+
+
+def _comma_list_of(*choices: str) -> Callable[[str], bool]:
+    def valid(value: str) -> bool:
+        items = [item.strip() for item in value.split(",")]
+        return all(item in choices for item in items) and len(set(items)) == len(items)
+
+    return valid
+
+
+def _work_dir(value: str) -> bool:
+    """An absolute path of plain names (no ``..``): it lands in the agent's command line and systemd unit."""
+    return (_WORK_DIR_RE.fullmatch(value) is not None and len(value) <= 255
+            and ".." not in value.split("/"))
+
+
+def _env_object(value: str) -> bool:
+    """A JSON object of environment variable names to string values (Mesos's ``--executor_environment_variables``)."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and all(
+        _ENV_NAME_RE.fullmatch(k) is not None and isinstance(v, str) and "\x00" not in v for k, v in data.items()
+    )
+
+
+_DOCKER_VOLUME_TYPE = LabelRule(
+    "docker_volume_type", "the name of a Cinder volume type", None, _volume_type,
+    "the Cinder volume type of each node's container-storage volume (docker_volume_size)")
+_AVAILABILITY_ZONE = KUBERNETES_LABELS["availability_zone"]
+
+SWARM_LABELS: dict[str, LabelRule] = {
+    rule.name: rule
+    for rule in (
+        _DOCKER_VOLUME_TYPE,
+        _AVAILABILITY_ZONE,
+        LabelRule("swarm_strategy", "spread, binpack or random", "spread", _one_of("spread", "binpack", "random"),
+                  "how Swarm places containers on the nodes (Magnum's swarm_strategy)"),
+        LabelRule("flannel_network_cidr", _CIDR, "10.100.0.0/16", _ipv4_cidr,
+                  "the overlay network when the network driver is flannel"),
+    )
+}
+"""The labels of Docker Swarm clusters (coe ``swarm-mode``, also accepted as ``swarm``)."""
+
+MESOS_LABELS: dict[str, LabelRule] = {
+    rule.name: rule
+    for rule in (
+        _DOCKER_VOLUME_TYPE,
+        _AVAILABILITY_ZONE,
+        LabelRule("mesos_slave_isolation", f"a comma-separated list of: {', '.join(MESOS_ISOLATORS)}", None,
+                  _comma_list_of(*MESOS_ISOLATORS), "the agents' isolators (--isolation)"),
+        LabelRule("mesos_slave_image_providers", "docker, appc, or both comma-separated", None,
+                  _comma_list_of(*MESOS_IMAGE_PROVIDERS), "the container image kinds agents run (--image_providers)"),
+        LabelRule("mesos_slave_work_dir", "an absolute path such as /var/lib/mesos", "/var/lib/mesos", _work_dir,
+                  "the agents' working directory (--work_dir)"),
+        LabelRule("mesos_slave_executor_env_variables",
+                  'a JSON object of environment variable names to strings (e.g. {"PATH": "/bin"})', None,
+                  _env_object, "the environment of the agents' executors (--executor_environment_variables)"),
+        LabelRule("mesos_tag", "a Mesos release X.Y.Z (e.g. 1.11.0)", "1.11.0", _plain_version,
+                  "the Mesos release the masters and agents run"),
+        LabelRule("marathon_tag", "a Marathon release X.Y.Z (e.g. 1.11.24)", "1.11.24", _plain_version,
+                  "the Marathon release the masters run"),
+    )
+}
+"""The labels of Mesos clusters (coe ``mesos``)."""
+
+RULES: dict[str, dict[str, LabelRule]] = {
+    "kubernetes": KUBERNETES_LABELS, "swarm-mode": SWARM_LABELS, "swarm": SWARM_LABELS, "mesos": MESOS_LABELS,
+}
+"""Every COE's label rules, by COE (``swarm`` is Magnum's other name for ``swarm-mode``)."""
 
 POD_NETWORK_LABEL = {"calico": "calico_ipv4pool", "flannel": "flannel_network_cidr"}
 """Which label holds the pod network for each Kubernetes network driver."""
 NETWORK_DRIVERS = ("flannel", "calico")
-"""The network drivers a template may name (the API's 400, the driver's CNI)."""
+"""The network drivers a Kubernetes template may name (the API's 400, the driver's CNI)."""
 DEFAULT_NETWORK_DRIVER = "flannel"
+
+COE_NETWORK_DRIVERS: dict[str, tuple[str, ...]] = {
+    "kubernetes": NETWORK_DRIVERS, "swarm-mode": ("docker", "flannel"), "swarm": ("docker", "flannel"),
+    "mesos": ("docker",),
+}
+"""The network drivers each COE's template may name, as Magnum's validators had them (``docker``: the engine's
+own overlay network)."""
+DEFAULT_NETWORK_DRIVERS: dict[str, str] = {
+    "kubernetes": DEFAULT_NETWORK_DRIVER, "swarm-mode": "docker", "swarm": "docker", "mesos": "docker",
+}
+"""The network driver a template of each COE gets when it names none (Magnum's ``*_default_network_driver``)."""
 
 
 def rules_for(coe: str) -> dict[str, LabelRule]:

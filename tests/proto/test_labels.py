@@ -58,5 +58,5 @@ def test_pod_and_service_networks_must_be_disjoint() -> None:
 
 def test_booleans_and_unknown_coes() -> None:
     assert as_bool("True") and as_bool("yes") and not as_bool("False") and not as_bool("0")
-    with pytest.raises(ValueError, match="swarm"):
-        rules_for("swarm")
+    with pytest.raises(ValueError, match="dcos"):
+        rules_for("dcos")
