@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,12 +37,7 @@ from services.provisioner.drivers.kubernetes import (
     certificate_key,
     kube_node_name,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ROOT / ".venv" / "tools"
-CLOUD_INIT = TOOLS / "usr" / "bin" / "cloud-init"
-CLOUD_INIT_PYTHONPATH = TOOLS / "usr" / "lib" / "python3" / "dist-packages"
-SHELLCHECK = TOOLS / "usr" / "bin" / "shellcheck"
+from tests.provisioner.userdata_checks import cloud_init_schema, files, hostile, parse, shellcheck, source
 
 DRIVER = KubernetesDriver()
 
@@ -83,35 +75,7 @@ def node(kind: str, **kw: Any) -> NodeContext:
     return NodeContext(**args)
 
 
-def parse(text: str) -> dict[str, Any]:
-    assert text.startswith("#cloud-config\n")
-    doc = yaml.safe_load(text)
-    assert isinstance(doc, dict)
-    return doc
-
-
-def files(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {f["path"]: f for f in doc["write_files"]}
-
-
 # --------------------------------------------------------------------------- the tools
-
-
-def tool(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing: `make venv` installs cloud-init and shellcheck into {TOOLS}")
-    return path
-
-
-def cloud_init_schema(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(tool(CLOUD_INIT_PYTHONPATH))}
-    return subprocess.run([sys.executable, str(tool(CLOUD_INIT)), "schema", "--config-file", str(path)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
-def shellcheck(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(tool(SHELLCHECK)), *args, str(path)], capture_output=True, text=True, timeout=120,
-                          check=False)
 
 
 def test_the_tools_reject_what_is_wrong(tmp_path: Path) -> None:
@@ -244,8 +208,8 @@ def test_refusals() -> None:
         DRIVER.user_data(node("worker", etcd_volume_device="/dev/vdc"))
     with pytest.raises(ValueError, match="first master"):
         DRIVER.user_data(node("worker", is_first_master=True))
-    with pytest.raises(ValueError, match="'swarm'"):
-        driver_for("swarm")
+    with pytest.raises(ValueError, match="'dcos'"):
+        driver_for("dcos")
     assert isinstance(driver_for("kubernetes"), KubernetesDriver)
 
 
@@ -327,25 +291,6 @@ def test_the_helpers() -> None:
 
 
 # --------------------------------------------------------------------------- hostile input
-
-
-def source(env_text: str, names: list[str], tmp: Path | None = None) -> dict[str, str]:
-    """Source ``env_text`` in ``bash -c`` with ``set -u`` and read the named variables back (NUL-separated)."""
-    script = 'set -eu; . "$1"; shift; for n in "$@"; do printf "%s\\0" "${!n}"; done'
-    folder = tmp or Path(os.environ.get("TMPDIR", "/tmp"))
-    path = folder / f"cove-env-{os.getpid()}-{abs(hash(env_text))}"
-    path.write_text(env_text)
-    try:
-        out = subprocess.run(["bash", "-c", script, "bash", str(path), *names], capture_output=True, check=True,
-                             timeout=30).stdout.decode()
-    finally:
-        path.unlink()
-    return dict(zip(names, out.split("\0")[:-1], strict=True))
-
-
-def hostile(marker: Path) -> str:
-    return (f"x'\"; $(touch {marker}) `touch {marker}` ${{HOME}} \\\n"
-            f"line two: - [a] {{b: c}} # &anchor *alias ! % @ \r\t\x1b[31m \u2028 é ; touch {marker}")
 
 
 def test_hostile_names_and_proxies_arrive_as_data(tmp_path: Path) -> None:
