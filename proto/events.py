@@ -250,7 +250,17 @@ class ClusterCACreated(_Event, frozen=True, tag=True):
     ca_cert_pem: str
     encrypted_ca_key: bytes
     key_id: str
-    """Identifies the key-encryption key that wrapped ``encrypted_ca_key``."""
+    """Identifies the key that wrapped ``encrypted_ca_key`` (and the etcd and front-proxy CA keys): the
+    key-encryption key itself when ``wrapped_by`` is ``kek`` (before issue 19), else the cluster's data key."""
+    etcd_ca_cert_pem: str | None = None
+    """The etcd CA (None for a cluster created before issue 19: it has the cluster CA only)."""
+    etcd_encrypted_ca_key: bytes | None = None
+    front_proxy_ca_cert_pem: str | None = None
+    """The front-proxy (aggregation layer) CA (None before issue 19)."""
+    front_proxy_encrypted_ca_key: bytes | None = None
+    wrapped_by: Literal["kek", "data_key"] = "kek"
+    """``data_key``: the CA keys are wrapped by a per-cluster data key that lives only in the certs key store,
+    itself wrapped by the key-encryption key, so rotating that key never needs the stream (docs/adr/0007)."""
 
 
 class ClusterCADeleted(_Event, frozen=True, tag=True):
@@ -268,6 +278,45 @@ class ClusterCAReplaced(_Event, frozen=True, tag=True):
     key_id: str
     previous_serial: str | None = None
     """Hex serial number of the CA it replaced."""
+    user_id: str | None = None
+    """Audit: who asked for the rotation (the API's caller)."""
+    user_name: str | None = None
+    serial: str | None = None
+    """Hex serial number of the new CA."""
+    wrapped_by: Literal["kek", "data_key"] = "kek"
+    """As in ``ClusterCACreated``; a rotation replaces the cluster (``kubernetes``) CA only."""
+
+
+class CertificateIssued(_Event, frozen=True, tag=True):
+    """Audit: the certs service signed a certificate with one of the cluster's CAs (``cove.evt.certs.cluster.<uuid>``).
+
+    ``issued_to`` is ``user`` (a Keystone user's client certificate: ``user_id``/``user_name``/``caller_project_id``
+    say who asked) or ``node`` (a node's certificate the provisioner asked for: ``user_name`` is ``provisioner``)."""
+
+    uuid: str
+    project_id: str
+    serial: str
+    """Hex serial number of the issued certificate."""
+    subject: str
+    """RFC 4514 subject of the issued certificate."""
+    ca_cert_type: str = "kubernetes"
+    issued_to: Literal["user", "node"] = "user"
+    user_id: str | None = None
+    user_name: str | None = None
+    caller_project_id: str | None = None
+    not_after: datetime | None = None
+
+
+class MasterKeyRotated(_Event, frozen=True, tag=True):
+    """Audit: ``cove certs rotate-kek`` re-wrapped every stored data key under a new key-encryption key
+    (``cove.evt.certs.kek.<new key id>``; docs/adr/0007)."""
+
+    previous_key_id: str
+    key_id: str
+    rewrapped: int
+    """How many data keys were re-wrapped."""
+    by: str | None = None
+    """Who ran it (the operating-system user of the ``cove`` command)."""
 
 
 class ClusterTrustRotated(_Event, frozen=True, tag=True):
@@ -453,6 +502,8 @@ Event = (
     | ClusterCACreated
     | ClusterCADeleted
     | ClusterCAReplaced
+    | CertificateIssued
+    | MasterKeyRotated
     | ClusterTrustRotated
     | QuotaCreated
     | QuotaUpdated

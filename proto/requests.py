@@ -12,19 +12,52 @@ class _Message(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
 
 
 class SignCertificate(_Message, frozen=True, tag=True):
+    """A user's client certificate. The API passes the caller's Keystone identity as it validated it; the certs
+    service builds the subject from it (CN user name, OU user id, O the group of ``access``) and ignores the
+    CSR's. A request without ``user_id`` (from an API before issue 19) is refused."""
+
     cluster_id: str
     project_id: str
     csr_pem: str
+    user_id: str | None = None
+    user_name: str | None = None
+    caller_project_id: str | None = None
+    """The project of the caller's token (an admin's may differ from the cluster's)."""
+    roles: list[str] = msgspec.field(default_factory=list)
+    access: str | None = None
+    """``admin`` (members and admins: the cluster-admin group) or ``view`` (readers), decided by the API's policy."""
+    ca_cert_type: str = "kubernetes"
 
 
 class CertificateSigned(_Message, frozen=True, tag=True):
     pem: str
     cluster_id: str | None = None
+    serial: str | None = None
+
+
+class SignNodeCertificate(_Message, frozen=True, tag=True):
+    """The provisioner asks for a node's server-and-client certificate (e.g. a Swarm node's Docker engine),
+    signed by the cluster CA: CN = ``node_name``, SANs = ``sans`` (IP addresses and DNS names only).
+    ``cove.rpc.certs.sign_node``: unauthenticated until NATS credentials arrive (issue 16); only the provisioner
+    calls it."""
+
+    cluster_id: str
+    project_id: str
+    csr_pem: str
+    node_name: str
+    sans: list[str] = msgspec.field(default_factory=list)
+
+
+class NodeCertificateSigned(_Message, frozen=True, tag=True):
+    pem: str
+    cluster_id: str
+    serial: str
 
 
 class GetClusterCA(_Message, frozen=True, tag=True):
     cluster_id: str
     project_id: str | None = None
+    ca_cert_type: str = "kubernetes"
 
 
 class ClusterCA(_Message, frozen=True, tag=True):
@@ -35,6 +68,8 @@ class ClusterCA(_Message, frozen=True, tag=True):
 class RotateClusterCA(_Message, frozen=True, tag=True):
     cluster_id: str
     project_id: str
+    user_id: str | None = None
+    user_name: str | None = None
 
 
 class ClusterCARotated(_Message, frozen=True, tag=True):
@@ -51,9 +86,16 @@ class GetClusterCAKey(_Message, frozen=True, tag=True):
 
 
 class ClusterCAKey(_Message, frozen=True, tag=True):
+    """The cluster CA (``cert_pem``/``key_pem``) and, for clusters created since issue 19, the etcd and
+    front-proxy CAs (None for an older cluster, whose kubeadm generates its own)."""
+
     cluster_id: str
     cert_pem: str
     key_pem: str
+    etcd_cert_pem: str | None = None
+    etcd_key_pem: str | None = None
+    front_proxy_cert_pem: str | None = None
+    front_proxy_key_pem: str | None = None
 
 
 class GetUsage(_Message, frozen=True, tag=True):
@@ -92,8 +134,11 @@ class ErrorReply(_Message, frozen=True, tag=True):
     message: str
 
 
-Request = SignCertificate | GetClusterCA | GetClusterCAKey | RotateClusterCA | GetUsage
-Reply = CertificateSigned | ClusterCA | ClusterCAKey | ClusterCARotated | UsageReport | ErrorReply
+Request = SignCertificate | SignNodeCertificate | GetClusterCA | GetClusterCAKey | RotateClusterCA | GetUsage
+Reply = (
+    CertificateSigned | NodeCertificateSigned | ClusterCA | ClusterCAKey | ClusterCARotated | UsageReport
+    | ErrorReply
+)
 Message = Request | Reply
 
 REQUEST_TYPES: dict[str, type[_Message]] = {c.__name__: c for c in Message.__args__}  # type: ignore[attr-defined]

@@ -95,6 +95,9 @@ CERTS_GET_CA = rpc_subject("certs", "get_ca")
 CERTS_ROTATE_CA = rpc_subject("certs", "rotate_ca")
 CERTS_CA_KEY = rpc_subject("certs", "ca_key")
 """The provisioner's: the CA key for a first master's user data (docs/adr/0006)."""
+CERTS_SIGN_NODE = rpc_subject("certs", "sign_node")
+"""The provisioner's: a node's server-and-client certificate (a Swarm node's Docker engine), signed by the
+cluster CA. Unauthenticated until NATS credentials arrive (issue 16)."""
 
 # The RPCs the accounting service answers.
 ACCOUNTING_USAGE = rpc_subject("accounting", "usage")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Literal
 
 import asyncpg
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import (
+    CertificateIssued,
     ClusterAdmitted,
     ClusterCACreated,
     ClusterCADeleted,
@@ -25,8 +30,10 @@ from proto.requests import (
     GetClusterCA,
     GetClusterCAKey,
     Message,
+    NodeCertificateSigned,
     RotateClusterCA,
     SignCertificate,
+    SignNodeCertificate,
 )
 from services.certs import ca, store
 from services.certs.keys import KeyRing
@@ -47,14 +54,37 @@ FILTER_SUBJECTS = [
 ClusterDeleteCompleted (delete the CA)."""
 
 
+USER_CERT_DAYS = 30
+"""Default validity of a user's client certificate (``COVE_CERTS_USER_CERT_DAYS``)."""
+NODE_CERT_DAYS = 365
+"""Default validity of a node's certificate (``COVE_CERTS_NODE_CERT_DAYS``)."""
+
+
+def validity_days(environ: dict[str, str], name: str, default: int) -> timedelta:
+    raw = environ.get(name, "").strip()
+    days = int(raw) if raw else default
+    if days < 1:
+        raise ValueError(f"{name} must be at least 1 day, got {days}")
+    return timedelta(days=days)
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 class Handlers:
     def __init__(
         self,
         keyring: KeyRing,
         pool: Callable[[], asyncpg.Pool | None],
         bus: Callable[[], Bus | None] = lambda: None,
+        *,
+        user_validity: timedelta = timedelta(days=USER_CERT_DAYS),
+        node_validity: timedelta = timedelta(days=NODE_CERT_DAYS),
     ) -> None:
         self.keyring = keyring
+        self.user_validity = user_validity
+        self.node_validity = node_validity
         self._pool = pool
         self._bus = bus
 
@@ -171,6 +201,63 @@ class Handlers:
             raise RpcError(400, f"Invalid CSR: {exc}") from exc
         log.info("csr_signed", cluster_id=req.cluster_id, project_id=found.project_id)
         return CertificateSigned(pem=pem, cluster_id=found.cluster_id)
+
+    async def sign_node(self, req: Message) -> Message:
+        """A node's server-and-client certificate (a Swarm node's Docker engine), signed by the cluster CA, for
+        the provisioner only (unauthenticated until NATS credentials, issue 16). CN = node name, SANs = the
+        given IP addresses and DNS names. 400: malformed CSR, node name or SAN; 404: unknown/deleted cluster or
+        another project's."""
+        if not isinstance(req, SignNodeCertificate):
+            raise RpcError(400, f"expected SignNodeCertificate, got {type(req).__name__}")
+        found = await self._live_ca(req.cluster_id, req.project_id)
+        assert found.encrypted_ca_key is not None
+        key_pem = self.keyring.decrypt(found.cluster_id, found.encrypted_ca_key, found.key_id)
+        try:
+            subject = ca.node_subject(req.node_name)
+            sans = ca.node_sans(req.sans)
+            cert = await asyncio.to_thread(
+                ca.issue, found.ca_cert_pem, key_pem, req.csr_pem,
+                subject=subject, sans=sans, server=True, validity=self.node_validity,
+            )
+        except ca.InvalidCsr as exc:
+            log.info("node_csr_rejected", cluster_id=req.cluster_id, node=req.node_name, reason=str(exc))
+            raise RpcError(400, f"Invalid CSR: {exc}") from exc
+        serial = await self._audit(found, cert, "kubernetes", issued_to="node", user_name="provisioner")
+        return NodeCertificateSigned(pem=_pem(cert), cluster_id=found.cluster_id, serial=serial)
+
+    async def _audit(
+        self,
+        found: store.StoredCA,
+        cert: x509.Certificate,
+        ca_cert_type: str,
+        *,
+        issued_to: Literal["user", "node"],
+        user_id: str | None = None,
+        user_name: str | None = None,
+        caller_project_id: str | None = None,
+    ) -> str:
+        """Publish ``CertificateIssued`` (durable before the certificate is handed out); returns the serial."""
+        bus = self._bus()
+        if bus is None:
+            raise RpcError(503, "certs is not connected")
+        serial, subject, not_after = ca.describe(cert)
+        event = CertificateIssued(
+            uuid=found.cluster_id,
+            project_id=found.project_id,
+            serial=serial,
+            subject=subject,
+            ca_cert_type=ca_cert_type,
+            issued_to=issued_to,
+            user_id=user_id,
+            user_name=user_name,
+            caller_project_id=caller_project_id,
+            not_after=not_after,
+        )
+        env = new_envelope(event, project_id=found.project_id, cluster_id=found.cluster_id)
+        await bus.publish(subjects.cluster_events(PRODUCER, found.cluster_id), env)
+        log.info("certificate_issued", cluster_id=found.cluster_id, serial=serial, subject=subject,
+                 ca_cert_type=ca_cert_type, issued_to=issued_to, user_id=user_id)
+        return serial
 
     async def rotate(self, req: Message) -> Message:
         """Replace the cluster's CA with a new one (same subject); the ``ClusterCAReplaced`` fact is durable in
