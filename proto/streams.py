@@ -90,8 +90,22 @@ def advisories_stream() -> StreamConfig:
     )
 
 
+def audit_stream() -> StreamConfig:
+    """CADF audit records of the API's writes (``proto/audit.py``), kept a year; no Cove service consumes them."""
+    return StreamConfig(
+        name=subjects.AUDIT_STREAM,
+        description="CADF audit events of API writes (cove.audit.api)",
+        subjects=[subjects.AUDIT_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas(),
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_age=365 * 24 * 3600.0,
+    )
+
+
 def all_streams() -> list[StreamConfig]:
-    return [events_stream(), dlq_stream(), heartbeats_stream(), advisories_stream()]
+    return [events_stream(), dlq_stream(), heartbeats_stream(), advisories_stream(), audit_stream()]
 
 
 def dropped_consumer_config(durable: str, stream: str, ack_wait: float = 30.0) -> ConsumerConfig:

@@ -118,3 +118,11 @@ def stored_decisions() -> str:
     """``cove.stored.scheduler.cluster.*``: one headers-only message per decision the events stream stored; the
     headers keep the event's own (``Cove-Event-Type``) and add ``Nats-Sequence`` (its stream sequence)."""
     return f"{STORED_PREFIX}.scheduler.cluster.*"
+
+
+AUDIT_STREAM = "COVE_AUDIT"
+AUDIT_PREFIX = "cove.audit"
+AUDIT_ALL = f"{AUDIT_PREFIX}.>"
+AUDIT_API = f"{AUDIT_PREFIX}.api"
+"""CADF audit records of the API's writes (``proto/audit.py``), in their own stream: outside ``COVE_EVENTS``, so
+no projection reads them and replay never sees them."""
