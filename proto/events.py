@@ -375,6 +375,9 @@ class NodeCreated(_Event, frozen=True, tag=True):
     ram_mb: int
     disk_gb: int
     nodegroup: str | None = None
+    created_at: datetime | None = None
+    """When the server began to exist at the cloud (the create call's return, else Nova's ``created``); usage
+    accrues from here. None in older events: their envelope's ``occurred_at`` stands in."""
 
 
 class NodeBecameActive(_Event, frozen=True, tag=True):
@@ -401,6 +404,62 @@ class NodeDeleted(_Event, frozen=True, tag=True):
     server_id: str
     node_name: str | None = None
     role: NodeRole | None = None
+    deleted_at: datetime | None = None
+    """When the provisioner saw the server gone from the cloud (the listing that no longer showed it); usage stops
+    here. None in older events: their envelope's ``occurred_at`` stands in."""
+
+
+class VolumeCreated(_Event, frozen=True, tag=True):
+    """A Cinder volume of the cluster exists (made or found by the provisioner); billed by size from ``created_at``."""
+
+    cluster_id: str
+    project_id: str
+    volume_id: str
+    name: str
+    size_gb: int
+    created_at: datetime
+    node_name: str | None = None
+
+
+class VolumeDeleted(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    volume_id: str
+    deleted_at: datetime
+    """When the provisioner saw it gone from Cinder."""
+
+
+class FloatingIpAllocated(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    floating_ip_id: str
+    address: str
+    name: str
+    """What Cove calls it (``<node>-fip``, ``<prefix>-api``): floating IPs have no name of their own."""
+    created_at: datetime
+
+
+class FloatingIpReleased(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    floating_ip_id: str
+    released_at: datetime
+
+
+class LoadBalancerCreated(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    load_balancer_id: str
+    name: str
+    created_at: datetime
+
+
+class LoadBalancerDeleted(_Event, frozen=True, tag=True):
+    cluster_id: str
+    project_id: str
+    load_balancer_id: str
+    deleted_at: datetime
+    """When the provisioner saw it gone from Octavia (its cascade delete is asynchronous)."""
 
 
 class ClusterCreateCompleted(_Event, frozen=True, tag=True):
@@ -513,6 +572,12 @@ Event = (
     | NodeBecameActive
     | NodeFailed
     | NodeDeleted
+    | VolumeCreated
+    | VolumeDeleted
+    | FloatingIpAllocated
+    | FloatingIpReleased
+    | LoadBalancerCreated
+    | LoadBalancerDeleted
     | ClusterCreateCompleted
     | ClusterCreateFailed
     | ClusterDeleteStarted

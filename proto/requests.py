@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
@@ -99,12 +100,15 @@ class ClusterCAKey(_Message, frozen=True, tag=True):
 
 
 class GetUsage(_Message, frozen=True, tag=True):
-    """Usage of one project (optionally one cluster) over [since, until); open intervals count up to now."""
+    """Usage of one project (optionally one cluster) over [since, until); open intervals count up to now.
+    ``project_id`` None asks for every project (the API allows it to admins only). ``group_by`` says what the
+    reply's ``rows`` are: one per ``project``, per ``cluster`` or per billed ``resource``."""
 
-    project_id: str
+    project_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     cluster_id: str | None = None
+    group_by: Literal["project", "cluster", "resource"] = "cluster"
 
 
 class ClusterUsage(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +129,45 @@ class UsageReport(_Message, frozen=True, tag=True):
     core_seconds: float
     ram_mb_seconds: float
     clusters: list[ClusterUsage] = msgspec.field(default_factory=list)
+    rows: list[UsageRow] = msgspec.field(default_factory=list)
+    """Grouped as asked (``GetUsage.group_by``); rows with nothing in the window are left out."""
+
+
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage inside the window, in exact integer microseconds (``*_us``) of each unit: vCPU, RAM MB, volume GB,
+    floating IP, load balancer, server and cluster. ``cluster_id`` is None in a project row; the ``resource_*``
+    fields, sizes and times are given in resource rows only."""
+
+    project_id: str
+    cluster_id: str | None = None
+    vcpu_us: int = 0
+    ram_mb_us: int = 0
+    volume_gb_us: int = 0
+    floating_ip_us: int = 0
+    load_balancer_us: int = 0
+    server_us: int = 0
+    cluster_us: int = 0
+    resource_id: str | None = None
+    resource_kind: str | None = None
+    """``server``, ``volume``, ``floating_ip``, ``load_balancer`` or ``cluster``."""
+    resource_name: str | None = None
+    vcpus: int | None = None
+    ram_mb: int | None = None
+    size_gb: int | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    billed_us: int | None = None
+    """A resource row: microseconds of its life inside the window."""
+
+
+class ListAddons(_Message, frozen=True, tag=True):
+    """Which site add-ons the provisioner's catalog offers (``cove.rpc.provisioner.addons``): the API asks before it
+    accepts an ``addons`` label."""
+
+
+class AddonCatalog(_Message, frozen=True, tag=True):
+    names: list[str] = msgspec.field(default_factory=list)
+    """The add-on names, sorted (each is a ``<name>.yaml`` cloud-init fragment in the provisioner's directory)."""
 
 
 class ErrorReply(_Message, frozen=True, tag=True):
@@ -134,10 +177,13 @@ class ErrorReply(_Message, frozen=True, tag=True):
     message: str
 
 
-Request = SignCertificate | SignNodeCertificate | GetClusterCA | GetClusterCAKey | RotateClusterCA | GetUsage
+Request = (
+    SignCertificate | SignNodeCertificate | GetClusterCA | GetClusterCAKey | RotateClusterCA | GetUsage
+    | ListAddons
+)
 Reply = (
     CertificateSigned | NodeCertificateSigned | ClusterCA | ClusterCAKey | ClusterCARotated | UsageReport
-    | ErrorReply
+    | AddonCatalog | ErrorReply
 )
 Message = Request | Reply
 

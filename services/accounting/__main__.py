@@ -1,4 +1,4 @@
-"""cove-accounting: per-project usage (node-, core- and RAM-MB-seconds) from lifecycle events."""
+"""cove-accounting: usage of every server, volume, floating IP, load balancer and cluster, from lifecycle events."""
 
 from __future__ import annotations
 

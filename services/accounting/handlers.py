@@ -1,4 +1,9 @@
-"""Event handlers ((envelope, transaction) -> nothing to publish) and the usage RPC of the accounting service."""
+"""Event handlers ((envelope, transaction) -> nothing to publish) and the usage RPC of the accounting service.
+
+Intervals are timed by the cloud's times that the provisioner's events carry (``created_at``, ``deleted_at``...),
+never by when accounting handled them; an older event without them stands in with its envelope's ``occurred_at``.
+A server is billed from its creation at Nova until it is gone, ERROR or not (Nova counts it against the project's
+quota, and the cloud's ledger records it, from its create call to its removal)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,21 @@ import structlog
 
 from proto import subjects
 from proto.envelope import Envelope
-from proto.events import ClusterDeleteCompleted, NodeBecameActive, NodeCreated, NodeDeleted, NodeFailed
-from proto.requests import ClusterUsage, GetUsage, Message, UsageReport
+from proto.events import (
+    ClusterCreateStarted,
+    ClusterDeleteCompleted,
+    FloatingIpAllocated,
+    FloatingIpReleased,
+    LoadBalancerCreated,
+    LoadBalancerDeleted,
+    NodeCreated,
+    NodeDeleted,
+    VolumeCreated,
+    VolumeDeleted,
+)
+from proto.requests import ClusterUsage, GetUsage, Message, UsageReport, UsageRow
 from services.accounting import store
-from services.accounting.usage import usage
+from services.accounting.usage import Row, per_cluster, summarize
 from services.runtime.projection import Outgoing
 from services.runtime.rpc import RpcError
 
@@ -26,47 +42,67 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
     p = env.payload
     at = env.occurred_at
     if isinstance(p, NodeCreated):
-        await store.node_created(
-            tx,
-            server_id=p.server_id,
-            cluster_id=p.cluster_id,
-            project_id=p.project_id,
-            node_name=p.node_name,
-            role=p.role,
-            flavor_id=p.flavor_id,
-            vcpus=p.vcpus,
-            ram_mb=p.ram_mb,
-            at=at,
+        await store.resource_started(
+            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.created_at or at, name=p.node_name, vcpus=p.vcpus, ram_mb=p.ram_mb,
         )
-    elif isinstance(p, NodeBecameActive):
-        await store.node_active(
-            tx, server_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id, at=at
-        )
-        log.info("usage_interval_opened", server_id=p.server_id, project_id=p.project_id)
     elif isinstance(p, NodeDeleted):
-        await store.node_ended(
-            tx,
-            server_id=p.server_id,
-            cluster_id=p.cluster_id,
-            project_id=p.project_id,
-            at=at,
-            reason="deleted",
+        await store.resource_ended(
+            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.deleted_at or at, reason="deleted",
         )
-        log.info("usage_interval_closed", server_id=p.server_id, project_id=p.project_id, reason="deleted")
-    elif isinstance(p, NodeFailed):
-        await store.node_ended(
-            tx,
-            server_id=p.server_id,
-            cluster_id=p.cluster_id,
-            project_id=p.project_id,
-            at=at,
-            reason="failed",
+        log.info("usage_interval_closed", kind="server", resource_id=p.server_id, project_id=p.project_id)
+    elif isinstance(p, VolumeCreated):
+        await store.resource_started(
+            tx, kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.created_at, name=p.name, size_gb=p.size_gb,
         )
+    elif isinstance(p, VolumeDeleted):
+        await store.resource_ended(
+            tx, kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.deleted_at, reason="deleted",
+        )
+    elif isinstance(p, FloatingIpAllocated):
+        await store.resource_started(
+            tx, kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
+            project_id=p.project_id, at=p.created_at, name=p.name,
+        )
+    elif isinstance(p, FloatingIpReleased):
+        await store.resource_ended(
+            tx, kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
+            project_id=p.project_id, at=p.released_at, reason="deleted",
+        )
+    elif isinstance(p, LoadBalancerCreated):
+        await store.resource_started(
+            tx, kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
+            project_id=p.project_id, at=p.created_at, name=p.name,
+        )
+    elif isinstance(p, LoadBalancerDeleted):
+        await store.resource_ended(
+            tx, kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
+            project_id=p.project_id, at=p.deleted_at, reason="deleted",
+        )
+    elif isinstance(p, ClusterCreateStarted):
+        await store.cluster_started(tx, p.uuid, p.project_id, at)
     elif isinstance(p, ClusterDeleteCompleted):
-        closed = await store.cluster_deleted(tx, p.uuid, at)
+        closed = await store.cluster_deleted(tx, p.uuid, p.project_id, at)
         if closed:
-            log.info("usage_intervals_closed_by_cluster_delete", cluster_id=p.uuid, nodes=closed)
+            log.info("usage_intervals_closed_by_cluster_delete", cluster_id=p.uuid, resources=closed)
     return ()
+
+
+def _row(row: Row) -> UsageRow:
+    t, i = row.totals, row.interval
+    return UsageRow(
+        project_id=row.project_id, cluster_id=row.cluster_id, vcpu_us=t.vcpu_us, ram_mb_us=t.ram_mb_us,
+        volume_gb_us=t.volume_gb_us, floating_ip_us=t.floating_ip_us, load_balancer_us=t.load_balancer_us,
+        server_us=t.server_us, cluster_us=t.cluster_us,
+        resource_id=i.resource_id if i else None, resource_kind=i.kind if i else None,
+        resource_name=i.name if i else None,
+        vcpus=i.vcpus if i and i.kind == "server" else None, ram_mb=i.ram_mb if i and i.kind == "server" else None,
+        size_gb=i.size_gb if i and i.kind == "volume" else None, started_at=i.start if i else None,
+        ended_at=i.end if i else None, billed_us=row.billed_us,
+    )
 
 
 class UsageRpc:
@@ -91,25 +127,22 @@ class UsageRpc:
         until = req.until or now
         if req.since is not None and req.since > until:
             raise RpcError(400, "since is after until")
-        found = await store.intervals(
-            pool, req.project_id, since=req.since, until=until, cluster_id=req.cluster_id
-        )
-        result = usage(found, since=req.since, until=until, now=now)
+        found = await store.intervals(pool, req.project_id, since=req.since, until=until, cluster_id=req.cluster_id)
+        total, rows = summarize(found, since=req.since, until=until, now=now, group_by=req.group_by)
+        clusters = per_cluster(found, since=req.since, until=until, now=now)
         return UsageReport(
-            project_id=req.project_id,
+            project_id=req.project_id or "",
             since=req.since,
             until=until,
-            node_seconds=result.total.node_seconds,
-            core_seconds=result.total.core_seconds,
-            ram_mb_seconds=result.total.ram_mb_seconds,
+            node_seconds=total.server_us / 1_000_000,
+            core_seconds=total.vcpu_us / 1_000_000,
+            ram_mb_seconds=total.ram_mb_us / 1_000_000,
             clusters=[
                 ClusterUsage(
-                    cluster_id=cid,
-                    node_seconds=t.node_seconds,
-                    core_seconds=t.core_seconds,
-                    ram_mb_seconds=t.ram_mb_seconds,
-                    nodes=t.nodes,
+                    cluster_id=cid, node_seconds=t.server_us / 1_000_000, core_seconds=t.vcpu_us / 1_000_000,
+                    ram_mb_seconds=t.ram_mb_us / 1_000_000, nodes=t.servers,
                 )
-                for cid, t in sorted(result.clusters.items())
+                for cid, t in sorted(clusters.items())
             ],
+            rows=[_row(r) for r in rows],
         )

@@ -1,4 +1,4 @@
-"""The accounting service's SQL (schema ``accounting``)."""
+"""The accounting service's SQL (schema ``accounting``): resource and cluster intervals, built only from events."""
 
 from __future__ import annotations
 
@@ -6,108 +6,117 @@ from datetime import datetime
 
 import asyncpg
 
-from services.accounting.usage import NodeInterval
+from services.accounting.usage import Interval
 
 
-async def node_created(
+async def resource_started(
     tx: asyncpg.Connection,
     *,
-    server_id: str,
+    kind: str,
+    resource_id: str,
     cluster_id: str,
     project_id: str,
-    node_name: str,
-    role: str,
-    flavor_id: str,
-    vcpus: int,
-    ram_mb: int,
     at: datetime,
+    name: str | None = None,
+    vcpus: int = 0,
+    ram_mb: int = 0,
+    size_gb: int = 0,
 ) -> None:
+    """The interval opens at the first report of the resource (a repeated one changes nothing)."""
     await tx.execute(
-        "INSERT INTO nodes (server_id, cluster_id, project_id, node_name, role, flavor_id, vcpus, ram_mb,"
-        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT (server_id) DO UPDATE SET node_name = EXCLUDED.node_name, role = EXCLUDED.role,"
-        " flavor_id = EXCLUDED.flavor_id, vcpus = EXCLUDED.vcpus, ram_mb = EXCLUDED.ram_mb,"
-        " created_at = COALESCE(nodes.created_at, EXCLUDED.created_at)",
-        server_id,
-        cluster_id,
-        project_id,
-        node_name,
-        role,
-        flavor_id,
-        vcpus,
-        ram_mb,
-        at,
+        "INSERT INTO resources (kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, started_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (kind, resource_id) DO UPDATE SET"
+        " started_at = COALESCE(resources.started_at, EXCLUDED.started_at),"
+        " name = COALESCE(resources.name, EXCLUDED.name),"
+        " vcpus = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.vcpus ELSE resources.vcpus END,"
+        " ram_mb = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.ram_mb ELSE resources.ram_mb END,"
+        " size_gb = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.size_gb ELSE resources.size_gb END",
+        kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, at,
     )
 
 
-async def node_active(
-    tx: asyncpg.Connection, *, server_id: str, cluster_id: str, project_id: str, at: datetime
+async def resource_ended(
+    tx: asyncpg.Connection, *, kind: str, resource_id: str, cluster_id: str, project_id: str, at: datetime,
+    reason: str,
 ) -> None:
-    """The interval opens at the first NodeBecameActive (a repeated one changes nothing)."""
+    """The interval closes at the first end reported."""
     await tx.execute(
-        "INSERT INTO nodes (server_id, cluster_id, project_id, active_at) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (server_id) DO UPDATE SET active_at = COALESCE(nodes.active_at, EXCLUDED.active_at)",
-        server_id,
-        cluster_id,
-        project_id,
-        at,
+        "INSERT INTO resources (kind, resource_id, cluster_id, project_id, ended_at, end_reason)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (kind, resource_id) DO UPDATE SET ended_at = COALESCE(resources.ended_at, EXCLUDED.ended_at),"
+        " end_reason = COALESCE(resources.end_reason, EXCLUDED.end_reason)",
+        kind, resource_id, cluster_id, project_id, at, reason,
     )
 
 
-async def node_ended(
-    tx: asyncpg.Connection, *, server_id: str, cluster_id: str, project_id: str, at: datetime, reason: str
-) -> None:
-    """The interval closes at the first end (deleted or failed)."""
+async def cluster_started(tx: asyncpg.Connection, cluster_id: str, project_id: str, at: datetime) -> None:
     await tx.execute(
-        "INSERT INTO nodes (server_id, cluster_id, project_id, ended_at, end_reason) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (server_id) DO UPDATE SET ended_at = COALESCE(nodes.ended_at, EXCLUDED.ended_at),"
-        " end_reason = COALESCE(nodes.end_reason, EXCLUDED.end_reason)",
-        server_id,
-        cluster_id,
-        project_id,
-        at,
-        reason,
+        "INSERT INTO clusters (cluster_id, project_id, started_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (cluster_id) DO UPDATE SET started_at = COALESCE(clusters.started_at, EXCLUDED.started_at)",
+        cluster_id, project_id, at,
     )
 
 
-async def cluster_deleted(tx: asyncpg.Connection, cluster_id: str, at: datetime) -> int:
-    """Close every interval of the cluster still open; returns how many."""
+async def cluster_deleted(tx: asyncpg.Connection, cluster_id: str, project_id: str, at: datetime) -> int:
+    """The cluster's interval closes, and so does every interval of its resources still open (the provisioner
+    reported their ends already unless it lost track of one, e.g. across a restart); returns how many of those."""
+    await tx.execute(
+        "INSERT INTO clusters (cluster_id, project_id, ended_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (cluster_id) DO UPDATE SET ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)",
+        cluster_id, project_id, at,
+    )
     status = await tx.execute(
-        "UPDATE nodes SET ended_at = $2, end_reason = 'cluster_deleted' WHERE cluster_id = $1 AND ended_at IS NULL",
-        cluster_id,
-        at,
+        "UPDATE resources SET ended_at = $2, end_reason = 'cluster_deleted'"
+        " WHERE cluster_id = $1 AND ended_at IS NULL AND started_at IS NOT NULL AND started_at <= $2",
+        cluster_id, at,
     )
     return int(status.split()[-1])
 
 
 async def intervals(
     conn: asyncpg.Connection | asyncpg.Pool,
-    project_id: str,
+    project_id: str | None,
     *,
     since: datetime | None,
     until: datetime,
     cluster_id: str | None = None,
-) -> list[NodeInterval]:
-    """Active intervals of the project that may overlap [since, until)."""
+) -> list[Interval]:
+    """Resource and cluster intervals of the project (every project when None) that may overlap [since, until)."""
     rows = await conn.fetch(
-        "SELECT cluster_id, server_id, vcpus, ram_mb, active_at, ended_at FROM nodes"
-        " WHERE project_id = $1 AND active_at IS NOT NULL AND active_at < $3"
+        "SELECT kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, started_at, ended_at"
+        " FROM resources"
+        " WHERE ($1::text IS NULL OR project_id = $1) AND started_at IS NOT NULL AND started_at < $3"
         " AND ($2::timestamptz IS NULL OR ended_at IS NULL OR ended_at > $2)"
         " AND ($4::text IS NULL OR cluster_id = $4)"
-        " ORDER BY cluster_id, server_id",
-        project_id,
-        since,
-        until,
-        cluster_id,
+        " UNION ALL"
+        " SELECT 'cluster', cluster_id, cluster_id, project_id, NULL, 0, 0, 0, started_at, ended_at FROM clusters"
+        " WHERE ($1::text IS NULL OR project_id = $1) AND started_at IS NOT NULL AND started_at < $3"
+        " AND ($2::timestamptz IS NULL OR ended_at IS NULL OR ended_at > $2)"
+        " AND ($4::text IS NULL OR cluster_id = $4)",
+        project_id, since, until, cluster_id,
     )
     return [
-        NodeInterval(
-            cluster_id=r["cluster_id"],
-            server_id=r["server_id"],
-            vcpus=r["vcpus"],
-            ram_mb=r["ram_mb"],
-            start=r["active_at"],
+        Interval(
+            kind=r["kind"], resource_id=r["resource_id"], cluster_id=r["cluster_id"], project_id=r["project_id"],
+            name=r["name"], vcpus=r["vcpus"], ram_mb=r["ram_mb"], size_gb=r["size_gb"], start=r["started_at"],
             end=r["ended_at"],
         )
         for r in rows
     ]
+
+
+async def project_totals(conn: asyncpg.Connection | asyncpg.Pool, now: datetime) -> list[asyncpg.Record]:
+    """Per project, everything up to ``now``: vCPU-, RAM-MB- and volume-GB-seconds (the /metrics counters)."""
+    return await conn.fetch(
+        "SELECT project_id,"
+        " COALESCE(sum(vcpus * extract(epoch FROM (COALESCE(ended_at, $1) - started_at)))"
+        "   FILTER (WHERE kind = 'server'), 0)::float8 AS vcpu_seconds,"
+        " COALESCE(sum(ram_mb * extract(epoch FROM (COALESCE(ended_at, $1) - started_at)))"
+        "   FILTER (WHERE kind = 'server'), 0)::float8 AS ram_mb_seconds,"
+        " COALESCE(sum(size_gb * extract(epoch FROM (COALESCE(ended_at, $1) - started_at)))"
+        "   FILTER (WHERE kind = 'volume'), 0)::float8 AS volume_gb_seconds"
+        " FROM resources WHERE started_at IS NOT NULL AND started_at < $1 AND COALESCE(ended_at, $1) > started_at"
+        " GROUP BY project_id ORDER BY project_id",
+        now,
+    )

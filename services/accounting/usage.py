@@ -1,8 +1,11 @@
-"""Usage arithmetic: plain functions over node intervals (no bus, no database).
+"""Usage arithmetic: plain functions over resource intervals (no bus, no database).
 
-A node accrues usage from ``NodeBecameActive.occurred_at`` until ``NodeDeleted`` (or ``NodeFailed``, or its
-cluster's ``ClusterDeleteCompleted``), with the vCPUs and RAM of its flavor from ``NodeCreated``. An open interval
-counts up to "now". Sums are kept in integer microseconds so they are exact, then given in seconds.
+Every billed resource of a cluster (a server, a volume, a floating IP, a load balancer) and the cluster itself is an
+interval ``[start, end)`` timed by the cloud: a server from its creation at Nova (the create call's return, or Nova's
+``created``) until the provisioner saw it gone; a volume, floating IP or load balancer likewise. An open interval
+counts up to "now". Each interval accrues, per microsecond inside the window: a server its vCPUs and RAM MB (and one
+server-microsecond), a volume its GB, a floating IP or load balancer one unit, a cluster one cluster-microsecond.
+Sums are integers (exact); hours are derived at the edge.
 """
 
 from __future__ import annotations
@@ -12,55 +15,77 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 _US = timedelta(microseconds=1)
+US_PER_HOUR = 3_600_000_000
+
+KINDS = ("server", "volume", "floating_ip", "load_balancer", "cluster")
+GROUPS = ("project", "cluster", "resource")
 
 
 @dataclass(frozen=True)
-class NodeInterval:
+class Interval:
+    kind: str
+    resource_id: str
     cluster_id: str
-    server_id: str
-    vcpus: int
-    ram_mb: int
-    start: datetime
+    project_id: str
+    start: datetime | None
     end: datetime | None = None
-    """None while the node is still running."""
+    """None while the resource still exists."""
+    name: str | None = None
+    vcpus: int = 0
+    ram_mb: int = 0
+    size_gb: int = 0
 
 
 @dataclass
 class Totals:
-    node_us: int = 0
-    core_us: int = 0
+    vcpu_us: int = 0
     ram_mb_us: int = 0
-    nodes: int = 0
+    volume_gb_us: int = 0
+    floating_ip_us: int = 0
+    load_balancer_us: int = 0
+    server_us: int = 0
+    cluster_us: int = 0
+    servers: int = 0
+    """Servers with any time inside the window."""
 
-    @property
-    def node_seconds(self) -> float:
-        return self.node_us / 1_000_000
+    def add(self, i: Interval, us: int) -> None:
+        if i.kind == "server":
+            self.server_us += us
+            self.vcpu_us += i.vcpus * us
+            self.ram_mb_us += i.ram_mb * us
+            self.servers += 1
+        elif i.kind == "volume":
+            self.volume_gb_us += i.size_gb * us
+        elif i.kind == "floating_ip":
+            self.floating_ip_us += us
+        elif i.kind == "load_balancer":
+            self.load_balancer_us += us
+        elif i.kind == "cluster":
+            self.cluster_us += us
 
-    @property
-    def core_seconds(self) -> float:
-        return self.core_us / 1_000_000
-
-    @property
-    def ram_mb_seconds(self) -> float:
-        return self.ram_mb_us / 1_000_000
-
-    def add(self, interval: NodeInterval, us: int) -> None:
-        self.node_us += us
-        self.core_us += interval.vcpus * us
-        self.ram_mb_us += interval.ram_mb * us
-        self.nodes += 1
+    def merge(self, other: Totals) -> None:
+        for name in ("vcpu_us", "ram_mb_us", "volume_gb_us", "floating_ip_us", "load_balancer_us", "server_us",
+                     "cluster_us", "servers"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
-class Usage:
-    total: Totals = field(default_factory=Totals)
-    clusters: dict[str, Totals] = field(default_factory=dict)
+class Row:
+    """One group's usage: a project, a (project, cluster), or one resource."""
+
+    project_id: str
+    cluster_id: str | None
+    totals: Totals = field(default_factory=Totals)
+    interval: Interval | None = None
+    billed_us: int | None = None
 
 
 def overlap_us(
-    start: datetime, end: datetime | None, *, since: datetime | None, until: datetime, now: datetime
+    start: datetime | None, end: datetime | None, *, since: datetime | None, until: datetime, now: datetime
 ) -> int:
     """Microseconds of [start, end or now) that fall inside [since, until); never negative."""
+    if start is None:
+        return 0
     stop = min(end if end is not None else now, until)
     begin = max(start, since) if since is not None else start
     if stop <= begin:
@@ -68,15 +93,39 @@ def overlap_us(
     return (stop - begin) // _US
 
 
-def usage(
-    intervals: Iterable[NodeInterval], *, since: datetime | None, until: datetime, now: datetime
-) -> Usage:
-    """Sum node-, core- and RAM-MB-microseconds of ``intervals`` inside the window, in total and per cluster."""
-    result = Usage()
-    for interval in intervals:
-        us = overlap_us(interval.start, interval.end, since=since, until=until, now=now)
+def summarize(
+    intervals: Iterable[Interval], *, since: datetime | None, until: datetime, now: datetime, group_by: str
+) -> tuple[Totals, list[Row]]:
+    """The window's grand total and its rows grouped by ``project``, ``cluster`` or ``resource``, in a stable order
+    (project, cluster, then kind and resource id). Intervals with nothing inside the window make no row."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    total = Totals()
+    rows: dict[tuple[str, ...], Row] = {}
+    for i in intervals:
+        us = overlap_us(i.start, i.end, since=since, until=until, now=now)
         if us <= 0:
             continue
-        result.total.add(interval, us)
-        result.clusters.setdefault(interval.cluster_id, Totals()).add(interval, us)
-    return result
+        total.add(i, us)
+        if group_by == "project":
+            key: tuple[str, ...] = (i.project_id,)
+            row = rows.setdefault(key, Row(i.project_id, None))
+        elif group_by == "cluster":
+            key = (i.project_id, i.cluster_id)
+            row = rows.setdefault(key, Row(i.project_id, i.cluster_id))
+        else:
+            key = (i.project_id, i.cluster_id, i.kind, i.resource_id)
+            row = rows.setdefault(key, Row(i.project_id, i.cluster_id, interval=i, billed_us=0))
+            row.billed_us = (row.billed_us or 0) + us
+        row.totals.add(i, us)
+    return total, [rows[k] for k in sorted(rows)]
+
+
+def per_cluster(intervals: Iterable[Interval], *, since: datetime | None, until: datetime, now: datetime
+                ) -> dict[str, Totals]:
+    """Totals by cluster id (the older ``UsageReport.clusters``)."""
+    _, rows = summarize(intervals, since=since, until=until, now=now, group_by="cluster")
+    out: dict[str, Totals] = {}
+    for row in rows:
+        out.setdefault(row.cluster_id or "", Totals()).merge(row.totals)
+    return out
