@@ -99,6 +99,29 @@ def as_bool(value: str) -> bool:
     return bool_value(value) is True
 
 
+ADDONS_LABEL = "addons"
+"""The label that switches site add-ons on: comma-separated names of the operator's cloud-init fragments."""
+ADDON_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+"""An add-on's name: its file in the provisioner's add-on directory is ``<name>.yaml``."""
+
+
+def addon_names(labels: Mapping[str, str]) -> list[str]:
+    """The add-ons ``labels`` switch on, in order, each once (spaces around names and empty items ignored)."""
+    out: list[str] = []
+    for item in labels.get(ADDONS_LABEL, "").split(","):
+        name = item.strip()
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def _addon_list(value: str) -> bool:
+    return all(ADDON_NAME_RE.fullmatch(name) and len(name) <= 64 for name in addon_names({ADDONS_LABEL: value}))
+
+
+_ADDONS = LabelRule(
+    ADDONS_LABEL, "comma-separated add-on names (lowercase letters, digits, '_' and '-')", None, _addon_list,
+    "the site add-ons (the operator's cloud-init fragments) every node gets")
 _CIDR = "an IPv4 network in CIDR notation with a prefix of /8 to /28 (e.g. 10.100.0.0/16)"
 
 KUBERNETES_LABELS: dict[str, LabelRule] = {
@@ -126,6 +149,7 @@ KUBERNETES_LABELS: dict[str, LabelRule] = {
                   "where the nodes are booted (read by the provisioner, not by the nodes)"),
         LabelRule("etcd_volume_size", "a size in GiB from 1 to 16384, or 0 for none", "0", _size,
                   "a Cinder volume for etcd's data on each master, mounted at /var/lib/etcd"),
+        _ADDONS,
     )
 }
 
@@ -184,10 +208,9 @@ SWARM_LABELS: dict[str, LabelRule] = {
     for rule in (
         _DOCKER_VOLUME_TYPE,
         _AVAILABILITY_ZONE,
+        _ADDONS,
         LabelRule("swarm_strategy", "spread, binpack or random", "spread", _one_of("spread", "binpack", "random"),
                   "how Swarm places containers on the nodes (Magnum's swarm_strategy)"),
-        LabelRule("flannel_network_cidr", _CIDR, "10.100.0.0/16", _ipv4_cidr,
-                  "the overlay network when the network driver is flannel"),
     )
 }
 """The labels of Docker Swarm clusters (coe ``swarm-mode``, also accepted as ``swarm``)."""
@@ -197,6 +220,7 @@ MESOS_LABELS: dict[str, LabelRule] = {
     for rule in (
         _DOCKER_VOLUME_TYPE,
         _AVAILABILITY_ZONE,
+        _ADDONS,
         LabelRule("mesos_slave_isolation", f"a comma-separated list of: {', '.join(MESOS_ISOLATORS)}", None,
                   _comma_list_of(*MESOS_ISOLATORS), "the agents' isolators (--isolation)"),
         LabelRule("mesos_slave_image_providers", "docker, appc, or both comma-separated", None,
@@ -226,11 +250,11 @@ NETWORK_DRIVERS = ("flannel", "calico")
 DEFAULT_NETWORK_DRIVER = "flannel"
 
 COE_NETWORK_DRIVERS: dict[str, tuple[str, ...]] = {
-    "kubernetes": NETWORK_DRIVERS, "swarm-mode": ("docker", "flannel"), "swarm": ("docker", "flannel"),
-    "mesos": ("docker",),
+    "kubernetes": NETWORK_DRIVERS, "swarm-mode": ("docker",), "swarm": ("docker",), "mesos": ("docker",),
 }
-"""The network drivers each COE's template may name, as Magnum's validators had them (``docker``: the engine's
-own overlay network)."""
+"""The network drivers each COE's template may name (``docker``: the engine's own overlay networks). Magnum's
+validator also listed flannel for Swarm, which only its classic-Swarm driver used; Cove's Swarm-mode driver
+refuses it, so the API does too."""
 DEFAULT_NETWORK_DRIVERS: dict[str, str] = {
     "kubernetes": DEFAULT_NETWORK_DRIVER, "swarm-mode": "docker", "swarm": "docker", "mesos": "docker",
 }

@@ -102,6 +102,10 @@ cluster CA. Unauthenticated until NATS credentials arrive (issue 16)."""
 # The RPCs the accounting service answers.
 ACCOUNTING_USAGE = rpc_subject("accounting", "usage")
 
+# The RPCs the provisioner answers.
+PROVISIONER_ADDONS = rpc_subject("provisioner", "addons")
+"""The names of the site add-ons the provisioner's catalog holds (the API checks an ``addons`` label with them)."""
+
 
 def decisions_source() -> str:
     """The scheduler's decisions in the events stream (``ClusterAdmitted`` / ``ClusterRejected``), re-announced once
