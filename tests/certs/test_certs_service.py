@@ -103,9 +103,9 @@ async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -
     got = await rpc.request(nc, subjects.CERTS_GET_CA, GetClusterCA(cluster_id=cid, project_id=project))
     assert isinstance(got, ClusterCA) and got.pem == created.ca_cert_pem
 
-    reply = await rpc.request(
-        nc, subjects.CERTS_SIGN, SignCertificate(cluster_id=cid, project_id=project, csr_pem=csr_pem())
-    )
+    reply = await rpc.request(nc, subjects.CERTS_SIGN, SignCertificate(
+        cluster_id=cid, project_id=project, csr_pem=csr_pem(), user_id="u-1", user_name="alice", access="admin"
+    ))
     assert isinstance(reply, CertificateSigned)
     cert = x509.load_pem_x509_certificate(reply.pem.encode())
     pub = ca_cert.public_key()
@@ -114,11 +114,14 @@ async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -
         cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
     )  # raises if bad
     assert cert.issuer == ca_cert.subject
-    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    # the subject is Cove's, not the CSR's (which asked for CN=admin, O=system:masters)
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "cove:cluster-admins"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
 
     with pytest.raises(RpcError) as bad:
         await rpc.request(
-            nc, subjects.CERTS_SIGN, SignCertificate(cluster_id=cid, project_id=project, csr_pem="junk")
+            nc, subjects.CERTS_SIGN,
+            SignCertificate(cluster_id=cid, project_id=project, csr_pem="junk", user_id="u-1", access="view")
         )
     assert bad.value.code == 400 and "Invalid CSR" in bad.value.message
     with pytest.raises(RpcError) as unknown:
@@ -197,6 +200,6 @@ async def test_rebuild_by_replay_restores_the_same_cas(certs: Harness) -> None:
     reply = await rpc.request(
         certs.bus.nc,
         subjects.CERTS_SIGN,
-        SignCertificate(cluster_id=ids[0], project_id=project, csr_pem=csr_pem()),
+        SignCertificate(cluster_id=ids[0], project_id=project, csr_pem=csr_pem(), user_id="u", access="view"),
     )
     assert isinstance(reply, CertificateSigned)
