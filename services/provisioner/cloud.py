@@ -1111,12 +1111,23 @@ class ClusterCloud:
                     left = True
         return not left
 
-    def release_node(self, prefix: str, cluster_id: str, node_name: str) -> bool:
+    def release_node(self, prefix: str, cluster_id: str, node_name: str, *, keep_port: bool = False) -> bool:
         """What one node had beside its server, once the server is gone (a resize down, a nodegroup deleted, an
-        upgrade's replaced node): its volumes (``<node>-docker``, ``<node>-etcd``) and its floating IP. True when
-        nothing of it is left; False while a volume still detaches (call again)."""
+        upgrade's replaced node): its volumes (``<node>-docker``, ``<node>-etcd``), its floating IP and the port
+        it booted on when that was made first (``<node>-port``). True when nothing of it is left; False while a
+        volume still detaches or the port is still bound (call again). ``keep_port``: the port carries the cluster's
+        API address (the first master's without a load balancer) and stays for the node's replacement."""
         what = f"Releasing the resources of {node_name} failed"
         done = True
+        port_name = model.node_port_name(node_name)
+        for port in [] if keep_port else self._list(what, lambda: self.conn.network.ports(name=port_name)):
+            if not _owned(port, cluster_id):
+                continue
+            if port.device_id:
+                done = False  # Nova unbinds it as the server goes
+                continue
+            self._api(what, lambda port=port: self.conn.network.delete_port(port, ignore_missing=True))  # type: ignore[misc]
+            log.info("port_deleted", cluster_id=cluster_id, node=node_name, port_id=port.id)
         description = f"{cluster_description(cluster_id)}: {node_name}-fip"
         for fip in self._list(what, lambda: self.conn.network.ips(description=description)):
             if _owned(fip, cluster_id):

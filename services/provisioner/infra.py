@@ -20,10 +20,6 @@ from services.provisioner.state import Infra, TaskState
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
 
-def first_master_port_name(prefix: str) -> str:
-    return f"{model.node_name(prefix, model.MASTER, 0)}-port"
-
-
 async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
     """Everything the servers need before they boot. The load balancer is asked for again on every pass until it
     is ready (Octavia builds it while the servers build); the rest once per task."""
@@ -49,7 +45,7 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
         api_port_ref = None
         if not built.master_lb_enabled:
             api_port_ref = await r.cloud.call(trust, lambda c: c.ensure_port(
-                prefix, row.uuid, first_master_port_name(prefix), network_id=network.network_id,
+                prefix, row.uuid, model.node_port_name(model.node_name(prefix, model.MASTER, 0)), network_id=network.network_id,
                 subnet_id=network.subnet_id, security_group_ids=[groups[model.MASTER]],
             ))
         st.infra = Infra(network=network, security_groups=groups, server_group=server_group, load_balancer=None,

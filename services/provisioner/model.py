@@ -50,6 +50,12 @@ VOLUME_KINDS = ("docker", "etcd")
 """The volumes a node may have: container storage (``docker_volume_size``) and, on masters, etcd's data."""
 
 
+def node_port_name(node: str) -> str:
+    """The port a node boots on when it is made before the server (the first master's without a load balancer, or
+    any node whose address its certificate names): ``<node>-port``. Neutron keeps it when the server goes."""
+    return f"{node}-port"
+
+
 def volume_name(node: str, kind: str) -> str:
     """``<node>-docker`` / ``<node>-etcd``."""
     return f"{node}-{kind}"

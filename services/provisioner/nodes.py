@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from proto import subjects
 from proto.events import NodeDeleted
-from proto.requests import ClusterCAKey, GetClusterCAKey
-from services.provisioner import infra, model, nodeplan, store
-from services.provisioner.cloud import CloudError, ClusterCloud, Flavor
+from services.provisioner import certificates, coeapi, infra, model, nodeplan, store
+from services.provisioner.cloud import CloudError, ClusterCloud, Flavor, PortRefs
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext
 from services.provisioner.drivers.kubernetes import bootstrap_token
 from services.provisioner.state import Infra, TaskState
-from services.runtime import rpc
 
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
@@ -105,10 +102,13 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         role=node.role,  # type: ignore[arg-type]
     ), f"NodeDeleted:{node.server_id}") for node in gone])
     if built.docker_volume_size or built.etcd_volume_size or built.floating_ip_enabled or any(
-            g.docker_volume_size for g in row.groups):
+            g.docker_volume_size for g in row.groups) or any(
+            driver_for(built.coe).needs_server_certificate(role) for role in model.ROLES):  # ports made first
         st.releasing.update(node.name for node in gone)
+    api_port_node = None if built.master_lb_enabled else model.node_name(prefix, model.MASTER, 0)
     for name in sorted(st.releasing):
-        if await r.cloud.call(trust, lambda c, name=name: c.release_node(prefix, row.uuid, name)):  # type: ignore[misc]
+        if await r.cloud.call(trust, lambda c, name=name: c.release_node(  # type: ignore[misc]
+                prefix, row.uuid, name, keep_port=name == api_port_node)):
             st.releasing.discard(name)
 
     plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
@@ -117,6 +117,9 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         return Convergence(servers=servers, failure=failure)
     if plan.complete and not st.releasing:
         return Convergence(servers=servers, complete=True)
+    if built.coe in coeapi.DRAINED_COES:
+        await asyncio.gather(*(_drain(r, row, st, infra, server.name) for server in plan.to_delete
+                               if server.id not in st.delete_requested))
     await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
                            for server in plan.to_delete))
     for server in plan.to_delete:
@@ -127,17 +130,22 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
     return Convergence(servers=servers)
 
 
-async def _ca_key(r: Reconciler, row: store.ClusterRow) -> str:
-    """The cluster CA's key, from the certs service, for the masters' user data (docs/adr/0006). Not kept: a
-    pass that boots masters asks again."""
+async def _drain(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra, node_name: str) -> None:
+    """Drain a Swarm node and take it out of the swarm before its server is deleted (``coeapi.py``); a COE API
+    that cannot be reached or refuses is logged and the delete goes on (a resize must not hang on a broken
+    cluster: its tasks are then rescheduled by the swarm when the node goes down)."""
+    host = infra.api_floating_ip or infra.api_host
+    if host is None or not coeapi.reachable(host, r.settings.coe_networks):
+        log.warning("swarm_drain_skipped", cluster_id=row.uuid, node=node_name, api_host=host,
+                    reason="the cluster's API is outside COVE_PROVISIONER_COE_NETWORKS")
+        return
     try:
-        reply = await rpc.request(r.bus.nc, subjects.CERTS_CA_KEY,
-                                  GetClusterCAKey(cluster_id=row.uuid, project_id=row.project_id or ""))
-    except rpc.RpcError as exc:
-        raise CloudError(f"The cluster's CA is not available: {exc.message}",
-                         permanent=exc.code in (400, 404)) from exc
-    assert isinstance(reply, ClusterCAKey)
-    return reply.key_pem
+        if st.coe_client is None:
+            st.coe_client = await certificates.node_tls(r.bus.nc, row, coeapi.CLIENT_NAME, [])
+        endpoint = coeapi.Endpoint(host, row.resolved.apiserver_port, row.ca_cert_pem or "", st.coe_client)
+        await coeapi.drain_swarm_node(endpoint, node_name, timeout=r.settings.drain_timeout)
+    except (coeapi.DrainError, CloudError) as exc:
+        log.warning("swarm_drain_failed", cluster_id=row.uuid, node=node_name, error=str(exc))
 
 
 async def _boot(
@@ -159,19 +167,34 @@ async def _boot(
     if api_host is None:
         raise CloudError("The cluster's API address could not be allocated", permanent=False)
     masters = tuple(s.first_ip() or "" for s in servers if s.role == model.MASTER and s.first_ip())
-    ca_key = await _ca_key(r, row) if any(node.role == model.MASTER for _, node in nodes) else None
+    ca_key = (await certificates.ca_key(r.bus.nc, row)).key_pem if any(
+        driver.needs_ca_key(node.role) for _, node in nodes) else None  # type: ignore[arg-type]
 
     async def create(group: nodeplan.GroupSpec, node: model.DesiredNode) -> str | CloudError | None:
         volumes = volume_names(node.name, node.role, group.docker_volume_size, built.etcd_volume_size)
+        is_first_master = node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
+        with_certificate = driver.needs_server_certificate(node.role)  # type: ignore[arg-type]
 
-        def work(c: ClusterCloud) -> str | None:
+        def prepare(c: ClusterCloud) -> tuple[list[str], PortRefs | None] | None:
+            """The node's volumes and, for a driver that names the node's address in its certificate, its port;
+            None while a volume is not ``available`` yet (the node boots on a later pass)."""
             volume_ids: list[str] = []
             for name, size in volumes:
                 state = c.ensure_volume(prefix, row.uuid, name, size_gb=size, availability_zone=built.availability_zone)
                 if state.status != "available":
-                    return None  # boots on a later pass, once its volumes are ready
+                    return None
                 volume_ids.append(state.id)
-            is_first_master = node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
+            port = None
+            if is_first_master and infra.api_port_ref is not None:
+                port = infra.api_port_ref
+            elif with_certificate:
+                port = c.ensure_port(prefix, row.uuid, model.node_port_name(node.name), network_id=infra.network.network_id,
+                                     subnet_id=infra.network.subnet_id,
+                                     security_group_ids=[infra.security_groups[node.role]])
+            return volume_ids, port
+
+        def boot(c: ClusterCloud, volume_ids: list[str], port: PortRefs | None,
+                 tls: certificates.NodeTLS | None) -> str:
             user_data = driver.user_data(NodeContext(
                 cluster_id=row.uuid, cluster_name=spec.name, node_name=node.name, role=node.role,  # type: ignore[arg-type]
                 nodegroup=group.name, is_first_master=is_first_master, api_host=api_host,
@@ -182,14 +205,13 @@ async def _boot(
                 etcd_volume_device=(SECOND_DEVICE if group.docker_volume_size else DOCKER_DEVICE)
                 if node.role == model.MASTER and built.etcd_volume_size else None,
                 http_proxy=built.http_proxy, https_proxy=built.https_proxy, no_proxy=built.no_proxy,
-                ca_key_pem=ca_key if node.role == model.MASTER else None,
+                ca_key_pem=ca_key if driver.needs_ca_key(node.role) else None,  # type: ignore[arg-type]
+                node_address=port.ip if port is not None else None,
+                server_cert_pem=tls.cert_pem if tls else None, server_key_pem=tls.key_pem if tls else None,
             ))
-            port_id = None
-            if is_first_master and infra.api_port_ref is not None:
-                port_id = infra.api_port_ref.id
             return c.create_server(
                 name=node.name, flavor_id=flavors[group.name].id, image_id=group.image or built.image_id,
-                network_id=infra.network.network_id, port_id=port_id,
+                network_id=infra.network.network_id, port_id=port.id if port is not None else None,
                 security_group_ids=[infra.security_groups[node.role]],
                 key_name=built.keypair,
                 metadata=model.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
@@ -199,7 +221,15 @@ async def _boot(
             )
 
         try:
-            return await r.cloud.call(trust, work)
+            prepared = await r.cloud.call(trust, prepare)
+            if prepared is None:
+                return None
+            volume_ids, port = prepared
+            tls = None
+            if with_certificate:
+                addresses = [a for a in (port.ip if port else None, api_host, infra.api_floating_ip) if a]
+                tls = await certificates.node_tls(r.bus.nc, row, node.name, addresses)
+            return await r.cloud.call(trust, lambda c: boot(c, volume_ids, port, tls))
         except CloudError as err:
             return err
 

@@ -13,6 +13,9 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_DURABLE         the projection's durable consumer name (default provisioner)
     COVE_BOOTSTRAP_SECRET            secret the kubeadm bootstrap tokens are derived from
     COVE_PROVISIONER_SUBNET_CIDR     a cluster's private subnet when its spec names none (default 10.0.0.0/24)
+    COVE_PROVISIONER_COE_NETWORKS    CIDRs where the provisioner may reach clusters' own APIs, to drain a Swarm
+                                     node before deleting it (default 127.0.0.0/8: name the external network's)
+    COVE_PROVISIONER_DRAIN_TIMEOUT   seconds a drain waits for a node's tasks to move elsewhere (default 60)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
                                      (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
@@ -44,7 +47,9 @@ FILTER_SUBJECTS = [
     subjects.producer_events("api", "cluster"),
     subjects.producer_events("certs", "cluster"),
     subjects.producer_events("provisioner", "cluster"),
+    subjects.producer_events("scheduler", "cluster"),
 ]
+"""The scheduler's: ``ClusterUpdateAdmitted`` (a resize decided on quota first, docs/adr/0008)."""
 
 
 def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
@@ -56,6 +61,9 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         poll_interval=float(extra.get("COVE_PROVISIONER_POLL_INTERVAL", "0.25")),
         bootstrap_secret=(secret or "cove-dev-bootstrap-secret").encode(),
         default_subnet_cidr=extra.get("COVE_PROVISIONER_SUBNET_CIDR") or model.DEFAULT_SUBNET_CIDR,
+        coe_networks=tuple(n.strip() for n in extra.get("COVE_PROVISIONER_COE_NETWORKS", "127.0.0.0/8").split(",")
+                           if n.strip()),
+        drain_timeout=float(extra.get("COVE_PROVISIONER_DRAIN_TIMEOUT", "60")),
     )
 
 
@@ -75,6 +83,8 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         if env is not None:
             if workers.reconciler is not None:
                 workers.reconciler.on_applied(env)
+                if env.type == "ClusterUpdateAdmitted" and env.cluster_id is not None:
+                    workers.reconciler.kick(env.cluster_id)
             if workers.reaper is not None:
                 workers.reaper.on_applied(env)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.provisioner import model
+from services.provisioner.certificates import NodeTLS
 from services.provisioner.cloud import LoadBalancerState, NetworkRefs, PortRefs
 
 
@@ -22,6 +24,11 @@ class ReconcilerSettings:
     bootstrap_secret: bytes = b"cove-dev-bootstrap-secret"
     default_subnet_cidr: str = model.DEFAULT_SUBNET_CIDR
     """The private subnet of a cluster whose spec names none (``COVE_PROVISIONER_SUBNET_CIDR``)."""
+    coe_networks: tuple[str, ...] = ("127.0.0.0/8",)
+    """Where the provisioner may reach a cluster's own API (``COVE_PROVISIONER_COE_NETWORKS``, comma-separated
+    CIDRs): to drain a Swarm node before its server goes (``coeapi.py``)."""
+    drain_timeout: float = 60.0
+    """How long a drain waits for a node's tasks to move (``COVE_PROVISIONER_DRAIN_TIMEOUT``)."""
 
 
 class Outcome(enum.Enum):
@@ -67,3 +74,8 @@ class TaskState:
     """Names of nodes whose server is gone and whose volumes and floating IP are still being released (a task
     restarted meanwhile forgets them: the cluster's delete removes whatever carries its id)."""
     failures: int = 0
+    coe_client: NodeTLS | None = None
+    billed: dict[str, Any] = field(default_factory=dict)
+    """Resource id -> ``billing.Billed``: volumes, floating IPs and the load balancer reported to accounting and not
+    yet reported gone (``billing.py``)."""
+    """The provisioner's client certificate for this cluster's COE API (a Swarm drain), once asked for."""

@@ -101,6 +101,10 @@ class CoeDriver(Protocol):
         """The TCP ports the API load balancer (and the floating IP in front of it) forwards to the masters."""
         ...
 
+    def needs_ca_key(self, role: Role) -> bool:
+        """Whether each node of ``role`` gets the cluster CA's key (``NodeContext.ca_key_pem``; ADR 0006)."""
+        ...
+
     def needs_server_certificate(self, role: Role) -> bool:
         """Whether each node of ``role`` needs its own TLS certificate from the cluster CA in its user data
         (``NodeContext.server_cert_pem``)."""

@@ -15,25 +15,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
-import shlex
 from typing import Any
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
+from services.provisioner.drivers.render import (
+    ENV_PATH,
+    PROXY_ENV_PATH,
+    cloud_config,
+    dump_yaml_all,
+    endpoint,
+    shell_env,
+    systemd_env,
+    volume_mounts,
+)
+from services.provisioner.drivers.render import host_name as kube_node_name
+from services.provisioner.drivers.render import write_file as _write
 
 COE = "kubernetes"
 CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 
 CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
 CA_KEY_PATH = "/etc/kubernetes/pki/ca.key"
-ENV_PATH = "/etc/cove/node.env"
-PROXY_ENV_PATH = "/etc/cove/proxy.env"
 KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
 SCRIPT_PATH = "/usr/local/sbin/cove-bootstrap"
 ETCD_DIR = "/var/lib/etcd"
@@ -87,67 +94,6 @@ def _load_key(ca_key_pem: str) -> Any:
         return serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
     except (ValueError, TypeError) as e:
         raise ValueError(f"ca_key_pem is not an unencrypted PEM private key: {e}") from None
-
-
-def kube_node_name(name: str) -> str:
-    """The Kubernetes node name (and hostname) for a server name: a DNS-1123 label (lowercase letters, digits and
-    '-', at most 63 characters), other characters replaced by '-'."""
-    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-")
-    if not label:
-        raise ValueError(f"node name {name!r} has no letter or digit to make a Kubernetes node name from")
-    return label
-
-
-def endpoint(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    except ValueError:
-        pass
-    return f"{host}:{port}"
-
-
-# --------------------------------------------------------------------------- serialisers
-
-
-def shell_env(values: dict[str, str]) -> str:
-    """``NAME='value'`` lines for ``.`` in a shell: every value quoted by ``shlex.quote``."""
-    for name, value in values.items():
-        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
-            raise ValueError(f"bad environment variable name {name!r}")
-        if "\0" in value:
-            raise ValueError(f"{name} contains a NUL character")
-    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
-
-
-def systemd_env(values: dict[str, str]) -> str:
-    """``NAME="value"`` lines that systemd's ``EnvironmentFile=`` and a POSIX shell both read as the same value:
-    double quotes, with the four characters special inside them (``\\ " $ ```) escaped by a backslash."""
-    out = []
-    for name, value in values.items():
-        if "\0" in value:
-            raise ValueError(f"{name} contains a NUL character")
-        escaped = re.sub(r'([\\"$`])', r"\\\1", value)
-        out.append(f'{name}="{escaped}"\n')
-    return "".join(out)
-
-
-class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, with multi-line strings as literal blocks where YAML allows it (readable scripts)."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def _yaml(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000,
-                     allow_unicode=False)
 
 
 # --------------------------------------------------------------------------- the bootstrap script
@@ -316,10 +262,6 @@ def _network_driver(value: str | None) -> str:
     return driver
 
 
-def _write(path: str, content: str, permissions: str) -> dict[str, str]:
-    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
-
-
 def _kubeadm_api_version(kube_tag: str) -> str:
     minor = int(kube_tag[1:].split(".")[1])
     return "kubeadm.k8s.io/v1beta4" if minor >= 31 else "kubeadm.k8s.io/v1beta3"
@@ -341,6 +283,9 @@ class KubernetesDriver:
 
     def load_balancer_ports(self, api_port: int) -> list[int]:
         return [api_port]
+
+    def needs_ca_key(self, role: Role) -> bool:
+        return role == "master"  # the first master's kubeadm signs with it; the others derive the certificate key
 
     def needs_server_certificate(self, role: Role) -> bool:
         return False  # kubeadm makes the control plane's certificates on the masters from the CA key (ADR 0006)
@@ -435,18 +380,9 @@ class KubernetesDriver:
         volumes = [(node.docker_volume_device, CONTAINERD_DIR, "containerd")]
         if node.role == "master":
             volumes.append((node.etcd_volume_device, ETCD_DIR, "etcd"))
-        volumes_given = [(device, path, label) for device, path, label in volumes if device]
-        if volumes_given:
-            doc["fs_setup"] = [
-                {"label": label, "filesystem": "ext4", "device": device, "partition": "none", "overwrite": False}
-                for device, _, label in volumes_given
-            ]
-            doc["mounts"] = [
-                [device, path, "ext4", "defaults,nofail,x-systemd.device-timeout=120", "0", "2"]
-                for device, path, _ in volumes_given
-            ]
+        doc.update(volume_mounts(volumes))
         doc["runcmd"] = [[SCRIPT_PATH]]
-        return "#cloud-config\n" + _yaml(doc)
+        return cloud_config(doc)
 
     def kubeadm_config(self, node: NodeContext, labels: dict[str, str], driver: str) -> str:
         """The node's kubeadm configuration: Init-, Cluster- and KubeletConfiguration on the first master, a
@@ -513,7 +449,7 @@ class KubernetesDriver:
                     "localAPIEndpoint": {"bindPort": node.api_port},
                 }
             docs = [join]
-        return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1_000_000)
+        return dump_yaml_all(docs)
 
     def health_checks(self) -> list[HealthCheck]:
         return [
