@@ -209,6 +209,10 @@ async def _boot(
                 node_address=port.ip if port is not None else None,
                 server_cert_pem=tls.cert_pem if tls else None, server_key_pem=tls.key_pem if tls else None,
             ))
+            try:
+                user_data = r.settings.addons.render(user_data, built.labels)
+            except ValueError as exc:
+                raise CloudError(str(exc), permanent=True) from exc
             return c.create_server(
                 name=node.name, flavor_id=flavors[group.name].id, image_id=group.image or built.image_id,
                 network_id=infra.network.network_id, port_id=port.id if port is not None else None,

@@ -16,6 +16,7 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_COE_NETWORKS    CIDRs where the provisioner may reach clusters' own APIs, to drain a Swarm
                                      node before deleting it (default 127.0.0.0/8: name the external network's)
     COVE_PROVISIONER_DRAIN_TIMEOUT   seconds a drain waits for a node's tasks to move elsewhere (default 60)
+    COVE_PROVISIONER_ADDONS_DIR      the site add-ons (named cloud-init fragments; default deploy/addons)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
                                      (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
@@ -33,6 +34,7 @@ from proto.envelope import Envelope
 from proto.streams import PROVISIONER_CONSUMER
 from services.provisioner import handlers, model
 from services.provisioner.cloud import Cloud, CloudSettings
+from services.provisioner.drivers import addons
 from services.provisioner.loop import Reconciler
 from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
@@ -64,6 +66,7 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         coe_networks=tuple(n.strip() for n in extra.get("COVE_PROVISIONER_COE_NETWORKS", "127.0.0.0/8").split(",")
                            if n.strip()),
         drain_timeout=float(extra.get("COVE_PROVISIONER_DRAIN_TIMEOUT", "60")),
+        addons=addons.Catalog.load(addons.directory_of(extra)),
     )
 
 

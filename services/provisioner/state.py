@@ -9,6 +9,7 @@ from typing import Any
 from services.provisioner import model
 from services.provisioner.certificates import NodeTLS
 from services.provisioner.cloud import LoadBalancerState, NetworkRefs, PortRefs
+from services.provisioner.drivers.addons import Catalog
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ReconcilerSettings:
     CIDRs): to drain a Swarm node before its server goes (``coeapi.py``)."""
     drain_timeout: float = 60.0
     """How long a drain waits for a node's tasks to move (``COVE_PROVISIONER_DRAIN_TIMEOUT``)."""
+    addons: Catalog = field(default_factory=Catalog)
+    """The operator's site add-ons (``COVE_PROVISIONER_ADDONS_DIR``), merged into the user data of the clusters
+    whose ``addons`` label names them."""
 
 
 class Outcome(enum.Enum):
