@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from services.provisioner.drivers.base import CoeDriver
 from services.provisioner.drivers.kubernetes import KubernetesDriver
+from services.provisioner.drivers.swarm import SwarmDriver
 
-DRIVERS: dict[str, type[CoeDriver]] = {"kubernetes": KubernetesDriver}
+DRIVERS: dict[str, type[CoeDriver]] = {
+    "kubernetes": KubernetesDriver,
+    "swarm-mode": SwarmDriver,
+    "swarm": SwarmDriver,  # Magnum's API accepted both names for Swarm mode
+}
 
 
 def driver_for(coe: str) -> CoeDriver:
