@@ -44,6 +44,15 @@ class NodeGroupSpec(msgspec.Struct, frozen=True, kw_only=True):
     docker_volume_size: int | None = None
     """GB of the container-storage volume attached to each node before it boots; None: no volume."""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    vcpus: int | None = None
+    """vCPUs of ``flavor_id`` as Nova reported them when the API resolved the spec (the scheduler's quota demand);
+    None in specs resolved before sizes were carried, or when the flavor could not be looked up."""
+    ram_mb: int | None = None
+    """RAM (MB) of ``flavor_id``, as ``vcpus``."""
+
+
+FlavorSizes = dict[str, tuple[int, int]]
+"""Flavor id or name -> (vCPUs, RAM MB), as the API found them in Nova."""
 
 
 class ClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,19 +176,25 @@ def resolve_cluster(
     master_lb_enabled: bool | None = None,
     create_timeout: int | None = None,
     discovery_url: str | None = None,
+    flavor_sizes: FlavorSizes | None = None,
 ) -> ClusterSpec:
-    """The one rule: the request's value, else the template's, else Magnum's default. Raises ``SpecError``."""
+    """The one rule: the request's value, else the template's, else Magnum's default. Raises ``SpecError``.
+    ``flavor_sizes`` (the flavors' vCPUs and RAM) are carried in the nodegroups for the scheduler's quotas."""
     resolved_labels = merged_labels(template.labels, labels, merge_labels)
     master_flavor = master_flavor_id or template.master_flavor_id or DEFAULT_FLAVOR
     worker_flavor = flavor_id or template.flavor_id or DEFAULT_FLAVOR
     volume = docker_volume_size if docker_volume_size is not None else template.docker_volume_size
     fip = floating_ip_enabled if floating_ip_enabled is not None else template.floating_ip_enabled
     lb = master_lb_enabled if master_lb_enabled is not None else template.master_lb_enabled
+    sizes = flavor_sizes or {}
+    master_size, worker_size = sizes.get(master_flavor), sizes.get(worker_flavor)
     groups = [
         NodeGroupSpec(name=DEFAULT_MASTER, role="master", node_count=master_count, flavor_id=master_flavor,
-                      image_id=template.image_id, docker_volume_size=volume or None, labels=resolved_labels),
+                      image_id=template.image_id, docker_volume_size=volume or None, labels=resolved_labels,
+                      vcpus=master_size[0] if master_size else None, ram_mb=master_size[1] if master_size else None),
         NodeGroupSpec(name=DEFAULT_WORKER, role="worker", node_count=node_count, flavor_id=worker_flavor,
-                      image_id=template.image_id, docker_volume_size=volume or None, labels=resolved_labels),
+                      image_id=template.image_id, docker_volume_size=volume or None, labels=resolved_labels,
+                      vcpus=worker_size[0] if worker_size else None, ram_mb=worker_size[1] if worker_size else None),
     ]
     return ClusterSpec(
         coe=template.coe,
@@ -218,6 +233,17 @@ def resolve_cluster(
         discovery_url=discovery_url,
         nodegroups=groups,
     )
+
+
+def with_flavor_sizes(spec: ClusterSpec, sizes: FlavorSizes) -> ClusterSpec:
+    """``spec`` with each nodegroup's flavor sizes from ``sizes`` (those it names), as ``resolve_cluster`` would
+    have carried them."""
+    groups = [
+        msgspec.structs.replace(g, vcpus=sizes[g.flavor_id][0], ram_mb=sizes[g.flavor_id][1])
+        if g.flavor_id in sizes else g
+        for g in spec.nodegroups
+    ]
+    return msgspec.structs.replace(spec, nodegroups=groups)
 
 
 def spec_of(event: ClusterCreateRequested) -> ClusterSpec:

@@ -141,6 +141,10 @@ class ClusterUpdateRequested(_Event, frozen=True, tag=True):
     nodegroup: str | None = None
     rollback: bool = False
     """``PATCH /v1/clusters/{id}?rollback=True`` (microversion >= 1.3): undo the change if it fails."""
+    decided: bool = False
+    """The scheduler decides it first (quota): the provisioner and the API's read model act on its
+    ``ClusterUpdateAdmitted``, and nothing changes on ``ClusterUpdateRejected``. False (older events, or a
+    requester that does not wait): acted on at once, and the scheduler only records the reservation."""
 
 
 class ClusterHealthUpdated(_Event, frozen=True, tag=True):
@@ -239,6 +243,49 @@ class ClusterRejected(_Event, frozen=True, tag=True):
     project_id: str
     reason: str
     """Human text shown as status_reason, e.g. Magnum's quota exceeded message."""
+    resource: str | None = None
+    """The quota that refused it (``Cluster``, ``Node``, ``vCPU``, ``RAM``, ``VolumeGB``); None in older events."""
+
+
+class ClusterQueued(_Event, frozen=True, tag=True):
+    """Within quota (its resources are reserved from now on) but no build slot is free: ``ClusterAdmitted`` follows
+    when one is (docs/adr/0008). The API answers the create 202 on it."""
+
+    uuid: str
+    project_id: str
+    position: int
+    """1-based place in the build order when queued (round-robin between projects)."""
+    cloud: str = "default"
+
+
+class ClusterQueuePositions(_Event, frozen=True, tag=True):
+    """The build order of the clusters still waiting in ``cloud`` after the queue moved (one event per admission
+    from the queue, not one per waiting cluster): uuid -> 1-based place. On ``cove.evt.scheduler.queue.<cloud>``."""
+
+    cloud: str
+    positions: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ClusterUpdateAdmitted(_Event, frozen=True, tag=True):
+    """The scheduler reserved what a ``decided`` resize needs: the request's values, for the provisioner to act on."""
+
+    uuid: str
+    project_id: str
+    node_count: int
+    previous_node_count: int | None = None
+    nodes_to_remove: list[str] = msgspec.field(default_factory=list)
+    nodegroup: str | None = None
+    rollback: bool = False
+
+
+class ClusterUpdateRejected(_Event, frozen=True, tag=True):
+    """A ``decided`` resize over quota: nothing changes (the API answers 403 with ``reason``)."""
+
+    uuid: str
+    project_id: str
+    reason: str
+    resource: str
+    nodegroup: str | None = None
 
 
 # --------------------------------------------------------------------------- certs
@@ -558,6 +605,10 @@ Event = (
     | ClusterHealthUpdated
     | ClusterAdmitted
     | ClusterRejected
+    | ClusterQueued
+    | ClusterQueuePositions
+    | ClusterUpdateAdmitted
+    | ClusterUpdateRejected
     | ClusterCACreated
     | ClusterCADeleted
     | ClusterCAReplaced

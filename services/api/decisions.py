@@ -27,8 +27,15 @@ from services.runtime.bus import EVENT_TYPE, Bus
 
 log = structlog.get_logger(__name__)
 
-VERDICTS = {"ClusterAdmitted": "admitted", "ClusterRejected": "rejected"}
-"""Event type of a decision -> the verdict a create answers with."""
+VERDICTS = {
+    "ClusterAdmitted": "admitted",
+    "ClusterQueued": "queued",
+    "ClusterRejected": "rejected",
+    "ClusterUpdateAdmitted": "admitted",
+    "ClusterUpdateRejected": "rejected",
+}
+"""Event type of a decision -> the verdict a create (or a decided resize) answers with. ``queued`` is accepted: the
+quota is reserved and the cluster waits for a build slot (docs/adr/0008), so the create answers 202."""
 
 STREAM_SEQUENCE = "Nats-Sequence"
 """Header of a re-announced message: the stream sequence the event was stored at."""

@@ -12,10 +12,12 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from proto import events as ev
 from proto.envelope import Envelope
+from proto.quotas import ordinal, waiting_reason
 from services.api import ngprojection, status, store
 from services.api.resources import quotas
 from services.runtime.projection import Outgoing
@@ -63,7 +65,50 @@ async def create_requested(e: ev.ClusterCreateRequested, env: Envelope, tx: asyn
 
 
 async def admitted(e: ev.ClusterAdmitted, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.set_admission(tx, [e.uuid], "admitted")  # no row (deleted since): changes nothing
+    await set_admitted(tx, [e.uuid])  # no row (deleted since): changes nothing
+
+
+async def set_admitted(tx: asyncpg.Connection, uuids: list[str]) -> None:
+    """The scheduler's admission of these clusters, in one statement; one that waited in the build queue no longer
+    says where it waited."""
+    await tx.execute(
+        "UPDATE clusters SET admission = 'admitted', status_reason = CASE WHEN admission = 'queued' THEN NULL"
+        " ELSE status_reason END WHERE uuid = ANY($1::text[])",
+        uuids,
+    )
+
+
+async def queued(e: ev.ClusterQueued, env: Envelope, tx: asyncpg.Connection) -> None:
+    """Within quota, waiting for a build slot: accepted (the create answers 202), its place in ``status_reason``."""
+    await tx.execute(
+        "UPDATE clusters SET admission = 'queued', status_reason = $2 WHERE uuid = $1 AND admission IS NULL",
+        e.uuid, waiting_reason(e.position),
+    )
+
+
+async def queue_positions(e: ev.ClusterQueuePositions, env: Envelope, tx: asyncpg.Connection) -> None:
+    """The build queue moved: every waiting cluster it names gets its new place, in one statement (one event per
+    move of the queue, not one per waiting cluster: ADR 0008)."""
+    if not e.positions:
+        return
+    await tx.execute(
+        "UPDATE clusters c SET status_reason = 'Waiting to be built: ' || q.place || ' in line'"
+        " FROM unnest($1::text[], $2::text[]) AS q (uuid, place)"
+        " WHERE c.uuid = q.uuid AND c.admission = 'queued'",
+        list(e.positions), [ordinal(n) for n in e.positions.values()],
+    )
+
+
+async def update_admitted(e: ev.ClusterUpdateAdmitted, env: Envelope, tx: asyncpg.Connection) -> None:
+    """A ``decided`` resize the scheduler admitted: applied now as the request it admits (the read model and its
+    nodegroups), as an undecided request is applied when it arrives."""
+    request = ev.ClusterUpdateRequested(
+        uuid=e.uuid, project_id=e.project_id, node_count=e.node_count, previous_node_count=e.previous_node_count,
+        nodes_to_remove=list(e.nodes_to_remove), nodegroup=e.nodegroup, rollback=e.rollback,
+    )
+    as_request = msgspec.structs.replace(env, payload=request, type="ClusterUpdateRequested")
+    await update_requested(request, as_request, tx)
+    await ngprojection.apply(as_request, tx)
 
 
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
@@ -120,6 +165,8 @@ async def delete_failed(e: ev.ClusterDeleteFailed, env: Envelope, tx: asyncpg.Co
 
 
 async def update_requested(e: ev.ClusterUpdateRequested, env: Envelope, tx: asyncpg.Connection) -> None:
+    if e.decided:
+        return  # applied when the scheduler admits it (update_admitted); a refused one changes nothing
     if await _move(tx, e.uuid, "ClusterUpdateRequested", env.occurred_at) == status.UPDATE_IN_PROGRESS:
         await store.set_node_count(tx, e.uuid, e.node_count)
 
@@ -189,6 +236,9 @@ HANDLERS: dict[type, Apply] = {
     ev.ClusterAdmitted: admitted,
     ev.ClusterRejected: rejected,
     ev.ClusterWithdrawn: withdrawn,
+    ev.ClusterQueued: queued,
+    ev.ClusterQueuePositions: queue_positions,
+    ev.ClusterUpdateAdmitted: update_admitted,
     ev.ClusterCreateStarted: create_started,
     ev.ClusterCreateCompleted: create_completed,
     ev.ClusterCreateFailed: create_failed,
@@ -214,7 +264,8 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     apply = HANDLERS.get(type(env.payload))
     if apply is not None:
         await apply(env.payload, env, tx)
-    await ngprojection.apply(env, tx)
+    if not (isinstance(env.payload, ev.ClusterUpdateRequested) and env.payload.decided):
+        await ngprojection.apply(env, tx)
     return None
 
 
@@ -244,5 +295,5 @@ async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Seq
             await ngprojection.create_requested_many(requested, tx)
         decided: list[str] = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
         if decided:
-            await store.set_admission(tx, decided, "admitted")
+            await set_admitted(tx, decided)
     return [()] * len(envs)

@@ -27,18 +27,25 @@ from proto.events import (
     ClusterDeleteStarted,
     ClusterTrustDeleted,
     ClusterTrustRotated,
+    ClusterUpdateAdmitted,
     ClusterUpdateCompleted,
     ClusterUpdateFailed,
     ClusterUpdateRequested,
     ClusterUpdateStarted,
     ClusterUpgradeRequested,
     ClusterWithdrawn,
+    FloatingIpAllocated,
+    FloatingIpReleased,
+    LoadBalancerCreated,
+    LoadBalancerDeleted,
     NodeBecameActive,
     NodeCreated,
     NodeDeleted,
     NodeFailed,
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
+    VolumeCreated,
+    VolumeDeleted,
 )
 from services.provisioner import model, store
 from services.runtime.projection import Outgoing, current_sequence
@@ -56,13 +63,24 @@ async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyn
 
 
 async def on_update_requested(env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> None:
-    """A resize (or node_count PATCH) of one worker group; an unknown group is logged and ignored."""
+    """A resize (or node_count PATCH) of one worker group; an unknown group is logged and ignored. A ``decided``
+    one waits for the scheduler's ``ClusterUpdateAdmitted`` (quota, docs/adr/0008)."""
+    if p.decided:
+        return
     name = await store.find_group(tx, p.uuid, p.nodegroup)
     if name is None:
         log.warning("resize_of_unknown_nodegroup", cluster_id=p.uuid, nodegroup=p.nodegroup)
         return
     await store.resize_group(tx, p.uuid, name, p.node_count, p.nodes_to_remove)
     await store.bump_update(tx, p.uuid)
+
+
+async def on_update_admitted(env: Envelope, p: ClusterUpdateAdmitted, tx: asyncpg.Connection) -> None:
+    """The scheduler admitted a ``decided`` resize: act on it as on the request it admits."""
+    await on_update_requested(env, ClusterUpdateRequested(
+        uuid=p.uuid, project_id=p.project_id, node_count=p.node_count, previous_node_count=p.previous_node_count,
+        nodes_to_remove=list(p.nodes_to_remove), nodegroup=p.nodegroup, rollback=p.rollback,
+    ), tx)
 
 
 async def on_nodegroup_create_requested(
@@ -216,6 +234,11 @@ async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection)
     )
 
 
+async def on_billed_resource(env: Envelope, p: VolumeCreated, tx: asyncpg.Connection) -> None:
+    """A volume, floating IP or load balancer reported to accounting (``billing.py``): only the subject's sequence."""
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
+
+
 HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[None]]] = {
     ClusterCreateRequested: on_create_requested,  # type: ignore[dict-item]
     ClusterCACreated: on_ca_created,  # type: ignore[dict-item]
@@ -234,7 +257,10 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     NodeBecameActive: on_node_active,  # type: ignore[dict-item]
     NodeFailed: on_node_failed,  # type: ignore[dict-item]
     NodeDeleted: on_node_deleted,  # type: ignore[dict-item]
+    **dict.fromkeys((VolumeCreated, VolumeDeleted, FloatingIpAllocated, FloatingIpReleased, LoadBalancerCreated,
+                     LoadBalancerDeleted), on_billed_resource),  # type: ignore[dict-item]
     ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]
+    ClusterUpdateAdmitted: on_update_admitted,  # type: ignore[dict-item]
     NodeGroupCreateRequested: on_nodegroup_create_requested,  # type: ignore[dict-item]
     NodeGroupDeleteRequested: on_nodegroup_delete_requested,  # type: ignore[dict-item]
     ClusterUpgradeRequested: on_upgrade_requested,  # type: ignore[dict-item]

@@ -8,21 +8,32 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
-from proto import subjects
+from proto import clusterspec, subjects
 from proto.envelope import Envelope
 from proto.events import (
     ClusterAdmitted,
+    ClusterCreateCompleted,
     ClusterCreateFailed,
     ClusterCreateRequested,
     ClusterDeleteCompleted,
     ClusterDeleteRequested,
+    ClusterQueued,
+    ClusterQueuePositions,
     ClusterRejected,
+    ClusterUpdateAdmitted,
+    ClusterUpdateCompleted,
+    ClusterUpdateRejected,
+    ClusterUpdateRequested,
+    NodeGroupCreateRequested,
+    NodeGroupDeleteRequested,
     QuotaCreated,
     QuotaDeleted,
     QuotaUpdated,
 )
+from proto.nodegroups import DEFAULT_MASTER, DEFAULT_WORKER
 from services.runtime.projection import Outgoing
 from services.scheduler import admission, store
+from services.scheduler.admission import Demand, GroupSize
 
 log = structlog.get_logger(__name__)
 
@@ -38,16 +49,39 @@ FILTER_SUBJECTS = [
 provisioner's outcomes (failed / deleted) and the admins' per-project quotas (from the API)."""
 
 
-ADMISSION = (ClusterCreateRequested, ClusterAdmitted, ClusterRejected)
+ADMISSION = (ClusterCreateRequested, ClusterAdmitted, ClusterQueued, ClusterRejected)
 """The event types of an admission run (``Handlers.admission_run``): under load the stream interleaves new clusters'
 requests with the scheduler's own decisions on earlier ones."""
 
 
-class Handlers:
-    """The scheduler's projection handler; ``default_quota`` applies to projects without a quota row."""
+QUEUE_POSITIONS_SHOWN = 1000
+"""``ClusterQueuePositions`` names at most this many waiting clusters (the rest keep the place they were given)."""
 
-    def __init__(self, default_quota: int) -> None:
+
+class Handlers:
+    """The scheduler's projection handler. ``default_quota`` (clusters) and ``limits`` (every resource, -1 for
+    unlimited) apply to projects without a quota row; ``max_builds`` / ``max_builds_per_cloud`` bound the clusters
+    being built at once (-1 / absent: no bound), and ``cloud`` is the cloud new clusters are built in."""
+
+    def __init__(
+        self,
+        default_quota: int,
+        limits: dict[str, int] | None = None,
+        max_builds: int = admission.UNLIMITED,
+        max_builds_per_cloud: dict[str, int] | None = None,
+        cloud: str = "default",
+    ) -> None:
         self.default_quota = default_quota
+        self.limits = {**{r: admission.UNLIMITED for r in admission.RESOURCES}, **(limits or {}),
+                       admission.CLUSTER: default_quota}
+        self.max_builds = max_builds
+        self.max_builds_per_cloud = dict(max_builds_per_cloud or {})
+        self.cloud = cloud
+
+    @property
+    def queueing(self) -> bool:
+        """Whether builds are bounded (else every admitted cluster is built at once, and no queue is kept)."""
+        return self.max_builds >= 0 or any(v >= 0 for v in self.max_builds_per_cloud.values())
 
     async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
         p = env.payload
@@ -55,8 +89,24 @@ class Handlers:
             return (await self.admission_run([env], tx))[0]
         if isinstance(p, ClusterCreateFailed):
             await store.mark(tx, p.uuid, p.project_id, "create_failed", env.occurred_at)
+            return await self._slot_freed(env, tx, p.uuid)
+        if isinstance(p, ClusterCreateCompleted):
+            return await self._slot_freed(env, tx, p.uuid)
+        if isinstance(p, ClusterUpdateRequested):
+            return await self._resize(env, p, tx)
+        if isinstance(p, NodeGroupCreateRequested):
+            await self._nodegroup_created(p, tx)
+        elif isinstance(p, NodeGroupDeleteRequested):
+            await self._nodegroup_deleted(p, tx)
+        elif isinstance(p, ClusterUpdateCompleted):
+            await store.settle_groups(tx, p.uuid, dict(p.nodegroup_counts))
+            await store.sum_groups(tx, p.uuid)
         elif isinstance(p, ClusterDeleteRequested):
             await store.mark(tx, p.uuid, p.project_id, "delete_requested", env.occurred_at)
+            if self.queueing:  # a waiting cluster deleted before it was built leaves the queue
+                await store.lock_builds(tx)
+                if await store.finish_build(tx, p.uuid, queued_too=True):
+                    return await self._fill_slots(env, tx)
         elif isinstance(p, QuotaCreated | QuotaUpdated):
             await store.set_quota(tx, p.project_id, p.hard_limit, env.occurred_at, p.resource)
             log.info("quota_set", project_id=p.project_id, resource=p.resource, hard_limit=p.hard_limit)
@@ -66,6 +116,7 @@ class Handlers:
         elif isinstance(p, ClusterDeleteCompleted):
             await store.mark(tx, p.uuid, p.project_id, "delete_completed", env.occurred_at)
             log.info("cluster_quota_released", cluster_id=p.uuid, project_id=p.project_id)
+            return await self._slot_freed(env, tx, p.uuid)
         return ()
 
     async def handle_batch(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
@@ -86,23 +137,34 @@ class Handlers:
         whatever its length: lock the projects, read the facts, decide in order in memory, write the requests, write
         the decisions. The result is what applying the events one by one in stream order gives, because a decision
         that merely confirms what the store holds changes no project's usage; when one does not (a replay that
-        re-decided differently, a decision on a cluster never requested) the run is applied one event at a time."""
+        re-decided differently, a decision on a cluster never requested) the run is applied one event at a time.
+        With bounded builds, admitted requests join the queue and the free build slots are filled from it in fair
+        order (``_fill_slots``): a request that gets a slot at once is told ``ClusterAdmitted`` only."""
         payloads = [_admission_event(env) for env in run]
         if not any(isinstance(p, ClusterCreateRequested) for p in payloads):
             # A decision touches only its own cluster's row (and that project's usage counter, commutatively).
             await store.record_decisions(tx, [_decided(env) for env in run])
             return [()] * len(run)
         await store.lock_projects(tx, [p.project_id for p in payloads])
+        if self.queueing:
+            await store.lock_builds(tx)
         facts = await store.run_facts(tx, [p.uuid for p in payloads], [p.project_id for p in payloads])
         decisions = dict(facts.decisions)
-        in_use = {project: used for project, (used, _) in facts.projects.items()}
+        in_use = dict(facts.usage)
         requests: list[store.Request] = []
         confirmed: list[store.Decided] = []
-        outgoing: list[Sequence[Outgoing]] = []
+        outgoing: list[list[Outgoing]] = []
+        queued_seq = await store.next_queued_seq(tx) if self.queueing else 0
         for env in run:
             p = env.payload
             if isinstance(p, ClusterCreateRequested):
-                outgoing.append(self._decide(env, p, decisions, in_use, facts, requests))
+                request = self._decide(env, p, decisions, in_use, facts, queued_seq)
+                if request is None:
+                    outgoing.append([])
+                    continue
+                requests.append(request)
+                queued_seq += 1 if request.build == "queued" else 0
+                outgoing.append(self._verdict(request) if request.build != "queued" else [])
                 continue
             decided = _decided(env)
             if decisions.get(decided.cluster_id, "unknown") != decided.decision:
@@ -110,61 +172,228 @@ class Handlers:
                 log.info("admission_run_applied_one_by_one", cluster_id=decided.cluster_id, events=len(run))
                 return [(await self.admission_run([one], tx))[0] for one in run]
             confirmed.append(decided)
-            outgoing.append(())
+            outgoing.append([])
         if requests:
             await store.record_requests(tx, requests)
         if confirmed:
             await store.record_decisions(tx, confirmed)
-        return outgoing
+        if self.queueing and requests:
+            await self._queue_run(run, requests, outgoing, tx)
+        return list(outgoing)
+
+    async def _queue_run(
+        self, run: list[Envelope], requests: list[store.Request], outgoing: list[list[Outgoing]],
+        tx: asyncpg.Connection,
+    ) -> None:
+        """After a run's requests joined the queue: fill the free slots (fair order), tell each new request
+        ``ClusterAdmitted`` (a slot) or ``ClusterQueued`` (its place), and the clusters admitted from earlier
+        waiting ones ``ClusterAdmitted`` too (published as consequences of the run's last event)."""
+        admitted, positions = await self._schedule(tx)
+        by_request = {env.payload.uuid: i for i, env in enumerate(run) if isinstance(env.payload, ClusterCreateRequested)}
+        new = {r.cluster_id: r for r in requests if r.build == "queued"}
+        earlier: list[Outgoing] = []
+        for event in admitted:
+            if event.uuid in new:
+                outgoing[by_request[event.uuid]].append(_out(event))
+            else:
+                earlier.append(_out(event))
+        for cluster_id, request in new.items():
+            if cluster_id in positions:
+                outgoing[by_request[cluster_id]].append(_out(ClusterQueued(
+                    uuid=cluster_id, project_id=request.project_id, position=positions[cluster_id],
+                    cloud=request.cloud)))
+        if earlier:
+            outgoing[-1].extend(earlier)
+            outgoing[-1].extend(self._positions_events(positions))
 
     def _decide(
         self,
         env: Envelope,
         p: ClusterCreateRequested,
         decisions: dict[str, str | None],
-        in_use: dict[str, int],
+        in_use: dict[str, Demand],
         facts: store.RunFacts,
-        requests: list[store.Request],
-    ) -> Sequence[Outgoing]:
-        """Decide on one request of a run given the usage so far (``in_use``, updated), queue its row in
-        ``requests`` and return its decision event (nothing for a repeated request)."""
+        queued_seq: int,
+    ) -> store.Request | None:
+        """Decide on one request of a run given the usage so far (``in_use``, updated); None for a repeated
+        request."""
         if p.uuid in decisions:
             log.info("cluster_request_repeated", cluster_id=p.uuid, project_id=p.project_id)
-            return ()
-        used = in_use.get(p.project_id, 0)
-        limit = admission.cluster_limit(self.default_quota, facts.projects[p.project_id][1])
-        decision = admission.decide(used, limit)
-        verdict = "admitted" if decision.admitted else "rejected"
-        decisions[p.uuid] = verdict
-        requests.append(store.Request(
+            return None
+        groups = admission.group_sizes(clusterspec.spec_of(p))
+        asked = admission.cluster_demand(groups)
+        used = in_use.get(p.project_id, Demand())
+        limits = {**self.limits, **facts.overrides.get(p.project_id, {})}
+        verdict = admission.decide_all(used, asked, limits)
+        decisions[p.uuid] = "admitted" if verdict.admitted else "rejected"
+        build: str | None = None
+        if verdict.admitted:
+            in_use[p.project_id] = used + asked
+            build = "queued" if self.queueing else "building"
+            log.info("cluster_admitted", cluster_id=p.uuid, project_id=p.project_id, in_use=used.clusters,
+                     limit=limits[admission.CLUSTER], build=build)
+        else:
+            log.info("cluster_rejected", cluster_id=p.uuid, project_id=p.project_id, resource=verdict.resource,
+                     reason=verdict.reason)
+        return store.Request(
             cluster_id=p.uuid,
             project_id=p.project_id,
             name=p.name,
             master_count=p.master_count,
             node_count=p.node_count,
             requested_at=p.requested_at or env.occurred_at,
-            decision=verdict,
-            reason=decision.reason,
-        ))
+            decision=decisions[p.uuid] or "rejected",
+            reason=verdict.reason,
+            demand=asked if verdict.admitted else Demand(),
+            groups=tuple(groups),
+            cloud=self.cloud,
+            build=build,
+            queued_seq=queued_seq if build == "queued" else None,
+            resource=verdict.resource,
+        )
+
+    def _verdict(self, r: store.Request) -> list[Outgoing]:
+        """The decision event of a request decided without the queue (admitted at once, or rejected)."""
+        if r.decision == "admitted":
+            return [_out(ClusterAdmitted(uuid=r.cluster_id, project_id=r.project_id, master_count=r.master_count,
+                                         node_count=r.node_count, name=r.name))]
+        assert r.reason is not None
+        return [_out(ClusterRejected(uuid=r.cluster_id, project_id=r.project_id, reason=r.reason,
+                                     resource=r.resource))]
+
+    # ------------------------------------------------------------------------------------ build order
+
+    async def _schedule(self, tx: asyncpg.Connection) -> tuple[list[ClusterAdmitted], dict[str, int]]:
+        """Fill the free build slots from the queue in fair order (the builds lock held): the clusters admitted
+        now (marked building) and the places of those still waiting."""
+        state = await store.build_state(tx)
+        order = admission.fair_order(state.waiting, _per_project(state.building))
+        building_cloud: dict[str, int] = {}
+        for (cloud, _), n in state.building.items():
+            building_cloud[cloud] = building_cloud.get(cloud, 0) + n
+        total = sum(building_cloud.values())
+        admitted: list[ClusterAdmitted] = []
+        positions: dict[str, int] = {}
+        for w in order:
+            cloud_limit = self.max_builds_per_cloud.get(w.cloud, admission.UNLIMITED)
+            free = (self.max_builds < 0 or total < self.max_builds) and (
+                cloud_limit < 0 or building_cloud.get(w.cloud, 0) < cloud_limit)
+            if free and not positions:  # strictly in order: nobody overtakes a cluster still waiting
+                total += 1
+                building_cloud[w.cloud] = building_cloud.get(w.cloud, 0) + 1
+                name, masters, nodes = state.rows[w.cluster_id]
+                admitted.append(ClusterAdmitted(uuid=w.cluster_id, project_id=w.project_id, master_count=masters,
+                                                node_count=nodes, name=name))
+            else:
+                positions[w.cluster_id] = len(positions) + 1
+        if admitted:
+            await store.set_build(tx, [a.uuid for a in admitted], "building")
+            for a in admitted:
+                log.info("cluster_build_started", cluster_id=a.uuid, project_id=a.project_id, waiting=len(positions))
+        return admitted, positions
+
+    def _positions_events(self, positions: dict[str, int]) -> list[Outgoing]:
+        if not positions:
+            return []
+        shown = dict(sorted(positions.items(), key=lambda kv: kv[1])[:QUEUE_POSITIONS_SHOWN])
+        return [Outgoing(subjects.event_subject(PRODUCER, "queue", self.cloud),
+                         ClusterQueuePositions(cloud=self.cloud, positions=shown), project_id=None, cluster_id=None)]
+
+    async def _fill_slots(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        admitted, positions = await self._schedule(tx)
+        if not admitted:
+            return ()
+        return [*(_out(a) for a in admitted), *self._positions_events(positions)]
+
+    async def _slot_freed(self, env: Envelope, tx: asyncpg.Connection, cluster_id: str) -> Sequence[Outgoing]:
+        """A build ended (completed, failed, or the cluster is gone): the next waiting cluster may start."""
+        if not self.queueing:
+            await store.finish_build(tx, cluster_id)
+            return ()
+        await store.lock_builds(tx)
+        if not await store.finish_build(tx, cluster_id):
+            return ()
+        return await self._fill_slots(env, tx)
+
+    # ------------------------------------------------------------------------------------ resizes, nodegroups
+
+    async def _resize(self, env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        """A worker group's new count: growing reserves before anything is built (and, for a ``decided``
+        request, is refused over quota); shrinking frees at ``ClusterUpdateCompleted``."""
+        await store.lock_projects(tx, [p.project_id])
+        groups = await self._groups(tx, p.uuid)
+        name = p.nodegroup or DEFAULT_WORKER
+        group = groups.get(name) or next((g for g in groups.values() if p.nodegroup and g.name == p.nodegroup), None)
         subject = subjects.cluster_events(PRODUCER, p.uuid)
-        if decision.admitted:
-            in_use[p.project_id] = used + 1
-            log.info("cluster_admitted", cluster_id=p.uuid, project_id=p.project_id, in_use=used, limit=limit)
-            event: ClusterAdmitted | ClusterRejected = ClusterAdmitted(
-                uuid=p.uuid,
-                project_id=p.project_id,
-                master_count=p.master_count,
-                node_count=p.node_count,
-                name=p.name,
-            )
-        else:
-            log.info("cluster_rejected", cluster_id=p.uuid, project_id=p.project_id, in_use=used, limit=limit)
-            assert decision.reason is not None
-            event = ClusterRejected(uuid=p.uuid, project_id=p.project_id, reason=decision.reason)
-        return [Outgoing(subject, event, project_id=p.project_id, cluster_id=p.uuid)]
+        admitted = ClusterUpdateAdmitted(
+            uuid=p.uuid, project_id=p.project_id, node_count=p.node_count, previous_node_count=p.previous_node_count,
+            nodes_to_remove=list(p.nodes_to_remove), nodegroup=p.nodegroup, rollback=p.rollback)
+        if group is None:  # a group the scheduler never saw: nothing to size it by
+            return [Outgoing(subject, admitted)] if p.decided else ()
+        grow = max(0, p.node_count - group.count)
+        if grow and p.decided:
+            used, overrides = await store.usage_of(tx, p.project_id)
+            verdict = admission.decide_all(used, group.demand(grow), {**self.limits, **overrides,
+                                                                      admission.CLUSTER: admission.UNLIMITED})
+            if not verdict.admitted:
+                assert verdict.reason is not None and verdict.resource is not None
+                log.info("cluster_resize_rejected", cluster_id=p.uuid, project_id=p.project_id,
+                         resource=verdict.resource, reason=verdict.reason)
+                return [Outgoing(subject, ClusterUpdateRejected(uuid=p.uuid, project_id=p.project_id,
+                                                                reason=verdict.reason, resource=verdict.resource,
+                                                                nodegroup=p.nodegroup))]
+        await store.put_group(tx, p.uuid, group, p.node_count, max(group.count, p.node_count))
+        await store.sum_groups(tx, p.uuid)
+        log.info("cluster_resize_reserved", cluster_id=p.uuid, nodegroup=group.name, node_count=p.node_count)
+        return [Outgoing(subject, admitted)] if p.decided else ()
+
+    async def _groups(self, tx: asyncpg.Connection, cluster_id: str) -> dict[str, GroupSize]:
+        """The cluster's nodegroups; for a cluster admitted before sizes were kept, its two default groups sized
+        by nothing but their counts."""
+        groups = await store.groups_of(tx, cluster_id)
+        if groups:
+            return groups
+        row = await store.cluster_row(tx, cluster_id)
+        if row is None or row["decision"] != "admitted" or row["delete_completed"]:
+            return {}
+        for name, count in ((DEFAULT_MASTER, int(row["master_count"])), (DEFAULT_WORKER, int(row["node_count"]))):
+            await store.put_group(tx, cluster_id, GroupSize(name, count, 0, 0, 0), count, count)
+        return await store.groups_of(tx, cluster_id)
+
+    async def _nodegroup_created(self, p: NodeGroupCreateRequested, tx: asyncpg.Connection) -> None:
+        """A new nodegroup reserves its nodes (sized from its spec, else like the cluster's default worker)."""
+        ng, built = p.nodegroup, p.spec
+        await store.lock_projects(tx, [ng.project_id])
+        groups = await self._groups(tx, ng.cluster_id)
+        like = groups.get(DEFAULT_WORKER)
+        vcpus = (built.vcpus if built and built.vcpus is not None else (like.vcpus if like else 0))
+        ram = (built.ram_mb if built and built.ram_mb is not None else (like.ram_mb if like else 0))
+        volume = (built.docker_volume_size if built else ng.docker_volume_size) or 0
+        size = GroupSize(ng.name, ng.node_count, vcpus or 0, ram or 0, volume)
+        await store.put_group(tx, ng.cluster_id, size, ng.node_count, ng.node_count)
+        await store.sum_groups(tx, ng.cluster_id)
+
+    async def _nodegroup_deleted(self, p: NodeGroupDeleteRequested, tx: asyncpg.Connection) -> None:
+        """Its nodes are freed when the update completes (``settle_groups``)."""
+        groups = await store.groups_of(tx, p.cluster_id)
+        group = groups.get(p.name)
+        if group is not None:
+            await store.put_group(tx, p.cluster_id, group, 0, group.count)
 
 
-def _admission_event(env: Envelope) -> ClusterCreateRequested | ClusterAdmitted | ClusterRejected:
+def _per_project(building: dict[tuple[str, str], int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (_, project), n in building.items():
+        out[project] = out.get(project, 0) + n
+    return out
+
+
+def _out(event: ClusterAdmitted | ClusterQueued | ClusterRejected) -> Outgoing:
+    return Outgoing(subjects.cluster_events(PRODUCER, event.uuid), event, project_id=event.project_id,
+                    cluster_id=event.uuid)
+
+
+def _admission_event(env: Envelope) -> ClusterCreateRequested | ClusterAdmitted | ClusterQueued | ClusterRejected:
     p = env.payload
     assert isinstance(p, ADMISSION)
     return p
@@ -174,6 +403,9 @@ def _decided(env: Envelope) -> store.Decided:
     """The store's record of a published decision event."""
     p = env.payload
     if isinstance(p, ClusterAdmitted):
-        return store.Decided(p.uuid, p.project_id, "admitted", None, env.occurred_at, p.master_count, p.node_count)
+        return store.Decided(p.uuid, p.project_id, "admitted", None, env.occurred_at, p.master_count, p.node_count,
+                             "building")
+    if isinstance(p, ClusterQueued):
+        return store.Decided(p.uuid, p.project_id, "admitted", None, env.occurred_at, build="queued")
     assert isinstance(p, ClusterRejected)
     return store.Decided(p.uuid, p.project_id, "rejected", p.reason, env.occurred_at)

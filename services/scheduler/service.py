@@ -12,8 +12,18 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def build_service(config: ServiceConfig, *, schema: str = "scheduler", durable: str = "scheduler") -> Service:
-    """``COVE_DEFAULT_CLUSTER_QUOTA`` (default 20) sets the limit of projects without a quota row."""
-    handlers = Handlers(admission.default_quota_from_env(config.extra))
+    """``COVE_DEFAULT_CLUSTER_QUOTA`` (default 20) and ``COVE_DEFAULT_{NODE,VCPU,RAM,VOLUMEGB}_QUOTA`` (default -1,
+    unlimited) set the limits of projects without a quota row; ``COVE_MAX_BUILDS`` and ``COVE_MAX_BUILDS_PER_CLOUD``
+    (``name=N,...``) bound the clusters built at once (unset: no bound); ``COVE_CLOUD_NAME`` (default ``default``)
+    names the cloud new clusters are built in (docs/adr/0008)."""
+    max_builds, per_cloud = admission.build_limits_from_env(config.extra)
+    handlers = Handlers(
+        admission.default_quota_from_env(config.extra),
+        admission.limits_from_env(config.extra),
+        max_builds=max_builds,
+        max_builds_per_cloud=per_cloud,
+        cloud=config.extra.get("COVE_CLOUD_NAME", "").strip() or "default",
+    )
     svc = Service(config, schema=schema, migrations_dir=MIGRATIONS)
     svc.add_projection(durable, handlers.handle, FILTER_SUBJECTS, batch_handler=handlers.handle_batch)
     return svc

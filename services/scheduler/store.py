@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+
+from services.scheduler.admission import Demand, GroupSize, Waiting
 
 
 async def lock_projects(tx: asyncpg.Connection, project_ids: Sequence[str]) -> None:
@@ -26,8 +28,12 @@ class RunFacts:
     """Every asked-for cluster the store knows, with its decision (None: known from another event only)."""
     projects: dict[str, tuple[int, int | None]]
     """Per asked-for project: the clusters counted against its quota (admitted and not yet deleted: one row of the
-    counter a trigger keeps in step with ``clusters``, migration 0002, not a count over the project's clusters), and
-    its own limit if an admin set one."""
+    counter a trigger keeps in step with ``clusters``, migrations 0002 and 0003, not a count over the project's
+    clusters), and its own cluster limit if an admin set one."""
+    usage: dict[str, Demand] = field(default_factory=dict)
+    """Per asked-for project: everything its counted clusters reserve (clusters, nodes, vCPUs, RAM, volume GB)."""
+    overrides: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per asked-for project: resource -> the limit an admin set."""
 
 
 async def run_facts(
@@ -37,24 +43,31 @@ async def run_facts(
     statement: a statement's snapshot is taken when it starts, so reads in the locking statement could predate the
     lock)."""
     rows = await tx.fetch(
-        "SELECT true AS is_cluster, cluster_id AS key, decision, NULL::integer AS in_use, NULL::integer AS limit_"
-        " FROM clusters WHERE cluster_id = ANY($1::text[])"
+        "SELECT true AS is_cluster, cluster_id AS key, decision, NULL::bigint[] AS used, NULL::text[] AS res,"
+        " NULL::integer[] AS lim FROM clusters WHERE cluster_id = ANY($1::text[])"
         " UNION ALL"
-        " SELECT false, p, NULL, (SELECT clusters FROM project_usage WHERE project_id = p),"
-        " (SELECT hard_limit FROM quotas WHERE project_id = p AND resource = $3) FROM unnest($2::text[]) AS p",
+        " SELECT false, p, NULL,"
+        " (SELECT ARRAY[clusters, nodes, vcpus, ram_mb, volume_gb]::bigint[] FROM project_usage WHERE project_id = p),"
+        " (SELECT array_agg(resource ORDER BY resource) FROM quotas WHERE project_id = p),"
+        " (SELECT array_agg(hard_limit ORDER BY resource) FROM quotas WHERE project_id = p)"
+        " FROM unnest($2::text[]) AS p",
         list(cluster_ids),
         list(set(project_ids)),
-        resource,
     )
     decisions: dict[str, str | None] = {}
     projects: dict[str, tuple[int, int | None]] = {}
+    usage: dict[str, Demand] = {}
+    overrides: dict[str, dict[str, int]] = {}
     for row in rows:
         if row["is_cluster"]:
             decisions[row["key"]] = row["decision"]
-        else:
-            limit = row["limit_"]
-            projects[row["key"]] = (int(row["in_use"] or 0), None if limit is None else int(limit))
-    return RunFacts(decisions, projects)
+            continue
+        used = [int(v) for v in row["used"]] if row["used"] is not None else [0, 0, 0, 0, 0]
+        limits = dict(zip(row["res"] or [], row["lim"] or [], strict=True))
+        usage[row["key"]] = Demand(*used)
+        overrides[row["key"]] = {str(k): int(v) for k, v in limits.items()}
+        projects[row["key"]] = (used[0], limits.get(resource))
+    return RunFacts(decisions, projects, usage, overrides)
 
 
 @dataclass(frozen=True)
@@ -69,21 +82,39 @@ class Request:
     requested_at: datetime
     decision: str
     reason: str | None
+    demand: Demand = field(default_factory=Demand)
+    groups: tuple[GroupSize, ...] = ()
+    cloud: str = "default"
+    build: str | None = None
+    queued_seq: int | None = None
+    resource: str | None = None
+    """The quota that refused it (not stored: said in the rejection)."""
 
 
 async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -> None:
-    """New clusters with the decisions taken on them, in one round trip (asyncpg pipelines executemany)."""
+    """New clusters with the decisions taken on them, and the nodegroups an admitted one reserves, in two round
+    trips (asyncpg pipelines executemany)."""
     await tx.executemany(
         "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
-        " reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        [(r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason)
+        " reason, cloud, nodes, vcpus, ram_mb, volume_gb, build, queued_seq)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        [(r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason,
+          r.cloud, r.demand.nodes, r.demand.vcpus, r.demand.ram_mb, r.demand.volume_gb, r.build, r.queued_seq)
          for r in requests],
     )
+    groups = [(r.cluster_id, g.name, g.count, g.count, g.vcpus, g.ram_mb, g.volume_gb)
+              for r in requests if r.decision == "admitted" for g in r.groups]
+    if groups:
+        await tx.executemany(
+            "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster_id, name) DO NOTHING",
+            groups,
+        )
 
 
 @dataclass(frozen=True)
 class Decided:
-    """A published decision (``ClusterAdmitted`` / ``ClusterRejected``)."""
+    """A published decision (``ClusterAdmitted`` / ``ClusterQueued`` / ``ClusterRejected``)."""
 
     cluster_id: str
     project_id: str
@@ -92,19 +123,138 @@ class Decided:
     decided_at: datetime
     master_count: int | None = None
     node_count: int | None = None
+    build: str | None = None
+    """'building' for ``ClusterAdmitted``, 'queued' for ``ClusterQueued``, None for a rejection."""
 
 
 async def record_decisions(tx: asyncpg.Connection, decided: Sequence[Decided]) -> None:
     """The published decision is the fact: it overrides what a replay may have re-decided differently. Several in
-    one round trip."""
+    one round trip. A build state only moves forward (queued -> building -> done)."""
     await tx.executemany(
-        "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count)"
-        " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1))"
+        "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count, build)"
+        " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1), $8)"
         " ON CONFLICT (cluster_id) DO UPDATE SET decision = EXCLUDED.decision, reason = EXCLUDED.reason,"
-        " decided_at = EXCLUDED.decided_at",
-        [(d.cluster_id, d.project_id, d.decision, d.reason, d.decided_at, d.master_count, d.node_count)
+        " decided_at = EXCLUDED.decided_at, build = CASE"
+        "   WHEN EXCLUDED.build IS NULL THEN NULL"
+        "   WHEN clusters.build = 'done' OR (clusters.build = 'building' AND EXCLUDED.build = 'queued')"
+        "     THEN clusters.build"
+        "   ELSE EXCLUDED.build END",
+        [(d.cluster_id, d.project_id, d.decision, d.reason, d.decided_at, d.master_count, d.node_count, d.build)
          for d in decided],
     )
+
+
+# --------------------------------------------------------------------------- build order
+
+
+async def lock_builds(tx: asyncpg.Connection) -> None:
+    """Serialise the build queue across scheduler replicas (held until the transaction ends). Taken after the
+    project locks, always in that order."""
+    await tx.execute("SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:builds'))")
+
+
+async def next_queued_seq(tx: asyncpg.Connection) -> int:
+    """The next place in arrival order: deterministic on replay (the same events in the same order)."""
+    return int(await tx.fetchval("SELECT COALESCE(max(queued_seq), 0) + 1 FROM clusters") or 1)
+
+
+@dataclass(frozen=True)
+class BuildState:
+    waiting: list[Waiting]
+    building: dict[tuple[str, str], int]
+    """(cloud, project) -> clusters being built."""
+    rows: dict[str, tuple[str | None, int, int]]
+    """Waiting cluster -> (name, master_count, node_count), for its ``ClusterAdmitted``."""
+
+
+async def build_state(tx: asyncpg.Connection) -> BuildState:
+    rows = await tx.fetch(
+        "SELECT build, cluster_id, project_id, cloud, queued_seq, name, master_count, node_count FROM clusters"
+        " WHERE build = 'queued'"
+        " UNION ALL SELECT 'building', NULL, project_id, cloud, count(*), NULL, NULL, NULL FROM clusters"
+        " WHERE build = 'building' GROUP BY project_id, cloud"
+    )
+    waiting: list[Waiting] = []
+    building: dict[tuple[str, str], int] = {}
+    info: dict[str, tuple[str | None, int, int]] = {}
+    for r in rows:
+        if r["build"] == "queued":
+            waiting.append(Waiting(r["cluster_id"], r["project_id"], r["cloud"], int(r["queued_seq"] or 0)))
+            info[r["cluster_id"]] = (r["name"], int(r["master_count"]), int(r["node_count"]))
+        else:
+            building[(r["cloud"], r["project_id"])] = int(r["queued_seq"])
+    return BuildState(waiting, building, info)
+
+
+async def set_build(tx: asyncpg.Connection, cluster_ids: Sequence[str], build: str) -> None:
+    await tx.execute("UPDATE clusters SET build = $2 WHERE cluster_id = ANY($1::text[])", list(cluster_ids), build)
+
+
+async def finish_build(tx: asyncpg.Connection, cluster_id: str, *, queued_too: bool = False) -> bool:
+    """A build slot (or a place in the queue, with ``queued_too``) is no longer held: True when one was."""
+    states = ["building", "queued"] if queued_too else ["building"]
+    done = await tx.fetchval(
+        "UPDATE clusters SET build = 'done' WHERE cluster_id = $1 AND build = ANY($2::text[]) RETURNING true",
+        cluster_id, states,
+    )
+    return bool(done)
+
+
+# --------------------------------------------------------------------------- nodegroups (resize reservations)
+
+
+async def groups_of(tx: asyncpg.Connection, cluster_id: str) -> dict[str, GroupSize]:
+    rows = await tx.fetch(
+        "SELECT name, node_count, reserved, vcpus, ram_mb, volume_gb FROM cluster_groups WHERE cluster_id = $1",
+        cluster_id,
+    )
+    return {r["name"]: GroupSize(r["name"], int(r["reserved"]), int(r["vcpus"]), int(r["ram_mb"]),
+                                 int(r["volume_gb"])) for r in rows}
+
+
+async def cluster_row(tx: asyncpg.Connection, cluster_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await tx.fetchrow(
+        "SELECT project_id, decision, delete_completed, master_count, node_count FROM clusters WHERE cluster_id = $1",
+        cluster_id,
+    )
+    return row
+
+
+async def put_group(tx: asyncpg.Connection, cluster_id: str, group: GroupSize, node_count: int, reserved: int) -> None:
+    await tx.execute(
+        "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster_id, name) DO UPDATE SET"
+        " node_count = EXCLUDED.node_count, reserved = EXCLUDED.reserved",
+        cluster_id, group.name, node_count, reserved, group.vcpus, group.ram_mb, group.volume_gb,
+    )
+
+
+async def settle_groups(tx: asyncpg.Connection, cluster_id: str, counts: dict[str, int]) -> None:
+    """An update completed: each group now holds what it has (``counts``, else its requested count); a shrink's
+    nodes are freed here, not when it was asked for."""
+    if counts:
+        await tx.execute(
+            "UPDATE cluster_groups g SET node_count = c.n FROM unnest($2::text[], $3::integer[]) AS c (name, n)"
+            " WHERE g.cluster_id = $1 AND g.name = c.name",
+            cluster_id, list(counts), list(counts.values()),
+        )
+    await tx.execute("UPDATE cluster_groups SET reserved = node_count WHERE cluster_id = $1", cluster_id)
+
+
+async def sum_groups(tx: asyncpg.Connection, cluster_id: str) -> None:
+    """The cluster's reservation = the sum over its nodegroups (the project_usage trigger follows)."""
+    await tx.execute(
+        "UPDATE clusters c SET nodes = s.n, vcpus = s.v, ram_mb = s.r, volume_gb = s.g FROM ("
+        " SELECT sum(reserved) AS n, sum(reserved * vcpus) AS v, sum(reserved::bigint * ram_mb) AS r,"
+        " sum(reserved * volume_gb) AS g FROM cluster_groups WHERE cluster_id = $1) s"
+        " WHERE c.cluster_id = $1 AND s.n IS NOT NULL",
+        cluster_id,
+    )
+
+
+async def usage_of(tx: asyncpg.Connection, project_id: str) -> tuple[Demand, dict[str, int]]:
+    facts = await run_facts(tx, [], [project_id])
+    return facts.usage[project_id], facts.overrides[project_id]
 
 
 async def mark(tx: asyncpg.Connection, cluster_id: str, project_id: str, column: str, at: datetime) -> None:

@@ -135,7 +135,8 @@ class Stream:
         event: Event = (
             ClusterAdmitted(uuid=cid, project_id=project, master_count=masters, node_count=nodes, name=name)
             if expect == ADMIT
-            else ClusterRejected(uuid=cid, project_id=project, reason=quota_exceeded_message(int(expect)))
+            else ClusterRejected(uuid=cid, project_id=project, reason=quota_exceeded_message(int(expect)),
+                                 resource="Cluster")
         )
         self.expected[-1] = [
             Outgoing(subjects.cluster_events(PRODUCER, cid), event, project_id=project, cluster_id=cid)
@@ -162,7 +163,8 @@ class Stream:
 
     def rejected(self, req: ClusterCreateRequested, limit: int) -> None:
         self.add(
-            ClusterRejected(uuid=req.uuid, project_id=req.project_id, reason=quota_exceeded_message(limit)),
+            ClusterRejected(uuid=req.uuid, project_id=req.project_id, reason=quota_exceeded_message(limit),
+                            resource="Cluster"),
             req.project_id,
             req.uuid,
         )

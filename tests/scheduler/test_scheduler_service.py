@@ -171,5 +171,5 @@ async def test_per_project_quota_row_overrides_the_default(sched: Harness) -> No
     assert got == [("ClusterAdmitted", c1), ("ClusterRejected", c2)]
     events = await sched.events(subjects.producer_events("scheduler"))
     assert events[-1].payload == ClusterRejected(
-        uuid=c2, project_id=project, reason=quota_exceeded_message(1)
+        uuid=c2, project_id=project, reason=quota_exceeded_message(1), resource="Cluster"
     )

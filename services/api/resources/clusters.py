@@ -7,7 +7,9 @@ external healer or the cluster's trustee); ``?rollback=True`` from microversion 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,23 +19,29 @@ import structlog
 from aiohttp import web
 
 from proto import subjects
-from proto.clusterspec import SpecError, resolve_cluster
+from proto.clusterspec import FlavorSizes, SpecError, resolve_cluster, with_flavor_sizes
+from proto.envelope import decode
 from proto.events import (
     ClusterCreateRequested,
     ClusterDeleteRequested,
     ClusterHealthUpdated,
+    ClusterUpdateRejected,
     ClusterUpdateRequested,
     ClusterWithdrawn,
 )
+from proto.labels import ADDONS_LABEL
 from services.api import paging, policy, status, store
+from services.api.addons import ADDONS
 from services.api.errors import ApiError, bad_request
 from services.api.keys import KEYSTONE, POOL, SETTINGS, TEMPLATES, USER_CLOUD, WRITER
+from services.api.keystone import AuthContext
 from services.api.microversion import Microversion
 from services.api.middleware import base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
-from services.api.validation import as_bool, as_int, check_labels, cluster_fields
+from services.api.usercloud import UserCloud
+from services.api.validation import as_bool, as_int, check_cluster_type, check_labels, cluster_fields
 from services.api.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -168,6 +176,38 @@ async def show_cluster(request: web.Request) -> web.Response:
     return await cached_json(request, (ctx.project_id, ctx.user_id, ctx.roles, base, v), build)
 
 
+def _flavor_size(flavor: dict[str, Any]) -> tuple[int, int]:
+    return int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0)
+
+
+class FlavorSizeCache:
+    """The vCPUs and RAM of flavors the request did not name (the template's, or Magnum's default), for the
+    scheduler's quotas: found in the user's Nova once per ``ttl`` seconds per compute endpoint and flavor, so a burst
+    of creates does not list flavors each time. A flavor Nova does not know is remembered as unknown (no sizes: the
+    quotas count its nodes, not their vCPUs and RAM)."""
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._sizes: dict[tuple[str, str], tuple[float, tuple[int, int] | None]] = {}
+
+    async def find(self, cloud: UserCloud, ctx: AuthContext, flavor: str) -> tuple[int, int] | None:
+        key = (ctx.endpoint("compute") or "", flavor)
+        hit = self._sizes.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            found: tuple[int, int] | None = _flavor_size(await cloud.find_flavor(ctx, flavor))
+        except ApiError as exc:
+            if exc.status >= 500:
+                return None  # not remembered: the next create asks again
+            found = None
+        self._sizes[key] = (time.monotonic(), found)
+        return found
+
+
+FLAVOR_SIZES = FlavorSizeCache()
+
+
 @routes.post("/v1/clusters")
 async def create_cluster(request: web.Request) -> web.Response:
     ctx = context(request)
@@ -196,11 +236,22 @@ async def create_cluster(request: web.Request) -> web.Response:
     except SpecError as exc:
         raise bad_request(str(exc)) from None
     check_labels(template.coe, spec.labels, spec.network_driver)
+    if template.cluster_distro is not None:
+        check_cluster_type(template.server_type, template.cluster_distro, template.coe)
+    if ADDONS_LABEL in (fields.get("labels") or {}):
+        await request.app[ADDONS].check(spec.labels)
     if spec.master_count > 1 and not spec.master_lb_enabled:
         raise bad_request("master_count must be 1 when master_lb_enabled is False")
+    sizes: FlavorSizes = {}
     for f in ("flavor_id", "master_flavor_id"):
         if fields.get(f):
-            await user_cloud.find_flavor(ctx, fields[f])
+            sizes[fields[f]] = _flavor_size(await user_cloud.find_flavor(ctx, fields[f]))
+    for flavor in {spec.flavor_id, spec.master_flavor_id} - set(sizes):  # the template's or the default flavors
+        found = await FLAVOR_SIZES.find(user_cloud, ctx, flavor)
+        if found is not None:
+            sizes[flavor] = found
+    if sizes:  # the scheduler's quotas count vCPUs and RAM from the spec (decided once, here)
+        spec = with_flavor_sizes(spec, sizes)
     if fields.get("keypair"):
         await user_cloud.find_keypair(ctx, fields["keypair"])
     trust_id, trustee = await keystone.cluster_trust(ctx)
@@ -275,6 +326,38 @@ async def _withdraw(writer: Writer, request: ClusterCreateRequested, request_seq
         log.warning("cluster_withdraw_failed", cluster_id=request.uuid, status=exc.status, detail=exc.detail)
         return
     await writer.wait_applied(seq)
+
+
+async def _decided_resize(request: web.Request, writer: Writer, subject: str, event: ClusterUpdateRequested) -> int:
+    """Publish a resize the scheduler decides first (quota) and wait (bounded) for its decision: 403 with the
+    scheduler's words when refused (nothing changed), else the sequence the read model shows the resize from (the
+    admission's; the request's own when the decision was not heard in time: it is accepted and will be decided)."""
+    watch = writer.watch_admission(event.uuid)
+    try:
+        seq = await writer.publish(subject, event, project_id=event.project_id, cluster_id=event.uuid)
+
+        async def undecided() -> str | None:
+            return None
+
+        decision = await watch.decision(undecided, request.app[SETTINGS].admission_timeout)
+    finally:
+        watch.close()
+    if decision is not None and decision.verdict == "rejected":
+        reason = await _resize_refusal(writer, decision.seq)
+        log.info("cluster_resize_refused", cluster_id=event.uuid, reason=reason)
+        raise ApiError(403, reason)
+    return max(seq, decision.seq if decision is not None else 0)
+
+
+async def _resize_refusal(writer: Writer, seq: int) -> str:
+    """The scheduler's reason for refusing a resize, from its event in the stream (the read model keeps none: a
+    refused resize changes nothing)."""
+    with contextlib.suppress(Exception):
+        msg = await writer.bus.js.get_msg(subjects.EVENTS_STREAM, seq)
+        payload = decode(msg.data).payload
+        if isinstance(payload, ClusterUpdateRejected):
+            return payload.reason
+    return "Quota exceeded: the cluster cannot grow to that size."
 
 
 @routes.delete("/v1/clusters/{ident}")
@@ -393,18 +476,14 @@ async def patch_cluster(request: web.Request) -> web.Response:
             cluster_id=row["uuid"],
         )
     if "node_count" in delta:
-        seq = await writer.publish(
-            subject,
-            ClusterUpdateRequested(
-                uuid=row["uuid"],
-                project_id=row["project_id"],
-                node_count=delta["node_count"],
-                previous_node_count=spec.get("node_count"),
-                rollback=rollback,
-            ),
+        seq = await _decided_resize(request, writer, subject, ClusterUpdateRequested(
+            uuid=row["uuid"],
             project_id=row["project_id"],
-            cluster_id=row["uuid"],
-        )
+            node_count=delta["node_count"],
+            previous_node_count=spec.get("node_count"),
+            rollback=rollback,
+            decided=True,
+        ))
     if seq:
         await writer.wait_applied(seq)
     log.info("cluster_update_accepted", cluster_id=row["uuid"], fields=sorted(delta), rollback=rollback)

@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from proto import quotas as quota_names
 from proto import subjects
 from proto.envelope import Envelope
 from proto.events import QuotaCreated, QuotaDeleted, QuotaUpdated
@@ -34,8 +35,9 @@ log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
-RESOURCES = ("Cluster",)
-MAGNUM_DEFAULT_LIMIT = 20
+RESOURCES = quota_names.RESOURCES
+"""``Cluster`` (Magnum's), ``Node``, ``vCPU``, ``RAM`` (MB) and ``VolumeGB`` (docs/adr/0008)."""
+MAGNUM_DEFAULT_LIMIT = quota_names.MAGNUM_DEFAULT_CLUSTER_QUOTA
 SORT_KEYS: dict[str, str] = {
     "id": "id",
     "project_id": "project_id",
@@ -48,10 +50,11 @@ _PROJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 
 
-def default_limit(environ: dict[str, str] | None = None) -> int:
-    """The limit of projects without a row: ``COVE_DEFAULT_CLUSTER_QUOTA`` (as the scheduler reads it) or 20."""
-    raw = (environ if environ is not None else dict(os.environ)).get("COVE_DEFAULT_CLUSTER_QUOTA", "").strip()
-    return int(raw) if raw else MAGNUM_DEFAULT_LIMIT
+def default_limit(environ: dict[str, str] | None = None, resource: str = quota_names.CLUSTER) -> int:
+    """The limit of projects without a row, as the scheduler reads it: ``COVE_DEFAULT_CLUSTER_QUOTA`` or 20 for
+    clusters, ``COVE_DEFAULT_<RESOURCE>_QUOTA`` or -1 (unlimited) for the others."""
+    env = environ if environ is not None else dict(os.environ)
+    return quota_names.default_limits(env).get(resource, quota_names.UNLIMITED)
 
 
 # --------------------------------------------------------------------------- the read model (schema api)
@@ -196,7 +199,9 @@ async def show(request: web.Request) -> web.Response:
         raise ApiError(403, "Not authorized.")
     row = await get_quota(request.app[POOL], project_id, resource)
     if row is None:
-        return web.json_response({"project_id": project_id, "hard_limit": default_limit(), "resource": "Cluster"})
+        known = resource if resource in RESOURCES else quota_names.CLUSTER
+        return web.json_response({"project_id": project_id, "hard_limit": default_limit(resource=known),
+                                  "resource": known})
     return web.json_response(view(row))
 
 
