@@ -23,6 +23,7 @@ import structlog
 from deploy.local.nats import NatsServerError
 from deploy.local.postgres import PostgresError
 from deploy.local.stack import SERVICES, LocalStack, StackError
+from services.certs import rotation
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", default=None,
                      help=f"comma-separated subset of services to start (all: {','.join(s.name for s in SERVICES)}); "
                           "--only '' starts only NATS, PostgreSQL and the devcloud")
+    certs = commands.add_parser("certs", help="operate the certs service").add_subparsers(dest="certs", required=True)
+    rotation.add_arguments(certs.add_parser(
+        "rotate-kek", help="re-wrap every stored CA key under a new key-encryption key while certs keeps signing",
+        description=rotation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "certs":
+        return rotation.main(args)
     return 2
 
 
