@@ -12,9 +12,11 @@ from benchmarks.cluster_scale import (
     TimingModel,
     benchmark_config,
     lower_bound,
+    parse_coes,
     parse_sizes,
     resources_from_ledger,
     server_timeline,
+    size_plan,
 )
 from deploy.devcloud.config import CloudConfig, load_config
 
@@ -114,3 +116,13 @@ def test_sizes() -> None:
     assert parse_sizes("2,16") == [2, 16]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_sizes("0")
+
+
+def test_every_coe_is_measured_kubernetes_at_every_size() -> None:
+    plan = size_plan(["kubernetes", "swarm-mode", "mesos"], None)
+    assert [s for c, s in plan if c == "kubernetes"] == [2, 16, 128, 512, 1000]
+    assert [c for c, _ in plan if c != "kubernetes"] == ["swarm-mode", "swarm-mode", "mesos", "mesos"]
+    assert size_plan(["mesos"], [2]) == [("mesos", 2)]
+    assert parse_coes("swarm-mode,mesos") == ["swarm-mode", "mesos"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_coes("dcos")
