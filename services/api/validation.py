@@ -9,13 +9,34 @@ import random
 import re
 from typing import Any
 
-from proto.labels import DEFAULT_NETWORK_DRIVER, NETWORK_DRIVERS, validate_labels
+from proto.labels import COE_NETWORK_DRIVERS, DEFAULT_NETWORK_DRIVERS, validate_labels
 from services.api.errors import bad_request
 from services.api.microversion import Microversion
 
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
-COES = ("kubernetes",)
+COES = ("kubernetes", "swarm-mode", "swarm", "mesos")
+"""Magnum's API accepted ``swarm`` and ``swarm-mode`` for Docker Swarm; Cove keeps the value the user gave and builds
+both with its Swarm-mode driver."""
 SERVER_TYPES = ("vm", "bm")
+"""What Magnum's validators accepted for every COE; whether a driver provides the pair is ``CLUSTER_TYPES``'s say."""
+VOLUME_DRIVERS: dict[str, tuple[str, ...]] = {
+    "kubernetes": ("cinder",), "swarm-mode": ("rexray",), "swarm": ("rexray",), "mesos": ("rexray",),
+}
+"""Magnum's ``supported_volume_driver`` per COE."""
+DISTROS: dict[str, tuple[str, ...]] = {
+    "kubernetes": ("ubuntu", "debian", "fedora-coreos"),
+    "swarm-mode": ("ubuntu", "debian"),
+    "swarm": ("ubuntu", "debian"),
+    "mesos": ("ubuntu",),
+}
+"""The image ``os_distro`` values Cove's drivers boot on. The nodes are Debian/Ubuntu; Kubernetes also keeps
+``fedora-coreos``, which the API accepted before it checked distros (the devcloud's default image)."""
+CLUSTER_TYPES: frozenset[tuple[str, str, str]] = frozenset(
+    [("vm", os, coe) for coe, distros in DISTROS.items() for os in distros]
+    + [("bm", os, "kubernetes") for os in DISTROS["kubernetes"]]
+)
+"""Magnum's driver look-up key, (server_type, os_distro, coe): one entry per combination a driver provides. Bare
+metal only for Kubernetes, as Magnum only ever had a bare-metal Kubernetes driver."""
 _WORDS = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "juniper")
 
 TEMPLATE_STR_FIELDS = (
@@ -164,17 +185,17 @@ def template_fields(body: Any) -> dict[str, Any]:
         raise bad_request("Mandatory field missing: image_id")
     server_type = out.setdefault("server_type", "vm")
     if server_type not in SERVER_TYPES:
-        raise _invalid("server_type", server_type, f"Value should be one of: {', '.join(SERVER_TYPES)}")
-    driver = out.setdefault("network_driver", DEFAULT_NETWORK_DRIVER)
-    if driver not in NETWORK_DRIVERS:
-        raise bad_request(
-            f"Cluster type (vm, None, {coe}) does not support network driver {driver}. "
-            f"Supported network drivers: {', '.join(NETWORK_DRIVERS)}"
-        )
+        raise bad_request(f"Server type {server_type} is not supported, expecting a "
+                          f"{'/'.join((*SERVER_TYPES, 'unspecified'))} server type.")
+    driver = out.setdefault("network_driver", DEFAULT_NETWORK_DRIVERS[coe])
+    if driver not in COE_NETWORK_DRIVERS[coe]:
+        raise bad_request(f"Network driver type {driver} is not supported, expecting a "
+                          f"{'/'.join((*COE_NETWORK_DRIVERS[coe], 'unspecified'))} network driver.")
     check_labels(coe, out["labels"], driver)
     volume_driver = out.get("volume_driver")
-    if volume_driver is not None and volume_driver != "cinder":
-        raise bad_request(f"Cluster type ({coe}) does not support volume driver {volume_driver}.")
+    if volume_driver is not None and volume_driver not in VOLUME_DRIVERS[coe]:
+        raise bad_request(f"Volume driver type {volume_driver} is not supported, expecting a "
+                          f"{'/'.join((*VOLUME_DRIVERS[coe], 'unspecified'))} volume driver.")
     dns = out.get("dns_nameserver")
     if dns is not None and not all(_ip(a.strip()) for a in dns.split(",")):
         raise _invalid("dns_nameserver", dns, "Expected comma-separated IP addresses.")
@@ -182,6 +203,28 @@ def template_fields(body: Any) -> dict[str, Any]:
         out["name"] = random_name("template")
     out.pop("driver", None)
     return out
+
+
+def check_cluster_type(server_type: str, os_distro: str | None, coe: str) -> None:
+    """400 with Magnum's ClusterTypeNotSupported words unless a driver provides (server_type, os_distro, coe)."""
+    if (server_type, os_distro, coe) not in CLUSTER_TYPES:
+        raise bad_request(f"Cluster type ({server_type}, {os_distro}, {coe}) not supported.")
+
+
+def image_distro(image: dict[str, Any], ident: str) -> str:
+    """The Glance image's ``os_distro`` (Magnum: 400 when the image has none)."""
+    os_distro = image.get("os_distro")
+    if not os_distro or not isinstance(os_distro, str):
+        raise bad_request(f"Image {ident} doesn't contain os_distro field.")
+    return os_distro
+
+
+def check_template_type(server_type: str, coe: str, os_distro: str, cluster_distro: str | None) -> None:
+    """A template's image and its ``cluster_distro`` (the image's ``os_distro`` unless the user named one) must each
+    make a cluster type a driver provides."""
+    check_cluster_type(server_type, os_distro, coe)
+    if cluster_distro is not None and cluster_distro != os_distro:
+        check_cluster_type(server_type, cluster_distro, coe)
 
 
 def check_labels(coe: str, labels: dict[str, str], network_driver: str | None) -> None:
@@ -225,6 +268,8 @@ def cluster_fields(body: Any, version: Microversion) -> dict[str, Any]:
     out["node_count"] = node_count
     master_count = as_int(body, "master_count", minimum=1)
     out["master_count"] = 1 if master_count is None else master_count
+    # Odd for every COE: Magnum's rule for Kubernetes (etcd's quorum), and the same quorum arithmetic for Swarm's
+    # Raft managers and Mesos's ZooKeeper ensemble: an even count tolerates no more failures than one fewer.
     if out["master_count"] % 2 == 0:
         raise bad_request(f"Master node count must be odd: {out['master_count']} requested.")
     for f in ("keypair", "master_flavor_id", "flavor_id", "fixed_network", "fixed_subnet"):

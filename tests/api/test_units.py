@@ -104,7 +104,7 @@ def test_template_fields_defaults() -> None:
     "body",
     [
         {"image_id": "i"},  # coe missing
-        {"coe": "swarm", "image_id": "i"},
+        {"coe": "dcos", "image_id": "i"},  # no driver (Magnum never had one in tree)
         {"coe": "kubernetes"},  # image missing
         {"coe": "kubernetes", "image_id": "i", "network_driver": "weave"},
         {"coe": "kubernetes", "image_id": "i", "apiserver_port": 80},

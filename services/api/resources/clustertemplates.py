@@ -22,13 +22,21 @@ from proto.events import (
     ClusterTemplateDeleted,
     ClusterTemplateUpdated,
 )
+from proto.labels import addon_names
 from services.api import paging, policy, store
+from services.api.addons import ADDONS
 from services.api.errors import ApiError, bad_request, forbidden
 from services.api.keys import POOL, USER_CLOUD, WRITER
 from services.api.middleware import base_url, context
 from services.api.patch import TEMPLATE_INTERNAL, TEMPLATE_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.common import cached_json, iso, json_body, links, scope_of
-from services.api.validation import TEMPLATE_FIELDS, template_fields
+from services.api.validation import (
+    TEMPLATE_FIELDS,
+    check_cluster_type,
+    check_template_type,
+    image_distro,
+    template_fields,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +46,8 @@ RESOURCE = "clustertemplates"
 PUBLISH_DENIED = "Not authorized to set public or hidden flag for cluster template."
 REFERENCED_MAY_CHANGE = frozenset({"name", "public", "hidden", "tags"})
 """What may change on a template some cluster uses (Magnum: rename, publish, hide, tag)."""
+CLUSTER_TYPE_FIELDS = frozenset({"image_id", "coe", "server_type", "cluster_distro"})
+"""A PATCH of any of these re-checks (server_type, os_distro, coe) against what the drivers provide."""
 
 
 def magnum_tags(t: ClusterTemplate) -> str | None:
@@ -119,11 +129,11 @@ async def create_template(request: web.Request) -> web.Response:
     fields = template_fields(await json_body(request))
     if (fields.get("public") or fields.get("hidden")) and not policy.allowed(request, "clustertemplate:publish"):
         raise forbidden(PUBLISH_DENIED)
+    await request.app[ADDONS].check(fields["labels"])
     user_cloud = request.app[USER_CLOUD]
     image = await user_cloud.find_image(ctx, fields["image_id"])
-    os_distro = image.get("os_distro")
-    if not os_distro:
-        raise bad_request(f"Image {fields['image_id']} doesn't contain os_distro field.")
+    os_distro = image_distro(image, fields["image_id"])
+    check_template_type(fields["server_type"], fields["coe"], os_distro, fields.get("cluster_distro"))
     fields.setdefault("cluster_distro", os_distro)
     for f in ("flavor_id", "master_flavor_id"):
         if fields.get(f):
@@ -207,14 +217,16 @@ async def patch_template(request: web.Request) -> web.Response:
         return web.json_response(view(t, base))
     if diff & {"public", "hidden"} and not policy.allowed(request, "clustertemplate:publish"):
         raise forbidden(PUBLISH_DENIED)
+    if addon_names(new.labels) and addon_names(new.labels) != addon_names(t.labels):
+        await request.app[ADDONS].check(new.labels)
     user_cloud = request.app[USER_CLOUD]
-    if "image_id" in diff:
-        image = await user_cloud.find_image(ctx, new.image_id)
-        os_distro = image.get("os_distro")
-        if not os_distro:
-            raise bad_request(f"Image {new.image_id} doesn't contain os_distro field.")
+    if "image_id" in diff or (diff & CLUSTER_TYPE_FIELDS and new.cluster_distro is None):
+        os_distro = image_distro(await user_cloud.find_image(ctx, new.image_id), new.image_id)
         if "cluster_distro" not in diff:
             new = msgspec.structs.replace(new, cluster_distro=os_distro)
+        check_template_type(new.server_type, new.coe, os_distro, new.cluster_distro)
+    elif diff & CLUSTER_TYPE_FIELDS:
+        check_cluster_type(new.server_type, new.cluster_distro, new.coe)
     for f in ("flavor_id", "master_flavor_id"):
         value = getattr(new, f)
         if f in diff and value:
