@@ -107,8 +107,13 @@ DEFAULT_RULES: dict[str, str] = {
     "nodegroup:update": ADMIN_OR_MEMBER,
     "nodegroup:delete": ADMIN_OR_MEMBER,
     # Certificates.
-    "certificate:create": "rule:context_is_admin or (rule:project_member and rule:is_user)",
-    "certificate:get": "rule:context_is_admin or (rule:project_reader and rule:is_user)",
+    # Certificates (issue 19, unlike Magnum's creator-only rule): every member and reader of the cluster's project
+    # gets a certificate of their own; the subject comes from the caller's identity, and
+    # ``certificate:create_admin_group`` decides whose certificate carries the group bound to cluster-admin
+    # (the others get the group bound to the ``view`` role).
+    "certificate:create": ADMIN_OR_READER,
+    "certificate:create_admin_group": ADMIN_OR_MEMBER,
+    "certificate:get": ADMIN_OR_READER,
     "certificate:rotate_ca": ADMIN_OR_MEMBER,
     # Credentials: project member only (Magnum gives admin no clause here).
     "credential:rotate": "rule:project_member",

@@ -1,17 +1,24 @@
 """``/v1/certificates``: a cluster's CA, signing a CSR with it, rotating it (§1.5 and §4 of the reference).
 
 Each call needs an answer from the certs service, so each is a NATS request-reply (``cove.rpc.certs.*``), not an
-event: show the CA (``GetClusterCA``), sign a CSR (``SignCertificate``), rotate the CA (``RotateClusterCA``;
-certs publishes ``ClusterCAReplaced`` before answering). Cove keeps one CA per cluster: ``ca_cert_type`` is
-accepted (kubernetes, etcd, front_proxy, front-proxy) and every type answers with that CA.
+event: show a CA (``GetClusterCA``), sign a CSR (``SignCertificate``), rotate the CA (``RotateClusterCA``;
+certs publishes ``ClusterCAReplaced`` before answering). A cluster has three CAs (issue 19): ``ca_cert_type``
+``kubernetes`` (the default), ``etcd`` or ``front_proxy`` (``front-proxy``) selects one on show and sign, as in
+Magnum; a cluster created before has the kubernetes CA only, and asking for another says so.
 
-Policy (Magnum's defaults): certificate:get = admin or (reader of the project and the cluster's user);
-certificate:create = admin or (member of the project and the cluster's user); certificate:rotate_ca = admin or
-a member of the project.
+Signing (issue 19): every member and reader of the cluster's project (and admins) gets a certificate of their
+own. The API passes the caller's Keystone identity as it validated it (user id and name, token project, roles)
+and the access its policy grants (``certificate:create_admin_group``: ``admin``, else ``view``); the certs service
+makes the subject from them, whatever the CSR asks. Readers are refused etcd and front-proxy certificates (403).
+Someone outside the cluster's project who names it by uuid gets 403 (by name: not found, as Magnum).
+
+Policy: certificate:get and certificate:create = admin or a reader of the project; certificate:rotate_ca = admin
+or a member of the project.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -41,6 +48,8 @@ routes = web.RouteTableDef()
 RESOURCE = "certificates"
 CA_CERT_TYPES = ("kubernetes", "etcd", "front_proxy", "front-proxy")
 RPC_TIMEOUT = 10.0
+MAX_CSR_CHARS = 64 * 1024
+"""A larger CSR is refused here, before it reaches the certs service (which has the same bound)."""
 
 
 def owner(cluster: asyncpg.Record) -> dict[str, str]:
@@ -49,11 +58,26 @@ def owner(cluster: asyncpg.Record) -> dict[str, str]:
 
 
 async def _find(request: web.Request, ident: str, *, missing_status: int = 404) -> asyncpg.Record:
+    """The cluster, in the caller's scope; one of another project named by its uuid is returned too, for the
+    caller's policy check to refuse with 403 (a name is looked up in the caller's scope only, so names never
+    leak across projects)."""
     found = await store.find_clusters(request.app[POOL], scope_of(context(request)), ident)
+    if not found and _is_uuid(ident):
+        row = await store.get_cluster(request.app[POOL], ident)
+        if row is not None:
+            return row
     if not found:
         raise ApiError(missing_status, f"Cluster {ident} could not be found.")
-    row: asyncpg.Record = one(found, "Cluster", ident, plural="clusters")
-    return row
+    cluster: asyncpg.Record = one(found, "Cluster", ident, plural="clusters")
+    return cluster
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 async def _call(request: web.Request, subject: str, req: Message, ident: str, *, missing_status: int) -> Message:
@@ -63,6 +87,10 @@ async def _call(request: web.Request, subject: str, req: Message, ident: str, *,
     except rpc.RpcError as exc:
         if exc.code == 400:
             raise bad_request(exc.message) from exc
+        if exc.code == 403:
+            raise ApiError(403, exc.message) from exc
+        if exc.code == 409:  # the cluster predates that CA type
+            raise ApiError(missing_status, exc.message) from exc
         if exc.code == 404:
             raise ApiError(missing_status, f"Cluster {ident} has no certificate authority.") from exc
         log.error("certs_rpc_failed", subject=subject, code=exc.code, error=exc.message)
@@ -77,16 +105,22 @@ def _ca_cert_type(value: Any) -> str | None:
     return str(value)
 
 
+def _which_ca(value: str | None) -> str:
+    """``front-proxy`` is Magnum's other spelling of ``front_proxy``; none means the cluster (kubernetes) CA."""
+    return "front_proxy" if value == "front-proxy" else (value or "kubernetes")
+
+
 @routes.get("/v1/certificates/{ident}")
 async def show(request: web.Request) -> web.Response:
     ctx = context(request)
     require_read(ctx, "certificate:get")
-    _ca_cert_type(request.query.get("ca_cert_type"))
+    which = _which_ca(_ca_cert_type(request.query.get("ca_cert_type")))
     ident = request.match_info["ident"]
     cluster = await _find(request, ident)
     policy.require(request, "certificate:get", owner(cluster))
     reply = await _call(
-        request, subjects.CERTS_GET_CA, GetClusterCA(cluster_id=cluster["uuid"], project_id=cluster["project_id"]),
+        request, subjects.CERTS_GET_CA,
+        GetClusterCA(cluster_id=cluster["uuid"], project_id=cluster["project_id"], ca_cert_type=which),
         ident, missing_status=404,
     )
     assert isinstance(reply, ClusterCA)
@@ -100,7 +134,7 @@ async def show(request: web.Request) -> web.Response:
 @routes.post("/v1/certificates")
 async def sign(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_write(ctx, "certificate:create")
+    require_read(ctx, "certificate:create")
     body = await json_body(request)
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
@@ -114,17 +148,34 @@ async def sign(request: web.Request) -> web.Response:
     if not isinstance(csr, str) or not csr.strip():
         raise bad_request("Invalid input for field/attribute csr. Value: 'None'. Mandatory field missing.")
     ca_cert_type = _ca_cert_type(body.get("ca_cert_type"))
+    if len(csr) > MAX_CSR_CHARS:
+        raise bad_request(f"Invalid CSR: it is too large ({len(csr)} characters; at most {MAX_CSR_CHARS}).")
     cluster = await _find(request, ident, missing_status=400)
     policy.require(request, "certificate:create", owner(cluster))
+    access = "admin" if policy.allowed(request, "certificate:create_admin_group", owner(cluster)) else "view"
+    which = _which_ca(ca_cert_type)
+    if access != "admin" and which != "kubernetes":
+        raise ApiError(403, f"Only members of the cluster's project may have {which} certificates signed.")
     reply = await _call(
         request,
         subjects.CERTS_SIGN,
-        SignCertificate(cluster_id=cluster["uuid"], project_id=cluster["project_id"], csr_pem=csr),
+        SignCertificate(
+            cluster_id=cluster["uuid"],
+            project_id=cluster["project_id"],
+            csr_pem=csr,
+            user_id=ctx.user_id,
+            user_name=ctx.user_name,
+            caller_project_id=ctx.project_id,
+            roles=sorted(ctx.roles),
+            access=access,
+            ca_cert_type=which,
+        ),
         ident,
         missing_status=400,
     )
     assert isinstance(reply, CertificateSigned)
-    log.info("certificate_signed", cluster_id=cluster["uuid"], user_id=ctx.user_id)
+    log.info("certificate_signed", cluster_id=cluster["uuid"], user_id=ctx.user_id, access=access,
+             ca_cert_type=which, serial=reply.serial)
     answer: dict[str, Any] = {
         "cluster_uuid": cluster["uuid"],
         "csr": csr,
@@ -155,7 +206,9 @@ async def rotate(request: web.Request) -> web.Response:
     reply = await _call(
         request,
         subjects.CERTS_ROTATE_CA,
-        RotateClusterCA(cluster_id=cluster["uuid"], project_id=cluster["project_id"]),
+        RotateClusterCA(
+            cluster_id=cluster["uuid"], project_id=cluster["project_id"], user_id=ctx.user_id, user_name=ctx.user_name
+        ),
         ident,
         missing_status=404,
     )
