@@ -92,6 +92,8 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
                 workers.reaper.on_applied(env)
 
     svc.add_projection(durable, handlers.project, FILTER_SUBJECTS, PROVISIONER_CONSUMER, on_applied=applied)
+    # The API asks which add-ons this cloud offers before it accepts an addons label (the catalog loaded at start).
+    svc.add_rpc(subjects.PROVISIONER_ADDONS, settings.addons.answer, queue="provisioner")
 
     async def start_workers(s: Service) -> None:
         """Once the projection runs: the reconciler resumes every cluster with work left, the reaper its trusts."""
