@@ -15,7 +15,7 @@ from typing import IO, Any
 import structlog
 from aiohttp import web
 
-from deploy.devcloud import coe_endpoints
+from deploy.devcloud import coe
 from deploy.devcloud.config import ApiFault, CloudConfig
 from deploy.devcloud.state import CLOUD, Cloud
 from deploy.devcloud.stats import STATS, Stats
@@ -208,7 +208,7 @@ def build_app(
         if seed is not None:
             seed(cloud)
     app.cleanup_ctx.append(_sweeper)
-    app.cleanup_ctx.append(coe_endpoints.serve)  # stand-ins for booted clusters' API endpoints
+    app.cleanup_ctx.append(coe.serve)  # stand-ins for booted clusters' API endpoints
     if request_log is not None:
         app[REQUEST_LOG] = RequestLog(request_log)
         app.cleanup_ctx.append(_request_log)

@@ -17,7 +17,7 @@ class Ledger:
         self.max_records = max_records
         self.records: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.listeners: list[Callable[[str | None, str], None]] = []
-        """Told (kind, id) of every change (coe_endpoints.py); kind None for an id the ledger has no record of."""
+        """Told (kind, id) of every change (coe/reconciler.py); kind None for an id the ledger has no record of."""
 
     def created(
         self,

@@ -1,6 +1,6 @@
 """End to end (every service as a subprocess, the devcloud, the real `openstack` CLI and the official `kubernetes`
 Python client): the kubeconfig `openstack coe cluster config` writes works against the cluster's API endpoint,
-which the devcloud stands in for from the nodes' user data (deploy/devcloud/coe_endpoints.py):
+which the devcloud stands in for from the nodes' user data (deploy/devcloud/coe/):
 
 * a Kubernetes cluster (1 master, 2 workers) without a load balancer or floating IPs, and one with a load
   balancer and floating IPs: `list_node()` through the kubeconfig gives the cluster's servers, Ready; `get_code()`
