@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from services.provisioner.drivers.base import CoeDriver
 from services.provisioner.drivers.kubernetes import KubernetesDriver
+from services.provisioner.drivers.mesos import MesosDriver
 from services.provisioner.drivers.swarm import SwarmDriver
 
 DRIVERS: dict[str, type[CoeDriver]] = {
     "kubernetes": KubernetesDriver,
     "swarm-mode": SwarmDriver,
     "swarm": SwarmDriver,  # Magnum's API accepted both names for Swarm mode
+    "mesos": MesosDriver,
 }
 
 
