@@ -218,3 +218,20 @@ async def test_the_rpc_answers_the_catalogs_names(tmp_path: Path) -> None:
     (tmp_path / "only.yaml").write_text("#cloud-config\nruncmd: [[echo, one]]\n")
     reply = await Catalog.load(tmp_path).answer(decode_request(encode_request(ListAddons())))
     assert reply == AddonCatalog(names=["only"])
+
+
+async def test_the_provisioner_service_answers_the_rpc_from_its_directory_and_refuses_a_bad_one(
+        tmp_path: Path) -> None:
+    from proto import subjects
+    from services.provisioner.service import build_service
+    from services.runtime.service import ServiceConfig
+
+    (tmp_path / "site.yaml").write_text("#cloud-config\nruncmd: [[echo, site]]\n")
+    config = ServiceConfig(service="provisioner", extra={"COVE_PROVISIONER_ADDONS_DIR": str(tmp_path)})
+    svc = build_service(config)
+    (handler,) = [h for subject, h, queue in svc._rpc_specs
+                  if subject == subjects.PROVISIONER_ADDONS == "cove.rpc.provisioner.addons" and queue == "provisioner"]
+    assert await handler(ListAddons()) == AddonCatalog(names=["site"])
+    (tmp_path / "broken.yaml").write_text("#cloud-config\n- not a mapping\n")
+    with pytest.raises(ValueError, match=str(tmp_path / "broken.yaml")):
+        build_service(config)
