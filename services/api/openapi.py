@@ -97,8 +97,10 @@ def _template_create() -> dict[str, Any]:
         props[name] = schema
     props["coe"] = {"type": "string", "enum": list(validation.COES)}
     props["server_type"] = _nullable("string", enum=[*validation.SERVER_TYPES, None])
-    props["network_driver"] = _nullable("string", enum=[*labels.NETWORK_DRIVERS, None])
-    props["volume_driver"] = _nullable("string", enum=["cinder", None])
+    props["network_driver"] = _nullable(
+        "string", enum=[*dict.fromkeys(d for ds in labels.COE_NETWORK_DRIVERS.values() for d in ds), None])
+    props["volume_driver"] = _nullable(
+        "string", enum=[*dict.fromkeys(d for ds in validation.VOLUME_DRIVERS.values() for d in ds), None])
     props["docker_volume_size"] = _nullable("integer", minimum=1)
     props["apiserver_port"] = _nullable("integer", minimum=1024, maximum=65535)
     return {**_obj(props, ["coe", "image_id"]), "additionalProperties": False}
