@@ -74,6 +74,15 @@ class NodeContext:
     reached at (``node_address``, ``api_host``, ``api_sans``, the node's name, 127.0.0.1 and localhost)."""
     server_key_pem: str | None = None
     """The private key (PEM) of ``server_cert_pem``."""
+    etcd_ca_cert_pem: str | None = None
+    """The cluster's etcd CA (PEM; ``ClusterCAKey.etcd_cert_pem``), for the first master only; None for a cluster
+    created before issue 19 (kubeadm then makes its own)."""
+    etcd_ca_key_pem: str | None = None
+    """Its private key (``ClusterCAKey.etcd_key_pem``), first master only."""
+    front_proxy_ca_cert_pem: str | None = None
+    """The cluster's front-proxy CA (PEM; ``ClusterCAKey.front_proxy_cert_pem``), first master only."""
+    front_proxy_ca_key_pem: str | None = None
+    """Its private key (``ClusterCAKey.front_proxy_key_pem``), first master only."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,15 @@ Certificates (docs/adr/0006): the cluster CA from the certs service is the Kuber
 its key (0600) so ``kubeadm init`` signs the control plane's certificates with it and the controller manager signs
 the kubelets'; it uploads them encrypted (``--upload-certs``) with a certificate key derived from the CA key,
 which the other masters get instead of the CA key. Workers get neither, only the bootstrap token and the CA pin.
+The cluster's etcd and front-proxy CAs (issue 19) go to the first master where kubeadm looks for them
+(``pki/etcd/ca.{crt,key}``, ``pki/front-proxy-ca.{crt,key}``), so kubeadm uses them instead of making its own
+and uploads them with the rest; a cluster from before has none and kubeadm makes them as it did.
+
+Users (issue 19): the certs service signs each user's certificate with O = ``cove:cluster-admins`` (members) or
+``cove:cluster-viewers`` (readers). The first master binds them right after ``kubeadm init`` (``RBAC_PATH``):
+the first to the ``cluster-admin`` ClusterRole, the second to ``view``. A Cove group bound explicitly rather than
+``system:masters``: that group bypasses RBAC and no binding can take it away, while these bindings can be
+removed or narrowed by the cluster's own admins, and show in ``kubectl get clusterrolebindings``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,15 @@ CRI_SOCKET = "unix:///run/containerd/containerd.sock"
 
 CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
 CA_KEY_PATH = "/etc/kubernetes/pki/ca.key"
+ETCD_CA_CERT_PATH = "/etc/kubernetes/pki/etcd/ca.crt"
+ETCD_CA_KEY_PATH = "/etc/kubernetes/pki/etcd/ca.key"
+FRONT_PROXY_CA_CERT_PATH = "/etc/kubernetes/pki/front-proxy-ca.crt"
+FRONT_PROXY_CA_KEY_PATH = "/etc/kubernetes/pki/front-proxy-ca.key"
+RBAC_PATH = "/etc/cove/rbac.yaml"
+ADMIN_GROUP = "cove:cluster-admins"
+"""Must equal ``services.certs.ca.ADMIN_GROUP`` (tests check it): bound to ``cluster-admin``."""
+VIEW_GROUP = "cove:cluster-viewers"
+"""Must equal ``services.certs.ca.VIEW_GROUP``: bound to ``view``."""
 KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
 SCRIPT_PATH = "/usr/local/sbin/cove-bootstrap"
 ETCD_DIR = "/var/lib/etcd"
@@ -204,6 +222,7 @@ install_cni() {
 init_control_plane() {
   kubeadm init --config "$KUBEADM_CONFIG" --upload-certs
   retry 60 5 api_ready
+  retry 10 10 kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/cove/rbac.yaml
   install_cni
   if [ "$DASHBOARD_ENABLED" = true ]; then
     retry 10 10 kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f "$DASHBOARD_MANIFEST"
@@ -359,6 +378,14 @@ class KubernetesDriver:
         if first:
             assert node.ca_key_pem is not None
             files.append(_write(CA_KEY_PATH, node.ca_key_pem, "0600"))
+            for cert_path, cert_pem, key_path, key_pem in (
+                (ETCD_CA_CERT_PATH, node.etcd_ca_cert_pem, ETCD_CA_KEY_PATH, node.etcd_ca_key_pem),
+                (FRONT_PROXY_CA_CERT_PATH, node.front_proxy_ca_cert_pem, FRONT_PROXY_CA_KEY_PATH,
+                 node.front_proxy_ca_key_pem),
+            ):
+                if cert_pem is not None and key_pem is not None:
+                    files += [_write(cert_path, cert_pem, "0644"), _write(key_path, key_pem, "0600")]
+            files.append(_write(RBAC_PATH, rbac_manifest(), "0644"))
         files += [
             _write(ENV_PATH, shell_env(env), "0600"),
             _write(KUBEADM_CONFIG_PATH, self.kubeadm_config(node, labels, driver), "0600"),
@@ -467,8 +494,23 @@ class KubernetesDriver:
     def cluster_config(self) -> str:
         return (
             "A kubeconfig whose server is the cluster's api_address (https) and whose client certificate "
-            "(CN=admin, O=system:masters) is signed by the cluster's CA, the CA the API server trusts."
+            "is signed by the cluster's CA, the CA the API server trusts; its subject names the Keystone user who "
+            f"asked (CN) and the group the cluster binds ({ADMIN_GROUP}: cluster-admin, {VIEW_GROUP}: view)."
         )
+
+
+def rbac_manifest() -> str:
+    """The ClusterRoleBindings of Cove's user groups, applied by the first master after ``kubeadm init``."""
+    def binding(group: str, role: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": group, "labels": {"app.kubernetes.io/managed-by": "cove"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+        }
+
+    return dump_yaml_all([binding(ADMIN_GROUP, "cluster-admin"), binding(VIEW_GROUP, "view")])
 
 
 def _overlay_rules(driver: str) -> list[PortRule]:
@@ -506,6 +548,12 @@ def _check_node(node: NodeContext) -> None:
     if not 1 <= node.api_port <= 65535:
         raise ValueError(f"api_port {node.api_port} is not a TCP port")
     ca_cert_hash(node.ca_cert_pem)
+    for name, cert_pem, key_pem in (("etcd", node.etcd_ca_cert_pem, node.etcd_ca_key_pem),
+                                    ("front-proxy", node.front_proxy_ca_cert_pem, node.front_proxy_ca_key_pem)):
+        if (cert_pem is None) != (key_pem is None):
+            raise ValueError(f"the {name} CA needs both its certificate and its key")
+        if key_pem is not None and not (node.role == "master" and node.is_first_master):
+            raise ValueError(f"only the first master receives the {name} CA's key")
     if node.ca_key_pem is not None:
         cert = x509.load_pem_x509_certificate(node.ca_cert_pem.encode())
         public = serialization.PublicFormat.SubjectPublicKeyInfo
