@@ -41,6 +41,26 @@ $(TOOLS_STAMP): | $(STAMP)
 	rm -rf $(TOOLS)/debs $(TOOLS)/apt
 	touch $@
 
+# dockerd (Debian's docker.io, with the containerd and runc it starts) for tests/devcloud/test_docker_engine.py: a
+# real Docker engine with Cove's certificates (issue 12). About 65 MB fetched; only dockerd, containerd and runc are
+# kept (about 130 MB). Starting dockerd needs root: elsewhere that test skips with the daemon's own error.
+DOCKER_TOOLS := $(TOOLS)/docker
+DOCKER_STAMP := $(DOCKER_TOOLS)/.installed-stamp
+DOCKER_DEBS  := docker.io containerd runc
+venv: $(DOCKER_STAMP)
+
+$(DOCKER_STAMP): | $(TOOLS_STAMP)
+	rm -rf $(DOCKER_TOOLS) && mkdir -p $(DOCKER_TOOLS)/debs $(DOCKER_TOOLS)/apt/lists/partial $(DOCKER_TOOLS)/apt/cache
+	cd $(DOCKER_TOOLS)/debs && { apt-get -q download $(DOCKER_DEBS) || { \
+	  apt="apt-get -q -o Dir::State::Lists=$$PWD/../apt/lists -o Dir::Cache=$$PWD/../apt/cache -o Debug::NoLocking=1"; \
+	  $$apt update && $$apt download $(DOCKER_DEBS); }; }
+	for deb in $(DOCKER_TOOLS)/debs/*.deb; do dpkg-deb -x "$$deb" $(DOCKER_TOOLS)/root || exit 1; done
+	mkdir -p $(DOCKER_TOOLS)/bin && mv $(DOCKER_TOOLS)/root/usr/sbin/dockerd $(DOCKER_TOOLS)/root/usr/bin/containerd \
+	  $(DOCKER_TOOLS)/root/usr/sbin/runc $(DOCKER_TOOLS)/bin/
+	rm -rf $(DOCKER_TOOLS)/root $(DOCKER_TOOLS)/debs $(DOCKER_TOOLS)/apt
+	$(DOCKER_TOOLS)/bin/dockerd --version >/dev/null
+	touch $@
+
 # NATS, PostgreSQL (embedded unless COVE_DATABASE_URL), the devcloud and every service; Ctrl-C stops all.
 run: venv
 	$(VENV)/bin/cove run
