@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from services.api import openapi, policy
+from services.api import audit, monitoring, openapi, policy
 from services.api.addons import ADDONS, AddonCatalogClient
 from services.api.freshness import ReadCache, TemplateCache
 from services.api.keys import KEYSTONE, POOL, READ_CACHE, SETTINGS, TEMPLATES, USER_CLOUD, WRITER, Settings
@@ -17,12 +17,14 @@ from services.api.resources import (
     clusters,
     clustertemplates,
     credentials,
+    events,
     federations,
     mservices,
     nodegroups,
     quotas,
     root,
     stats,
+    usage,
 )
 from services.api.routing import slash_optional
 from services.api.usercloud import UserCloud
@@ -34,7 +36,9 @@ __all__ = ["Settings", "build_app"]
 def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None,
               read_cache: ReadCache | None = None, template_cache: TemplateCache | None = None
               ) -> web.Application:
-    app = web.Application(middlewares=list(MIDDLEWARES), client_max_size=1024**2)
+    # The audit middleware sits right inside the request id's: it sees every write's final response.
+    middlewares = [MIDDLEWARES[0], audit.audit_middleware, *MIDDLEWARES[1:]]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[POOL] = pool
     app[WRITER] = writer
     app[KEYSTONE] = keystone
@@ -52,5 +56,8 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(cluster_actions.routes)
     for extra in (certificates, quotas, stats, mservices, federations, credentials):
         app.add_routes(extra.routes)
+    app.cleanup_ctx.append(audit.auditor_ctx)
+    app.cleanup_ctx.append(events.hub_ctx)
+    app.cleanup_ctx.append(monitoring.metrics_ctx)
     slash_optional(app.router)
     return app

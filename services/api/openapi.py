@@ -181,6 +181,19 @@ SCHEMAS: dict[str, Any] = {
     "QuotaCreate": _obj(_QUOTA_INPUT, ["project_id"]),
     "QuotaUpdate": _obj(_QUOTA_INPUT, ["hard_limit"]),
     "Stats": _obj({"clusters": _INT, "nodes": _INT}, ["clusters", "nodes"]),
+    "Usage": _obj({
+        "project_id": _NSTR, "start": _NSTR, "end": _STR,
+        "group_by": {"type": "string", "enum": ["project", "cluster", "resource"]},
+        "usage": {"type": "array", "items": _obj({
+            "project_id": _STR, "cluster_id": _NSTR, "resource_kind": _NSTR, "resource_id": _NSTR,
+            "resource_name": _NSTR, "vcpus": _nullable("integer"), "ram_mb": _nullable("integer"),
+            "size_gb": _nullable("integer"), "started_at": _NSTR, "ended_at": _NSTR,
+            "billed_seconds": _nullable("number"), "vcpu_hours": {"type": "number"},
+            "ram_gb_hours": {"type": "number"}, "volume_gb_hours": {"type": "number"},
+            "floating_ip_hours": {"type": "number"}, "load_balancer_hours": {"type": "number"},
+            "server_hours": {"type": "number"}, "cluster_hours": {"type": "number"},
+        }, ["project_id"])},
+    }, ["end", "group_by", "usage"]),
     "MServiceList": _obj({"mservices": {"type": "array", "items": _obj(_MSERVICE, ["id", "binary", "state"])},
                           "next": _STR}, ["mservices"]),
     "Federation": _obj(_FEDERATION, ["uuid"]),
@@ -204,6 +217,7 @@ class Op:
     query: tuple[str, ...] = ()
     public: bool = False
     extra_ok: tuple[int, ...] = field(default=())
+    media: str = "application/json"
 
 
 OPERATIONS: tuple[Op, ...] = (
@@ -284,12 +298,22 @@ OPERATIONS: tuple[Op, ...] = (
     Op("PATCH", "/v1/federations/{ident}", "Update a federation (JSON patch)", "federations", ok=202,
        response="UuidAccepted", body="JsonPatch"),
     Op("DELETE", "/v1/federations/{ident}", "Delete a federation", "federations", ok=204),
+    # Events (a Cove extension): server-sent events, one per stored event, id = its COVE_EVENTS sequence.
+    Op("GET", "/v1/events", "Live events of the caller's project (text/event-stream; resume with Last-Event-ID)",
+       "events", query=("cluster", "type", "project_id", "last_event_id"), media="text/event-stream"),
+    # Usage (a Cove extension): JSON, or CSV with Accept: text/csv.
+    Op("GET", "/v1/usage", "Usage over [start, end) by project, cluster or resource (text/csv with Accept: text/csv)",
+       "usage", response="Usage", query=("start", "end", "group_by", "project_id", "cluster_id", "format")),
 )
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "marker": _STR, "limit": {"type": "integer", "minimum": 1}, "sort_key": _STR,
     "sort_dir": {"type": "string", "enum": ["asc", "desc"]}, "rollback": _STR, "role": _STR,
     "ca_cert_type": _STR, "all_tenants": _STR, "project_id": _STR, "type": _STR,
+    "cluster": _STR, "last_event_id": {"type": "integer", "minimum": 0},
+    "start": {"type": "string", "format": "date-time"}, "end": {"type": "string", "format": "date-time"},
+    "group_by": {"type": "string", "enum": ["project", "cluster", "resource"]}, "cluster_id": _STR,
+    "format": {"type": "string", "enum": ["json", "csv"]},
 }
 
 _ERROR = {"description": "Magnum's error body", "content": {"application/json": {"schema": _ref("Error")}}}
@@ -309,7 +333,11 @@ def _operation(op: Op) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Success"}
     if op.ok != 204:
         schema = _ref(op.response) if op.response else {"type": "object"}
-        ok["content"] = {"application/json": {"schema": schema}}
+        if op.media != "application/json":
+            schema = {"type": "string"}
+        ok["content"] = {op.media: {"schema": schema}}
+        if op.tag == "usage":
+            ok["content"]["text/csv"] = {"schema": {"type": "string", "description": "the same rows, a header first"}}
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],

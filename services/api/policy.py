@@ -123,6 +123,9 @@ DEFAULT_RULES: dict[str, str] = {
     "quota:update": ADMIN,
     "quota:get": ADMIN_OR_READER,
     "quota:get_all": ADMIN,
+    # Usage (a Cove extension, GET /v1/usage): a project's own members and readers, admins for any or every project.
+    "usage:get": "rule:context_is_admin or rule:project_member or rule:project_reader",
+    "usage:get_all_projects": ADMIN,
     "stats:get_all": ADMIN_OR_READER,
     "magnum-service:get_all": ADMIN,
     # Federations.
@@ -132,6 +135,9 @@ DEFAULT_RULES: dict[str, str] = {
     "federation:get": ADMIN_OR_READER,
     "federation:get_all": ADMIN_OR_READER,
     "federation:detail": ADMIN_OR_READER,
+    # Events (GET /v1/events, a Cove extension): a project's readers; every project for an admin.
+    "event:get_all": ADMIN_OR_READER,
+    "event:get_all_all_projects": ADMIN,
 }
 
 IMPLIED_ROLES: dict[str, frozenset[str]] = {

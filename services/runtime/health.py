@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 log = structlog.get_logger(__name__)
 
 Check = Callable[[], bool | Awaitable[bool]]
+Collector = Callable[[], Awaitable[None]]
+
+_collectors: list[Collector] = []
+"""Refreshed before each ``/metrics`` answer (gauges read from the database or NATS at scrape time). Process-wide,
+like prometheus_client's registry: the API's application registers its own without reaching the service."""
+
+
+def add_collector(collector: Collector) -> None:
+    _collectors.append(collector)
+
+
+def remove_collector(collector: Collector) -> None:
+    if collector in _collectors:
+        _collectors.remove(collector)
+
+
+async def collect() -> None:
+    """Run every collector, each at most ``COLLECT_TIMEOUT`` seconds; one that fails leaves its last values."""
+    for collector in tuple(_collectors):  # a collector may be removed while another runs
+        try:
+            await asyncio.wait_for(collector(), COLLECT_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - a scrape answers with what it has
+            log.warning("metrics_collector_failed", collector=getattr(collector, "__qualname__", ""), error=repr(exc))
+
+
+COLLECT_TIMEOUT = 2.0
 
 
 class HealthServer:
@@ -62,6 +89,7 @@ class HealthServer:
         )
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        await collect()
         resp = web.Response(body=generate_latest(REGISTRY))
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return resp
