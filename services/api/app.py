@@ -24,7 +24,6 @@ from services.api.resources import (
     quotas,
     root,
     stats,
-    usage,
 )
 from services.api.routing import slash_optional
 from services.api.usercloud import UserCloud
