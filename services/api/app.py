@@ -53,7 +53,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(clusters.routes)
     app.add_routes(nodegroups.routes)
     app.add_routes(cluster_actions.routes)
-    for extra in (certificates, quotas, stats, mservices, federations, credentials):
+    for extra in (certificates, quotas, stats, mservices, federations, credentials, events):
         app.add_routes(extra.routes)
     app.cleanup_ctx.append(audit.auditor_ctx)
     app.cleanup_ctx.append(events.hub_ctx)
