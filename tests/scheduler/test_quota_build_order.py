@@ -199,21 +199,24 @@ async def test_one_projects_many_creates_do_not_starve_anothers_one(sched: Harne
     await ask(h, one)
     await wait_for(lambda: _decisions(h, 31), message="31 decisions")
     events = await scheduler_events(h)
-    assert [e.cluster_id for e in events if isinstance(e.payload, ClusterAdmitted)] == [many[0].uuid, many[1].uuid]
+    order = [e.cluster_id or "" for e in events if isinstance(e.payload, ClusterAdmitted)]
+    assert len(order) == 2 and order[0] == many[0].uuid  # two build slots
     queued = {e.cluster_id: e.payload.position for e in events if isinstance(e.payload, ClusterQueued)}
-    assert len(queued) == 29 and queued[one.uuid] == 1  # B's one is next in line, before A's 28 others
+    assert len(queued) == 29
+    if one.uuid in queued:  # (B's may have been in the batch that filled the second slot: then it got it)
+        assert queued[one.uuid] == 1  # next in line, before A's 28 others
     # the provisioner finishes builds one at a time; record the order clusters are admitted in
-    order: list[str] = [many[0].uuid, many[1].uuid]
     while len(order) < 31:
         done = order[len(order) - 2]
         await tell(h, "provisioner", done, a if done != one.uuid else b,
                    ClusterCreateCompleted(uuid=done, project_id=a if done != one.uuid else b, api_address="x"))
         want = len(order) + 1
         order = await wait_for(lambda want=want: _admitted(h, want), message=f"admission {want}")
-    assert order.index(one.uuid) <= 3, order
+    assert order.index(one.uuid) <= 2, order
+    assert [c for c in order if c != one.uuid] == [r.uuid for r in many]  # A's own in the order asked
     assert set(order) == {r.uuid for r in many} | {one.uuid}
     moved = [e.payload for e in await scheduler_events(h) if isinstance(e.payload, ClusterQueuePositions)]
-    assert moved and moved[0].positions[many[2].uuid] == 1  # B's one started first: A's third is next
+    assert moved and min(moved[0].positions.values()) == 1
     assert all(sorted(p.positions.values()) == list(range(1, len(p.positions) + 1)) for p in moved)
     # replay rebuilds the same store
     await settled(h)
