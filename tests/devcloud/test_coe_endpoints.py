@@ -469,7 +469,9 @@ def test_marathon_and_the_mesos_master(mesos: Booted, demo: Any) -> None:
     marathon = f"http://{masters[1]}:8080"
     assert requests.get(f"{marathon}/ping", timeout=10).text == "pong"
     info = requests.get(f"{marathon}/v2/info", timeout=10).json()
-    assert info["marathon_config"]["master"] == f"zk://{masters[0]}:2181,{masters[1]}:2181/mesos"
+    zk = info["marathon_config"]["master"]
+    assert zk.startswith("zk://") and zk.endswith("/mesos")
+    assert sorted(zk.removeprefix("zk://").removesuffix("/mesos").split(",")) == sorted(f"{m}:2181" for m in masters)
     assert info["leader"] == f"{masters[0]}:8080" and info["name"] == "marathon"
     assert requests.get(f"{marathon}/v2/apps", timeout=10).json() == {"apps": []}
     created = requests.post(f"{marathon}/v2/apps", json={"id": "hello", "cmd": "sleep 1000", "instances": 1},
@@ -487,3 +489,39 @@ def test_marathon_and_the_mesos_master(mesos: Booted, demo: Any) -> None:
     demo.compute.wait_for_delete(mesos.servers[names[3]], **W)
     until(lambda: [s["hostname"] for s in requests.get(f"http://{masters[0]}:5050/master/state", timeout=10)
                    .json()["slaves"]] == [workers[0]], "the deleted worker is no longer an agent")
+
+
+def test_a_load_balancer_in_front_of_the_managers_serves_the_first_master_s_engine(
+        swarm: Booted, demo: Any, loopback_net: tuple[Any, Any], tmp_path: Path) -> None:
+    """The VIP forwards 2376 to the second manager only, yet answers with the first master's certificate and as the
+    first master's engine (the provisioner names the VIP in that certificate); it stops once the member goes."""
+    _, subnet = loopback_net
+    names = list(swarm.servers)
+    lb = demo.load_balancer.create_load_balancer(name="swarm-api", vip_subnet_id=subnet.id)
+
+    def active(get: Any, obj_id: str) -> Any:
+        return until(lambda: get(obj_id).provisioning_status == "ACTIVE" and get(obj_id), f"{obj_id} ACTIVE")
+
+    active(demo.load_balancer.get_load_balancer, lb.id)
+    listener = demo.load_balancer.create_listener(name="swarm-api", loadbalancer_id=lb.id, protocol="TCP",
+                                                  protocol_port=2376)
+    active(demo.load_balancer.get_load_balancer, lb.id)
+    pool = demo.load_balancer.create_pool(name="swarm-api", listener_id=listener.id, protocol="TCP",
+                                          lb_algorithm="ROUND_ROBIN")
+    active(demo.load_balancer.get_load_balancer, lb.id)
+    member = demo.load_balancer.create_member(pool, address=swarm.addresses[names[1]], protocol_port=2376,
+                                              subnet_id=subnet.id)
+    active(demo.load_balancer.get_load_balancer, lb.id)
+    vip = demo.load_balancer.get_load_balancer(lb.id).vip_address
+    until(lambda: listening(vip, 2376), f"the VIP {vip}:2376")
+    pem = ssl.get_server_certificate((vip, 2376))
+    cn = x509.load_pem_x509_certificate(pem.encode()).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert cn[0].value == names[0]
+    certs = swarm.tls.client_dir(tmp_path / "certs")
+    info = requests.get(f"https://{vip}:2376/v1.41/info", timeout=10, verify=False,  # the VIP is not in its SANs
+                        cert=(str(certs / "cert.pem"), str(certs / "key.pem"))).json()
+    assert info["Name"] == names[0] and info["Swarm"]["ControlAvailable"] is True
+    demo.load_balancer.delete_member(member, pool)
+    until(lambda: not listening(vip, 2376), "the VIP stops serving once no member routes to a manager")
+    active(demo.load_balancer.get_load_balancer, lb.id)
+    demo.load_balancer.delete_load_balancer(lb.id, cascade=True)
