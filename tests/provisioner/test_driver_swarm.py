@@ -6,6 +6,7 @@ from .venv/tools); hostile names, labels and proxies arrive on the node as data,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -260,8 +261,15 @@ def test_certificates_that_would_not_work_are_refused() -> None:
 
 
 def test_refusals() -> None:
-    with pytest.raises(ValueError, match="never receives the cluster CA's key"):
+    with pytest.raises(ValueError, match=r"never receives a CA's key \(ca_key_pem\)"):
         DRIVER.user_data(node("first", ca_key_pem=KEY))
+
+    @dataclasses.dataclass(frozen=True)
+    class WithEtcdCA(NodeContext):
+        etcd_ca_key_pem: str | None = None
+
+    with pytest.raises(ValueError, match=r"never receives a CA's key \(etcd_ca_key_pem\)"):
+        DRIVER.user_data(WithEtcdCA(**{**dataclasses.asdict(node("first")), "etcd_ca_key_pem": KEY}))
     with pytest.raises(ValueError, match="flannel"):
         DRIVER.user_data(node("worker", network_driver="flannel"))
     with pytest.raises(ValueError, match="'calico'"):

@@ -45,6 +45,7 @@ from services.provisioner.drivers.render import (
     CA_PATH,
     ENV_PATH,
     PROXY_ENV_PATH,
+    ca_keys_given,
     check_host,
     cloud_config,
     endpoint,
@@ -503,8 +504,8 @@ def _check_node(node: NodeContext) -> None:
         raise ValueError(f"unknown node role {node.role!r}")
     if node.role == "worker" and node.is_first_master:
         raise ValueError("a worker cannot be the first master")
-    if node.ca_key_pem is not None:
-        raise ValueError("a Mesos node never receives the cluster CA's key")
+    if ca_keys_given(node):
+        raise ValueError(f"a Mesos node never receives a CA's key ({', '.join(ca_keys_given(node))})")
     if node.etcd_volume_device:
         raise ValueError("an etcd volume is for Kubernetes masters only; Mesos's masters keep ZooKeeper's data")
     check_host("api_host", node.api_host)

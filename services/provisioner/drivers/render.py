@@ -8,6 +8,7 @@ dumped by PyYAML (multi-line strings as literal blocks, so scripts stay readable
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import shlex
@@ -77,6 +78,13 @@ def check_host(what: str, host: str) -> None:
     """``ValueError`` unless ``host`` can be a host name or an address (no space, comma or control character)."""
     if not host or any(c.isspace() or c == "," or ord(c) < 32 for c in host):
         raise ValueError(f"{what} {host!r} is not a host name or address")
+
+
+def ca_keys_given(node: Any) -> list[str]:
+    """The CA private keys a ``NodeContext`` carries (``ca_key_pem`` and any other ``*_ca_key_pem``), by field name:
+    for drivers whose nodes must never hold one."""
+    return [f.name for f in dataclasses.fields(node)
+            if f.name.endswith("_key_pem") and f.name != "server_key_pem" and getattr(node, f.name) is not None]
 
 
 def volume_mounts(volumes: Iterable[tuple[str | None, str, str]]) -> dict[str, Any]:
