@@ -55,7 +55,7 @@ class CadfAttachment(msgspec.Struct, frozen=True, kw_only=True):
     content: str
 
 
-class CadfEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class CadfEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A CADF ``activity`` event (DMTF DSP0262; pycadf's ``Event`` attribute names): who (``initiator``) did what
     (``action``) to which resource (``target``), with which ``outcome``, as seen by the API (``observer``). The
     request id is an attachment named ``request_id``; ``requestPath`` is the path the client called."""
