@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.local.nats import NatsServer
 from proto import subjects
@@ -117,6 +117,9 @@ async def test_ca_created_on_admission_and_csr_signed_over_rpc(certs: Harness) -
     # the subject is Cove's, not the CSR's (which asked for CN=admin, O=system:masters)
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "cove:cluster-admins"
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 30  # COVE_CERTS_USER_CERT_DAYS default
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
 
     with pytest.raises(RpcError) as bad:
         await rpc.request(

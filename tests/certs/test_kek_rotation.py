@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deploy.local.nats import NatsServer
 from proto import subjects
 from proto.events import ClusterCACreated, MasterKeyRotated
-from proto.requests import CertificateSigned, SignCertificate
+from proto.requests import CertificateSigned, GetClusterCA, SignCertificate
 from services.certs import ca
 from services.certs.keys import KeyRing, key_id_of, read_key_file, write_key_file
 from services.certs.rotation import rotate_kek
 from services.certs.service import build_service
 from services.runtime import db, rpc
+from services.runtime.rpc import RpcError
 from tests.certs.test_certs_service import admit, csr_pem, n_ca_events
 from tests.conftest import wait_for
 from tests.scheduler.support import Harness, start_harness, stop_harness
@@ -116,6 +117,14 @@ async def test_rotation_rewraps_everything_while_every_ca_keeps_signing(
     )
     await wait_for(lambda: h.applied(seq))
     assert openssl_verifies(tmp_path, legacy_pem, await sign(h, legacy, project))
+    for kind in ("etcd", "front_proxy"):  # it has no other CA, and says so
+        with pytest.raises(RpcError) as none:
+            await rpc.request(h.bus.nc, subjects.CERTS_GET_CA,
+                              GetClusterCA(cluster_id=legacy, project_id=project, ca_cert_type=kind))
+        assert none.value.code == 409 and "created before" in none.value.message
+        with pytest.raises(RpcError) as none:
+            await sign(h, legacy, project, kind)
+        assert none.value.code == 409
     all_ids = [*ids, legacy]
 
     # sign continuously while the key changes: not one request may fail
