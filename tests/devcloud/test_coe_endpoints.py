@@ -13,7 +13,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import shlex
 import shutil
 import socket
 import ssl
@@ -28,7 +27,6 @@ from typing import Any
 import openstack
 import pytest
 import requests
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,6 +92,26 @@ def test_reads_what_the_kubernetes_driver_gives_the_first_master_and_a_worker() 
     assert worker is not None and worker.role == "worker" and worker.ca_key_pem is None
     assert userdata.read_user_data("#!/bin/sh\necho hi\n") is None
     assert userdata.read_user_data(None) is None
+
+
+def test_reads_what_the_swarm_and_mesos_drivers_give_their_nodes() -> None:
+    tls = new_ca("cluster-ca")
+    cert, key = tls.server("demo-node-1", ["127.100.0.6", "127.100.0.5"])
+    base = NodeContext(cluster_id="c-1", cluster_name="demo", node_name="demo-node-1", role="worker",
+                       nodegroup="default-worker", is_first_master=False, api_host="127.100.0.5", api_port=2376,
+                       ca_cert_pem=tls.ca_pem, bootstrap_token="", node_address="127.100.0.6",
+                       master_addresses=("127.100.0.5",))
+    swarm = userdata.read_user_data(swarm_user_data(dataclasses.replace(base, server_cert_pem=cert,
+                                                                       server_key_pem=key)))
+    assert swarm is not None
+    assert (swarm.coe, swarm.role, swarm.first_master, swarm.api_port) == ("swarm-mode", "worker", False, 2376)
+    assert (swarm.server_cert_pem, swarm.server_key_pem, swarm.ca_cert_pem) == (cert, key, tls.ca_pem)
+    assert swarm.hostname == "demo-node-1" and swarm.ca_key_pem is None
+    mesos = userdata.read_user_data(mesos_user_data(dataclasses.replace(base, role="master", is_first_master=True,
+                                                                        node_name="demo-master-0", api_port=8080)))
+    assert mesos is not None
+    assert (mesos.coe, mesos.role, mesos.first_master, mesos.api_port) == ("mesos", "master", True, 8080)
+    assert mesos.ca_cert_pem == tls.ca_pem and mesos.server_cert_pem is None
 
 
 def test_the_default_kube_tag_is_the_driver_s() -> None:
@@ -162,7 +180,7 @@ def test_the_serving_certificate_names_what_the_user_data_names_and_chains_to_th
 
 # ==================================================================================================== with the devcloud
 
-# Servers booted on the devcloud with Swarm and Mesos nodes' user data (the layout of services/provisioner/drivers/
+# Servers booted on the devcloud with the user data the Swarm and Mesos drivers render (services/provisioner/drivers/
 # swarm.py and mesos.py: /etc/cove/node.env, /etc/cove/ca.pem, and for Swarm /etc/docker/tls/), certificates issued
 # by Cove's CA code (services/certs/ca.py), and the real `docker` CLI against the stand-in.
 
@@ -218,20 +236,10 @@ def swarm_user_data(ctx: NodeContext) -> str:
 
 
 def mesos_user_data(ctx: NodeContext) -> str:
-    """The Mesos driver's user data once services/provisioner/drivers/mesos.py exists; until then its layout by hand
-    (/etc/cove/node.env and /etc/cove/ca.pem)."""
-    try:
-        from services.provisioner.drivers.mesos import MesosDriver  # type: ignore[import-not-found]
-    except ImportError:
-        env = {"COVE_COE": "mesos", "COVE_CLUSTER_ID": ctx.cluster_id, "COVE_CLUSTER_NAME": ctx.cluster_name,
-               "COVE_NODE_NAME": ctx.node_name, "COVE_NODEGROUP": ctx.nodegroup, "COVE_ROLE": ctx.role,
-               "COVE_FIRST_MASTER": "true" if ctx.is_first_master else "false", "API_HOST": ctx.api_host,
-               "API_PORT": str(ctx.api_port)}
-        doc = {"hostname": ctx.node_name, "write_files": [
-            {"path": userdata.ENV_PATH, "content": "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items())},
-            {"path": userdata.CA_PATH, "content": ctx.ca_cert_pem}]}
-        return "#cloud-config\n" + yaml.safe_dump(doc)
-    return str(MesosDriver().user_data(ctx))
+    """The Mesos driver's user data (services/provisioner/drivers/mesos.py)."""
+    from services.provisioner.drivers.mesos import MesosDriver
+
+    return MesosDriver().user_data(ctx)
 
 
 @dataclass
