@@ -9,6 +9,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.certs import ca as certs_ca
+from services.provisioner.certificates import node_csr
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext
 from services.provisioner.drivers.render import CA_PATH, ENV_PATH, PROXY_ENV_PATH
@@ -336,3 +344,113 @@ def test_health_checks_and_cluster_config() -> None:
     config = DRIVER.cluster_config()
     for word in ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "ca.pem", "cert.pem", "key.pem"):
         assert word in config
+
+
+# --------------------------------------------------------------------------- with Cove's real certificates and dockerd
+
+TOOLS_DOCKER = Path(__file__).resolve().parents[2] / ".venv" / "tools" / "docker" / "bin"
+DOCKER_CLI = shutil.which("docker")
+DOCKERD = shutil.which("dockerd") or (str(TOOLS_DOCKER / "dockerd") if (TOOLS_DOCKER / "dockerd").exists() else None)
+
+
+def cove_node_tls(ca_cert_pem: str, ca_key_pem: bytes, name: str, addresses: list[str]) -> tuple[str, str]:
+    """A node's certificate as Cove makes it: the provisioner's key and CSR, signed as the certs service signs it."""
+    key_pem, csr_pem, sans = node_csr(name, addresses)
+    cert = certs_ca.issue(ca_cert_pem, ca_key_pem, csr_pem, subject=certs_ca.node_subject(name),
+                          sans=certs_ca.node_sans(sans), server=True)
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+def test_the_certificates_cove_issues_are_what_the_driver_needs() -> None:
+    ca_cert, ca_key = certs_ca.generate_ca("swarm-cluster")
+    cert, key = cove_node_tls(ca_cert, ca_key, "demo-9b0c7f3e-master-0", ["10.0.0.5", "10.0.0.100"])
+    written = files(parse(DRIVER.user_data(node("first", ca_cert_pem=ca_cert, server_cert_pem=cert,
+                                                server_key_pem=key))))
+    assert written[TLS_CERT_PATH]["content"] == cert and written[TLS_KEY_PATH]["content"] == key
+    other_cert, other_key = certs_ca.generate_ca("another-cluster")
+    foreign = cove_node_tls(other_cert, other_key, "demo-9b0c7f3e-master-0", ["10.0.0.5"])
+    with pytest.raises(ValueError, match="not issued by the cluster CA"):
+        DRIVER.user_data(node("first", ca_cert_pem=ca_cert, server_cert_pem=foreign[0], server_key_pem=foreign[1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(DOCKER_CLI is None or DOCKERD is None,
+                    reason="the docker CLI or dockerd is missing (`make venv` fetches Debian's docker.io dockerd)")
+def test_a_real_engine_with_the_rendered_daemon_json_serves_the_nodes_own_certificate_as_a_client(
+        tmp_path: Path) -> None:
+    """dockerd 20.10 (Debian 12's docker.io) starts from the driver's daemon.json with no -H flag (as the drop-in
+    leaves it), paths and listeners moved to a temporary directory and 127.0.0.1; a node's own certificate, used as
+    the bootstrap's ``manager`` function uses it (``--tlsverify --tlscert server-cert.pem``), reads the engine's
+    swarm state; another cluster's node certificate is refused."""
+    assert DOCKERD is not None and DOCKER_CLI is not None
+    ca_cert, ca_key = certs_ca.generate_ca("swarm-cluster")
+    cert, key = cove_node_tls(ca_cert, ca_key, "demo-9b0c7f3e-first-0", ["127.0.0.1"])
+    written = files(parse(DRIVER.user_data(node("first", ca_cert_pem=ca_cert, server_cert_pem=cert,
+                                                server_key_pem=key, node_address="127.0.0.1"))))
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for path in (TLS_CA_PATH, TLS_CERT_PATH, TLS_KEY_PATH):
+        (tls / Path(path).name).write_text(written[path]["content"])
+        (tls / Path(path).name).chmod(int(written[path]["permissions"], 8))
+    config = json.loads(written[DAEMON_JSON_PATH]["content"])
+    port = _free_port()
+    assert config["hosts"] == ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]
+    config["hosts"] = [f"unix://{tmp_path}/docker.sock", f"tcp://127.0.0.1:{port}"]  # loopback only, here
+    for name in ("tlscacert", "tlscert", "tlskey"):
+        config[name] = str(tls / Path(config[name]).name)
+    (tmp_path / "daemon.json").write_text(json.dumps(config))
+    log = tmp_path / "dockerd.log"
+    env = {**os.environ, "PATH": f"{Path(DOCKERD).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [DOCKERD, "--config-file", str(tmp_path / "daemon.json"), "--iptables=false", "--bridge=none",
+             "--storage-driver=vfs", "--data-root", str(tmp_path / "data"), "--exec-root", str(tmp_path / "exec"),
+             "--pidfile", str(tmp_path / "dockerd.pid")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def manager(tls_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [DOCKER_CLI, "--tlsverify", "--tlscacert", str(tls_dir / "ca.pem"), "--tlscert",
+             str(tls_dir / "server-cert.pem"), "--tlskey", str(tls_dir / "server-key.pem"), "-H",
+             f"tcp://127.0.0.1:{port}", *args],
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "cfg")},
+            capture_output=True, text=True, timeout=60, check=False)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                text = log.read_text(errors="replace")
+                if "is not a known option" in text or "conflict" in text.lower():
+                    pytest.fail(f"dockerd refused the driver's daemon.json: {text[-2000:]}")
+                pytest.skip(f"dockerd cannot start here (exit {proc.returncode}): {text[-500:]}")
+            info = manager(tls, "info", "--format", "{{.Swarm.LocalNodeState}}")
+            if info.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not answer within 60 s: {info.stderr} {log.read_text()[-1000:]}")
+            time.sleep(0.2)
+        assert info.stdout.strip() == "inactive", "the node's certificate is a client the engine accepts"
+        other_cert, other_key = certs_ca.generate_ca("another-cluster")
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        (foreign / "ca.pem").write_text(ca_cert)  # it trusts the engine; the engine must not trust it
+        foreign_cert, foreign_key = cove_node_tls(other_cert, other_key, "x", ["127.0.0.1"])
+        (foreign / "server-cert.pem").write_text(foreign_cert)
+        (foreign / "server-key.pem").write_text(foreign_key)
+        refused = manager(foreign, "info")
+        assert refused.returncode != 0 and "Swarm" not in refused.stdout, refused.stdout
+        assert "tls" in refused.stderr.lower() or "eof" in refused.stderr.lower(), refused.stderr
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
