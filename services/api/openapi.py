@@ -196,6 +196,23 @@ SCHEMAS: dict[str, Any] = {
     }, ["end", "group_by", "usage"]),
     "MServiceList": _obj({"mservices": {"type": "array", "items": _obj(_MSERVICE, ["id", "binary", "state"])},
                           "next": _STR}, ["mservices"]),
+    "ControlPlane": _obj({
+        "time": _STR,
+        "services": {"type": "array", "items": _obj({
+            "service": _STR, "host": _STR, "pid": _INT, "state": _STR, "version": _NSTR, "started_at": _NSTR,
+            "last_heartbeat": _NSTR, "age_seconds": {"type": "number"}}, ["service", "host", "state"])},
+        "consumers": {"type": "array", "items": _obj({
+            "name": _STR, "pending": _INT, "ack_pending": _INT, "redelivered": _INT, "delivered_seq": _NINT,
+            "ack_floor_seq": _NINT}, ["name", "pending", "ack_pending"])},
+        "dead_letters": _obj({
+            "total": _INT, "by_consumer": {"type": "object", "additionalProperties": _INT},
+            "recent": {"type": "array", "items": _obj({
+                "id": _INT, "time": _NSTR, "reason": _NSTR, "consumer": _NSTR, "subject": _NSTR,
+                "stream_seq": _NSTR, "deliveries": _NSTR}, ["id"])}}, ["total", "by_consumer", "recent"]),
+        "build_queue": {"type": "array", "items": _obj({
+            "uuid": _STR, "name": _NSTR, "project_id": _STR, "status": _STR, "status_reason": _NSTR,
+            "waiting": _BOOL, "created_at": _NSTR}, ["uuid", "status", "waiting"])},
+    }, ["services", "consumers", "dead_letters", "build_queue"]),
     "Federation": _obj(_FEDERATION, ["uuid"]),
     "FederationList": _collection("federations", "Federation"),
     "FederationCreate": _obj({"name": _NSTR, "hostcluster_id": _STR, "member_ids": _nullable("array", items=_STR),
@@ -304,6 +321,9 @@ OPERATIONS: tuple[Op, ...] = (
     # Usage (a Cove extension): JSON, or CSV with Accept: text/csv.
     Op("GET", "/v1/usage", "Usage over [start, end) by project, cluster or resource (text/csv with Accept: text/csv)",
        "usage", response="Usage", query=("start", "end", "group_by", "project_id", "cluster_id", "format")),
+    # The control plane at a glance (a Cove extension, admin): heartbeats, consumer lag, dead letters, build queue.
+    Op("GET", "/v1/controlplane", "Service heartbeats, consumer lag, dead letters and the build queue (admin)",
+       "controlplane", response="ControlPlane"),
 )
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -390,6 +410,8 @@ def router_operations(app: web.Application) -> set[tuple[str, str]]:
     for route in app.router.routes():
         if route.method in ("HEAD", "*"):
             continue
+        if route.resource is not None and route.resource.canonical.startswith("/console"):
+            continue  # the web console's page, configuration and login (services/api/console.py), not the v1 API
         out.add((route.method, canonical(route.resource.canonical) if route.resource else ""))
     return out
 
