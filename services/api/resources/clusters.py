@@ -30,6 +30,7 @@ from proto.events import (
     ClusterWithdrawn,
 )
 from proto.labels import ADDONS_LABEL
+from proto.quotas import CLUSTER, RESOURCES
 from services.api import paging, policy, status, store
 from services.api.addons import ADDONS
 from services.api.errors import ApiError, bad_request
@@ -40,6 +41,7 @@ from services.api.middleware import base_url, context, version
 from services.api.patch import CLUSTER_INTERNAL, CLUSTER_NON_REMOVABLE, apply_patch, changed, parse_patch
 from services.api.resources.clustertemplates import one_template
 from services.api.resources.common import cached_json, iso, json_body, links, one, scope_of
+from services.api.resources.quotas import default_limit
 from services.api.usercloud import UserCloud
 from services.api.validation import as_bool, as_int, check_cluster_type, check_labels, cluster_fields
 from services.api.writer import Writer
@@ -328,6 +330,19 @@ async def _withdraw(writer: Writer, request: ClusterCreateRequested, request_seq
     await writer.wait_applied(seq)
 
 
+async def node_quotas_apply(pool: asyncpg.Pool, project_id: str) -> bool:
+    """Whether a quota that a bigger cluster could exceed (nodes, vCPUs, RAM, volume GB) limits the project: its
+    own row in the read model, else a configured default. Only then does a resize wait for the scheduler's decision;
+    otherwise nothing could refuse it and it is acted on at once (the scheduler still records what it reserves)."""
+    resources = [r for r in RESOURCES if r != CLUSTER]
+    if any(default_limit(resource=r) >= 0 for r in resources):
+        return True
+    found = await pool.fetchval(
+        "SELECT true FROM quotas WHERE project_id = $1 AND resource = ANY($2::text[]) LIMIT 1", project_id, resources
+    )
+    return bool(found)
+
+
 async def _decided_resize(request: web.Request, writer: Writer, subject: str, event: ClusterUpdateRequested) -> int:
     """Publish a resize the scheduler decides first (quota) and wait (bounded) for its decision: 403 with the
     scheduler's words when refused (nothing changed), else the sequence the read model shows the resize from (the
@@ -476,14 +491,18 @@ async def patch_cluster(request: web.Request) -> web.Response:
             cluster_id=row["uuid"],
         )
     if "node_count" in delta:
-        seq = await _decided_resize(request, writer, subject, ClusterUpdateRequested(
+        resize = ClusterUpdateRequested(
             uuid=row["uuid"],
             project_id=row["project_id"],
             node_count=delta["node_count"],
             previous_node_count=spec.get("node_count"),
             rollback=rollback,
-            decided=True,
-        ))
+            decided=await node_quotas_apply(request.app[POOL], row["project_id"]),
+        )
+        if resize.decided:
+            seq = await _decided_resize(request, writer, subject, resize)
+        else:
+            seq = await writer.publish(subject, resize, project_id=row["project_id"], cluster_id=row["uuid"])
     if seq:
         await writer.wait_applied(seq)
     log.info("cluster_update_accepted", cluster_id=row["uuid"], fields=sorted(delta), rollback=rollback)
