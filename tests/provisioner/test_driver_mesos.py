@@ -6,6 +6,7 @@ Every rendered document passes cloud-init's own schema check and its two scripts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -137,6 +138,25 @@ def test_masters_run_an_ensemble_of_every_master_with_a_majority_quorum() -> Non
     alone = env_of(node("first", master_addresses=(), node_address=None, api_host="10.0.0.5"),
                    ["MASTER_COUNT", "MESOS_QUORUM", "ZK_MESOS"])
     assert alone == {"MASTER_COUNT": "1", "MESOS_QUORUM": "1", "ZK_MESOS": "zk://10.0.0.5:2181/mesos"}
+
+
+def test_an_ensemble_short_of_the_master_count_is_refused_rather_than_split() -> None:
+    """When NodeContext says how many masters there are (a ``master_count`` field, asked of the lead), an ensemble
+    of another size is refused: three masters each rendered with only its own address would make three
+    single-node ZooKeepers, each with its own leading Mesos master."""
+
+    @dataclasses.dataclass(frozen=True)
+    class WithMasterCount(NodeContext):
+        master_count: int | None = None
+
+    def counted(kind: str, count: int, **kw: Any) -> NodeContext:
+        return WithMasterCount(**{**dataclasses.asdict(node(kind, **kw)), "master_count": count})
+
+    assert env_of(counted("master", 3), ["MASTER_COUNT"]) == {"MASTER_COUNT": "3"}
+    with pytest.raises(ValueError, match="3 masters but 1 master addresses"):
+        DRIVER.user_data(counted("master", 3, master_addresses=()))
+    with pytest.raises(ValueError, match="3 masters but 2 master addresses"):
+        DRIVER.user_data(counted("worker", 3, master_addresses=MASTERS[:2]))
 
 
 def _function(script: str, name: str) -> str:
