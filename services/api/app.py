@@ -28,6 +28,7 @@ from services.api.resources import (
 from services.api.routing import slash_optional
 from services.api.usercloud import UserCloud
 from services.api.writer import Writer
+from services.runtime import tracing
 
 __all__ = ["Settings", "build_app"]
 
@@ -35,8 +36,9 @@ __all__ = ["Settings", "build_app"]
 def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, settings: Settings | None = None,
               read_cache: ReadCache | None = None, template_cache: TemplateCache | None = None
               ) -> web.Application:
-    # The audit middleware sits right inside the request id's: it sees every write's final response.
-    middlewares = [MIDDLEWARES[0], audit.audit_middleware, *MIDDLEWARES[1:]]
+    # A server span around each request; the audit middleware sits right inside the request id's: it sees every
+    # write's final response.
+    middlewares = [tracing.http_server_middleware(), MIDDLEWARES[0], audit.audit_middleware, *MIDDLEWARES[1:]]
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[POOL] = pool
     app[WRITER] = writer

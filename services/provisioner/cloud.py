@@ -37,7 +37,7 @@ from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
-from services.provisioner import model
+from services.provisioner import model, observe
 from services.provisioner.drivers.base import PortRule
 
 log = structlog.get_logger(__name__)
@@ -1189,7 +1189,8 @@ class Cloud:
             except Exception as exc:
                 raise explain("Cloud call failed", exc) from exc
 
-        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        with observe.cloud_call(fn, ClusterCloud):  # a span, latency and errors per call
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
     def _service_connection(self) -> openstack.connection.Connection:
         """The Cove service user's own connection, scoped to its project (no trust)."""

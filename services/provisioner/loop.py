@@ -25,7 +25,7 @@ import structlog
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import Event, NodeBecameActive, NodeCreated, NodeFailed
-from services.provisioner import create, delete, model, store, update
+from services.provisioner import create, delete, model, observe, store, update
 from services.provisioner.cloud import Cloud, CloudError, Flavor
 from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
@@ -60,6 +60,8 @@ class Reconciler:
         self._kicks: dict[str, asyncio.Event] = {}
         self._trusts_in_use: collections.Counter[str] = collections.Counter()
         self._stopping = False
+        self.traces = observe.ClusterTraces()
+        self._collector = observe.builds_in_flight_collector(pool)
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -70,6 +72,7 @@ class Reconciler:
 
     async def stop(self) -> None:
         self._stopping = True
+        observe.forget_collector(self._collector)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -86,6 +89,7 @@ class Reconciler:
 
     def on_applied(self, env: Envelope) -> None:
         """Projection callback: an input event (api, certs) about a cluster was committed."""
+        self.traces.woke(env)
         if env.cluster_id is not None and env.type in KICKING_EVENTS:
             self.kick(env.cluster_id)
 
@@ -124,7 +128,8 @@ class Reconciler:
                             self._trusts_in_use[trust] += 1
                             try:
                                 async with self._sem:
-                                    outcome = await self._step(row, state)
+                                    with self.traces.span(cluster_id, row.status):
+                                        outcome = await self._step(row, state)
                             finally:
                                 self._trusts_in_use[trust] -= 1
                                 if self._trusts_in_use[trust] <= 0:

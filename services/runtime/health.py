@@ -31,9 +31,10 @@ def remove_collector(collector: Collector) -> None:
         _collectors.remove(collector)
 
 
-async def collect() -> None:
-    """Run every collector, each at most ``COLLECT_TIMEOUT`` seconds; one that fails leaves its last values."""
-    for collector in tuple(_collectors):  # a collector may be removed while another runs
+async def collect(extra: list[Collector] | None = None) -> None:
+    """Run every collector (and ``extra``), each at most ``COLLECT_TIMEOUT`` seconds; one that fails leaves its
+    last values."""
+    for collector in (*_collectors, *(extra or ())):  # a copy: a collector may be removed while another runs
         try:
             await asyncio.wait_for(collector(), COLLECT_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - a scrape answers with what it has
@@ -58,12 +59,17 @@ class HealthServer:
         self.requested_port = port
         self.port: int | None = None
         self.checks: dict[str, Check] = {}
+        self.collectors: list[Collector] = []
         env_file = os.environ.get("COVE_HTTP_PORT_FILE")
         self.port_file = Path(port_file) if port_file else (Path(env_file) if env_file else None)
         self._runner: web.AppRunner | None = None
 
     def add_check(self, name: str, check: Check) -> None:
         self.checks[name] = check
+
+    def add_collector(self, collector: Collector) -> None:
+        """Refreshed before each of this server's ``/metrics`` answers (like the process-wide ones)."""
+        self.collectors.append(collector)
 
     async def readiness(self) -> dict[str, bool]:
         results: dict[str, bool] = {}
@@ -89,7 +95,7 @@ class HealthServer:
         )
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        await collect()
+        await collect(self.collectors)
         resp = web.Response(body=generate_latest(REGISTRY))
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return resp

@@ -55,9 +55,9 @@ from nats.aio.msg import Msg
 
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
-from proto.events import Event
+from proto.events import Event, event_type
 from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
-from services.runtime import db, metrics
+from services.runtime import db, metrics, tracing
 from services.runtime.bus import Bus
 from services.runtime.consumer import Consumer
 
@@ -96,6 +96,7 @@ def outgoing_envelope(cause: Envelope, index: int, out: Outgoing) -> Envelope:
         cluster_id=out.cluster_id if out.cluster_id is not None else cause.cluster_id,
         causation=cause,
         id=outgoing_id(cause.id, index),
+        trace=tracing.follow(cause.trace, event_type(out.payload)),  # the cause's trace, even from a batch
     )
 
 

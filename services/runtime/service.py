@@ -34,7 +34,7 @@ from nats.aio.subscription import Subscription
 
 from proto import subjects
 from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
-from services.runtime import db, rpc
+from services.runtime import db, metrics, rpc
 from services.runtime.bus import Bus
 from services.runtime.consumer import Consumer, Handler
 from services.runtime.health import HealthServer
@@ -201,6 +201,8 @@ class Service:
                 "consumers",
                 lambda: all(p.running for p in self.projections) and all(c.running for c in self.consumers),
             )
+            watched = [(c.stream, c.durable) for c in (*(p.consumer for p in self.projections), *self.consumers)]
+            self.health.add_collector(lambda js=self.bus.js: metrics.collect_consumer_lag(js, watched))
         for subject, rhandler, queue in self._rpc_specs:
             self._rpc_subs.append(await rpc.serve(self.bus.nc, subject, queue, rhandler))
         for task in self._tasks_specs:
