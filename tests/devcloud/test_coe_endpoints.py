@@ -88,6 +88,7 @@ def test_reads_what_the_kubernetes_driver_gives_the_first_master_and_a_worker() 
     assert (files.api_host, files.api_port, files.kube_tag) == ("127.100.0.5", 6443, "v1.30.4")
     assert files.ca_cert_pem == ca_pem and files.ca_key_pem == key_pem
     assert "127.100.0.5" in files.cert_sans and files.service_cidr
+    assert set(files.group_roles) == {("cove:cluster-admins", "cluster-admin"), ("cove:cluster-viewers", "view")}
     worker = userdata.read_user_data(driver.user_data(_node(ca_pem, None, "worker", False, "demo-node-1")))
     assert worker is not None and worker.role == "worker" and worker.ca_key_pem is None
     assert userdata.read_user_data("#!/bin/sh\necho hi\n") is None

@@ -23,6 +23,10 @@ from deploy.devcloud.coe.plan import Binding, Key, Node, Plan, Rules
 from deploy.devcloud.coe.userdata import NodeFiles
 from deploy.devcloud.state import Cloud
 
+ROLE_READS = {"cluster-admin": frozenset({"nodes", "pods"}), "admin": frozenset({"pods"}),
+              "edit": frozenset({"pods"}), "view": frozenset({"pods"})}
+"""What Kubernetes' default ClusterRoles let a group read of what the stand-in serves (``view`` covers namespaced
+resources only, so not nodes)."""
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version", "/version/")  # system:public-info-viewer: anonymous may read
 
 
@@ -196,8 +200,14 @@ class KubernetesEndpoint(Endpoint):
             return _status(401, "Unauthorized", "Unauthorized")
         return await handler(request)
 
-    def _may_read(self, request: web.Request) -> bool:
-        return "system:masters" in request.get("user", ("", []))[1]
+    def _may_read(self, request: web.Request, resource: str) -> bool:
+        """system:masters reads everything; another group what the ClusterRoleBindings of the first master's user
+        data (``/etc/cove/rbac.yaml``) give it."""
+        groups = set(request.get("user", ("", []))[1])
+        if "system:masters" in groups:
+            return True
+        return any(g in groups and resource in ROLE_READS.get(role, frozenset())
+                   for g, role in self.plan.first.group_roles)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -221,12 +231,12 @@ class KubernetesEndpoint(Endpoint):
         return web.json_response({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
 
     async def nodes(self, request: web.Request) -> web.Response:
-        if not self._may_read(request):
+        if not self._may_read(request, "nodes"):
             return _status(403, "Forbidden", 'nodes is forbidden: User cannot list resource "nodes"')
         return web.json_response(_list("NodeList", [_node(self.plan, n) for n in self.plan.nodes]))
 
     async def node(self, request: web.Request) -> web.Response:
-        if not self._may_read(request):
+        if not self._may_read(request, "nodes"):
             return _status(403, "Forbidden", 'nodes is forbidden: User cannot get resource "nodes"')
         name = request.match_info["name"]
         for n in self.plan.nodes:
@@ -235,7 +245,7 @@ class KubernetesEndpoint(Endpoint):
         return _status(404, "NotFound", f'nodes "{name}" not found')
 
     async def pods(self, request: web.Request) -> web.Response:
-        if not self._may_read(request):
+        if not self._may_read(request, "pods"):
             return _status(403, "Forbidden", 'pods is forbidden: User cannot list resource "pods"')
         return web.json_response(_list("PodList", []))
 

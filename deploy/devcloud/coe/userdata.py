@@ -19,6 +19,8 @@ CA_PATH = "/etc/cove/ca.pem"
 KUBE_CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
 KUBE_CA_KEY_PATH = "/etc/kubernetes/pki/ca.key"
 KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
+RBAC_PATH = "/etc/cove/rbac.yaml"
+"""Kubernetes: the ClusterRoleBindings the first master applies after ``kubeadm init`` (Cove's user groups)."""
 DOCKER_CA_PATH = "/etc/docker/tls/ca.pem"
 DOCKER_CERT_PATH = "/etc/docker/tls/server-cert.pem"
 DOCKER_KEY_PATH = "/etc/docker/tls/server-key.pem"
@@ -44,6 +46,8 @@ class NodeFiles:
     service_cidr: str = ""
     cert_sans: tuple[str, ...] = ()
     """Kubernetes: kubeadm's ``certSANs``."""
+    group_roles: tuple[tuple[str, str], ...] = ()
+    """Kubernetes: (group, ClusterRole) of the ClusterRoleBindings in ``/etc/cove/rbac.yaml``."""
     tls_ca_pem: str | None = None
     server_cert_pem: str | None = None
     server_key_pem: str | None = None
@@ -99,6 +103,7 @@ def read_user_data(raw: str | None) -> NodeFiles | None:
         kube_tag=env.get("KUBE_TAG") or DEFAULT_KUBE_TAG,
         service_cidr=env.get("SERVICE_CIDR", ""),
         cert_sans=_cert_sans(files.get(KUBEADM_CONFIG_PATH, "")),
+        group_roles=_group_roles(files.get(RBAC_PATH, "")),
         tls_ca_pem=files.get(DOCKER_CA_PATH),
         server_cert_pem=files.get(DOCKER_CERT_PATH),
         server_key_pem=files.get(DOCKER_KEY_PATH),
@@ -117,6 +122,20 @@ def _cert_sans(kubeadm_config: str) -> tuple[str, ...]:
     except yaml.YAMLError:
         pass
     return tuple(sans)
+
+
+def _group_roles(manifest: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    try:
+        for part in yaml.safe_load_all(manifest):
+            if not isinstance(part, dict) or part.get("kind") != "ClusterRoleBinding":
+                continue
+            role = str((part.get("roleRef") or {}).get("name") or "")
+            out += [(str(s.get("name")), role) for s in part.get("subjects") or []
+                    if isinstance(s, dict) and s.get("kind") == "Group"]
+    except yaml.YAMLError:
+        pass
+    return tuple(out)
 
 
 def shell_env(text: str) -> dict[str, str]:
