@@ -27,7 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import openstack.connection
@@ -238,6 +239,44 @@ class VolumeState:
     id: str
     status: str
     """Cinder's status: ``creating`` -> ``available`` (boot the server now) -> ``in-use``; ``error`` raises."""
+    size_gb: int = 0
+    name: str = ""
+    created_at: datetime | None = None
+    """When it began to exist: the create call's return when this call made it, else Cinder's ``created_at``."""
+
+
+@dataclass(frozen=True)
+class FloatingIpRef:
+    """A floating IP ``ensure_floating_ip`` made or found."""
+
+    id: str
+    address: str
+    created_at: datetime | None = None
+    """The create call's return when the call made it, else Neutron's ``created_at``."""
+
+
+@dataclass
+class Seen:
+    """For accounting: what a teardown call saw of the billed resources (volumes, floating IPs, load balancers)."""
+
+    present: dict[str, str] = field(default_factory=dict)
+    """Id -> kind (``volume``, ``floating_ip``, ``load_balancer``) of what the listings showed still there (a delete
+    sent but not finished included)."""
+    deleted: dict[str, datetime] = field(default_factory=dict)
+    """Floating IP id -> when its (synchronous) delete returned."""
+
+
+def cloud_time(value: object) -> datetime | None:
+    """A cloud's ``created_at`` (ISO 8601, ``Z`` or an offset, with or without microseconds) as an aware datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -254,6 +293,9 @@ class LoadBalancerState:
     """The load balancer and every port's listener, pool and monitor exist and are ACTIVE, as asked."""
     pools: tuple[tuple[int, str], ...] = ()
     """(port, pool id) of every port's pool made so far, the API port's first."""
+    created_at: datetime | None = None
+    """For accounting: the create call's return when the call made it, else Octavia's ``created_at``."""
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -622,8 +664,9 @@ class ClusterCloud:
 
     def ensure_floating_ip(
         self, prefix: str, cluster_id: str, *, external_network: str, port_id: str, name: str
-    ) -> str:
-        """A floating IP from ``external_network`` (name or id) associated to ``port_id``; returns its address.
+    ) -> FloatingIpRef:
+        """A floating IP from ``external_network`` (name or id) associated to ``port_id``; returns its id, address
+        and when it was made (for accounting).
 
         Floating IPs have no name: it is found again by its description ``Cove cluster <uuid>: <name>`` (and
         the cluster's tag), and re-associated if it points elsewhere. Synchronous. The port's subnet must be
@@ -638,14 +681,15 @@ class ClusterCloud:
             if fip.port_id != port_id:
                 fip = self._api(what, lambda: self.conn.network.update_ip(fip, port_id=port_id))
                 log.info("floating_ip_associated", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
-            return str(fip.floating_ip_address)
+            return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), cloud_time(fip.created_at))
         ext_id = self.find_network(external_network)
         fip = self._api(what, lambda: self.conn.network.create_ip(
             floating_network_id=ext_id, port_id=port_id, description=description
         ), idempotent=False)
+        made_at = datetime.now(UTC)
         log.info("floating_ip_created", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
         self._tag(fip, model.cluster_tag(cluster_id))
-        return str(fip.floating_ip_address)
+        return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), made_at)
 
     # -------------------------------------------------------------------------------------- load balancer
 
@@ -689,9 +733,10 @@ class ClusterCloud:
         if lb is None:
             lb = self._api(what, lambda: lbs.create_load_balancer(
                 name=name, vip_subnet_id=subnet_id, description=description, tags=[tag]), idempotent=False)
+            made_at = datetime.now(UTC)
             log.info("load_balancer_created", cluster_id=cluster_id, lb_id=lb.id)
             return LoadBalancerState(lb.id, None, None, None, lb.vip_address, lb.vip_port_id,
-                                     lb.provisioning_status or "PENDING_CREATE", False)
+                                     lb.provisioning_status or "PENDING_CREATE", False, created_at=made_at, name=name)
         self._lb_failed("load balancer", lb)
         allowed = _normalized_cidrs(allowed_cidrs)
         ports = [(api_port, "", allowed)] + [
@@ -710,6 +755,7 @@ class ClusterCloud:
                 lb.id, listener.id if listener else None, pool.id if pool else None, monitor.id if monitor else None,
                 lb.vip_address, lb.vip_port_id, lb.provisioning_status or "", ready,
                 pools=tuple((port, objs[1].id) for (port, _, _), objs in zip(ports, found, strict=True) if objs[1]),
+                created_at=cloud_time(lb.created_at), name=name,
             )
 
         if lb.provisioning_status != "ACTIVE":
@@ -852,6 +898,7 @@ class ClusterCloud:
         what = f"Creating the volume {vol_name} failed"
         found = [v for v in self._list(what, lambda: self.conn.block_storage.volumes(details=True, name=vol_name))
                  if (v.metadata or {}).get("cove_cluster_id") == cluster_id]
+        made_at = None
         if found:
             vol = _oldest(found)
         else:
@@ -862,11 +909,13 @@ class ClusterCloud:
             if availability_zone:
                 attrs["availability_zone"] = availability_zone
             vol = self._api(what, lambda: self.conn.block_storage.create_volume(**attrs), idempotent=False)
+            made_at = datetime.now(UTC)
             log.info("volume_created", cluster_id=cluster_id, volume_id=vol.id, size_gb=size_gb)
         status = (vol.status or "creating").lower()
         if status.startswith("error"):
             raise CloudError(f"The volume {vol_name} ({vol.id}) went to {status} in Cinder", permanent=True)
-        return VolumeState(id=str(vol.id), status=status)
+        return VolumeState(id=str(vol.id), status=status, size_gb=int(vol.size or size_gb), name=vol_name,
+                           created_at=made_at or cloud_time(vol.created_at))
 
     # -------------------------------------------------------------------------------------- servers
 
@@ -970,7 +1019,7 @@ class ClusterCloud:
 
     # -------------------------------------------------------------------------------------- teardown
 
-    def delete_cluster_resources(self, prefix: str, cluster_id: str) -> bool:
+    def delete_cluster_resources(self, prefix: str, cluster_id: str, seen: Seen | None = None) -> bool:
         """Delete every cloud resource of the cluster but its servers, in order, as far as one pass can go; True
         when nothing is left, False when something is still going away or still in use (call again).
 
@@ -981,10 +1030,12 @@ class ClusterCloud:
         ``<prefix>-sg``). Tolerant of anything already gone and of a create that stopped half-way; an object in
         use (Neutron's 409) is left for the next pass. A fixed network/subnet named by the template is never
         touched (it carries neither the cluster's names nor its tag). Raises CloudError only for a failure a
-        further pass would not fix by itself (or transient answers that outlasted the back-off)."""
+        further pass would not fix by itself (or transient answers that outlasted the back-off). ``seen`` is told
+        which load balancers, floating IPs and volumes were still there and which floating IPs went."""
         tag = model.cluster_tag(cluster_id)
         what = f"Deleting the cloud resources of {prefix} failed"
         left = False
+        seen = seen if seen is not None else Seen()
         net = self.conn.network
         lbs = self.conn.load_balancer
 
@@ -1011,6 +1062,7 @@ class ClusterCloud:
             found_lbs.setdefault(lb.id, lb)
         for lb in found_lbs.values():
             left = True  # even a delete sent now takes a while
+            seen.present[str(lb.id)] = "load_balancer"
             if lb.provisioning_status in ("ACTIVE", "ERROR"):
                 gone(lambda lb=lb: lbs.delete_load_balancer(lb, cascade=True, ignore_missing=True),  # type: ignore[misc]
                      f"load balancer {lb.name}")
@@ -1021,8 +1073,10 @@ class ClusterCloud:
             if _owned(fip, cluster_id):
                 if gone(lambda fip=fip: net.delete_ip(fip, ignore_missing=True),  # type: ignore[misc]
                         f"floating IP {fip.floating_ip_address}"):
+                    seen.deleted[str(fip.id)] = datetime.now(UTC)
                     log.info("floating_ip_deleted", cluster_id=cluster_id, floating_ip_id=fip.id)
                 else:
+                    seen.present[str(fip.id)] = "floating_ip"
                     left = True
 
         # 3. volumes no server holds
@@ -1030,6 +1084,7 @@ class ClusterCloud:
             if (vol.metadata or {}).get("cove_cluster_id") != cluster_id:
                 continue
             left = True  # Cinder deletes asynchronously
+            seen.present[str(vol.id)] = "volume"
             status = (vol.status or "").lower()
             if vol.attachments or status in ("in-use", "attaching", "detaching", "deleting", "creating",
                                              "extending"):
@@ -1111,14 +1166,18 @@ class ClusterCloud:
                     left = True
         return not left
 
-    def release_node(self, prefix: str, cluster_id: str, node_name: str, *, keep_port: bool = False) -> bool:
+    def release_node(
+        self, prefix: str, cluster_id: str, node_name: str, *, keep_port: bool = False, seen: Seen | None = None,
+    ) -> bool:
         """What one node had beside its server, once the server is gone (a resize down, a nodegroup deleted, an
         upgrade's replaced node): its volumes (``<node>-docker``, ``<node>-etcd``), its floating IP and the port
         it booted on when that was made first (``<node>-port``). True when nothing of it is left; False while a
         volume still detaches or the port is still bound (call again). ``keep_port``: the port carries the cluster's
-        API address (the first master's without a load balancer) and stays for the node's replacement."""
+        API address (the first master's without a load balancer) and stays for the node's replacement. ``seen`` is
+        told which of the node's volumes were still there and which floating IPs went."""
         what = f"Releasing the resources of {node_name} failed"
         done = True
+        seen = seen if seen is not None else Seen()
         port_name = model.node_port_name(node_name)
         for port in [] if keep_port else self._list(what, lambda: self.conn.network.ports(name=port_name)):
             if not _owned(port, cluster_id):
@@ -1132,6 +1191,7 @@ class ClusterCloud:
         for fip in self._list(what, lambda: self.conn.network.ips(description=description)):
             if _owned(fip, cluster_id):
                 self._api(what, lambda fip=fip: self.conn.network.delete_ip(fip, ignore_missing=True))  # type: ignore[misc]
+                seen.deleted[str(fip.id)] = datetime.now(UTC)
                 log.info("floating_ip_deleted", cluster_id=cluster_id, node=node_name, floating_ip_id=fip.id)
         for kind in model.VOLUME_KINDS:
             name = model.volume_name(node_name, kind)
@@ -1139,6 +1199,7 @@ class ClusterCloud:
                     details=True, name=name)):
                 if (vol.metadata or {}).get("cove_cluster_id") != cluster_id:
                     continue
+                seen.present[str(vol.id)] = "volume"
                 status = (vol.status or "").lower()
                 if status == "deleting":
                     done = False

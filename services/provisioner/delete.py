@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterDeleteCompleted, ClusterDeleteFailed, ClusterDeleteStarted, NodeDeleted
-from services.provisioner import model, store
+from services.provisioner import billing, model, store
+from services.provisioner.cloud import Seen
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     trust = row.trust_id
     prefix = model.cluster_prefix(spec.name, row.uuid)
     servers = await r.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
+    listed_at = billing.now()  # a server this listing no longer shows is billed until here
     for s in servers:
         if s.id not in row.nodes:
             st.unrecorded[s.id] = s
@@ -54,13 +56,16 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     st.delete_requested.update(server.id for server in plan.to_delete)
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
-        role=node.role,  # type: ignore[arg-type]
+        role=node.role, deleted_at=listed_at,  # type: ignore[arg-type]
     ), f"NodeDeleted:{node.server_id}") for node in plan.gone])
     for node in plan.gone:
         st.unrecorded.pop(node.server_id, None)
     if plan.servers_left:
         return Outcome.POLL
-    if not await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid)):
+    seen = Seen()
+    cleared = await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen))
+    await billing.gone(r, row, st, present=seen.present, deleted=seen.deleted, listed_at=billing.now())
+    if not cleared:
         return Outcome.POLL  # a load balancer or volume still goes away
     outcome = await completed(r, row)
     r.cloud.forget(trust)

@@ -11,8 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services.provisioner import model, nodeplan, store
-from services.provisioner.cloud import CloudError, ClusterCloud
+from services.provisioner import billing, model, nodeplan, store
+from services.provisioner.cloud import CloudError, ClusterCloud, FloatingIpRef
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import PortRule
 from services.provisioner.state import Infra, TaskState
@@ -63,8 +63,14 @@ async def ensure(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Infra:
             prefix, row.uuid, subnet_id=subnet_id, api_port=built.apiserver_port,
             allowed_cidrs=built.master_lb_allowed_cidrs, extra_ports=extra, subnet_cidr=subnet_cidr,
         ))
+        await billing.created(r, row, st, [billing.of_load_balancer(infra.load_balancer)])
     if infra.api_floating_ip is None:
-        infra.api_floating_ip = await _api_floating_ip(r, row, infra)
+        ref = await _api_floating_ip(r, row, infra)
+        if ref is not None:
+            name = api_floating_ip_name(prefix, infra)
+            owner = None if infra.load_balancer is not None else model.node_name(prefix, model.MASTER, 0)
+            await billing.created(r, row, st, [billing.of_floating_ip(ref, name, owner)])
+            infra.api_floating_ip = ref.address
     return infra
 
 
@@ -74,7 +80,7 @@ def api_floating_ip_name(prefix: str, infra: Infra) -> str:
     return f"{prefix}-api" if infra.load_balancer is not None else f"{model.node_name(prefix, model.MASTER, 0)}-fip"
 
 
-async def _api_floating_ip(r: Reconciler, row: store.ClusterRow, infra: Infra) -> str | None:
+async def _api_floating_ip(r: Reconciler, row: store.ClusterRow, infra: Infra) -> FloatingIpRef | None:
     """Allocated before the masters boot, on the port that will carry the API (the VIP's, or the first master's, made
     beforehand), so that the API server's certificate can name it; None when the cluster has none."""
     built, trust, spec = row.resolved, row.trust_id, row.spec
@@ -120,16 +126,18 @@ async def expose(r: Reconciler, row: store.ClusterRow, st: TaskState, servers: l
             return None
     fips = {s.id: s.floating_ip for s in servers if s.floating_ip}  # Nova shows them: nothing to ask again
     if built.floating_ip_enabled and external:
-        async def fip(server: model.ServerView) -> tuple[str, str]:
-            def work(c: ClusterCloud) -> str:
+        async def fip(server: model.ServerView) -> tuple[model.ServerView, FloatingIpRef]:
+            def work(c: ClusterCloud) -> FloatingIpRef:
                 port = c.server_port(server.id)
                 if port is None:
                     raise CloudError(f"Server {server.name} has no port for its floating IP", permanent=False)
                 return c.ensure_floating_ip(prefix, row.uuid, external_network=external, port_id=port.id,
                                             name=f"{server.name}-fip")
-            return server.id, await r.cloud.call(trust, work)
+            return server, await r.cloud.call(trust, work)
 
-        fips |= dict(await asyncio.gather(*(fip(s) for s in [*masters, *workers] if s.id not in fips)))
+        made = await asyncio.gather(*(fip(s) for s in [*masters, *workers] if s.id not in fips))
+        await billing.created(r, row, st, [billing.of_floating_ip(ref, f"{s.name}-fip", s.name) for s, ref in made])
+        fips |= {s.id: ref.address for s, ref in made}
 
     def shown(s: model.ServerView) -> str:
         return fips.get(s.id) or s.first_ip() or ""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 
 import asyncpg
 import nats.js.errors
@@ -244,13 +245,16 @@ class Reconciler:
 
     async def emit_nodes_created(
         self, row: store.ClusterRow, created: Sequence[tuple[str, str, str, Flavor, str]],
+        created_at: Mapping[str, datetime] | None = None,
     ) -> None:
-        """NodeCreated for each (server id, name, role, flavor, nodegroup), in one emit_many."""
+        """NodeCreated for each (server id, name, role, flavor, nodegroup), in one emit_many; ``created_at``: when
+        each server's create call returned (what accounting bills from)."""
         assert row.project_id is not None
         await self.emit_many(row, [(NodeCreated(
             cluster_id=row.uuid, project_id=row.project_id, node_name=name, role=role,  # type: ignore[arg-type]
             server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
             vcpus=flavor.vcpus, ram_mb=flavor.ram_mb, disk_gb=flavor.disk_gb, nodegroup=nodegroup,
+            created_at=(created_at or {}).get(server_id),
         ), f"NodeCreated:{server_id}") for server_id, name, role, flavor, nodegroup in created])
         for server_id, name, role, _, _ in created:
             row.nodes[server_id] = model.KnownNode(server_id, name, role, model.NODE_CREATED)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
 
 from proto.events import NodeDeleted
-from services.provisioner import certificates, coeapi, infra, model, nodeplan, store
-from services.provisioner.cloud import CloudError, ClusterCloud, Flavor, PortRefs
+from proto.requests import ClusterCAKey
+from services.provisioner import billing, certificates, coeapi, infra, model, nodeplan, store
+from services.provisioner.cloud import CloudError, ClusterCloud, Flavor, PortRefs, Seen
 from services.provisioner.drivers import driver_for
 from services.provisioner.drivers.base import NodeContext
 from services.provisioner.drivers.kubernetes import bootstrap_token
@@ -84,6 +86,7 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
             docker_volume_size=g.docker_volume_size,
         ))
     servers = await r.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
+    listed_at = billing.now()  # a server this listing no longer shows is billed until here
     present = {s.id for s in servers}
     st.delete_requested &= present
 
@@ -99,7 +102,7 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
     gone = [node for sid, node in sorted(row.nodes.items()) if sid not in present and node.status != model.NODE_DELETED]
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
-        role=node.role,  # type: ignore[arg-type]
+        role=node.role, deleted_at=listed_at,  # type: ignore[arg-type]
     ), f"NodeDeleted:{node.server_id}") for node in gone])
     if built.docker_volume_size or built.etcd_volume_size or built.floating_ip_enabled or any(
             g.docker_volume_size for g in row.groups) or any(
@@ -107,8 +110,12 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         st.releasing.update(node.name for node in gone)
     api_port_node = None if built.master_lb_enabled else model.node_name(prefix, model.MASTER, 0)
     for name in sorted(st.releasing):
-        if await r.cloud.call(trust, lambda c, name=name: c.release_node(  # type: ignore[misc]
-                prefix, row.uuid, name, keep_port=name == api_port_node)):
+        seen = Seen()
+        released = await r.cloud.call(trust, lambda c, name=name, seen=seen: c.release_node(  # type: ignore[misc]
+            prefix, row.uuid, name, keep_port=name == api_port_node, seen=seen))
+        await billing.gone(r, row, st, present=seen.present, deleted=seen.deleted, listed_at=billing.now(),
+                           node_name=name)
+        if released:
             st.releasing.discard(name)
 
     plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
@@ -126,7 +133,7 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         st.delete_requested.add(server.id)
         log.info("node_delete_sent", server_id=server.id, node=server.name)
     if plan.to_create:
-        await _boot(r, row, infra, plan.to_create, flavors, servers)
+        await _boot(r, row, infra, plan.to_create, flavors, servers, st)
     return Convergence(servers=servers)
 
 
@@ -148,6 +155,13 @@ async def _drain(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Inf
         log.warning("swarm_drain_failed", cluster_id=row.uuid, node=node_name, error=str(exc))
 
 
+def _other_cas(cas: ClusterCAKey) -> dict[str, str | None]:
+    """The etcd and front-proxy CAs for the first master's user data (kubeadm uses them instead of making its own;
+    a cluster created before they existed has none, and kubeadm makes them)."""
+    return {"etcd_ca_cert_pem": cas.etcd_cert_pem, "etcd_ca_key_pem": cas.etcd_key_pem,
+            "front_proxy_ca_cert_pem": cas.front_proxy_cert_pem, "front_proxy_ca_key_pem": cas.front_proxy_key_pem}
+
+
 async def _boot(
     r: Reconciler,
     row: store.ClusterRow,
@@ -155,9 +169,13 @@ async def _boot(
     nodes: list[tuple[nodeplan.GroupSpec, model.DesiredNode]],
     flavors: dict[str, Flavor],
     servers: list[model.ServerView],
+    st: TaskState | None = None,
 ) -> None:
     """Create the missing nodes, each with its volumes attached before it boots; the first error is raised after
-    every other node was tried (a cloud quota stops the operation with its own words)."""
+    every other node was tried (a cloud quota stops the operation with its own words). The volumes (made or found)
+    and the time each server's create call returned are reported to accounting."""
+    volumes_seen: list[billing.Billed] = []
+    made_at: dict[str, datetime] = {}
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None and row.ca_cert_pem is not None
     prefix = model.cluster_prefix(spec.name, row.uuid)
@@ -167,8 +185,9 @@ async def _boot(
     if api_host is None:
         raise CloudError("The cluster's API address could not be allocated", permanent=False)
     masters = tuple(s.first_ip() or "" for s in servers if s.role == model.MASTER and s.first_ip())
-    ca_key = (await certificates.ca_key(r.bus.nc, row)).key_pem if any(
+    cas = await certificates.ca_key(r.bus.nc, row) if any(
         driver.needs_ca_key(node.role) for _, node in nodes) else None  # type: ignore[arg-type]
+    ca_key = cas.key_pem if cas is not None else None
 
     async def create(group: nodeplan.GroupSpec, node: model.DesiredNode) -> str | CloudError | None:
         volumes = volume_names(node.name, node.role, group.docker_volume_size, built.etcd_volume_size)
@@ -181,6 +200,7 @@ async def _boot(
             volume_ids: list[str] = []
             for name, size in volumes:
                 state = c.ensure_volume(prefix, row.uuid, name, size_gb=size, availability_zone=built.availability_zone)
+                volumes_seen.append(billing.of_volume(state, node.name))
                 if state.status != "available":
                     return None
                 volume_ids.append(state.id)
@@ -223,6 +243,8 @@ async def _boot(
                 server_group=infra.server_group if node.role == model.MASTER else None,
                 availability_zone=built.availability_zone,
             )
+            made_at[server_id] = billing.now()
+            return server_id
 
         try:
             prepared = await r.cloud.call(trust, prepare)
@@ -245,7 +267,9 @@ async def _boot(
             first_error = first_error or result
         elif result is not None:
             created.append((result, node.name, node.role, flavors[group.name], group.name))
-    await r.emit_nodes_created(row, created)
+    if st is not None:
+        await billing.created(r, row, st, volumes_seen)
+    await r.emit_nodes_created(row, created, made_at)
     if first_error is not None:
         raise first_error
 

@@ -355,10 +355,14 @@ async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_
     attachments = demo.block_storage.get_volume(vol.id).attachments
     assert [a["server_id"] for a in attachments] == [sid]
     assert [a["id"] for a in server.attached_volumes] == [vol.id]
-    assert cc.ensure_volume(prefix, cid, f"{name}-etcd", size_gb=2) == type(vol)(vol.id, "in-use")
+    again = cc.ensure_volume(prefix, cid, f"{name}-etcd", size_gb=2)
+    assert (again.id, again.status, again.size_gb) == (vol.id, "in-use", 2)
+    assert again.created_at is not None and vol.created_at is not None  # found: Cinder's time; made: the call's
 
-    address = cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=port.id, name="api")
-    assert cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=port.id, name="api") == address
+    made = cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=port.id, name="api")
+    found = cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=port.id, name="api")
+    address = made.address
+    assert (found.id, found.address) == (made.id, address) and found.created_at is not None
     assert ledger.count("floating_ip") == 1
     fip = next(demo.network.ips(floating_ip_address=address))
     assert fip.port_id == port.id and fip.fixed_ip_address == port.ip and model.cluster_tag(cid) in fip.tags
@@ -376,7 +380,8 @@ async def test_server_boots_with_port_volume_group_and_zone_and_gets_a_floating_
     wport = cc.server_port(wid)
     assert wport is not None and wport.ip and wport.ip.startswith("10.30.0.") and wport.id != port.id
     assert cc.server_port(str(uuid.uuid4())) is None
-    waddress = cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=wport.id, name=f"{worker}-fip")
+    waddress = cc.ensure_floating_ip(prefix, cid, external_network="public", port_id=wport.id,
+                                     name=f"{worker}-fip").address
     assert waddress != address and ledger.count("floating_ip") == 2
     assert {s.name for s in cc.list_servers(prefix, cid)} == {name, worker}
 

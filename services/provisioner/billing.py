@@ -1,0 +1,138 @@
+"""The billed resources around a cluster's servers (volumes, floating IPs, the load balancer): the provisioner reports
+each one's life at the cloud to accounting (``VolumeCreated``/``VolumeDeleted``, ``FloatingIpAllocated``/
+``FloatingIpReleased``, ``LoadBalancerCreated``/``LoadBalancerDeleted``), timed by the cloud: created when the
+create call returned (or by the cloud's own ``created_at`` for one found already there), gone when the delete call
+returned for a synchronous delete (floating IPs) or when a listing no longer shows it (Cinder and Octavia delete
+asynchronously).
+
+Each event has a deterministic id (``<Type>:<resource id>``) and goes through ``Reconciler.emit_many``. The task
+remembers what it reported (``TaskState.billed``) so a pass does not report it again; a restarted task reports what
+it finds once more (same ids: JetStream drops the copy within its window, accounting keeps the first report), and a
+resource that went away while no task watched it is closed by the cluster's ``ClusterDeleteCompleted``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from proto.events import (
+    Event,
+    FloatingIpAllocated,
+    FloatingIpReleased,
+    LoadBalancerCreated,
+    LoadBalancerDeleted,
+    VolumeCreated,
+    VolumeDeleted,
+)
+from services.provisioner import store
+from services.provisioner.cloud import FloatingIpRef, LoadBalancerState, VolumeState, cloud_time
+from services.provisioner.state import TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+VOLUME, FLOATING_IP, LOAD_BALANCER = "volume", "floating_ip", "load_balancer"
+
+
+@dataclass(frozen=True)
+class Billed:
+    """A billed resource as the cloud showed it when the provisioner made or found it."""
+
+    kind: str
+    id: str
+    name: str
+    created_at: datetime
+    size_gb: int = 0
+    address: str = ""
+    node_name: str | None = None
+    """The node it belongs to (its volumes, its floating IP), released with it on a resize down."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = ["Billed", "cloud_time", "created", "gone", "now"]
+
+
+def of_volume(v: VolumeState, node_name: str | None) -> Billed:
+    return Billed(VOLUME, v.id, v.name, v.created_at or now(), size_gb=v.size_gb, node_name=node_name)
+
+
+def of_floating_ip(f: FloatingIpRef, name: str, node_name: str | None) -> Billed:
+    return Billed(FLOATING_IP, f.id, name, f.created_at or now(), address=f.address, node_name=node_name)
+
+
+def of_load_balancer(lb: LoadBalancerState) -> Billed:
+    return Billed(LOAD_BALANCER, lb.lb_id, lb.name, lb.created_at or now())
+
+
+def _created(row: store.ClusterRow, b: Billed) -> Event:
+    project = row.project_id or ""
+    if b.kind == VOLUME:
+        return VolumeCreated(cluster_id=row.uuid, project_id=project, volume_id=b.id, name=b.name,
+                             size_gb=b.size_gb, created_at=b.created_at, node_name=b.node_name)
+    if b.kind == FLOATING_IP:
+        return FloatingIpAllocated(cluster_id=row.uuid, project_id=project, floating_ip_id=b.id, address=b.address,
+                                   name=b.name, created_at=b.created_at)
+    return LoadBalancerCreated(cluster_id=row.uuid, project_id=project, load_balancer_id=b.id, name=b.name,
+                               created_at=b.created_at)
+
+
+def _gone(row: store.ClusterRow, b: Billed, at: datetime) -> Event:
+    project = row.project_id or ""
+    if b.kind == VOLUME:
+        return VolumeDeleted(cluster_id=row.uuid, project_id=project, volume_id=b.id, deleted_at=at)
+    if b.kind == FLOATING_IP:
+        return FloatingIpReleased(cluster_id=row.uuid, project_id=project, floating_ip_id=b.id, released_at=at)
+    return LoadBalancerDeleted(cluster_id=row.uuid, project_id=project, load_balancer_id=b.id, deleted_at=at)
+
+
+async def created(r: Reconciler, row: store.ClusterRow, st: TaskState, found: Iterable[Billed | None]) -> None:
+    """Report the resources of ``found`` this task has not reported yet, in one ``emit_many``."""
+    fresh: dict[str, Billed] = {}
+    for b in found:
+        if b is not None and b.id not in st.billed and b.id not in fresh:
+            fresh[b.id] = b
+    if not fresh:
+        return
+    await r.emit_many(row, [(_created(row, b), f"{type(_created(row, b)).__name__}:{b.id}") for b in fresh.values()])
+    st.billed.update(fresh)
+
+
+async def gone(
+    r: Reconciler,
+    row: store.ClusterRow,
+    st: TaskState,
+    *,
+    present: Mapping[str, str],
+    deleted: Mapping[str, datetime],
+    listed_at: datetime,
+    node_name: str | None = None,
+) -> None:
+    """Report the end of every reported resource (of ``node_name`` only, when given) that a listing made at
+    ``listed_at`` no longer showed (``present``: id -> kind), or whose synchronous delete returned (``deleted``:
+    floating IP id -> when). What the listing shows that this task never reported (a task restarted since) is
+    remembered now, so that its end is reported when it comes; a floating IP it deleted is reported at once."""
+    for rid, kind in present.items():
+        if rid not in st.billed:
+            st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name)
+    for rid in deleted:
+        if rid not in st.billed:
+            st.billed[rid] = Billed(FLOATING_IP, rid, "", listed_at, node_name=node_name)
+    ended = []
+    for rid, b in sorted(st.billed.items()):
+        if node_name is not None and b.node_name != node_name:
+            continue
+        if rid in deleted:
+            ended.append((b, deleted[rid]))
+        elif rid not in present:
+            ended.append((b, listed_at))
+    if not ended:
+        return
+    await r.emit_many(row, [(_gone(row, b, at), f"{type(_gone(row, b, at)).__name__}:{b.id}") for b, at in ended])
+    for b, _ in ended:
+        st.billed.pop(b.id, None)
