@@ -233,7 +233,7 @@ async def _boot(
                 user_data = r.settings.addons.render(user_data, built.labels)
             except ValueError as exc:
                 raise CloudError(str(exc), permanent=True) from exc
-            return c.create_server(
+            server_id = c.create_server(
                 name=node.name, flavor_id=flavors[group.name].id, image_id=group.image or built.image_id,
                 network_id=infra.network.network_id, port_id=port.id if port is not None else None,
                 security_group_ids=[infra.security_groups[node.role]],
