@@ -24,6 +24,7 @@ from services.api.resources import (
     quotas,
     root,
     stats,
+    usage,
 )
 from services.api.routing import slash_optional
 from services.api.usercloud import UserCloud
@@ -55,7 +56,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(clusters.routes)
     app.add_routes(nodegroups.routes)
     app.add_routes(cluster_actions.routes)
-    for extra in (certificates, quotas, stats, mservices, federations, credentials, events):
+    for extra in (certificates, quotas, stats, mservices, federations, credentials, events, usage):
         app.add_routes(extra.routes)
     app.cleanup_ctx.append(audit.auditor_ctx)
     app.cleanup_ctx.append(events.hub_ctx)

@@ -123,8 +123,13 @@ DEFAULT_RULES: dict[str, str] = {
     "quota:update": ADMIN,
     "quota:get": ADMIN_OR_READER,
     "quota:get_all": ADMIN,
+    # Usage (a Cove extension, GET /v1/usage): a project's own members and readers, admins for any or every project.
+    "usage:get": "rule:context_is_admin or rule:project_member or rule:project_reader",
+    "usage:get_all_projects": ADMIN,
     "stats:get_all": ADMIN_OR_READER,
     "magnum-service:get_all": ADMIN,
+    # The control plane at a glance (GET /v1/controlplane, a Cove extension): heartbeats, lag, dead letters, queue.
+    "controlplane:get": ADMIN,
     # Federations.
     "federation:create": ADMIN_OR_MEMBER,
     "federation:delete": ADMIN_OR_MEMBER,

@@ -17,6 +17,7 @@ from unittest.mock import MagicMock
 import aiohttp
 import pytest
 
+from services.accounting.service import build_service as build_accounting
 from services.api import openapi
 from services.api.app import build_app
 from services.certs.service import build_service as build_certs
@@ -31,6 +32,18 @@ async def certs(nats_url: str, database_url: str, tmp_path_factory: pytest.TempP
         service="certs", nats_url=nats_url, database_url=database_url, http_port=0, heartbeat_interval=5.0,
         extra={"COVE_STATE_DIR": str(tmp_path_factory.mktemp("openapi-certs"))},
     ))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture(scope="module")
+async def accounting(nats_url: str, database_url: str) -> AsyncIterator[Service]:
+    """The accounting service, so /v1/usage reaches real figures instead of the API's 503 for a missing service."""
+    svc = build_accounting(ServiceConfig(service="accounting", nats_url=nats_url, database_url=database_url,
+                                         http_port=0, heartbeat_interval=5.0))
     await svc.start()
     try:
         yield svc
@@ -78,7 +91,7 @@ async def test_served_without_auth(api: RunningApi) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 async def test_schemathesis_finds_no_server_errors_or_schema_breaks(
-    api: RunningApi, certs: Service, tmp_path: Path
+    api: RunningApi, certs: Service, accounting: Service, tmp_path: Path
 ) -> None:
     token = await user_token(api.devcloud, "demo", "demo-pass", "demo")
     await _schemathesis(api, token, tmp_path, max_time=os.environ.get("COVE_SCHEMATHESIS_MAX_TIME", "90"))
