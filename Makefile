@@ -14,10 +14,11 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/osc-cove/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Cove needs Python >= 3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps -e clients/osc-cove  # `openstack coe usage list` (Cove's OSC plugin)
 	$(PY) -m pip install -q --no-deps --upgrade --target $(SDK_4_14) 'openstacksdk==4.14.0'
 	touch $(STAMP)
 
