@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from services.api import audit, monitoring, openapi, policy
+from services.api import audit, console, monitoring, openapi, policy
 from services.api.addons import ADDONS, AddonCatalogClient
 from services.api.freshness import ReadCache, TemplateCache
 from services.api.keys import KEYSTONE, POOL, READ_CACHE, SETTINGS, TEMPLATES, USER_CLOUD, WRITER, Settings
@@ -16,6 +16,7 @@ from services.api.resources import (
     cluster_actions,
     clusters,
     clustertemplates,
+    controlplane,
     credentials,
     events,
     federations,
@@ -40,6 +41,7 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     # A server span around each request; the audit middleware sits right inside the request id's: it sees every
     # write's final response.
     middlewares = [tracing.http_server_middleware(), MIDDLEWARES[0], audit.audit_middleware, *MIDDLEWARES[1:]]
+    middlewares[-1] = console.public(middlewares[-1])  # the web console's files and login need no token
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[POOL] = pool
     app[WRITER] = writer
@@ -58,6 +60,8 @@ def build_app(*, pool: asyncpg.Pool, writer: Writer, keystone: Keystone, setting
     app.add_routes(cluster_actions.routes)
     for extra in (certificates, quotas, stats, mservices, federations, credentials, events, usage):
         app.add_routes(extra.routes)
+    app.add_routes(controlplane.routes)
+    app.add_routes(console.routes)
     app.cleanup_ctx.append(audit.auditor_ctx)
     app.cleanup_ctx.append(events.hub_ctx)
     app.cleanup_ctx.append(monitoring.metrics_ctx)
