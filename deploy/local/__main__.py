@@ -115,8 +115,26 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The subcommands this parser serves, with their help."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return {c.dest: c.help or "" for c in action._choices_actions}
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    served = subcommands(parser)
+    if not argv or argv[0] not in served:
+        # Everything else, and `cove --help`: the operators' commands (events, replay, verify, dlq, consumers,
+        # services), on cliff like the openstack client (services/ops/cli.py), which lists these ones too.
+        from services.ops import cli
+
+        cli.LEGACY_HELP.update(served)
+        return cli.main(argv)
+    args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
     if args.command == "certs":

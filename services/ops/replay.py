@@ -1,0 +1,431 @@
+"""Rebuild a service's store from the event stream into a scratch schema, and swap it in while the service runs.
+
+The scratch store is built by the service's own projection code (``ReplayProjection``: the runtime's
+``Projection``, fed by this module instead of a durable consumer): the same inbox, the same checkpoint, the same
+handlers and batch handlers, one transaction per batch of up to ``BATCH`` events. Nothing is published: every event
+replayed is at or below the live store's checkpoint, so the live service already published what it caused.
+
+The stream is read through an ordered push consumer (no acks, flow control, server-side subject filter): one
+stream read, no round trip per batch; the messages are buffered up to a bound (backpressure through flow control).
+
+The swap (``swap``), in ONE PostgreSQL transaction (docs/operations.md, "Replaying a store"):
+
+1. ``LOCK TABLE <schema>.inbox IN EXCLUSIVE MODE``: waits for the live projection's batch in flight to commit, then
+   holds its next batch at its first statement (the inbox claim). Reads are not blocked (EXCLUSIVE lets
+   ACCESS SHARE through): the API keeps answering.
+2. Read the live checkpoint, now frozen, and replay the scratch store up to exactly that sequence.
+3. ``ALTER SCHEMA <schema> RENAME TO <schema>_replaced``, ``ALTER SCHEMA <scratch> RENAME TO <schema>``, and name
+   the scratch checkpoint row as the live one (it carries a name of its own until then, so the API's checkpoint
+   NOTIFY does not announce the scratch store's progress as its own).
+4. Commit. The held batch goes on against the renamed-in schema: PostgreSQL resolves names again after a lock wait
+   and drops cached plans when a schema is renamed. The running service's durable consumer is untouched: its
+   acknowledged position equals the new store's checkpoint, and anything redelivered is found in the new inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from proto import subjects
+from proto.envelope import Envelope, MalformedMessage, decode
+from services.ops.connect import OpsError, Settings, connect_db, require_database
+from services.ops.targets import ProjectionSpec, Target
+from services.runtime import db
+from services.runtime.bus import Bus
+from services.runtime.projection import Projection, ensure_tracking_tables
+
+log = structlog.get_logger(__name__)
+
+BATCH = 1000
+"""Events applied per transaction while replaying."""
+BUFFER = 8 * BATCH
+"""Messages buffered ahead of the store before the reader stops taking more (flow control then holds the server)."""
+SCRATCH_CHECKPOINT_SUFFIX = "@replay"
+LOCK_TIMEOUT = "30s"
+NO_PUBLISH = 2**63 - 1
+
+Progress = Callable[[int, int], None]
+"""Told ``(events read so far, events to read)`` as the replay goes."""
+
+
+def scratch_schema(schema: str) -> str:
+    return db.ident(f"{schema}_replay")
+
+
+def replaced_schema(schema: str) -> str:
+    return db.ident(f"{schema}_replaced")
+
+
+def scratch_checkpoint(name: str) -> str:
+    return f"{name}{SCRATCH_CHECKPOINT_SUFFIX}"
+
+
+class ReplayProjection(Projection):
+    """A service's projection applied to a scratch schema by the replayer: publishes nothing, and records its
+    checkpoint as ``<name>@replay`` until the swap names it ``<name>``."""
+
+    def __init__(self, spec: ProjectionSpec, *, schema: str, pool: asyncpg.Pool, bus: Bus) -> None:
+        super().__init__(
+            name=spec.name, schema=schema, pool=pool, bus=bus, handler=spec.handler,
+            filter_subjects=spec.filter_subjects, batch_handler=spec.batch_handler,
+        )
+        self.replay_until = NO_PUBLISH
+        self.checkpoint_name = scratch_checkpoint(spec.name)
+        self.applied = 0
+        self.skipped: list[tuple[int, str]] = []
+        """(stream sequence, reason) of events that failed alone: the live service dead-lettered them too."""
+
+    async def checkpoint(self) -> int:
+        async with self.pool.acquire() as conn:
+            seq = await conn.fetchval(
+                f"SELECT stream_seq FROM {self.schema}.checkpoint WHERE consumer = $1", self.checkpoint_name
+            )
+        return int(seq or 0)
+
+    async def _advance(self, conn: asyncpg.Connection, seq: int) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.checkpoint (consumer, stream_seq) VALUES ($1, $2)"
+            " ON CONFLICT (consumer) DO UPDATE SET stream_seq = GREATEST(checkpoint.stream_seq, EXCLUDED.stream_seq)",
+            self.checkpoint_name,
+            seq,
+        )
+
+    async def apply(self, batch: list[tuple[Envelope, Msg]]) -> None:
+        """Apply ``batch`` in one transaction; if it fails, one event at a time, skipping (and recording) an event
+        that fails on its own, as the live consumer would have dead-lettered it."""
+        try:
+            await self._apply_batch(batch)
+        except Exception:  # noqa: BLE001 - applied again one by one, like the live consumer does
+            for item in batch:
+                try:
+                    await self._apply_batch([item])
+                except Exception as exc:  # noqa: BLE001 - the live service dead-lettered it
+                    seq = item[1].metadata.sequence.stream
+                    self.skipped.append((seq, repr(exc)))
+                    log.warning("replay_event_failed", projection=self.name, stream_seq=seq, error=repr(exc))
+                    async with self.pool.acquire() as conn:
+                        await self._advance(conn, seq)
+        self.applied += len(batch)
+
+    async def skip(self, seq: int, reason: str) -> None:
+        self.skipped.append((seq, reason))
+        async with self.pool.acquire() as conn:
+            await self._advance(conn, seq)
+
+
+def matches(subject: str, pattern: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` the rest."""
+    s, p = subject.split("."), pattern.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(s) == len(p)
+
+
+@dataclass
+class ReplayStats:
+    service: str
+    schema: str
+    start_seq: int
+    until_seq: int
+    read: int = 0
+    applied: int = 0
+    seconds: float = 0.0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+
+class StreamReader:
+    """Messages of ``COVE_EVENTS`` matching ``filters`` from ``start_seq`` through ``until_seq``, in order, read
+    through an ordered push consumer into a bounded buffer."""
+
+    def __init__(self, bus: Bus, filters: list[str], start_seq: int, until_seq: int) -> None:
+        self.bus = bus
+        self.filters = sorted(set(filters))
+        self.start_seq = max(start_seq, 1)
+        self.until_seq = until_seq
+        self._buffer: collections.deque[Msg] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._sub: object | None = None
+        self.done = False
+        self.last_seq = 0
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if self.done:
+            return
+        self._buffer.append(msg)
+        self._arrived.set()
+        if len(self._buffer) >= BUFFER:
+            self._room.clear()
+            await self._room.wait()
+
+    async def start(self) -> None:
+        if self.until_seq < self.start_seq:
+            self.done = True
+            return
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if self.start_seq > 1 else DeliverPolicy.ALL,
+            opt_start_seq=self.start_seq if self.start_seq > 1 else None,
+            inactive_threshold=60.0,
+        )
+        if len(self.filters) > 1:
+            cfg.filter_subjects = self.filters
+        subject = self.filters[0] if len(self.filters) == 1 else subjects.EVENTS_ALL
+        sub = await self.bus.js.subscribe(
+            subject, stream=subjects.EVENTS_STREAM, config=cfg, ordered_consumer=True, cb=self._on_msg,
+            idle_heartbeat=2.0,
+        )
+        self._sub = sub
+        info = await sub.consumer_info()
+        if info.num_pending == 0:
+            self.done = True
+
+    async def stop(self) -> None:
+        self.done = True
+        self._room.set()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            self._sub = None
+
+    async def next_batch(self, size: int) -> list[Msg]:
+        """Up to ``size`` messages at or below ``until_seq``; [] once every one was handed out."""
+        while not self._buffer and not self.done:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), 10.0)
+            except TimeoutError:
+                if self._sub is not None:
+                    info = await self._sub.consumer_info()  # type: ignore[attr-defined]
+                    if info.num_pending == 0:
+                        self.done = True
+        out: list[Msg] = []
+        while self._buffer and len(out) < size:
+            msg = self._buffer.popleft()
+            md = msg.metadata
+            seq = md.sequence.stream
+            if seq > self.until_seq:
+                self.done = True
+                self._buffer.clear()
+                break
+            out.append(msg)
+            self.last_seq = seq
+            if seq >= self.until_seq or md.num_pending == 0:
+                self.done = True
+                self._buffer.clear()
+                break
+        if len(self._buffer) < BUFFER // 2:
+            self._room.set()
+        return out
+
+
+class Replayer:
+    """Builds ``target``'s store into a scratch schema (``prepare``, ``run``) and swaps it in (``swap``)."""
+
+    def __init__(
+        self, bus: Bus, settings: Settings, target: Target, *, scratch: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.target = target
+        self.scratch = db.ident(scratch) if scratch else scratch_schema(target.schema)
+        self.progress = progress
+        self.pool: asyncpg.Pool | None = None
+        self.projections: list[ReplayProjection] = []
+
+    async def prepare(self) -> None:
+        """A fresh scratch schema with the service's migrations and the projection's tracking tables."""
+        url = require_database(self.settings)
+        (await connect_db(self.settings)).terminate()  # the one clear error when PostgreSQL is unreachable
+        self.pool = await db.create_pool(url, self.scratch, min_size=1, max_size=4)
+        await db.drop_schema(self.pool, self.scratch)
+        await db.migrate(self.pool, self.scratch, self.target.migrations_dir)
+        await ensure_tracking_tables(self.pool, self.scratch)
+        self.projections = [
+            ReplayProjection(spec, schema=self.scratch, pool=self.pool, bus=self.bus)
+            for spec in self.target.projections
+        ]
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def stream_last_seq(self) -> int:
+        try:
+            info = await self.bus.js.stream_info(subjects.EVENTS_STREAM)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(info.state.last_seq)
+
+    async def live_checkpoints(self, conn: asyncpg.Connection | None = None) -> dict[str, int]:
+        """Each projection's checkpoint in the live store (0 when the schema or the row does not exist)."""
+        own = conn is None
+        conn = conn or await connect_db(self.settings)
+        try:
+            exists = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{self.target.schema}.checkpoint"
+            )
+            rows = (
+                await conn.fetch(f"SELECT consumer, stream_seq FROM {self.target.schema}.checkpoint")
+                if exists else []
+            )
+        finally:
+            if own:
+                await conn.close()
+        found = {r["consumer"]: int(r["stream_seq"]) for r in rows}
+        return {p.name: found.get(p.name, 0) for p in self.projections}
+
+    async def run(self, until: dict[str, int] | int | None = None, *, start_seq: int | None = None) -> ReplayStats:
+        """Apply the stream to the scratch store from each projection's scratch checkpoint (or ``start_seq``) up
+        to ``until`` (per projection, or one sequence for all; default: the live store's checkpoints)."""
+        if until is None:
+            until = await self.live_checkpoints()
+        limits = until if isinstance(until, dict) else {p.name: until for p in self.projections}
+        starts = {p.name: (start_seq if start_seq is not None else await p.checkpoint() + 1) for p in self.projections}
+        first = min(starts.values(), default=1)
+        last = max(limits.values(), default=0)
+        stats = ReplayStats(self.target.service, self.scratch, first, last)
+        started = time.perf_counter()
+        reader = StreamReader(self.bus, [f for p in self.projections for f in p.filter_subjects], first, last)
+        await reader.start()
+        total = max(last - first + 1, 0)
+        try:
+            while True:
+                msgs = await reader.next_batch(BATCH)
+                if not msgs:
+                    break
+                batches: dict[str, list[tuple[Envelope, Msg]]] = {p.name: [] for p in self.projections}
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    try:
+                        env: Envelope | None = decode(msg.data)
+                    except MalformedMessage as exc:
+                        env = None
+                        reason = f"malformed: {exc}"
+                    for p in self.projections:
+                        if not (starts[p.name] <= seq <= limits[p.name]):
+                            continue
+                        if not any(matches(msg.subject, f) for f in p.filter_subjects):
+                            continue
+                        if env is None:
+                            await self._flush(p, batches[p.name])
+                            await p.skip(seq, reason)
+                        else:
+                            batches[p.name].append((env, msg))
+                for p in self.projections:
+                    await self._flush(p, batches[p.name])
+                stats.read += len(msgs)
+                if self.progress is not None:
+                    self.progress(min(reader.last_seq - first + 1, total), total)
+        finally:
+            await reader.stop()
+        stats.seconds = time.perf_counter() - started
+        stats.applied = sum(p.applied for p in self.projections)
+        stats.skipped = [s for p in self.projections for s in p.skipped]
+        if self.progress is not None:
+            self.progress(total, total)
+        return stats
+
+    @staticmethod
+    async def _flush(p: ReplayProjection, batch: list[tuple[Envelope, Msg]]) -> None:
+        if batch:
+            await p.apply(list(batch))
+            batch.clear()
+
+    async def catch_up_frozen(self, conn: asyncpg.Connection) -> dict[str, int]:
+        """Inside ``conn``'s open transaction: hold the live projection's writes (``LOCK ... inbox``), read its
+        checkpoints, and replay the scratch store up to exactly them. Returns the checkpoints."""
+        schema = self.target.schema
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.inbox"):
+            await conn.execute(f"LOCK TABLE {schema}.inbox IN EXCLUSIVE MODE")
+        live = await self.live_checkpoints(conn)
+        for p in self.projections:
+            behind = await p.checkpoint()
+            if behind > live[p.name]:
+                raise OpsError(
+                    f"the scratch store of {self.target.service} ({p.name}) is at {behind}, past the live store's "
+                    f"{live[p.name]}: replay again from the start"
+                )
+        await self.run(live)
+        return live
+
+    async def swap(self, *, keep_old: bool = False) -> dict[str, int]:
+        """Catch up under the lock and swap the scratch schema in (module docstring). Returns the checkpoints."""
+        schema, old = self.target.schema, replaced_schema(self.target.schema)
+        conn = await connect_db(self.settings)
+        try:
+            async with conn.transaction():
+                live = await self.catch_up_frozen(conn)
+                await conn.execute(f"DROP SCHEMA IF EXISTS {old} CASCADE")
+                if await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema):
+                    await conn.execute(f"ALTER SCHEMA {schema} RENAME TO {old}")
+                await conn.execute(f"ALTER SCHEMA {self.scratch} RENAME TO {schema}")
+                for p in self.projections:
+                    await conn.execute(f"DELETE FROM {schema}.checkpoint WHERE consumer = $1", p.name)
+                    # Written one below, then at its place: a listener to the checkpoint (the API's read cache)
+                    # sees it go back, which says "the store was rebuilt: forget what you cached".
+                    await conn.execute(
+                        f"UPDATE {schema}.checkpoint SET consumer = $1, stream_seq = GREATEST(stream_seq - 1, 0)"
+                        " WHERE consumer = $2", p.name, p.checkpoint_name,
+                    )
+                    await conn.execute(
+                        f"UPDATE {schema}.checkpoint SET stream_seq = $2 WHERE consumer = $1", p.name, live[p.name]
+                    )
+            if not keep_old:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {old} CASCADE")
+        finally:
+            await conn.close()
+        await self.close()
+        log.info("store_swapped", service=self.target.service, schema=schema, checkpoints=live)
+        return live
+
+
+async def drop_scratch(settings: Settings, scratch: str) -> None:
+    conn = await connect_db(settings)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {db.ident(scratch)} CASCADE")
+    finally:
+        await conn.close()
+
+
+async def replay(
+    bus: Bus, settings: Settings, target: Target, *, start_seq: int | None = None, keep_old: bool = False,
+    progress: Progress | None = None,
+) -> ReplayStats:
+    """``cove replay``: build the scratch store up to the live checkpoint, then swap it in (catching up under the
+    lock). With ``start_seq`` the fresh store starts from that sequence (for a stream whose first events were
+    removed by its limits: what came before is taken as never having happened)."""
+    replayer = Replayer(bus, settings, target, progress=progress)
+    try:
+        await replayer.prepare()
+        stats = await replayer.run(start_seq=start_seq)
+        await replayer.swap(keep_old=keep_old)
+    except BaseException:
+        await replayer.close()
+        with contextlib.suppress(Exception):
+            await drop_scratch(settings, replayer.scratch)
+        raise
+    return stats
+
+
