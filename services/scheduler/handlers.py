@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -32,8 +33,9 @@ from proto.events import (
 )
 from proto.nodegroups import DEFAULT_MASTER, DEFAULT_WORKER
 from services.runtime.projection import Outgoing
-from services.scheduler import admission, store
+from services.scheduler import admission, cloudquota, store
 from services.scheduler.admission import Demand, GroupSize
+from services.scheduler.cloudquota import CloudQuota
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +72,10 @@ class Handlers:
         max_builds: int = admission.UNLIMITED,
         max_builds_per_cloud: dict[str, int] | None = None,
         cloud: str = "default",
+        cloud_quota: CloudQuota | None = None,
     ) -> None:
         self.default_quota = default_quota
+        self.cloud_quota = cloud_quota
         self.limits = {**{r: admission.UNLIMITED for r in admission.RESOURCES}, **(limits or {}),
                        admission.CLUSTER: default_quota}
         self.max_builds = max_builds
@@ -87,6 +91,8 @@ class Handlers:
         p = env.payload
         if isinstance(p, ADMISSION):
             return (await self.admission_run([env], tx))[0]
+        if isinstance(p, ClusterCreateFailed | ClusterCreateCompleted) and self.cloud_quota is not None:
+            self.cloud_quota.forget(p.project_id)  # the cloud's usage now holds what was built
         if isinstance(p, ClusterCreateFailed):
             await store.mark(tx, p.uuid, p.project_id, "create_failed", env.occurred_at)
             return await self._slot_freed(env, tx, p.uuid)
@@ -155,10 +161,11 @@ class Handlers:
         confirmed: list[store.Decided] = []
         outgoing: list[list[Outgoing]] = []
         queued_seq = await store.next_queued_seq(tx) if self.queueing else 0
+        rooms, pending = await self._cloud_rooms(run, decisions, tx)
         for env in run:
             p = env.payload
             if isinstance(p, ClusterCreateRequested):
-                request = self._decide(env, p, decisions, in_use, facts, queued_seq)
+                request = self._decide(env, p, decisions, in_use, facts, queued_seq, rooms, pending)
                 if request is None:
                     outgoing.append([])
                     continue
@@ -214,17 +221,29 @@ class Handlers:
         in_use: dict[str, Demand],
         facts: store.RunFacts,
         queued_seq: int,
+        rooms: dict[str, cloudquota.Room],
+        pending: dict[str, dict[str, int]],
     ) -> store.Request | None:
-        """Decide on one request of a run given the usage so far (``in_use``, updated); None for a repeated
-        request."""
+        """Decide on one request of a run given the usage so far (``in_use``, updated) and, where known, the
+        project's cloud quota left (``rooms``) less what Cove reserved there but has not built (``pending``,
+        updated); None for a repeated request."""
         if p.uuid in decisions:
             log.info("cluster_request_repeated", cluster_id=p.uuid, project_id=p.project_id)
             return None
-        groups = admission.group_sizes(clusterspec.spec_of(p))
+        spec = clusterspec.spec_of(p)
+        groups = admission.group_sizes(spec)
         asked = admission.cluster_demand(groups)
         used = in_use.get(p.project_id, Demand())
         limits = {**self.limits, **facts.overrides.get(p.project_id, {})}
         verdict = admission.decide_all(used, asked, limits)
+        room = rooms.get(p.project_id)
+        if verdict.admitted and room is not None:
+            cloud_asked = cloudquota.cloud_demand(spec)
+            refusal = cloudquota.check(room, pending.get(p.project_id, {}), cloud_asked)
+            if refusal is not None:
+                verdict = admission.Verdict(False, f"cloud:{refusal[0]}", refusal[1])
+            else:
+                pending[p.project_id] = cloudquota.add(pending.get(p.project_id, {}), cloud_asked)
         decisions[p.uuid] = "admitted" if verdict.admitted else "rejected"
         build: str | None = None
         if verdict.admitted:
@@ -244,13 +263,36 @@ class Handlers:
             requested_at=p.requested_at or env.occurred_at,
             decision=decisions[p.uuid] or "rejected",
             reason=verdict.reason,
-            demand=asked if verdict.admitted else Demand(),
+            demand=asked,
             groups=tuple(groups),
             cloud=self.cloud,
             build=build,
             queued_seq=queued_seq if build == "queued" else None,
             resource=verdict.resource,
         )
+
+    async def _cloud_rooms(
+        self, run: list[Envelope], decisions: dict[str, str | None], tx: asyncpg.Connection
+    ) -> tuple[dict[str, cloudquota.Room], dict[str, dict[str, int]]]:
+        """The cloud quota left in each project of the run's fresh requests (cached; none without a cloud check,
+        for a request older than ``max_age``, or where the cloud's quota is unlimited), and what Cove reserved in
+        those projects but has not built yet."""
+        if self.cloud_quota is None:
+            return {}, {}
+        now = datetime.now(UTC)
+        trusts: dict[str, str | None] = {}
+        for env in run:
+            p = env.payload
+            if isinstance(p, ClusterCreateRequested) and p.uuid not in decisions \
+                    and (now - env.occurred_at).total_seconds() < self.cloud_quota.settings.max_age:
+                trusts.setdefault(p.project_id, p.trust_id)
+        rooms: dict[str, cloudquota.Room] = {}
+        for project, trust in trusts.items():
+            room = await self.cloud_quota.room(project, trust)
+            if room is not None and not room.unlimited:
+                rooms[project] = room
+        pending = await store.unbuilt(tx, list(rooms)) if rooms else {}
+        return rooms, pending
 
     def _verdict(self, r: store.Request) -> list[Outgoing]:
         """The decision event of a request decided without the queue (admitted at once, or rejected)."""

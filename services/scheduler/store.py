@@ -103,7 +103,7 @@ async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -
          for r in requests],
     )
     groups = [(r.cluster_id, g.name, g.count, g.count, g.vcpus, g.ram_mb, g.volume_gb)
-              for r in requests if r.decision == "admitted" for g in r.groups]
+              for r in requests for g in r.groups]
     if groups:
         await tx.executemany(
             "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb)"
@@ -250,6 +250,24 @@ async def sum_groups(tx: asyncpg.Connection, cluster_id: str) -> None:
         " WHERE c.cluster_id = $1 AND s.n IS NOT NULL",
         cluster_id,
     )
+
+
+async def unbuilt(tx: asyncpg.Connection, project_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per project, what Cove reserved for clusters not yet built (waiting or building), in the cloud's quota terms
+    (services/scheduler/cloudquota.py): the cloud's own usage does not hold them yet. Ports and floating IPs are
+    counted one per node (an upper bound), volumes one per node with volume GB."""
+    rows = await tx.fetch(
+        "SELECT project_id, count(*) AS clusters, sum(nodes) AS nodes, sum(vcpus) AS vcpus, sum(ram_mb) AS ram,"
+        " sum(volume_gb) AS gb, sum(CASE WHEN volume_gb > 0 THEN nodes ELSE 0 END) AS volumes FROM clusters"
+        " WHERE project_id = ANY($1::text[]) AND decision = 'admitted' AND NOT delete_completed"
+        " AND build IN ('queued', 'building') GROUP BY project_id",
+        list(project_ids),
+    )
+    return {r["project_id"]: {
+        "instances": int(r["nodes"]), "cores": int(r["vcpus"]), "ram": int(r["ram"]), "gigabytes": int(r["gb"]),
+        "volumes": int(r["volumes"]), "port": int(r["nodes"]), "floatingip": int(r["nodes"]),
+        "network": int(r["clusters"]), "security_group": 2 * int(r["clusters"]),
+    } for r in rows}
 
 
 async def usage_of(tx: asyncpg.Connection, project_id: str) -> tuple[Demand, dict[str, int]]:

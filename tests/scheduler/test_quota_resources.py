@@ -76,3 +76,22 @@ def test_waiting_reason() -> None:
         f"Waiting to be built: {s} in line"
         for s in ("1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st")
     ]
+
+
+def test_cloud_demand_and_check() -> None:
+    from services.scheduler import cloudquota
+
+    spec = resolve_cluster(template(docker_volume_size=10, master_lb_enabled=True,
+                                    labels={"master_lb_floating_ip_enabled": "true"}),
+                           master_count=3, node_count=2, flavor_sizes={"m1.small": (1, 2048)})
+    asked = cloudquota.cloud_demand(spec)
+    assert asked == {"instances": 5, "cores": 5, "ram": 5 * 2048, "volumes": 5, "gigabytes": 50,
+                     "floatingip": 6, "port": 6, "network": 1, "security_group": 2}
+    room = cloudquota.Room(left={**dict.fromkeys(cloudquota.CLOUD_RESOURCES), "cores": 8, "floatingip": 10},
+                           limits={"cores": 20, "floatingip": 50})
+    assert cloudquota.check(room, {}, asked) is None
+    assert cloudquota.check(room, {"cores": 4}, asked) == (
+        "cores", "Quota exceeded in the cloud for cores: requested 5, 4 of 20 left.")
+    assert cloudquota.check(room, {"floatingip": 5}, asked) == (
+        "floatingip", "Quota exceeded in the cloud for floatingip: requested 6, 5 of 50 left.")
+    assert cloudquota.Room(left=dict.fromkeys(cloudquota.CLOUD_RESOURCES), limits={}).unlimited
