@@ -22,7 +22,7 @@ from proto.requests import ClusterCAKey
 from services.provisioner import billing, certificates, coeapi, infra, model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud, Flavor, PortRefs, Seen
 from services.provisioner.drivers import driver_for
-from services.provisioner.drivers.base import NodeContext
+from services.provisioner.drivers.base import CoeDriver, NodeContext
 from services.provisioner.drivers.kubernetes import bootstrap_token
 from services.provisioner.state import Infra, TaskState
 
@@ -67,6 +67,13 @@ def volume_names(node: str, role: str, docker_gb: int | None, etcd_gb: int | Non
     return out
 
 
+def boots_on_own_port(driver: CoeDriver, role: str) -> bool:
+    """Whether a node of ``role`` boots on a port made before it (``<node>-port``, released with it): its address
+    is named in its certificate, or every node names every master's address."""
+    return driver.needs_server_certificate(role) or (  # type: ignore[arg-type]
+        role == model.MASTER and driver.needs_all_master_addresses())
+
+
 async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra) -> Convergence:
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None
@@ -106,7 +113,7 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
     ), f"NodeDeleted:{node.server_id}") for node in gone])
     if built.docker_volume_size or built.etcd_volume_size or built.floating_ip_enabled or any(
             g.docker_volume_size for g in row.groups) or any(
-            driver_for(built.coe).needs_server_certificate(role) for role in model.ROLES):  # ports made first
+            boots_on_own_port(driver_for(built.coe), role) for role in model.ROLES):
         st.releasing.update(node.name for node in gone)
     api_port_node = None if built.master_lb_enabled else model.node_name(prefix, model.MASTER, 0)
     for name in sorted(st.releasing):
@@ -185,6 +192,12 @@ async def _boot(
     if api_host is None:
         raise CloudError("The cluster's API address could not be allocated", permanent=False)
     masters = tuple(s.first_ip() or "" for s in servers if s.role == model.MASTER and s.first_ip())
+    if driver.needs_all_master_addresses():  # every master's port first: each node names the whole ensemble
+        master_ports = await r.cloud.call(trust, lambda c: [c.ensure_port(
+            prefix, row.uuid, model.node_port_name(model.node_name(prefix, model.MASTER, i)),
+            network_id=infra.network.network_id, subnet_id=infra.network.subnet_id,
+            security_group_ids=[infra.security_groups[model.MASTER]]) for i in range(built.master_count)])
+        masters = tuple(p.ip for p in master_ports if p.ip)
     cas = await certificates.ca_key(r.bus.nc, row) if any(
         driver.needs_ca_key(node.role) for _, node in nodes) else None  # type: ignore[arg-type]
     ca_key = cas.key_pem if cas is not None else None
@@ -193,6 +206,7 @@ async def _boot(
         volumes = volume_names(node.name, node.role, group.docker_volume_size, built.etcd_volume_size)
         is_first_master = node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
         with_certificate = driver.needs_server_certificate(node.role)  # type: ignore[arg-type]
+        own_port = boots_on_own_port(driver, node.role)
 
         def prepare(c: ClusterCloud) -> tuple[list[str], PortRefs | None] | None:
             """The node's volumes and, for a driver that names the node's address in its certificate, its port;
@@ -207,7 +221,7 @@ async def _boot(
             port = None
             if is_first_master and infra.api_port_ref is not None:
                 port = infra.api_port_ref
-            elif with_certificate:
+            elif own_port:
                 port = c.ensure_port(prefix, row.uuid, model.node_port_name(node.name), network_id=infra.network.network_id,
                                      subnet_id=infra.network.subnet_id,
                                      security_group_ids=[infra.security_groups[node.role]])
@@ -221,12 +235,14 @@ async def _boot(
                 api_sans=(infra.api_floating_ip,) if infra.api_floating_ip else (),
                 api_port=built.apiserver_port, ca_cert_pem=row.ca_cert_pem or "", bootstrap_token=token,
                 labels=dict(built.labels), network_driver=built.network_driver, master_addresses=masters,
+                master_count=built.master_count,
                 docker_volume_device=DOCKER_DEVICE if group.docker_volume_size else None,
                 etcd_volume_device=(SECOND_DEVICE if group.docker_volume_size else DOCKER_DEVICE)
                 if node.role == model.MASTER and built.etcd_volume_size else None,
                 http_proxy=built.http_proxy, https_proxy=built.https_proxy, no_proxy=built.no_proxy,
                 ca_key_pem=ca_key if driver.needs_ca_key(node.role) else None,  # type: ignore[arg-type]
                 node_address=port.ip if port is not None else None,
+                **(_other_cas(cas) if is_first_master and cas is not None else {}),
                 server_cert_pem=tls.cert_pem if tls else None, server_key_pem=tls.key_pem if tls else None,
             ))
             try:

@@ -47,9 +47,11 @@ def _ctx(roles: set[str], project: str = "p1", user: str = "u1") -> dict[str, An
     ("clustertemplate:publish", {"member"}, {"project_id": "p1"}, False),
     ("clustertemplate:publish", {"admin"}, {"project_id": "p1"}, True),
     ("certificate:create", {"member"}, {"project_id": "p1", "user_id": "u1"}, True),
-    ("certificate:create", {"member"}, {"project_id": "p1", "user_id": "u2"}, False),
+    ("certificate:create", {"member"}, {"project_id": "p1", "user_id": "u2"}, True),  # any member (issue 19)
+    ("certificate:create", {"member"}, {"project_id": "p2", "user_id": "u1"}, False),
     ("certificate:get", {"reader"}, {"project_id": "p1", "user_id": "u1"}, True),
-    ("certificate:get", {"reader"}, {"project_id": "p1", "user_id": "u2"}, False),
+    ("certificate:get", {"reader"}, {"project_id": "p1", "user_id": "u2"}, True),
+    ("certificate:get", {"reader"}, {"project_id": "p2", "user_id": "u1"}, False),
     ("credential:rotate", {"admin"}, {"project_id": "p2"}, False),  # no admin clause
     ("credential:rotate", {"member"}, {"project_id": "p1"}, True),
     ("quota:get_all", {"member"}, {"project_id": "p1"}, False),

@@ -141,17 +141,14 @@ def test_masters_run_an_ensemble_of_every_master_with_a_majority_quorum() -> Non
 
 
 def test_an_ensemble_short_of_the_master_count_is_refused_rather_than_split() -> None:
-    """When NodeContext says how many masters there are (a ``master_count`` field, asked of the lead), an ensemble
-    of another size is refused: three masters each rendered with only its own address would make three
-    single-node ZooKeepers, each with its own leading Mesos master."""
-
-    @dataclasses.dataclass(frozen=True)
-    class WithMasterCount(NodeContext):
-        master_count: int | None = None
+    """When NodeContext says how many masters there are, an ensemble of another size is refused: three masters
+    each rendered with only its own address would make three single-node ZooKeepers, each with its own leading
+    Mesos master."""
 
     def counted(kind: str, count: int, **kw: Any) -> NodeContext:
-        return WithMasterCount(**{**dataclasses.asdict(node(kind, **kw)), "master_count": count})
+        return dataclasses.replace(node(kind, **kw), master_count=count)
 
+    assert DRIVER.needs_all_master_addresses()
     assert env_of(counted("master", 3), ["MASTER_COUNT"]) == {"MASTER_COUNT": "3"}
     with pytest.raises(ValueError, match="3 masters but 1 master addresses"):
         DRIVER.user_data(counted("master", 3, master_addresses=()))

@@ -53,7 +53,10 @@ class NodeContext:
     """Further addresses users reach the API at (the floating IP in front of it, allocated before the masters boot):
     the API server's certificate must name them."""
     master_addresses: tuple[str, ...] = ()
-    """The masters' fixed IPs known at render time (certificate SANs, etcd peers)."""
+    """The masters' fixed IPs known at render time (certificate SANs, etcd peers); every master's, in index order,
+    for a driver whose ``needs_all_master_addresses()`` is true (their ports are made before any node boots)."""
+    master_count: int | None = None
+    """How many masters the cluster has (a driver can check ``master_addresses`` against it)."""
     docker_volume_device: str | None = None
     """Block device of the container-storage volume (``docker_volume_size``), attached before boot."""
     etcd_volume_device: str | None = None
@@ -112,6 +115,11 @@ class CoeDriver(Protocol):
 
     def needs_ca_key(self, role: Role) -> bool:
         """Whether each node of ``role`` gets the cluster CA's key (``NodeContext.ca_key_pem``; ADR 0006)."""
+        ...
+
+    def needs_all_master_addresses(self) -> bool:
+        """Whether every node's user data must name every master's address (a ZooKeeper ensemble): the masters then
+        boot on ports made before any node boots, so ``master_addresses`` is complete from the first render."""
         ...
 
     def needs_server_certificate(self, role: Role) -> bool:

@@ -306,6 +306,9 @@ class KubernetesDriver:
     def needs_ca_key(self, role: Role) -> bool:
         return role == "master"  # the first master's kubeadm signs with it; the others derive the certificate key
 
+    def needs_all_master_addresses(self) -> bool:
+        return False  # kubeadm joins through the API address
+
     def needs_server_certificate(self, role: Role) -> bool:
         return False  # kubeadm makes the control plane's certificates on the masters from the CA key (ADR 0006)
 

@@ -341,8 +341,8 @@ def ensemble(node: NodeContext) -> list[str]:
     if node.role == "master" and node.node_address:
         masters.append(_address("node_address", node.node_address))
     masters = list(dict.fromkeys(masters)) or [_address("api_host", node.api_host)]
-    expected = getattr(node, "master_count", None)  # not (yet) a NodeContext field: then the ensemble says it
-    if isinstance(expected, int) and expected != len(masters):
+    expected = node.master_count
+    if expected is not None and expected != len(masters):
         raise ValueError(f"the cluster has {expected} masters but {len(masters)} master addresses are known "
                          f"({', '.join(masters)}): every Mesos node needs every master's address")
     return masters
@@ -368,6 +368,9 @@ class MesosDriver:
 
     def needs_ca_key(self, role: Role) -> bool:
         return False
+
+    def needs_all_master_addresses(self) -> bool:
+        return True  # the ZooKeeper ensemble
 
     def needs_server_certificate(self, role: Role) -> bool:
         return False  # Marathon and Mesos serve plain HTTP here, as Magnum's Mesos driver did

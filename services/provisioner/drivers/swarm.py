@@ -244,6 +244,9 @@ class SwarmDriver:
     def needs_ca_key(self, role: Role) -> bool:
         return False  # each node's certificate comes from the certs service (needs_server_certificate)
 
+    def needs_all_master_addresses(self) -> bool:
+        return False  # nodes join through the API address
+
     def needs_server_certificate(self, role: Role) -> bool:
         return True  # every engine serves TLS, and joining nodes are clients of the first manager's
 
