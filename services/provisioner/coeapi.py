@@ -70,8 +70,8 @@ class DrainError(Exception):
 
 
 async def drain_swarm_node(endpoint: Endpoint, hostname: str, *, timeout: float, interval: float = 0.5) -> bool:
-    """Drain the Swarm node named ``hostname``, wait (at most ``timeout`` seconds) until none of its tasks should
-    still run, and remove it from the swarm. False when the swarm does not know the node (nothing to drain).
+    """Drain the Swarm node named ``hostname`` (demoting it if it is a manager), wait (at most ``timeout``
+    seconds) until none of its tasks should still run, and remove it from the swarm. False when the swarm does not know the node (nothing to drain).
     Raises ``DrainError`` when the engine refuses or cannot be reached."""
     base = f"https://{endpoint.host}:{endpoint.port}"
     connector = aiohttp.TCPConnector(ssl=_ssl_context(endpoint))
@@ -91,8 +91,9 @@ async def drain_swarm_node(endpoint: Endpoint, hostname: str, *, timeout: float,
         if node is None:
             return False
         spec = dict(node.get("Spec") or {})
-        if spec.get("Availability") != "drain":
-            spec["Availability"] = "drain"
+        if spec.get("Availability") != "drain" or spec.get("Role") == "manager":
+            # a manager is demoted in the same update: the swarm refuses to remove a manager, even with force
+            spec.update(Availability="drain", Role="worker")
             version = (node.get("Version") or {}).get("Index", 0)
             await call("POST", f"/nodes/{node['ID']}/update", params={"version": str(version)}, json=spec)
             log.info("swarm_node_draining", node=hostname, node_id=node["ID"])
