@@ -206,9 +206,11 @@ class Handlers:
                 earlier.append(_out(event))
         for cluster_id, request in new.items():
             if cluster_id in positions:
-                outgoing[by_request[cluster_id]].append(_out(ClusterQueued(
-                    uuid=cluster_id, project_id=request.project_id, position=positions[cluster_id],
-                    cloud=request.cloud)))
+                queued = ClusterQueued(uuid=cluster_id, project_id=request.project_id,
+                                       position=positions[cluster_id], cloud=request.cloud)
+                outgoing[by_request[cluster_id]].append(Outgoing(
+                    subjects.cluster_events(PRODUCER, cluster_id), queued, project_id=request.project_id,
+                    cluster_id=cluster_id))
         if earlier:
             outgoing[-1].extend(earlier)
             outgoing[-1].extend(self._positions_events(positions))
