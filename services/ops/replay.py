@@ -81,6 +81,7 @@ class ReplayProjection(Projection):
             filter_subjects=spec.filter_subjects, batch_handler=spec.batch_handler,
         )
         self.replay_until = NO_PUBLISH
+        self.filter_subjects = list(spec.filter_subjects)
         self.checkpoint_name = scratch_checkpoint(spec.name)
         self.applied = 0
         self.skipped: list[tuple[int, str]] = []

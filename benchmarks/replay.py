@@ -1,0 +1,198 @@
+"""Replay speed: events per second each service's store is rebuilt at by `cove replay` (services/ops/replay.py).
+
+A private nats-server (fsync before every acknowledgement, as Cove ships it) and a fresh PostgreSQL database get a
+stream of cluster lifecycles (``lifecycles``: request, admission, CA, create started, nodes created and active,
+create completed; for half the clusters then delete requested, started, nodes deleted, delete completed, CA
+deleted), published in batches of concurrent publishes. Each service's store is then built from it into a scratch
+schema by the replayer, and timed: events applied per second (each service applies only the events its projection
+subscribes to; "read" counts what the stream delivered it).
+
+    .venv/bin/python -m benchmarks replay [--events 100000] [--services api,scheduler,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from proto import subjects
+from proto.envelope import Envelope, new_envelope
+from proto.events import (
+    ClusterAdmitted,
+    ClusterCACreated,
+    ClusterCADeleted,
+    ClusterCreateCompleted,
+    ClusterCreateRequested,
+    ClusterCreateStarted,
+    ClusterDeleteCompleted,
+    ClusterDeleteRequested,
+    ClusterDeleteStarted,
+    ClusterTemplate,
+    ClusterTemplateCreated,
+    Event,
+    NodeBecameActive,
+    NodeCreated,
+    NodeDeleted,
+)
+from services.runtime.bus import Bus
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PUBLISH_BATCH = 1000
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBbench\n-----END CERTIFICATE-----\n"
+
+
+def lifecycles(total: int, *, projects: int = 10, nodes: int = 2) -> Iterator[tuple[str, Envelope]]:
+    """About ``total`` events (subject, envelope) in stream order: a template, then cluster lifecycles, each event
+    caused by the one before it (one correlation id per cluster), one second apart."""
+    clock = iter(range(10**9))
+
+    def env(payload: Event, project: str, cluster: str | None, cause: Envelope | None) -> Envelope:
+        return new_envelope(payload, project_id=project, cluster_id=cluster, causation=cause, trace={},
+                            occurred_at=T0 + timedelta(seconds=next(clock)))
+
+    template = ClusterTemplate(uuid=str(uuid.uuid4()), name="bench", project_id="p-0", user_id="u-0",
+                               image_id="img", flavor_id="m1.small", public=True, created_at=T0)
+    first = env(ClusterTemplateCreated(template=template), "p-0", None, None)
+    yield subjects.cluster_template_events("api", template.uuid), first
+    produced, i = 1, 0
+    while produced < total:
+        project, cid = f"p-{i % projects}", str(uuid.uuid4())
+        steps: list[tuple[str, Event]] = [
+            ("api", ClusterCreateRequested(uuid=cid, name=f"c{i}", project_id=project, user_id=f"u-{i % 7}",
+                                           template=template, node_count=nodes - 1)),
+            ("scheduler", ClusterAdmitted(uuid=cid, project_id=project, master_count=1, node_count=nodes - 1,
+                                          name=f"c{i}")),
+            ("certs", ClusterCACreated(uuid=cid, project_id=project, ca_cert_pem=CA_PEM,
+                                       encrypted_ca_key=base64.b64encode(cid.encode()), key_id="bench")),
+            ("provisioner", ClusterCreateStarted(uuid=cid, project_id=project)),
+        ]
+        names = [f"c{i}-{'master' if n == 0 else 'node'}-{n}" for n in range(nodes)]
+        for n, name in enumerate(names):
+            steps.append(("provisioner", NodeCreated(
+                cluster_id=cid, project_id=project, node_name=name, role="master" if n == 0 else "worker",
+                server_id=f"{cid}-{n}", flavor_id="f1", flavor_name="m1.small", vcpus=1, ram_mb=2048, disk_gb=20)))
+        for n, name in enumerate(names):
+            steps.append(("provisioner", NodeBecameActive(
+                cluster_id=cid, project_id=project, server_id=f"{cid}-{n}", node_name=name,
+                addresses={"private": [f"10.0.{n}.{i % 250 + 2}"]})))
+        steps.append(("provisioner", ClusterCreateCompleted(uuid=cid, project_id=project,
+                                                            api_address=f"https://127.0.0.1:{6443 + i % 1000}")))
+        if i % 2:
+            steps.append(("api", ClusterDeleteRequested(uuid=cid, project_id=project, user_id=f"u-{i % 7}")))
+            steps.append(("provisioner", ClusterDeleteStarted(uuid=cid, project_id=project)))
+            for n, name in enumerate(names):
+                steps.append(("provisioner", NodeDeleted(cluster_id=cid, project_id=project,
+                                                         server_id=f"{cid}-{n}", node_name=name)))
+            steps.append(("provisioner", ClusterDeleteCompleted(uuid=cid, project_id=project)))
+            steps.append(("certs", ClusterCADeleted(uuid=cid, project_id=project)))
+        cause: Envelope | None = None
+        for producer, payload in steps:
+            if produced >= total:
+                return
+            cause = env(payload, project, cid, cause)
+            yield subjects.cluster_events(producer, cid), cause
+            produced += 1
+        i += 1
+
+
+async def publish_all(bus: Bus, events: Iterator[tuple[str, Envelope]], batch: int = PUBLISH_BATCH) -> int:
+    """Publish in batches of ``batch`` concurrent publishes (one connection: they reach the server in order).
+    Returns the stream's last sequence."""
+    last = 0
+    chunk: list[tuple[str, Envelope]] = []
+
+    async def flush() -> None:
+        nonlocal last
+        acks = await asyncio.gather(*(bus.publish(s, e) for s, e in chunk))
+        last = max([last, *(a.seq for a in acks)])
+        chunk.clear()
+
+    for item in events:
+        chunk.append(item)
+        if len(chunk) >= batch:
+            await flush()
+    if chunk:
+        await flush()
+    return last
+
+
+async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
+    from services.ops.connect import Settings
+    from services.ops.replay import Replayer
+    from services.ops.targets import target
+
+    bus = await Bus.connect(nats_url, name="bench-replay")
+    await bus.ensure_streams()
+    started = time.perf_counter()
+    last = await publish_all(bus, lifecycles(events))
+    publish_s = time.perf_counter() - started
+    print(f"   published {last} events in {publish_s:.1f} s ({last / publish_s:,.0f}/s)", flush=True)
+    settings = Settings(nats_url=nats_url, database_url=database_url)
+    results: dict[str, Any] = {"events": last, "publish_per_s": round(last / publish_s)}
+    print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9}", flush=True)
+    for service in services:
+        replayer = Replayer(bus, settings, target(service))
+        await replayer.prepare()
+        stats = await replayer.run(until=last)
+        await replayer.close()
+        results[service] = {"read": stats.read, "applied": stats.applied, "seconds": round(stats.seconds, 2),
+                            "events_per_s": round(stats.rate)}
+        print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}",
+              flush=True)
+    await bus.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from deploy.local.nats import NatsServer
+    from deploy.local.postgres import EmbeddedPostgres, drop_database, fresh_database
+    from services.ops.targets import SERVICES
+
+    p = argparse.ArgumentParser(prog="replay")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--services", default=",".join(SERVICES))
+    args = p.parse_args(argv)
+    # As `cove replay` runs it: the handlers' per-event info lines are not written (services/ops/cli.py).
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    os.environ.setdefault("COVE_CERTS_MASTER_KEY", base64.urlsafe_b64encode(b"b" * 32).decode())
+    tmp = Path(tempfile.mkdtemp(prefix="cove-bench-replay-"))
+    nats_server = NatsServer(tmp / "nats")
+    nats_server.start()
+    pg: EmbeddedPostgres | None = None
+    try:
+        admin = os.environ.get("COVE_BENCH_DATABASE_URL")
+        if not admin:
+            pg = EmbeddedPostgres(tmp / "pg", durable=False)
+            pg.start()
+            admin = pg.url
+
+        async def go() -> dict[str, Any]:
+            url = await fresh_database(admin, prefix="cove_bench")
+            try:
+                return await measure(nats_server.url, url, args.events, args.services.split(","))
+            finally:
+                await drop_database(admin, url)
+
+        return asyncio.run(go())
+    finally:
+        nats_server.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
