@@ -13,6 +13,7 @@ the test skips with the daemon's own error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,16 +56,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+@contextlib.contextmanager
+def running_engine(root: Path, ca_pem: str, cert_pem: str, key_pem: str) -> Iterator[tuple[int, Path]]:
+    """``dockerd --tlsverify`` on 127.0.0.1 with this CA, server certificate and key, its state under ``root``:
+    yields (port, log) once it answers ``/_ping`` to a client of the CA; skips the test with the daemon's own error
+    where it cannot start."""
     assert DOCKERD is not None
-    root = tmp_path_factory.mktemp("dockerd")
-    tls = new_ca("swarm-cluster")
-    cert, key = tls.server("swarm-master-0", ["127.0.0.1", "localhost"])
-    (root / "ca.pem").write_text(tls.ca_pem)
-    (root / "server-cert.pem").write_text(cert)
-    (root / "server-key.pem").write_text(key)
-    (root / "server-key.pem").chmod(0o600)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ca.pem").write_text(ca_pem)
+    (root / "server-cert.pem").write_text(cert_pem)
+    (root / "server-key.pem").touch(mode=0o600)
+    (root / "server-key.pem").write_text(key_pem)
     port = free_port()
     log = root / "dockerd.log"
     env = {**os.environ, "PATH": f"{Path(DOCKERD).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -76,23 +78,33 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     try:
-        client = tls.client_dir(root / "client")
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 pytest.skip(f"dockerd cannot start here (exit {proc.returncode}): {why(log)}")
-            try:
-                requests.get(f"https://127.0.0.1:{port}/_ping", timeout=2, verify=str(client / "ca.pem"),
-                             cert=(str(client / "cert.pem"), str(client / "key.pem")))
-                break
-            except requests.exceptions.ConnectionError:
+            try:  # any answer, even the refusal of a client without a certificate, means it listens
+                with socket.create_connection(("127.0.0.1", port), timeout=2):
+                    break
+            except OSError:
                 pass
             if time.monotonic() > deadline:
                 pytest.skip(f"dockerd did not answer within {START_TIMEOUT:.0f}s: {why(log)}")
             time.sleep(0.1)
-        yield Engine("127.0.0.1", port, tls, log)
+        yield port, log
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    root = tmp_path_factory.mktemp("dockerd")
+    tls = new_ca("swarm-cluster")
+    cert, key = tls.server("swarm-master-0", ["127.0.0.1", "localhost"])
+    with running_engine(root, tls.ca_pem, cert, key) as (port, log):
+        client = tls.client_dir(root / "client")
+        requests.get(f"https://127.0.0.1:{port}/_ping", timeout=10, verify=str(client / "ca.pem"),
+                     cert=(str(client / "cert.pem"), str(client / "key.pem"))).raise_for_status()
+        yield Engine("127.0.0.1", port, tls, log)
 
 
 def why(log: Path) -> str:

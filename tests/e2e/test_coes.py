@@ -10,13 +10,15 @@ shows); delete leaves nothing of the cluster in the ledger.
 Swarm: `openstack coe cluster config --output-certs` gives the docker environment (DOCKER_HOST = api_address,
 DOCKER_CERT_PATH, DOCKER_TLS_VERIFY) and ca.pem, cert.pem, key.pem, with which the real `docker` client reaches
 the cluster's engine (the devcloud's stand-in, serving the certificate the certs service issued to the first
-manager) over mutual TLS. Mesos: `cluster config` prints what python-magnumclient prints for Mesos (nothing useful:
+manager) over mutual TLS; and a real dockerd serving that same certificate, key and CA (read from the first
+manager's user data) answers `docker version` to those files, and refuses a client of another cluster's CA. Mesos: `cluster config` prints what python-magnumclient prints for Mesos (nothing useful:
 it has no Mesos support), and Marathon answers at api_address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -28,11 +30,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import yaml
 
 from deploy.local.stack import LocalStack
 from services.provisioner import model
 from services.provisioner.drivers import driver_for
 from tests.conftest import wait_for
+from tests.devcloud.test_coe_endpoints import new_ca
+from tests.devcloud.test_docker_engine import DOCKERD, running_engine
 from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, private_nats, sdk, stack, token
 from tests.e2e.test_production_cluster import gone, live, loopback
 
@@ -170,8 +175,38 @@ async def test_a_swarm_mode_cluster_through_the_cli(stack: LocalStack, tmp_path:
         nodes = await asyncio.to_thread(docker, tmp_path, env, "node", "ls", "--format", "{{.Hostname}}")
         assert nodes.returncode == 0 and len(nodes.stdout.split()) == 5, (nodes.stdout, nodes.stderr)
 
+    # a real Docker engine with the certificate and CA Cove issued to the first manager (from its user data)
+    await real_engine_takes_the_cluster_config(st, cid, tmp_path, env)
+
     # a resize down drains the worker and takes it out of the swarm before its server goes
     await resize_and_delete_swarm(st, tname, cname, cid, before, project_id)
+
+
+async def real_engine_takes_the_cluster_config(st: LocalStack, cid: str, certs: Path, env: dict[str, str]) -> None:
+    """dockerd (Debian's, `make venv` fetches it) serving the first manager's own certificate, key and CA, as its
+    user data hands them to it: the files and environment `cluster config` gave make `docker version` succeed over
+    TLS on 127.0.0.1 (its certificate names it); a client certificate of another cluster's CA is refused."""
+    if DOCKERD is None or shutil.which("docker") is None:
+        pytest.skip("the docker CLI or dockerd is missing (make venv fetches Debian's docker.io into .venv/tools)")
+    admin = await asyncio.to_thread(sdk, st, "cove-admin")
+    servers = await asyncio.to_thread(lambda: [
+        s for s in admin.compute.servers(details=True, all_projects=True)
+        if s.metadata.get("cove_cluster_id") == cid and s.name.endswith("-master-0")])
+    assert len(servers) == 1, servers
+    raw = await asyncio.to_thread(lambda: admin.compute.get(
+        f"/servers/{servers[0].id}", microversion="2.3").json()["server"]["OS-EXT-SRV-ATTR:user_data"])
+    doc = yaml.safe_load(base64.b64decode(raw).decode())
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    tls = "/etc/docker/tls"
+    with running_engine(certs.parent / "dockerd", files[f"{tls}/ca.pem"], files[f"{tls}/server-cert.pem"],
+                        files[f"{tls}/server-key.pem"]) as (port, _log):
+        local = {**env, "DOCKER_HOST": f"tcp://127.0.0.1:{port}"}
+        proc = await asyncio.to_thread(docker, certs, local, "version", "--format", "{{.Server.Version}}")
+        assert proc.returncode == 0 and proc.stdout.strip(), (proc.stdout, proc.stderr)
+        other = new_ca("another-cluster").client_dir(certs.parent / "other")
+        (other / "ca.pem").write_text(files[f"{tls}/ca.pem"])  # trusts the engine; its own certificate is foreign
+        refused = await asyncio.to_thread(docker, other, {**local, "DOCKER_CERT_PATH": str(other)}, "version")
+        assert refused.returncode != 0 and "Server:" not in refused.stdout, refused.stdout
 
 
 async def resize_and_delete_swarm(st: LocalStack, tname: str, cname: str, cid: str, before: set[tuple[str, str]],
