@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import structlog
 from cliff.app import App
@@ -337,7 +337,7 @@ COMMANDS: dict[str, type[Command]] = {
 class CoveApp(App):
     NAME = "cove"
 
-    def __init__(self) -> None:
+    def __init__(self, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
         manager = CommandManager("cove.cli", convert_underscores=True)
         for name, cls in COMMANDS.items():
             manager.add_command(name, cls)
@@ -347,6 +347,8 @@ class CoveApp(App):
             version=_version(),
             command_manager=manager,
             deferred_help=True,
+            stdout=stdout,
+            stderr=stderr,
         )
 
     def build_option_parser(self, description: str | None, version: str | None,
@@ -376,9 +378,9 @@ def _version() -> str:
         return "0"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    app = CoveApp()
+    app = CoveApp(stdout, stderr)
     if not args:
         app.parser.print_help(sys.stderr)
         return 2

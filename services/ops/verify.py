@@ -84,7 +84,10 @@ async def _rows(
     out: dict[str, dict[str, Any]] = {}
     for rec in records:
         row = json.loads(rec["row"])
-        ident = json.dumps([row.get(k) for k in key] if key else row, sort_keys=True, default=str)
+        if key:
+            ident = ", ".join(f"{k}={_show(row.get(k))}" for k in key)
+        else:
+            ident = json.dumps(row, sort_keys=True, default=str)
         out[ident] = row
     return out
 
