@@ -195,6 +195,9 @@ class NodeGroupCreateRequested(_Event, frozen=True, tag=True):
     """The nodegroup as it will be built (flavor, image and volume with the cluster's values filled in by the API);
     None in events written before it existed: then ``nodegroup``'s own values, and the cluster's where they are
     None."""
+    decided: bool = False
+    """As ``ClusterUpdateRequested.decided``: the scheduler decides it first (quota); the provisioner and the API's
+    read model act on its ``NodeGroupCreateAdmitted``, and nothing changes on ``ClusterUpdateRejected``."""
 
 
 class NodeGroupUpdateRequested(_Event, frozen=True, tag=True):
@@ -278,8 +281,16 @@ class ClusterUpdateAdmitted(_Event, frozen=True, tag=True):
     rollback: bool = False
 
 
+class NodeGroupCreateAdmitted(_Event, frozen=True, tag=True):
+    """The scheduler reserved a ``decided`` nodegroup create's nodes: the request's values, to act on."""
+
+    nodegroup: NodeGroup
+    spec: NodeGroupSpec | None = None
+
+
 class ClusterUpdateRejected(_Event, frozen=True, tag=True):
-    """A ``decided`` resize over quota: nothing changes (the API answers 403 with ``reason``)."""
+    """A ``decided`` resize (or nodegroup create: ``nodegroup`` names it) over quota: nothing changes (the API
+    answers 403 with ``reason``)."""
 
     uuid: str
     project_id: str
@@ -609,6 +620,7 @@ Event = (
     | ClusterQueuePositions
     | ClusterUpdateAdmitted
     | ClusterUpdateRejected
+    | NodeGroupCreateAdmitted
     | ClusterCACreated
     | ClusterCADeleted
     | ClusterCAReplaced

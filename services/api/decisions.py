@@ -33,6 +33,7 @@ VERDICTS = {
     "ClusterRejected": "rejected",
     "ClusterUpdateAdmitted": "admitted",
     "ClusterUpdateRejected": "rejected",
+    "NodeGroupCreateAdmitted": "admitted",
 }
 """Event type of a decision -> the verdict a create (or a decided resize) answers with. ``queued`` is accepted: the
 quota is reserved and the cluster waits for a build slot (docs/adr/0008), so the create answers 202."""

@@ -264,7 +264,12 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     apply = HANDLERS.get(type(env.payload))
     if apply is not None:
         await apply(env.payload, env, tx)
-    if not (isinstance(env.payload, ev.ClusterUpdateRequested) and env.payload.decided):
+    if isinstance(env.payload, ev.NodeGroupCreateAdmitted):
+        # a decided nodegroup create, admitted: applied now as the request it admits
+        request = ev.NodeGroupCreateRequested(nodegroup=env.payload.nodegroup, spec=env.payload.spec)
+        await ngprojection.apply(msgspec.structs.replace(env, payload=request, type="NodeGroupCreateRequested"), tx)
+    elif not (isinstance(env.payload, ev.ClusterUpdateRequested | ev.NodeGroupCreateRequested)
+              and env.payload.decided):
         await ngprojection.apply(env, tx)
     return None
 

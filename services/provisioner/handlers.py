@@ -42,6 +42,7 @@ from proto.events import (
     NodeCreated,
     NodeDeleted,
     NodeFailed,
+    NodeGroupCreateAdmitted,
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
     VolumeCreated,
@@ -86,6 +87,8 @@ async def on_update_admitted(env: Envelope, p: ClusterUpdateAdmitted, tx: asyncp
 async def on_nodegroup_create_requested(
     env: Envelope, p: NodeGroupCreateRequested, tx: asyncpg.Connection
 ) -> None:
+    if p.decided:
+        return  # acted on at the scheduler's NodeGroupCreateAdmitted (quota, docs/adr/0008)
     ng = p.nodegroup
     built = p.spec  # resolved by the API; None in older events, whose nodegroup carries the values it had
     await store.upsert_group(
@@ -95,6 +98,10 @@ async def on_nodegroup_create_requested(
         docker_volume_size=built.docker_volume_size if built else ng.docker_volume_size,
     )
     await store.bump_update(tx, ng.cluster_id)
+
+
+async def on_nodegroup_create_admitted(env: Envelope, p: NodeGroupCreateAdmitted, tx: asyncpg.Connection) -> None:
+    await on_nodegroup_create_requested(env, NodeGroupCreateRequested(nodegroup=p.nodegroup, spec=p.spec), tx)
 
 
 async def on_nodegroup_delete_requested(
@@ -262,6 +269,7 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]
     ClusterUpdateAdmitted: on_update_admitted,  # type: ignore[dict-item]
     NodeGroupCreateRequested: on_nodegroup_create_requested,  # type: ignore[dict-item]
+    NodeGroupCreateAdmitted: on_nodegroup_create_admitted,  # type: ignore[dict-item]
     NodeGroupDeleteRequested: on_nodegroup_delete_requested,  # type: ignore[dict-item]
     ClusterUpgradeRequested: on_upgrade_requested,  # type: ignore[dict-item]
     ClusterUpdateStarted: on_update_started,  # type: ignore[dict-item]

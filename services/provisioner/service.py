@@ -51,7 +51,7 @@ FILTER_SUBJECTS = [
     subjects.producer_events("provisioner", "cluster"),
     subjects.producer_events("scheduler", "cluster"),
 ]
-"""The scheduler's: ``ClusterUpdateAdmitted`` (a resize decided on quota first, docs/adr/0008)."""
+"""The scheduler's: ``ClusterUpdateAdmitted`` / ``NodeGroupCreateAdmitted`` (decided on quota first, docs/adr/0008)."""
 
 
 def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
@@ -86,7 +86,7 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         if env is not None:
             if workers.reconciler is not None:
                 workers.reconciler.on_applied(env)
-                if env.type == "ClusterUpdateAdmitted" and env.cluster_id is not None:
+                if env.type in ("ClusterUpdateAdmitted", "NodeGroupCreateAdmitted") and env.cluster_id is not None:
                     workers.reconciler.kick(env.cluster_id)
             if workers.reaper is not None:
                 workers.reaper.on_applied(env)

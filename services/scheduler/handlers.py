@@ -25,6 +25,7 @@ from proto.events import (
     ClusterUpdateCompleted,
     ClusterUpdateRejected,
     ClusterUpdateRequested,
+    NodeGroupCreateAdmitted,
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
     QuotaCreated,
@@ -101,8 +102,8 @@ class Handlers:
         if isinstance(p, ClusterUpdateRequested):
             return await self._resize(env, p, tx)
         if isinstance(p, NodeGroupCreateRequested):
-            await self._nodegroup_created(p, tx)
-        elif isinstance(p, NodeGroupDeleteRequested):
+            return await self._nodegroup_created(p, tx)
+        if isinstance(p, NodeGroupDeleteRequested):
             await self._nodegroup_deleted(p, tx)
         elif isinstance(p, ClusterUpdateCompleted):
             await store.settle_groups(tx, p.uuid, dict(p.nodegroup_counts))
@@ -404,8 +405,9 @@ class Handlers:
             await store.put_group(tx, cluster_id, GroupSize(name, count, 0, 0, 0), count, count)
         return await store.groups_of(tx, cluster_id)
 
-    async def _nodegroup_created(self, p: NodeGroupCreateRequested, tx: asyncpg.Connection) -> None:
-        """A new nodegroup reserves its nodes (sized from its spec, else like the cluster's default worker)."""
+    async def _nodegroup_created(self, p: NodeGroupCreateRequested, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        """A new nodegroup reserves its nodes (sized from its spec, else like the cluster's default worker); a
+        ``decided`` one over quota is refused (``ClusterUpdateRejected`` naming it) and reserves nothing."""
         ng, built = p.nodegroup, p.spec
         await store.lock_projects(tx, [ng.project_id])
         groups = await self._groups(tx, ng.cluster_id)
@@ -414,8 +416,21 @@ class Handlers:
         ram = (built.ram_mb if built and built.ram_mb is not None else (like.ram_mb if like else 0))
         volume = (built.docker_volume_size if built else ng.docker_volume_size) or 0
         size = GroupSize(ng.name, ng.node_count, vcpus or 0, ram or 0, volume)
+        subject = subjects.cluster_events(PRODUCER, ng.cluster_id)
+        if p.decided and ng.name not in groups:
+            used, overrides = await store.usage_of(tx, ng.project_id)
+            verdict = admission.decide_all(used, size.demand(), {**self.limits, **overrides,
+                                                                 admission.CLUSTER: admission.UNLIMITED})
+            if not verdict.admitted:
+                assert verdict.reason is not None and verdict.resource is not None
+                log.info("nodegroup_create_rejected", cluster_id=ng.cluster_id, nodegroup=ng.name,
+                         resource=verdict.resource, reason=verdict.reason)
+                return [Outgoing(subject, ClusterUpdateRejected(
+                    uuid=ng.cluster_id, project_id=ng.project_id, reason=verdict.reason, resource=verdict.resource,
+                    nodegroup=ng.name))]
         await store.put_group(tx, ng.cluster_id, size, ng.node_count, ng.node_count)
         await store.sum_groups(tx, ng.cluster_id)
+        return [Outgoing(subject, NodeGroupCreateAdmitted(nodegroup=ng, spec=built))] if p.decided else ()
 
     async def _nodegroup_deleted(self, p: NodeGroupDeleteRequested, tx: asyncpg.Connection) -> None:
         """Its nodes are freed when the update completes (``settle_groups``)."""

@@ -193,6 +193,16 @@ async def test_resize_over_the_node_quota_is_refused(qstack: tuple[Stack, str], 
     status, shown = await demo.call("GET", f"/clusters/{cid}")
     assert shown["status"] == "UPDATE_IN_PROGRESS" and shown["node_count"] == 2
     assert (await usage(db_url, demo_id))[1] == 3
+    # a new nodegroup is decided on the quota too
+    status, err = await demo.call("POST", f"/clusters/{cid}/nodegroups", {"name": "extra", "node_count": 1})
+    assert status == 403, err
+    assert err["errors"][0]["detail"] == "Quota exceeded for Node: requested 1, 0 of 3 left."
+    status, groups = await demo.call("GET", f"/clusters/{cid}/nodegroups")
+    assert status == 200 and sorted(g["name"] for g in groups["nodegroups"]) == ["default-master", "default-worker"]
+    await set_quota(admin, demo_id, "Node", 4)
+    status, body = await demo.call("POST", f"/clusters/{cid}/nodegroups", {"name": "extra", "node_count": 1})
+    assert status == 202 and body["name"] == "extra", body
+    assert (await usage(db_url, demo_id))[1] == 4
     await remove_all(stack, demo, demo_id)
     assert (await admin.call("DELETE", f"/quotas/{demo_id}/Node"))[0] == 204
 

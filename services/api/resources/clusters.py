@@ -28,6 +28,7 @@ from proto.events import (
     ClusterUpdateRejected,
     ClusterUpdateRequested,
     ClusterWithdrawn,
+    NodeGroupCreateRequested,
 )
 from proto.labels import ADDONS_LABEL
 from proto.quotas import CLUSTER, RESOURCES
@@ -344,12 +345,19 @@ async def node_quotas_apply(pool: asyncpg.Pool, project_id: str) -> bool:
 
 
 async def _decided_resize(request: web.Request, writer: Writer, subject: str, event: ClusterUpdateRequested) -> int:
-    """Publish a resize the scheduler decides first (quota) and wait (bounded) for its decision: 403 with the
-    scheduler's words when refused (nothing changed), else the sequence the read model shows the resize from (the
-    admission's; the request's own when the decision was not heard in time: it is accepted and will be decided)."""
-    watch = writer.watch_admission(event.uuid)
+    return await decided_publish(request, writer, subject, event, event.uuid, event.project_id)
+
+
+async def decided_publish(request: web.Request, writer: Writer, subject: str,
+                          event: ClusterUpdateRequested | NodeGroupCreateRequested, cluster_uuid: str,
+                          project_id: str) -> int:
+    """Publish a change the scheduler decides first (quota: a resize, a nodegroup create) and wait (bounded) for
+    its decision: 403 with the scheduler's words when refused (nothing changed), else the sequence the read model
+    shows the change from (the admission's; the request's own when the decision was not heard in time: it is
+    accepted and will be decided)."""
+    watch = writer.watch_admission(cluster_uuid)
     try:
-        seq = await writer.publish(subject, event, project_id=event.project_id, cluster_id=event.uuid)
+        seq = await writer.publish(subject, event, project_id=project_id, cluster_id=cluster_uuid)
 
         async def undecided() -> str | None:
             return None
@@ -359,7 +367,7 @@ async def _decided_resize(request: web.Request, writer: Writer, subject: str, ev
         watch.close()
     if decision is not None and decision.verdict == "rejected":
         reason = await _resize_refusal(writer, decision.seq)
-        log.info("cluster_resize_refused", cluster_id=event.uuid, reason=reason)
+        log.info("cluster_change_refused", cluster_id=cluster_uuid, type=type(event).__name__, reason=reason)
         raise ApiError(403, reason)
     return max(seq, decision.seq if decision is not None else 0)
 

@@ -29,6 +29,7 @@ from services.api.errors import ApiError, bad_request, conflict
 from services.api.keys import POOL, USER_CLOUD, WRITER
 from services.api.microversion import Microversion, unsupported
 from services.api.middleware import base_url, context, version
+from services.api.resources.clusters import decided_publish, node_quotas_apply
 from services.api.resources.clusters import lookup as lookup_cluster
 from services.api.resources.common import iso, json_body, require_read, require_write
 from services.api.validation import (
@@ -219,8 +220,10 @@ async def create_nodegroup(request: web.Request) -> web.Response:
         raise conflict(f"A node group with name {name} already exists in the cluster {cluster['uuid']}.")
     spec = json.loads(cluster["spec"])
     flavor = as_str(body, "flavor_id") or spec.get("flavor_id")
+    size: tuple[int, int] | None = None  # vCPUs and RAM for the scheduler's quotas (else the default worker's)
     if as_str(body, "flavor_id"):
-        await request.app[USER_CLOUD].find_flavor(ctx, body["flavor_id"])
+        found = await request.app[USER_CLOUD].find_flavor(ctx, body["flavor_id"])
+        size = (int(found.get("vcpus") or 0), int(found.get("ram") or 0))
     image = as_str(body, "image_id")
     if image is None:
         default_worker = await ngstore.find(pool, cluster["uuid"], ngstore.DEFAULT_WORKER)
@@ -239,11 +242,18 @@ async def create_nodegroup(request: web.Request) -> web.Response:
     )
     # Resolved here, once: the group's own values, else the cluster's (its flavor, its default worker's image).
     built = NodeGroupSpec(name=name, role=role, node_count=node_count, flavor_id=flavor or DEFAULT_FLAVOR,
-                          image_id=image or "", docker_volume_size=ng.docker_volume_size, labels=labels)
-    seq = await request.app[WRITER].publish(
-        subjects.cluster_events("api", cluster["uuid"]), NodeGroupCreateRequested(nodegroup=ng, spec=built),
-        project_id=cluster["project_id"], cluster_id=cluster["uuid"],
-    )
+                          image_id=image or "", docker_volume_size=ng.docker_volume_size, labels=labels,
+                          vcpus=size[0] if size else None, ram_mb=size[1] if size else None)
+    subject = subjects.cluster_events("api", cluster["uuid"])
+    # Decided on quota first when a node, vCPU, RAM or volume quota limits the project (docs/adr/0008).
+    requested = NodeGroupCreateRequested(nodegroup=ng, spec=built,
+                                         decided=await node_quotas_apply(pool, cluster["project_id"]))
+    if requested.decided:
+        seq = await decided_publish(request, request.app[WRITER], subject, requested, cluster["uuid"],
+                                    cluster["project_id"])
+    else:
+        seq = await request.app[WRITER].publish(subject, requested, project_id=cluster["project_id"],
+                                                cluster_id=cluster["uuid"])
     await request.app[WRITER].wait_applied(seq)
     log.info("nodegroup_create_accepted", cluster_id=cluster["uuid"], nodegroup=name, node_count=node_count)
     row = await ngstore.find(pool, cluster["uuid"], ng.uuid)
