@@ -65,11 +65,12 @@ export async function clusterPage(main: HTMLElement, ident: string): Promise<() 
   let cluster: any = null;
   let coe = "kubernetes";
   let gone = false;
+  let open = true; // false once the page is left: a re-read already scheduled does nothing
   const templates = await api("GET", "/v1/clustertemplates");
   const templateList = templates.clustertemplates as any[];
 
   const refresh = async () => {
-    if (gone) return;
+    if (gone || !open) return;
     try {
       cluster = await api("GET", `/v1/clusters/${ident}`);
     } catch (err) {
@@ -152,7 +153,8 @@ export async function clusterPage(main: HTMLElement, ident: string): Promise<() 
       try {
         await api("DELETE", `/v1/clusters/${ident}`);
         announce(`Cluster ${cluster?.name} is being deleted`);
-        await refresh();
+        open = false;
+        location.hash = "#/clusters"; // the list shows it deleting, then gone
       } catch (err) {
         delError.replaceChildren(errorBox(err));
       }
@@ -190,5 +192,9 @@ export async function clusterPage(main: HTMLElement, ident: string): Promise<() 
   fill(main, h("p", {}, h("a", { href: "#/clusters" }, "← All clusters")), heading,
     section("Details", facts, actions, configStatus), section("Node groups", groups), write ? section("Change", forms) : null);
   await refresh();
-  return live.listen(debounce(() => void refresh(), 300));
+  const stop = live.listen(debounce(() => void refresh(), 300));
+  return () => {
+    open = false;
+    stop();
+  };
 }

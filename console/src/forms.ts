@@ -64,7 +64,7 @@ export class Form {
     input.setAttribute("aria-describedby", [hint ? `${id}-hint` : "", errId].filter(Boolean).join(" "));
     this.inputs.set(spec.name, input);
     this.errors.set(spec.name, err);
-    const label = h("label", { for: id }, spec.label, spec.required ? h("span", { "aria-hidden": "true" }, " *") : null);
+    const label = h("label", { for: id, class: spec.required ? "required" : null }, spec.label);
     return h("div", { class: spec.type === "checkbox" ? "field check" : "field" }, label, input, hint, err);
   }
 

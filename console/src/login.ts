@@ -22,7 +22,7 @@ export function loginPage(main: HTMLElement, message: string | null, done: () =>
     }
     done();
   };
-  const password = new Form("Password", [
+  const password = new Form("With a password", [
     { name: "username", label: "User name", required: true, mentions: ["user"] },
     { name: "password", label: "Password", type: "password", required: true },
     { name: "project", label: "Project", required: true, mentions: ["project", "scope"] },
@@ -34,7 +34,7 @@ export function loginPage(main: HTMLElement, message: string | null, done: () =>
       scope: { project: { name: v.project, domain } },
     } }));
   });
-  const token = new Form("Token", [
+  const token = new Form("With a token", [
     { name: "token", label: "Keystone token", type: "password", required: true },
     { name: "project", label: "Project", required: true, mentions: ["project", "scope"] },
     { name: "domain", label: "Domain", value: "Default" },
