@@ -217,7 +217,9 @@ class Reconciler:
                 log.warning("emit_conflict", event_type=env.type, key=key, expected=row.last_seq)
                 raise Recheck() from exc
             log.info("event_emitted", event_type=env.type, key=key, seq=ack.seq, duplicate=ack.duplicate)
-            row.last_seq = ack.seq
+            # a duplicate (an event a restarted task reports again) acks the original's older sequence: the subject's
+            # last stays what we expected, so never step back to it (the next publish would conflict)
+            row.last_seq = max(row.last_seq, ack.seq)
         await self.tracker.wait(row.last_seq, self.settings.catch_up_timeout)
 
     async def attempt(
