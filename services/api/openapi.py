@@ -180,7 +180,10 @@ SCHEMAS: dict[str, Any] = {
     "QuotaList": _collection("quotas", "Quota"),
     "QuotaCreate": _obj(_QUOTA_INPUT, ["project_id"]),
     "QuotaUpdate": _obj(_QUOTA_INPUT, ["hard_limit"]),
-    "Stats": _obj({"clusters": _INT, "nodes": _INT}, ["clusters", "nodes"]),
+    "Stats": _obj({"clusters": _INT, "nodes": _INT, "coes": {
+        "type": "object", "description": "Cove: the same counts per COE",
+        "additionalProperties": _obj({"clusters": _INT, "nodes": _INT}, ["clusters", "nodes"])}},
+        ["clusters", "nodes"]),
     "Usage": _obj({
         "project_id": _NSTR, "start": _NSTR, "end": _STR,
         "group_by": {"type": "string", "enum": ["project", "cluster", "resource"]},

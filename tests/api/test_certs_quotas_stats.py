@@ -291,18 +291,22 @@ async def test_quota_values_beyond_sql_integers_are_refused(stack: Stack, admin:
 
 async def test_stats(stack: Stack, demo: Client, admin: Client, template: dict[str, Any]) -> None:
     status, before = await demo.call("GET", "/stats")
-    assert status == 200 and set(before) == {"clusters", "nodes"}
+    assert status == 200 and set(before) == {"clusters", "nodes", "coes"}
     status, body = await create_cluster(demo, template, node_count=3)
     assert status == 202, body
     status, after = await demo.call("GET", "/stats")
-    assert after == {"clusters": before["clusters"] + 1, "nodes": before["nodes"] + 4}, after  # 1 master + 3
+    assert (after["clusters"], after["nodes"]) == (before["clusters"] + 1, before["nodes"] + 4), after  # 1 + 3
+    coe = template["coe"]
+    was = before["coes"].get(coe, {"clusters": 0, "nodes": 0})
+    assert after["coes"][coe] == {"clusters": was["clusters"] + 1, "nodes": was["nodes"] + 4}, after
+    assert sum(c["clusters"] for c in after["coes"].values()) == after["clusters"]
     alt_id = await project_id(stack, admin, "alt")
     assert (await demo.call("GET", f"/stats?project_id={alt_id}"))[0] == 403
     assert (await demo.call("GET", "/stats?type=node"))[0] == 400
     status, overall = await admin.call("GET", "/stats")
     assert status == 200 and overall["clusters"] >= after["clusters"]
     status, alt_stats = await admin.call("GET", f"/stats?project_id={alt_id}")
-    assert status == 200 and alt_stats == {"clusters": 0, "nodes": 0}
+    assert status == 200 and alt_stats == {"clusters": 0, "nodes": 0, "coes": {}}
 
 
 async def test_mservices(stack: Stack, demo: Client, admin: Client) -> None:

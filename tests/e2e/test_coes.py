@@ -113,6 +113,8 @@ async def check_cloud_resources(st: LocalStack, coe: str, network_driver: str, c
     assert cluster["api_address"] == driver.api_address(fips[lbs[0].vip_port_id], api_port), cluster
     shown = json.loads(osc(st, "coe", "cluster", "show", cname, "-f", "json", cloud=CLOUD))
     loopback(st, CLOUD, shown)
+    stats = osc(st, "coe", "stats", "list", await project_of(st), cloud=CLOUD)  # Cove's counts per COE
+    assert f"'{coe}': {{'clusters': 1, 'nodes': 5}}" in stats, stats
 
 
 async def resize_and_delete(st: LocalStack, tname: str, cname: str, cid: str, before: set[tuple[str, str]],

@@ -1,7 +1,9 @@
 """``GET /v1/stats``: Magnum's cluster and node counts, per project or (admin) overall (§1.8 of the reference).
 
 ``nodes`` is the sum of every cluster's master_count + node_count (Magnum sums all nodegroups' node_count,
-masters included). Policy ``stats:get_all``: admin, or a reader of the project asked about.
+masters included). Cove adds ``coes``: the same two counts per COE (``{"kubernetes": {"clusters": 2, "nodes": 7},
+...}``), which `openstack coe stats list` prints with the rest. Policy ``stats:get_all``: admin, or a reader of the
+project asked about.
 """
 
 from __future__ import annotations
@@ -19,20 +21,22 @@ from services.api.middleware import context
 routes = web.RouteTableDef()
 
 _COUNT = (
-    "SELECT count(*) AS clusters,"
+    "SELECT COALESCE(spec->>'coe', '') AS coe, count(*) AS clusters,"
     " COALESCE(sum(COALESCE((spec->>'master_count')::int, 0) + COALESCE((spec->>'node_count')::int, 0)), 0)"
     " AS nodes FROM clusters"
 )
 
 
-async def count(pool: asyncpg.Pool, project_id: str | None) -> dict[str, int]:
-    """``{"clusters", "nodes"}`` of one project, or of every project when ``project_id`` is None."""
+async def count(pool: asyncpg.Pool, project_id: str | None) -> dict[str, Any]:
+    """``{"clusters", "nodes", "coes": {coe: {"clusters", "nodes"}}}`` of one project, or of every project when
+    ``project_id`` is None."""
     if project_id is None:
-        row = await pool.fetchrow(_COUNT)
+        rows = await pool.fetch(_COUNT + " GROUP BY 1 ORDER BY 1")
     else:
-        row = await pool.fetchrow(_COUNT + " WHERE project_id = $1", project_id)
-    assert row is not None
-    return {"clusters": int(row["clusters"]), "nodes": int(row["nodes"])}
+        rows = await pool.fetch(_COUNT + " WHERE project_id = $1 GROUP BY 1 ORDER BY 1", project_id)
+    coes = {str(r["coe"]): {"clusters": int(r["clusters"]), "nodes": int(r["nodes"])} for r in rows}
+    return {"clusters": sum(c["clusters"] for c in coes.values()), "nodes": sum(c["nodes"] for c in coes.values()),
+            "coes": coes}
 
 
 @routes.get("/v1/stats")
