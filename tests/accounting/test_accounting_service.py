@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -193,3 +194,34 @@ async def test_dropped_schema_rebuilt_by_replay_gives_identical_totals(
             assert await usage(h, p, group_by=g, **window) == report
     finally:
         await stop_harness(h)
+
+
+async def test_migration_0002_empties_the_checkpoint_so_the_store_is_replayed(database_url: str, tmp_path: Path) -> None:
+    """A store made by 0001 (node intervals from ACTIVE) that already applied events: 0002 replaces its table and
+    empties its checkpoint and inbox, so the runtime replays the stream into the new intervals."""
+    import shutil
+
+    from services.accounting.service import MIGRATIONS
+    from services.runtime.projection import TRACKING_DDL
+
+    schema = f"acct_mig_{uuid.uuid4().hex[:6]}"
+    old = tmp_path / "migrations"
+    old.mkdir()
+    shutil.copy(MIGRATIONS / "0001_init.sql", old / "0001_init.sql")
+    pool = await db.create_pool(database_url, schema)
+    try:
+        assert await db.migrate(pool, schema, old) == ["0001_init.sql"]
+        async with pool.acquire() as conn:
+            await conn.execute(TRACKING_DDL.format(schema=schema))
+            await conn.execute(f"INSERT INTO {schema}.checkpoint VALUES ('accounting', 42)")
+            await conn.execute(f"INSERT INTO {schema}.inbox (consumer, event_id, stream_seq) VALUES ('accounting', 'e', 42)")
+        assert await db.migrate(pool, schema, MIGRATIONS) == ["0002_resource_intervals.sql"]
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.checkpoint") == 0
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.inbox") == 0
+            assert await conn.fetchval(f"SELECT to_regclass('{schema}.nodes')") is None
+            assert await conn.fetchval(f"SELECT to_regclass('{schema}.resources')") is not None
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
