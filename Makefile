@@ -10,7 +10,7 @@ SDK_4_14 := $(VENV)/openstacksdk-4.14
 # extra pytest arguments, e.g. make test PYTEST_ARGS="tests/infra -x"
 PYTEST_ARGS ?=
 
-.PHONY: run test bench chaos lint venv clean
+.PHONY: run test bench chaos lint venv clean console
 
 venv: $(STAMP)
 
@@ -61,6 +61,31 @@ $(DOCKER_STAMP): | $(TOOLS_STAMP)
 	rm -rf $(DOCKER_TOOLS)/root $(DOCKER_TOOLS)/debs $(DOCKER_TOOLS)/apt
 	$(DOCKER_TOOLS)/bin/dockerd --version >/dev/null
 	touch $@
+
+# The web console (issue 18, docs/console.md). console/dist is committed, so `make run` serves it without Node;
+# `make console` rebuilds it after a change to console/src (tests/console/test_build.py fails while it is stale).
+# make venv installs the console's npm packages (Vite, TypeScript, and playwright-core for tests/console) with
+# `npm ci` where npm exists, and Debian's chromium for the browser tests where it can (apt-get, as root: about
+# 110 packages, 1 min here); where either cannot be, tests/console skips and says why.
+CONSOLE_STAMP  := console/node_modules/.installed-stamp
+CHROMIUM_STAMP := $(VENV)/.chromium-stamp
+venv: $(CONSOLE_STAMP) $(CHROMIUM_STAMP)
+
+$(CONSOLE_STAMP): console/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd console && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed-stamp; \
+	else echo "npm not found: tests/console will skip (make run serves the committed console/dist)"; fi
+
+$(CHROMIUM_STAMP): | $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+	  || echo "Debian's chromium could not be installed: tests/console will skip"; \
+	fi
+	@if [ -x /usr/bin/chromium ]; then touch $@; else echo "no /usr/bin/chromium (install Debian's chromium as root): tests/console will skip"; fi
+
+console:
+	cd console && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 # NATS, PostgreSQL (embedded unless COVE_DATABASE_URL), the devcloud and every service; Ctrl-C stops all.
 run: venv

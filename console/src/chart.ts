@@ -9,7 +9,7 @@ export interface Series {
 }
 
 export function lineChart(title: string, labels: string[], series: Series[], unit: string): HTMLElement {
-  const W = 640, H = 220, L = 56, R = 12, T = 12, B = 36;
+  const W = 640, H = 220, L = 56, R = 36, T = 12, B = 36;
   const max = Math.max(1e-9, ...series.flatMap((x) => x.values));
   const x = (i: number) => L + (labels.length <= 1 ? 0 : (i * (W - L - R)) / (labels.length - 1));
   const y = (v: number) => T + (H - T - B) * (1 - v / max);
@@ -22,7 +22,8 @@ export function lineChart(title: string, labels: string[], series: Series[], uni
   }
   const step = Math.max(1, Math.ceil(labels.length / 6));
   labels.forEach((label, i) => {
-    if (i % step === 0 || i === labels.length - 1) {
+    const last = labels.length - 1;
+    if ((i % step === 0 && last - i >= step) || i === last) {
       svg.append(s("text", { x: x(i), y: H - B + 18, "text-anchor": "middle", class: "tick" }, label));
     }
   });
