@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -75,7 +75,10 @@ def since_to_config(since: str | None) -> ConsumerConfig:
         raise OpsError(f"--since {since!r}: neither a stream sequence nor an ISO 8601 time") from exc
     if at.tzinfo is None:
         raise OpsError(f"--since {since!r}: give the time zone (e.g. {since}Z or {since}+00:00)")
-    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=at.isoformat())
+    if at > datetime.now(UTC):
+        # Nothing stored is after it (and the server's clock counts nanoseconds in 64 bits: year 2262 wraps).
+        return ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+    return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=at)
 
 
 @dataclass(frozen=True)

@@ -55,3 +55,16 @@ async def test_events_tail_filters_by_type_project_and_cluster(ops: Ops) -> None
     code, out, _ = await ops.cove("events", "tail", "--since", "1", "--cluster", str(cluster), "--limit", "3",
                                   "-f", "value", "-c", "type")
     assert code == 0 and out.split() == [e.type for _, e in published if e.cluster_id == cluster][:3]
+
+
+async def test_events_tail_since_a_time_and_a_bad_since(ops: Ops) -> None:
+    published = list(lifecycles(20))
+    await publish_all(ops.bus, iter(published))
+    code, out, err = await ops.cove("events", "tail", "--since", "2000-01-01T00:00:00+00:00", "--no-follow",
+                                    "-f", "value", "-c", "event_id")
+    assert code == 0, err
+    assert out.split() == [e.id for _, e in published]
+    code, out, _ = await ops.cove("events", "tail", "--since", "2999-01-01T00:00:00Z", "--no-follow")
+    assert code == 0 and out.splitlines()[1:] == []
+    code, _, err = await ops.cove("events", "tail", "--since", "yesterday")
+    assert code == 1 and "neither a stream sequence nor an ISO 8601 time" in err
