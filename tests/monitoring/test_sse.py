@@ -199,3 +199,39 @@ async def test_keepalive_and_clean_end_when_the_token_is_revoked(api: RunningApi
             assert len(ends) == 1 and "revoked" in ends[0].json["reason"]
     finally:
         hub.keepalive = saved
+
+
+async def test_resume_while_events_keep_coming_repeats_none(api: RunningApi, users: dict[str, User]) -> None:
+    """Events stored while the resume replays from the stream reach the client once: from the replay or from the
+    live queue, never both (the overlap the sequence check exists for)."""
+    from proto import subjects
+    from proto.envelope import new_envelope
+    from proto.events import ClusterHealthUpdated
+
+    demo = users["demo"]
+    cluster = str(uuid.uuid4())
+    subject = subjects.cluster_events("api", cluster)
+
+    async def publish(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            env = new_envelope(ClusterHealthUpdated(uuid=cluster, project_id=demo.project_id,
+                                                    health_status_reason={"n": str(n)}),
+                               project_id=demo.project_id, cluster_id=cluster)
+            await api.bus.publish(subject, env)
+
+    def numbers(stream: Stream) -> list[int]:
+        return [int(m.json["payload"]["health_status_reason"]["n"]) for m in stream.events()]
+
+    async with sse(api, demo, f"?cluster={cluster}") as stream:
+        hub = api.server._runner.app[HUB]  # type: ignore[union-attr]
+        await wait_for(lambda: len(hub.clients) > 0)
+        await publish(0, 1)
+        await wait_for(lambda: numbers(stream) == [0], timeout=10)
+        last = stream.events()[-1].id
+    await publish(1, 300)  # missed while away: the resume replays them one stream read each
+    async with sse(api, demo, f"?cluster={cluster}", last_event_id=last) as stream:
+        live = asyncio.create_task(publish(301, 100))  # stored while the replay runs
+        await live
+        await publish(401, 1)  # a marker: the stream is in order, so a repeat would arrive before it
+        await wait_for(lambda: 401 in numbers(stream), timeout=30, message="every event after the resume")
+        assert numbers(stream) == list(range(1, 402))
