@@ -19,6 +19,7 @@ from proto.events import (
     ClusterCreateCompleted,
     ClusterCreateRequested,
     ClusterDeleteCompleted,
+    ClusterDeleteRequested,
     ClusterQueued,
     ClusterQueuePositions,
     ClusterRejected,
@@ -187,6 +188,13 @@ async def test_resize_over_quota_is_refused_and_a_shrink_frees_at_completion(unq
                                                                       nodegroup_counts={"default-worker": 1}))
     await settled(h)
     assert (await usage(h, project))[1:3] == (2, 4)
+    # replay rebuilds the same reservations
+    tables = {t: await h.rows(t, "1, 2") for t in ("clusters", "cluster_groups", "project_usage")}
+    last = await h.last_seq()
+    await h.projection.rebuild()
+    await wait_for(lambda: h.applied(last), message="replay reached the end of the stream")
+    assert {t: await h.rows(t, "1, 2") for t in tables} == tables
+    assert await h.last_seq() == last
 
 
 async def test_one_projects_many_creates_do_not_starve_anothers_one(sched: Harness) -> None:
@@ -247,3 +255,33 @@ async def _updates(h: Harness, n: int = 0) -> list[Envelope]:
 async def _admitted(h: Harness, n: int) -> list[str]:
     got = [e.cluster_id or "" for e in await scheduler_events(h) if isinstance(e.payload, ClusterAdmitted)]
     return got if len(got) >= n else []
+
+
+async def test_a_waiting_cluster_deleted_leaves_the_queue_and_per_cloud_limits(
+    make_nats_server: Callable[..., NatsServer], database_url: str
+) -> None:
+    server = make_nats_server()
+    h = await start_harness(build_service, "scheduler", server.url, database_url,
+                            {"COVE_MAX_BUILDS_PER_CLOUD": "east=1", "COVE_CLOUD_NAME": "east"})
+    try:
+        project = f"d-{uuid.uuid4().hex[:6]}"
+        reqs = [request(project, f"c{i}") for i in range(3)]
+        for r in reqs:
+            await ask(h, r)
+        events = await wait_for(lambda: _decisions(h, 3), message="three decisions")
+        assert [type(e.payload).__name__ for e in events] == ["ClusterAdmitted", "ClusterQueued", "ClusterQueued"]
+        # the second is deleted while it waits: it never gets a slot, the third does
+        await tell(h, "api", reqs[1].uuid, project, ClusterDeleteRequested(uuid=reqs[1].uuid, project_id=project))
+        await tell(h, "provisioner", reqs[0].uuid, project,
+                   ClusterCreateCompleted(uuid=reqs[0].uuid, project_id=project, api_address="x"))
+        admitted = await wait_for(lambda: _admitted(h, 2), message="the next admitted")
+        assert admitted == [reqs[0].uuid, reqs[2].uuid]
+        await settled(h)
+        assert await _admitted(h, 2) == admitted  # and nothing else
+        assert (await usage(h, project))[0] == 3  # the deleted one counts until its delete completes
+        await tell(h, "provisioner", reqs[1].uuid, project,
+                   ClusterDeleteCompleted(uuid=reqs[1].uuid, project_id=project))
+        await settled(h)
+        assert (await usage(h, project))[0] == 2
+    finally:
+        await stop_harness(h)
