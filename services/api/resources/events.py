@@ -226,6 +226,13 @@ def _last_event_id(request: web.Request) -> int | None:
     return seq
 
 
+def _until_check(request: web.Request, keepalive: float) -> float:
+    """Seconds to the next keep-alive and token check: the keep-alive interval, or less when the token expires
+    sooner (the stream then ends at its expiry, not up to an interval later)."""
+    left = (context(request).expires_at - datetime.now(UTC)).total_seconds()
+    return max(0.0, min(keepalive, left))
+
+
 async def _still_valid(request: web.Request) -> bool:
     ctx = context(request)
     if ctx.expires_at <= datetime.now(UTC):
@@ -260,7 +267,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 sent = item.seq
         reason = "closed"
         loop = asyncio.get_running_loop()
-        next_check = loop.time() + hub.keepalive
+        next_check = loop.time() + _until_check(request, hub.keepalive)
         while True:
             timeout = next_check - loop.time()
             if timeout <= 0:
@@ -268,7 +275,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     reason = "token expired or revoked"
                     break
                 await response.write(b": keep-alive\n\n")
-                next_check = loop.time() + hub.keepalive
+                next_check = loop.time() + _until_check(request, hub.keepalive)
                 continue
             try:
                 item = await asyncio.wait_for(client.queue.get(), timeout)
