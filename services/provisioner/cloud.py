@@ -778,19 +778,19 @@ class ClusterCloud:
                 lb.provisioning_status = "PENDING_UPDATE"
                 return state()
             if pool is None:
-                created = self._api(what, lambda suffix=suffix, listener=listener: lbs.create_pool(  # type: ignore[misc]
+                new_pool = self._api(what, lambda suffix=suffix, listener=listener: lbs.create_pool(  # type: ignore[misc]
                     name=f"{prefix}-api-pool{suffix}", listener_id=listener.id, protocol="TCP",
                     lb_algorithm="ROUND_ROBIN", description=description, tags=[tag]), idempotent=False)
-                log.info("lb_pool_created", cluster_id=cluster_id, pool_id=created.id, port=port)
-                found[i] = (listener, created, None)
+                log.info("lb_pool_created", cluster_id=cluster_id, pool_id=new_pool.id, port=port)
+                found[i] = (listener, new_pool, None)
                 lb.provisioning_status = "PENDING_UPDATE"
                 return state()
             if monitor is None:
-                created = self._api(what, lambda suffix=suffix, pool=pool: lbs.create_health_monitor(  # type: ignore[misc]
+                new_monitor = self._api(what, lambda suffix=suffix, pool=pool: lbs.create_health_monitor(  # type: ignore[misc]
                     name=f"{prefix}-api-monitor{suffix}", pool_id=pool.id, type="TCP", delay=10, timeout=5,
                     max_retries=3, tags=[tag]), idempotent=False)
-                log.info("lb_monitor_created", cluster_id=cluster_id, monitor_id=created.id, port=port)
-                found[i] = (listener, pool, created)
+                log.info("lb_monitor_created", cluster_id=cluster_id, monitor_id=new_monitor.id, port=port)
+                found[i] = (listener, pool, new_monitor)
                 lb.provisioning_status = "PENDING_UPDATE"
                 return state()
         ready = all((c.provisioning_status or "") == "ACTIVE" for objs in found for c in objs if c is not None)
