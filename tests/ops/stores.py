@@ -35,12 +35,15 @@ class LiveStore:
         await self.pool.close()
 
 
-async def live_api_store(bus: Bus, database_url: str, migrations: Path = API_MIGRATIONS) -> LiveStore:
-    """The API's read model, built as the API service builds it (its projection, handlers and batch handler)."""
-    pool = await db.create_pool(database_url, "api")
-    await db.migrate(pool, "api", migrations)
+async def live_api_store(
+    bus: Bus, database_url: str, migrations: Path = API_MIGRATIONS, *, schema: str = "api"
+) -> LiveStore:
+    """The API's read model, built as the API service builds it (its projection, handlers and batch handler); with
+    another ``schema``, a second copy with a durable consumer of that name."""
+    pool = await db.create_pool(database_url, schema)
+    await db.migrate(pool, schema, migrations)
     proj = Projection(
-        name="api", schema="api", pool=pool, bus=bus, handler=api_projection.handle,
+        name=schema, schema=schema, pool=pool, bus=bus, handler=api_projection.handle,
         batch_handler=api_projection.handle_batch, filter_subjects=[subjects.EVENTS_ALL],
         migrations_dir=migrations, inbox_pruning=InboxPruning(interval=None),
     )

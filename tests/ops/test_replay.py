@@ -3,6 +3,7 @@ finds a corruption and says where."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -98,3 +99,39 @@ async def test_verify_exits_0_on_a_clean_store_and_1_with_the_row_an_update_corr
             await conn.close()
     finally:
         await live.stop()
+
+
+async def test_a_replay_swapped_in_while_events_keep_coming_loses_and_repeats_none(ops: Ops) -> None:
+    """Events are published during the whole replay and swap; afterwards the swapped-in store, which the running
+    projection went on writing, equals a reference store built from the same stream by a projection of its own."""
+    stream = lifecycles(60_000)
+    first = [next(stream) for _ in range(6_000)]
+    await publish_all(ops.bus, iter(first))
+    live = await live_api_store(ops.bus, ops.database_url)
+    reference = await live_api_store(ops.bus, ops.database_url, schema="reference")
+    stop = asyncio.Event()
+
+    async def keep_publishing() -> int:
+        last = 0
+        for item in stream:
+            last = await publish_all(ops.bus, iter([item]))
+            if stop.is_set():
+                break
+        return last
+
+    try:
+        await live.wait_applied(6_000)
+        publisher = asyncio.create_task(keep_publishing())
+        code, out, err = await ops.cove("replay", "api", "-f", "json")
+        assert code == 0, err
+        assert not publisher.done(), "events were still coming when the swap happened"
+        stop.set()
+        last = await publisher
+        assert json.loads(out)["to_seq"] > 6_000
+        await live.wait_applied(last, timeout=120)
+        await reference.wait_applied(last, timeout=120)
+        assert await snapshot(ops.database_url, "api") == await snapshot(ops.database_url, "reference")
+    finally:
+        stop.set()
+        await live.stop()
+        await reference.stop()
