@@ -123,6 +123,11 @@ _ADDONS = LabelRule(
     ADDONS_LABEL, "comma-separated add-on names (lowercase letters, digits, '_' and '-')", None, _addon_list,
     "the site add-ons (the operator's cloud-init fragments) every node gets")
 _CIDR = "an IPv4 network in CIDR notation with a prefix of /8 to /28 (e.g. 10.100.0.0/16)"
+AUTO_HEALING_LABEL = "auto_healing_enabled"
+_AUTO_HEALING = LabelRule(
+    AUTO_HEALING_LABEL, "true or false", None, _bool,
+    "replace a node whose server went to ERROR or vanished (the provisioner's watch; at most "
+    "COVE_PROVISIONER_MAX_REPAIRS_PER_NODEGROUP nodes of a nodegroup at a time)")
 
 KUBERNETES_LABELS: dict[str, LabelRule] = {
     rule.name: rule
@@ -150,6 +155,7 @@ KUBERNETES_LABELS: dict[str, LabelRule] = {
         LabelRule("etcd_volume_size", "a size in GiB from 1 to 16384, or 0 for none", "0", _size,
                   "a Cinder volume for etcd's data on each master, mounted at /var/lib/etcd"),
         _ADDONS,
+        _AUTO_HEALING,
     )
 }
 
@@ -209,6 +215,7 @@ SWARM_LABELS: dict[str, LabelRule] = {
         _DOCKER_VOLUME_TYPE,
         _AVAILABILITY_ZONE,
         _ADDONS,
+        _AUTO_HEALING,
         LabelRule("swarm_strategy", "spread, binpack or random", "spread", _one_of("spread", "binpack", "random"),
                   "how Swarm places containers on the nodes (Magnum's swarm_strategy)"),
     )
@@ -221,6 +228,7 @@ MESOS_LABELS: dict[str, LabelRule] = {
         _DOCKER_VOLUME_TYPE,
         _AVAILABILITY_ZONE,
         _ADDONS,
+        _AUTO_HEALING,
         LabelRule("mesos_slave_isolation", f"a comma-separated list of: {', '.join(MESOS_ISOLATORS)}", None,
                   _comma_list_of(*MESOS_ISOLATORS), "the agents' isolators (--isolation)"),
         LabelRule("mesos_slave_image_providers", "docker, appc, or both comma-separated", None,

@@ -17,7 +17,13 @@ def test_defaults_and_no_labels_are_accepted() -> None:
 
 
 def test_unknown_labels_pass_through() -> None:
-    assert validate_labels("kubernetes", {"auto_healing_enabled": "banana", "x": "$(reboot)"}) == []
+    assert validate_labels("kubernetes", {"auto_scaling_enabled": "banana", "x": "$(reboot)"}) == []
+
+
+@pytest.mark.parametrize("coe", ["kubernetes", "swarm-mode", "mesos"])
+def test_auto_healing_is_a_boolean_label_of_every_coe(coe: str) -> None:
+    assert validate_labels(coe, {"auto_healing_enabled": "True"}) == []
+    assert len(validate_labels(coe, {"auto_healing_enabled": "banana"})) == 1
 
 
 @pytest.mark.parametrize(("label", "value"), [
