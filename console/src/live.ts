@@ -11,9 +11,11 @@ export interface Change {
 type Listener = (change: Change) => void;
 
 const POLL_MS = 4000;
+const SAFETY_MS = 15000; // with the events stream too: a page is never staler than this, whatever the stream missed
 const listeners = new Set<Listener>();
 let controller: AbortController | null = null;
 let pollTimer: number | null = null;
+let safetyTimer: number | null = null;
 let lastId: string | null = null;
 export let mode: "events" | "polling" | "off" = "off";
 let modeListener: (m: string) => void = () => {};
@@ -51,11 +53,16 @@ export function stop(): void {
   controller?.abort();
   controller = null;
   stopPolling();
+  if (safetyTimer !== null) window.clearInterval(safetyTimer);
+  safetyTimer = null;
   setMode("off");
 }
 
 export function start(): void {
   stop();
+  safetyTimer = window.setInterval(() => {
+    if (mode === "events") emit({ type: "tick" });
+  }, SAFETY_MS);
   void connect(new AbortController());
 }
 

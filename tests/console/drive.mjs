@@ -43,6 +43,9 @@ async function newPage(who) {
 }
 
 async function shot(page, name) {
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll("input, select, textarea")]
+    .filter((el) => el.labels.length === 0 && !el.getAttribute("aria-label")).map((el) => el.name || el.id));
+  out.unlabelled = [...(out.unlabelled ?? []), ...unlabelled.map((n) => `${name}: ${n}`)];
   const file = path.join(screenshots, `${String(out.shots.length + 1).padStart(2, "0")}-${name}.png`);
   await page.screenshot({ path: file, fullPage: true });
   out.shots.push(file);
@@ -178,7 +181,16 @@ try {
 
   await step("reader sees no write buttons", async () => {
     const reader = await newPage("viewer");
-    await login(reader, users.viewer);
+    // by keyboard only: the user name has the focus, Tab moves through the fields, Enter submits
+    await reader.goto(`${base}/console/`);
+    await reader.getByRole("heading", { name: "Log in to Cove" }).waitFor();
+    await reader.keyboard.type(users.viewer.name);
+    await reader.keyboard.press("Tab");
+    await reader.keyboard.type(users.viewer.password);
+    await reader.keyboard.press("Tab");
+    await reader.keyboard.type(users.viewer.project);
+    await reader.keyboard.press("Enter");
+    await reader.getByRole("heading", { name: "Clusters", level: 1 }).waitFor();
     await reader.getByRole("link", { name: cluster }).waitFor();
     const onList = await writeButtons(reader);
     await reader.getByRole("link", { name: cluster }).click();

@@ -10,7 +10,8 @@ against the API itself:
 * create a template and a cluster, watch it reach CREATE_COMPLETE on the page without a reload (the status changes
   on screen, the live label says the events stream), resize it, download its config (a kubeconfig whose client
   certificate the cluster's CA signed, for the key in it), delete it (gone from the page and from the API);
-* a reader sees no write button nor form; an admin sees the demo project's cluster and the operations page;
+* a reader, logged in with the keyboard alone, sees no write button nor form; every field has a label; an admin
+  sees the demo project's cluster and the operations page;
 * a token that no longer validates brings the login page back with a message;
 * screenshots of every page (the directory is printed), and no error in the browser's console but the 4xx
   responses the refused requests and the dead token provoke on purpose.
@@ -171,4 +172,5 @@ async def test_console_in_chromium(stack: LocalStack, tmp_path: Path) -> None:
     unexpected = [e for e in out["console"]
                   if not (e["phase"] in PROVOKED and PROVOKED[e["phase"]].search(e["text"]))]
     assert unexpected == [], json.dumps(unexpected, indent=1)
+    assert out.get("unlabelled") == [], out.get("unlabelled")  # every field of every page has a label
     assert len(out["shots"]) >= 10 and all(Path(p).stat().st_size > 0 for p in out["shots"])
