@@ -122,7 +122,27 @@ def _release(cloud: Cloud, s: dict[str, Any]) -> None:
     u.cores -= f["vcpus"]
     u.ram -= f["ram"]
     cloud.ledger.deleted(s["id"])
+    _tombstone(cloud, s)
     log.info("server_deleted", server_id=s["id"], project_id=s["_project_id"])
+
+
+DELETED_SERVERS = "server_deleted"
+MAX_TOMBSTONES = 20000
+"""Deleted servers a ``changes-since`` listing still shows (Nova keeps its soft-deleted rows until archived)."""
+
+
+def _tombstone(cloud: Cloud, s: dict[str, Any]) -> None:
+    """Keep what Nova's ``changes-since`` listing shows of a deleted server: status ``DELETED``, vm_state
+    ``deleted``, ``updated`` and ``OS-SRV-USG:terminated_at`` at the deletion (the ledger's time)."""
+    record = cloud.ledger.records.get(s["id"])
+    terminated = (record or {}).get("deleted_at") or now_iso()
+    gone = dict(s)
+    gone.update(status="DELETED", _vm_state="deleted", _task_state=None, _power_state=POWER_NOSTATE, _fault=None,
+                _ports=[], updated=now_iso(), _terminated_at=terminated.rstrip("Z"))
+    table = cloud.table(DELETED_SERVERS)
+    table.add(gone, s["_project_id"])
+    while len(table) > MAX_TOMBSTONES:
+        table.remove(next(iter(table.items)))
 
 
 def _schedule_fault(cloud: Cloud, s: dict[str, Any], fault: ServerFault) -> None:

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from deploy.devcloud.compute.core import (
+    DELETED_SERVERS,
     NicRequest,
     _alive,
     _boot,
@@ -261,7 +263,7 @@ def server_view(request: web.Request, s: dict[str, Any]) -> dict[str, Any]:
         "config_drive": s["config_drive"],
         "key_name": s["key_name"],
         "OS-SRV-USG:launched_at": s["_launched_at"],
-        "OS-SRV-USG:terminated_at": None,
+        "OS-SRV-USG:terminated_at": s.get("_terminated_at"),
         "security_groups": [{"name": n} for n in s["_security_groups"]],
         "OS-EXT-STS:task_state": s["_task_state"],
         "OS-EXT-STS:vm_state": s["_vm_state"],
@@ -604,11 +606,9 @@ def _filter_servers(request: web.Request, items: Iterable[dict[str, Any]], c: Ct
     status = qstr(request, "status")
     if status:
         wanted = status.upper()
-        if wanted == "DELETED":
-            return []
         out = [s for s in out if s["status"] == wanted]
-    if qbool(request.query.get("deleted"), False):
-        return []
+    if qbool(request.query.get("deleted"), False):  # admin only (Nova): the deleted servers alone
+        out = [s for s in out if s["status"] == "DELETED"] if c.is_admin else []
     image = qstr(request, "image")
     if image:
         out = [s for s in out if s["_image_id"] == _ref_id(image)]
@@ -639,6 +639,8 @@ def _filter_servers(request: web.Request, items: Iterable[dict[str, Any]], c: Ct
             point = datetime.fromisoformat(since)
         except ValueError:
             raise ERR(400, f"Invalid input for query parameters changes-since. Value: {since}.") from None
+        if point.tzinfo is None:  # Nova reads a time without an offset as UTC
+            point = point.replace(tzinfo=UTC)
         if "changes-since" in request.query:
             out = [s for s in out if datetime.fromisoformat(s["updated"]) >= point]
         else:
@@ -673,6 +675,11 @@ async def _list_servers(request: web.Request, detail: bool) -> web.Response:
         pool: Iterable[dict[str, Any]] = table.of_project(wanted_project)
     else:
         pool = table.visible(c.project_id, every)
+    if "changes-since" in request.query or (c.is_admin and qbool(request.query.get("deleted"), False)):
+        # Nova: a changes-since listing shows deleted servers too (status DELETED), as does an admin's deleted=true
+        gone = cloud.table(DELETED_SERVERS)
+        tombs = gone.of_project(wanted_project) if every and wanted_project else gone.visible(c.project_id, every)
+        pool = itertools.chain(pool, tombs)
     items = _filter_servers(request, pool, c)
     sort_keys = request.query.getall("sort_key", [])
     sort_dirs = request.query.getall("sort_dir", [])
