@@ -266,6 +266,13 @@ class Replayer:
             for spec in self.target.projections
         ]
 
+    async def start_at(self, seq: int) -> None:
+        """Make the fresh store begin at stream sequence ``seq`` (its checkpoint just below it)."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            for p in self.projections:
+                await p._advance(conn, seq - 1)
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
@@ -402,6 +409,19 @@ class Replayer:
         return live
 
 
+async def require_live_store(settings: Settings, target: Target) -> None:
+    """``OpsError`` unless the service's store exists: replay and verify go up to its checkpoint, never past it."""
+    conn = await connect_db(settings)
+    try:
+        found = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{target.schema}.checkpoint")
+    finally:
+        await conn.close()
+    if not found:
+        raise OpsError(
+            f"no store {target.schema} in this database: start {target.service}, which builds it from the stream"
+        )
+
+
 async def drop_scratch(settings: Settings, scratch: str) -> None:
     conn = await connect_db(settings)
     try:
@@ -417,10 +437,13 @@ async def replay(
     """``cove replay``: build the scratch store up to the live checkpoint, then swap it in (catching up under the
     lock). With ``start_seq`` the fresh store starts from that sequence (for a stream whose first events were
     removed by its limits: what came before is taken as never having happened)."""
+    await require_live_store(settings, target)
     replayer = Replayer(bus, settings, target, progress=progress)
     try:
         await replayer.prepare()
-        stats = await replayer.run(start_seq=start_seq)
+        if start_seq is not None and start_seq > 1:
+            await replayer.start_at(start_seq)
+        stats = await replayer.run()
         await replayer.swap(keep_old=keep_old)
     except BaseException:
         await replayer.close()

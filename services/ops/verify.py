@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from services.ops.connect import Settings, connect_db
-from services.ops.replay import Progress, Replayer, drop_scratch
+from services.ops.replay import Progress, Replayer, drop_scratch, require_live_store
 from services.ops.targets import Target
 from services.runtime import db
 from services.runtime.bus import Bus
@@ -127,6 +127,7 @@ async def compare(conn: asyncpg.Connection, live: str, replayed: str) -> tuple[i
 
 
 async def verify(bus: Bus, settings: Settings, target: Target, *, progress: Progress | None = None) -> VerifyResult:
+    await require_live_store(settings, target)
     scratch = db.ident(f"{target.schema}_verify")
     replayer = Replayer(bus, settings, target, scratch=scratch, progress=progress)
     try:

@@ -135,3 +135,27 @@ async def test_a_replay_swapped_in_while_events_keep_coming_loses_and_repeats_no
         stop.set()
         await live.stop()
         await reference.stop()
+
+
+async def test_replay_from_a_sequence_starts_the_fresh_store_there(ops: Ops) -> None:
+    published = list(lifecycles(40))
+    await publish_all(ops.bus, iter(published))
+    code, _, err = await ops.cove("replay", "accounting")
+    assert code == 1 and "no store accounting in this database" in err
+    live = await live_api_store(ops.bus, ops.database_url)
+    try:
+        await live.wait_applied(len(published))
+        requests = [(seq, env) for seq, (_, env) in enumerate(published, start=1)
+                    if env.type == "ClusterCreateRequested"]
+        (_, first), (start, second) = requests[0], requests[2]  # both kept (every other cluster is deleted)
+        code, out, err = await ops.cove("replay", "api", "--from", str(start), "-f", "json")
+        assert code == 0, err
+        assert json.loads(out)["from_seq"] == start
+        conn = await asyncpg.connect(ops.database_url)
+        try:
+            uuids = {r[0] for r in await conn.fetch("SELECT uuid FROM api.clusters")}
+        finally:
+            await conn.close()
+        assert second.cluster_id in uuids and first.cluster_id not in uuids
+    finally:
+        await live.stop()
