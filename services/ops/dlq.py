@@ -134,6 +134,10 @@ async def retry(bus: Bus, letter_id: int) -> tuple[DeadLetter, int]:
     letter = await get_letter(bus, letter_id)
     if not letter.subject:
         raise OpsError(f"dead letter {letter_id} does not say its original subject ({DLQ_SUBJECT})")
+    try:
+        decode(letter.data)
+    except MalformedMessage as exc:
+        raise OpsError(f"dead letter {letter_id} is not an event any consumer can read ({exc}): drop it") from exc
     headers = letter.original_headers()
     headers[MSG_ID] = f"retry:{letter.consumer}:{letter.id}"
     ack = await bus.publish_raw(letter.subject, letter.data, headers)

@@ -119,6 +119,15 @@ async def test_dlq_drop_deletes_and_retry_all_needs_a_consumer(ops: Ops) -> None
         code, out, _ = await ops.cove("dlq", "retry", "--all", "--consumer", "dlq_drop", "-f", "json")
         assert code == 0 and json.loads(out) == []
         assert await times(pool, env.id) is None
+
+        # bytes no consumer can read are dead-lettered at once, and refused by retry
+        ack = await ops.bus.publish_raw(subjects.cluster_events("scheduler", cid), b"not an event")
+        await wait_for(lambda: _checkpoint_at(failing, ack.seq), timeout=20, message="dead-lettered")
+        code, out, _ = await ops.cove("dlq", "list", "-f", "json")
+        (letter,) = json.loads(out)
+        assert letter["type"] == "(malformed)" and letter["reason"].startswith("malformed")
+        code, _, err = await ops.cove("dlq", "retry", str(letter["id"]))
+        assert code == 1 and "not an event any consumer can read" in err
     finally:
         await failing.stop()
         await pool.close()
