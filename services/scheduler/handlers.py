@@ -183,38 +183,46 @@ class Handlers:
             outgoing.append([])
         if requests:
             await store.record_requests(tx, requests)
+        if self.queueing and requests:
+            # (before the run's confirmations: in stream order a request is queued before any decision on it)
+            await self._queue_run(run, requests, outgoing, tx)
         if confirmed:
             await store.record_decisions(tx, confirmed)
-        if self.queueing and requests:
-            await self._queue_run(run, requests, outgoing, tx)
         return list(outgoing)
 
     async def _queue_run(
         self, run: list[Envelope], requests: list[store.Request], outgoing: list[list[Outgoing]],
         tx: asyncpg.Connection,
     ) -> None:
-        """After a run's requests joined the queue: fill the free slots (fair order), tell each new request
-        ``ClusterAdmitted`` (a slot) or ``ClusterQueued`` (its place), and the clusters admitted from earlier
-        waiting ones ``ClusterAdmitted`` too (published as consequences of the run's last event)."""
-        admitted, positions = await self._schedule(tx)
-        by_request = {env.payload.uuid: i for i, env in enumerate(run) if isinstance(env.payload, ClusterCreateRequested)}
-        new = {r.cluster_id: r for r in requests if r.build == "queued"}
-        earlier: list[Outgoing] = []
-        for event in admitted:
-            if event.uuid in new:
-                outgoing[by_request[event.uuid]].append(_out(event))
-            else:
-                earlier.append(_out(event))
-        for cluster_id, request in new.items():
-            if cluster_id in positions:
-                queued = ClusterQueued(uuid=cluster_id, project_id=request.project_id,
-                                       position=positions[cluster_id], cloud=request.cloud)
-                outgoing[by_request[cluster_id]].append(Outgoing(
-                    subjects.cluster_events(PRODUCER, cluster_id), queued, project_id=request.project_id,
-                    cluster_id=cluster_id))
-        if earlier:
-            outgoing[-1].extend(earlier)
-            outgoing[-1].extend(self._positions_events(positions))
+        """After a run's requests were recorded as waiting: each joins the queue in turn, in stream order, and the
+        free slots are filled in fair order after each (``_fill``, in memory), exactly as applying the requests one
+        by one would. A request that gets a slot is told ``ClusterAdmitted``, one that waits ``ClusterQueued`` with
+        its place; a waiting cluster admitted meanwhile is told ``ClusterAdmitted`` as a consequence of the request
+        whose turn it was."""
+        new = [r for r in requests if r.build == "queued"]
+        new_ids = {r.cluster_id for r in new}
+        state = await store.build_state(tx)
+        waiting = [w for w in state.waiting if w.cluster_id not in new_ids]
+        building = dict(state.building)
+        by_request = {env.payload.uuid: i for i, env in enumerate(run)
+                      if isinstance(env.payload, ClusterCreateRequested)}
+        started: list[str] = []
+        for r in new:
+            waiting.append(admission.Waiting(r.cluster_id, r.project_id, r.cloud, r.queued_seq or 0))
+            admitted, positions = self._fill(waiting, building, state.rows)
+            out = outgoing[by_request[r.cluster_id]]
+            out.extend(_out(a) for a in admitted)
+            started.extend(a.uuid for a in admitted)
+            if r.cluster_id in positions:
+                out.append(Outgoing(
+                    subjects.cluster_events(PRODUCER, r.cluster_id),
+                    ClusterQueued(uuid=r.cluster_id, project_id=r.project_id, position=positions[r.cluster_id],
+                                  cloud=r.cloud),
+                    project_id=r.project_id, cluster_id=r.cluster_id))
+            if any(a.uuid != r.cluster_id for a in admitted):
+                out.extend(self._positions_events(positions))
+        if started:
+            await store.set_build(tx, started, "building")
 
     def _decide(
         self,
@@ -308,33 +316,46 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------ build order
 
-    async def _schedule(self, tx: asyncpg.Connection) -> tuple[list[ClusterAdmitted], dict[str, int]]:
-        """Fill the free build slots from the queue in fair order (the builds lock held): the clusters admitted
-        now (marked building) and the places of those still waiting."""
-        state = await store.build_state(tx)
-        order = admission.fair_order(state.waiting, _per_project(state.building))
-        building_cloud: dict[str, int] = {}
-        for (cloud, _), n in state.building.items():
-            building_cloud[cloud] = building_cloud.get(cloud, 0) + n
-        total = sum(building_cloud.values())
+    def _fill(
+        self,
+        waiting: list[admission.Waiting],
+        building: dict[tuple[str, str], int],
+        rows: dict[str, tuple[str | None, int, int]],
+    ) -> tuple[list[ClusterAdmitted], dict[str, int]]:
+        """Fill the free build slots from ``waiting`` in fair order (both updated in place): the clusters admitted
+        now and the places of those still waiting. Strictly in order: nobody overtakes a cluster still waiting."""
+        order = admission.fair_order(waiting, _per_project(building))
+        per_cloud: dict[str, int] = {}
+        for (cloud, _), n in building.items():
+            per_cloud[cloud] = per_cloud.get(cloud, 0) + n
+        total = sum(per_cloud.values())
         admitted: list[ClusterAdmitted] = []
         positions: dict[str, int] = {}
         for w in order:
             cloud_limit = self.max_builds_per_cloud.get(w.cloud, admission.UNLIMITED)
             free = (self.max_builds < 0 or total < self.max_builds) and (
-                cloud_limit < 0 or building_cloud.get(w.cloud, 0) < cloud_limit)
-            if free and not positions:  # strictly in order: nobody overtakes a cluster still waiting
+                cloud_limit < 0 or per_cloud.get(w.cloud, 0) < cloud_limit)
+            if free and not positions:
                 total += 1
-                building_cloud[w.cloud] = building_cloud.get(w.cloud, 0) + 1
-                name, masters, nodes = state.rows[w.cluster_id]
+                per_cloud[w.cloud] = per_cloud.get(w.cloud, 0) + 1
+                building[(w.cloud, w.project_id)] = building.get((w.cloud, w.project_id), 0) + 1
+                name, masters, nodes = rows[w.cluster_id]
                 admitted.append(ClusterAdmitted(uuid=w.cluster_id, project_id=w.project_id, master_count=masters,
                                                 node_count=nodes, name=name))
+                log.info("cluster_build_started", cluster_id=w.cluster_id, project_id=w.project_id)
             else:
                 positions[w.cluster_id] = len(positions) + 1
         if admitted:
+            gone = {a.uuid for a in admitted}
+            waiting[:] = [w for w in waiting if w.cluster_id not in gone]
+        return admitted, positions
+
+    async def _schedule(self, tx: asyncpg.Connection) -> tuple[list[ClusterAdmitted], dict[str, int]]:
+        """Fill the free build slots from the stored queue (the builds lock held) and mark them building."""
+        state = await store.build_state(tx)
+        admitted, positions = self._fill(list(state.waiting), dict(state.building), state.rows)
+        if admitted:
             await store.set_build(tx, [a.uuid for a in admitted], "building")
-            for a in admitted:
-                log.info("cluster_build_started", cluster_id=a.uuid, project_id=a.project_id, waiting=len(positions))
         return admitted, positions
 
     def _positions_events(self, positions: dict[str, int]) -> list[Outgoing]:

@@ -23,6 +23,7 @@ from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import (
     ClusterAdmitted,
+    ClusterCreateCompleted,
     ClusterCreateFailed,
     ClusterCreateRequested,
     ClusterDeleteCompleted,
@@ -392,3 +393,31 @@ async def test_decision_contradicting_the_store_gives_the_stream_order_result(
     assert batch_snap == seq_snap
     assert usage(seq_snap)[a] == DEFAULT_QUOTA
     assert FALLBACK_LOG in logs  # the contradiction was noticed (not a run that happened to agree)
+
+
+@pytest.mark.parametrize("size", [None, 2, 3, 7])
+async def test_queued_builds_batched_exactly_as_one_by_one(schemas: Schemas, size: int | None) -> None:
+    """With bounded builds (docs/adr/0008) a run's requests join the queue one at a time and the slots are filled
+    after each: the same decisions, places and store whatever the batching."""
+    handlers = Handlers(DEFAULT_QUOTA, max_builds=2)
+    s = Stream()
+    a, b, c = (f"{p}-{uuid.uuid4().hex[:6]}" for p in "abc")
+    reqs = [s.request(a, "a1", ADMIT), s.request(a, "a2", ADMIT), s.request(a, "a3", ADMIT),
+            s.request(b, "b1", ADMIT), s.request(a, "a4", ADMIT), s.request(c, "c1", ADMIT)]
+    s.cut()
+    s.admitted(reqs[0])
+    s.admitted(reqs[1])
+    s.add(ClusterCreateCompleted(uuid=reqs[0].uuid, project_id=a, api_address="x"), a, reqs[0].uuid)
+    s.request(b, "b2", ADMIT)
+    s.delete_requested(reqs[4])
+    s.add(ClusterCreateCompleted(uuid=reqs[1].uuid, project_id=a, api_address="x"), a, reqs[1].uuid)
+    s.request(c, "c2", ADMIT)
+    sequential_pool, batched_pool = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    sequential = await one_by_one(sequential_pool, handlers, s.envs)
+    in_batches = await batched(batched_pool, handlers, s.batches(size))
+    assert in_batches == sequential
+    assert await snapshot(batched_pool) == await snapshot(sequential_pool)
+    names = {r.uuid: r.name for r in reqs}
+    started = [names.get(o.payload.uuid, "?") for out in sequential for o in out
+               if isinstance(o.payload, ClusterAdmitted)]
+    assert started[:4] == ["a1", "a2", "b1", "c1"]  # B's and C's first go before A's third
