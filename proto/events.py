@@ -467,6 +467,57 @@ class NodeDeleted(_Event, frozen=True, tag=True):
     here. None in older events: their envelope's ``occurred_at`` stands in."""
 
 
+class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One node's health as the provisioner's watch saw it (``ClusterHealthChanged.nodes``)."""
+
+    node_name: str
+    server_id: str
+    healthy: bool
+    status: str
+    """The server's state at the cloud: ``ACTIVE``, ``ERROR``, ``SHUTOFF``, ``BUILD``..., or ``DELETED`` (gone)."""
+    reason: str | None = None
+    nodegroup: str | None = None
+
+
+class ClusterHealthChanged(_Event, frozen=True, tag=True):
+    """The provisioner's fact: the cluster's health as computed from its nodes at the cloud changed (published only
+    on a change). ``health_status_reason`` is Magnum's shape (``{"<node>.Ready": "True"|"False", ...}``); the API
+    shows both as ``health_status`` / ``health_status_reason``. (``ClusterHealthUpdated`` is the API's, a PATCH.)"""
+
+    uuid: str
+    project_id: str
+    health_status: Literal["HEALTHY", "UNHEALTHY", "UNKNOWN"]
+    health_status_reason: dict[str, str] = msgspec.field(default_factory=dict)
+    nodes: list[NodeHealth] = msgspec.field(default_factory=list)
+
+
+class NodeLost(_Event, frozen=True, tag=True):
+    """The cloud lost a node that was ACTIVE (its server went to ERROR, or vanished): usage stops at ``lost_at``, the
+    cloud's time (the server's ``updated`` at ERROR, or its ``terminated_at`` from a ``changes-since`` listing)."""
+
+    cluster_id: str
+    project_id: str
+    server_id: str
+    node_name: str | None = None
+    status: str = "ERROR"
+    """``ERROR`` or ``DELETED``."""
+    reason: str | None = None
+    lost_at: datetime | None = None
+
+
+class NodeRepaired(_Event, frozen=True, tag=True):
+    """Auto-healing replaced a node (label ``auto_healing_enabled``): the same name, nodegroup, flavor, image and
+    volumes on a new server, ACTIVE now and back in the load balancer's pool."""
+
+    cluster_id: str
+    project_id: str
+    node_name: str
+    old_server_id: str
+    new_server_id: str
+    reason: str
+    nodegroup: str | None = None
+
+
 class VolumeCreated(_Event, frozen=True, tag=True):
     """A Cinder volume of the cluster exists (made or found by the provisioner); billed by size from ``created_at``."""
 
@@ -589,6 +640,16 @@ class ClusterUpdateFailed(_Event, frozen=True, tag=True):
     generation: int | None = None
 
 
+class ClusterCATrustNarrowed(_Event, frozen=True, tag=True):
+    """Every node of a cluster whose CA was rotated runs the new CA: its masters are rolled once more trusting the
+    new CA alone, after which client certificates of the old CA are refused (issue 13)."""
+
+    uuid: str
+    project_id: str
+    generation: int | None = None
+    """The update (the rotation's roll) it is part of."""
+
+
 # --------------------------------------------------------------------------- every service
 
 
@@ -635,6 +696,9 @@ Event = (
     | NodeBecameActive
     | NodeFailed
     | NodeDeleted
+    | NodeLost
+    | NodeRepaired
+    | ClusterHealthChanged
     | VolumeCreated
     | VolumeDeleted
     | FloatingIpAllocated
@@ -650,6 +714,7 @@ Event = (
     | ClusterUpdateStarted
     | ClusterUpdateCompleted
     | ClusterUpdateFailed
+    | ClusterCATrustNarrowed
     | NodeGroupCreateRequested
     | NodeGroupUpdateRequested
     | NodeGroupDeleteRequested

@@ -4,7 +4,6 @@ or ClusterCreateFailed with a reason they can act on."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -18,6 +17,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+WAITING = "the cluster's servers to become ACTIVE"
+"""What a deadline's reason names when the task (restarted since) has not seen what it waits for yet."""
+
 
 async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     assert row.spec is not None and row.ca_cert_pem is not None
@@ -25,9 +27,9 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         await r.emit(row, ClusterCreateStarted(uuid=row.uuid, project_id=row.spec.project_id), "ClusterCreateStarted")
         return Outcome.AGAIN
     timeout = row.resolved.create_timeout
-    started = row.create_started_at or datetime.now(UTC)
-    if datetime.now(UTC) - started > timedelta(minutes=timeout):
-        return await failed(r, row, f"Timed out after {timeout} minutes waiting for the cluster's servers")
+    if r.past_deadline(row.create_started_at, timeout):  # ClusterCreateStarted's time: a restart keeps it
+        return await failed(r, row, f"Timed out after {timeout} minutes (create_timeout) waiting for "
+                                    f"{st.waiting_for or WAITING}")
     return await r.attempt(row, st, steps, failed)
 
 
@@ -36,6 +38,7 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     if result.failure is not None:
         return await failed(r, row, result.failure)
     if not result.complete or result.exposure is None:
+        st.waiting_for = st.waiting_for or "the load balancer's members and the floating IPs"
         return Outcome.POLL
     exposed, built = result.exposure, row.resolved
     await r.emit(row, ClusterCreateCompleted(

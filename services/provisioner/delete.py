@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+WAITING = "the cluster's resources to be deleted"
+"""What a deadline's reason names when the task (restarted since) has not seen what it waits for yet."""
+
 
 async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     if row.status == model.DELETE_COMPLETE:
@@ -34,6 +37,10 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
     if row.create_started_at is None and not row.nodes:
         # Nothing was ever built (every cloud call follows ClusterCreateStarted, and we caught up).
         return await completed(r, row)
+    timeout = r.settings.delete_timeout
+    if r.past_deadline(row.delete_started_at, timeout):  # ClusterDeleteStarted's time: a restart keeps it
+        return await failed(r, row, f"Timed out after {timeout:g} minutes (COVE_PROVISIONER_DELETE_TIMEOUT) waiting "
+                                    f"for {st.waiting_for or WAITING}")
     return await r.attempt(row, st, steps, failed)
 
 
@@ -61,11 +68,13 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     for node in plan.gone:
         st.unrecorded.pop(node.server_id, None)
     if plan.servers_left:
+        st.waiting_for = "servers " + ", ".join(sorted(s.name for s in servers)) + " to be deleted"
         return Outcome.POLL
     seen = Seen()
     cleared = await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen))
     await billing.gone(r, row, st, present=seen.present, deleted=seen.deleted, listed_at=billing.now())
     if not cleared:
+        st.waiting_for = "the load balancer, volumes and network to be deleted"
         return Outcome.POLL  # a load balancer or volume still goes away
     outcome = await completed(r, row)
     r.cloud.forget(trust)

@@ -17,6 +17,7 @@ from proto.envelope import Envelope
 from proto.events import (
     ClusterCACreated,
     ClusterCAReplaced,
+    ClusterCATrustNarrowed,
     ClusterCreateCompleted,
     ClusterCreateFailed,
     ClusterCreateRequested,
@@ -25,6 +26,7 @@ from proto.events import (
     ClusterDeleteFailed,
     ClusterDeleteRequested,
     ClusterDeleteStarted,
+    ClusterHealthChanged,
     ClusterTrustDeleted,
     ClusterTrustRotated,
     ClusterUpdateAdmitted,
@@ -45,6 +47,8 @@ from proto.events import (
     NodeGroupCreateAdmitted,
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
+    NodeLost,
+    NodeRepaired,
     VolumeCreated,
     VolumeDeleted,
 )
@@ -114,12 +118,14 @@ async def on_nodegroup_delete_requested(
 async def on_upgrade_requested(env: Envelope, p: ClusterUpgradeRequested, tx: asyncpg.Connection) -> None:
     name = None if p.nodegroup is None else await store.find_group(tx, p.uuid, p.nodegroup)
     await store.set_group_image(tx, p.uuid, name, p.template.image_id)
+    await store.bump_roll(tx, p.uuid, name)  # every node of the group is rolled, whatever its image (issue 13)
     await store.bump_update(tx, p.uuid, max_batch_size=p.max_batch_size)
 
 
 async def on_update_started(env: Envelope, p: ClusterUpdateStarted, tx: asyncpg.Connection) -> None:
     await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_IN_PROGRESS, None, current_sequence())
     await store.mark_update(tx, p.uuid, started=p.generation)
+    await store.set_operation_started(tx, p.uuid, "update_started_at", env.occurred_at)
 
 
 async def on_update_completed(env: Envelope, p: ClusterUpdateCompleted, tx: asyncpg.Connection) -> None:
@@ -137,7 +143,22 @@ async def on_ca_created(env: Envelope, p: ClusterCACreated, tx: asyncpg.Connecti
 
 
 async def on_ca_replaced(env: Envelope, p: ClusterCAReplaced, tx: asyncpg.Connection) -> None:
+    """A rotated CA: every node is rolled onto it (an update), the masters trusting the old CA beside the new one
+    until every node runs the new one (then ClusterCATrustNarrowed); a cluster not built yet just uses it."""
+    previous = await store.current_ca(tx, p.uuid)
     await store.record_ca(tx, p.uuid, p.project_id, p.ca_cert_pem)
+    _, status = await store.current_trust(tx, p.uuid)
+    if previous and previous.strip() != p.ca_cert_pem.strip() and status in model.UPDATABLE:
+        await store.set_ca_previous(tx, p.uuid, previous)
+        await store.bump_roll(tx, p.uuid, None)
+        await store.bump_update(tx, p.uuid)
+
+
+async def on_ca_trust_narrowed(env: Envelope, p: ClusterCATrustNarrowed, tx: asyncpg.Connection) -> None:
+    """Every node runs the new CA: the masters are rolled once more, trusting it alone."""
+    await store.bump_seq(tx, p.uuid, p.project_id, current_sequence())
+    await store.set_ca_previous(tx, p.uuid, None)
+    await store.bump_roll(tx, p.uuid, None, masters_only=True)
 
 
 async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Connection) -> None:
@@ -176,6 +197,7 @@ async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.
     await store.set_status(
         tx, p.uuid, p.project_id, model.DELETE_IN_PROGRESS, None, current_sequence(), delete_started=True
     )
+    await store.set_operation_started(tx, p.uuid, "delete_started_at", env.occurred_at)
 
 
 async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
@@ -241,6 +263,22 @@ async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection)
     )
 
 
+async def on_health_changed(env: Envelope, p: ClusterHealthChanged, tx: asyncpg.Connection) -> None:
+    await store.set_health(tx, p.uuid, p.project_id, p.health_status, dict(p.health_status_reason),
+                           current_sequence())
+
+
+async def on_node_lost(env: Envelope, p: NodeLost, tx: asyncpg.Connection) -> None:
+    """The cloud lost the node (ERROR, or gone): failed, until auto-healing deletes and replaces it."""
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
+    await store.upsert_node(tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED,
+                            reason=p.reason)
+
+
+async def on_node_repaired(env: Envelope, p: NodeRepaired, tx: asyncpg.Connection) -> None:
+    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
+
+
 async def on_billed_resource(env: Envelope, p: VolumeCreated, tx: asyncpg.Connection) -> None:
     """A volume, floating IP or load balancer reported to accounting (``billing.py``): only the subject's sequence."""
     await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
@@ -250,6 +288,7 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     ClusterCreateRequested: on_create_requested,  # type: ignore[dict-item]
     ClusterCACreated: on_ca_created,  # type: ignore[dict-item]
     ClusterCAReplaced: on_ca_replaced,  # type: ignore[dict-item]
+    ClusterCATrustNarrowed: on_ca_trust_narrowed,  # type: ignore[dict-item]
     ClusterTrustRotated: on_trust_rotated,  # type: ignore[dict-item]
     ClusterDeleteRequested: on_delete_requested,  # type: ignore[dict-item]
     ClusterCreateStarted: on_create_started,  # type: ignore[dict-item]
@@ -264,6 +303,9 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     NodeBecameActive: on_node_active,  # type: ignore[dict-item]
     NodeFailed: on_node_failed,  # type: ignore[dict-item]
     NodeDeleted: on_node_deleted,  # type: ignore[dict-item]
+    NodeLost: on_node_lost,  # type: ignore[dict-item]
+    NodeRepaired: on_node_repaired,  # type: ignore[dict-item]
+    ClusterHealthChanged: on_health_changed,  # type: ignore[dict-item]
     **dict.fromkeys((VolumeCreated, VolumeDeleted, FloatingIpAllocated, FloatingIpReleased, LoadBalancerCreated,
                      LoadBalancerDeleted), on_billed_resource),  # type: ignore[dict-item]
     ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]

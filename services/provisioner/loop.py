@@ -17,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats.js.errors
@@ -26,7 +26,7 @@ import structlog
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import Event, NodeBecameActive, NodeCreated, NodeFailed
-from services.provisioner import create, delete, model, observe, store, update
+from services.provisioner import create, delete, health, model, observe, store, update
 from services.provisioner.cloud import Cloud, CloudError, Flavor
 from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 KICKING_EVENTS = frozenset({
     "ClusterCreateRequested", "ClusterCACreated", "ClusterDeleteRequested", "ClusterUpdateRequested",
-    "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested",
+    "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested", "ClusterCAReplaced",
 })
 """Input events after which a cluster's task must decide again."""
 
@@ -63,6 +63,8 @@ class Reconciler:
         self._stopping = False
         self.traces = observe.ClusterTraces()
         self._collector = observe.builds_in_flight_collector(pool)
+        self.watcher: health.Views | None = None
+        """The provisioner's watch of the cloud (``watch.py``): what a health pass reads of the servers."""
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -189,11 +191,21 @@ class Reconciler:
             return await delete.reconcile(self, row, st)
         if row.status in model.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
             return await update.reconcile(self, row, st)
+        if row.spec is not None and row.status in health.WATCHED:
+            return await health.reconcile(self, row, st)  # health, lost nodes, auto-healing (watch.py kicks)
         if row.spec is None or row.ca_cert_pem is None or row.status in (model.CREATE_FAILED, *model.UPDATABLE):
             return Outcome.IDLE
         return await create.reconcile(self, row, st)
 
     # ------------------------------------------------------------------------------------------- shared by the paths
+
+    def past_deadline(self, started: datetime | None, minutes: float) -> bool:
+        """Whether an operation that started at ``started`` (an event's time, so a restart keeps the deadline) has
+        run longer than ``minutes`` (of ``settings.minute_seconds`` each)."""
+        if started is None:
+            return False
+        limit = timedelta(seconds=minutes * self.settings.minute_seconds)
+        return datetime.now(UTC) - started > limit
 
     async def emit(self, row: store.ClusterRow, payload: Event, key: str) -> None:
         """Publish one of the provisioner's events about ``row`` (idempotent by ``key``) and wait until the store

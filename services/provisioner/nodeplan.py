@@ -36,6 +36,8 @@ class GroupSpec:
     """The group's image as given (name or id) before resolution."""
     docker_volume_size: int | None = None
     """GB of the volume attached to each of the group's servers before boot; None: none."""
+    roll: int = 0
+    """The group's roll generation: a server booted at an older one (``cove_roll`` metadata) is replaced."""
 
     @property
     def is_master(self) -> bool:
@@ -71,12 +73,26 @@ class UpdatePlan:
     to_create: list[tuple[GroupSpec, model.DesiredNode]] = field(default_factory=list)
     became_active: list[model.ServerView] = field(default_factory=list)
     failed: list[model.ServerView] = field(default_factory=list)
+    retire: list[model.ServerView] = field(default_factory=list)
+    """Masters of a roll to take out of the load balancer's pool and then delete."""
     complete: bool = False
 
 
+def roll_of(server: model.ServerView) -> int:
+    """The roll generation a server was booted at (``cove_roll`` metadata; 0 for servers booted before rolls)."""
+    try:
+        return int(server.metadata.get("cove_roll") or 0)
+    except ValueError:
+        return 0
+
+
 def _outdated(server: model.ServerView, group: GroupSpec) -> bool:
+    """Booted from another image than the group's, or before the group's last roll (an upgrade, even to the same
+    version, or a CA rotation)."""
     image = server.metadata.get("cove_image")
-    return group.image is not None and image is not None and image != group.image
+    if group.image is not None and image is not None and image != group.image:
+        return True
+    return roll_of(server) < group.roll
 
 
 def plan_update(
@@ -86,9 +102,13 @@ def plan_update(
     known: dict[str, model.KnownNode],
     deleting: set[str],
     max_batch_size: int = 1,
+    pool: frozenset[str] | None = None,
 ) -> UpdatePlan:
     """Compare the groups' desired state with the cluster's servers. ``deleting`` are server ids whose delete was
-    already sent; ``known`` the nodes the provisioner's events recorded (keyed by server id)."""
+    already sent; ``known`` the nodes the provisioner's events recorded (keyed by server id); ``pool`` the ids of
+    the masters the load balancer's pool holds ACTIVE (None: the cluster has no load balancer).
+
+    Masters are rolled first, one at a time, then workers (``max_batch_size`` at a time)."""
     plan = UpdatePlan()
     by_group: dict[str, list[model.ServerView]] = {}
     for s in sorted(servers, key=lambda s: (index_of(s.name), s.name, s.id)):
@@ -101,10 +121,16 @@ def plan_update(
             doomed = [s for s in members if s.id not in deleting and s.status != "DELETED"]
             plan.to_delete += doomed
             complete = False
+    masters_rolled = True
+    for group in groups:
+        if group.is_master and group.present:
+            members = by_group.get(group.name, [])
+            done = _plan_masters(plan, prefix, group, members, known, deleting, pool)
+            masters_rolled = masters_rolled and done
+            complete = done and complete
     for group in groups:
         members = by_group.get(group.name, [])
         if group.is_master:
-            complete = _plan_masters(plan, prefix, group, members, known, deleting) and complete
             continue
         alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
         pending = len(members) - len(alive)
@@ -113,7 +139,9 @@ def plan_update(
             complete = complete and not members
             continue
         _observe(plan, alive, known)
-        remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove]
+        # a server already reported in ERROR (a failed update) is replaced by the next update: the retry
+        broken = [s for s in alive if s.status == "ERROR" and s.id in known and known[s.id].status == model.NODE_FAILED]
+        remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove or s in broken]
         keep = [s for s in alive if s not in remove]
         surplus = len(keep) - group.node_count
         if surplus > 0:
@@ -125,7 +153,7 @@ def plan_update(
             not remove and not pending and len(keep) == group.node_count
             and all(s.status == "ACTIVE" for s in keep)
         )
-        if outdated and settled:
+        if outdated and settled and masters_rolled:
             batch = outdated[: max(1, max_batch_size)]
             remove += batch
             keep = [s for s in keep if s not in batch]
@@ -142,7 +170,7 @@ def plan_update(
                 plan.to_create.append((group, model.DesiredNode(group_node_name(prefix, group, index), role, index)))
         done = settled and not outdated
         complete = complete and done
-    plan.complete = complete and not plan.failed and not plan.to_create and not plan.to_delete
+    plan.complete = complete and not plan.failed and not plan.to_create and not plan.to_delete and not plan.retire
     return plan
 
 
@@ -158,20 +186,46 @@ def _observe(plan: UpdatePlan, alive: list[model.ServerView], known: dict[str, m
 
 def _plan_masters(
     plan: UpdatePlan, prefix: str, group: GroupSpec, members: list[model.ServerView], known: dict[str, model.KnownNode],
-    deleting: set[str],
+    deleting: set[str], pool: frozenset[str] | None = None,
 ) -> bool:
-    """Masters are created up to the group's count (a create is an update from zero nodes) and never removed nor
-    rolled here (Magnum fixes master_count at create). True when the group has its masters, all ACTIVE."""
+    """Masters are created up to the group's count (a create is an update from zero nodes; Magnum fixes
+    master_count at create) and rolled one at a time when outdated. Behind a load balancer (``pool``: the masters
+    its pool holds ACTIVE) a new master is booted first and joins the pool ACTIVE before the oldest outdated one is
+    retired (``plan.retire``: taken out of the pool, then deleted), so the pool never holds fewer than
+    master_count ACTIVE members but for the moment one leaves. Without one (a single master whose port carries the
+    API) the master is deleted and booted again under its own name, on the kept port. True when the group has its
+    masters, all ACTIVE and up to date, none being deleted."""
     alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
     _observe(plan, alive, known)
+    broken = [s for s in alive if s.status == "ERROR" and s.id in known and known[s.id].status == model.NODE_FAILED]
+    plan.to_delete += broken  # reported by a failed update: the retry replaces it
+    alive = [s for s in alive if s not in broken]
+    pending = len(members) - len(alive)
     taken = {index_of(s.name) for s in members}
+    active = all(s.status == "ACTIVE" for s in alive)
+    outdated = [s for s in alive if _outdated(s, group)]
+    wanted = group.node_count
+    if outdated and active and not pending and len(alive) >= wanted:
+        if pool is None:
+            plan.to_delete.append(outdated[0])
+            return False
+        current = [s for s in alive if s not in outdated]
+        if len(alive) == wanted:
+            wanted += 1  # surge: a new master first
+        elif all(s.id in pool for s in current):
+            plan.retire.append(outdated[0])  # the new one serves: the oldest outdated leaves
+            return False
+        else:
+            return False  # the new master joins the pool first
+    if pool is None and pending:
+        return False  # the replaced master's name and port come free when it is gone
     index = 0
-    for _ in range(group.node_count - len(alive)):
+    for _ in range(wanted - len(alive)):
         while index in taken:
             index += 1
         taken.add(index)
         plan.to_create.append((group, model.DesiredNode(group_node_name(prefix, group, index), model.MASTER, index)))
-    return len(alive) >= group.node_count and all(s.status == "ACTIVE" for s in alive)
+    return len(alive) >= group.node_count and active and not outdated and not pending
 
 
 def worker_count(groups: list[GroupSpec]) -> int:

@@ -74,7 +74,11 @@ def boots_on_own_port(driver: CoeDriver, role: str) -> bool:
         role == model.MASTER and driver.needs_all_master_addresses())
 
 
-async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra) -> Convergence:
+async def converge(
+    r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra, only: set[str] | None = None,
+) -> Convergence:
+    """``only``: auto-healing's pass (``health.py``): re-create only the nodes of those names, delete nothing, and
+    record as gone only those (a lost node not being repaired yet stays lost, to be repaired later)."""
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None
     prefix = model.cluster_prefix(spec.name, row.uuid)
@@ -90,12 +94,13 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         groups.append(nodeplan.GroupSpec(
             name=g.name, role=g.role, node_count=g.node_count, present=g.present, is_default=g.is_default,
             nodes_to_remove=g.nodes_to_remove, image=image, flavor_id=g.flavor_id, image_ref=g.image_ref,
-            docker_volume_size=g.docker_volume_size,
+            docker_volume_size=g.docker_volume_size, roll=g.roll,
         ))
     servers = await r.cloud.call(trust, lambda c: c.list_servers(prefix, row.uuid))
     listed_at = billing.now()  # a server this listing no longer shows is billed until here
     present = {s.id for s in servers}
     st.delete_requested &= present
+    st.retired &= present
 
     unrecorded = []
     for server in servers:
@@ -106,7 +111,8 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
                 flavor = await r.cloud.call(trust, lambda c: c.flavor(built.flavor_id))
             unrecorded.append((server.id, server.name, server.role, flavor, group))
     await r.emit_nodes_created(row, unrecorded)
-    gone = [node for sid, node in sorted(row.nodes.items()) if sid not in present and node.status != model.NODE_DELETED]
+    gone = [node for sid, node in sorted(row.nodes.items()) if sid not in present and node.status != model.NODE_DELETED
+            and (only is None or node.name in only)]
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
         role=node.role, deleted_at=listed_at,  # type: ignore[arg-type]
@@ -125,12 +131,27 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
         if released:
             st.releasing.discard(name)
 
-    plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size)
+    pool = await _pool(r, row, st, infra, groups, servers)
+    plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size, pool)
+    if only is not None:
+        plan.to_create = [(g, n) for g, n in plan.to_create if n.name in only]
+        plan.to_delete = []
     failure = await r.emit_node_states(row, plan.failed, plan.became_active)
     if failure is not None:
         return Convergence(servers=servers, failure=failure)
     if plan.complete and not st.releasing:
         return Convergence(servers=servers, complete=True)
+    st.waiting_for = _waiting_for(plan, servers, st)
+    for server in plan.retire:  # a rolled master leaves the pool before its server goes (ADR 0010)
+        lb = infra.load_balancer
+        assert lb is not None and pool is not None
+        st.retired.add(server.id)  # from now on no pass puts it back in the pool
+        keep = {s.name: s.first_ip() or "" for s in servers if s.role == model.MASTER and s.id in pool
+                and s.id not in st.retired}
+        if await r.cloud.call(trust, lambda c, lb=lb, keep=keep: c.ensure_lb_members(  # type: ignore[misc]
+                lb, keep, built.apiserver_port)):
+            plan.to_delete.append(server)
+            log.info("master_retired", node=server.name, pool=sorted(keep))
     if built.coe in coeapi.DRAINED_COES:
         await asyncio.gather(*(_drain(r, row, st, infra, server.name) for server in plan.to_delete
                                if server.id not in st.delete_requested))
@@ -142,6 +163,43 @@ async def converge(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: I
     if plan.to_create:
         await _boot(r, row, infra, plan.to_create, flavors, servers, st)
     return Convergence(servers=servers)
+
+
+async def _pool(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra, groups: list[nodeplan.GroupSpec],
+                servers: list[model.ServerView]) -> frozenset[str] | None:
+    """The masters the load balancer's pool holds ACTIVE, asked only while a roll has more masters ACTIVE than the
+    cluster's count (a new master joins the pool before an old one leaves); None without a load balancer."""
+    if infra.load_balancer is None:
+        return None if not row.resolved.master_lb_enabled else frozenset()
+    lb = infra.load_balancer
+    active = [s for s in servers if s.role == model.MASTER and s.status == "ACTIVE" and s.id not in st.delete_requested]
+    wanted = sum(g.node_count for g in groups if g.is_master and g.present)
+    if not lb.ready or len(active) <= wanted:
+        return frozenset()
+    serving = [s for s in active if s.id not in st.retired]
+    members = {s.name: s.first_ip() or "" for s in serving}
+    trust = row.trust_id or ""
+    if await r.cloud.call(trust, lambda c: c.ensure_lb_members(lb, members, row.resolved.apiserver_port)):
+        return frozenset(s.id for s in serving)
+    return frozenset()
+
+
+def _waiting_for(plan: nodeplan.UpdatePlan, servers: list[model.ServerView], st: TaskState) -> str:
+    """What a pass that did not converge waits for, in words a deadline's reason can name."""
+    building = sorted(s.name for s in servers if s.status not in ("ACTIVE", "ERROR", "DELETED")
+                      and s.id not in st.delete_requested)
+    going = sorted(s.name for s in servers if s.id in st.delete_requested)
+    if building:
+        return f"servers {', '.join(building)} to become ACTIVE"
+    if plan.retire:
+        return f"the load balancer's pool to let master {plan.retire[0].name} go"
+    if going:
+        return f"servers {', '.join(going)} to be deleted"
+    if plan.to_create:
+        return f"servers {', '.join(n.name for _, n in plan.to_create)} to be created"
+    if st.releasing:
+        return f"the volumes, ports and floating IPs of {', '.join(sorted(st.releasing))} to be released"
+    return "the load balancer's pool to hold every new master"
 
 
 async def _drain(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra, node_name: str) -> None:
@@ -198,13 +256,19 @@ async def _boot(
             network_id=infra.network.network_id, subnet_id=infra.network.subnet_id,
             security_group_ids=[infra.security_groups[model.MASTER]]) for i in range(built.master_count)])
         masters = tuple(p.ip for p in master_ports if p.ip)
+    rolling = row.status not in (None, model.CREATE_IN_PROGRESS)  # the control plane is up: this is a roll
+    bundle = (row.ca_cert_pem.rstrip() + "\n" + row.ca_previous_pem.rstrip() + "\n") if row.ca_previous_pem else None
     cas = await certificates.ca_key(r.bus.nc, row) if any(
         driver.needs_ca_key(node.role) for _, node in nodes) else None  # type: ignore[arg-type]
     ca_key = cas.key_pem if cas is not None else None
 
     async def create(group: nodeplan.GroupSpec, node: model.DesiredNode) -> str | CloudError | None:
         volumes = volume_names(node.name, node.role, group.docker_volume_size, built.etcd_volume_size)
-        is_first_master = node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
+        # A roll's master behind a load balancer joins the running control plane, master-0's replacement too; a
+        # single master without one is booted again as the first master on the kept API port (docs/adr/0010).
+        is_first_master = (node.role == model.MASTER and node.index == 0 and group.name == nodeplan.DEFAULT_MASTER
+                           and not (rolling and built.master_lb_enabled))
+        rejoin = node.role == model.MASTER and rolling and not is_first_master
         with_certificate = driver.needs_server_certificate(node.role)  # type: ignore[arg-type]
         own_port = boots_on_own_port(driver, node.role)
 
@@ -242,7 +306,8 @@ async def _boot(
                 http_proxy=built.http_proxy, https_proxy=built.https_proxy, no_proxy=built.no_proxy,
                 ca_key_pem=ca_key if driver.needs_ca_key(node.role) else None,  # type: ignore[arg-type]
                 node_address=port.ip if port is not None else None,
-                **(_other_cas(cas) if is_first_master and cas is not None else {}),
+                **(_other_cas(cas) if (is_first_master or rejoin) and cas is not None else {}),
+                rejoin=rejoin, client_ca_bundle_pem=bundle if node.role == model.MASTER else None,
                 server_cert_pem=tls.cert_pem if tls else None, server_key_pem=tls.key_pem if tls else None,
             ))
             try:
@@ -254,7 +319,8 @@ async def _boot(
                 network_id=infra.network.network_id, port_id=port.id if port is not None else None,
                 security_group_ids=[infra.security_groups[node.role]],
                 key_name=built.keypair,
-                metadata=model.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
+                metadata={**model.node_metadata(row.uuid, node, nodegroup=group.name, image=group.image),
+                          "cove_roll": str(group.roll)},
                 user_data=user_data, volume_ids=volume_ids,
                 server_group=infra.server_group if node.role == model.MASTER else None,
                 availability_zone=built.availability_zone,

@@ -16,6 +16,9 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_COE_NETWORKS    CIDRs where the provisioner may reach clusters' own APIs, to drain a Swarm
                                      node before deleting it (default 127.0.0.0/8: name the external network's)
     COVE_PROVISIONER_DRAIN_TIMEOUT   seconds a drain waits for a node's tasks to move elsewhere (default 60)
+    COVE_PROVISIONER_UPDATE_TIMEOUT  minutes an update may take before UPDATE_FAILED (default 60)
+    COVE_PROVISIONER_DELETE_TIMEOUT  minutes a delete may take before DELETE_FAILED (default 60)
+    COVE_PROVISIONER_MINUTE_SECONDS  seconds in a minute of those deadlines and create_timeout (tests; default 60)
     COVE_PROVISIONER_ADDONS_DIR      the site add-ons (named cloud-init fragments; default deploy/addons)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
@@ -66,6 +69,9 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         coe_networks=tuple(n.strip() for n in extra.get("COVE_PROVISIONER_COE_NETWORKS", "127.0.0.0/8").split(",")
                            if n.strip()),
         drain_timeout=float(extra.get("COVE_PROVISIONER_DRAIN_TIMEOUT", "60")),
+        update_timeout=float(extra.get("COVE_PROVISIONER_UPDATE_TIMEOUT", "60")),
+        delete_timeout=float(extra.get("COVE_PROVISIONER_DELETE_TIMEOUT", "60")),
+        minute_seconds=float(extra.get("COVE_PROVISIONER_MINUTE_SECONDS", "60")),
         addons=addons.Catalog.load(addons.directory_of(extra)),
     )
 

@@ -30,6 +30,17 @@ class ReconcilerSettings:
     CIDRs): to drain a Swarm node before its server goes (``coeapi.py``)."""
     drain_timeout: float = 60.0
     """How long a drain waits for a node's tasks to move (``COVE_PROVISIONER_DRAIN_TIMEOUT``)."""
+    update_timeout: float = 60.0
+    """Minutes an update (resize, upgrade, nodegroups, a CA rotation's roll) may take before it fails
+    (``COVE_PROVISIONER_UPDATE_TIMEOUT``); a create has its cluster's ``create_timeout``."""
+    delete_timeout: float = 60.0
+    """Minutes a delete may take before it fails (``COVE_PROVISIONER_DELETE_TIMEOUT``)."""
+    minute_seconds: float = 60.0
+    """Seconds in a minute of those deadlines (``COVE_PROVISIONER_MINUTE_SECONDS``): 60 except in tests, which
+    shorten a one-minute ``create_timeout``."""
+    max_repairs_per_nodegroup: int = 1
+    """Auto-healing replaces at most this many nodes of a nodegroup at a time
+    (``COVE_PROVISIONER_MAX_REPAIRS_PER_NODEGROUP``): a cloud outage does not replace a whole cluster at once."""
     addons: Catalog = field(default_factory=Catalog)
     """The operator's site add-ons (``COVE_PROVISIONER_ADDONS_DIR``), merged into the user data of the clusters
     whose ``addons`` label names them."""
@@ -78,7 +89,13 @@ class TaskState:
     """Names of nodes whose server is gone and whose volumes and floating IP are still being released (a task
     restarted meanwhile forgets them: the cluster's delete removes whatever carries its id)."""
     failures: int = 0
+    waiting_for: str | None = None
+    """What the last pass waited for (a deadline's reason names it)."""
+    retired: set[str] = field(default_factory=set)
+    """Masters of a roll already taken out of the load balancer's pool, to be deleted next."""
     coe_client: NodeTLS | None = None
+    repairs: dict[str, Any] = field(default_factory=dict)
+    """Node name -> ``health.Repair``: the lost nodes auto-healing is replacing (``health.py``)."""
     billed: dict[str, Any] = field(default_factory=dict)
     """Resource id -> ``billing.Billed``: volumes, floating IPs and the load balancer reported to accounting and not
     yet reported gone (``billing.py``)."""

@@ -44,6 +44,15 @@ class ClusterRow:
     update_done: int = 0
     max_batch_size: int = 1
     groups: list[GroupSpec] = field(default_factory=list)
+    update_started_at: datetime | None = None
+    """When the current update started (ClusterUpdateStarted's time): its deadline counts from here."""
+    delete_started_at: datetime | None = None
+    """When the current delete started (ClusterDeleteStarted's time): its deadline counts from here."""
+    ca_previous_pem: str | None = None
+    """The CA a rotation replaced, trusted beside the new one while the nodes roll onto it; None otherwise."""
+    health_status: str | None = None
+    """The last ``ClusterHealthChanged`` (``health.py``); None before the first."""
+    health_reason: dict[str, str] | None = None
 
     @property
     def resolved(self) -> ClusterSpec:
@@ -122,6 +131,26 @@ async def set_status(
     )
 
 
+async def set_health(
+    tx: asyncpg.Connection, cluster_id: str, project_id: str | None, status: str, reason: dict[str, str], seq: int
+) -> None:
+    """The cluster's health as its last ``ClusterHealthChanged`` says (``health.py`` publishes only on a change)."""
+    await tx.execute(
+        "INSERT INTO clusters (uuid, project_id, health_status, health_reason, last_seq)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5)"
+        " ON CONFLICT (uuid) DO UPDATE SET health_status = EXCLUDED.health_status,"
+        " health_reason = EXCLUDED.health_reason, last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq)",
+        cluster_id, project_id, status, json.dumps(reason), seq,
+    )
+
+
+async def watched_clusters(conn: asyncpg.Connection | asyncpg.Pool, statuses: list[str]) -> dict[str, str]:
+    """Cluster id -> status of the clusters that exist in one of ``statuses`` (the watch's, ``watch.py``)."""
+    rows = await conn.fetch(
+        "SELECT uuid, status FROM clusters WHERE desired = 'present' AND status = ANY($1::text[])", statuses)
+    return {r["uuid"]: r["status"] for r in rows}
+
+
 async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | None, seq: int) -> None:
     await tx.execute(
         "INSERT INTO clusters (uuid, project_id, last_seq) VALUES ($1, $2, $3)"
@@ -182,6 +211,10 @@ def _row(r: asyncpg.Record) -> ClusterRow:
         status_reason=r["status_reason"], create_started_at=r["create_started_at"], last_seq=r["last_seq"],
         update_generation=r["update_generation"], update_started=r["update_started"],
         update_done=r["update_done"], max_batch_size=r["max_batch_size"],
+        update_started_at=r.get("update_started_at"), delete_started_at=r.get("delete_started_at"),
+        ca_previous_pem=r.get("ca_previous_pem"),
+        health_status=r.get("health_status"),
+        health_reason=json.loads(r["health_reason"]) if r.get("health_reason") else None,
     )
 
 
@@ -199,6 +232,7 @@ async def load_cluster(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str)
             name=g["name"], role=g["role"], node_count=g["node_count"], present=g["present"],
             is_default=g["is_default"], nodes_to_remove=frozenset(json.loads(g["nodes_to_remove"])),
             flavor_id=g["flavor_id"], image_ref=g["image_id"], docker_volume_size=g["docker_volume_size"],
+            roll=g.get("roll_generation") or 0,
         ))
     return row
 
@@ -266,6 +300,29 @@ async def set_group_image(tx: asyncpg.Connection, cluster_id: str, name: str | N
         "UPDATE nodegroups SET image_id = $2 WHERE cluster_id = $1 AND ($3::text IS NULL OR name = $3)",
         cluster_id, image_id, name,
     )
+
+
+async def set_operation_started(tx: asyncpg.Connection, cluster_id: str, column: str, at: datetime) -> None:
+    """When the current update (``update_started_at``) or delete (``delete_started_at``) started."""
+    assert column in ("update_started_at", "delete_started_at")
+    await tx.execute(f"UPDATE clusters SET {column} = $2 WHERE uuid = $1", cluster_id, at)
+
+
+async def bump_roll(tx: asyncpg.Connection, cluster_id: str, name: str | None, *, masters_only: bool = False) -> None:
+    """Every server of one group (or, name None, of every group; of the master groups only) is to be rolled."""
+    await tx.execute(
+        "UPDATE nodegroups SET roll_generation = roll_generation + 1 WHERE cluster_id = $1"
+        " AND ($2::text IS NULL OR name = $2) AND (NOT $3 OR role = 'master')",
+        cluster_id, name, masters_only,
+    )
+
+
+async def set_ca_previous(tx: asyncpg.Connection, cluster_id: str, previous_pem: str | None) -> None:
+    await tx.execute("UPDATE clusters SET ca_previous_pem = $2 WHERE uuid = $1", cluster_id, previous_pem)
+
+
+async def current_ca(tx: asyncpg.Connection, cluster_id: str) -> str | None:
+    return await tx.fetchval("SELECT ca_cert_pem FROM clusters WHERE uuid = $1", cluster_id)  # type: ignore[no-any-return]
 
 
 async def bump_update(tx: asyncpg.Connection, cluster_id: str, *, max_batch_size: int | None = None) -> None:

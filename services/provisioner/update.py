@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from proto.events import ClusterUpdateCompleted, ClusterUpdateFailed, ClusterUpdateStarted
+from proto.events import (
+    ClusterCATrustNarrowed,
+    ClusterUpdateCompleted,
+    ClusterUpdateFailed,
+    ClusterUpdateStarted,
+)
 from services.provisioner import nodeplan, nodes, store
 from services.provisioner.state import Outcome, TaskState
 
@@ -25,6 +30,10 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
             uuid=row.uuid, project_id=row.project_id or "", node_count=nodeplan.worker_count(row.groups), generation=gen,
         ), f"ClusterUpdateStarted:{gen}")
         return Outcome.AGAIN
+    timeout = r.settings.update_timeout
+    if r.past_deadline(row.update_started_at, timeout):  # ClusterUpdateStarted's time: a restart keeps it
+        return await failed(r, row, f"Timed out after {timeout:g} minutes (COVE_PROVISIONER_UPDATE_TIMEOUT) waiting "
+                                    f"for {st.waiting_for or 'the nodegroups to converge'}")
     return await r.attempt(row, st, steps, failed)
 
 
@@ -34,7 +43,13 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     if result.failure is not None:
         return await failed(r, row, result.failure)
     if not result.complete or result.exposure is None:
+        st.waiting_for = st.waiting_for or "the load balancer's members and the floating IPs"
         return Outcome.POLL
+    if row.ca_previous_pem is not None:
+        # every node runs the rotated CA: roll the masters once more, trusting it alone (ADR 0010)
+        await r.emit(row, ClusterCATrustNarrowed(uuid=row.uuid, project_id=row.project_id or "", generation=gen),
+                     f"ClusterCATrustNarrowed:{gen}")
+        return Outcome.AGAIN
     exposed = result.exposure
     counts = {g.name: g.node_count for g in row.groups if g.present}
     await r.emit(row, ClusterUpdateCompleted(

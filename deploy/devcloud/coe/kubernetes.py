@@ -192,7 +192,7 @@ class KubernetesEndpoint(Endpoint):
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der:
-            who = client_identity(der, self.plan.ca_cert_pem)
+            who = next((w for ca in self.plan.trusted_cas if (w := client_identity(der, ca)) is not None), None)
             if who is None:
                 return _status(401, "Unauthorized", "Unauthorized")
             request["user"] = who

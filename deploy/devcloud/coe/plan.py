@@ -69,6 +69,12 @@ class Plan:
     def api_host(self) -> str:
         return self.first.api_host
 
+    @property
+    def trusted_cas(self) -> tuple[str, ...]:
+        """The CAs whose client certificates the cluster accepts: its CA, and during a CA rotation's roll the
+        bundle of new and old the serving master's user data names."""
+        return self.first.client_ca_pems or (self.first.ca_cert_pem,)
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -113,10 +119,16 @@ def plan(cloud: Cloud, known: dict[str, tuple[str, NodeFiles]], rules: dict[str,
     for cid, servers in by_cluster.items():
         servers.sort(key=lambda s: (str(s.get("created") or ""), s["id"]))
         parsed = [(s, read_user_data(s.get("_user_data"))) for s in servers]
+        active = {s["id"] for s in servers if s["status"] == "ACTIVE"}
         for s, files in parsed:
-            if (files is not None and files.first_master and s["status"] == "ACTIVE" and files.coe in rules
-                    and rules[files.coe].ready(files)):
-                known[cid] = (s["id"], files)
+            # the first master, or (Kubernetes) a master a roll booted with the CA files: it takes over when the
+            # one known is gone or it brings another CA or client CA bundle (a CA rotation's roll)
+            if (files is not None and (files.first_master or (files.role == "master" and files.ca_key_pem))
+                    and s["status"] == "ACTIVE" and files.coe in rules and rules[files.coe].ready(files)):
+                held = known.get(cid)
+                if (held is None or held[0] not in active or files.first_master
+                        or (files.ca_cert_pem, files.client_ca_pems) != (held[1].ca_cert_pem, held[1].client_ca_pems)):
+                    known[cid] = (s["id"], files)
         if cid not in known:
             continue
         first_id, first = known[cid]
@@ -130,8 +142,8 @@ def plan(cloud: Cloud, known: dict[str, tuple[str, NodeFiles]], rules: dict[str,
             fixed = [ip for port in ports for ip in port.get("fixed_ips") or []]
             p.nodes.append(Node(s["id"], files.node_name, files.role, tuple(ip["ip_address"] for ip in fixed),
                                 str(s.get("created") or ""), files))
-            if files.ca_cert_pem.strip() != first.ca_cert_pem.strip():
-                continue  # not a node of the CA the cluster's clients trust: it serves nothing
+            if files.ca_cert_pem.strip() not in {ca.strip() for ca in (first.ca_cert_pem, *first.client_ca_pems)}:
+                continue  # not a node of a CA the cluster's clients trust: it serves nothing
             for node_port in rules[first.coe].ports(files):
                 for port in ports:
                     for ip in port.get("fixed_ips") or []:

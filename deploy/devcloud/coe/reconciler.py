@@ -58,7 +58,7 @@ class CoeEndpoints:
                 await self._unbind(key, cid)
             await self.endpoints.pop(cid).close()
             log.info("coe_endpoint_stopped", cluster_id=cid)
-        cas = {p.ca_cert_pem for p in plans.values()}
+        cas = {ca for p in plans.values() for ca in (p.ca_cert_pem, *p.trusted_cas)}
         for cid, p in plans.items():
             if cid not in self.endpoints:
                 endpoint = STAND_INS[p.coe].endpoint(p, self.cloud)

@@ -20,6 +20,8 @@ KUBE_CA_CERT_PATH = "/etc/kubernetes/pki/ca.crt"
 KUBE_CA_KEY_PATH = "/etc/kubernetes/pki/ca.key"
 KUBEADM_CONFIG_PATH = "/etc/cove/kubeadm.yaml"
 RBAC_PATH = "/etc/cove/rbac.yaml"
+KUBE_CLIENT_CA_PATH = "/etc/kubernetes/pki/client-ca.crt"
+"""Kubernetes masters during a CA rotation's roll: the CAs (new and old) the API server accepts clients of."""
 """Kubernetes: the ClusterRoleBindings the first master applies after ``kubeadm init`` (Cove's user groups)."""
 DOCKER_CA_PATH = "/etc/docker/tls/ca.pem"
 DOCKER_CERT_PATH = "/etc/docker/tls/server-cert.pem"
@@ -41,7 +43,9 @@ class NodeFiles:
     api_port: int
     ca_cert_pem: str
     ca_key_pem: str | None = None
-    """Kubernetes: the cluster CA's key, on the first master only."""
+    """Kubernetes: the cluster CA's key, on the first master (and the masters a roll booted) only."""
+    client_ca_pems: tuple[str, ...] = ()
+    """Kubernetes: the client CA bundle of a CA rotation's roll (new and old CA); empty: the cluster CA alone."""
     kube_tag: str = DEFAULT_KUBE_TAG
     service_cidr: str = ""
     cert_sans: tuple[str, ...] = ()
@@ -100,6 +104,7 @@ def read_user_data(raw: str | None) -> NodeFiles | None:
         api_port=api_port,
         ca_cert_pem=ca,
         ca_key_pem=files.get(KUBE_CA_KEY_PATH) if coe == "kubernetes" else None,
+        client_ca_pems=split_pems(files.get(KUBE_CLIENT_CA_PATH, "")) if coe == "kubernetes" else (),
         kube_tag=env.get("KUBE_TAG") or DEFAULT_KUBE_TAG,
         service_cidr=env.get("SERVICE_CIDR", ""),
         cert_sans=_cert_sans(files.get(KUBEADM_CONFIG_PATH, "")),
@@ -111,6 +116,12 @@ def read_user_data(raw: str | None) -> NodeFiles | None:
         hostname=str(doc.get("hostname") or env.get("COVE_NODE_NAME") or ""),
         env=env,
     )
+
+
+def split_pems(bundle: str) -> tuple[str, ...]:
+    """The certificates of a PEM bundle, each as its own PEM text."""
+    end = "-----END CERTIFICATE-----"
+    return tuple(part.strip() + "\n" + end + "\n" for part in bundle.split(end) if "-----BEGIN" in part)
 
 
 def _cert_sans(kubeadm_config: str) -> tuple[str, ...]:

@@ -86,6 +86,12 @@ class NodeContext:
     """The cluster's front-proxy CA (PEM; ``ClusterCAKey.front_proxy_cert_pem``), first master only."""
     front_proxy_ca_key_pem: str | None = None
     """Its private key (``ClusterCAKey.front_proxy_key_pem``), first master only."""
+    rejoin: bool = False
+    """A master booted by a roll (upgrade, CA rotation) of a running control plane: it carries the cluster's CA files
+    as the first master does (they may be a rotated CA's) and joins the control plane (docs/adr/0010)."""
+    client_ca_bundle_pem: str | None = None
+    """Masters during a CA rotation's roll: the CAs the API server accepts client certificates of (the new CA and
+    the one it replaced); None: the cluster CA alone."""
 
 
 @dataclass(frozen=True)

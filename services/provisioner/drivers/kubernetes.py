@@ -55,6 +55,9 @@ ETCD_CA_KEY_PATH = "/etc/kubernetes/pki/etcd/ca.key"
 FRONT_PROXY_CA_CERT_PATH = "/etc/kubernetes/pki/front-proxy-ca.crt"
 FRONT_PROXY_CA_KEY_PATH = "/etc/kubernetes/pki/front-proxy-ca.key"
 RBAC_PATH = "/etc/cove/rbac.yaml"
+CLIENT_CA_PATH = "/etc/kubernetes/pki/client-ca.crt"
+"""During a CA rotation's roll: the CAs (new and old) whose client certificates the API server accepts."""
+PATCHES_DIR = "/etc/cove/kubeadm-patches"
 ADMIN_GROUP = "cove:cluster-admins"
 """Must equal ``services.certs.ca.ADMIN_GROUP`` (tests check it): bound to ``cluster-admin``."""
 VIEW_GROUP = "cove:cluster-viewers"
@@ -264,6 +267,9 @@ main "$@"
 """
 
 _MODULES = "overlay\nbr_netfilter\n"
+_CLIENT_CA_PATCH = (
+    '[{"op": "add", "path": "/spec/containers/0/command/-", "value": "--client-ca-file=' + CLIENT_CA_PATH + '"}]\n'
+)
 _SYSCTL = "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n"
 _PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
 
@@ -378,7 +384,10 @@ class KubernetesDriver:
             **proxy,
         }
         files = [_write(CA_CERT_PATH, node.ca_cert_pem, "0644")]
-        if first:
+        if node.role == "master" and node.client_ca_bundle_pem:
+            files += [_write(CLIENT_CA_PATH, node.client_ca_bundle_pem, "0644"),
+                      _write(f"{PATCHES_DIR}/kube-apiserver0+json.json", _CLIENT_CA_PATCH, "0644")]
+        if first or (node.role == "master" and node.rejoin):
             assert node.ca_key_pem is not None
             files.append(_write(CA_KEY_PATH, node.ca_key_pem, "0600"))
             for cert_path, cert_pem, key_path, key_pem in (
@@ -425,6 +434,8 @@ class KubernetesDriver:
             ignored.append("DirAvailable--var-lib-etcd")  # a fresh filesystem's lost+found
         if not (node.role == "master" and node.is_first_master):
             ignored.append("FileAvailable--etc-kubernetes-pki-ca.crt")  # written by cloud-init, the same CA
+        if node.role == "master" and node.rejoin:
+            ignored.append("FileAvailable--etc-kubernetes-pki-ca.key")  # a roll's master brings the CA files
         if ignored:
             registration["ignorePreflightErrors"] = ignored
         if node.role == "master" and node.is_first_master:
@@ -479,6 +490,8 @@ class KubernetesDriver:
                     "localAPIEndpoint": {"bindPort": node.api_port},
                 }
             docs = [join]
+        if node.role == "master" and node.client_ca_bundle_pem:
+            docs[0]["patches"] = {"directory": PATCHES_DIR}  # kube-apiserver --client-ca-file: the bundle
         return dump_yaml_all(docs)
 
     def health_checks(self) -> list[HealthCheck]:
@@ -555,7 +568,7 @@ def _check_node(node: NodeContext) -> None:
                                     ("front-proxy", node.front_proxy_ca_cert_pem, node.front_proxy_ca_key_pem)):
         if (cert_pem is None) != (key_pem is None):
             raise ValueError(f"the {name} CA needs both its certificate and its key")
-        if key_pem is not None and not (node.role == "master" and node.is_first_master):
+        if key_pem is not None and not (node.role == "master" and (node.is_first_master or node.rejoin)):
             raise ValueError(f"only the first master receives the {name} CA's key")
     if node.ca_key_pem is not None:
         cert = x509.load_pem_x509_certificate(node.ca_cert_pem.encode())
