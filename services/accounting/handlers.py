@@ -3,7 +3,9 @@
 Intervals are timed by the cloud's times that the provisioner's events carry (``created_at``, ``deleted_at``...),
 never by when accounting handled them; an older event without them stands in with its envelope's ``occurred_at``.
 A server is billed from its creation at Nova until it is gone, ERROR or not (Nova counts it against the project's
-quota, and the cloud's ledger records it, from its create call to its removal)."""
+quota, and the cloud's ledger records it, from its create call to its removal), except a node the cloud lost after
+it ran (``NodeLost``: its server went to ERROR or vanished under a cluster that exists), whose interval ends at the
+cloud's time of the loss; the interval keeps the first end reported."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from proto.events import (
     LoadBalancerDeleted,
     NodeCreated,
     NodeDeleted,
+    NodeLost,
     VolumeCreated,
     VolumeDeleted,
 )
@@ -52,6 +55,14 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
             at=p.deleted_at or at, reason="deleted",
         )
         log.info("usage_interval_closed", kind="server", resource_id=p.server_id, project_id=p.project_id)
+    elif isinstance(p, NodeLost):
+        # the cloud lost the node (ERROR, or gone): billing stops at the cloud's time, before Cove deletes it
+        await store.resource_ended(
+            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.lost_at or at, reason="lost",
+        )
+        log.info("usage_interval_closed", kind="server", resource_id=p.server_id, project_id=p.project_id,
+                 reason="lost")
     elif isinstance(p, VolumeCreated):
         await store.resource_started(
             tx, kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,

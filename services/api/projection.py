@@ -180,6 +180,14 @@ async def health_updated(e: ev.ClusterHealthUpdated, env: Envelope, tx: asyncpg.
         )
 
 
+async def health_changed(e: ev.ClusterHealthChanged, env: Envelope, tx: asyncpg.Connection) -> None:
+    """The provisioner's health, computed from the cluster's nodes at the cloud (services/provisioner/health.py)."""
+    if await store.cluster_status(tx, e.uuid) is not None:
+        await store.update_cluster(
+            tx, e.uuid, health_status=e.health_status, health_status_reason=dict(e.health_status_reason),
+        )
+
+
 async def update_started(e: ev.ClusterUpdateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
     await _move(tx, e.uuid, "ClusterUpdateStarted", env.occurred_at)
 
@@ -248,6 +256,7 @@ HANDLERS: dict[type, Apply] = {
     ev.ClusterDeleteFailed: delete_failed,
     ev.ClusterUpdateRequested: update_requested,
     ev.ClusterHealthUpdated: health_updated,
+    ev.ClusterHealthChanged: health_changed,
     ev.ClusterUpdateStarted: update_started,
     ev.ClusterUpdateCompleted: update_completed,
     ev.ClusterUpdateFailed: update_failed,

@@ -20,6 +20,11 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_DELETE_TIMEOUT  minutes a delete may take before DELETE_FAILED (default 60)
     COVE_PROVISIONER_MINUTE_SECONDS  seconds in a minute of those deadlines and create_timeout (tests; default 60)
     COVE_PROVISIONER_ADDONS_DIR      the site add-ons (named cloud-init fragments; default deploy/addons)
+    COVE_PROVISIONER_WATCH_INTERVAL  seconds between two changes-since listings of the cloud's servers (watch.py;
+                                     default 0.2)
+    COVE_PROVISIONER_WATCH_SCOPE     all (one all-tenants listing as the service user, default) or project (one per
+                                     project through a trust)
+    COVE_PROVISIONER_MAX_REPAIRS_PER_NODEGROUP  nodes of a nodegroup auto-healing replaces at a time (default 1)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
                                      (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
@@ -28,20 +33,23 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from proto import subjects, trusts
 from proto.envelope import Envelope
 from proto.streams import PROVISIONER_CONSUMER
-from services.provisioner import handlers, model
+from services.provisioner import handlers, health, model, store
 from services.provisioner.cloud import Cloud, CloudSettings
 from services.provisioner.drivers import addons
 from services.provisioner.loop import Reconciler
 from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
 from services.provisioner.trusts import TrustReaper, TrustReaperSettings
+from services.provisioner.watch import Watched, Watcher, WatchSettings, fetch_changes
 from services.runtime.service import Service, ServiceConfig
 
 log = structlog.get_logger(__name__)
@@ -69,6 +77,7 @@ def reconciler_settings(extra: dict[str, str]) -> ReconcilerSettings:
         coe_networks=tuple(n.strip() for n in extra.get("COVE_PROVISIONER_COE_NETWORKS", "127.0.0.0/8").split(",")
                            if n.strip()),
         drain_timeout=float(extra.get("COVE_PROVISIONER_DRAIN_TIMEOUT", "60")),
+        max_repairs_per_nodegroup=int(extra.get("COVE_PROVISIONER_MAX_REPAIRS_PER_NODEGROUP", "1")),
         update_timeout=float(extra.get("COVE_PROVISIONER_UPDATE_TIMEOUT", "60")),
         delete_timeout=float(extra.get("COVE_PROVISIONER_DELETE_TIMEOUT", "60")),
         minute_seconds=float(extra.get("COVE_PROVISIONER_MINUTE_SECONDS", "60")),
@@ -118,8 +127,24 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         await reconciler.start()
         await reaper.start()
         s.health.add_check("trust_reaper", lambda: reaper.running)
+        pool = s.pool
+
+        async def load_watched() -> dict[str, Watched]:
+            return {r["uuid"]: Watched(r["status"], r["project_id"], r["trust_id"])
+                    for r in await store.watched_clusters(pool, sorted(health.WATCHED))}
+
+        async def list_for_trust(trust_id: str, since: datetime) -> list[dict[str, Any]]:
+            return await cloud.call(trust_id, lambda c: fetch_changes(c.conn, since, all_tenants=False))
+
+        watcher = Watcher(cloud_settings=cloud.settings, load_watched=load_watched, kick=reconciler.kick,
+                          settings=WatchSettings.from_env(config.extra), list_for_trust=list_for_trust)
+        reconciler.watcher = workers.watcher = watcher
+        watcher.start()
+        s.health.add_check("watch", lambda: watcher.running)
 
     async def cleanup(s: Service) -> None:
+        if workers.watcher is not None:
+            await workers.watcher.stop()
         if workers.reaper is not None:
             await workers.reaper.stop()
         if workers.reconciler is not None:
@@ -137,3 +162,4 @@ class Workers:
 
     reconciler: Reconciler | None = None
     reaper: TrustReaper | None = None
+    watcher: Watcher | None = None

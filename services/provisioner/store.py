@@ -144,11 +144,11 @@ async def set_health(
     )
 
 
-async def watched_clusters(conn: asyncpg.Connection | asyncpg.Pool, statuses: list[str]) -> dict[str, str]:
-    """Cluster id -> status of the clusters that exist in one of ``statuses`` (the watch's, ``watch.py``)."""
-    rows = await conn.fetch(
-        "SELECT uuid, status FROM clusters WHERE desired = 'present' AND status = ANY($1::text[])", statuses)
-    return {r["uuid"]: r["status"] for r in rows}
+async def watched_clusters(conn: asyncpg.Connection | asyncpg.Pool, statuses: list[str]) -> list[asyncpg.Record]:
+    """(uuid, status, project_id, trust_id) of the clusters that exist in one of ``statuses`` (``watch.py``)."""
+    return await conn.fetch(
+        "SELECT uuid, status, project_id, trust_id FROM clusters WHERE desired = 'present'"
+        " AND status = ANY($1::text[])", statuses)
 
 
 async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | None, seq: int) -> None:

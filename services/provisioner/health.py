@@ -1,0 +1,237 @@
+"""Health and auto-healing of a cluster that exists (CREATE_COMPLETE, UPDATE_COMPLETE, and the failed states), from
+what the provisioner's watch (``watch.py``) last saw of its servers at the cloud.
+
+Pure part: ``node_health`` (one node: its server ACTIVE, ERROR, SHUTOFF, on a host that is down, or gone) and
+``cluster_health`` (Magnum's ``health_status`` and its ``health_status_reason`` dict, ``{"<node>.Ready": "True"}``).
+
+``reconcile`` is a pass of the cluster's own reconcile task (the single writer of its subject; the watch only kicks
+it): ``NodeLost`` for a node the cloud lost (accounting stops billing at the cloud's time), ``ClusterHealthChanged``
+when the health changed, and, with the label ``auto_healing_enabled``, the repair: the lost node's server is
+deleted and ``nodes.converge`` (the one code path that boots nodes) creates it again under the same name in the
+same nodegroup (same flavor, image, volumes), at most ``max_repairs_per_nodegroup`` nodes of a group at a time;
+once it is ACTIVE the load balancer's members and floating IPs are brought up to date (``infra.expose``) and
+``NodeRepaired`` says which server replaced which.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from proto import labels
+from proto.events import ClusterHealthChanged, NodeHealth, NodeLost, NodeRepaired
+from services.provisioner import infra, model, nodeplan, nodes, store
+from services.provisioner.state import Outcome, TaskState
+
+if TYPE_CHECKING:
+    from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
+
+HEALTHY, UNHEALTHY, UNKNOWN = "HEALTHY", "UNHEALTHY", "UNKNOWN"
+WATCHED = frozenset({model.CREATE_COMPLETE, model.UPDATE_COMPLETE, model.CREATE_FAILED, model.UPDATE_FAILED})
+"""The statuses in which a cluster is watched for health (a build or a delete watches its servers itself)."""
+HEALABLE = frozenset({model.CREATE_COMPLETE, model.UPDATE_COMPLETE})
+LOST = frozenset({"ERROR", "DELETED"})
+DOWN_HOSTS = frozenset({"DOWN", "UNKNOWN"})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One server as the watch last saw it in a listing."""
+
+    server_id: str
+    name: str
+    status: str
+    cluster_id: str
+    nodegroup: str | None = None
+    role: str | None = None
+    fault: str | None = None
+    updated: datetime | None = None
+    terminated_at: datetime | None = None
+    host_status: str | None = None
+
+    @property
+    def changed_at(self) -> datetime | None:
+        """The cloud's time of the server's last change (its deletion's, to the microsecond, when it is gone)."""
+        return self.terminated_at or self.updated if self.status == "DELETED" else self.updated
+
+
+def node_health(node: model.KnownNode, seen: Observed | None, nodegroup: str | None = None) -> NodeHealth:
+    """One node's health: the watch's view of its server when it has one, else what the store recorded."""
+    def health(healthy: bool, status: str, reason: str | None = None) -> NodeHealth:
+        return NodeHealth(node_name=node.name, server_id=node.server_id, healthy=healthy, status=status,
+                          reason=reason, nodegroup=nodegroup)
+
+    if seen is None:
+        if node.status == model.NODE_ACTIVE:
+            return health(True, "ACTIVE")
+        if node.status == model.NODE_FAILED:
+            return health(False, "ERROR", "the server failed (recorded before this watch began)")
+        return health(False, "BUILD", "the server is being built")
+    if seen.status == "DELETED":
+        return health(False, "DELETED", "the server is gone from the cloud")
+    if seen.status == "ERROR":
+        return health(False, "ERROR", seen.fault or "the server went to ERROR without a fault message")
+    if seen.status == "ACTIVE":
+        if (seen.host_status or "").upper() in DOWN_HOSTS:
+            return health(False, "ACTIVE", f"the server's host is {seen.host_status}")
+        return health(True, "ACTIVE")
+    if seen.status in ("SHUTOFF", "PAUSED", "SUSPENDED", "SHELVED", "SHELVED_OFFLOADED", "STOPPED"):
+        return health(False, seen.status, f"the server is {seen.status.lower().replace('_', ' ')}")
+    return health(False, seen.status, f"the server is in {seen.status}")
+
+
+def cluster_health(nodes_health: Iterable[NodeHealth]) -> tuple[str, dict[str, str]]:
+    """Magnum's ``health_status`` and ``health_status_reason``: one ``<node>.Ready`` per node (``True``/``False``),
+    and for a node that is not ready, ``<node>.reason`` in words."""
+    reason: dict[str, str] = {}
+    status = UNKNOWN
+    for n in sorted(nodes_health, key=lambda n: n.node_name):
+        reason[f"{n.node_name}.Ready"] = "True" if n.healthy else "False"
+        if not n.healthy:
+            reason[f"{n.node_name}.reason"] = n.reason or n.status
+            status = UNHEALTHY
+        elif status == UNKNOWN:
+            status = HEALTHY
+    return status, reason
+
+
+def group_of(node: model.KnownNode, seen: Observed | None) -> str:
+    if seen is not None and seen.nodegroup:
+        return seen.nodegroup
+    return nodeplan.DEFAULT_MASTER if node.role == model.MASTER else nodeplan.DEFAULT_WORKER
+
+
+def auto_healing(row: store.ClusterRow) -> bool:
+    if row.spec is None or row.spec.spec is None:
+        return False
+    value = labels.bool_value(row.resolved.labels.get(labels.AUTO_HEALING_LABEL, "") or "")
+    return bool(value)
+
+
+# ------------------------------------------------------------------------------------------- the task's pass
+
+
+@dataclass
+class Repair:
+    """A node being replaced: the server it had, why, and when the next attempt may start (after a failed one)."""
+
+    old_server_id: str
+    reason: str
+    nodegroup: str
+    attempts: int = 1
+    retry_at: float = 0.0
+
+
+class Views(Protocol):
+    """What a health pass reads of the watch (``watch.Watcher``)."""
+
+    def views_of(self, cluster_id: str) -> Mapping[str, Observed]: ...
+
+
+def _views(r: Reconciler, row: store.ClusterRow) -> Mapping[str, Observed]:
+    return r.watcher.views_of(row.uuid) if r.watcher is not None else {}
+
+
+async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
+    """One health pass of a watched cluster (see the module's docstring)."""
+    views = _views(r, row)
+    project = row.project_id or ""
+    live = {sid: n for sid, n in row.nodes.items() if n.status != model.NODE_DELETED}
+
+    lost = []
+    for sid, node in sorted(live.items()):
+        seen = views.get(sid)
+        if seen is None or seen.status not in LOST or node.status == model.NODE_FAILED:
+            continue
+        reason = node_health(node, seen).reason or seen.status
+        lost.append((NodeLost(cluster_id=row.uuid, project_id=project, server_id=sid, node_name=node.name,
+                              status=seen.status, reason=reason, lost_at=seen.changed_at), f"NodeLost:{sid}"))
+        row.nodes[sid] = model.KnownNode(sid, node.name, node.role, model.NODE_FAILED)
+        log.warning("node_lost", node=node.name, server_id=sid, status=seen.status, reason=reason)
+    await r.emit_many(row, lost)
+
+    outcome = Outcome.IDLE
+    healing = row.status in HEALABLE and row.desired == "present" and auto_healing(row)
+    if healing:
+        outcome = await _repair(r, row, st, views)
+    elif st.repairs:
+        st.repairs.clear()
+
+    current = [node_health(n, views.get(sid), group_of(n, views.get(sid)))
+               for sid, n in row.nodes.items() if n.status != model.NODE_DELETED]
+    status, reason = cluster_health(current)
+    if (status, reason) != (row.health_status, row.health_reason or {}):
+        await r.emit(row, ClusterHealthChanged(
+            uuid=row.uuid, project_id=project, health_status=status,  # type: ignore[arg-type]
+            health_status_reason=reason, nodes=sorted(current, key=lambda n: n.node_name),
+        ), f"ClusterHealthChanged:{row.last_seq}")
+        row.health_status, row.health_reason = status, reason
+        log.info("cluster_health_changed", health_status=status,
+                 unhealthy=[n.node_name for n in current if not n.healthy])
+    return outcome
+
+
+async def _repair(r: Reconciler, row: store.ClusterRow, st: TaskState, views: Mapping[str, Observed]) -> Outcome:
+    """Replace lost nodes, at most ``max_repairs_per_nodegroup`` per nodegroup at a time; POLL while any is in
+    flight, IDLE when none is."""
+    limit = max(1, r.settings.max_repairs_per_nodegroup)
+    trust = row.trust_id
+    if not trust or row.spec is None:
+        return Outcome.IDLE
+    now = time.monotonic()
+    victims = {n.name: (sid, n) for sid, n in sorted(row.nodes.items()) if n.status == model.NODE_FAILED}
+    busy: dict[str, int] = {}
+    for repair in st.repairs.values():
+        busy[repair.nodegroup] = busy.get(repair.nodegroup, 0) + 1
+    for name, (sid, node) in victims.items():
+        seen = views.get(sid)
+        repair = st.repairs.get(name)
+        reason = node_health(node, seen).reason or "the node was lost"
+        if repair is None:
+            group = group_of(node, seen)
+            if busy.get(group, 0) >= limit:
+                continue
+            busy[group] = busy.get(group, 0) + 1
+            repair = st.repairs[name] = Repair(sid, reason, group)
+            log.info("node_repair_started", node=name, server_id=sid, nodegroup=group, reason=reason)
+        elif repair.old_server_id != sid:  # its replacement failed too: try again after a back-off
+            if not repair.retry_at:
+                repair.retry_at = now + min(2.0 ** repair.attempts, 60.0)
+                repair.attempts += 1
+            if now < repair.retry_at:
+                continue
+            repair.retry_at = 0.0
+        if sid not in st.delete_requested and (seen is None or seen.status != "DELETED"):
+            await r.cloud.call(trust, lambda c, sid=sid: c.delete_server(sid))  # type: ignore[misc]
+            st.delete_requested.add(sid)
+    if not st.repairs:
+        return Outcome.IDLE
+
+    around = await infra.ensure(r, row, st)
+    due = {name for name, repair in st.repairs.items() if not repair.retry_at or now >= repair.retry_at}
+    result = await nodes.converge(r, row, st, around, only=due)
+    done = []
+    for server in result.servers:
+        repair = st.repairs.get(server.name)
+        if repair is not None and server.status == "ACTIVE" and server.id != repair.old_server_id:
+            done.append((server, repair))
+    if done:
+        if st.infra is not None and await infra.expose(r, row, st, result.servers) is None:
+            return Outcome.POLL  # the load balancer is still working: report the repair once its pool has it
+        await r.emit_many(row, [(NodeRepaired(
+            cluster_id=row.uuid, project_id=row.project_id or "", node_name=server.name,
+            old_server_id=repair.old_server_id, new_server_id=server.id, reason=repair.reason,
+            nodegroup=repair.nodegroup,
+        ), f"NodeRepaired:{server.id}") for server, repair in done])
+        for server, repair in done:
+            st.repairs.pop(server.name, None)
+            log.info("node_repaired", node=server.name, old_server_id=repair.old_server_id, new_server_id=server.id)
+    return Outcome.POLL if st.repairs or any(n.status == model.NODE_FAILED for n in row.nodes.values()) \
+        else Outcome.IDLE

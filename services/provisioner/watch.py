@@ -1,0 +1,278 @@
+"""The provisioner's watch of the cloud: for as long as a cluster exists (``health.WATCHED``), what its servers do.
+
+One Nova ``GET /servers/detail?all_tenants=1&changes-since=<last>`` per interval (``COVE_PROVISIONER_WATCH_INTERVAL``,
+default 0.2 s) for the whole provisioner, as the Cove service user, not a listing per cluster: the answer holds only
+the servers that changed since the last one (deleted ones too, as ``DELETED``: Nova shows them to a changes-since
+listing), so at 10,000 quiet nodes it is one small request five times a second. A server that belongs to a watched
+cluster (its ``cove_cluster_id`` metadata) and looks different from the last time is recorded (``health.Observed``)
+and its cluster's task is kicked; the task, the single writer of the cluster's subject, decides and publishes
+(``health.reconcile``). Why all tenants and not a listing per project through a trust: one request per interval
+whatever the number of projects, and no token per project to keep; Nova's default policy gives ``all_tenants`` to
+admins, which Cove's service user is in its own project (Magnum's is too). Where a cloud refuses it (403), the watch
+falls back to one changes-since listing per project through one of the project's trusts (``scope`` ``project``,
+``COVE_PROVISIONER_WATCH_SCOPE``).
+
+``changes-since`` is compared with the servers' ``updated`` at second resolution, so each listing reaches back
+``overlap`` seconds (2 s) before the previous one's start: what changed twice in a second or under a clock skew is not
+missed, and what is seen again unchanged is ignored. The first listing reaches back ``lookback`` (an hour): what
+happened while no provisioner ran. Ports, load balancers and volumes: see docs/adr/0009-cloud-change-notifications.md
+(a node's own port and volumes go with its server; the load balancer is checked by the task's passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import openstack
+import structlog
+from keystoneauth1 import exceptions as ks_exceptions
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import v3
+
+from services.provisioner.cloud import CloudSettings, cloud_time
+from services.provisioner.health import Observed
+
+log = structlog.get_logger(__name__)
+
+PAGE = 1000
+MICROVERSION = "2.16"
+"""``host_status`` (a node whose hypervisor is down)."""
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    interval: float = 0.2
+    """Seconds between two listings (``COVE_PROVISIONER_WATCH_INTERVAL``)."""
+    overlap: float = 2.0
+    """How far each listing reaches back before the previous one's start (``COVE_PROVISIONER_WATCH_OVERLAP``)."""
+    lookback: float = 3600.0
+    """How far the first listing reaches back."""
+    refresh: float = 1.0
+    """Seconds between two reads of which clusters are watched (from the provisioner's store)."""
+    scope: str = "all"
+    """``all``: one all-tenants listing as the service user; ``project``: one listing per project via a trust."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WatchSettings:
+        return cls(
+            interval=float(env.get("COVE_PROVISIONER_WATCH_INTERVAL", "0.2")),
+            overlap=float(env.get("COVE_PROVISIONER_WATCH_OVERLAP", "2")),
+            scope=env.get("COVE_PROVISIONER_WATCH_SCOPE", "all"),
+        )
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A cluster the watch follows: its status and the project and trust to list with (``scope`` project)."""
+
+    status: str
+    project_id: str | None = None
+    trust_id: str | None = None
+
+
+def observed(server: Mapping[str, Any]) -> Observed | None:
+    """What the watch keeps of a listed server; None for a server that is not a Cove node."""
+    meta = server.get("metadata") or {}
+    cluster_id = meta.get("cove_cluster_id") if isinstance(meta, dict) else None
+    if not cluster_id:
+        return None
+    fault = server.get("fault")
+    return Observed(
+        server_id=str(server["id"]), name=str(server.get("name") or ""),
+        status=str(server.get("status") or "").upper(), cluster_id=str(cluster_id),
+        nodegroup=meta.get("cove_nodegroup"), role=meta.get("cove_role"),
+        fault=fault.get("message") if isinstance(fault, dict) else None,
+        updated=cloud_time(server.get("updated")), terminated_at=cloud_time(server.get("OS-SRV-USG:terminated_at")),
+        host_status=server.get("host_status") or None,
+    )
+
+
+def fetch_changes(conn: openstack.connection.Connection, since: datetime, *, all_tenants: bool) -> list[dict[str, Any]]:
+    """Every server changed since ``since`` (pages of ``PAGE``), as plain JSON."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] | None = {"changes-since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": PAGE}
+    if all_tenants:
+        params["all_tenants"] = "1"  # type: ignore[index]
+    url: str | None = "/servers/detail"
+    while url:
+        try:
+            response = conn.compute.get(url, params=params, microversion=MICROVERSION)
+        except ks_exceptions.Forbidden as exc:
+            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)") from exc
+        if response.status_code == 403:
+            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)")
+        response.raise_for_status()
+        body = response.json()
+        found.extend(body.get("servers") or [])
+        url = next((link.get("href") for link in body.get("servers_links") or [] if link.get("rel") == "next"), None)
+        params = None
+    return found
+
+
+@dataclass
+class WatchStats:
+    listings: int = 0
+    servers_seen: int = 0
+    changes: int = 0
+    failures: int = 0
+    last_listing_seconds: float = 0.0
+    kicks: int = 0
+    started_cpu: float = field(default_factory=time.process_time)
+
+
+class Watcher:
+    """Watches every watched cluster's servers; ``views_of`` is what a health pass reads (``health.Views``)."""
+
+    def __init__(
+        self,
+        *,
+        cloud_settings: CloudSettings,
+        load_watched: Callable[[], Awaitable[dict[str, Watched]]],
+        kick: Callable[[str], None],
+        settings: WatchSettings | None = None,
+        list_for_trust: Callable[[str, datetime], Awaitable[list[dict[str, Any]]]] | None = None,
+    ) -> None:
+        self.cloud_settings = cloud_settings
+        self.settings = settings or WatchSettings()
+        self._load_watched = load_watched
+        self._kick = kick
+        self._list_for_trust = list_for_trust
+        self.watched: dict[str, Watched] = {}
+        self.views: dict[str, dict[str, Observed]] = {}
+        self.stats = WatchStats()
+        self.scope = self.settings.scope
+        self._since: datetime | None = None
+        self._refreshed = 0.0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-watch")
+        self._conn: openstack.connection.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.on_change: Callable[[Observed], None] | None = None
+        """Called for every change the watch records (benchmarks measure with it)."""
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="provisioner-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def views_of(self, cluster_id: str) -> Mapping[str, Observed]:
+        return self.views.get(cluster_id, {})
+
+    # ------------------------------------------------------------------------------------------- the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            started = loop.time()
+            try:
+                await self.tick()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the watch survives a cloud or database hiccup
+                failures += 1
+                self.stats.failures += 1
+                log.warning("watch_failed", error=repr(exc), failures=failures)
+                await asyncio.sleep(min(self.settings.interval * 2**failures, 10.0))
+            await asyncio.sleep(max(0.0, self.settings.interval - (loop.time() - started)))
+
+    async def tick(self) -> int:
+        """One listing; returns how many changes it recorded."""
+        now_mono = time.monotonic()
+        if now_mono - self._refreshed >= self.settings.refresh or not self._refreshed:
+            await self.refresh()
+            self._refreshed = now_mono
+        if not self.watched:
+            return 0
+        now = datetime.now(UTC)
+        since = (self._since - timedelta(seconds=self.settings.overlap) if self._since is not None
+                 else now - timedelta(seconds=self.settings.lookback))
+        began = time.perf_counter()
+        servers = await self._list(since)
+        self.stats.last_listing_seconds = time.perf_counter() - began
+        self.stats.listings += 1
+        self.stats.servers_seen += len(servers)
+        self._since = now
+        return self.record(servers)
+
+    def record(self, servers: list[dict[str, Any]]) -> int:
+        """Record what changed of the watched clusters' servers and kick each cluster that has a change."""
+        dirty: set[str] = set()
+        for server in servers:
+            seen = observed(server)
+            if seen is None or seen.cluster_id not in self.watched:
+                continue
+            views = self.views.setdefault(seen.cluster_id, {})
+            before = views.get(seen.server_id)
+            if before == seen or (before is not None and before.status == "DELETED"):
+                continue
+            views[seen.server_id] = seen
+            dirty.add(seen.cluster_id)
+            self.stats.changes += 1
+            if self.on_change is not None:
+                self.on_change(seen)
+        for cluster_id in dirty:
+            self.stats.kicks += 1
+            self._kick(cluster_id)
+        return len(dirty)
+
+    async def refresh(self) -> None:
+        """Which clusters are watched now; a cluster that just became watched is kicked once (its first health)."""
+        watched = await self._load_watched()
+        for cluster_id in watched.keys() - self.watched.keys():
+            self._kick(cluster_id)
+        for cluster_id in self.watched.keys() - watched.keys():
+            self.views.pop(cluster_id, None)
+        self.watched = watched
+
+    async def _list(self, since: datetime) -> list[dict[str, Any]]:
+        if self.scope == "all":
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: fetch_changes(self._connection(), since, all_tenants=True))
+            except PermissionError as exc:
+                if self._list_for_trust is None:
+                    raise
+                log.warning("watch_scope_fallback", reason=str(exc), scope="project")
+                self.scope = "project"
+        assert self._list_for_trust is not None
+        trusts: dict[str, str] = {}
+        for w in self.watched.values():
+            if w.project_id and w.trust_id:
+                trusts.setdefault(w.project_id, w.trust_id)
+        found = await asyncio.gather(*(self._list_for_trust(trust, since) for trust in trusts.values()))
+        return [s for part in found for s in part]
+
+    def _connection(self) -> openstack.connection.Connection:
+        """The Cove service user's own connection, scoped to its project (its admin role lists every project)."""
+        if self._conn is None:
+            s = self.cloud_settings
+            auth = v3.Password(auth_url=s.auth_url, username=s.username, password=s.password,
+                               user_domain_name=s.user_domain_name, project_name=s.project_name,
+                               project_domain_name=s.project_domain_name)
+            self._conn = openstack.connection.Connection(session=ks_session.Session(auth=auth),
+                                                         app_name="cove-provisioner-watch")
+        return self._conn
