@@ -188,6 +188,12 @@ async def test_resize_over_the_node_quota_is_refused(qstack: tuple[Stack, str], 
     assert err["errors"][0]["detail"] == "Quota exceeded for Node: requested 2, 1 of 3 left."
     status, shown = await demo.call("GET", f"/clusters/{cid}")
     assert shown["status"] == "CREATE_COMPLETE" and shown["node_count"] == 1  # nothing changed
+    # the resize action (what `openstack coe cluster resize` sends) is decided the same way
+    status, err = await demo.call("POST", f"/clusters/{cid}/actions/resize", {"node_count": 3})
+    assert status == 403, err
+    assert err["errors"][0]["detail"] == "Quota exceeded for Node: requested 2, 1 of 3 left."
+    status, shown = await demo.call("GET", f"/clusters/{cid}")
+    assert shown["status"] == "CREATE_COMPLETE" and shown["node_count"] == 1
     status, body = await demo.call("PATCH", f"/clusters/{cid}", [{"op": "replace", "path": "/node_count", "value": 2}])
     assert status == 202, body
     status, shown = await demo.call("GET", f"/clusters/{cid}")

@@ -18,7 +18,7 @@ from services.api import ngstore, status, store
 from services.api.errors import ApiError, bad_request, conflict
 from services.api.keys import POOL, WRITER
 from services.api.middleware import context, version
-from services.api.resources.clusters import lookup
+from services.api.resources.clusters import lookup, publish_resize
 from services.api.resources.common import json_body, one, require_write, scope_of
 from services.api.resources.nodegroups import require_version
 from services.api.validation import as_int, as_str, reject_unknown, require_object
@@ -72,10 +72,7 @@ async def resize(request: web.Request) -> web.Response:
         uuid=cluster["uuid"], project_id=cluster["project_id"], node_count=node_count,
         previous_node_count=ng["node_count"], nodes_to_remove=remove, nodegroup=ng["name"],
     )
-    seq = await request.app[WRITER].publish(
-        subjects.cluster_events("api", cluster["uuid"]), event,
-        project_id=cluster["project_id"], cluster_id=cluster["uuid"],
-    )
+    seq = await publish_resize(request, request.app[WRITER], subjects.cluster_events("api", cluster["uuid"]), event)
     await request.app[WRITER].wait_applied(seq)
     log.info("cluster_resize_accepted", cluster_id=cluster["uuid"], nodegroup=ng["name"], node_count=node_count,
              nodes_to_remove=len(remove))

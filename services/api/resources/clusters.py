@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -344,8 +345,13 @@ async def node_quotas_apply(pool: asyncpg.Pool, project_id: str) -> bool:
     return bool(found)
 
 
-async def _decided_resize(request: web.Request, writer: Writer, subject: str, event: ClusterUpdateRequested) -> int:
-    return await decided_publish(request, writer, subject, event, event.uuid, event.project_id)
+async def publish_resize(request: web.Request, writer: Writer, subject: str, event: ClusterUpdateRequested) -> int:
+    """Publish a resize (a PATCH of node_count or ``actions/resize``): decided by the scheduler first when a quota
+    could refuse it (403, nothing changed), else acted on at once. The sequence the read model shows it from."""
+    event = msgspec.structs.replace(event, decided=await node_quotas_apply(request.app[POOL], event.project_id))
+    if event.decided:
+        return await decided_publish(request, writer, subject, event, event.uuid, event.project_id)
+    return await writer.publish(subject, event, project_id=event.project_id, cluster_id=event.uuid)
 
 
 async def decided_publish(request: web.Request, writer: Writer, subject: str,
@@ -505,12 +511,8 @@ async def patch_cluster(request: web.Request) -> web.Response:
             node_count=delta["node_count"],
             previous_node_count=spec.get("node_count"),
             rollback=rollback,
-            decided=await node_quotas_apply(request.app[POOL], row["project_id"]),
         )
-        if resize.decided:
-            seq = await _decided_resize(request, writer, subject, resize)
-        else:
-            seq = await writer.publish(subject, resize, project_id=row["project_id"], cluster_id=row["uuid"])
+        seq = await publish_resize(request, writer, subject, resize)
     if seq:
         await writer.wait_applied(seq)
     log.info("cluster_update_accepted", cluster_id=row["uuid"], fields=sorted(delta), rollback=rollback)
