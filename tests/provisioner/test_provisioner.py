@@ -361,7 +361,20 @@ async def test_store_dropped_and_rebuilt_from_the_stream_equals_the_original(
     events, sub = await watch(bus, req.uuid)
     try:
         await until(events, "ClusterCreateCompleted", provisioner)
+        await until(events, "ClusterHealthChanged", provisioner)  # the watch's first health (HEALTHY) follows
         db = provisioner.database_url()
+
+        async def health_applied() -> bool:
+            import asyncpg
+
+            conn = await asyncpg.connect(db)
+            try:
+                return bool(await conn.fetchval(
+                    "SELECT health_status FROM provisioner.clusters WHERE uuid = $1", req.uuid))
+            finally:
+                await conn.close()
+
+        await wait_for(health_applied, message="the store applied the first health")
         original = await wait_for(
             lambda: _complete_snapshot(db, req.uuid), message="store shows CREATE_COMPLETE"
         )
