@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters", "api", "cluster_scale", "certs", "accounting", "replay", "sse", "admission"]
+BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters", "api", "cluster_scale", "certs", "accounting", "replay", "sse", "admission", "watch"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,184 @@
+"""The provisioner's watch (services/provisioner/watch.py) against a devcloud holding 10,000 Cove nodes: the time
+from a cloud change (a server fault, timed by the devcloud's ledger) to the watch recording it and kicking the
+cluster's task (p50, p99 over 1,000 injected changes), and the provisioner's CPU per watched node per minute while
+the nodes are quiet (the watch's listing, its decoding and comparison; the devcloud runs in its own process).
+
+    .venv/bin/python -m benchmarks watch [--nodes 10000] [--changes 1000] [--cpu-seconds 30] [--interval 0.2]
+
+What it does not include: the task's pass after the kick (one stream read, one store read, one publish and the
+projection's commit, a few milliseconds; the e2e tests check the whole path end to end, without timing it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openstack
+import yaml
+
+from deploy.devcloud.config import DEFAULT_CONFIG
+from deploy.devcloud.process import start_devcloud, stop_devcloud
+from services.provisioner.cloud import CloudSettings
+from services.provisioner.health import Observed
+from services.provisioner.watch import Watched, Watcher, WatchSettings
+
+PER_CLUSTER = 10
+
+
+async def _populate(url: str, token: str, nodes: int) -> list[str]:
+    """``nodes`` servers in clusters of PER_CLUSTER (one multi-create each), every one a Cove node by metadata."""
+    headers = {"X-Auth-Token": token, "OpenStack-API-Version": "compute 2.96"}
+    clusters = [str(uuid.uuid4()) for _ in range(max(1, nodes // PER_CLUSTER))]
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(f"{url}/compute/v2.1/flavors/detail") as resp:
+            flavor = next(f["id"] for f in (await resp.json())["flavors"] if f["name"] == "m1.tiny")
+        async with session.get(f"{url}/image/v2/images?name=ubuntu-22.04") as resp:
+            image = (await resp.json())["images"][0]["id"]
+        queue = list(clusters)
+
+        async def worker() -> None:
+            while queue:
+                cid = queue.pop()
+                body = {"server": {"name": f"w-{cid[:8]}-node", "flavorRef": flavor, "imageRef": image,
+                                   "networks": "none", "min_count": PER_CLUSTER, "max_count": PER_CLUSTER,
+                                   "metadata": {"cove_cluster_id": cid, "cove_nodegroup": "default-worker",
+                                                "cove_role": "worker"}}}
+                async with session.post(f"{url}/compute/v2.1/servers", json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+    return clusters
+
+
+async def _server_ids(url: str, token: str) -> list[str]:
+    ids: list[str] = []
+    link = f"{url}/compute/v2.1/servers?status=ACTIVE&limit=1000"
+    async with aiohttp.ClientSession(headers={"X-Auth-Token": token}) as session:
+        while link:
+            async with session.get(link) as resp:
+                body = await resp.json()
+            ids += [s["id"] for s in body["servers"]]
+            link = next((x["href"] for x in body.get("servers_links", []) if x["rel"] == "next"), "")
+    return ids
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def run(url: str, demo: openstack.connection.Connection, admin: openstack.connection.Connection,
+              args: argparse.Namespace) -> dict[str, Any]:
+    clusters = await _populate(url, demo.auth_token, args.nodes)
+    deadline = time.monotonic() + 300
+    while len(ids := await _server_ids(url, demo.auth_token)) < args.nodes and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    watched = {cid: Watched("CREATE_COMPLETE") for cid in clusters}
+
+    async def load() -> dict[str, Watched]:
+        return watched
+
+    seen_at: dict[str, datetime] = {}
+    kicks = 0
+
+    def kick(cluster_id: str) -> None:
+        nonlocal kicks
+        kicks += 1
+
+    def on_change(obs: Observed) -> None:
+        if obs.status == "ERROR":
+            seen_at.setdefault(obs.server_id, datetime.now(UTC))
+
+    watcher = Watcher(cloud_settings=CloudSettings(auth_url=f"{url}/identity"), load_watched=load, kick=kick,
+                      settings=WatchSettings(interval=args.interval))
+    watcher.on_change = on_change
+    watcher.start()
+    try:
+        while watcher.stats.listings < 3:  # the first listing (the lookback) takes every node in: not measured
+            await asyncio.sleep(0.1)
+        listings0, cpu0, wall0 = watcher.stats.listings, time.process_time(), time.perf_counter()
+        await asyncio.sleep(args.cpu_seconds)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        listings = watcher.stats.listings - listings0
+        quiet_listing_ms = watcher.stats.last_listing_seconds * 1000
+
+        victims = ids[: args.changes]
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin.auth_token}) as session:
+            for sid in victims:  # one fault every ~10 ms: changes arrive while listings run
+                async with session.post(f"{url}/admin/faults/servers",
+                                        json={"name": sid, "action": "error", "after_seconds": 0}) as resp:
+                    assert resp.status == 201, await resp.text()
+                await asyncio.sleep(0.01)
+            end = time.monotonic() + 30
+            while len(seen_at) < len(victims) and time.monotonic() < end:
+                await asyncio.sleep(0.1)
+            async with session.get(f"{url}/admin/ledger?kind=server") as resp:
+                records = {r["id"]: r for r in (await resp.json())["records"]}
+    finally:
+        await watcher.stop()
+    latencies = []
+    for sid in victims:
+        if sid not in seen_at:
+            continue
+        failed_at = next(datetime.fromisoformat(e["at"]) for e in records[sid]["events"] if e["status"] == "ERROR")
+        latencies.append((seen_at[sid] - failed_at).total_seconds())
+    return {
+        "nodes": len(ids),
+        "clusters": len(clusters),
+        "interval_s": args.interval,
+        "changes_injected": len(victims),
+        "changes_seen": len(latencies),
+        "change_to_kick_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "change_to_kick_p99_ms": round(_pct(latencies, 0.99) * 1000, 1) if latencies else None,
+        "change_to_kick_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+        "quiet_listings_per_s": round(listings / wall, 2),
+        "quiet_listing_ms": round(quiet_listing_ms, 2),
+        "cpu_percent_of_a_core": round(100 * cpu / wall, 2),
+        "cpu_ms_per_node_per_minute": round(cpu / wall * 60 / max(1, len(ids)) * 1000, 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="watch")
+    p.add_argument("--nodes", type=int, default=10000)
+    p.add_argument("--changes", type=int, default=1000)
+    p.add_argument("--cpu-seconds", type=float, default=30.0)
+    p.add_argument("--interval", type=float, default=0.2)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+        config["hypervisors"] = [{"az": "nova", "count": max(16, args.nodes // 50 + 1), "vcpus": 64,
+                                  "ram_mb": 262144, "disk_gb": 4000}]
+        big = Path(tmp) / "cloud.yaml"
+        big.write_text(yaml.safe_dump(config))
+        cloud = start_devcloud(Path(tmp), time_factor=0.0, config=big)
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(cloud.clouds_yaml)
+        try:
+            demo = openstack.connect(cloud="cove-demo")
+            admin = openstack.connect(cloud="cove-admin")
+            admin.session.put(f"{cloud.url}/compute/v2.1/os-quota-sets/{demo.current_project_id}",
+                              endpoint_filter=None, json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}})
+            result = asyncio.run(run(cloud.url, demo, admin, args))
+        finally:
+            stop_devcloud(cloud)
+    print(f"provisioner watch, {result['nodes']} nodes in {result['clusters']} clusters, one all-tenants "
+          f"changes-since listing every {args.interval} s:")
+    for k, v in result.items():
+        print(f"  {k:32} {v}")
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
