@@ -79,9 +79,10 @@ def _pct(values: list[float], q: float) -> float:
 
 async def run(url: str, demo: openstack.connection.Connection, admin: openstack.connection.Connection,
               args: argparse.Namespace) -> dict[str, Any]:
-    clusters = await _populate(url, demo.auth_token, args.nodes)
+    demo_token, admin_token = str(demo.auth_token), str(admin.auth_token)
+    clusters = await _populate(url, demo_token, args.nodes)
     deadline = time.monotonic() + 300
-    while len(ids := await _server_ids(url, demo.auth_token)) < args.nodes and time.monotonic() < deadline:
+    while len(ids := await _server_ids(url, demo_token)) < args.nodes and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     watched = {cid: Watched("CREATE_COMPLETE") for cid in clusters}
 
@@ -113,7 +114,7 @@ async def run(url: str, demo: openstack.connection.Connection, admin: openstack.
         quiet_listing_ms = watcher.stats.last_listing_seconds * 1000
 
         victims = ids[: args.changes]
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin.auth_token}) as session:
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": admin_token}) as session:
             for sid in victims:  # one fault every ~10 ms: changes arrive while listings run
                 async with session.post(f"{url}/admin/faults/servers",
                                         json={"name": sid, "action": "error", "after_seconds": 0}) as resp:

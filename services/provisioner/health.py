@@ -166,13 +166,13 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
 
     current = [node_health(n, views.get(sid), group_of(n, views.get(sid)))
                for sid, n in row.nodes.items() if n.status != model.NODE_DELETED]
-    status, reason = cluster_health(current)
-    if (status, reason) != (row.health_status, row.health_reason or {}):
+    status, why = cluster_health(current)
+    if (status, why) != (row.health_status, row.health_reason or {}):
         await r.emit(row, ClusterHealthChanged(
             uuid=row.uuid, project_id=project, health_status=status,  # type: ignore[arg-type]
-            health_status_reason=reason, nodes=sorted(current, key=lambda n: n.node_name),
+            health_status_reason=why, nodes=sorted(current, key=lambda n: n.node_name),
         ), f"ClusterHealthChanged:{row.last_seq}")
-        row.health_status, row.health_reason = status, reason
+        row.health_status, row.health_reason = status, why
         log.info("cluster_health_changed", health_status=status,
                  unhealthy=[n.node_name for n in current if not n.healthy])
     return outcome
