@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from proto.events import ClusterCreateCompleted, ClusterCreateFailed, ClusterCreateStarted
-from services.provisioner import nodes, store
+from services.provisioner import nodes, store, update
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         return Outcome.AGAIN
     timeout = row.resolved.create_timeout
     if r.past_deadline(row.create_started_at, timeout):  # ClusterCreateStarted's time: a restart keeps it
+        await update.never_active(r, row, timeout)
         return await failed(r, row, f"Timed out after {timeout} minutes (create_timeout) waiting for "
                                     f"{st.waiting_for or WAITING}")
     return await r.attempt(row, st, steps, failed)

@@ -58,6 +58,8 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     for sid, s in st.unrecorded.items():
         known.setdefault(sid, model.KnownNode(sid, s.name, s.role, model.NODE_CREATED))
     plan = model.plan_delete(servers, known, st.delete_requested)
+    if servers:
+        st.waiting_for = "servers " + ", ".join(sorted(s.name for s in servers)) + " to be deleted"
     await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
                            for server in plan.to_delete))  # the cloud thread pool bounds how many at once
     st.delete_requested.update(server.id for server in plan.to_delete)
@@ -68,13 +70,12 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     for node in plan.gone:
         st.unrecorded.pop(node.server_id, None)
     if plan.servers_left:
-        st.waiting_for = "servers " + ", ".join(sorted(s.name for s in servers)) + " to be deleted"
         return Outcome.POLL
+    st.waiting_for = "the load balancer, volumes and network to be deleted"
     seen = Seen()
     cleared = await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen))
     await billing.gone(r, row, st, present=seen.present, deleted=seen.deleted, listed_at=billing.now())
     if not cleared:
-        st.waiting_for = "the load balancer, volumes and network to be deleted"
         return Outcome.POLL  # a load balancer or volume still goes away
     outcome = await completed(r, row)
     r.cloud.forget(trust)

@@ -140,7 +140,7 @@ def plan_update(
             continue
         _observe(plan, alive, known)
         # a server already reported in ERROR (a failed update) is replaced by the next update: the retry
-        broken = [s for s in alive if s.status == "ERROR" and s.id in known and known[s.id].status == model.NODE_FAILED]
+        broken = [s for s in alive if _broken(s, known)]
         remove = [s for s in alive if s.id in group.nodes_to_remove or s.name in group.nodes_to_remove or s in broken]
         keep = [s for s in alive if s not in remove]
         surplus = len(keep) - group.node_count
@@ -174,6 +174,13 @@ def plan_update(
     return plan
 
 
+def _broken(server: model.ServerView, known: dict[str, model.KnownNode]) -> bool:
+    """A node a failed operation reported failed (ERROR, or never ACTIVE by its deadline) and still not ACTIVE: the
+    next update (the retry) replaces it."""
+    recorded = known.get(server.id)
+    return recorded is not None and recorded.status == model.NODE_FAILED and server.status != "ACTIVE"
+
+
 def _observe(plan: UpdatePlan, alive: list[model.ServerView], known: dict[str, model.KnownNode]) -> None:
     """Servers that went to ERROR, or became ACTIVE, since the provisioner's events last said so."""
     for s in alive:
@@ -197,7 +204,7 @@ def _plan_masters(
     masters, all ACTIVE and up to date, none being deleted."""
     alive = [s for s in members if s.id not in deleting and s.status != "DELETED"]
     _observe(plan, alive, known)
-    broken = [s for s in alive if s.status == "ERROR" and s.id in known and known[s.id].status == model.NODE_FAILED]
+    broken = [s for s in alive if _broken(s, known)]
     plan.to_delete += broken  # reported by a failed update: the retry replaces it
     alive = [s for s in alive if s not in broken]
     pending = len(members) - len(alive)

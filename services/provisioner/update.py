@@ -13,8 +13,9 @@ from proto.events import (
     ClusterUpdateCompleted,
     ClusterUpdateFailed,
     ClusterUpdateStarted,
+    NodeFailed,
 )
-from services.provisioner import nodeplan, nodes, store
+from services.provisioner import model, nodeplan, nodes, store
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         return Outcome.AGAIN
     timeout = r.settings.update_timeout
     if r.past_deadline(row.update_started_at, timeout):  # ClusterUpdateStarted's time: a restart keeps it
+        await never_active(r, row, timeout)
         return await failed(r, row, f"Timed out after {timeout:g} minutes (COVE_PROVISIONER_UPDATE_TIMEOUT) waiting "
                                     f"for {st.waiting_for or 'the nodegroups to converge'}")
     return await r.attempt(row, st, steps, failed)
@@ -58,6 +60,16 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     ), f"ClusterUpdateCompleted:{gen}")
     log.info("cluster_update_complete", generation=gen, node_count=nodeplan.worker_count(row.groups))
     return Outcome.IDLE
+
+
+async def never_active(r: Reconciler, row: store.ClusterRow, minutes: float) -> None:
+    """At a deadline: NodeFailed for every node created and never ACTIVE, so that a retry replaces it (the
+    planner replaces a failed node that is not ACTIVE) instead of waiting for it again."""
+    await r.emit_many(row, [(NodeFailed(
+        cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
+        reason=f"The server did not become ACTIVE within the operation's {minutes:g} minutes",
+    ), f"NodeFailed:{node.server_id}") for node in sorted(row.nodes.values(), key=lambda n: n.name)
+        if node.status == model.NODE_CREATED])
 
 
 async def failed(r: Reconciler, row: store.ClusterRow, reason: str) -> Outcome:
