@@ -150,6 +150,8 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         seen = views.get(sid)
         if seen is None or seen.status not in LOST or node.status == model.NODE_FAILED:
             continue
+        if seen.status == "ERROR" and node.status != model.NODE_ACTIVE:
+            continue  # never ran (a failed build): billed until deleted, as Nova counts it (accounting's docstring)
         reason = node_health(node, seen).reason or seen.status
         lost.append((NodeLost(cluster_id=row.uuid, project_id=project, server_id=sid, node_name=node.name,
                               status=seen.status, reason=reason, lost_at=seen.changed_at), f"NodeLost:{sid}"))
