@@ -489,6 +489,8 @@ class ClusterHealthChanged(_Event, frozen=True, tag=True):
     health_status: Literal["HEALTHY", "UNHEALTHY", "UNKNOWN"]
     health_status_reason: dict[str, str] = msgspec.field(default_factory=dict)
     nodes: list[NodeHealth] = msgspec.field(default_factory=list)
+    """The nodes that are not healthy, with why (the healthy ones are only named in the reason: the event stays
+    small for a cluster of thousands of nodes)."""
 
 
 class NodeLost(_Event, frozen=True, tag=True):

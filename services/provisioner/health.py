@@ -172,7 +172,7 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
     if (status, why) != (row.health_status, row.health_reason or {}):
         await r.emit(row, ClusterHealthChanged(
             uuid=row.uuid, project_id=project, health_status=status,  # type: ignore[arg-type]
-            health_status_reason=why, nodes=sorted(current, key=lambda n: n.node_name),
+            health_status_reason=why, nodes=sorted((n for n in current if not n.healthy), key=lambda n: n.node_name),
         ), f"ClusterHealthChanged:{row.last_seq}")
         row.health_status, row.health_reason = status, why
         log.info("cluster_health_changed", health_status=status,
