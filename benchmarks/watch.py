@@ -5,8 +5,13 @@ the nodes are quiet (the watch's listing, its decoding and comparison; the devcl
 
     .venv/bin/python -m benchmarks watch [--nodes 10000] [--changes 1000] [--cpu-seconds 30] [--interval 0.2]
 
-What it does not include: the task's pass after the kick (one stream read, one store read, one publish and the
-projection's commit, a few milliseconds; the e2e tests check the whole path end to end, without timing it).
+Then, on the whole local stack (NATS, PostgreSQL, the devcloud, the five services; ``--full-changes`` 0 skips
+it), the user-visible figure: one Kubernetes cluster of 1 master and ``--full-changes`` workers, each worker failed
+in turn, timed from the ledger's ERROR to the first ``GET /v1/clusters/{uuid}`` whose ``health_status_reason`` says
+that node is not Ready (polled every 10 ms): the watch, the cluster's task, its ClusterHealthChanged through NATS and
+the API's projection.
+
+    .venv/bin/python -m benchmarks watch --nodes 1000 --changes 200 --full-changes 200
 """
 
 from __future__ import annotations
@@ -149,12 +154,93 @@ async def run(url: str, demo: openstack.connection.Connection, admin: openstack.
     }
 
 
+async def full_phase(stack: Any, changes: int) -> dict[str, Any]:
+    """The whole path on the local stack: a cloud change to the API's health_status_reason (see the docstring)."""
+    from benchmarks.cluster_scale import SUBNET_CIDR
+    from benchmarks.clusters import HEADERS, keystone_token
+    from services.provisioner.model import cluster_prefix
+
+    api, dc = stack.api_url, stack.devcloud_url
+    demo = await keystone_token(dc, "demo", "demo-pass", "demo")
+    admin = await keystone_token(dc, "admin", "admin-pass", "admin")
+    async with (aiohttp.ClientSession(headers={**HEADERS, "X-Auth-Token": demo}) as s,
+                aiohttp.ClientSession(headers={"X-Auth-Token": admin}) as a):
+        async with s.post(f"{api}/clustertemplates", json={
+                "name": "watch-bench", "coe": "kubernetes", "image_id": "ubuntu-22.04", "external_network_id": "public",
+                "flavor_id": "m1.tiny", "master_flavor_id": "m1.tiny", "floating_ip_enabled": False,
+                "master_lb_enabled": False, "labels": {"fixed_subnet_cidr": SUBNET_CIDR}}) as r:
+            assert r.status == 201, await r.text()
+            template = (await r.json())["uuid"]
+        async with s.post(f"{api}/clusters", json={"name": "watch-bench", "cluster_template_id": template,
+                                                   "master_count": 1, "node_count": changes}) as r:
+            assert r.status == 202, await r.text()
+            cid = (await r.json())["uuid"]
+        show = f"{api}/clusters/{cid}"
+        deadline = time.monotonic() + 600
+        while True:
+            async with s.get(show) as r:
+                cluster = await r.json()
+            if cluster["status"] == "CREATE_COMPLETE" and cluster.get("health_status") == "HEALTHY":
+                break
+            if cluster["status"].endswith("FAILED") or time.monotonic() > deadline:
+                raise RuntimeError(f"cluster {cluster['status']}: {cluster.get('status_reason')}")
+            await asyncio.sleep(0.5)
+        prefix = cluster_prefix("watch-bench", cid)
+        async with a.get(f"{dc}/admin/ledger", params={"kind": "server", "live": "true"}) as r:
+            workers = [x for x in (await r.json())["records"] if x["name"].startswith(prefix + "-node-")]
+        seen: dict[str, datetime] = {}
+        for w in workers:
+            async with a.post(f"{dc}/admin/faults/servers",
+                              json={"name": w["id"], "action": "error", "after_seconds": 0}) as r:
+                assert r.status == 201, await r.text()
+            key, end = f"{w['name']}.Ready", time.monotonic() + 30
+            while time.monotonic() < end:
+                async with s.get(show) as r:
+                    reason = (await r.json()).get("health_status_reason") or {}
+                if reason.get(key) == "False":
+                    seen[w["id"]] = datetime.now(UTC)
+                    break
+                await asyncio.sleep(0.01)
+        async with a.get(f"{dc}/admin/ledger", params={"kind": "server"}) as r:
+            records = {x["id"]: x for x in (await r.json())["records"]}
+    latencies = [(at - datetime.fromisoformat(next(e["at"] for e in records[sid]["events"]
+                                                   if e["status"] == "ERROR"))).total_seconds()
+                 for sid, at in seen.items()]
+    return {
+        "cluster_nodes": len(workers) + 1,
+        "changes_injected": len(workers),
+        "changes_seen": len(latencies),
+        "change_to_api_health_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "change_to_api_health_p99_ms": round(_pct(latencies, 0.99) * 1000, 1) if latencies else None,
+        "change_to_api_health_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+    }
+
+
+def run_full(changes: int, interval: float) -> dict[str, Any]:
+    from benchmarks.cluster_scale import TimingModel, benchmark_config
+    from deploy.local.stack import LocalStack
+
+    os.environ["COVE_PROVISIONER_WATCH_INTERVAL"] = str(interval)
+    os.environ.setdefault("COVE_DEFAULT_CLUSTER_QUOTA", "100")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "cloud.yaml"
+        config.write_text(yaml.safe_dump(benchmark_config(TimingModel(time_factor=0.05)), sort_keys=False))
+        stack = LocalStack(Path(tmp) / "state", timeout=120.0, devcloud_config=config)
+        stack.start()
+        try:
+            return asyncio.run(full_phase(stack, changes))
+        finally:
+            stack.stop()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="watch")
     p.add_argument("--nodes", type=int, default=10000)
     p.add_argument("--changes", type=int, default=1000)
     p.add_argument("--cpu-seconds", type=float, default=30.0)
     p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--full-changes", type=int, default=200,
+                   help="workers of the whole-stack cluster, each failed once (0 skips the phase)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         config = yaml.safe_load(DEFAULT_CONFIG.read_text())
@@ -176,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"changes-since listing every {args.interval} s:")
     for k, v in result.items():
         print(f"  {k:32} {v}")
+    if args.full_changes:
+        full = run_full(args.full_changes, args.interval)
+        print("the whole stack: a worker's fault to the API's health_status_reason naming it:")
+        for k, v in full.items():
+            print(f"  {k:32} {v}")
+        result["whole_stack"] = full
     return result
 
 
