@@ -5,7 +5,8 @@ stream of cluster lifecycles (``lifecycles``: request, admission, CA, create sta
 create completed; for half the clusters then delete requested, started, nodes deleted, delete completed, CA
 deleted), published in batches of concurrent publishes. Each service's store is then built from it into a scratch
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
-subscribes to; "read" counts what the stream delivered it).
+subscribes to; "read" counts what the stream delivered it). The first row, "(no-op)", is a handler that does
+nothing: what the replay machinery itself reaches, before any service's SQL.
 
     .venv/bin/python -m benchmarks replay [--events 100000] [--services api,scheduler,...]
 """
@@ -129,6 +130,23 @@ async def publish_all(bus: Bus, events: Iterator[tuple[str, Envelope]], batch: i
     return last
 
 
+NOOP = "(no-op)"
+"""A pseudo-service whose handler does nothing: the replay machinery alone (stream read, decode, inbox claim and
+checkpoint per transaction of 1,000 events): the ceiling every service's handlers take their share from."""
+
+
+def noop_target() -> Any:
+    from services.ops.targets import ProjectionSpec, Target
+
+    async def nothing(_env: Envelope, _tx: Any) -> None:
+        return None
+
+    migrations = Path(tempfile.mkdtemp(prefix="cove-bench-noop-"))
+    (migrations / "0001_init.sql").write_text("SELECT 1;\n")
+    return Target(service=NOOP, schema="noop", migrations_dir=migrations,
+                  projections=[ProjectionSpec("noop", nothing, [subjects.EVENTS_ALL], None)])
+
+
 async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
     from services.ops.connect import Settings
     from services.ops.replay import Replayer
@@ -144,7 +162,7 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
     results: dict[str, Any] = {"events": last, "publish_per_s": round(last / publish_s)}
     print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9}", flush=True)
     for service in services:
-        replayer = Replayer(bus, settings, target(service))
+        replayer = Replayer(bus, settings, target(service) if service != NOOP else noop_target())
         await replayer.prepare()
         stats = await replayer.run(until=last)
         await replayer.close()
@@ -163,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     p = argparse.ArgumentParser(prog="replay")
     p.add_argument("--events", type=int, default=100_000)
-    p.add_argument("--services", default=",".join(SERVICES))
+    p.add_argument("--services", default=",".join([NOOP, *SERVICES]))
     args = p.parse_args(argv)
     # As `cove replay` runs it: the handlers' per-event info lines are not written (services/ops/cli.py).
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
