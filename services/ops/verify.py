@@ -1,9 +1,10 @@
 """``cove verify SERVICE``: replay the stream into a scratch schema and compare every table with the live store.
 
 The scratch store is caught up to exactly the live checkpoint while the live projection's writes are held
-(``Replayer.catch_up_frozen``: an EXCLUSIVE lock on the live inbox, which reads pass), and the tables are compared
-in that same moment, so a service that keeps running does not show up as a difference. Nothing is swapped: the
-lock transaction is rolled back and the scratch schema dropped.
+(``Replayer.catch_up_frozen``: an EXCLUSIVE lock on the live inbox, which reads pass); a REPEATABLE READ snapshot
+is taken in that moment and the lock released, and the tables are compared in the snapshot, so a service that
+keeps running neither shows up as a difference nor waits for the comparison. Nothing is swapped: the scratch
+schema is dropped.
 
 Compared: every table of the live schema except the tracking tables (``inbox``, ``checkpoint``,
 ``schema_migrations``), every column except those the store stamps with the wall clock (a column whose default is
@@ -133,17 +134,24 @@ async def verify(bus: Bus, settings: Settings, target: Target, *, progress: Prog
     try:
         await replayer.prepare()
         await replayer.run()  # most of the way, without holding anything
-        conn = await connect_db(settings)
+        conn, snap = await connect_db(settings), await connect_db(settings)
         try:
             tx = conn.transaction()
             await tx.start()
             try:
                 checkpoints = await replayer.catch_up_frozen(conn)
-                tables, rows, diffs = await compare(conn, target.schema, scratch)
+                # A snapshot of both stores at this instant; then the live projection may go on.
+                await snap.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                await snap.fetchval("SELECT 1")
             finally:
                 await tx.rollback()  # releases the live projection
+            try:
+                tables, rows, diffs = await compare(snap, target.schema, scratch)
+            finally:
+                await snap.execute("ROLLBACK")
         finally:
             await conn.close()
+            await snap.close()
         skipped = [s for p in replayer.projections for s in p.skipped]
     finally:
         await replayer.close()

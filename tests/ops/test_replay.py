@@ -69,14 +69,30 @@ def before_time():
 
 
 async def test_verify_exits_0_on_a_clean_store_and_1_with_the_row_an_update_corrupted(ops: Ops) -> None:
-    last = await publish_all(ops.bus, lifecycles(3_000))
+    stream = lifecycles(40_000)
+    last = await publish_all(ops.bus, (next(stream) for _ in range(3_000)))
     live = await live_api_store(ops.bus, ops.database_url)
+    stop = asyncio.Event()
+
+    async def keep_publishing() -> int:
+        for item in stream:
+            last = await publish_all(ops.bus, iter([item]))
+            if stop.is_set():
+                break
+        return last
+
     try:
         await live.wait_applied(last)
+        # a running service (events keep coming and being applied) is not a difference
+        publisher = asyncio.create_task(keep_publishing())
         code, out, err = await ops.cove("verify", "api", "-f", "json")
+        assert not publisher.done()
+        stop.set()
+        last = await publisher
         assert code == 0, err
         assert json.loads(out) == []
         assert "no difference" in err
+        await live.wait_applied(last)
 
         conn = await asyncpg.connect(ops.database_url)
         try:
