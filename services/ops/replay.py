@@ -251,12 +251,18 @@ class Replayer:
         self.scratch = db.ident(scratch) if scratch else scratch_schema(target.schema)
         self.progress = progress
         self.pool: asyncpg.Pool | None = None
+        self._guard: asyncpg.Connection | None = None
+        """Holds a session advisory lock on the scratch schema's name: one replay (or verify) of a store at a time."""
         self.projections: list[ReplayProjection] = []
 
     async def prepare(self) -> None:
         """A fresh scratch schema with the service's migrations and the projection's tracking tables."""
         url = require_database(self.settings)
-        (await connect_db(self.settings)).terminate()  # the one clear error when PostgreSQL is unreachable
+        self._guard = await connect_db(self.settings)  # the one clear error when PostgreSQL is unreachable
+        if not await self._guard.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"cove-ops:{self.scratch}"):
+            await self._guard.close()
+            self._guard = None
+            raise OpsError(f"another cove command is building {self.scratch} in this database: wait for it to end")
         self.pool = await db.create_pool(url, self.scratch, min_size=1, max_size=4)
         await db.drop_schema(self.pool, self.scratch)
         await db.migrate(self.pool, self.scratch, self.target.migrations_dir)
@@ -277,6 +283,9 @@ class Replayer:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+        if self._guard is not None:
+            await self._guard.close()  # ends the session: its advisory lock goes with it
+            self._guard = None
 
     async def stream_last_seq(self) -> int:
         try:
@@ -446,9 +455,10 @@ async def replay(
         stats = await replayer.run()
         await replayer.swap(keep_old=keep_old)
     except BaseException:
+        if replayer._guard is not None:  # the scratch schema is ours to drop (another replay's is not)
+            with contextlib.suppress(Exception):
+                await drop_scratch(settings, replayer.scratch)
         await replayer.close()
-        with contextlib.suppress(Exception):
-            await drop_scratch(settings, replayer.scratch)
         raise
     return stats
 

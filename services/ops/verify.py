@@ -154,7 +154,8 @@ async def verify(bus: Bus, settings: Settings, target: Target, *, progress: Prog
             await snap.close()
         skipped = [s for p in replayer.projections for s in p.skipped]
     finally:
+        if replayer._guard is not None:  # the scratch schema is ours to drop (another verify's is not)
+            with contextlib.suppress(Exception):
+                await drop_scratch(settings, scratch)
         await replayer.close()
-        with contextlib.suppress(Exception):
-            await drop_scratch(settings, scratch)
     return VerifyResult(target.service, checkpoints, tables, rows, diffs, skipped)

@@ -164,6 +164,13 @@ async def test_replay_from_a_sequence_starts_the_fresh_store_there(ops: Ops) -> 
         requests = [(seq, env) for seq, (_, env) in enumerate(published, start=1)
                     if env.type == "ClusterCreateRequested"]
         (_, first), (start, second) = requests[0], requests[2]  # both kept (every other cluster is deleted)
+        other = await asyncpg.connect(ops.database_url)  # as another `cove replay api` would hold it
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock(hashtext('cove-ops:api_replay'))")
+            code, _, err = await ops.cove("replay", "api")
+            assert code == 1 and "another cove command is building api_replay" in err
+        finally:
+            await other.close()
         code, out, err = await ops.cove("replay", "api", "--from", str(start), "-f", "json")
         assert code == 0, err
         assert json.loads(out)["from_seq"] == start
