@@ -192,6 +192,10 @@ async def _repair(r: Reconciler, row: store.ClusterRow, st: TaskState, views: Ma
     busy: dict[str, int] = {}
     for repair in st.repairs.values():
         busy[repair.nodegroup] = busy.get(repair.nodegroup, 0) + 1
+    for sid, n in row.nodes.items():  # a node still building (a repair a restarted task forgot) counts too
+        if n.status == model.NODE_CREATED and n.name not in st.repairs:
+            group = group_of(n, views.get(sid))
+            busy[group] = busy.get(group, 0) + 1
     for name, (sid, node) in victims.items():
         seen = views.get(sid)
         repair = st.repairs.get(name)
