@@ -73,6 +73,9 @@ def serving_certificate(p: Plan, ips: Iterable[str], key: ec.EllipticCurvePrivat
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # as kubeadm's: names its CA's key, so a client trusting an old and a rotated CA of the same subject
+        # (a CA rotation's roll) finds the right one
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)  # type: ignore[arg-type]
         .sign(ca_key, _sign_hash(ca_key))  # type: ignore[arg-type]
     )
     return cert.public_bytes(serialization.Encoding.PEM)

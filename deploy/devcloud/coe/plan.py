@@ -5,6 +5,7 @@ balancer's VIP (and the VIP's floating IPs) serve a listener's port while it for
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,11 @@ def plan(cloud: Cloud, known: dict[str, tuple[str, NodeFiles]], rules: dict[str,
                 held = known.get(cid)
                 if (held is None or held[0] not in active or files.first_master
                         or (files.ca_cert_pem, files.client_ca_pems) != (held[1].ca_cert_pem, held[1].client_ca_pems)):
+                    if held is not None and not files.first_master:
+                        # a joining master takes the cluster's ClusterConfiguration (certSANs) and RBAC from the
+                        # control plane it joins, as kubeadm join does from the kubeadm-config ConfigMap
+                        files = dataclasses.replace(files, cert_sans=files.cert_sans or held[1].cert_sans,
+                                                    group_roles=files.group_roles or held[1].group_roles)
                     known[cid] = (s["id"], files)
         if cid not in known:
             continue
