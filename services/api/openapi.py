@@ -356,7 +356,11 @@ def _operation(op: Op) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Success"}
     if op.ok != 204:
         schema = _ref(op.response) if op.response else {"type": "object"}
-        if op.media != "application/json":
+        if op.media == "text/event-stream":  # each event, as SSE parsers (and schemathesis) see it
+            schema = {"type": "object", "properties": {
+                "id": _STR, "event": _STR, "retry": {"type": ["integer", "string"]},
+                "data": {"type": "string", "description": "the event's envelope as JSON (docs/events.md)"}}}
+        elif op.media != "application/json":
             schema = {"type": "string"}
         ok["content"] = {op.media: {"schema": schema}}
         if op.tag == "usage":
