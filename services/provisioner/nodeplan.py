@@ -5,7 +5,9 @@ One planner for every nodegroup, masters included: a cluster create is an update
 nodegroup is converged when exactly ``node_count`` of its servers exist, all ACTIVE, all booted from the group's
 image, none of them being deleted; a master group when it has its masters, all ACTIVE. Servers are removed in this order: the ones named in
 ``nodes_to_remove``, then the highest-numbered ones; new servers take the lowest free numbers. An upgrade replaces
-at most ``max_batch_size`` outdated servers at a time, and only once the group is otherwise converged (rolling).
+at most ``max_batch_size`` outdated servers at a time, and only once the group is otherwise converged and every
+master is rolled (rolling); masters roll first, one at a time (``_plan_masters``, docs/adr/0010). Outdated: another
+image, or booted before the group's last roll (an upgrade, even to the same template, or a CA rotation).
 """
 
 from __future__ import annotations
