@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -251,6 +250,8 @@ class Replayer:
         self.scratch = db.ident(scratch) if scratch else scratch_schema(target.schema)
         self.progress = progress
         self.pool: asyncpg.Pool | None = None
+        self.catch_up: ReplayStats | None = None
+        """What the last catch-up under the lock applied."""
         self._guard: asyncpg.Connection | None = None
         """Holds a session advisory lock on the scratch schema's name: one replay (or verify) of a store at a time."""
         self.projections: list[ReplayProjection] = []
@@ -287,13 +288,6 @@ class Replayer:
             await self._guard.close()  # ends the session: its advisory lock goes with it
             self._guard = None
 
-    async def stream_last_seq(self) -> int:
-        try:
-            info = await self.bus.js.stream_info(subjects.EVENTS_STREAM)
-        except nats.js.errors.NotFoundError:
-            return 0
-        return int(info.state.last_seq)
-
     async def live_checkpoints(self, conn: asyncpg.Connection | None = None) -> dict[str, int]:
         """Each projection's checkpoint in the live store (0 when the schema or the row does not exist)."""
         own = conn is None
@@ -322,6 +316,8 @@ class Replayer:
         first = min(starts.values(), default=1)
         last = max(limits.values(), default=0)
         stats = ReplayStats(self.target.service, self.scratch, first, last)
+        applied_before = sum(p.applied for p in self.projections)
+        skipped_before = {p.name: len(p.skipped) for p in self.projections}
         started = time.perf_counter()
         reader = StreamReader(self.bus, [f for p in self.projections for f in p.filter_subjects], first, last)
         await reader.start()
@@ -357,8 +353,8 @@ class Replayer:
         finally:
             await reader.stop()
         stats.seconds = time.perf_counter() - started
-        stats.applied = sum(p.applied for p in self.projections)
-        stats.skipped = [s for p in self.projections for s in p.skipped]
+        stats.applied = sum(p.applied for p in self.projections) - applied_before
+        stats.skipped = [s for p in self.projections for s in p.skipped[skipped_before[p.name]:]]
         if self.progress is not None:
             self.progress(total, total)
         return stats
@@ -384,7 +380,7 @@ class Replayer:
                     f"the scratch store of {self.target.service} ({p.name}) is at {behind}, past the live store's "
                     f"{live[p.name]}: replay again from the start"
                 )
-        await self.run(live)
+        self.catch_up = await self.run(live)
         return live
 
     async def swap(self, *, keep_old: bool = False) -> dict[str, int]:
@@ -454,6 +450,12 @@ async def replay(
             await replayer.start_at(start_seq)
         stats = await replayer.run()
         await replayer.swap(keep_old=keep_old)
+        if replayer.catch_up is not None:  # the events that came while the first pass ran
+            more = replayer.catch_up
+            stats.read, stats.applied = stats.read + more.read, stats.applied + more.applied
+            stats.seconds += more.seconds
+            stats.until_seq = max(stats.until_seq, more.until_seq)
+            stats.skipped += more.skipped
     except BaseException:
         if replayer._guard is not None:  # the scratch schema is ours to drop (another replay's is not)
             with contextlib.suppress(Exception):
