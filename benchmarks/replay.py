@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import uvloop
 
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             finally:
                 await drop_database(admin, url)
 
-        return asyncio.run(go())
+        return uvloop.run(go())  # as the services and `cove` run (services/runtime/service.py)
     finally:
         nats_server.stop()
         if pg is not None:

@@ -8,7 +8,6 @@ Settings are the services' own: ``COVE_NATS_URL`` (default nats://127.0.0.1:4222
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO, TypeVar
 
 import structlog
+import uvloop
 from cliff.app import App
 from cliff.command import Command
 from cliff.commandmanager import CommandManager
@@ -40,10 +40,12 @@ LEGACY_HELP: dict[str, str] = {}
 
 
 def _run(coro: Awaitable[T]) -> T:
+    """Run ``coro`` on uvloop, as the services run (services/runtime/service.py): replay spends most of its time
+    in socket round trips to PostgreSQL, which uvloop makes cheaper (about a tenth more events per second)."""
     async def main() -> T:
         return await coro
 
-    return asyncio.run(main())
+    return uvloop.run(main())
 
 
 @contextmanager
