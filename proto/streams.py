@@ -10,6 +10,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RePublish,
     RetentionPolicy,
     StorageType,
@@ -190,3 +191,16 @@ PROVISIONER_CONSUMER = ConsumerSettings(ack_wait=10.0)
 """The provisioner's projection: its reconcile tasks wait for the store to apply their own events, and after a
 crash the events the dead process held come back only after ``ack_wait``; its handlers are a statement or two per
 event, so 10 s (a deadline of 8 s a batch) is ample and a restart holds clusters back for 10 s, not 30."""
+
+
+LEASE_TTL_S = float(os.environ.get("COVE_LEASE_TTL", "3"))
+"""Seconds a lease lives after its last renewal (the bucket's max age): how long a dead holder's work waits."""
+
+
+def leases_bucket() -> KeyValueConfig:
+    """``COVE_LEASES``: one revision per key (a renewal replaces the last), every value gone ``LEASE_TTL_S`` after
+    it was written unless renewed; replicated like the streams (a lease must survive the loss of a NATS node)."""
+    return KeyValueConfig(
+        bucket=subjects.LEASES_BUCKET, description="Cove leases (services/runtime/lease.py)", history=1,
+        ttl=LEASE_TTL_S, storage=StorageType.FILE, replicas=replicas(), direct=True,
+    )

@@ -130,3 +130,11 @@ AUDIT_ALL = f"{AUDIT_PREFIX}.>"
 AUDIT_API = f"{AUDIT_PREFIX}.api"
 """CADF audit records of the API's writes (``proto/audit.py``), in their own stream: outside ``COVE_EVENTS``, so
 no projection reads them and replay never sees them."""
+
+LEASES_BUCKET = "COVE_LEASES"
+"""The JetStream key-value bucket of leases (``services/runtime/lease.py``, docs/adr/0011): work that must have
+one owner among a service's copies (a cluster's reconcile task, the trust reaper), each key's revision its fencing
+token. Keys: ``provisioner.cluster.<uuid>``, ``provisioner.singleton.<name>``, ``provisioner.copy.<copy id>``."""
+PROVISIONER_KICK = "cove.provisioner.kick"
+"""Core NATS (no stream): a provisioner copy that applied an input event about a cluster whose lease another copy
+holds tells the holder to decide again (the data is the cluster uuid; header ``Cove-Copy``: the sender)."""
