@@ -35,6 +35,7 @@ from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule
 from services.provisioner.drivers.render import (
     ENV_PATH,
     PROXY_ENV_PATH,
+    SHELL_HELPERS,
     cloud_config,
     dump_yaml_all,
     endpoint,
@@ -131,31 +132,7 @@ KUBEADM_CONFIG=/etc/cove/kubeadm.yaml
 JOIN_ATTEMPTS=90
 DASHBOARD_MANIFEST=https://raw.githubusercontent.com/kubernetes/dashboard/v2.7.0/aio/deploy/recommended.yaml
 
-log() {
-  printf 'cove-bootstrap: %s\n' "$*" >&2
-}
-
-# retry ATTEMPTS DELAY COMMAND...: run COMMAND until it succeeds, at most ATTEMPTS times, DELAY seconds apart.
-retry() {
-  local attempts=$1 delay=$2 n=1
-  shift 2
-  until "$@"; do
-    if [ "$n" -ge "$attempts" ]; then
-      log "giving up after $n attempts: $*"
-      return 1
-    fi
-    n=$((n + 1))
-    sleep "$delay"
-  done
-}
-
-use_proxy() {
-  if [ -n "${HTTP_PROXY}${HTTPS_PROXY}" ]; then
-    export HTTP_PROXY HTTPS_PROXY NO_PROXY
-    export http_proxy="$HTTP_PROXY" https_proxy="$HTTPS_PROXY" no_proxy="$NO_PROXY"
-  fi
-}
-
+""" + SHELL_HELPERS + r"""
 prepare_host() {
   swapoff -a
   sed -i '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab

@@ -43,8 +43,10 @@ from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
 from services.provisioner.drivers.render import (
     CA_PATH,
+    ENGINE_HELPERS,
     ENV_PATH,
     PROXY_ENV_PATH,
+    SHELL_HELPERS,
     ca_keys_given,
     check_host,
     cloud_config,
@@ -176,44 +178,8 @@ umask 022
 # shellcheck source=/dev/null
 . /etc/cove/node.env
 
-log() {
-  printf 'cove-bootstrap: %s\n' "$*" >&2
-}
-
-# retry ATTEMPTS DELAY COMMAND...: run COMMAND until it succeeds, at most ATTEMPTS times, DELAY seconds apart.
-retry() {
-  local attempts=$1 delay=$2 n=1
-  shift 2
-  until "$@"; do
-    if [ "$n" -ge "$attempts" ]; then
-      log "giving up after $n attempts: $*"
-      return 1
-    fi
-    n=$((n + 1))
-    sleep "$delay"
-  done
-}
-
-use_proxy() {
-  if [ -n "${HTTP_PROXY}${HTTPS_PROXY}" ]; then
-    export HTTP_PROXY HTTPS_PROXY NO_PROXY
-    export http_proxy="$HTTP_PROXY" https_proxy="$HTTPS_PROXY" no_proxy="$NO_PROXY"
-  fi
-}
-
-install_engine() {
-  export DEBIAN_FRONTEND=noninteractive
-  retry 10 10 apt-get update -q
-  retry 10 10 apt-get install -y -q ca-certificates docker.io
-  systemctl daemon-reload
-  systemctl enable docker
-  systemctl restart docker
-}
-
-engine_up() {
-  docker info >/dev/null 2>&1
-}
-
+""" + SHELL_HELPERS + r"""
+""" + ENGINE_HELPERS + r"""
 # This node's address: its fixed IP when the provisioner knew it; else, on a master, the address it has that the
 # ensemble names; else the source address of its route to the API host.
 own_address() {

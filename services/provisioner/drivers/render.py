@@ -131,3 +131,47 @@ def dump_yaml_all(docs: Iterable[Any]) -> str:
 def cloud_config(doc: dict[str, Any]) -> str:
     """The user data: ``#cloud-config`` and the document."""
     return "#cloud-config\n" + dump_yaml(doc)
+
+
+SHELL_HELPERS = r"""log() {
+  printf 'cove-bootstrap: %s\n' "$*" >&2
+}
+
+# retry ATTEMPTS DELAY COMMAND...: run COMMAND until it succeeds, at most ATTEMPTS times, DELAY seconds apart.
+retry() {
+  local attempts=$1 delay=$2 n=1
+  shift 2
+  until "$@"; do
+    if [ "$n" -ge "$attempts" ]; then
+      log "giving up after $n attempts: $*"
+      return 1
+    fi
+    n=$((n + 1))
+    sleep "$delay"
+  done
+}
+
+use_proxy() {
+  if [ -n "${HTTP_PROXY}${HTTPS_PROXY}" ]; then
+    export HTTP_PROXY HTTPS_PROXY NO_PROXY
+    export http_proxy="$HTTP_PROXY" https_proxy="$HTTPS_PROXY" no_proxy="$NO_PROXY"
+  fi
+}
+"""
+"""Shell functions every driver's bootstrap script starts with (spliced into the constant scripts, never fed any
+value): ``log``, ``retry ATTEMPTS DELAY COMMAND...`` and ``use_proxy`` (exports the env file's proxies)."""
+
+ENGINE_HELPERS = r"""install_engine() {
+  export DEBIAN_FRONTEND=noninteractive
+  retry 10 10 apt-get update -q
+  retry 10 10 apt-get install -y -q ca-certificates docker.io
+  systemctl daemon-reload
+  systemctl enable docker
+  systemctl restart docker
+}
+
+engine_up() {
+  docker info >/dev/null 2>&1
+}
+"""
+"""Debian's Docker engine for the drivers that run on it (Swarm, Mesos): ``install_engine`` and ``engine_up``."""

@@ -42,8 +42,10 @@ from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
 from services.provisioner.drivers.render import (
     CA_PATH,
+    ENGINE_HELPERS,
     ENV_PATH,
     PROXY_ENV_PATH,
+    SHELL_HELPERS,
     ca_keys_given,
     check_host,
     cloud_config,
@@ -89,46 +91,10 @@ umask 022
 TLS_DIR=/etc/docker/tls
 JOIN_ATTEMPTS=90
 
-log() {
-  printf 'cove-bootstrap: %s\n' "$*" >&2
-}
-
-# retry ATTEMPTS DELAY COMMAND...: run COMMAND until it succeeds, at most ATTEMPTS times, DELAY seconds apart.
-retry() {
-  local attempts=$1 delay=$2 n=1
-  shift 2
-  until "$@"; do
-    if [ "$n" -ge "$attempts" ]; then
-      log "giving up after $n attempts: $*"
-      return 1
-    fi
-    n=$((n + 1))
-    sleep "$delay"
-  done
-}
-
-use_proxy() {
-  if [ -n "${HTTP_PROXY}${HTTPS_PROXY}" ]; then
-    export HTTP_PROXY HTTPS_PROXY NO_PROXY
-    export http_proxy="$HTTP_PROXY" https_proxy="$HTTPS_PROXY" no_proxy="$NO_PROXY"
-  fi
-}
-
+""" + SHELL_HELPERS + r"""
 # The engine starts with daemon.json and the drop-ins already in place (cloud-init wrote them before this runs),
 # on /var/lib/docker already mounted from the volume when there is one.
-install_engine() {
-  export DEBIAN_FRONTEND=noninteractive
-  retry 10 10 apt-get update -q
-  retry 10 10 apt-get install -y -q ca-certificates docker.io
-  systemctl daemon-reload
-  systemctl enable docker
-  systemctl restart docker
-}
-
-engine_up() {
-  docker info >/dev/null 2>&1
-}
-
+""" + ENGINE_HELPERS + r"""
 swarm_state() {
   docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || true
 }
