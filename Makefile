@@ -10,7 +10,7 @@ SDK_4_14 := $(VENV)/openstacksdk-4.14
 # extra pytest arguments, e.g. make test PYTEST_ARGS="tests/infra -x"
 PYTEST_ARGS ?=
 
-.PHONY: run test bench chaos lint venv clean console
+.PHONY: run run-cluster test bench chaos lint venv clean console
 
 venv: $(STAMP)
 
@@ -90,6 +90,11 @@ console:
 # NATS, PostgreSQL (embedded unless COVE_DATABASE_URL), the devcloud and every service; Ctrl-C stops all.
 run: venv
 	$(VENV)/bin/cove run
+
+# The same on a 3-node JetStream cluster (R3 streams, fsync before ack) with 2 copies of every service, the API's
+# sharing its port (SO_REUSEPORT); same .cove/clouds.yaml and API address, its own streams and database.
+run-cluster: venv
+	$(VENV)/bin/cove run --copies 2 --nats-nodes 3
 
 test: venv
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """`cove run`: the whole Cove stack on this machine, for development and demos.
 
-    cove run [--state-dir .cove] [--timeout 90] [--time-factor F] [--only api,scheduler]
+    cove run [--state-dir .cove] [--timeout 90] [--time-factor F] [--only api,scheduler] [--copies N]
+             [--nats-nodes N]
 
 Starts (unless COVE_NATS_URL / COVE_DATABASE_URL point elsewhere) a JetStream nats-server and an embedded
 PostgreSQL under .cove/, the devcloud OpenStack emulator, and the services listed in deploy.local.stack.SERVICES;
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-timeout", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     run.add_argument("--time-factor", type=float, default=None,
                      help="devcloud timing model speed-up, e.g. 0.1 makes servers boot 10x faster")
+    run.add_argument("--copies", type=int, default=1,
+                     help="copies of every service (default 1; make run-cluster: 2, the API's sharing its port)")
+    run.add_argument("--nats-nodes", type=int, default=1,
+                     help="nats-servers in one JetStream cluster, streams replicated on up to 3 (default 1; "
+                          "make run-cluster: 3)")
     run.add_argument("--only", default=None,
                      help=f"comma-separated subset of services to start (all: {','.join(s.name for s in SERVICES)}); "
                           "--only '' starts only NATS, PostgreSQL and the devcloud")
@@ -65,6 +71,8 @@ def summary(stack: LocalStack) -> str:
         f"  export OS_CLIENT_CONFIG_FILE={clouds}",
         "  openstack --os-cloud cove-demo coe cluster template list",
         "  openstack --os-cloud cove-demo coe cluster list",
+        *([f"  . {stack.state_dir / 'nats.env'}   # the operators' NATS user, for cove events, cove dlq, ..."]
+          if stack.nats_users else []),
         "",
         "Ctrl-C stops everything.",
         "",
@@ -92,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     stack = LocalStack(Path(args.state_dir), services=services, timeout=args.timeout,
-                       stop_timeout=args.stop_timeout, time_factor=args.time_factor, stop_event=stop)
+                       stop_timeout=args.stop_timeout, time_factor=args.time_factor, stop_event=stop,
+                       copies=args.copies, nats_nodes=args.nats_nodes)
     code = 0
     try:
         stack.start()

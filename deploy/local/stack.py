@@ -24,7 +24,8 @@ from typing import IO
 
 import structlog
 
-from deploy.local.nats import NatsServer
+from deploy.local import natsauth
+from deploy.local.nats import NatsCluster, NatsServer
 from deploy.local.ports import LOCALHOST, free_port, preferred_port
 from deploy.local.postgres import EmbeddedPostgres, database_url
 
@@ -54,6 +55,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_MONITOR_PORT = 8222
+CLUSTER_NATS_PORTS = (4231, 4232, 4233)
+CLUSTER_NATS_MONITOR_PORTS = (8231, 8232, 8233)
+"""A NATS cluster's usual ports, as in deploy/nats/cluster/n1..n3.conf."""
 DEFAULT_DEVCLOUD_PORT = 8775
 DEFAULT_API_PORT = 9511
 LOCAL_SUBNET_CIDR = "127.100.0.0/24"
@@ -132,7 +136,24 @@ class LocalStack:
         time_factor: float | None = None,
         stop_event: threading.Event | None = None,
         devcloud_config: Path | None = None,
+        copies: int = 1,
+        nats_nodes: int = 1,
+        nats_auth: bool = True,
     ) -> None:
+        """``copies`` of every service (named ``<service>-1``, ``-2``, ... when more than one; the API's share
+        its port through SO_REUSEPORT) and ``nats_nodes`` nats-servers forming one JetStream cluster, its streams
+        replicated on every node up to 3 (``make run-cluster``: 2 and 3). With ``nats_auth`` (the default) the
+        NATS it starts has a user per service with its subject permissions (deploy/local/natsauth.py), and
+        ``nats_url`` carries the unrestricted ops user's credentials, for tests and the operators' commands."""
+        if copies < 1 or nats_nodes < 1:
+            raise ValueError("copies and nats_nodes must be at least 1")
+        self.copies = copies
+        self.nats_node_count = nats_nodes
+        self.nats_auth = nats_auth
+        self.nats_cluster: NatsCluster | None = None
+        self.nats_users: dict[str, natsauth.Credentials] = {}
+        self.nats_service_url = ""
+        """Where the services connect (no credentials in it: each gets its own user)."""
         self.state_dir = Path(state_dir).resolve()
         self.logs = self.state_dir / "logs"
         self.services = services
@@ -165,20 +186,65 @@ class LocalStack:
         self._wait_ready()
         shutil.copyfile(self.state_dir / "devcloud-clouds.yaml", self.state_dir / "clouds.yaml")
 
+    @property
+    def nats_nodes(self) -> list[NatsServer]:
+        """The nats-servers this stack started (one, or every node of its cluster)."""
+        if self.nats_cluster is not None:
+            return list(self.nats_cluster.nodes)
+        return [self.nats] if self.nats is not None else []
+
+    def _authorization(self) -> str | None:
+        if not self.nats_auth:
+            return None
+        self.nats_users = natsauth.load_or_create(self.state_dir / "nats-users.json")
+        return natsauth.render_authorization(self.nats_users)
+
     def _start_nats(self) -> None:
         configured = os.environ.get("COVE_NATS_URL")
         if configured:
-            self.nats_url = configured
+            self.nats_url = self.nats_service_url = configured
+            return
+        if self.nats_node_count > 1:
+            self._start_nats_cluster()
             return
         self.nats = NatsServer(
             self.state_dir / "nats",
             port=self._port("nats", DEFAULT_NATS_PORT),
             http_port=self._port("nats", DEFAULT_NATS_MONITOR_PORT),
             log_file=self.logs / "nats.log",
+            authorization=self._authorization(),
         )
         self.nats.start(timeout=self.timeout)
-        self.nats_url = self.nats.url
         self._record_pid("nats", self.nats.pid, [self.nats.binary, "-c", str(self.nats.config_path)])
+        self._nats_started(self.nats.url)
+
+    def _start_nats_cluster(self) -> None:
+        count = self.nats_node_count
+        usual = list(CLUSTER_NATS_PORTS) + [0] * max(0, count - len(CLUSTER_NATS_PORTS))
+        usual_http = list(CLUSTER_NATS_MONITOR_PORTS) + [0] * max(0, count - len(CLUSTER_NATS_MONITOR_PORTS))
+        self.nats_cluster = NatsCluster(
+            self.state_dir / "nats-cluster",
+            size=count,
+            ports=[self._port(f"cove-n{i + 1}", usual[i]) if usual[i] else free_port() for i in range(count)],
+            http_ports=[self._port(f"cove-n{i + 1}", usual_http[i]) if usual_http[i] else free_port()
+                        for i in range(count)],
+            log_dir=self.logs,
+            authorization=self._authorization(),
+        )
+        self.nats_cluster.start(timeout=self.timeout)
+        self.nats = self.nats_cluster.nodes[0]
+        for node in self.nats_cluster.nodes:
+            self._record_pid(node.server_name, node.pid, [node.binary, "-c", str(node.config_path)])
+        self._nats_started(self.nats_cluster.url)
+
+    def _nats_started(self, url: str) -> None:
+        self.nats_service_url = url
+        ops = self.nats_users.get(natsauth.OPS_USER)
+        self.nats_url = ops.url(url) if ops is not None else url
+        env_file = self.state_dir / "nats.env"
+        env_file.touch(mode=0o600)
+        env_file.write_text(f"# the operators' NATS user (cove events, cove dlq, ...): source this file\n"
+                            f"export COVE_NATS_URL='{self.nats_url}'\n")
 
     def _port(self, name: str, usual: int) -> int:
         """`usual` when a server can listen there, else a free port; the reason is logged and kept for the table."""
@@ -189,7 +255,10 @@ class LocalStack:
         return port
 
     def _start_postgres(self) -> None:
-        self.database_url, self.postgres = database_url(self.state_dir / "pg", log_file=self.logs / "postgres.log")
+        # A NATS cluster keeps its own streams (nats-cluster/), so its stores get their own database too: a projection's
+        # checkpoint counts one stream's sequence. clouds.yaml and the addresses stay make run's.
+        data = "pg" if self.nats_node_count == 1 else "pg-cluster"
+        self.database_url, self.postgres = database_url(self.state_dir / data, log_file=self.logs / "postgres.log")
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], ready_url: str, listen: str) -> Child:
         log_file = self.logs / f"{name}.log"
@@ -227,11 +296,13 @@ class LocalStack:
         env = dict(os.environ)
         env.update({
             "PYTHONUNBUFFERED": "1",
-            "COVE_NATS_URL": self.nats_url,
+            "COVE_NATS_URL": self.nats_service_url,
             "COVE_DATABASE_URL": self.database_url,
             "OS_CLIENT_CONFIG_FILE": str(self.state_dir / "devcloud-clouds.yaml"),
             "COVE_CLOUD_AUTH_URL": f"{self.devcloud_url}/identity",
             "COVE_STATE_DIR": str(self.state_dir),
+            "COVE_ENV": "development",  # the development defaults (services/runtime/production.py)
+            "COVE_STREAM_REPLICAS": str(min(3, self.nats_node_count)),
         })
         # Every address the local stack hands out lies on this machine: the clusters' private subnets too (the
         # devcloud's external network is loopback already). Cove's production default stays 10.0.0.0/24.
@@ -239,13 +310,20 @@ class LocalStack:
         return env
 
     def _start_service(self, spec: ServiceSpec) -> None:
-        http_port = free_port()
-        env = self._base_env() | {"COVE_HTTP_PORT": str(http_port)} | spec.extra_env
-        listen = f"http://{LOCALHOST}:{http_port} (health/metrics)"
-        if spec.name == "api":
-            env["COVE_API_PORT"] = str(self.api_port)
-            listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
-        self._spawn(spec.name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
+        for copy in range(1, self.copies + 1):
+            name = spec.name if self.copies == 1 else f"{spec.name}-{copy}"
+            http_port = free_port()
+            env = self._base_env() | {"COVE_HTTP_PORT": str(http_port)} | spec.extra_env
+            credentials = self.nats_users.get(spec.name)
+            if credentials is not None:
+                env |= credentials.env()
+            listen = f"http://{LOCALHOST}:{http_port} (health/metrics)"
+            if spec.name == "api":
+                env["COVE_API_PORT"] = str(self.api_port)
+                if self.copies > 1:
+                    env["COVE_API_REUSE_PORT"] = "1"  # the copies share the port; the kernel spreads connections
+                listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
+            self._spawn(name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
 
     def _wait_ready(self, children: list[Child] | None = None) -> None:
         deadline = time.monotonic() + self.timeout
@@ -350,7 +428,10 @@ class LocalStack:
     def endpoints(self) -> list[tuple[str, str, str]]:
         """(name, where it listens, log file) for the summary table."""
         rows: list[tuple[str, str, str]] = []
-        if self.nats is not None:
+        if self.nats_cluster is not None:
+            rows += [(node.server_name, f"{node.url} (monitor {node.monitor_url})", str(node.log_file))
+                     for node in self.nats_cluster.nodes]
+        elif self.nats is not None:
             rows.append(("nats", f"{self.nats.url} (monitor {self.nats.monitor_url})", str(self.nats.log_file)))
         else:
             rows.append(("nats", f"{self.nats_url} (COVE_NATS_URL)", "-"))
@@ -369,6 +450,8 @@ class LocalStack:
             child.log_handle.close()
             log.info("process_stopped", name=child.name, returncode=child.proc.returncode)
         self.children.clear()
+        if self.nats_cluster is not None:
+            self.nats_cluster.stop(timeout=self.stop_timeout)
         if self.nats is not None:
             self.nats.stop(timeout=self.stop_timeout)
         if self.postgres is not None:

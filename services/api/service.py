@@ -1,7 +1,11 @@
 """Wiring of the API service: its projection (every event, into schema ``api``) and the Magnum v1 HTTP server.
 
 Configuration (environment, via ``ServiceConfig.extra``):
-    COVE_API_PORT            Magnum API port on 127.0.0.1 (default 9511; 0 = any free port)
+    COVE_API_PORT            Magnum API port (default 9511; 0 = any free port)
+    COVE_API_HOST            the address it binds (default 127.0.0.1; 0.0.0.0 or a host's address in production)
+    COVE_API_TLS_CERT / COVE_API_TLS_KEY   PEM certificate (chain) and key: serve HTTPS (both or neither)
+    COVE_API_REUSE_PORT      1: bind with SO_REUSEPORT, so several API copies on one host share the port and the
+                             kernel spreads connections over them (`make run-cluster`)
     COVE_AUTH_URL            identity root, e.g. http://127.0.0.1:8775/identity (COVE_CLOUD_AUTH_URL also read)
     COVE_SERVICE_USER / COVE_SERVICE_PASSWORD / COVE_SERVICE_PROJECT   the service user (cove / cove-pass / service)
     COVE_TOKEN_CACHE_TTL     cap on how long a validated token is trusted (default: the token's life; revocation
@@ -16,6 +20,7 @@ Configuration (environment, via ``ServiceConfig.extra``):
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import asyncpg
@@ -42,8 +47,10 @@ class ApiServer:
 
     def __init__(self, config: ServiceConfig) -> None:
         extra = config.extra
-        self.host = "127.0.0.1"
+        self.host = extra.get("COVE_API_HOST") or "127.0.0.1"
         self.requested_port = int(extra.get("COVE_API_PORT", "9511"))
+        self.reuse_port = extra.get("COVE_API_REUSE_PORT", "").lower() in ("1", "true", "yes")
+        self.ssl_context = tls_context(extra)
         self.port: int | None = None
         auth_url = extra.get("COVE_AUTH_URL") or extra.get("COVE_CLOUD_AUTH_URL") or "http://127.0.0.1:8775/identity"
         self.keystone = Keystone(
@@ -83,13 +90,15 @@ class ApiServer:
                         read_cache=ReadCache(self.freshness), template_cache=TemplateCache(self.freshness))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        site = web.TCPSite(self._runner, self.host, self.requested_port, ssl_context=self.ssl_context,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         server = site._server
         assert server is not None
         self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         svc.health.add_check("api", lambda: self._runner is not None)
-        log.info("api_listening", host=self.host, port=self.port)
+        log.info("api_listening", host=self.host, port=self.port, tls=self.ssl_context is not None,
+                 reuse_port=self.reuse_port)
 
     async def stop(self, svc: Service) -> None:
         if self._runner is not None:
@@ -108,7 +117,22 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://{self.host}:{self.port}"
+
+
+def tls_context(extra: dict[str, str]) -> ssl.SSLContext | None:
+    """The server's TLS context from ``COVE_API_TLS_CERT`` and ``COVE_API_TLS_KEY`` (TLS 1.2 or later), or None
+    when neither is set; one without the other is a configuration error naming the missing one."""
+    cert, key = extra.get("COVE_API_TLS_CERT", ""), extra.get("COVE_API_TLS_KEY", "")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError(f"{'COVE_API_TLS_KEY' if cert else 'COVE_API_TLS_CERT'} is not set: "
+                         "COVE_API_TLS_CERT and COVE_API_TLS_KEY go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def build_service(config: ServiceConfig) -> tuple[Service, ApiServer]:

@@ -24,6 +24,11 @@ EVENT_TYPE = "Cove-Event-Type"
 WRONG_LAST_SEQUENCE = 10071
 
 
+def servers(url: str) -> list[str]:
+    """The server addresses of a comma-separated NATS URL (nats-py takes a list, not a comma-separated string)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class ConcurrencyConflict(Exception):
     """A publish with an expected last subject sequence found the subject at another sequence."""
 
@@ -42,8 +47,13 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str, *, name: str = "cove", reconnect_time_wait: float = 1.0, connect_timeout: float = 5.0
+        cls, url: str, *, name: str = "cove", reconnect_time_wait: float = 1.0, connect_timeout: float = 5.0,
+        user: str | None = None, password: str | None = None, credentials: str | None = None,
+        inbox_prefix: str | None = None,
     ) -> Bus:
+        """``url`` may list several servers, comma-separated (a NATS cluster: the client fails over between them).
+        ``user``/``password`` or a ``credentials`` file (JWT + nkey) authenticate; ``inbox_prefix`` names the
+        inboxes replies come to (a service's NATS permissions allow only its own, deploy/local/natsauth.py)."""
         async def disconnected() -> None:
             log.warning("nats_disconnected", name=name)
 
@@ -57,9 +67,17 @@ class Bus:
         async def error(exc: Exception) -> None:
             log.warning("nats_error", name=name, error=repr(exc))
 
+        auth: dict[str, object] = {}
+        if user:
+            auth.update(user=user, password=password or "")
+        if credentials:
+            auth["user_credentials"] = credentials
+        if inbox_prefix:
+            auth["inbox_prefix"] = inbox_prefix
         nc = await nats.connect(
-            url,
+            servers(url),
             name=name,
+            **auth,  # type: ignore[arg-type]
             max_reconnect_attempts=-1,
             reconnect_time_wait=reconnect_time_wait,
             connect_timeout=connect_timeout,

@@ -22,6 +22,7 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from nats.aio.subscription import Subscription
 
 from proto import subjects
 from proto.streams import DEFAULT_CONSUMER, ConsumerSettings
-from services.runtime import db, metrics, rpc
+from services.runtime import db, metrics, production, rpc
 from services.runtime.bus import Bus
 from services.runtime.consumer import Consumer, Handler
 from services.runtime.health import HealthServer
@@ -57,6 +58,11 @@ class ServiceConfig:
     log_level: str = "INFO"
     heartbeat_interval: float = 10.0
     shutdown_timeout: float = 30.0
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_credentials: str | None = None
+    """NATS authentication: ``COVE_NATS_USER``/``COVE_NATS_PASSWORD`` or a credentials file ``COVE_NATS_CREDS``
+    (deploy/local/natsauth.py: a user per service, allowed to publish only its own subjects)."""
     extra: dict[str, str] = field(default_factory=dict)
     """Every ``COVE_*`` variable, for service-specific settings (e.g. ``COVE_CLOUD``)."""
 
@@ -71,6 +77,9 @@ class ServiceConfig:
             log_level=env.get("COVE_LOG_LEVEL", "INFO"),
             heartbeat_interval=float(env.get("COVE_HEARTBEAT_INTERVAL", "10")),
             shutdown_timeout=float(env.get("COVE_SHUTDOWN_TIMEOUT", "30")),
+            nats_user=env.get("COVE_NATS_USER") or None,
+            nats_password=env.get("COVE_NATS_PASSWORD") or None,
+            nats_credentials=env.get("COVE_NATS_CREDS") or None,
             extra={k: v for k, v in env.items() if k.startswith("COVE_")},
         )
 
@@ -156,7 +165,11 @@ class Service:
 
     async def start(self) -> None:
         cfg = self.config
-        self.bus = await Bus.connect(cfg.nats_url, name=self.name)
+        authenticated = bool(cfg.nats_user or cfg.nats_credentials)
+        self.bus = await Bus.connect(
+            cfg.nats_url, name=self.name, user=cfg.nats_user, password=cfg.nats_password,
+            credentials=cfg.nats_credentials, inbox_prefix=f"_INBOX_{self.name}" if authenticated else None,
+        )
         await self.bus.ensure_streams()
         self.health.add_check("nats", lambda: self.bus is not None and self.bus.connected)
         if cfg.database_url and self.schema:
@@ -258,8 +271,19 @@ class Service:
             await asyncio.wait_for(self.stop(), self.config.shutdown_timeout)
 
 
+EX_CONFIG = 78
+"""The exit status of a service refusing its configuration (sysexits' EX_CONFIG; the systemd units do not restart
+on it: RestartPreventExitStatus)."""
+
+
 def run(build: Callable[[ServiceConfig], Service], *, name: str) -> None:
-    """The entry point of every service's ``__main__``: config from env, logging, tracing, run until signalled."""
+    """The entry point of every service's ``__main__``: refuse development secrets in production (production.py),
+    config from env, logging, tracing, run until signalled."""
+    try:
+        production.check(name, os.environ)
+    except (production.DevelopmentSecretRefused, ValueError) as exc:
+        print(f"cove-{name}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EX_CONFIG) from None
     config = ServiceConfig.from_env(name)
     configure_logging(config.service, config.log_level)
     setup_tracing(config.service)
