@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -30,7 +29,8 @@ from proto import subjects
 from proto.requests import GetUsage, UsageReport
 from services.runtime import rpc
 from services.runtime.bus import Bus
-from tests.conftest import REPO_ROOT, drop_database, fresh_database, wait_for
+from tests.conftest import REPO_ROOT, wait_for
+from tests.stacks import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,26 +55,9 @@ def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
 async def stack(
     private_nats: NatsServer, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LocalStack]:
-    db_url = await fresh_database(pg_admin_url)
-    saved = {k: os.environ.get(k) for k in ("COVE_NATS_URL", "COVE_DATABASE_URL", "COVE_API_ADMISSION_TIMEOUT")}
-    os.environ.update({"COVE_NATS_URL": private_nats.url, "COVE_DATABASE_URL": db_url})
-    local = LocalStack(tmp_path_factory.mktemp("e2e-stack"), timeout=90.0, time_factor=0.05)
-    try:
-        await asyncio.to_thread(local.start)
-    except BaseException:
-        await asyncio.to_thread(local.stop)
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    async with running_stack(private_nats.url, pg_admin_url, tmp_path_factory.mktemp("e2e-stack"),
+                             time_factor=0.05) as local:
         yield local
-    finally:
-        await asyncio.to_thread(local.stop)
-        await drop_database(pg_admin_url, db_url)
 
 
 def osc_raw(stack: LocalStack, *args: str, cloud: str = "cove-demo") -> subprocess.CompletedProcess[str]:

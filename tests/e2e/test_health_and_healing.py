@@ -7,7 +7,6 @@ nodes of a group at a time. (How fast: benchmarks/watch.py; here only generous d
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -22,8 +21,9 @@ from proto.requests import GetUsage, UsageReport
 from services.provisioner import model
 from services.runtime import rpc
 from services.runtime.bus import Bus
-from tests.conftest import drop_database, fresh_database, wait_for
+from tests.conftest import wait_for
 from tests.e2e.test_cluster_lifecycle import http, token
+from tests.stacks import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,27 +42,9 @@ def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
 async def stack(
     private_nats: NatsServer, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LocalStack]:
-    db_url = await fresh_database(pg_admin_url)
-    keys = ("COVE_NATS_URL", "COVE_DATABASE_URL", *ENV)
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({"COVE_NATS_URL": private_nats.url, "COVE_DATABASE_URL": db_url, **ENV})
-    local = LocalStack(tmp_path_factory.mktemp("health-stack"), timeout=90.0, time_factor=0.05)
-    try:
-        await asyncio.to_thread(local.start)
-    except BaseException:
-        await asyncio.to_thread(local.stop)
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    async with running_stack(private_nats.url, pg_admin_url, tmp_path_factory.mktemp("health-stack"), env=ENV,
+                             time_factor=0.05) as local:
         yield local
-    finally:
-        await asyncio.to_thread(local.stop)
-        await drop_database(pg_admin_url, db_url)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,8 +18,9 @@ import pytest
 
 from deploy.local.nats import NatsServer
 from deploy.local.stack import LocalStack
-from tests.conftest import drop_database, fresh_database, wait_for
+from tests.conftest import wait_for
 from tests.e2e.test_cluster_lifecycle import http, osc, private_nats, token
+from tests.stacks import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["private_nats"]
@@ -33,27 +32,9 @@ STACK_ENV = {"COVE_MAX_BUILDS": "1", "COVE_CLOUD_QUOTA_TTL": "0.5"}
 async def qstack(
     private_nats: NatsServer, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LocalStack]:
-    db_url = await fresh_database(pg_admin_url)
-    env = {"COVE_NATS_URL": private_nats.url, "COVE_DATABASE_URL": db_url, **STACK_ENV}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    local = LocalStack(tmp_path_factory.mktemp("e2e-quota"), timeout=90.0, time_factor=1.0)
-    try:
-        await asyncio.to_thread(local.start)
-    except BaseException:
-        await asyncio.to_thread(local.stop)
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    async with running_stack(private_nats.url, pg_admin_url, tmp_path_factory.mktemp("e2e-quota"), env=STACK_ENV,
+                             time_factor=1.0) as local:
         yield local
-    finally:
-        await asyncio.to_thread(local.stop)
-        await drop_database(pg_admin_url, db_url)
 
 
 async def servers_ever(st: LocalStack, admin: str, project_id: str) -> list[dict[str, Any]]:

@@ -4,9 +4,7 @@ the devcloud, the five services), configured only through the standard OTEL_* va
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.nats import NatsServer
 from deploy.local.stack import LocalStack
-from tests.conftest import drop_database, free_port, fresh_database, wait_for
+from tests.conftest import free_port, wait_for
+from tests.stacks import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,28 +89,10 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 @pytest.fixture(scope="module")
 async def stack(private_nats: NatsServer, pg_admin_url: str, receiver: OtlpReceiver,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    db_url = await fresh_database(pg_admin_url)
-    wanted = {"COVE_NATS_URL": private_nats.url, "COVE_DATABASE_URL": db_url,
-              "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    local = LocalStack(tmp_path_factory.mktemp("trace-stack"), timeout=90.0, time_factor=0.05)
-    try:
-        await asyncio.to_thread(local.start)
-    except BaseException:
-        await asyncio.to_thread(local.stop)
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    async with running_stack(private_nats.url, pg_admin_url, tmp_path_factory.mktemp("trace-stack"), env=otlp,
+                             time_factor=0.05) as local:
         yield local
-    finally:
-        await asyncio.to_thread(local.stop)
-        await drop_database(pg_admin_url, db_url)
 
 
 async def token(stack: LocalStack, user: str, password: str, project: str) -> str:

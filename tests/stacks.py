@@ -1,0 +1,43 @@
+"""The whole local stack for a test module: `make run`'s LocalStack on a NATS of the module's own and a fresh
+database, with the module's extra environment for the services, torn down with its database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from deploy.local.stack import LocalStack
+from tests.conftest import drop_database, fresh_database
+
+
+@contextlib.asynccontextmanager
+async def running_stack(nats_url: str, pg_admin_url: str, state_dir: Path, *, env: Mapping[str, str] | None = None,
+                        **options: Any) -> AsyncIterator[LocalStack]:
+    """A started LocalStack (``options``: its keyword arguments, e.g. ``time_factor``); ``env`` is set only while
+    the services start (they take their environment then), and the process's own is restored at once."""
+    db_url = await fresh_database(pg_admin_url)
+    wanted = {"COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, **(env or {})}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    local = LocalStack(state_dir, **{"timeout": 90.0, **options})
+    try:
+        await asyncio.to_thread(local.start)
+    except BaseException:
+        await asyncio.to_thread(local.stop)
+        await drop_database(pg_admin_url, db_url)
+        raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield local
+    finally:
+        await asyncio.to_thread(local.stop)
+        await drop_database(pg_admin_url, db_url)
