@@ -337,8 +337,23 @@ class NatsCluster:
     def start(self, timeout: float = 60.0) -> None:
         for node in self.nodes:
             node.start(timeout, wait=False)
+        deadline = time.monotonic() + timeout
         for node in self.nodes:
-            node.wait_ready(timeout)
+            node.wait_ready(max(1.0, deadline - time.monotonic()))
+        # /healthz can answer before the JetStream meta group has its leader; streams can be made only after
+        while not all(self._meta_leader(node) for node in self.nodes):
+            if time.monotonic() >= deadline:
+                raise NatsServerError(f"the NATS cluster elected no JetStream leader within {timeout}s; "
+                                      f"logs: {', '.join(str(n.log_file) for n in self.nodes)}")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _meta_leader(node: NatsServer) -> str | None:
+        try:
+            leader = node.monitor("jsz").get("meta_cluster", {}).get("leader")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return str(leader) if leader else None
 
     def stop(self, timeout: float = 15.0) -> None:
         for node in reversed(self.nodes):

@@ -181,9 +181,16 @@ class LocalStack:
         self._start_nats()
         self._start_postgres()
         self._start_devcloud()
+        # The first copy of every service makes its schema, tables and consumers; the other copies start once it is
+        # ready (copies racing each other through CREATE TABLE IF NOT EXISTS collide in PostgreSQL's catalog).
         for spec in self.services:
-            self._start_service(spec)
+            self._start_service(spec, 1)
         self._wait_ready()
+        for copy in range(2, self.copies + 1):
+            started = len(self.children)
+            for spec in self.services:
+                self._start_service(spec, copy)
+            self._wait_ready(self.children[started:])
         shutil.copyfile(self.state_dir / "devcloud-clouds.yaml", self.state_dir / "clouds.yaml")
 
     @property
@@ -309,21 +316,21 @@ class LocalStack:
         env.setdefault("COVE_PROVISIONER_SUBNET_CIDR", LOCAL_SUBNET_CIDR)
         return env
 
-    def _start_service(self, spec: ServiceSpec) -> None:
-        for copy in range(1, self.copies + 1):
-            name = spec.name if self.copies == 1 else f"{spec.name}-{copy}"
-            http_port = free_port()
-            env = self._base_env() | {"COVE_HTTP_PORT": str(http_port)} | spec.extra_env
-            credentials = self.nats_users.get(spec.name)
-            if credentials is not None:
-                env |= credentials.env()
-            listen = f"http://{LOCALHOST}:{http_port} (health/metrics)"
-            if spec.name == "api":
-                env["COVE_API_PORT"] = str(self.api_port)
-                if self.copies > 1:
-                    env["COVE_API_REUSE_PORT"] = "1"  # the copies share the port; the kernel spreads connections
-                listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
-            self._spawn(name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
+    def _start_service(self, spec: ServiceSpec, copy: int = 1) -> None:
+        """Copy number ``copy`` of ``spec``: named ``<service>-<copy>`` when the stack runs several."""
+        name = spec.name if self.copies == 1 else f"{spec.name}-{copy}"
+        http_port = free_port()
+        env = self._base_env() | {"COVE_HTTP_PORT": str(http_port)} | spec.extra_env
+        credentials = self.nats_users.get(spec.name)
+        if credentials is not None:
+            env |= credentials.env()
+        listen = f"http://{LOCALHOST}:{http_port} (health/metrics)"
+        if spec.name == "api":
+            env["COVE_API_PORT"] = str(self.api_port)
+            if self.copies > 1:
+                env["COVE_API_REUSE_PORT"] = "1"  # the copies share the port; the kernel spreads connections
+            listen = f"{self.api_url} (Magnum v1); health/metrics on :{http_port}"
+        self._spawn(name, service_command(spec), env, f"http://{LOCALHOST}:{http_port}/readyz", listen)
 
     def _wait_ready(self, children: list[Child] | None = None) -> None:
         deadline = time.monotonic() + self.timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import nats
@@ -22,6 +23,7 @@ MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EVENT_TYPE = "Cove-Event-Type"
 WRONG_LAST_SEQUENCE = 10071
+STREAM_NAME_IN_USE = 10058
 
 
 def servers(url: str) -> list[str]:
@@ -93,18 +95,40 @@ class Bus:
     def connected(self) -> bool:
         return self.nc.is_connected
 
-    async def ensure_streams(self, configs: Iterable[StreamConfig] | None = None) -> None:
-        """Create each stream, or update it to the given configuration when it already exists."""
+    async def ensure_streams(self, configs: Iterable[StreamConfig] | None = None, *, patience: float = 60.0) -> None:
+        """Create each stream, or update it to the given configuration when it already exists (its replicas too:
+        ``COVE_STREAM_REPLICAS``). A JetStream cluster that is electing its leader, or busy with every copy of every
+        service doing the same at once, answers late or "temporarily unavailable": each step is tried again for up
+        to ``patience`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
         for cfg in configs if configs is not None else streams.all_streams():
             assert cfg.name is not None
+            while True:
+                try:
+                    await self._ensure_stream(cfg)
+                    break
+                except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                    if loop.time() >= deadline:
+                        raise
+                    log.warning("stream_not_ready_retrying", stream=cfg.name, error=repr(exc))
+                    await asyncio.sleep(0.5)
+
+    async def _ensure_stream(self, cfg: StreamConfig) -> None:
+        assert cfg.name is not None
+        try:
+            await self.js.stream_info(cfg.name)
+        except nats.js.errors.NotFoundError:
             try:
-                await self.js.stream_info(cfg.name)
-            except nats.js.errors.NotFoundError:
                 await self.js.add_stream(cfg)
-                log.info("stream_created", stream=cfg.name)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:  # another copy created it a moment ago: update below
+                    raise
             else:
-                await self.js.update_stream(cfg)
-                log.debug("stream_updated", stream=cfg.name)
+                log.info("stream_created", stream=cfg.name)
+                return
+        await self.js.update_stream(cfg)
+        log.debug("stream_updated", stream=cfg.name)
 
     async def publish(
         self,
