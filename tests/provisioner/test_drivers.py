@@ -29,7 +29,6 @@ from services.provisioner.drivers.kubernetes import (
     CA_KEY_PATH,
     ENV_PATH,
     KUBEADM_CONFIG_PATH,
-    PROXY_ENV_PATH,
     SCRIPT_PATH,
     KubernetesDriver,
     bootstrap_token,
@@ -37,6 +36,7 @@ from services.provisioner.drivers.kubernetes import (
     certificate_key,
     kube_node_name,
 )
+from services.provisioner.drivers.render import PROXY_ENV_PATH
 from tests.provisioner.userdata_checks import cloud_init_schema, files, hostile, parse, shellcheck, source
 
 DRIVER = KubernetesDriver()

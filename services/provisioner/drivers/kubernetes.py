@@ -34,14 +34,12 @@ from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
 from services.provisioner.drivers.render import (
     ENV_PATH,
-    PROXY_ENV_PATH,
     SHELL_HELPERS,
-    cloud_config,
     dump_yaml_all,
     endpoint,
+    node_document,
+    proxy_files,
     shell_env,
-    systemd_env,
-    volume_mounts,
 )
 from services.provisioner.drivers.render import host_name as kube_node_name
 from services.provisioner.drivers.render import write_file as _write
@@ -248,7 +246,6 @@ _CLIENT_CA_PATCH = (
     '[{"op": "add", "path": "/spec/containers/0/command/-", "value": "--client-ca-file=' + CLIENT_CA_PATH + '"}]\n'
 )
 _SYSCTL = "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n"
-_PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
 
 
 # --------------------------------------------------------------------------- the driver
@@ -382,23 +379,12 @@ class KubernetesDriver:
             _write("/etc/sysctl.d/99-cove-kubernetes.conf", _SYSCTL, "0644"),
         ]
         if proxied or node.no_proxy:
-            files += [
-                _write(PROXY_ENV_PATH, systemd_env({**proxy, **{k.lower(): v for k, v in proxy.items()}}), "0600"),
-                _write("/etc/systemd/system/containerd.service.d/cove-proxy.conf", _PROXY_DROP_IN, "0644"),
-                _write("/etc/systemd/system/kubelet.service.d/cove-proxy.conf", _PROXY_DROP_IN, "0644"),
-            ]
+            files += proxy_files(proxy, ["containerd.service", "kubelet.service"])
         files.append(_write(SCRIPT_PATH, BOOTSTRAP_SCRIPT, "0755"))
-        doc: dict[str, Any] = {
-            "hostname": node_name,
-            "preserve_hostname": False,
-            "write_files": files,
-        }
         volumes = [(node.docker_volume_device, CONTAINERD_DIR, "containerd")]
         if node.role == "master":
             volumes.append((node.etcd_volume_device, ETCD_DIR, "etcd"))
-        doc.update(volume_mounts(volumes))
-        doc["runcmd"] = [[SCRIPT_PATH]]
-        return cloud_config(doc)
+        return node_document(node_name, files, volumes, SCRIPT_PATH)
 
     def kubeadm_config(self, node: NodeContext, labels: dict[str, str], driver: str) -> str:
         """The node's kubeadm configuration: Init-, Cluster- and KubeletConfiguration on the first master, a

@@ -37,7 +37,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any
 
 from proto import labels as label_rules
 from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
@@ -45,16 +44,14 @@ from services.provisioner.drivers.render import (
     CA_PATH,
     ENGINE_HELPERS,
     ENV_PATH,
-    PROXY_ENV_PATH,
     SHELL_HELPERS,
     ca_keys_given,
     check_host,
-    cloud_config,
     endpoint,
     host_name,
+    node_document,
+    proxy_files,
     shell_env,
-    systemd_env,
-    volume_mounts,
     write_file,
 )
 
@@ -82,6 +79,7 @@ SCRIPT_PATH = "/usr/local/sbin/cove-bootstrap"
 SERVICE_SCRIPT_PATH = "/usr/local/sbin/cove-mesos-service"
 UNIT_PATH = "/etc/systemd/system/cove-mesos@.service"
 PROXY_DROP_IN_PATH = "/etc/systemd/system/docker.service.d/cove-proxy.conf"
+"""Where ``render.proxy_files`` puts the Docker engine's proxy drop-in."""
 DOCKER_DIR = "/var/lib/docker"
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -102,7 +100,6 @@ TimeoutStartSec=0
 [Install]
 WantedBy=multi-user.target
 """
-PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
 
 SERVICE_SCRIPT = r"""#!/bin/bash
 # Runs one of Cove's Mesos cluster services as a container on the host's network, in the foreground, for the
@@ -426,20 +423,10 @@ class MesosDriver:
             write_file(SERVICE_SCRIPT_PATH, SERVICE_SCRIPT, "0755"),
         ]
         if proxied or node.no_proxy:
-            files += [
-                write_file(PROXY_ENV_PATH, systemd_env({**proxy, **{k.lower(): v for k, v in proxy.items()}}),
-                           "0600"),
-                write_file(PROXY_DROP_IN_PATH, PROXY_DROP_IN, "0644"),
-            ]
+            files += proxy_files(proxy, ["docker.service"])
         files.append(write_file(SCRIPT_PATH, BOOTSTRAP_SCRIPT, "0755"))
-        doc: dict[str, Any] = {
-            "hostname": host_name(node.node_name),
-            "preserve_hostname": False,
-            "write_files": files,
-            **volume_mounts([(node.docker_volume_device, DOCKER_DIR, "docker")]),
-            "runcmd": [[SCRIPT_PATH]],
-        }
-        return cloud_config(doc)
+        return node_document(host_name(node.node_name), files, [(node.docker_volume_device, DOCKER_DIR, "docker")],
+                             SCRIPT_PATH)
 
     def health_checks(self) -> list[HealthCheck]:
         return [

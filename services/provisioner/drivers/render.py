@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -175,3 +175,24 @@ engine_up() {
 }
 """
 """Debian's Docker engine for the drivers that run on it (Swarm, Mesos): ``install_engine`` and ``engine_up``."""
+
+
+PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
+"""The systemd drop-in that hands a unit the node's proxies (``PROXY_ENV_PATH``)."""
+
+
+def proxy_files(proxy: Mapping[str, str], units: Iterable[str]) -> list[dict[str, Any]]:
+    """The proxy environment file (upper- and lower-case names, as tools read either) and a drop-in for each of
+    ``units`` (e.g. ``docker.service``) that makes the unit read it."""
+    env = {**proxy, **{k.lower(): v for k, v in proxy.items()}}
+    return [write_file(PROXY_ENV_PATH, systemd_env(env), "0600"),
+            *(write_file(f"/etc/systemd/system/{unit}.d/cove-proxy.conf", PROXY_DROP_IN, "0644") for unit in units)]
+
+
+def node_document(hostname: str, files: list[dict[str, Any]], volumes: Iterable[tuple[str | None, str, str]],
+                  script_path: str) -> str:
+    """A node's whole ``#cloud-config``: its host name, its files (the bootstrap script last, already in
+    ``files``), its volumes formatted and mounted, then the script run once."""
+    doc: dict[str, Any] = {"hostname": hostname, "preserve_hostname": False, "write_files": files,
+                           **volume_mounts(volumes), "runcmd": [[script_path]]}
+    return cloud_config(doc)

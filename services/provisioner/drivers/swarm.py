@@ -44,16 +44,14 @@ from services.provisioner.drivers.render import (
     CA_PATH,
     ENGINE_HELPERS,
     ENV_PATH,
-    PROXY_ENV_PATH,
     SHELL_HELPERS,
     ca_keys_given,
     check_host,
-    cloud_config,
     endpoint,
     host_name,
+    node_document,
+    proxy_files,
     shell_env,
-    systemd_env,
-    volume_mounts,
     write_file,
 )
 
@@ -71,6 +69,7 @@ TLS_KEY_PATH = f"{TLS_DIR}/server-key.pem"
 DAEMON_JSON_PATH = "/etc/docker/daemon.json"
 HOSTS_DROP_IN_PATH = "/etc/systemd/system/docker.service.d/cove-hosts.conf"
 PROXY_DROP_IN_PATH = "/etc/systemd/system/docker.service.d/cove-proxy.conf"
+"""Where ``render.proxy_files`` puts the Docker engine's proxy drop-in."""
 SCRIPT_PATH = "/usr/local/sbin/cove-bootstrap"
 DOCKER_DIR = "/var/lib/docker"
 
@@ -78,7 +77,6 @@ DOCKER_DIR = "/var/lib/docker"
 # (dockerd refuses to start with both); the drop-in clears it. The command has no directory because Debian installs
 # dockerd in /usr/sbin and Ubuntu in /usr/bin: systemd finds it on its fixed search path.
 HOSTS_DROP_IN = "[Service]\nExecStart=\nExecStart=dockerd --containerd=/run/containerd/containerd.sock\n"
-PROXY_DROP_IN = f"[Service]\nEnvironmentFile={PROXY_ENV_PATH}\n"
 
 BOOTSTRAP_SCRIPT = r"""#!/bin/bash
 # Cove's Docker Swarm-mode node bootstrap. A constant: everything it depends on is read from the environment file
@@ -276,20 +274,10 @@ class SwarmDriver:
             write_file(HOSTS_DROP_IN_PATH, HOSTS_DROP_IN, "0644"),
         ]
         if proxied or node.no_proxy:
-            files += [
-                write_file(PROXY_ENV_PATH, systemd_env({**proxy, **{k.lower(): v for k, v in proxy.items()}}),
-                           "0600"),
-                write_file(PROXY_DROP_IN_PATH, PROXY_DROP_IN, "0644"),
-            ]
+            files += proxy_files(proxy, ["docker.service"])
         files.append(write_file(SCRIPT_PATH, BOOTSTRAP_SCRIPT, "0755"))
-        doc: dict[str, Any] = {
-            "hostname": host_name(node.node_name),
-            "preserve_hostname": False,
-            "write_files": files,
-            **volume_mounts([(node.docker_volume_device, DOCKER_DIR, "docker")]),
-            "runcmd": [[SCRIPT_PATH]],
-        }
-        return cloud_config(doc)
+        return node_document(host_name(node.node_name), files, [(node.docker_volume_device, DOCKER_DIR, "docker")],
+                             SCRIPT_PATH)
 
     def health_checks(self) -> list[HealthCheck]:
         return [
