@@ -111,3 +111,29 @@ def render_authorization(users: dict[str, Credentials]) -> str:
             entry["permissions"] = permissions(name)
         entries.append("    " + json.dumps(entry))
     return "authorization {\n  users: [\n" + "\n".join(entries) + "\n  ]\n}\n"
+
+
+def password_variable(user: str) -> str:
+    return f"COVE_NATS_{user.upper()}_PASSWORD"
+
+
+def render_shipped() -> str:
+    """deploy/nats/cove-users.conf: the same users and permissions, each password read by nats-server from its
+    environment (``$COVE_NATS_API_PASSWORD``, ...; a bcrypt hash from ``nats server passwd`` will do), for a
+    production server to ``include``. ``python -m deploy.local.natsauth`` prints it."""
+    lines = [
+        "# Cove's NATS users: one per service, each allowed to publish only its own subjects (deploy/local/natsauth.py,",
+        "# which generates this file: python -m deploy.local.natsauth > deploy/nats/cove-users.conf).",
+        "# Include it in the server's config (include ./cove-users.conf) and give nats-server each password in its",
+        "# environment, or replace a variable by a bcrypt hash (nats server passwd). docs/operations.md, \"NATS\".",
+        "authorization {",
+        "  users: [",
+    ]
+    for user in (*SERVICE_NAMES, OPS_USER):
+        perms = "" if user == OPS_USER else f", \"permissions\": {json.dumps(permissions(user))}"
+        lines.append(f"    {{\"user\": \"{user}\", \"password\": ${password_variable(user)}{perms}}}")
+    return "\n".join([*lines, "  ]", "}", ""])
+
+
+if __name__ == "__main__":
+    print(render_shipped(), end="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable
 
 import nats
@@ -88,7 +89,7 @@ class Bus:
             reconnected_cb=reconnected,
             error_cb=error,
         )
-        log.info("nats_connected", name=name, url=url)
+        log.info("nats_connected", name=name, url=re.sub(r"//[^@/,]*@", "//", url))  # never the password
         return cls(nc, nc.jetstream())
 
     @property

@@ -183,3 +183,25 @@ def test_passwords_are_kept_private_and_stable(tmp_path: Path) -> None:
     assert len({c.password for c in first.values()}) == len(first)
     url = first["ops"].url("nats://127.0.0.1:1,nats://127.0.0.1:2")
     assert url.count(f"ops:{first['ops'].password}@") == 2
+
+
+def test_the_shipped_users_file_is_generated_and_valid(tmp_path: Path) -> None:
+    """deploy/nats/cove-users.conf is what natsauth renders (no drift from the permissions above), and nats-server
+    accepts it with each password in its environment, and refuses it without one."""
+    import subprocess
+
+    from deploy.local.nats import find_nats_server
+    from tests.conftest import REPO_ROOT
+
+    shipped = REPO_ROOT / "deploy/nats/cove-users.conf"
+    assert shipped.read_text() == natsauth.render_shipped(), "regenerate: python -m deploy.local.natsauth"
+    conf = tmp_path / "server.conf"
+    conf.write_text(f"listen: 127.0.0.1:4999\ninclude {shipped.name}\n")
+    (tmp_path / shipped.name).write_text(shipped.read_text())
+    env = {natsauth.password_variable(u): f"pw-{u}" for u in (*natsauth.SERVICE_NAMES, natsauth.OPS_USER)}
+    ok = subprocess.run([find_nats_server(), "-c", str(conf), "-t"], env=env, capture_output=True, text=True,
+                        timeout=30, check=False)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run([find_nats_server(), "-c", str(conf), "-t"], env={}, capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert missing.returncode != 0 and "COVE_NATS_API_PASSWORD" in missing.stderr
