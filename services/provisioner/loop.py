@@ -9,6 +9,13 @@ The provisioner is the single writer of ``cove.evt.provisioner.cluster.<uuid>``:
 ``Nats-Expected-Last-Subject-Sequence`` (the last sequence the store recorded for the cluster) and a deterministic
 ``Nats-Msg-Id``. On a ConcurrencyConflict the task re-reads the subject's last sequence from the stream, waits until
 its projection has applied that far, reloads and decides again; it never blindly retries a publish.
+
+In N copies (docs/adr/0011), a cluster's task runs only in the copy holding the cluster's lease
+(``provisioner.cluster.<uuid>`` in ``COVE_LEASES``): the task takes it before its first step and gives it up when it
+ends; every publish is fenced (``lease.publish_fenced``: the lease still ours, its token in ``Cove-Lease``, and the
+single-writer check as before); a lost lease cancels the task. An input event applied by a copy that does not hold
+the lease is passed to the holder (``cove.provisioner.kick``), and every copy adopts, up to its fair share, the
+clusters with work left whose lease nobody holds (a dead copy's, once their TTL passed).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +40,7 @@ from services.provisioner.cloud import Cloud, CloudError, Flavor
 from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
 from services.runtime.bus import Bus, ConcurrencyConflict
+from services.runtime.lease import Lease, LeaseLost, Leases, publish_fenced
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +49,15 @@ KICKING_EVENTS = frozenset({
     "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested", "ClusterCAReplaced",
 })
 """Input events after which a cluster's task must decide again."""
+
+LEASE_PREFIX = "provisioner.cluster."
+COPY_PREFIX = "provisioner.copy."
+COPY_HEADER = "Cove-Copy"
+
+
+def lease_key(cluster_id: str) -> str:
+    """The key of a cluster's lease in ``COVE_LEASES``."""
+    return f"{LEASE_PREFIX}{cluster_id}"
 
 
 class Reconciler:
@@ -50,8 +69,17 @@ class Reconciler:
         cloud: Cloud,
         tracker: AppliedTracker,
         settings: ReconcilerSettings | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.pool = pool
+        self.leases = leases
+        """This copy's leases; None: the only copy, no lease taken (tests and benchmarks that build one)."""
+        self._leases: dict[str, Lease] = {}
+        self._copy_lease: Lease | None = None
+        self._adopter: asyncio.Task[None] | None = None
+        self._kick_sub: object | None = None
+        self.forwarded = 0
+        """Kicks passed to the copy holding the cluster's lease."""
         self.bus = bus
         self.cloud = cloud
         self.tracker = tracker
@@ -69,18 +97,107 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        for cluster_id in await store.clusters_needing_work(self.pool):
-            self.ensure(cluster_id)
+        if self.leases is not None:
+            self._kick_sub = await self.bus.nc.subscribe(subjects.PROVISIONER_KICK, cb=self._kicked)
+            await self.adopt()
+            self._adopter = asyncio.create_task(self._adopt_forever(), name="reconcile-adopter")
+        else:
+            for cluster_id in await store.clusters_needing_work(self.pool):
+                self.ensure(cluster_id)
         log.info("reconciler_started", resumed=len(self._tasks))
 
     async def stop(self) -> None:
         self._stopping = True
         observe.forget_collector(self._collector)
+        if self._adopter is not None:
+            self._adopter.cancel()
+            await asyncio.gather(self._adopter, return_exceptions=True)
+        if self._kick_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._kick_sub.unsubscribe()  # type: ignore[attr-defined]
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.leases is not None and self._copy_lease is not None:
+            await self.leases.release(self._copy_lease)
+
+    # ------------------------------------------------------------------------------------------- leases
+
+    @property
+    def held(self) -> list[str]:
+        """The clusters whose lease this copy holds (their tasks run here)."""
+        return [c for c, lease in self._leases.items() if lease.held]
+
+    async def adopt(self) -> int:
+        """Take the clusters with work left whose lease nobody holds (never taken, released, or a dead copy's
+        expired), up to this copy's fair share of them: their count over the live copies. Returns how many."""
+        assert self.leases is not None
+        if self._copy_lease is None or not self._copy_lease.held:
+            self._copy_lease = await self.leases.acquire(f"{COPY_PREFIX}{self.leases.holder}")
+        needing = await store.clusters_needing_work(self.pool)
+        free = [c for c in needing if c not in self._tasks]
+        if not free:
+            return 0
+        live = await self.leases.live_keys(LEASE_PREFIX)
+        orphans = [c for c in free if lease_key(c) not in live]
+        if not orphans:
+            return 0
+        copies = max(1, len(await self.leases.live_keys(COPY_PREFIX)))
+        share = math.ceil(len(needing) / copies)
+        mine = sum(1 for c in needing if c in self._tasks)
+        random.shuffle(orphans)  # copies adopting at once start from different ends
+        taken = 0
+        for cluster_id in orphans[:max(0, share - mine)]:
+            self.ensure(cluster_id, forwarded=True)
+            taken += 1
+        if taken:
+            log.info("reconcile_adopting", clusters=taken, share=share, copies=copies)
+        return taken
+
+    async def _adopt_forever(self) -> None:
+        assert self.leases is not None
+        while not self._stopping:
+            await asyncio.sleep(self.leases.settings.ttl / 2)
+            try:
+                await self.adopt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS or the database: the next period tries again
+                log.warning("reconcile_adopt_failed", error=repr(exc))
+
+    async def _kicked(self, msg: object) -> None:
+        """A kick another copy passed on: this copy may hold the cluster's lease (or take it, if now free)."""
+        headers = getattr(msg, "headers", None) or {}
+        if self.leases is not None and headers.get(COPY_HEADER) == self.leases.holder:
+            return
+        self.kick(getattr(msg, "data", b"").decode(), forwarded=True)
+
+    async def _forward(self, cluster_id: str) -> None:
+        assert self.leases is not None
+        self.forwarded += 1
+        with contextlib.suppress(Exception):
+            await self.bus.nc.publish(subjects.PROVISIONER_KICK, cluster_id.encode(),
+                                      headers={COPY_HEADER: self.leases.holder})
+
+    async def _acquire(self, cluster_id: str, forwarded: bool) -> Lease | None:
+        assert self.leases is not None
+
+        def lost(lease: Lease) -> None:
+            task = self._tasks.get(cluster_id)
+            if self._leases.get(cluster_id) is lease and task is not None and task is not asyncio.current_task():
+                log.warning("reconcile_lease_lost", cluster_id=cluster_id, reason=lease.reason)
+                task.cancel()
+
+        try:
+            lease = await self.leases.acquire(lease_key(cluster_id), on_lost=lost)
+        except Exception as exc:  # noqa: BLE001 - NATS unreachable: the adopter tries again
+            log.warning("reconcile_lease_failed", cluster_id=cluster_id, error=repr(exc))
+            return None
+        if lease is None and not forwarded:
+            await self._forward(cluster_id)
+        return lease
 
     @property
     def active(self) -> int:
@@ -96,75 +213,96 @@ class Reconciler:
         if env.cluster_id is not None and env.type in KICKING_EVENTS:
             self.kick(env.cluster_id)
 
-    def kick(self, cluster_id: str) -> None:
+    def kick(self, cluster_id: str, *, forwarded: bool = False) -> None:
+        """Decide again about the cluster: its task here wakes, or one starts (and, with leases, takes the
+        cluster's lease or, when another copy holds it, passes the kick there unless it came from there)."""
         event = self._kicks.get(cluster_id)
         if event is not None:
             event.set()
-        self.ensure(cluster_id)
+        self.ensure(cluster_id, forwarded=forwarded)
 
-    def ensure(self, cluster_id: str) -> None:
+    def ensure(self, cluster_id: str, *, forwarded: bool = False) -> None:
         if self._stopping or cluster_id in self._tasks:
             return
         self._kicks.setdefault(cluster_id, asyncio.Event())
-        self._tasks[cluster_id] = asyncio.create_task(self._run(cluster_id), name=f"reconcile:{cluster_id}")
+        self._tasks[cluster_id] = asyncio.create_task(self._run(cluster_id, forwarded),
+                                                      name=f"reconcile:{cluster_id}")
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    async def _run(self, cluster_id: str) -> None:
+    async def _run(self, cluster_id: str, forwarded: bool = False) -> None:
         kick = self._kicks[cluster_id]
-        state = TaskState()
-        caught_up = False
+        lease: Lease | None = None
         try:
+            if self.leases is not None:
+                lease = await self._acquire(cluster_id, forwarded)
+                if lease is None:
+                    kick.clear()  # passed to the holder: not ours to run again
+                    return
+                self._leases[cluster_id] = lease
             with structlog.contextvars.bound_contextvars(cluster_id=cluster_id):
-                while not self._stopping:
-                    kick.clear()
-                    outcome = Outcome.POLL
-                    try:
-                        if not caught_up:
-                            await self._catch_up(cluster_id)
-                            caught_up = True
-                        row = await store.load_cluster(self.pool, cluster_id)
-                        if row is None:
-                            outcome = Outcome.IDLE
-                        else:
-                            trust = row.trust_id or ""
-                            self._trusts_in_use[trust] += 1
-                            try:
-                                async with self._sem:
-                                    with self.traces.span(cluster_id, row.status):
-                                        outcome = await self._step(row, state)
-                            finally:
-                                self._trusts_in_use[trust] -= 1
-                                if self._trusts_in_use[trust] <= 0:
-                                    del self._trusts_in_use[trust]
-                    except Recheck:
-                        caught_up = False
-                        continue
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - the task survives NATS/DB/cloud hiccups
-                        state.failures += 1
-                        delay = min(0.25 * 2**state.failures, 10.0)
-                        log.warning("reconcile_failed", error=repr(exc), retry_in=delay, failures=state.failures)
-                        caught_up = False
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(kick.wait(), delay)
-                        continue
-                    if outcome is Outcome.AGAIN:
-                        continue
-                    if outcome is Outcome.IDLE:
-                        if kick.is_set():
-                            continue
-                        return  # finally removes the task in the same step: a later kick starts a new one
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(kick.wait(), self.settings.poll_interval)
+                await self._loop(cluster_id, kick)
+        except LeaseLost as exc:
+            log.warning("reconcile_fenced", cluster_id=cluster_id, reason=exc.reason)
+            kick.clear()
         finally:
+            if lease is not None:
+                if self._leases.get(cluster_id) is lease:
+                    del self._leases[cluster_id]
+                if self.leases is not None:
+                    await self.leases.release(lease)
             if self._tasks.get(cluster_id) is asyncio.current_task():
                 del self._tasks[cluster_id]
                 if not kick.is_set():
                     self._kicks.pop(cluster_id, None)
                 elif not self._stopping:
                     self.ensure(cluster_id)
+
+    async def _loop(self, cluster_id: str, kick: asyncio.Event) -> None:
+        state = TaskState()
+        caught_up = False
+        while not self._stopping:
+            kick.clear()
+            outcome = Outcome.POLL
+            try:
+                if not caught_up:
+                    await self._catch_up(cluster_id)
+                    caught_up = True
+                row = await store.load_cluster(self.pool, cluster_id)
+                if row is None:
+                    outcome = Outcome.IDLE
+                else:
+                    trust = row.trust_id or ""
+                    self._trusts_in_use[trust] += 1
+                    try:
+                        async with self._sem:
+                            with self.traces.span(cluster_id, row.status):
+                                outcome = await self._step(row, state)
+                    finally:
+                        self._trusts_in_use[trust] -= 1
+                        if self._trusts_in_use[trust] <= 0:
+                            del self._trusts_in_use[trust]
+            except Recheck:
+                caught_up = False
+                continue
+            except (asyncio.CancelledError, LeaseLost):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the task survives NATS/DB/cloud hiccups
+                state.failures += 1
+                delay = min(0.25 * 2**state.failures, 10.0)
+                log.warning("reconcile_failed", error=repr(exc), retry_in=delay, failures=state.failures)
+                caught_up = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(kick.wait(), delay)
+                continue
+            if outcome is Outcome.AGAIN:
+                continue
+            if outcome is Outcome.IDLE:
+                if kick.is_set():
+                    continue
+                return  # _run's finally removes the task in the same step: a later kick starts a new one
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(kick.wait(), self.settings.poll_interval)
 
     async def _catch_up(self, cluster_id: str) -> None:
         """Wait until the store has applied every event already on the cluster's provisioner subject.
@@ -184,7 +322,8 @@ class Reconciler:
             if left <= 0:
                 raise TimeoutError(f"the store has not applied the cluster's events up to {last}")
             with contextlib.suppress(TimeoutError):
-                await self.tracker.wait(self.tracker.seq + 1, min(left, 1.0))  # the next commit, or a second
+                # the next commit here, or a second (with copies, another copy may apply it: a tenth)
+                await self.tracker.wait(self.tracker.seq + 1, min(left, 1.0 if self.leases is None else 0.1))
 
     async def _step(self, row: store.ClusterRow, st: TaskState) -> Outcome:
         if row.desired == "absent":
@@ -219,12 +358,20 @@ class Reconciler:
         if not events:
             return
         subject = subjects.cluster_events(PRODUCER, row.uuid)
-        for payload, key in events:
+        lease = self._leases.get(row.uuid) if self.leases is not None else None
+        if self.leases is not None and lease is None:
+            raise LeaseLost(lease_key(row.uuid), "not held by this copy")
+        for i, (payload, key) in enumerate(events):
             env_id = event_id(row.uuid, key)
             env = new_envelope(payload, project_id=row.project_id, cluster_id=row.uuid,
                                correlation_id=row.correlation_id, id=env_id)
             try:
-                ack = await self.bus.publish(subject, env, msg_id=env_id, expected_last_subject_seq=row.last_seq)
+                if lease is not None and self.leases is not None:
+                    # the key read once per run: the run's later publishes each expect the one before it
+                    ack = await publish_fenced(self.bus, self.leases, lease, subject, env, msg_id=env_id,
+                                               expected_last_subject_seq=row.last_seq, check=i == 0)
+                else:
+                    ack = await self.bus.publish(subject, env, msg_id=env_id, expected_last_subject_seq=row.last_seq)
             except ConcurrencyConflict as exc:
                 log.warning("emit_conflict", event_type=env.type, key=key, expected=row.last_seq)
                 raise Recheck() from exc
@@ -232,7 +379,26 @@ class Reconciler:
             # a duplicate (an event a restarted task reports again) acks the original's older sequence: the subject's
             # last stays what we expected, so never step back to it (the next publish would conflict)
             row.last_seq = max(row.last_seq, ack.seq)
-        await self.tracker.wait(row.last_seq, self.settings.catch_up_timeout)
+        await self._applied(row.uuid, row.last_seq)
+
+    async def _applied(self, cluster_id: str, seq: int) -> None:
+        """Wait until the store has applied the cluster's events up to ``seq``. One copy: its own projection's
+        progress says it. Copies share the store and its consumer, so another copy may apply them: the cluster's
+        row says it (asked after each commit here, or every 50 ms)."""
+        if self.leases is None:
+            await self.tracker.wait(seq, self.settings.catch_up_timeout)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.catch_up_timeout
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await self.tracker.wait(seq, 0.05)
+            if await store.last_seq(self.pool, cluster_id) >= seq:
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"the store has not applied the cluster's events up to {seq}")
+            if self.tracker.seq >= seq:
+                await asyncio.sleep(0.01)  # applied here past it: the rest is another copy's, or in its commit
 
     async def attempt(
         self,

@@ -28,10 +28,20 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
                                      (default: COVE_TRUST_REUSE_SECONDS + 60, or 0 when trusts are not shared)
+    COVE_LEASE_TTL                   seconds a copy's lease outlives its last renewal (default 3; renewed every
+                                     third of it): how soon another copy takes a dead copy's clusters, the trust
+                                     reaper and the watch over (docs/adr/0011)
+    COVE_PROVISIONER_COPY_ID         this copy's name in its leases (default <host>-<pid>)
+
+Copies: any number may run on one store and one durable consumer (they share the projection's messages); a
+cluster's reconcile runs in the copy that holds its lease, the trust reaper and the watch's listing in the copy
+that holds theirs (``services/runtime/lease.py``, ``loop.py``).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +60,7 @@ from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
 from services.provisioner.trusts import TrustReaper, TrustReaperSettings
 from services.provisioner.watch import Watched, Watcher, WatchSettings, fetch_changes
+from services.runtime.lease import Lease, Leases, LeaseSettings, Singleton
 from services.runtime.service import Service, ServiceConfig
 
 log = structlog.get_logger(__name__)
@@ -115,7 +126,11 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         assert s.pool is not None and s.bus is not None
         projection = next(p for p in s.projections if p.name == durable)
         await tracker.advance(await projection.checkpoint())
-        reconciler = Reconciler(pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, settings=settings)
+        leases = await Leases.open(s.bus.js, holder=copy_id(config.extra), settings=lease_settings(config.extra))
+        leases.start()
+        workers.leases = leases
+        reconciler = Reconciler(pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, settings=settings,
+                                leases=leases)
         reaper = TrustReaper(
             pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, in_use=reconciler.trust_in_use,
             settings=TrustReaperSettings(
@@ -123,10 +138,18 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
                 hold=float(config.extra.get("COVE_PROVISIONER_TRUST_HOLD", trusts.hold_seconds(config.extra))),
             ),
         )
+        reaper.leases = leases
         workers.reconciler, workers.reaper = reconciler, reaper
         await reconciler.start()
-        await reaper.start()
-        s.health.add_check("trust_reaper", lambda: reaper.running)
+
+        async def lead_reaper(lease: Lease) -> None:
+            reaper.lease = lease
+            await reaper.start()
+
+        workers.reaper_singleton = reaper_singleton = Singleton(
+            leases, REAPER_LEASE, start_work=lead_reaper, stop_work=reaper.stop)
+        reaper_singleton.start()
+        s.health.add_check("trust_reaper", lambda: reaper.running or not reaper_singleton.leading)
         pool = s.pool
 
         async def load_watched() -> dict[str, Watched]:
@@ -145,10 +168,14 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
     async def cleanup(s: Service) -> None:
         if workers.watcher is not None:
             await workers.watcher.stop()
+        if workers.reaper_singleton is not None:
+            await workers.reaper_singleton.stop()
         if workers.reaper is not None:
             await workers.reaper.stop()
         if workers.reconciler is not None:
             await workers.reconciler.stop()
+        if workers.leases is not None:
+            await workers.leases.stop()  # what is still held is released: another copy takes it at once
         cloud.close()
 
     svc.add_task(start_workers)
@@ -163,3 +190,20 @@ class Workers:
     reconciler: Reconciler | None = None
     reaper: TrustReaper | None = None
     watcher: Watcher | None = None
+    leases: Leases | None = None
+    reaper_singleton: Singleton | None = None
+    watch_singleton: Singleton | None = None
+
+
+REAPER_LEASE = "provisioner.singleton.trust-reaper"
+WATCH_LEASE = "provisioner.singleton.watch"
+
+
+def copy_id(extra: dict[str, str]) -> str:
+    """This copy's name in its leases' values (logs and ``cove`` tools show who holds what)."""
+    name = extra.get("COVE_PROVISIONER_COPY_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def lease_settings(extra: dict[str, str]) -> LeaseSettings:
+    return LeaseSettings(ttl=float(extra.get("COVE_LEASE_TTL", "3")))

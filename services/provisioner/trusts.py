@@ -14,6 +14,9 @@ so it is deleted only once no pass holds it and ``rotation_grace`` seconds have 
 The API hands one trust to the clusters a user creates in a burst (proto/trusts.py): a trust is deleted only when
 no cluster in the store acts with it (``store.trusts_to_delete``) and ``hold`` seconds have passed since the newest
 cluster created with it was requested, so that a create the API accepted with it, not yet applied here, finds it.
+
+In N copies the reaper runs in one (the singleton lease ``provisioner.singleton.trust-reaper``, docs/adr/0011),
+and its ``ClusterTrustDeleted`` is published fenced by that lease.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from services.provisioner import store
 from services.provisioner.cloud import Cloud, CloudError
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
 from services.runtime.bus import Bus, ConcurrencyConflict
+from services.runtime.lease import Lease, Leases, publish_fenced
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +111,9 @@ class TrustReaper:
     _not_before: dict[str, float] = field(default_factory=dict)
     deleted: int = 0
     """Trusts this process deleted or found gone (and published ClusterTrustDeleted for)."""
+    leases: Leases | None = None
+    lease: Lease | None = None
+    """The singleton lease the reaper runs under (set by whoever starts it): its publishes are fenced by it."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="trust-reaper")
@@ -205,7 +212,10 @@ class TrustReaper:
         env_id = event_id(p.cluster_id, f"ClusterTrustDeleted:{p.trust_id}")
         env = new_envelope(payload, project_id=p.project_id, cluster_id=p.cluster_id, id=env_id)
         expected = await store.last_seq(self.pool, p.cluster_id)
-        ack = await self.bus.publish(
-            subjects.cluster_events(PRODUCER, p.cluster_id), env, msg_id=env_id, expected_last_subject_seq=expected
-        )
+        subject = subjects.cluster_events(PRODUCER, p.cluster_id)
+        if self.leases is not None and self.lease is not None:
+            ack = await publish_fenced(self.bus, self.leases, self.lease, subject, env, msg_id=env_id,
+                                       expected_last_subject_seq=expected)
+        else:
+            ack = await self.bus.publish(subject, env, msg_id=env_id, expected_last_subject_seq=expected)
         await self.tracker.wait(ack.seq, self.catch_up_timeout)

@@ -30,10 +30,20 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, PubAck
 from nats.js.kv import KeyValue
 
 from proto import streams
+from proto.envelope import Envelope, encode
+from services.runtime import tracing
+from services.runtime.bus import (
+    EVENT_TYPE,
+    EXPECTED_LAST_SUBJECT_SEQ,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    Bus,
+    ConcurrencyConflict,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +123,8 @@ class Leases:
                 kv = await js.create_key_value(config)
             except nats.js.errors.BadRequestError:
                 kv = await js.key_value(config.bucket)  # another copy made it first
-        ttl = settings.ttl if settings is not None else config.ttl or streams.LEASE_TTL_S
+        # the bucket's own TTL decides when a lease expires (it may have been made with another setting)
+        ttl = (await js.stream_info(f"KV_{config.bucket}")).config.max_age or config.ttl or streams.LEASE_TTL_S
         return cls(kv, holder=holder or uuid.uuid4().hex[:12],
                    settings=LeaseSettings(ttl=ttl, renew_every=settings.renew_every if settings else 0.0))
 
@@ -293,3 +304,26 @@ class Singleton:
 async def _maybe_await(value: object) -> None:
     if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
         await value
+
+
+async def publish_fenced(
+    bus: Bus, leases: Leases, lease: Lease, subject: str, envelope: Envelope, *, msg_id: str | None = None,
+    expected_last_subject_seq: int | None = None, timeout: float = 5.0, check: bool = True,
+) -> PubAck:
+    """``Bus.publish`` under a lease: the fencing check first (``LeaseLost`` when the lease is no longer ours),
+    then the publish with the lease's token in ``Cove-Lease`` and, as always, conditional on the subject's last
+    sequence (``ConcurrencyConflict``). ``check=False`` skips the read of the key (the next of a run of publishes
+    chained by their expected sequences, the first of which was checked) but not a loss already known."""
+    if check:
+        await leases.check(lease)
+    elif not lease.held:
+        raise LeaseLost(lease.key, lease.reason or "lost")
+    headers = tracing.inject({MSG_ID: msg_id or envelope.id, EVENT_TYPE: envelope.type, LEASE_HEADER: lease.token})
+    if expected_last_subject_seq is not None:
+        headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last_subject_seq)
+    try:
+        return await bus.js.publish(subject, encode(envelope), timeout=timeout, headers=headers)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE and expected_last_subject_seq is not None:
+            raise ConcurrencyConflict(subject, expected_last_subject_seq, exc.description or "") from exc
+        raise
