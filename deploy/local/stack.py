@@ -250,8 +250,10 @@ class LocalStack:
         self.nats_url = ops.url(url) if ops is not None else url
         env_file = self.state_dir / "nats.env"
         env_file.touch(mode=0o600)
+        # One node's address: the operators' commands take a single URL (the server tells the client of the others)
+        first = self.nats_url.split(",")[0]
         env_file.write_text(f"# the operators' NATS user (cove events, cove dlq, ...): source this file\n"
-                            f"export COVE_NATS_URL='{self.nats_url}'\n")
+                            f"export COVE_NATS_URL='{first}'\n")
 
     def _port(self, name: str, usual: int) -> int:
         """`usual` when a server can listen there, else a free port; the reason is logged and kept for the table."""
