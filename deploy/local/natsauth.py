@@ -9,6 +9,7 @@ What a service may do (``permissions``):
 - publish its own events ``cove.evt.<service>.>``, its heartbeat ``cove.heartbeat.<service>``, dead letters
   ``cove.dlq.>`` (named by the consumer, not the service), the RPCs it calls (``CALLS``), and the JetStream API,
   acks and key-value writes it needs (``$JS.API.>``, ``$JS.ACK.>``, ``$JS.FC.>``, ``$KV.>``: leases);
+- talk to its own copies on ``cove.<service>.>`` (publish and subscribe: the provisioner's kicks and watch);
 - answer RPCs: replies go to the caller's inbox (``allow_responses``) and requests arrive on
   ``cove.rpc.<service>.>``;
 - subscribe to its own inbox only: the service connects with ``inbox_prefix`` ``_INBOX_<service>``
@@ -49,8 +50,10 @@ def inbox_prefix(service: str) -> str:
 
 def permissions(service: str) -> dict[str, Any]:
     """The NATS permissions of ``service``'s user (the shape of nats-server's ``permissions`` block)."""
+    private = f"cove.{service}.>"  # what its copies tell each other (the provisioner's kicks and watch)
     publish = [
         subjects.producer_events(service),
+        private,
         subjects.heartbeat_subject(service),
         f"{subjects.DLQ_PREFIX}.>",
         *CALLS.get(service, ()),
@@ -60,6 +63,7 @@ def permissions(service: str) -> dict[str, Any]:
     subscribe = [
         f"{inbox_prefix(service)}.>",
         f"{subjects.RPC_PREFIX}.{service}.>",
+        private,
         f"{subjects.DROPPED_DELIVER_PREFIX}.>",
         *EXTRA_SUBSCRIBE.get(service, ()),
     ]

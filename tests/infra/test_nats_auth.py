@@ -171,6 +171,9 @@ def test_permissions_name_only_the_services_own_subjects() -> None:
     assert "cove.evt.scheduler.>" in published and "cove.heartbeat.scheduler" in published
     assert not any(p.startswith(("cove.evt.api", "cove.evt.>", "cove.rpc.certs", ">")) for p in published)
     assert perms["subscribe"]["allow"][:2] == ["_INBOX_scheduler.>", "cove.rpc.scheduler.>"]
+    assert "cove.scheduler.>" in published and "cove.scheduler.>" in perms["subscribe"]["allow"]
+    for name in subjects.PROVISIONER_KICK, subjects.PROVISIONER_WATCH_CHANGES, subjects.PROVISIONER_WATCH_VIEWS:
+        assert name.startswith("cove.provisioner.")  # the provisioner's copies talk there, within its namespace
     assert subjects.CERTS_CA_KEY in natsauth.permissions("provisioner")["publish"]["allow"]
     assert subjects.CERTS_CA_KEY not in natsauth.permissions("api")["publish"]["allow"]
 

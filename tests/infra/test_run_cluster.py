@@ -142,5 +142,8 @@ async def test_run_cluster_serves_and_survives_a_nats_node(cluster_stack: LocalS
         unavailable = await create_and_delete(st, tok, template)
         print(f"creates refused with 503 for {unavailable:.1f} s after the NATS node was killed")
         assert all(c.alive() for c in st.children), [c.name for c in st.children if not c.alive()]
+        # every subject a service used was within its NATS permissions (a violation is only logged, not raised)
+        refused = {c.name: c.log_file.read_text().lower().count("permissions violation") for c in st.children}
+        assert not any(refused.values()), refused
     finally:
         await asyncio.to_thread(victim.start)
