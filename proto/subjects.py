@@ -138,3 +138,8 @@ token. Keys: ``provisioner.cluster.<uuid>``, ``provisioner.singleton.<name>``, `
 PROVISIONER_KICK = "cove.provisioner.kick"
 """Core NATS (no stream): a provisioner copy that applied an input event about a cluster whose lease another copy
 holds tells the holder to decide again (the data is the cluster uuid; header ``Cove-Copy``: the sender)."""
+PROVISIONER_WATCH_CHANGES = "cove.provisioner.watch.changes"
+"""Core NATS: what the provisioner copy leading the watch recorded of the cloud's servers (JSON list of
+``services.provisioner.health.Observed``), kept by the other copies for their health passes."""
+PROVISIONER_WATCH_VIEWS = "cove.provisioner.watch.views"
+"""Core NATS request-reply: a cluster's views (data: its uuid), answered by the copy leading the watch."""

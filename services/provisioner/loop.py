@@ -331,6 +331,9 @@ class Reconciler:
         if row.status in model.UPDATABLE and row.update_generation > row.update_done and row.spec is not None:
             return await update.reconcile(self, row, st)
         if row.spec is not None and row.status in health.WATCHED:
+            prime = getattr(self.watcher, "prime", None)
+            if prime is not None:
+                await prime(row.uuid)  # a copy that does not list the cloud asks the one that does, once
             return await health.reconcile(self, row, st)  # health, lost nodes, auto-healing (watch.py kicks)
         if row.spec is None or row.ca_cert_pem is None or row.status in (model.CREATE_FAILED, *model.UPDATABLE):
             return Outcome.IDLE

@@ -47,6 +47,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 
 from proto import subjects, trusts
@@ -55,7 +56,8 @@ from proto.streams import PROVISIONER_CONSUMER
 from services.provisioner import handlers, health, model, store
 from services.provisioner.cloud import Cloud, CloudSettings
 from services.provisioner.drivers import addons
-from services.provisioner.loop import Reconciler
+from services.provisioner.health import Observed
+from services.provisioner.loop import COPY_HEADER, Reconciler
 from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
 from services.provisioner.trusts import TrustReaper, TrustReaperSettings
@@ -162,10 +164,16 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         watcher = Watcher(cloud_settings=cloud.settings, load_watched=load_watched, kick=reconciler.kick,
                           settings=WatchSettings.from_env(config.extra), list_for_trust=list_for_trust)
         reconciler.watcher = workers.watcher = watcher
+        await share_the_watch(s, watcher, reconciler, leases)
+        workers.watch_singleton = Singleton(leases, WATCH_LEASE, start_work=lambda _: watcher.lead(True),
+                                            stop_work=lambda: watcher.lead(False))
+        workers.watch_singleton.start()
         watcher.start()
         s.health.add_check("watch", lambda: watcher.running)
 
     async def cleanup(s: Service) -> None:
+        if workers.watch_singleton is not None:
+            await workers.watch_singleton.stop()
         if workers.watcher is not None:
             await workers.watcher.stop()
         if workers.reaper_singleton is not None:
@@ -203,6 +211,40 @@ def copy_id(extra: dict[str, str]) -> str:
     """This copy's name in its leases' values (logs and ``cove`` tools show who holds what)."""
     name = extra.get("COVE_PROVISIONER_COPY_ID") or f"{socket.gethostname()}-{os.getpid()}"
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+OBSERVED = msgspec.json.Decoder(list[Observed])
+WATCH_CHUNK = 500
+"""Observations per message (a first listing of 10,000 nodes would pass NATS's 1 MB payload limit in one)."""
+
+
+async def share_the_watch(s: Service, watcher: Watcher, reconciler: Reconciler, leases: Leases) -> None:
+    """One copy lists the cloud (the watch's singleton lease); the others keep its views from what it sends."""
+    assert s.bus is not None
+    nc, me = s.bus.nc, leases.holder
+    watcher.leading = False
+    watcher.kick_received = lambda cluster_id: reconciler.kick(cluster_id, forwarded=True)
+
+    async def publish_changes(changes: list[Observed]) -> None:
+        for i in range(0, len(changes), WATCH_CHUNK):
+            await nc.publish(subjects.PROVISIONER_WATCH_CHANGES, msgspec.json.encode(changes[i:i + WATCH_CHUNK]),
+                             headers={COPY_HEADER: me})
+
+    async def received(msg: Any) -> None:
+        if (msg.headers or {}).get(COPY_HEADER) != me and not watcher.leading:
+            watcher.receive(OBSERVED.decode(msg.data))
+
+    async def views_asked(msg: Any) -> None:
+        if watcher.leading and msg.reply:
+            await msg.respond(msgspec.json.encode(list(watcher.views_of(msg.data.decode()).values())))
+
+    async def fetch_views(cluster_id: str) -> list[Observed]:
+        return OBSERVED.decode((await nc.request(subjects.PROVISIONER_WATCH_VIEWS, cluster_id.encode(),
+                                                 timeout=1.0)).data)
+
+    watcher.publish_changes, watcher.fetch_views = publish_changes, fetch_views
+    await nc.subscribe(subjects.PROVISIONER_WATCH_CHANGES, cb=received)
+    await nc.subscribe(subjects.PROVISIONER_WATCH_VIEWS, cb=views_asked)
 
 
 def lease_settings(extra: dict[str, str]) -> LeaseSettings:

@@ -17,6 +17,12 @@ falls back to one changes-since listing per project through one of the project's
 missed, and what is seen again unchanged is ignored. The first listing reaches back ``lookback`` (an hour): what
 happened while no provisioner ran. Ports, load balancers and volumes: see docs/adr/0009-cloud-change-notifications.md
 (a node's own port and volumes go with its server; the load balancer is checked by the task's passes).
+
+In N copies (docs/adr/0011) one copy lists: the one holding the singleton lease ``provisioner.singleton.watch``
+(``lead``). It sends what it records to the others (``publish_changes``, on ``cove.provisioner.watch.changes``),
+which keep the same views (``receive``) for the health passes of the clusters whose leases they hold; a copy that
+lacks a cluster's views asks the leader for them once (``prime``, ``cove.provisioner.watch.views``). A new leader
+reaches back ``lookback`` again.
 """
 
 from __future__ import annotations
@@ -155,6 +161,16 @@ class Watcher:
         self._task: asyncio.Task[None] | None = None
         self.on_change: Callable[[Observed], None] | None = None
         """Called for every change the watch records (benchmarks measure with it)."""
+        self.leading = True
+        """Whether this copy lists the cloud (False: it receives what the leading copy records)."""
+        self.publish_changes: Callable[[list[Observed]], Awaitable[None]] | None = None
+        """Sends what a listing recorded to the other copies (set with copies)."""
+        self.fetch_views: Callable[[str], Awaitable[list[Observed]]] | None = None
+        """Asks the leading copy for a cluster's views (set with copies)."""
+        self.kick_received: Callable[[str], None] | None = None
+        """How ``receive`` kicks a cluster (default: as a listing here does)."""
+        self._changed: list[Observed] = []
+        self._primed: set[str] = set()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -180,6 +196,31 @@ class Watcher:
     def views_of(self, cluster_id: str) -> Mapping[str, Observed]:
         return self.views.get(cluster_id, {})
 
+    def lead(self, leading: bool) -> None:
+        """Start (True) or stop listing the cloud: this copy took, or lost, the watch's singleton lease."""
+        if leading and not self.leading:
+            self._since = None  # reach back ``lookback``: what changed while the last leader died is not missed
+        self.leading = leading
+        log.info("watch_leading" if leading else "watch_following")
+
+    def receive(self, changes: list[Observed]) -> int:
+        """What the leading copy recorded: kept as if listed here, and the clusters they belong to kicked."""
+        return self._apply(changes, watched_only=False, kick=self.kick_received or self._kick)
+
+    async def prime(self, cluster_id: str) -> None:
+        """Before a health pass in a copy that does not list: the leader's views of the cluster, asked once."""
+        if self.leading or self.fetch_views is None or cluster_id in self._primed:
+            return
+        try:
+            found = await self.fetch_views(cluster_id)
+        except Exception as exc:  # noqa: BLE001 - no leader yet: asked again at the next pass
+            log.debug("watch_prime_failed", cluster_id=cluster_id, error=repr(exc))
+            return
+        views = self.views.setdefault(cluster_id, {})
+        for seen in found:
+            views.setdefault(seen.server_id, seen)  # what arrived since is newer
+        self._primed.add(cluster_id)
+
     # ------------------------------------------------------------------------------------------- the loop
 
     async def _run(self) -> None:
@@ -188,7 +229,11 @@ class Watcher:
         while True:
             started = loop.time()
             try:
-                await self.tick()
+                if self.leading:
+                    await self.tick()
+                elif time.monotonic() - self._refreshed >= self.settings.refresh:
+                    await self.refresh(kick=False)  # which clusters are watched (forgets the others' views)
+                    self._refreshed = time.monotonic()
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -216,14 +261,21 @@ class Watcher:
         self.stats.listings += 1
         self.stats.servers_seen += len(servers)
         self._since = now
-        return self.record(servers)
+        recorded = self.record(servers)
+        if self._changed and self.publish_changes is not None:
+            changed, self._changed = self._changed, []
+            await self.publish_changes(changed)
+        return recorded
 
     def record(self, servers: list[dict[str, Any]]) -> int:
         """Record what changed of the watched clusters' servers and kick each cluster that has a change."""
+        return self._apply([seen for seen in map(observed, servers) if seen is not None], watched_only=True,
+                           kick=self._kick)
+
+    def _apply(self, seen_servers: list[Observed], *, watched_only: bool, kick: Callable[[str], None]) -> int:
         dirty: set[str] = set()
-        for server in servers:
-            seen = observed(server)
-            if seen is None or seen.cluster_id not in self.watched:
+        for seen in seen_servers:
+            if watched_only and seen.cluster_id not in self.watched:
                 continue
             views = self.views.setdefault(seen.cluster_id, {})
             before = views.get(seen.server_id)
@@ -234,18 +286,22 @@ class Watcher:
             self.stats.changes += 1
             if self.on_change is not None:
                 self.on_change(seen)
+            if watched_only and self.publish_changes is not None:
+                self._changed.append(seen)
         for cluster_id in dirty:
             self.stats.kicks += 1
-            self._kick(cluster_id)
+            kick(cluster_id)
         return len(dirty)
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, kick: bool = True) -> None:
         """Which clusters are watched now; a cluster that just became watched is kicked once (its first health)."""
         watched = await self._load_watched()
-        for cluster_id in watched.keys() - self.watched.keys():
-            self._kick(cluster_id)
+        if kick:
+            for cluster_id in watched.keys() - self.watched.keys():
+                self._kick(cluster_id)
         for cluster_id in self.watched.keys() - watched.keys():
             self.views.pop(cluster_id, None)
+            self._primed.discard(cluster_id)
         self.watched = watched
 
     async def _list(self, since: datetime) -> list[dict[str, Any]]:
