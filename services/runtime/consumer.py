@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import math
@@ -162,16 +163,25 @@ class Consumer:
         """Stop fetching; the message in hand is finished, the rest of the batch is released (nak). A handler still
         running after ``timeout`` is cancelled and its messages are released too."""
         self._stopping.set()
+        arrived: list[Msg] = []
         if self._task is not None:
+            task, self._task = self._task, None
             try:
-                await asyncio.wait_for(self._task, timeout)
+                await asyncio.wait_for(asyncio.shield(task), timeout)
             except TimeoutError:
-                self._task.cancel()
-            self._task = None
+                # stop pulling before the cancelled handler releases its messages, so that their redelivery goes to
+                # another replica rather than back into this one's buffer
+                if self._feed is not None:
+                    feed, self._feed = self._feed, None
+                    arrived = await feed.stop()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._feed is not None:
             feed, self._feed = self._feed, None
-            for msg in await feed.stop():  # arrived but not handed out: release them to the other replicas
-                await _quietly(msg.nak())
+            arrived = await feed.stop()
+        for msg in arrived:  # arrived but not handed out: release them to the other replicas
+            await _quietly(msg.nak())
         if self._advisories is not None:
             try:
                 await self._advisories.unsubscribe()

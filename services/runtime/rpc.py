@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -29,14 +30,34 @@ class RpcError(Exception):
         self.message = message
 
 
-async def serve(nc: NATS, subject: str, queue: str, handler: RpcHandler) -> Subscription:
-    """Answer requests on ``subject`` as a member of queue group ``queue`` (one member answers each request).
+CONCURRENCY = 64
+"""Requests one subscription answers at the same time (nats-py calls a subscription's callback one message at a
+time: a handler that waits, e.g. on a publish that fsyncs, would otherwise hold every request behind it)."""
+
+
+async def serve(nc: NATS, subject: str, queue: str, handler: RpcHandler, *,
+                concurrency: int = CONCURRENCY) -> Subscription:
+    """Answer requests on ``subject`` as a member of queue group ``queue`` (one member answers each request), up to
+    ``concurrency`` at once; beyond that the subscription waits for a free slot (its pending messages are NATS's
+    to bound).
 
     A handler raising ``RpcError`` answers ``ErrorReply(code, message)``; any other exception answers 500;
     an undecodable request answers 400.
     """
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        slots.release()
 
     async def on_msg(msg: Msg) -> None:
+        await slots.acquire()
+        task = asyncio.create_task(answer(msg))
+        running.add(task)
+        task.add_done_callback(done)
+
+    async def answer(msg: Msg) -> None:
         parent = tracing.extract(msg.headers)
         with tracing.tracer(__name__).start_as_current_span(
             f"rpc {subject}", context=parent, kind=trace.SpanKind.SERVER
