@@ -132,7 +132,8 @@ class Reconciler:
 
     async def adopt(self) -> int:
         """Take the clusters with work left whose lease nobody holds (never taken, released, or a dead copy's
-        expired), up to this copy's fair share of them: their count over the live copies. Returns how many."""
+        expired) or a predecessor of this copy held (the same copy id: restarted), up to this copy's fair share of
+        them: their count over the live copies. Returns how many."""
         assert self.leases is not None
         if self._copy_lease is None or not self._copy_lease.held:
             self._copy_lease = await self.leases.acquire(f"{COPY_PREFIX}{self.leases.holder}")
@@ -140,11 +141,12 @@ class Reconciler:
         free = [c for c in needing if c not in self._tasks]
         if not free:
             return 0
-        live = await self.leases.live_keys(LEASE_PREFIX)
-        orphans = [c for c in free if lease_key(c) not in live]
+        live = await self.leases.live(LEASE_PREFIX)
+        me = self.leases.holder
+        orphans = [c for c in free if live.get(lease_key(c), me) == me]
         if not orphans:
             return 0
-        copies = max(1, len(await self.leases.live_keys(COPY_PREFIX)))
+        copies = max(1, len(set((await self.leases.live(COPY_PREFIX)).values())))
         share = math.ceil(len(needing) / copies)
         mine = sum(1 for c in needing if c in self._tasks)
         random.shuffle(orphans)  # copies adopting at once start from different ends

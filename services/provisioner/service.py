@@ -31,7 +31,9 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
     COVE_LEASE_TTL                   seconds a copy's lease outlives its last renewal (default 3; renewed every
                                      third of it): how soon another copy takes a dead copy's clusters, the trust
                                      reaper and the watch over (docs/adr/0011)
-    COVE_PROVISIONER_COPY_ID         this copy's name in its leases (default <host>-<pid>)
+    COVE_PROVISIONER_COPY_ID         this copy's name in its leases, unique among the live copies (default
+                                     <host>-<COVE_HTTP_PORT>, or <host>-<pid> on an ephemeral port): a copy
+                                     started again under the same name takes its predecessor's leases at once
 
 Copies: any number may run on one store and one durable consumer (they share the projection's messages); a
 cluster's reconcile runs in the copy that holds its lease, the trust reaper and the watch's listing in the copy
@@ -40,6 +42,7 @@ that holds theirs (``services/runtime/lease.py``, ``loop.py``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from dataclasses import dataclass
@@ -128,7 +131,10 @@ def build_service(config: ServiceConfig, *, durable: str | None = None) -> Servi
         assert s.pool is not None and s.bus is not None
         projection = next(p for p in s.projections if p.name == durable)
         await tracker.advance(await projection.checkpoint())
-        leases = await Leases.open(s.bus.js, holder=copy_id(config.extra), settings=lease_settings(config.extra))
+        while not s.started:  # the health port bound: no other live process of this host has this copy's name
+            await asyncio.sleep(0.01)
+        leases = await Leases.open(s.bus.js, holder=copy_id(config.extra, s.health.port),
+                                   settings=lease_settings(config.extra))
         leases.start()
         workers.leases = leases
         reconciler = Reconciler(pool=s.pool, bus=s.bus, cloud=cloud, tracker=tracker, settings=settings,
@@ -207,9 +213,13 @@ REAPER_LEASE = "provisioner.singleton.trust-reaper"
 WATCH_LEASE = "provisioner.singleton.watch"
 
 
-def copy_id(extra: dict[str, str]) -> str:
-    """This copy's name in its leases' values (logs and ``cove`` tools show who holds what)."""
-    name = extra.get("COVE_PROVISIONER_COPY_ID") or f"{socket.gethostname()}-{os.getpid()}"
+def copy_id(extra: dict[str, str], http_port: int | None = 0) -> str:
+    """This copy's name in its leases' values. Unique among live copies: no two processes of one host hold one
+    health port, so a process started again on the same configured port is the same copy's successor (and
+    reclaims its leases at once instead of waiting out their TTL)."""
+    configured = int(extra.get("COVE_HTTP_PORT", "0") or 0) and http_port
+    name = (extra.get("COVE_PROVISIONER_COPY_ID")
+            or f"{socket.gethostname()}-{configured if configured else os.getpid()}")
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 

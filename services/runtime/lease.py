@@ -131,7 +131,9 @@ class Leases:
     # ------------------------------------------------------------------------------------------- one lease
 
     async def acquire(self, key: str, on_lost: Callable[[Lease], None] | None = None) -> Lease | None:
-        """Take the lease ``key`` if no one holds it; None when someone does."""
+        """Take the lease ``key`` if no one holds it, or if a predecessor of this copy does (a value naming this
+        copy's ``holder`` that this process did not write: the same copy restarted, so the old process is gone);
+        None when someone else holds it."""
         if (mine := self.held.get(key)) is not None and mine.held:
             return mine
         value = f"{self.holder}:{uuid.uuid4().hex[:8]}".encode()
@@ -139,7 +141,17 @@ class Leases:
         try:
             revision = await self.kv.create(key, value)
         except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None  # expired just now: the next attempt creates it
+            if self.holder_of(entry.value) != self.holder or entry.revision is None:
+                return None
+            try:
+                revision = await self.kv.update(key, value, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+            log.info("lease_reclaimed", key=key, revision=revision, holder=self.holder)
         lease = Lease(key, value, revision, revision, sent, on_lost=on_lost)
         self.held[key] = lease
         log.debug("lease_acquired", key=key, revision=revision, holder=self.holder)
@@ -169,18 +181,26 @@ class Leases:
             self._lose(lease, f"taken over at revision {entry.revision}")
             raise LeaseLost(lease.key, lease.reason)
 
-    async def live_keys(self, prefix: str = "") -> set[str]:
-        """The keys of every live lease under ``prefix`` (ending in a dot), whoever holds them: one listing."""
-        watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
-        keys: set[str] = set()
+    async def live(self, prefix: str = "") -> dict[str, str]:
+        """Every live lease under ``prefix`` (ending in a dot) and the copy holding it: one listing."""
+        watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True)
+        found: dict[str, str] = {}
         try:
             async for entry in watcher:
                 if entry is None:  # the end of what the bucket held
                     break
-                keys.add(entry.key)
+                found[entry.key] = self.holder_of(entry.value)
         finally:
             await watcher.stop()
-        return keys
+        return found
+
+    async def live_keys(self, prefix: str = "") -> set[str]:
+        return set(await self.live(prefix))
+
+    @staticmethod
+    def holder_of(value: bytes | None) -> str:
+        """The copy a lease's value names (``<holder>:<nonce>``)."""
+        return (value or b"").decode(errors="replace").split(":", 1)[0]
 
     # ------------------------------------------------------------------------------------------- renewals
 

@@ -71,6 +71,20 @@ async def test_a_holder_that_stops_renewing_loses_to_another_and_learns_it(two_c
     await b.check(taken)
 
 
+async def test_a_copy_started_again_under_its_name_reclaims_its_predecessors_leases_at_once(
+    two_copies: tuple[Leases, Leases], bus: Bus,
+) -> None:
+    a, b = two_copies
+    old = await a.acquire("cluster.c4")
+    assert old is not None
+    successor = Leases(a.kv, holder="a", settings=a.settings)  # the same copy, a new process: a's leases unknown
+    new = await successor.acquire("cluster.c4")
+    assert new is not None and new.epoch > old.epoch
+    assert await b.acquire("cluster.c4") is None  # another copy still may not
+    with pytest.raises(LeaseLost):
+        await a.check(old)  # and the predecessor, were it alive after all, is fenced off
+
+
 async def test_a_singletons_work_runs_in_one_copy_and_moves_when_its_holder_dies(
     two_copies: tuple[Leases, Leases],
 ) -> None:
