@@ -53,8 +53,9 @@ def redact(url: str) -> str:
 async def connect_bus(settings: Settings) -> Bus:
     """A NATS connection that fails fast: ``OpsError`` naming the URL and COVE_NATS_URL when it cannot be made.
 
-    The server is first reached over TCP (nats-py, told not to reconnect, retries a refused first connection for
-    ever), then the NATS handshake gets ``CONNECT_TIMEOUT`` seconds."""
+    The servers (comma-separated, a cluster's nodes) are first reached over TCP (nats-py, told not to reconnect,
+    retries a refused first connection for ever), then the NATS handshake with those that answered gets
+    ``CONNECT_TIMEOUT`` seconds."""
     url = settings.nats_url
 
     async def quiet(_exc: Exception) -> None:
@@ -63,17 +64,24 @@ async def connect_bus(settings: Settings) -> Bus:
     def failure(reason: str) -> OpsError:
         return OpsError(f"cannot reach NATS at {redact(url)} (COVE_NATS_URL): {reason}")
 
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), CONNECT_TIMEOUT
-        )
-        writer.close()
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise failure(_reason(exc)) from exc
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster's nodes, as the services take them
+    reachable: list[str] = []
+    last: Exception | None = None
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), CONNECT_TIMEOUT
+            )
+            writer.close()
+            reachable.append(server)
+        except (OSError, TimeoutError, ValueError) as exc:
+            last = exc
+    if not reachable:
+        raise failure(_reason(last) if last else "no server named")
     try:
         nc = await asyncio.wait_for(
-            nats.connect(url, name="cove-cli", connect_timeout=CONNECT_TIMEOUT, allow_reconnect=False,
+            nats.connect(reachable, name="cove-cli", connect_timeout=CONNECT_TIMEOUT, allow_reconnect=False,
                          max_reconnect_attempts=0, error_cb=quiet),
             CONNECT_TIMEOUT * 2,
         )

@@ -153,7 +153,10 @@ class InboxPruning:
 
 
 async def ensure_tracking_tables(pool: asyncpg.Pool, schema: str) -> None:
-    async with pool.acquire() as conn:
+    """The inbox and checkpoint tables; copies of a service starting together serialise on the same advisory lock
+    as the migrations (two concurrent ``CREATE TABLE IF NOT EXISTS`` of one table collide in PostgreSQL)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"cove-migrate:{db.ident(schema)}")
         await conn.execute(TRACKING_DDL.format(schema=db.ident(schema)))
 
 

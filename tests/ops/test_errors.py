@@ -61,3 +61,10 @@ def test_usage_errors_exit_2_and_help_exits_0() -> None:
     assert done.returncode == 0
     for name in ("events tail", "events show", "replay", "verify", "dlq retry", "consumers prune", "services", "run"):
         assert name in done.stdout
+
+
+def test_a_cluster_s_comma_separated_urls_reach_the_node_that_answers(nats_url: str, pg_admin_url: str) -> None:
+    """COVE_NATS_URL names a cluster's nodes as the services take it; one node down does not stop the command."""
+    down = f"nats://127.0.0.1:{free_port()}"
+    done = cove(["services", "-f", "json"], COVE_NATS_URL=f"{down},{nats_url}", COVE_DATABASE_URL=pg_admin_url)
+    assert done.returncode == 0, done.stderr

@@ -115,6 +115,19 @@ async def test_migrate_is_forward_only_and_idempotent(fx: Fixture) -> None:
     assert names == ["0001_init.sql", "0002_seen.sql"]
 
 
+async def test_copies_starting_together_make_the_tracking_tables_once(fx: Fixture) -> None:
+    """Two copies of a service starting at once both ensure the inbox and checkpoint: neither fails."""
+    other = f"{fx.schema}_copies"
+    try:
+        await asyncio.gather(*(pmod.ensure_tracking_tables(fx.pool, other) for _ in range(6)))
+        async with fx.pool.acquire() as conn:
+            tables = {r["table_name"] for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", other)}
+        assert {"inbox", "checkpoint"} <= tables, tables
+    finally:
+        await db.drop_schema(fx.pool, other)
+
+
 async def test_redelivered_and_republished_events_change_the_store_once(fx: Fixture) -> None:
     p = fx.projection()
     await p.start()
