@@ -104,8 +104,12 @@ bench: venv
 
 # The provisioner SIGKILLed at random points during 50 concurrent creates and the deletes: nothing duplicated nor
 # orphaned (tests/chaos; the short form runs in make test). COVE_CHAOS_SEED=<the printed seed> repeats a run.
+# Then, on make run-cluster's stack, one fault at a time during 200 concurrent creates and deletes (kill -9 of each
+# service, one copy and all copies, of a NATS node, a PostgreSQL restart, the devcloud failing 10% of calls and
+# hanging some), with a table of the faults and of what was checked (tests/chaos/test_faults.py).
 chaos: venv
 	COVE_CHAOS=full $(VENV)/bin/pytest -q -p no:cacheprovider -s tests/chaos/test_provisioner_kill.py $(PYTEST_ARGS)
+	COVE_CHAOS=full $(VENV)/bin/pytest -q -p no:cacheprovider -s tests/chaos/test_faults.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check proto services deploy tests benchmarks
