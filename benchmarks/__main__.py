@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters", "api", "cluster_scale", "certs", "accounting", "replay", "sse", "admission", "watch"]
+BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters", "api", "cluster_scale", "certs", "accounting", "replay", "sse", "admission", "watch", "copies",
+              "memory"]
 
 
 def main(argv: list[str]) -> int:
