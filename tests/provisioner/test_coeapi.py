@@ -21,7 +21,6 @@ from tests.devcloud.test_coe_endpoints import (  # noqa: F401  (module fixtures)
     boot_cluster,
     demo,
     listening,
-    loopback_net,
     new_ca,
     until,
 )
@@ -39,8 +38,17 @@ def provisioner_client(tls: TlsFiles) -> certificates.NodeTLS:
 
 
 @pytest.fixture(scope="module")
-def swarm(demo: Any, loopback_net: tuple[Any, Any]) -> Booted:  # noqa: F811
-    booted = boot_cluster(demo, *loopback_net, "swarm-mode", ["master", "master", "master", "worker"], 2376)
+def drain_net(demo: Any) -> tuple[Any, Any]:  # noqa: F811
+    """A network of this module's own: the devcloud is the session's, and another module's servers keep the
+    addresses of theirs."""
+    net = demo.network.create_network(name="coeapi-drain")
+    subnet = demo.network.create_subnet(network_id=net.id, cidr="127.77.9.0/24", ip_version=4, name="coeapi-drain")
+    return net, subnet
+
+
+@pytest.fixture(scope="module")
+def swarm(demo: Any, drain_net: tuple[Any, Any]) -> Booted:  # noqa: F811
+    booted = boot_cluster(demo, *drain_net, "swarm-mode", ["master", "master", "master", "worker"], 2376)
     for name, ip in booted.addresses.items():
         until(lambda ip=ip: listening(ip, 2376), f"the engine of {name} at {ip}:2376")
     return booted
