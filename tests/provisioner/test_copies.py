@@ -71,6 +71,9 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
 class Copies:
     def __init__(self, a: Provisioner, b: Provisioner) -> None:
         self.a, self.b = a, b
+        self.made: list[Any] = []
+        """Every cluster requested through ``create_many``: deleted when the test ends (the project's quota is the
+        other tests' too)."""
 
     @property
     def both(self) -> tuple[Provisioner, Provisioner]:
@@ -100,14 +103,36 @@ async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path:
     made[1].start()
     await wait_for(lambda: '"reconciler_started"' in made[1].log_file.read_text(errors="replace"), timeout=60,
                    message="copy b started")
+    both = Copies(made[0], made[1])
     try:
-        yield Copies(made[0], made[1])
+        yield both
     finally:
+        alive = [p for p in made if p.proc is not None and p.proc.poll() is None]
+        for p in alive:
+            with_signal(p, signal.SIGCONT)
+        if both.made and alive:
+            await delete_all(nats_url, both.made)
         for p in made:
-            if p.proc is not None and p.proc.poll() is None:
-                with_signal(p, signal.SIGCONT)
             p.stop()
         await drop_database(pg_admin_url, db_url)
+
+
+async def delete_all(nats_url: str, reqs: list[Any]) -> None:
+    """Delete the clusters and wait until every one is gone."""
+    b = await Bus.connect(nats_url, name="test-copies-cleanup")
+    try:
+        ids = {r.uuid for r in reqs}
+        deleted = {e.cluster_id for e, _ in await stored_events(b) if e.type == "ClusterDeleteCompleted"}
+        for req in reqs:
+            if req.uuid not in deleted:
+                await request_delete(b, req)
+
+        async def gone() -> bool:
+            return ids <= {e.cluster_id for e, _ in await stored_events(b) if e.type == "ClusterDeleteCompleted"}
+
+        await wait_for(gone, timeout=120, interval=1.0, message="the test's clusters deleted")
+    finally:
+        await b.close()
 
 
 def with_signal(p: Provisioner, sig: signal.Signals) -> None:
@@ -160,10 +185,12 @@ def one_holder_at_a_time(events: list[tuple[Any, str | None]], clusters: set[str
     return epochs
 
 
-async def create_many(bus: Bus, cloud: Cloud, n: int, name: str, workers: int = 1) -> list[Any]:
+async def create_many(bus: Bus, cloud: Cloud, copies: Copies, n: int, name: str, workers: int = 1) -> list[Any]:
     trust = cloud.trust()
-    return [await request_cluster(bus, cloud, f"{name}{i:02d}", masters=1, workers=workers, trust_id=trust)
-            for i in range(n)]
+    for i in range(n):
+        copies.made.append(await request_cluster(bus, cloud, f"{name}{i:02d}", masters=1, workers=workers,
+                                                 trust_id=trust))
+    return copies.made[-n:]
 
 
 async def completed(bus: Bus, ids: set[str], timeout: float) -> list[tuple[Any, str | None]]:
@@ -185,7 +212,7 @@ def no_duplicate_servers(cloud: Cloud, reqs: list[Any], workers: int = 1) -> Non
 async def test_two_copies_divide_twenty_clusters_each_built_once_by_one_holder_at_a_time(
     bus: Bus, cloud: Cloud, copies: Copies
 ) -> None:
-    reqs = await create_many(bus, cloud, 20, "cp")
+    reqs = await create_many(bus, cloud, copies, 20, "cp")
     ids = {r.uuid for r in reqs}
     events = await completed(bus, ids, timeout=240)
     ours = [(e, t) for e, t in events if e.cluster_id in ids]
@@ -237,7 +264,7 @@ async def test_a_sigkilled_copys_clusters_and_the_trust_reaper_are_taken_over_wi
 ) -> None:
     cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 0.3})  # boots take ~1-2.5 s
     try:
-        reqs = await create_many(bus, cloud, 8, "ck", workers=2)
+        reqs = await create_many(bus, cloud, copies, 8, "ck", workers=2)
         ids = {r.uuid for r in reqs}
 
         async def both_building() -> bool:
@@ -279,7 +306,7 @@ async def test_a_paused_holder_whose_lease_was_taken_over_is_refused_and_stops(
 ) -> None:
     cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 0.5})  # a build long enough to pause in
     try:
-        reqs = await create_many(bus, cloud, 4, "cz", workers=2)
+        reqs = await create_many(bus, cloud, copies, 4, "cz", workers=2)
         ids = {r.uuid for r in reqs}
 
         async def building_in_a() -> set[str]:
