@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from proto import subjects
@@ -36,6 +37,7 @@ from proto.events import (
 )
 from services.runtime import db
 from services.runtime.projection import Outgoing
+from services.scheduler import handlers as scheduler_handlers
 from services.scheduler.admission import quota_exceeded_message
 from services.scheduler.handlers import PRODUCER, Handlers
 from services.scheduler.service import MIGRATIONS
@@ -244,8 +246,15 @@ async def both_ways(
     handlers = Handlers(DEFAULT_QUOTA)
     sequential_pool, batched_pool = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
     sequential = await one_by_one(sequential_pool, handlers, stream.envs)
+    # the services cache their loggers on first use (services/runtime/logging.py), which capture_logs cannot
+    # reach: the handlers log through a logger made inside the capture for as long as it lasts
+    cached = scheduler_handlers.log
     with capture_logs() as logs:
-        in_batches = await batched(batched_pool, handlers, batches)
+        scheduler_handlers.log = structlog.get_logger(scheduler_handlers.__name__)
+        try:
+            in_batches = await batched(batched_pool, handlers, batches)
+        finally:
+            scheduler_handlers.log = cached
     return (
         sequential,
         in_batches,
