@@ -310,11 +310,30 @@ def demo(devcloud: Devcloud) -> Any:
     return openstack.connect(cloud="cove-demo")
 
 
+def remove_network(conn: Any, net: Any) -> None:
+    """The servers on ``net``, then its ports, subnets and itself: the session's devcloud is shared, and a project
+    with two networks cannot boot a server with ``networks: auto`` (tests/devcloud/test_compute.py does)."""
+    ports = list(conn.network.ports(network_id=net.id))
+    servers = {p.device_id for p in ports if p.device_id and (p.device_owner or "").startswith("compute:")}
+    for sid in servers:
+        conn.compute.delete_server(sid, ignore_missing=True)
+    for sid in servers:
+        server = conn.compute.find_server(sid)
+        if server is not None:
+            conn.compute.wait_for_delete(server, **W)
+    for port in conn.network.ports(network_id=net.id):
+        conn.network.delete_port(port, ignore_missing=True)
+    for subnet in conn.network.subnets(network_id=net.id):
+        conn.network.delete_subnet(subnet, ignore_missing=True)
+    conn.network.delete_network(net, ignore_missing=True)
+
+
 @pytest.fixture(scope="module")
 def loopback_net(demo: Any) -> Iterator[tuple[Any, Any]]:
     net = demo.network.create_network(name="coe-standins")
     subnet = demo.network.create_subnet(network_id=net.id, cidr="127.77.1.0/24", ip_version=4, name="coe-standins")
     yield net, subnet
+    remove_network(demo, net)
 
 
 @pytest.fixture(scope="module")

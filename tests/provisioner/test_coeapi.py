@@ -4,6 +4,7 @@ a node the swarm does not know is left alone, and a client certificate of anothe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import openstack
@@ -22,6 +23,7 @@ from tests.devcloud.test_coe_endpoints import (  # noqa: F401  (module fixtures)
     demo,
     listening,
     new_ca,
+    remove_network,
     until,
 )
 
@@ -38,12 +40,12 @@ def provisioner_client(tls: TlsFiles) -> certificates.NodeTLS:
 
 
 @pytest.fixture(scope="module")
-def drain_net(demo: Any) -> tuple[Any, Any]:  # noqa: F811
-    """A network of this module's own: the devcloud is the session's, and another module's servers keep the
-    addresses of theirs."""
+def drain_net(demo: Any) -> Iterator[tuple[Any, Any]]:  # noqa: F811
+    """A network of this module's own, removed with its servers afterwards (the devcloud is the session's)."""
     net = demo.network.create_network(name="coeapi-drain")
     subnet = demo.network.create_subnet(network_id=net.id, cidr="127.77.9.0/24", ip_version=4, name="coeapi-drain")
-    return net, subnet
+    yield net, subnet
+    remove_network(demo, net)
 
 
 @pytest.fixture(scope="module")
