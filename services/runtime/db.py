@@ -36,12 +36,20 @@ class NoResetConnection(asyncpg.Connection):
         return ""
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+COMMAND_TIMEOUT = 120.0
+"""Seconds any one statement may take before it fails (asyncpg's ``command_timeout``): a statement caught by a
+PostgreSQL restart must raise, so that its caller retries, rather than hold its task (and what the task holds, such
+as a cluster's lease) for ever."""
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
+                      command_timeout: float = COMMAND_TIMEOUT) -> asyncpg.Pool:
     """A pool whose connections have ``search_path = <schema>, public``."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        command_timeout=command_timeout,
         connection_class=NoResetConnection,
         server_settings={"search_path": f"{ident(schema)}, public", "application_name": f"cove-{schema}"},
     )
