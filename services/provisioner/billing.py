@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+import structlog
 
 from proto.events import (
     Event,
@@ -28,11 +30,20 @@ from proto.events import (
     VolumeDeleted,
 )
 from services.provisioner import store
-from services.provisioner.cloud import FloatingIpRef, LoadBalancerState, VolumeState, cloud_time
+from services.provisioner.cloud import (
+    ClusterCloud,
+    FloatingIpRef,
+    LoadBalancerState,
+    VolumeState,
+    cloud_time,
+    fetch_changes,
+)
 from services.provisioner.state import TaskState
 
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
+
+log = structlog.get_logger(__name__)
 
 VOLUME, FLOATING_IP, LOAD_BALANCER = "volume", "floating_ip", "load_balancer"
 
@@ -55,7 +66,38 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "cloud_time", "created", "gone", "now"]
+__all__ = ["Billed", "cloud_time", "created", "gone", "now", "server_ends"]
+
+LOOKBACK = timedelta(hours=1)
+"""How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
+
+
+async def server_ends(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str],
+                      listed_at: datetime) -> dict[str, datetime]:
+    """When each of ``server_ids`` (servers a listing made at ``listed_at`` no longer shows) was deleted at the
+    cloud: Nova's ``OS-SRV-USG:terminated_at`` from one ``changes-since`` listing of the project (Nova lists deleted
+    servers there), else ``listed_at``. The deletion time matters after a restart: a server deleted while no
+    provisioner watched would otherwise be billed until the restarted one looked."""
+    wanted = set(server_ids)
+    if not wanted or row.trust_id is None:
+        return {sid: listed_at for sid in wanted}
+    since = listed_at - LOOKBACK
+
+    def ends(c: ClusterCloud) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
+        for server in fetch_changes(c.conn, since, all_tenants=False):
+            sid = str(server.get("id"))
+            at = cloud_time(server.get("OS-SRV-USG:terminated_at"))
+            if sid in wanted and str(server.get("status", "")).upper() == "DELETED" and at is not None:
+                out[sid] = min(at, listed_at)
+        return out
+
+    try:
+        found = await r.cloud.call(row.trust_id, ends)
+    except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a delete or a resize
+        log.warning("server_deletion_times_unknown", cluster_id=row.uuid, error=repr(exc))
+        found = {}
+    return {sid: found.get(sid, listed_at) for sid in wanted}
 
 
 def of_volume(v: VolumeState, node_name: str | None) -> Billed:

@@ -1213,6 +1213,33 @@ class ClusterCloud:
         return done
 
 
+CHANGES_PAGE = 1000
+CHANGES_MICROVERSION = "2.16"
+"""Nova's microversion for changes-since listings: ``host_status`` and the deleted servers' ``terminated_at``."""
+
+
+def fetch_changes(conn: openstack.connection.Connection, since: datetime, *, all_tenants: bool) -> list[dict[str, Any]]:
+    """Every server changed since ``since`` (pages of ``CHANGES_PAGE``), as plain JSON."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] | None = {"changes-since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": CHANGES_PAGE}
+    if all_tenants:
+        params["all_tenants"] = "1"  # type: ignore[index]
+    url: str | None = "/servers/detail"
+    while url:
+        try:
+            response = conn.compute.get(url, params=params, microversion=CHANGES_MICROVERSION)
+        except ks_exceptions.Forbidden as exc:
+            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)") from exc
+        if response.status_code == 403:
+            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)")
+        response.raise_for_status()
+        body = response.json()
+        found.extend(body.get("servers") or [])
+        url = next((link.get("href") for link in body.get("servers_links") or [] if link.get("rel") == "next"), None)
+        params = None
+    return found
+
+
 class Cloud:
     """A bounded thread pool for openstacksdk plus one cached connection per trust."""
 

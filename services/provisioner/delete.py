@@ -63,9 +63,10 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     await asyncio.gather(*(r.cloud.call(trust, lambda c, sid=server.id: c.delete_server(sid))  # type: ignore[misc]
                            for server in plan.to_delete))  # the cloud thread pool bounds how many at once
     st.delete_requested.update(server.id for server in plan.to_delete)
+    ends = await billing.server_ends(r, row, [node.server_id for node in plan.gone], listed_at)
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=spec.project_id, server_id=node.server_id, node_name=node.name,
-        role=node.role, deleted_at=listed_at,  # type: ignore[arg-type]
+        role=node.role, deleted_at=ends[node.server_id],  # type: ignore[arg-type]
     ), f"NodeDeleted:{node.server_id}") for node in plan.gone])
     for node in plan.gone:
         st.unrecorded.pop(node.server_id, None)

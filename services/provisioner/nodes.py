@@ -113,9 +113,10 @@ async def converge(
     await r.emit_nodes_created(row, unrecorded)
     gone = [node for sid, node in sorted(row.nodes.items()) if sid not in present and node.status != model.NODE_DELETED
             and (only is None or node.name in only)]
+    ends = await billing.server_ends(r, row, [node.server_id for node in gone], listed_at)
     await r.emit_many(row, [(NodeDeleted(
         cluster_id=row.uuid, project_id=row.project_id or "", server_id=node.server_id, node_name=node.name,
-        role=node.role, deleted_at=listed_at,  # type: ignore[arg-type]
+        role=node.role, deleted_at=ends[node.server_id],  # type: ignore[arg-type]
     ), f"NodeDeleted:{node.server_id}") for node in gone])
     if built.docker_volume_size or built.etcd_volume_size or built.floating_ip_enabled or any(
             g.docker_volume_size for g in row.groups) or any(

@@ -57,14 +57,14 @@ from proto import subjects, trusts
 from proto.envelope import Envelope
 from proto.streams import PROVISIONER_CONSUMER
 from services.provisioner import handlers, health, model, store
-from services.provisioner.cloud import Cloud, CloudSettings
+from services.provisioner.cloud import Cloud, CloudSettings, fetch_changes
 from services.provisioner.drivers import addons
 from services.provisioner.health import Observed
 from services.provisioner.loop import COPY_HEADER, Reconciler
 from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
 from services.provisioner.trusts import TrustReaper, TrustReaperSettings
-from services.provisioner.watch import Watched, Watcher, WatchSettings, fetch_changes
+from services.provisioner.watch import Watched, Watcher, WatchSettings
 from services.runtime.lease import Lease, Leases, LeaseSettings, Singleton
 from services.runtime.service import Service, ServiceConfig
 

@@ -38,17 +38,14 @@ from typing import Any
 
 import openstack
 import structlog
-from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
-from services.provisioner.cloud import CloudSettings, cloud_time
+from services.provisioner.cloud import CloudSettings, cloud_time, fetch_changes
 from services.provisioner.health import Observed
 
 log = structlog.get_logger(__name__)
 
-PAGE = 1000
-MICROVERSION = "2.16"
 """``host_status`` (a node whose hypervisor is down)."""
 
 
@@ -98,28 +95,6 @@ def observed(server: Mapping[str, Any]) -> Observed | None:
         updated=cloud_time(server.get("updated")), terminated_at=cloud_time(server.get("OS-SRV-USG:terminated_at")),
         host_status=server.get("host_status") or None,
     )
-
-
-def fetch_changes(conn: openstack.connection.Connection, since: datetime, *, all_tenants: bool) -> list[dict[str, Any]]:
-    """Every server changed since ``since`` (pages of ``PAGE``), as plain JSON."""
-    found: list[dict[str, Any]] = []
-    params: dict[str, Any] | None = {"changes-since": since.strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": PAGE}
-    if all_tenants:
-        params["all_tenants"] = "1"  # type: ignore[index]
-    url: str | None = "/servers/detail"
-    while url:
-        try:
-            response = conn.compute.get(url, params=params, microversion=MICROVERSION)
-        except ks_exceptions.Forbidden as exc:
-            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)") from exc
-        if response.status_code == 403:
-            raise PermissionError("the Cove service user may not list every project's servers (all_tenants)")
-        response.raise_for_status()
-        body = response.json()
-        found.extend(body.get("servers") or [])
-        url = next((link.get("href") for link in body.get("servers_links") or [] if link.get("rel") == "next"), None)
-        params = None
-    return found
 
 
 @dataclass

@@ -8,9 +8,12 @@ a test snapshots the record ids of the project before it starts and looks only a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import openstack
@@ -21,7 +24,7 @@ from openstack import exceptions
 
 from deploy.devcloud.config import DEFAULT_CONFIG
 from deploy.devcloud.process import start_devcloud, stop_process
-from services.provisioner import model
+from services.provisioner import billing, model
 from services.provisioner.cloud import (
     CloudError,
     ClusterCloud,
@@ -553,3 +556,38 @@ async def test_a_rate_limited_cloud_is_retried_and_succeeds(limited_cloud: Devcl
     assert len({p.id for p in ports}) == 4
     await teardown(cc, prefix, cid, ledger)
     assert stats(url, admin)["by_status"].get("429", 0) > 0  # the limit did bite, and every step came through
+
+
+async def test_a_server_deleted_while_no_task_watched_is_billed_to_its_deletion_at_the_cloud(
+    cc: ClusterCloud, demo: openstack.connection.Connection, ledger: Ledger
+) -> None:
+    """billing.server_ends: a restarted provisioner that finds a server gone bills it until Nova's
+    terminated_at (the ledger's deletion time), not until its own listing; an id Nova never deleted keeps the
+    listing's time."""
+    prefix, cid = cluster("t-ends")
+    net = cc.ensure_network(prefix, cid, fixed_network=None, fixed_subnet=None, external_network=None,
+                            cidr="10.31.0.0/24", dns_nameserver=None)
+    image = cc.image("ubuntu-22.04")
+    name = model.node_name(prefix, model.WORKER, 0)
+    sid = cc.create_server(name=name, flavor_id=cc.flavor("m1.tiny").id, image_id=image, network_id=net.network_id,
+                           security_group_ids=[], key_name=None, user_data="#cloud-config\n",
+                           metadata={"cove_cluster_id": cid, "cove_role": "worker", "cove_node": name})
+    await wait_for(lambda: demo.compute.get_server(sid).status == "ACTIVE", timeout=30, message="ACTIVE")
+    cc.delete_server(sid)
+    await wait_for(lambda: not cc.list_servers(prefix, cid), timeout=30, message="gone")
+    await asyncio.sleep(1.5)  # the provisioner "restarts": it looks only now
+    listed_at = billing.now()
+
+    class Calls:
+        async def call(self, trust: str, fn: Any) -> Any:
+            return fn(cc)
+
+    r = SimpleNamespace(cloud=Calls())
+    row = SimpleNamespace(uuid=cid, trust_id="trust", project_id=None)
+    never = str(uuid.uuid4())
+    ends = await billing.server_ends(r, row, [sid, never], listed_at)  # type: ignore[arg-type]
+    deleted_at = datetime.fromisoformat(next(x for x in ledger.new("server") if x["id"] == sid)["deleted_at"])
+    assert abs((ends[sid] - deleted_at).total_seconds()) < 0.5, (ends[sid], deleted_at)
+    assert (listed_at - ends[sid]).total_seconds() > 1.0
+    assert ends[never] == listed_at
+    await teardown(cc, prefix, cid, ledger)
