@@ -355,7 +355,7 @@ def _operation(op: Op) -> dict[str, Any]:
                        "description": "e.g. 'container-infra 1.14' or 'container-infra latest'"})
     ok: dict[str, Any] = {"description": "Success"}
     if op.ok != 204:
-        schema = _ref(op.response) if op.response else {"type": "object"}
+        schema: dict[str, Any] = _ref(op.response) if op.response else {"type": "object"}
         if op.media == "text/event-stream":  # each event, as SSE parsers (and schemathesis) see it
             schema = {"type": "object", "properties": {
                 "id": _STR, "event": _STR, "retry": {"type": ["integer", "string"]},

@@ -307,7 +307,7 @@ HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[
     NodeRepaired: on_node_repaired,  # type: ignore[dict-item]
     ClusterHealthChanged: on_health_changed,  # type: ignore[dict-item]
     **dict.fromkeys((VolumeCreated, VolumeDeleted, FloatingIpAllocated, FloatingIpReleased, LoadBalancerCreated,
-                     LoadBalancerDeleted), on_billed_resource),  # type: ignore[dict-item]
+                     LoadBalancerDeleted), on_billed_resource),  # type: ignore[dict-item, arg-type]
     ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]
     ClusterUpdateAdmitted: on_update_admitted,  # type: ignore[dict-item]
     NodeGroupCreateRequested: on_nodegroup_create_requested,  # type: ignore[dict-item]

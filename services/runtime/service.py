@@ -215,7 +215,12 @@ class Service:
                 lambda: all(p.running for p in self.projections) and all(c.running for c in self.consumers),
             )
             watched = [(c.stream, c.durable) for c in (*(p.consumer for p in self.projections), *self.consumers)]
-            self.health.add_collector(lambda js=self.bus.js: metrics.collect_consumer_lag(js, watched))
+            js = self.bus.js
+
+            def consumer_lag() -> Awaitable[None]:
+                return metrics.collect_consumer_lag(js, watched)
+
+            self.health.add_collector(consumer_lag)
         for subject, rhandler, queue in self._rpc_specs:
             self._rpc_subs.append(await rpc.serve(self.bus.nc, subject, queue, rhandler))
         for task in self._tasks_specs:

@@ -251,9 +251,9 @@ async def create_cluster(request: web.Request) -> web.Response:
         if fields.get(f):
             sizes[fields[f]] = _flavor_size(await user_cloud.find_flavor(ctx, fields[f]))
     for flavor in {spec.flavor_id, spec.master_flavor_id} - set(sizes):  # the template's or the default flavors
-        found = await FLAVOR_SIZES.find(user_cloud, ctx, flavor)
-        if found is not None:
-            sizes[flavor] = found
+        size = await FLAVOR_SIZES.find(user_cloud, ctx, flavor)
+        if size is not None:
+            sizes[flavor] = size
     if sizes:  # the scheduler's quotas count vCPUs and RAM from the spec (decided once, here)
         spec = with_flavor_sizes(spec, sizes)
     if fields.get("keypair"):
@@ -383,7 +383,7 @@ async def _resize_refusal(writer: Writer, seq: int) -> str:
     refused resize changes nothing)."""
     with contextlib.suppress(Exception):
         msg = await writer.bus.js.get_msg(subjects.EVENTS_STREAM, seq)
-        payload = decode(msg.data).payload
+        payload = decode(msg.data or b"").payload
         if isinstance(payload, ClusterUpdateRejected):
             return payload.reason
     return "Quota exceeded: the cluster cannot grow to that size."
