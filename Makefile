@@ -113,7 +113,7 @@ chaos: venv
 
 lint: venv
 	$(VENV)/bin/ruff check proto services deploy tests benchmarks
-	$(VENV)/bin/mypy proto services/runtime deploy/local deploy/devcloud
+	$(VENV)/bin/mypy proto services deploy
 
 clean:
 	rm -rf .cove
