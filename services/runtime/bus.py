@@ -139,14 +139,15 @@ class Bus:
         msg_id: str | None = None,
         expected_last_subject_seq: int | None = None,
         timeout: float = 5.0,
+        extra_headers: dict[str, str] | None = None,
     ) -> PubAck:
         """Publish an event; ``Nats-Msg-Id`` (default ``envelope.id``) deduplicates within the stream window.
 
         ``expected_last_subject_seq`` makes the write conditional on the subject's last sequence (0 = the
         subject must be empty); a mismatch raises ``ConcurrencyConflict``. ``ack.duplicate`` tells a
-        deduplicated publish apart.
+        deduplicated publish apart. ``extra_headers`` travel with it (a lease's fencing token).
         """
-        headers = tracing.inject({MSG_ID: msg_id or envelope.id, EVENT_TYPE: envelope.type})
+        headers = tracing.inject({MSG_ID: msg_id or envelope.id, EVENT_TYPE: envelope.type, **(extra_headers or {})})
         if expected_last_subject_seq is not None:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last_subject_seq)
         try:

@@ -34,15 +34,9 @@ from nats.js.api import KeyValueConfig, PubAck
 from nats.js.kv import KeyValue
 
 from proto import streams
-from proto.envelope import Envelope, encode
-from services.runtime import tracing
+from proto.envelope import Envelope
 from services.runtime.bus import (
-    EVENT_TYPE,
-    EXPECTED_LAST_SUBJECT_SEQ,
-    MSG_ID,
-    WRONG_LAST_SEQUENCE,
     Bus,
-    ConcurrencyConflict,
 )
 
 log = structlog.get_logger(__name__)
@@ -338,12 +332,5 @@ async def publish_fenced(
         await leases.check(lease)
     elif not lease.held:
         raise LeaseLost(lease.key, lease.reason or "lost")
-    headers = tracing.inject({MSG_ID: msg_id or envelope.id, EVENT_TYPE: envelope.type, LEASE_HEADER: lease.token})
-    if expected_last_subject_seq is not None:
-        headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected_last_subject_seq)
-    try:
-        return await bus.js.publish(subject, encode(envelope), timeout=timeout, headers=headers)
-    except nats.js.errors.APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE and expected_last_subject_seq is not None:
-            raise ConcurrencyConflict(subject, expected_last_subject_seq, exc.description or "") from exc
-        raise
+    return await bus.publish(subject, envelope, msg_id=msg_id, expected_last_subject_seq=expected_last_subject_seq,
+                             timeout=timeout, extra_headers={LEASE_HEADER: lease.token})
