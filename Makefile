@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.installed-stamp
 SDK_4_14 := $(VENV)/openstacksdk-4.14
 # extra pytest arguments, e.g. make test PYTEST_ARGS="tests/infra -x"
 PYTEST_ARGS ?=
+# test modules run in this many processes at once (pytest-xdist, a module's tests together): most end-to-end tests
+# wait on the devcloud's timing model rather than on the CPU, so 3 workers fit 2 cores. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 3
 
 .PHONY: run run-cluster test bench chaos lint venv clean console
 
@@ -97,7 +100,7 @@ run-cluster: venv
 	$(VENV)/bin/cove run --copies 2 --nats-nodes 3
 
 test: venv
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m benchmarks

@@ -52,6 +52,7 @@ from services.runtime.bus import Bus
 __all__ = ["Devcloud", "drop_database", "free_port", "fresh_database", "wait_for"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("COVE_LOCAL_ANY_PORT", "1")  # stacks of parallel workers never race for make run's ports
 MACHINE_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 T = TypeVar("T")

@@ -256,7 +256,11 @@ class LocalStack:
                             f"export COVE_NATS_URL='{first}'\n")
 
     def _port(self, name: str, usual: int) -> int:
-        """`usual` when a server can listen there, else a free port; the reason is logged and kept for the table."""
+        """`usual` when a server can listen there, else a free port; the reason is logged and kept for the table.
+        ``COVE_LOCAL_ANY_PORT`` (the tests set it) takes a free port straight away: stacks started side by side by
+        parallel test workers would otherwise race for the same usual port between its check and its use."""
+        if os.environ.get("COVE_LOCAL_ANY_PORT"):
+            return free_port()
         port, why = preferred_port(usual)
         if why is not None:
             log.warning("usual_port_taken", process=name, usual_port=usual, port=port, reason=why)
