@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import structlog
+import yaml
 
 from deploy.local import natsauth
 from deploy.local.nats import NatsCluster, NatsServer
@@ -61,6 +63,19 @@ CLUSTER_NATS_MONITOR_PORTS = (8231, 8232, 8233)
 DEFAULT_DEVCLOUD_PORT = 8775
 DEFAULT_API_PORT = 9511
 LOCAL_SUBNET_CIDR = "127.100.0.0/24"
+DEFAULT_PUBLIC_CIDR = "127.24.4.0/24"
+"""The devcloud's external network in deploy/devcloud/cloud.yaml."""
+
+
+def loopback_ranges() -> tuple[str, str]:
+    """(external network, clusters' subnet) of a stack: make run's, or under the tests (``COVE_LOCAL_ANY_PORT``)
+    loopback /24s of this stack's own, because the devcloud's stand-in endpoints bind the addresses it hands out and
+    stacks of parallel test workers would otherwise bind the same ones."""
+    if not os.environ.get("COVE_LOCAL_ANY_PORT"):
+        return DEFAULT_PUBLIC_CIDR, LOCAL_SUBNET_CIDR
+    pick = random.SystemRandom()
+    return (f"127.{pick.randint(25, 95)}.{pick.randint(0, 255)}.0/24",
+            f"127.{pick.randint(101, 199)}.{pick.randint(0, 255)}.0/24")
 """A cluster's private subnet under the local stack (and the tests): loopback, so that nothing a user or a test is
 handed (a node's address, a load balancer's VIP) leads off the machine."""
 
@@ -162,6 +177,7 @@ class LocalStack:
         self.time_factor = time_factor
         self.stop_event = stop_event or threading.Event()
         self.devcloud_config = devcloud_config
+        self.public_cidr, self.subnet_cidr = loopback_ranges()
         """The devcloud's YAML configuration (default deploy/devcloud/cloud.yaml), e.g. a benchmark's timing model."""
         self.nats: NatsServer | None = None
         self.postgres: EmbeddedPostgres | None = None
@@ -299,11 +315,23 @@ class LocalStack:
         args = [sys.executable, "-m", "deploy.devcloud", "--host", LOCALHOST, "--port", str(port),
                 "--public-url", self.devcloud_url, "--clouds-yaml", str(clouds), "--magnum-url", self.api_url]
         config = self.devcloud_config or REPO_ROOT / "deploy" / "devcloud" / "cloud.yaml"
+        if self.public_cidr != DEFAULT_PUBLIC_CIDR and config.exists():
+            config = self._with_public_cidr(config)
         if self.devcloud_config is not None or config.exists():  # a missing named config fails the devcloud, loudly
             args += ["--config", str(config)]
         if self.time_factor is not None:
             args += ["--time-factor", str(self.time_factor)]
         self._spawn("devcloud", args, self._base_env(), f"{self.devcloud_url}/healthz", self.devcloud_url)
+
+    def _with_public_cidr(self, config: Path) -> Path:
+        """A copy of the devcloud's configuration whose loopback external network is ``public_cidr``."""
+        doc = yaml.safe_load(config.read_text())
+        for net in doc.get("external_networks") or []:
+            if net.get("cidr") == DEFAULT_PUBLIC_CIDR:
+                net["cidr"] = self.public_cidr
+        copy = self.state_dir / "devcloud.yaml"
+        copy.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return copy
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -319,7 +347,7 @@ class LocalStack:
         })
         # Every address the local stack hands out lies on this machine: the clusters' private subnets too (the
         # devcloud's external network is loopback already). Cove's production default stays 10.0.0.0/24.
-        env.setdefault("COVE_PROVISIONER_SUBNET_CIDR", LOCAL_SUBNET_CIDR)
+        env.setdefault("COVE_PROVISIONER_SUBNET_CIDR", self.subnet_cidr)
         return env
 
     def _start_service(self, spec: ServiceSpec, copy: int = 1) -> None:

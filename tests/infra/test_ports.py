@@ -55,8 +55,9 @@ def test_a_port_someone_listens_on_is_taken_and_its_holder_named(listener: socke
     assert why == f"{port} is in use by {holder}"
 
 
-def test_the_stack_table_says_why_a_process_is_not_on_its_usual_port(listener: socket.socket,
-                                                                   tmp_path: Path) -> None:
+def test_the_stack_table_says_why_a_process_is_not_on_its_usual_port(listener: socket.socket, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COVE_LOCAL_ANY_PORT", raising=False)  # make run's behaviour: the usual port first
     port = listener.getsockname()[1]
     stack = LocalStack(tmp_path)
     chosen = stack._port("nats", port)

@@ -4,6 +4,7 @@ the devcloud, the five services), configured only through the standard OTEL_* va
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -172,9 +173,16 @@ async def test_one_trace_from_the_api_to_the_cloud_and_metrics_after_a_create(
     assert any(s.service == "provisioner" and s.name == "reconcile" for s in spans)
     cloud_calls = {s.name for s in spans if s.name.startswith("cloud ")}
     assert {"cloud ensure_network", "cloud ensure_security_groups"} <= cloud_calls, cloud_calls
-    by_id = {s.span_id: s for s in spans}
-    orphans = [s for s in spans if s.parent_id and s.parent_id not in by_id]
-    assert not orphans, f"spans whose parent never reached the receiver: {orphans[:3]}"
+    def orphans() -> list[Span]:
+        """Spans of the trace whose parent has not reached the receiver (yet: each service exports in batches, so
+        a child can arrive before its parent; a parent that never comes fails the test)."""
+        mine = [s for s in receiver.spans if s.trace_id == api_span.trace_id]
+        by_id = {s.span_id for s in mine}
+        return [s for s in mine if s.parent_id and s.parent_id not in by_id]
+
+    with contextlib.suppress(TimeoutError):
+        await wait_for(lambda: not orphans(), timeout=15, interval=0.2, message="every span's parent exported")
+    assert not orphans(), f"spans whose parent never reached the receiver: {orphans()[:3]}"
     assert len({s.trace_id for s in spans}) == 1
 
     # Metrics after the create.
