@@ -15,14 +15,19 @@ from tests.conftest import drop_database, fresh_database
 
 
 @contextlib.asynccontextmanager
-async def running_stack(nats_url: str, pg_admin_url: str, state_dir: Path, *, env: Mapping[str, str] | None = None,
-                        **options: Any) -> AsyncIterator[LocalStack]:
-    """A started LocalStack (``options``: its keyword arguments, e.g. ``time_factor``); ``env`` is set only while
-    the services start (they take their environment then), and the process's own is restored at once."""
+async def running_stack(nats_url: str | None, pg_admin_url: str, state_dir: Path, *,
+                        env: Mapping[str, str] | None = None, **options: Any) -> AsyncIterator[LocalStack]:
+    """A started LocalStack (``options``: its keyword arguments, e.g. ``time_factor``) on ``nats_url``, or on NATS
+    servers of its own when None; ``env`` is set only while the services start (they take their environment then),
+    and the process's own is restored at once."""
     db_url = await fresh_database(pg_admin_url)
-    wanted = {"COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, **(env or {})}
-    saved = {k: os.environ.get(k) for k in wanted}
+    wanted = {"COVE_DATABASE_URL": db_url, **(env or {})}
+    if nats_url is not None:
+        wanted["COVE_NATS_URL"] = nats_url
+    saved = {k: os.environ.get(k) for k in (*wanted, "COVE_NATS_URL")}
     os.environ.update(wanted)
+    if nats_url is None:
+        os.environ.pop("COVE_NATS_URL", None)
     local = LocalStack(state_dir, **{"timeout": 90.0, **options})
     try:
         await asyncio.to_thread(local.start)

@@ -7,7 +7,6 @@ Short on purpose (it runs in `make test`): one small cluster each time, the devc
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +18,8 @@ import pytest
 from deploy.local.stack import SERVICES, LocalStack
 from proto import subjects
 from services.runtime.bus import Bus
-from tests.conftest import drop_database, fresh_database, wait_for
+from tests.conftest import wait_for
+from tests.stacks import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,28 +28,9 @@ LATEST = {"OpenStack-API-Version": "container-infra latest"}
 
 @pytest.fixture(scope="module")
 async def cluster_stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    db_url = await fresh_database(pg_admin_url)
-    saved = {k: os.environ.get(k) for k in ("COVE_NATS_URL", "COVE_DATABASE_URL")}
-    os.environ.pop("COVE_NATS_URL", None)
-    os.environ["COVE_DATABASE_URL"] = db_url
-    local = LocalStack(tmp_path_factory.mktemp("run-cluster"), timeout=150.0, time_factor=0.05, copies=2,
-                       nats_nodes=3)
-    try:
-        await asyncio.to_thread(local.start)
-    except BaseException:
-        await asyncio.to_thread(local.stop)
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
+    async with running_stack(None, pg_admin_url, tmp_path_factory.mktemp("run-cluster"), timeout=150.0,
+                             time_factor=0.05, copies=2, nats_nodes=3) as local:
         yield local
-    finally:
-        await asyncio.to_thread(local.stop)
-        await drop_database(pg_admin_url, db_url)
 
 
 async def http(method: str, url: str, tok: str | None, body: Any = None) -> tuple[int, Any]:
