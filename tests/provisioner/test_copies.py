@@ -31,7 +31,14 @@ from services.provisioner.tracking import AppliedTracker
 from services.runtime.bus import Bus, ConcurrencyConflict
 from services.runtime.lease import LEASE_HEADER, LeaseLost, Leases, LeaseSettings, publish_fenced
 from tests.conftest import Devcloud, drop_database, free_port, fresh_database, wait_for
-from tests.provisioner.test_provisioner import Cloud, Provisioner, prefix_of, request_cluster, request_delete
+from tests.provisioner.test_provisioner import (
+    Cloud,
+    Provisioner,
+    bus,
+    prefix_of,
+    request_cluster,
+    request_delete,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +67,7 @@ def roomy_network_quota(cloud: Cloud) -> Iterator[None]:
     cloud.admin.network.update_quota(cloud.demo_project_id, **{k: getattr(before, k) for k in keys})
 
 
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="test-copies")
-    await b.ensure_streams()
-    yield b
-    await b.close()
+__all__ = ["bus"]  # test_provisioner's bus on this module's NATS
 
 
 class Copies:

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import openstack
 import pytest
 
 from deploy.local.stack import LOCAL_SUBNET_CIDR
@@ -34,6 +33,8 @@ from tests.provisioner.test_provisioner import (
     Cloud,
     ClusterEvents,
     Provisioner,
+    bus,
+    cloud,
     prefix_of,
     request_delete,
     until,
@@ -50,22 +51,7 @@ ACTIVE while a test runs."""
 FAST = 0.01
 
 
-@pytest.fixture(scope="module")
-def cloud(devcloud: Devcloud) -> Iterator[Cloud]:
-    demo = openstack.connect(cloud="cove-demo")
-    admin = openstack.connect(cloud="cove-admin")
-    cove = admin.identity.find_user("cove", ignore_missing=False)
-    yield Cloud(devcloud, demo, admin, cove.id, demo.current_user_id, demo.current_project_id)
-    demo.close()
-    admin.close()
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_url, name="test-deadlines")
-    await b.ensure_streams()
-    yield b
-    await b.close()
+__all__ = ["bus", "cloud"]  # test_provisioner's fixtures: the session devcloud's users, a bus on this NATS
 
 
 @pytest.fixture
