@@ -117,8 +117,12 @@ async def read(
     except nats.js.errors.NotFoundError as exc:
         raise OpsError(f"no stream {subjects.EVENTS_STREAM} on this NATS server: has Cove run here?") from exc
     try:
-        if not follow and (await sub.consumer_info()).num_pending == 0:
-            return
+        if not follow:
+            # The server may have pushed every message before this answer comes: pending is then 0 too, but the
+            # delivered count is not, and the last message (num_pending 0 in its metadata) ends the read below.
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not info.delivered.consumer_seq and queue.empty():
+                return
         while True:
             try:
                 msg = await asyncio.wait_for(queue.get(), None if follow else idle * 10)

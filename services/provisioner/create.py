@@ -28,9 +28,9 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         return Outcome.AGAIN
     timeout = row.resolved.create_timeout
     if r.past_deadline(row.create_started_at, timeout):  # ClusterCreateStarted's time: a restart keeps it
+        waiting = update.waited_for(row, st, WAITING)
         await update.never_active(r, row, timeout)
-        return await failed(r, row, f"Timed out after {timeout} minutes (create_timeout) waiting for "
-                                    f"{st.waiting_for or WAITING}")
+        return await failed(r, row, f"Timed out after {timeout} minutes (create_timeout) waiting for {waiting}")
     return await r.attempt(row, st, steps, failed)
 
 

@@ -33,9 +33,10 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
         return Outcome.AGAIN
     timeout = r.settings.update_timeout
     if r.past_deadline(row.update_started_at, timeout):  # ClusterUpdateStarted's time: a restart keeps it
+        waiting = waited_for(row, st, "the nodegroups to converge")
         await never_active(r, row, timeout)
         return await failed(r, row, f"Timed out after {timeout:g} minutes (COVE_PROVISIONER_UPDATE_TIMEOUT) waiting "
-                                    f"for {st.waiting_for or 'the nodegroups to converge'}")
+                                    f"for {waiting}")
     return await r.attempt(row, st, steps, failed)
 
 
@@ -60,6 +61,15 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     ), f"ClusterUpdateCompleted:{gen}")
     log.info("cluster_update_complete", generation=gen, node_count=nodeplan.worker_count(row.groups))
     return Outcome.IDLE
+
+
+def waited_for(row: store.ClusterRow, st: TaskState, otherwise: str) -> str:
+    """What a task past its deadline waited for: what its last pass saw, or, in a process restarted since (which
+    has seen nothing yet), the nodes created and never ACTIVE by the cluster's own events."""
+    if st.waiting_for:
+        return st.waiting_for
+    booting = sorted(node.name for node in row.nodes.values() if node.status == model.NODE_CREATED)
+    return f"servers {', '.join(booting)} to become ACTIVE" if booting else otherwise
 
 
 async def never_active(r: Reconciler, row: store.ClusterRow, minutes: float) -> None:
