@@ -241,22 +241,23 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - shutting down: log and go on
                 log.warning("rpc_unsubscribe_failed", error=repr(exc))
         self._rpc_subs.clear()
-        await asyncio.gather(*(p.stop() for p in self.projections), *(c.stop() for c in self.consumers))
+        await _bounded("consumers", asyncio.gather(*(p.stop() for p in self.projections),
+                                                   *(c.stop() for c in self.consumers)))
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _bounded("tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         self._tasks.clear()
         for hook in reversed(self._cleanup):
             try:
-                await hook(self)
+                await _bounded("cleanup hook", hook(self))
             except Exception:
                 log.exception("cleanup_hook_failed")
         if self.heartbeat is not None:
-            await self.heartbeat.stop()
-        if self.bus is not None:
-            await self.bus.drain()
-        if self.pool is not None:
-            await self.pool.close()
+            await _bounded("heartbeat", self.heartbeat.stop())
+        if self.bus is not None and not await _bounded("bus drain", self.bus.drain()):
+            await self.bus.close()
+        if self.pool is not None and not await _bounded("database pool", self.pool.close()):
+            self.pool.terminate()  # a connection still held by what did not stop: closed under it
         await self.health.stop()
         log.info("service_stopped", service=self.name)
 
@@ -274,6 +275,21 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await asyncio.wait_for(self.stop(), self.config.shutdown_timeout)
+
+
+STOP_STEP_SECONDS = 15.0
+"""How long each step of a graceful stop may take before the next goes on (a step that hangs, such as a pool
+waiting for a connection something never releases, must not leave the process, or a test's teardown, hanging)."""
+
+
+async def _bounded(step: str, work: Awaitable[Any]) -> bool:
+    """Await ``work`` for at most STOP_STEP_SECONDS; False (logged, naming the step) when it did not finish."""
+    try:
+        await asyncio.wait_for(work, STOP_STEP_SECONDS)
+    except TimeoutError:
+        log.warning("service_stop_step_timed_out", step=step, seconds=STOP_STEP_SECONDS)
+        return False
+    return True
 
 
 EX_CONFIG = 78
