@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from deploy.devcloud.config import ApiFault, ServerFault
+from deploy.devcloud.config import ApiFault, CoeFault, LoadBalancerFault, ServerFault, VolumeFault
 from deploy.devcloud.state import cloud_of
 from deploy.devcloud.stats import STATS
 from deploy.devcloud.web import Routes, ctx, json_response, keystone_error, qbool, read_json
@@ -120,6 +120,57 @@ async def add_server_fault(request: web.Request) -> web.Response:
     return json_response(msgspec.to_builtins(fault), status=201)
 
 
+@routes.post("/admin/faults/volumes")
+async def add_volume_fault(request: web.Request) -> web.Response:
+    """A named volume (or id) goes to ``error`` or vanishes from Cinder now (404 when there is none)."""
+    _admin(request)
+    from deploy.devcloud import volume
+
+    try:
+        fault = msgspec.convert(await read_json(request, ERR), VolumeFault)
+    except msgspec.ValidationError as exc:
+        raise ERR(400, f"Invalid fault: {exc}") from None
+    fault.id = fault.id or str(uuid.uuid4())
+    if not volume.apply_volume_fault(cloud_of(request), fault):
+        raise ERR(404, f"No volume named {fault.name}")
+    return json_response(msgspec.to_builtins(fault), status=201)
+
+
+@routes.post("/admin/faults/load_balancers")
+async def add_load_balancer_fault(request: web.Request) -> web.Response:
+    """A named load balancer (or id) takes the given provisioning and operating statuses now (404: none)."""
+    _admin(request)
+    from deploy.devcloud import loadbalancer
+
+    try:
+        fault = msgspec.convert(await read_json(request, ERR), LoadBalancerFault)
+    except msgspec.ValidationError as exc:
+        raise ERR(400, f"Invalid fault: {exc}") from None
+    fault.id = fault.id or str(uuid.uuid4())
+    if not loadbalancer.apply_load_balancer_fault(cloud_of(request), fault):
+        raise ERR(404, f"No load balancer named {fault.name}")
+    return json_response(msgspec.to_builtins(fault), status=201)
+
+
+@routes.post("/admin/faults/coe")
+async def add_coe_fault(request: web.Request) -> web.Response:
+    """A cluster's COE stand-in answers its health endpoint with ``api_status`` and reports the ``not_ready``
+    nodes not ready, until the faults are cleared (``DELETE /admin/faults``); a new fault for the same cluster
+    replaces the last."""
+    _admin(request)
+    try:
+        fault = msgspec.convert(await read_json(request, ERR), CoeFault)
+        if fault.api_status and not 100 <= fault.api_status <= 599:
+            raise ValueError("api_status must be 0 or an HTTP status")
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ERR(400, f"Invalid fault: {exc}") from None
+    fault.id = fault.id or str(uuid.uuid4())
+    cloud = cloud_of(request)
+    cloud.faults.coe = [f for f in cloud.faults.coe if f.cluster_id != fault.cluster_id] + [fault]
+    cloud.ledger.changed(fault.cluster_id, "coe-fault")  # no record: the COE stand-ins are told all the same
+    return json_response(msgspec.to_builtins(fault), status=201)
+
+
 @routes.post("/admin/faults/zones/{az}/down")
 async def zone_down(request: web.Request) -> web.Response:
     _admin(request)
@@ -154,6 +205,8 @@ async def clear_faults(request: web.Request) -> web.Response:
     cloud.faults.api = []
     cloud.faults.servers = []
     cloud.faults.down_availability_zones = []
+    cloud.faults.coe = []
+    cloud.ledger.changed("", "coe-fault")  # the COE stand-ins re-plan (a Swarm node comes back up)
     return web.Response(status=204)
 
 

@@ -128,12 +128,41 @@ class ServerFault(msgspec.Struct):
     id: str | None = None
 
 
+class VolumeFault(msgspec.Struct):
+    """A named volume (or id) goes to ``error`` or disappears from Cinder at once (a backend's loss)."""
+
+    name: str
+    action: Literal["error", "vanish"] = "error"
+    id: str | None = None
+
+
+class LoadBalancerFault(msgspec.Struct):
+    """A named load balancer (or id) takes these statuses at once (an amphora's failure: ``ERROR`` / ``OFFLINE``)."""
+
+    name: str
+    provisioning_status: str | None = None
+    operating_status: str | None = None
+    id: str | None = None
+
+
+class CoeFault(msgspec.Struct):
+    """What a cluster's COE stand-in reports wrongly until cleared: its API's health endpoint answers
+    ``api_status`` (Kubernetes ``/healthz``, Swarm ``/_ping``, Marathon ``/ping``; 0: healthy), and the nodes
+    ``not_ready`` names (Kubernetes Ready=False, Swarm down, Mesos agent deactivated) while their servers run."""
+
+    cluster_id: str
+    api_status: int = 0
+    not_ready: list[str] = []
+    id: str | None = None
+
+
 class Faults(msgspec.Struct):
     boot_failure_rate: float = 0.0
     lb_failure_rate: float = 0.0  # fraction of load balancer create/update/delete steps that end in ERROR
     api: list[ApiFault] = []
     servers: list[ServerFault] = []
     down_availability_zones: list[str] = []
+    coe: list[CoeFault] = []
 
 
 class QuotaSets(msgspec.Struct, frozen=True):

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from deploy.devcloud import network
 from deploy.devcloud.clock import now_iso
+from deploy.devcloud.config import LoadBalancerFault
 from deploy.devcloud.state import Cloud, cloud_of
 from deploy.devcloud.web import (
     Ctx,
@@ -901,3 +902,19 @@ for _prefix in PREFIXES:
     routes.route("GET", _prefix, public=True)(versions)
     for _method, _path, _handler in _TABLE:
         routes.route(_method, f"{_prefix}{_path}")(_handler)
+
+
+def apply_load_balancer_fault(cloud: Cloud, fault: LoadBalancerFault) -> bool:
+    """The load balancer named (or with the id) ``fault.name`` takes the fault's statuses now (an amphora lost:
+    ``provisioning_status`` ERROR, ``operating_status`` OFFLINE); False when there is none."""
+    table = cloud.table(LB)
+    direct = table.get(fault.name)
+    targets = [direct] if direct is not None else [lb for lb in table.items.values() if lb["name"] == fault.name]
+    for lb in targets:
+        log.info("load_balancer_fault", lb_id=lb["id"], provisioning_status=fault.provisioning_status,
+                 operating_status=fault.operating_status)
+        if fault.operating_status:
+            lb["operating_status"] = fault.operating_status
+        _set(cloud, lb, fault.provisioning_status or lb["provisioning_status"])
+    return bool(targets)
+

@@ -145,6 +145,7 @@ class Cloud:
             api=list(config.faults.api),
             servers=list(config.faults.servers),
             down_availability_zones=list(config.faults.down_availability_zones),
+            coe=list(config.faults.coe),
         )
         self.ledger = Ledger(config.ledger.max_records)
         self.capacity = Capacity(

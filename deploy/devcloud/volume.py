@@ -8,12 +8,14 @@ import functools
 import json
 import re
 import weakref
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from deploy.devcloud.clock import now_iso_micro
+from deploy.devcloud.config import VolumeFault
 from deploy.devcloud.state import Cloud, cloud_of
 from deploy.devcloud.web import (
     Ctx,
@@ -549,6 +551,33 @@ def _sort(request: web.Request, items: list[dict[str, Any]]) -> list[dict[str, A
     return items
 
 
+TIME_OPERATORS = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "eq": lambda a, b: a == b,
+                  "neq": lambda a, b: a != b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}
+
+
+def _when(value: object) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _time_filter(items: list[dict[str, Any]], key: str, raw: str) -> list[dict[str, Any]]:
+    """Cinder 3.60's time filters: ``<op>:<ISO time>`` (``gt``, ``gte``, ``eq``, ``neq``, ``lt``, ``lte``; no
+    operator means ``eq``), several joined by commas; a volume never updated compares by its ``created_at``."""
+    for part in raw.split(","):
+        op, sep, text = part.partition(":")
+        if not sep or op not in TIME_OPERATORS:
+            op, text = "eq", part
+        at = _when(text)
+        if at is None:
+            raise nova_error(400, f"Invalid input received: invalid {key} filter {part!r}")
+        test = TIME_OPERATORS[op]
+        items = [v for v in items if (t := _when(v.get(key) or v.get("created_at"))) is not None and test(t, at)]
+    return items
+
+
 async def _list(request: web.Request, detail: bool) -> web.Response:
     c = ctx(request)
     cloud = cloud_of(request)
@@ -574,6 +603,11 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         value = qstr(request, key)
         if value is not None:
             items = [v for v in items if str(v.get(key)).lower() == value.lower()]
+    if microversion(request) >= (3, 60):  # created_at / updated_at with a comparison operator (``gte:<time>``)
+        for key in ("created_at", "updated_at"):
+            value = qstr(request, key)
+            if value is not None:
+                items = _time_filter(items, key, value)
     for raw_meta in request.query.getall("metadata", []):
         if raw_meta.lstrip().startswith("{"):
             want = _metadata_filter(raw_meta)
@@ -851,3 +885,22 @@ async def availability_zones(request: web.Request) -> web.Response:
     return json_response(
         {"availabilityZoneInfo": [{"zoneName": z, "zoneState": {"available": True}} for z in zones]}
     )
+
+
+def apply_volume_fault(cloud: Cloud, fault: VolumeFault) -> bool:
+    """The volume named (or with the id) ``fault.name`` goes to ``error``, or vanishes (gone from the table, its
+    attachment forgotten, the ledger's deletion now); False when there is none."""
+    table = cloud.table(KIND)
+    direct = table.get(fault.name)
+    targets = [direct] if direct is not None else [v for v in table.items.values() if v["name"] == fault.name]
+    for vol in targets:
+        log.info("volume_fault", volume_id=vol["id"], action=fault.action)
+        if fault.action == "vanish":
+            for attachment in vol["attachments"]:
+                _by_server(cloud).get(str(attachment.get("server_id")), {}).pop(vol["id"], None)
+            table.remove(vol["id"])
+            cloud.ledger.deleted(vol["id"])
+        else:
+            _set_status(cloud, vol, "error")
+    return bool(targets)
+

@@ -1333,3 +1333,66 @@ class Cloud:
                 log.debug("connection_close_failed", error=repr(exc))
             self._service = None
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------- the watch's and health's
+
+
+def find_api_host(c: ClusterCloud, prefix: str, cluster_id: str, *, master_lb: bool) -> str | None:
+    """Where the cluster's API is reached, found without changing anything (``infra.ensure`` makes what is missing,
+    a health pass must not): the floating IP in front of it, else the load balancer's VIP (``master_lb``) or the
+    first master's port's fixed IP. None when none of them exists."""
+    port_id: str | None = None
+    address: str | None = None
+    if master_lb:
+        lb = c._find_lb(prefix, cluster_id)
+        if lb is None:
+            return None
+        port_id, address = lb.vip_port_id, lb.vip_address
+    else:
+        name = model.node_port_name(model.node_name(prefix, model.MASTER, 0))
+        ports = [p for p in c._list(f"Listing the port {name} failed", lambda: c.conn.network.ports(name=name))
+                 if _owned(p, cluster_id)]
+        if not ports:
+            return None
+        port = _oldest(ports)
+        port_id, address = port.id, _first_ipv4(port)
+    if port_id:
+        ips = c._list("Listing the API's floating IP failed", lambda: c.conn.network.ips(port_id=port_id))
+        fip = next((str(ip.floating_ip_address) for ip in ips if ip.floating_ip_address), None)
+        if fip:
+            return fip
+    return str(address) if address else None
+
+
+def fetch_load_balancers(conn: openstack.connection.Connection) -> list[dict[str, Any]]:
+    """Every load balancer the service user sees (Octavia shows an admin every project's), as plain dicts of what
+    the watch reads. Octavia has no changes-since: this is a full listing, made at the watch's slower interval."""
+    keep = ("id", "name", "provisioning_status", "operating_status", "project_id", "updated_at")
+    return [{**{k: getattr(lb, k, None) for k in keep}, "tags": list(getattr(lb, "tags", None) or [])}
+            for lb in conn.load_balancer.load_balancers()]
+
+
+VOLUMES_MICROVERSION = "3.60"
+"""Cinder's microversion that filters volume lists on ``updated_at`` with comparison operators (``gte:``)."""
+
+
+def fetch_volumes(conn: openstack.connection.Connection, since: datetime | None) -> list[dict[str, Any]]:
+    """Every project's volumes (the service user's admin role, ``all_tenants``) updated since ``since``, or all of
+    them when ``since`` is None (the sweep that notices deleted volumes, which no filtered listing shows), as plain
+    JSON, pages of ``CHANGES_PAGE``."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] | None = {"all_tenants": "1", "limit": CHANGES_PAGE}
+    if since is not None:
+        params["updated_at"] = "gte:" + since.strftime("%Y-%m-%dT%H:%M:%S")  # type: ignore[index]
+    url: str | None = "/volumes/detail"
+    while url:
+        response = conn.block_storage.get(url, params=params, microversion=VOLUMES_MICROVERSION)
+        if response.status_code == 403:
+            raise PermissionError("the Cove service user may not list every project's volumes (all_tenants)")
+        response.raise_for_status()
+        body = response.json()
+        found.extend(body.get("volumes") or [])
+        url = next((link.get("href") for link in body.get("volumes_links") or [] if link.get("rel") == "next"), None)
+        params = None
+    return found

@@ -7,6 +7,11 @@ Docker engine's API is reached over TLS at the cluster's ``api_address`` (the lo
 manager's address, its floating IP when it has one), with a client certificate the certs service issues to the
 provisioner from the cluster CA (asked once per task and cluster).
 
+The health check (``check``): each driver names its probes (``drivers.base.Probe``: Kubernetes ``/healthz`` and
+``/api/v1/nodes``, Swarm ``/_ping`` and ``/nodes``, Marathon ``/ping`` and the Mesos master's ``/master/slaves``)
+and reads their answers; this module only sends them, at the same address and with the same client certificate,
+each bounded by a timeout so that a dead or hanging API costs the health pass at most that.
+
 The provisioner reaches only the networks ``COVE_PROVISIONER_COE_NETWORKS`` names (default ``127.0.0.0/8``, the
 devcloud's: a production deployment names the networks its clusters' API addresses are in, e.g. the external
 network's); a node whose cluster's API is elsewhere is deleted without a drain, and the log says why.
@@ -29,6 +34,7 @@ import aiohttp
 import structlog
 
 from services.provisioner.certificates import NodeTLS
+from services.provisioner.drivers.base import Answer, Probe
 
 log = structlog.get_logger(__name__)
 
@@ -55,14 +61,45 @@ def reachable(host: str, networks: Sequence[str]) -> bool:
 
 
 def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=endpoint.ca_cert_pem)
+    return client_context(endpoint.ca_cert_pem, endpoint.client)
+
+
+def client_context(ca_cert_pem: str, client: NodeTLS) -> ssl.SSLContext:
+    """TLS to a cluster's API: its CA trusted, the provisioner's client certificate presented."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_cert_pem)
     with tempfile.TemporaryDirectory() as tmp:  # the ssl module loads a client key only from files
         cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert.write_text(endpoint.client.cert_pem)
+        cert.write_text(client.cert_pem)
         key.touch(mode=0o600)
-        key.write_text(endpoint.client.key_pem)
+        key.write_text(client.key_pem)
         ctx.load_cert_chain(cert, key)
     return ctx
+
+
+async def check(host: str, api_port: int, probes: Sequence[Probe], *, tls: ssl.SSLContext | None,
+                timeout: float) -> dict[str, Answer]:
+    """Send a driver's health probes to ``host`` (the cluster's API address, which the caller made sure is
+    ``reachable``), one after the other; each gets at most ``timeout`` seconds. The answers by probe name: a probe
+    that could not be sent (refused, timed out, TLS refused, no TLS context for a TLS probe) says why in ``error``."""
+    answers: dict[str, Answer] = {}
+    limit = aiohttp.ClientTimeout(total=timeout, connect=timeout)
+    async with aiohttp.ClientSession(timeout=limit, connector=aiohttp.TCPConnector(ssl=False)) as http:
+        for probe in probes:
+            port = probe.port or api_port
+            if probe.tls and tls is None:
+                answers[probe.name] = Answer(error="no client certificate for the cluster's API")
+                continue
+            url = f"{'https' if probe.tls else 'http'}://{host}:{port}{probe.path}"
+            context: ssl.SSLContext | bool = tls if probe.tls and tls is not None else False
+            try:
+                async with http.get(url, ssl=context) as resp:
+                    answers[probe.name] = Answer(status=resp.status, body=await resp.text(errors="replace"))
+            except TimeoutError:
+                answers[probe.name] = Answer(error=f"{probe.path} on port {port}: no answer within {timeout:g} s")
+            except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+                answers[probe.name] = Answer(error=f"{probe.path} on port {port}: {exc.__class__.__name__}: "
+                                                   f"{str(exc)[:160]}")
+    return answers
 
 
 class DrainError(Exception):

@@ -2,7 +2,19 @@
 what the provisioner's watch (``watch.py``) last saw of its servers at the cloud.
 
 Pure part: ``node_health`` (one node: its server ACTIVE, ERROR, SHUTOFF, on a host that is down, or gone) and
-``cluster_health`` (Magnum's ``health_status`` and its ``health_status_reason`` dict, ``{"<node>.Ready": "True"}``).
+``cluster_health`` (Magnum's ``health_status`` and its ``health_status_reason`` dict, ``{"<node>.Ready": "True"}``),
+``coe_verdict`` (a node the COE's own health check calls not ready) and ``resource_problems`` (the cluster's load
+balancer in ERROR or OFFLINE, a volume of a running node in error or gone, as the watch last listed them).
+
+The COE's health check (``check_coe``): every ``COVE_PROVISIONER_API_CHECK_INTERVAL`` (15 s; the watch kicks each
+watched cluster when its check is due) the pass sends the driver's probes (``drivers.base.Probe``) to the cluster's
+API address, when that address lies in ``COVE_PROVISIONER_COE_NETWORKS``, each bounded by
+``COVE_PROVISIONER_API_CHECK_TIMEOUT``. An API that fails two checks in a row (the second 2 s after the first) puts
+``api: <why>`` in the reason and makes the cluster UNHEALTHY; a node the COE reports not ready while its server runs
+gets ``<node>.Ready: False`` and the COE's words. Neither drives auto-healing: the repair replaces what the *cloud*
+lost (NodeLost, billing ends); a node whose server runs but whose kubelet is NotReady is the COE's to heal (a reboot,
+magnum-auto-healer inside the cluster), and an API the provisioner cannot reach would otherwise make every node of a
+partitioned cluster look lost at once.
 
 ``reconcile`` is a pass of the cluster's own reconcile task (the single writer of its subject; the watch only kicks
 it): ``NodeLost`` for a node the cloud lost (accounting stops billing at the cloud's time), ``ClusterHealthChanged``
@@ -15,17 +27,24 @@ once it is ACTIVE the load balancer's members and floating IPs are brought up to
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 import structlog
 
 from proto import labels
 from proto.events import ClusterHealthChanged, NodeHealth, NodeLost, NodeRepaired
-from services.provisioner import infra, model, nodeplan, nodes, store
+from services.provisioner import certificates, coeapi, infra, model, nodeplan, nodes, store
+from services.provisioner.certificates import NodeTLS
+from services.provisioner.cloud import CloudError, find_api_host
+from services.provisioner.drivers import driver_for
+from services.provisioner.drivers.base import CoeHealth
+from services.provisioner.drivers.render import host_name
 from services.provisioner.state import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -55,6 +74,8 @@ class Observed:
     updated: datetime | None = None
     terminated_at: datetime | None = None
     host_status: str | None = None
+    addresses: tuple[str, ...] = ()
+    """The server's fixed and floating IPs (a Mesos agent is known to its master by its IP)."""
 
     @property
     def changed_at(self) -> datetime | None:
@@ -87,11 +108,19 @@ def node_health(node: model.KnownNode, seen: Observed | None, nodegroup: str | N
     return health(False, seen.status, f"the server is in {seen.status}")
 
 
-def cluster_health(nodes_health: Iterable[NodeHealth]) -> tuple[str, dict[str, str]]:
+def cluster_health(nodes_health: Iterable[NodeHealth], *, api: str | None = None,
+                   problems: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Magnum's ``health_status`` and ``health_status_reason``: one ``<node>.Ready`` per node (``True``/``False``),
-    and for a node that is not ready, ``<node>.reason`` in words."""
+    and for a node that is not ready, ``<node>.reason`` in words; ``api`` (the COE's API failing its health check,
+    in words) and each of ``problems`` (``resource_problems``) make it UNHEALTHY and are named in the reason."""
     reason: dict[str, str] = {}
     status = UNKNOWN
+    if api is not None:
+        reason["api"] = api
+        status = UNHEALTHY
+    for key, why in sorted((problems or {}).items()):
+        reason[key] = why
+        status = UNHEALTHY
     for n in sorted(nodes_health, key=lambda n: n.node_name):
         reason[f"{n.node_name}.Ready"] = "True" if n.healthy else "False"
         if not n.healthy:
@@ -100,6 +129,60 @@ def cluster_health(nodes_health: Iterable[NodeHealth]) -> tuple[str, dict[str, s
         elif status == UNKNOWN:
             status = HEALTHY
     return status, reason
+
+
+def coe_verdict(health: NodeHealth, seen: Observed | None, coe: CoeHealth | None) -> NodeHealth:
+    """A node whose server is healthy but whose COE reports it not ready (listed by its host name, its name or one
+    of its addresses) is not healthy, in the COE's words; a node the COE does not list is judged by its server."""
+    if coe is None or not health.healthy:
+        return health
+    names = (host_name(health.node_name), health.node_name, *(seen.addresses if seen is not None else ()))
+    verdict = next((coe.nodes[n] for n in names if n in coe.nodes), None)
+    if verdict is None or verdict[0]:
+        return health
+    return msgspec.structs.replace(health, healthy=False, reason=verdict[1])
+
+
+@dataclass(frozen=True)
+class ResourceSeen:
+    """A load balancer or a volume of a watched cluster as the watch last listed it (``gone``: no longer listed)."""
+
+    kind: str
+    """``load_balancer`` or ``volume``."""
+    resource_id: str
+    name: str
+    cluster_id: str
+    status: str
+    """Octavia's ``provisioning_status``, Cinder's ``status``."""
+    operating_status: str | None = None
+    server_id: str | None = None
+    """The server a volume is attached to."""
+    gone: bool = False
+
+
+LB_BROKEN = frozenset({"ERROR"})
+LB_DOWN = frozenset({"OFFLINE", "ERROR"})
+
+
+def resource_problems(resources: Iterable[ResourceSeen], live_servers: Iterable[str]) -> dict[str, str]:
+    """``<resource name>.status`` -> what is wrong, for the cluster's load balancer in ERROR, OFFLINE or gone, and for
+    each volume of a running node (``live_servers``) in error or gone; empty when nothing is."""
+    running = set(live_servers)
+    out: dict[str, str] = {}
+    for res in resources:
+        key = f"{res.name or res.resource_id}.status"
+        if res.kind == "load_balancer":
+            if res.gone:
+                out[key] = "the load balancer is gone from the cloud"
+            elif res.status in LB_BROKEN or (res.operating_status or "") in LB_DOWN:
+                out[key] = (f"the load balancer is provisioning_status {res.status}, "
+                            f"operating_status {res.operating_status}")
+        elif res.kind == "volume" and res.server_id in running:
+            if res.gone:
+                out[key] = f"the volume of server {res.server_id} is gone from the cloud"
+            elif res.status.startswith("error"):
+                out[key] = f"the volume of server {res.server_id} is in {res.status}"
+    return out
 
 
 def group_of(node: model.KnownNode, seen: Observed | None) -> str:
@@ -139,6 +222,86 @@ def _views(r: Reconciler, row: store.ClusterRow) -> Mapping[str, Observed]:
     return r.watcher.views_of(row.uuid) if r.watcher is not None else {}
 
 
+def _resources(r: Reconciler, row: store.ClusterRow) -> Iterable[ResourceSeen]:
+    found = getattr(r.watcher, "resources_of", None)
+    return found(row.uuid).values() if found is not None else ()
+
+
+@dataclass
+class ApiState:
+    """What the provisioner keeps of one cluster's COE health check between passes (``watch.Watcher.api``; a task
+    ends when idle, this does not): where the API is, the client certificate, and the last verdicts."""
+
+    host: str | None = None
+    unreachable: bool = False
+    """The API's address is outside ``COVE_PROVISIONER_COE_NETWORKS``: never checked (and the watch stops kicking)."""
+    ca_cert_pem: str | None = None
+    client: NodeTLS | None = None
+    tls: ssl.SSLContext | None = None
+    next_at: float = 0.0
+    """``time.monotonic()`` when the next check is due."""
+    failures: int = 0
+    """Checks in a row whose API failed."""
+    shown: CoeHealth | None = None
+    """The verdict the cluster's health shows (an API failure only from its second check in a row)."""
+
+
+API_FAILURES_SHOWN = 2
+"""An API failing this many checks in a row is shown (one refused connection during a master's roll is not)."""
+API_RETRY_SECONDS = 2.0
+"""How soon a check whose API failed is made again."""
+
+
+async def check_coe(r: Reconciler, row: store.ClusterRow) -> CoeHealth | None:
+    """The COE's health check when due (else its last verdict): None where there is none (no check interval, an
+    API outside ``coe_networks`` or not found yet, a copy without a watch)."""
+    states = getattr(r.watcher, "api", None)
+    interval = getattr(getattr(r.watcher, "settings", None), "api_interval", 0.0)
+    if states is None or interval <= 0 or row.spec is None or not row.trust_id:
+        return None
+    st = states.setdefault(row.uuid, ApiState())
+    now = time.monotonic()
+    if st.unreachable or now < st.next_at:
+        return st.shown
+    st.next_at = now + interval
+    built = row.resolved
+    try:
+        if st.host is None:
+            prefix = model.cluster_prefix(row.spec.name, row.uuid)
+            st.host = await r.cloud.call(row.trust_id, lambda c: find_api_host(
+                c, prefix, row.uuid, master_lb=built.master_lb_enabled))
+            if st.host is None:
+                return st.shown
+            if not coeapi.reachable(st.host, r.settings.coe_networks):
+                st.unreachable = True
+                log.info("coe_health_check_skipped", api_host=st.host,
+                         reason="the cluster's API is outside COVE_PROVISIONER_COE_NETWORKS")
+                return None
+        driver = driver_for(built.coe)
+        probes = driver.health_probes()
+        if any(p.tls for p in probes) and (st.tls is None or st.ca_cert_pem != row.ca_cert_pem):
+            if st.client is None or st.ca_cert_pem != row.ca_cert_pem:
+                st.client = await certificates.node_tls(r.bus.nc, row, coeapi.CLIENT_NAME, [])
+            st.tls = coeapi.client_context(row.ca_cert_pem or "", st.client)
+            st.ca_cert_pem = row.ca_cert_pem
+    except (CloudError, ssl.SSLError, ValueError) as exc:
+        log.warning("coe_health_check_unprepared", error=str(exc))
+        return st.shown
+    timeout = getattr(r.watcher.settings, "api_timeout", 5.0)  # type: ignore[union-attr]
+    answers = await coeapi.check(st.host, built.apiserver_port, probes, tls=st.tls, timeout=timeout)
+    verdict = driver.read_health(answers)
+    if verdict.api is None:
+        st.failures = 0
+        st.shown = verdict
+    else:
+        st.failures += 1
+        st.next_at = now + min(interval, API_RETRY_SECONDS)
+        if st.failures >= API_FAILURES_SHOWN:
+            st.shown = verdict
+        log.info("coe_api_unhealthy", api_host=st.host, failures=st.failures, reason=verdict.api)
+    return st.shown
+
+
 async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     """One health pass of a watched cluster (see the module's docstring)."""
     views = _views(r, row)
@@ -166,9 +329,12 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
     elif st.repairs:
         st.repairs.clear()
 
-    current = [node_health(n, views.get(sid), group_of(n, views.get(sid)))
+    coe = await check_coe(r, row)
+    current = [coe_verdict(node_health(n, views.get(sid), group_of(n, views.get(sid))), views.get(sid), coe)
                for sid, n in row.nodes.items() if n.status != model.NODE_DELETED]
-    status, why = cluster_health(current)
+    running = [sid for sid, n in row.nodes.items() if n.status not in (model.NODE_DELETED, model.NODE_FAILED)]
+    status, why = cluster_health(current, api=coe.api if coe is not None else None,
+                                 problems=resource_problems(_resources(r, row), running))
     if (status, why) != (row.health_status, row.health_reason or {}):
         await r.emit(row, ClusterHealthChanged(
             uuid=row.uuid, project_id=project, health_status=status,  # type: ignore[arg-type]

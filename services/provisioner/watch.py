@@ -15,8 +15,19 @@ falls back to one changes-since listing per project through one of the project's
 ``changes-since`` is compared with the servers' ``updated`` at second resolution, so each listing reaches back
 ``overlap`` seconds (2 s) before the previous one's start: what changed twice in a second or under a clock skew is not
 missed, and what is seen again unchanged is ignored. The first listing reaches back ``lookback`` (an hour): what
-happened while no provisioner ran. Ports, load balancers and volumes: see docs/adr/0009-cloud-change-notifications.md
-(a node's own port and volumes go with its server; the load balancer is checked by the task's passes).
+happened while no provisioner ran.
+
+Load balancers and volumes (``resources_of``), every ``COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL`` (5 s): Octavia has
+no changes-since, so one listing of every project's load balancers (an admin's default); Cinder filters on
+``updated_at`` (microversion 3.60), so one listing of the volumes updated since the last one, and every
+``COVE_PROVISIONER_WATCH_VOLUME_SWEEP`` (60 s) a full one, the only way to see that a volume vanished (Cinder lists no
+deleted volume). A watched cluster's load balancer (its tag) or volume (its ``cove_cluster_id`` metadata) that looks
+different is recorded (``health.ResourceSeen``) and its cluster kicked, as for a server. Ports go with their servers
+(docs/adr/0009-cloud-change-notifications.md).
+
+The COE's health check is the cluster task's (``health.check_coe``); the watch keeps its state across tasks (``api``)
+and kicks each watched cluster when its check is due (``COVE_PROVISIONER_API_CHECK_INTERVAL``, spread over the
+interval), skipping clusters whose API the provisioner may not reach.
 
 In N copies (docs/adr/0011) one copy lists: the one holding the singleton lease ``provisioner.singleton.watch``
 (``lead``). It sends what it records to the others (``publish_changes``, on ``cove.provisioner.watch.changes``),
@@ -30,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,8 +53,15 @@ import structlog
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 
-from services.provisioner.cloud import CloudSettings, cloud_time, fetch_changes
-from services.provisioner.health import Observed
+from services.provisioner import model
+from services.provisioner.cloud import (
+    CloudSettings,
+    cloud_time,
+    fetch_changes,
+    fetch_load_balancers,
+    fetch_volumes,
+)
+from services.provisioner.health import ApiState, Observed, ResourceSeen
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +80,15 @@ class WatchSettings:
     """Seconds between two reads of which clusters are watched (from the provisioner's store)."""
     scope: str = "all"
     """``all``: one all-tenants listing as the service user; ``project``: one listing per project via a trust."""
+    resource_interval: float = 5.0
+    """Seconds between two listings of load balancers and changed volumes (0: not watched;
+    ``COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL``)."""
+    volume_sweep: float = 60.0
+    """Seconds between two full volume listings, which see vanished volumes (``COVE_PROVISIONER_WATCH_VOLUME_SWEEP``)."""
+    api_interval: float = 15.0
+    """Seconds between two COE health checks of a cluster (0: none; ``COVE_PROVISIONER_API_CHECK_INTERVAL``)."""
+    api_timeout: float = 5.0
+    """Seconds each request of a COE health check may take (``COVE_PROVISIONER_API_CHECK_TIMEOUT``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WatchSettings:
@@ -68,6 +96,10 @@ class WatchSettings:
             interval=float(env.get("COVE_PROVISIONER_WATCH_INTERVAL", "0.2")),
             overlap=float(env.get("COVE_PROVISIONER_WATCH_OVERLAP", "2")),
             scope=env.get("COVE_PROVISIONER_WATCH_SCOPE", "all"),
+            resource_interval=float(env.get("COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL", "5")),
+            volume_sweep=float(env.get("COVE_PROVISIONER_WATCH_VOLUME_SWEEP", "60")),
+            api_interval=float(env.get("COVE_PROVISIONER_API_CHECK_INTERVAL", "15")),
+            api_timeout=float(env.get("COVE_PROVISIONER_API_CHECK_TIMEOUT", "5")),
         )
 
 
@@ -87,14 +119,41 @@ def observed(server: Mapping[str, Any]) -> Observed | None:
     if not cluster_id:
         return None
     fault = server.get("fault")
+    networks = server.get("addresses") or {}
+    addresses = tuple(str(a["addr"]) for net in networks.values() if isinstance(net, list) for a in net
+                      if isinstance(a, dict) and a.get("addr")) if isinstance(networks, dict) else ()
     return Observed(
         server_id=str(server["id"]), name=str(server.get("name") or ""),
         status=str(server.get("status") or "").upper(), cluster_id=str(cluster_id),
         nodegroup=meta.get("cove_nodegroup"), role=meta.get("cove_role"),
         fault=fault.get("message") if isinstance(fault, dict) else None,
         updated=cloud_time(server.get("updated")), terminated_at=cloud_time(server.get("OS-SRV-USG:terminated_at")),
-        host_status=server.get("host_status") or None,
+        host_status=server.get("host_status") or None, addresses=addresses,
     )
+
+
+TAG_PREFIX = model.cluster_tag("")
+
+
+def load_balancer_seen(lb: Mapping[str, Any]) -> ResourceSeen | None:
+    """What the watch keeps of a listed load balancer; None for one that is not a Cove cluster's (its tag)."""
+    cluster_id = next((t[len(TAG_PREFIX):] for t in lb.get("tags") or [] if str(t).startswith(TAG_PREFIX)), None)
+    if not cluster_id:
+        return None
+    return ResourceSeen("load_balancer", str(lb["id"]), str(lb.get("name") or ""), cluster_id,
+                        str(lb.get("provisioning_status") or ""), str(lb.get("operating_status") or "") or None)
+
+
+def volume_seen(vol: Mapping[str, Any]) -> ResourceSeen | None:
+    """What the watch keeps of a listed volume; None for one that is not a Cove cluster's (its metadata)."""
+    meta = vol.get("metadata") or {}
+    cluster_id = meta.get("cove_cluster_id") if isinstance(meta, dict) else None
+    if not cluster_id:
+        return None
+    attached = next((str(a["server_id"]) for a in vol.get("attachments") or []
+                     if isinstance(a, dict) and a.get("server_id")), None)
+    return ResourceSeen("volume", str(vol["id"]), str(vol.get("name") or ""), str(cluster_id),
+                        str(vol.get("status") or ""), server_id=attached)
 
 
 @dataclass
@@ -105,6 +164,10 @@ class WatchStats:
     failures: int = 0
     last_listing_seconds: float = 0.0
     kicks: int = 0
+    resource_listings: int = 0
+    resources_seen: int = 0
+    resource_changes: int = 0
+    api_kicks: int = 0
     started_cpu: float = field(default_factory=time.process_time)
 
 
@@ -146,6 +209,14 @@ class Watcher:
         """How ``receive`` kicks a cluster (default: as a listing here does)."""
         self._changed: list[Observed] = []
         self._primed: set[str] = set()
+        self.resources: dict[str, dict[str, ResourceSeen]] = {}
+        """Cluster id -> resource id -> its load balancer and volumes as last listed (the leading copy's)."""
+        self.api: dict[str, ApiState] = {}
+        """Cluster id -> its COE health check's state (``health.check_coe``), kept across the cluster's tasks."""
+        self._resources_at = 0.0
+        self._volumes_since: datetime | None = None
+        self._swept_at = 0.0
+        self._api_due: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -170,6 +241,9 @@ class Watcher:
 
     def views_of(self, cluster_id: str) -> Mapping[str, Observed]:
         return self.views.get(cluster_id, {})
+
+    def resources_of(self, cluster_id: str) -> Mapping[str, ResourceSeen]:
+        return self.resources.get(cluster_id, {})
 
     def lead(self, leading: bool) -> None:
         """Start (True) or stop listing the cloud: this copy took, or lost, the watch's singleton lease."""
@@ -240,7 +314,93 @@ class Watcher:
         if self._changed and self.publish_changes is not None:
             changed, self._changed = self._changed, []
             await self.publish_changes(changed)
+        self.kick_api_checks()
+        if self.settings.resource_interval > 0 and now_mono - self._resources_at >= self.settings.resource_interval:
+            self._resources_at = now_mono
+            try:
+                await self.list_resources()
+            except PermissionError as exc:  # a cloud that refuses all_tenants: the servers are still watched
+                log.warning("watch_resources_refused", reason=str(exc))
         return recorded
+
+    def kick_api_checks(self) -> int:
+        """Kick each watched cluster whose COE health check is due, except those whose API this copy found out of
+        reach; returns how many. A cluster's first kick falls somewhere in the first interval (the same place for
+        the same cluster: the checks of many clusters are spread out); after that, when the check that ran since
+        the last kick says (``ApiState.next_at``: sooner after a failure), else an interval after the last kick."""
+        interval = self.settings.api_interval
+        if interval <= 0:
+            return 0
+        now = time.monotonic()
+        kicked = 0
+        for cluster_id in self.watched:
+            state = self.api.get(cluster_id)
+            if state is not None and state.unreachable:
+                continue
+            last = self._api_due.get(cluster_id)
+            if last is None:
+                last = self._api_due[cluster_id] = now - interval + interval * (zlib.crc32(cluster_id.encode()) % 1000
+                                                                               ) / 1000
+            due = state.next_at if state is not None and state.next_at > last else last + interval
+            if now < due:
+                continue
+            self._api_due[cluster_id] = now
+            self.stats.api_kicks += 1
+            kicked += 1
+            self._kick(cluster_id)
+        return kicked
+
+    async def list_resources(self) -> int:
+        """One listing of every load balancer and of the volumes changed since the last one (all volumes, at the
+        sweep's interval); records what changed of the watched clusters' and kicks them. Returns how many
+        clusters it kicked."""
+        loop = asyncio.get_running_loop()
+        now, now_mono = datetime.now(UTC), time.monotonic()
+        since: datetime | None = None
+        sweep = self._volumes_since is None or now_mono - self._swept_at >= self.settings.volume_sweep
+        if not sweep and self._volumes_since is not None:
+            since = self._volumes_since - timedelta(seconds=self.settings.overlap)
+        conn = self._connection()
+        lbs, volumes = await asyncio.gather(
+            loop.run_in_executor(self._executor, lambda: fetch_load_balancers(conn)),
+            loop.run_in_executor(self._executor, lambda: fetch_volumes(conn, since)))
+        self._volumes_since = now
+        if sweep:
+            self._swept_at = now_mono
+        self.stats.resource_listings += 1
+        self.stats.resources_seen += len(lbs) + len(volumes)
+        return self.record_resources([s for s in map(load_balancer_seen, lbs) if s is not None],
+                                     [s for s in map(volume_seen, volumes) if s is not None], full_volumes=sweep)
+
+    def record_resources(self, lbs: list[ResourceSeen], volumes: list[ResourceSeen], *, full_volumes: bool) -> int:
+        """Record the watched clusters' load balancers (a full listing: one no longer listed is ``gone``) and
+        volumes (``gone`` only after a full listing), and kick each cluster with a change."""
+        dirty: set[str] = set()
+        listed: set[str] = set()
+
+        def keep(seen: ResourceSeen) -> None:
+            if seen.cluster_id not in self.watched:
+                return
+            listed.add(seen.resource_id)
+            views = self.resources.setdefault(seen.cluster_id, {})
+            if views.get(seen.resource_id) != seen:
+                views[seen.resource_id] = seen
+                dirty.add(seen.cluster_id)
+
+        for seen in [*lbs, *volumes]:
+            keep(seen)
+        for cluster_id, views in self.resources.items():
+            for rid, seen in list(views.items()):
+                vanished = rid not in listed and not seen.gone and (
+                    seen.kind == "load_balancer" or (seen.kind == "volume" and full_volumes))
+                if vanished:
+                    views[rid] = ResourceSeen(seen.kind, seen.resource_id, seen.name, seen.cluster_id, seen.status,
+                                              seen.operating_status, seen.server_id, gone=True)
+                    dirty.add(cluster_id)
+        for cluster_id in dirty:
+            self.stats.resource_changes += 1
+            self._kick(cluster_id)
+        return len(dirty)
 
     def record(self, servers: list[dict[str, Any]]) -> int:
         """Record what changed of the watched clusters' servers and kick each cluster that has a change."""
@@ -276,6 +436,9 @@ class Watcher:
                 self._kick(cluster_id)
         for cluster_id in self.watched.keys() - watched.keys():
             self.views.pop(cluster_id, None)
+            self.resources.pop(cluster_id, None)
+            self.api.pop(cluster_id, None)
+            self._api_due.pop(cluster_id, None)
             self._primed.discard(cluster_id)
         self.watched = watched
 
@@ -307,3 +470,4 @@ class Watcher:
             self._conn = openstack.connection.Connection(session=ks_session.Session(auth=auth),
                                                          app_name="cove-provisioner-watch")
         return self._conn
+

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from deploy.devcloud.coe.plan import Binding, Key, Plan, Rules
+from deploy.devcloud.config import CoeFault
 from deploy.devcloud.state import Cloud
 
 
@@ -30,6 +31,11 @@ def local_key(request: web.Request) -> Key | None:
     """The (ip, port) the request came in at: which node (or load balancer) it is served as."""
     sock = request.transport.get_extra_info("sockname") if request.transport else None
     return (str(sock[0]), int(sock[1])) if sock else None
+
+
+def coe_fault(cloud: Cloud, cluster_id: str) -> CoeFault | None:
+    """The fault injected into this cluster's COE (``POST /admin/faults/coe``), if any."""
+    return next((f for f in cloud.faults.coe if f.cluster_id == cluster_id), None)
 
 
 def runner(app: web.Application) -> web.AppRunner:

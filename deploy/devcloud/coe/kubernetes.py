@@ -1,7 +1,8 @@
 """The stand-in for a Kubernetes cluster's kube-apiserver (issue 17): TLS with the serving certificate kubeadm would
 make on the first master (signed with the cluster CA key its user data carries), client-certificate authentication
-against the cluster CA, and ``/version``, ``/healthz``, ``/api/v1/nodes`` (the cluster's ACTIVE servers, Ready) and
-``/api/v1/pods`` (empty)."""
+against the cluster CA, and ``/version``, ``/healthz``, ``/api/v1/nodes`` (the cluster's ACTIVE servers, Ready; its
+servers that stopped running, Ready Unknown as the node lifecycle controller marks them) and ``/api/v1/pods`` (empty).
+A COE fault (``POST /admin/faults/coe``) makes ``/healthz`` fail or names nodes whose kubelet reports NotReady."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from deploy.devcloud.coe.base import Endpoint, StandIn, load_chain, runner
+from deploy.devcloud.coe.base import Endpoint, StandIn, coe_fault, load_chain, runner
 from deploy.devcloud.coe.plan import Binding, Key, Node, Plan, Rules
 from deploy.devcloud.coe.userdata import NodeFiles
 from deploy.devcloud.state import Cloud
 
 ROLE_READS = {"cluster-admin": frozenset({"nodes", "pods"}), "admin": frozenset({"pods"}),
-              "edit": frozenset({"pods"}), "view": frozenset({"pods"})}
+              "edit": frozenset({"pods"}), "view": frozenset({"pods"}), "system:heapster": frozenset({"nodes", "pods"})}
 """What Kubernetes' default ClusterRoles let a group read of what the stand-in serves (``view`` covers namespaced
 resources only, so not nodes)."""
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version", "/version/")  # system:public-info-viewer: anonymous may read
@@ -111,13 +112,19 @@ def _list(kind: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
 
 
-def _node(p: Plan, n: Node) -> dict[str, Any]:
+NOT_READY = {"status": "False", "reason": "KubeletNotReady",
+             "message": "container runtime network not ready: NetworkReady=false (devcloud injected COE fault)"}
+UNKNOWN = {"status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}
+"""What the node lifecycle controller sets once a node's kubelet stops posting (its server no longer runs)."""
+
+
+def _node(p: Plan, n: Node, condition: dict[str, str] | None = None) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
     if n.role == "master":
         labels["node-role.kubernetes.io/control-plane"] = ""
     ready = {"type": "Ready", "status": "True", "reason": "KubeletReady",
              "message": "kubelet is posting ready status", "lastHeartbeatTime": n.created,
-             "lastTransitionTime": n.created}
+             "lastTransitionTime": n.created, **(condition or {})}
     return {
         "kind": "Node", "apiVersion": "v1",
         "metadata": {"name": n.name, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, n.server_id)), "resourceVersion": "1",
@@ -206,14 +213,26 @@ class KubernetesEndpoint(Endpoint):
     def _may_read(self, request: web.Request, resource: str) -> bool:
         """system:masters reads everything; another group what the ClusterRoleBindings of the first master's user
         data (``/etc/cove/rbac.yaml``) give it."""
-        groups = set(request.get("user", ("", []))[1])
+        user, groups = request.get("user", ("", []))
         if "system:masters" in groups:
             return True
         return any(g in groups and resource in ROLE_READS.get(role, frozenset())
-                   for g, role in self.plan.first.group_roles)
+                   for g, role in self.plan.first.group_roles) or any(
+            u == user and resource in ROLE_READS.get(role, frozenset()) for u, role in self.plan.first.user_roles)
 
     async def healthz(self, request: web.Request) -> web.Response:
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        if fault is not None and fault.api_status:
+            return web.Response(status=fault.api_status, text="[-]etcd failed: reason withheld\nhealthz check failed")
         return web.Response(text="ok")
+
+    def listed(self) -> list[dict[str, Any]]:
+        """The node objects: each running server's (Ready unless a COE fault names it), then each server that no
+        longer runs (Ready Unknown: its kubelet stopped posting)."""
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        not_ready = set(fault.not_ready) if fault is not None else set()
+        return [*(_node(self.plan, n, NOT_READY if n.name in not_ready else None) for n in self.plan.nodes),
+                *(_node(self.plan, n, UNKNOWN) for n in self.plan.down)]
 
     async def version(self, request: web.Request) -> web.Response:
         tag = self.plan.first.kube_tag
@@ -236,15 +255,15 @@ class KubernetesEndpoint(Endpoint):
     async def nodes(self, request: web.Request) -> web.Response:
         if not self._may_read(request, "nodes"):
             return _status(403, "Forbidden", 'nodes is forbidden: User cannot list resource "nodes"')
-        return web.json_response(_list("NodeList", [_node(self.plan, n) for n in self.plan.nodes]))
+        return web.json_response(_list("NodeList", self.listed()))
 
     async def node(self, request: web.Request) -> web.Response:
         if not self._may_read(request, "nodes"):
             return _status(403, "Forbidden", 'nodes is forbidden: User cannot get resource "nodes"')
         name = request.match_info["name"]
-        for n in self.plan.nodes:
-            if n.name == name:
-                return web.json_response(_node(self.plan, n))
+        for node in self.listed():
+            if node["metadata"]["name"] == name:
+                return web.json_response(node)
         return _status(404, "NotFound", f'nodes "{name}" not found')
 
     async def pods(self, request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from deploy.devcloud.coe.base import Endpoint, StandIn, runner
+from deploy.devcloud.coe.base import Endpoint, StandIn, coe_fault, runner
 from deploy.devcloud.coe.plan import Binding, Key, Node, Plan, Rules
 from deploy.devcloud.coe.userdata import NodeFiles
 from deploy.devcloud.state import Cloud
@@ -43,6 +43,8 @@ class MesosEndpoint(Endpoint):
         mesos.router.add_get("/master/state", self.state)
         mesos.router.add_get("/state", self.state)
         mesos.router.add_get("/health", self.health)
+        mesos.router.add_get("/master/slaves", self.slaves)
+        mesos.router.add_get("/slaves", self.slaves)
         mesos.router.add_get("/master/health", self.health)
         self.marathon = runner(marathon)
         self.mesos = runner(mesos)
@@ -67,6 +69,9 @@ class MesosEndpoint(Endpoint):
     # ------------------------------------------------------------------------------------------ Marathon
 
     async def ping(self, request: web.Request) -> web.Response:
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        if fault is not None and fault.api_status:
+            return web.Response(status=fault.api_status, text="devcloud injected COE fault")
         return web.Response(text="pong", headers={"Cache-Control": "must-revalidate,no-cache,no-store"})
 
     async def info(self, request: web.Request) -> web.Response:
@@ -121,19 +126,34 @@ class MesosEndpoint(Endpoint):
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
 
-    async def state(self, request: web.Request) -> web.Response:
-        leader = self.leader()
-        pid = f"master@{leader.addresses[0]}:{MESOS_PORT}" if leader is not None else ""
-        agents = [n for n in self.plan.nodes if n.role == "worker"]
+    def agents(self) -> list[dict[str, Any]]:
+        """The agents: every worker the cluster built, by its host name; ``active`` while its server runs and no
+        COE fault names it (the master deactivates an agent whose health checks fail)."""
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        not_ready = set(fault.not_ready) if fault is not None else set()
         prefix = uuid.uuid5(uuid.NAMESPACE_URL, "mesos-master/" + self.plan.cluster_id)
         resources = {"disk": 10240.0, "mem": 3072.0, "gpus": 0.0, "cpus": 2.0, "ports": "[31000-32000]"}
         empty = {"disk": 0.0, "mem": 0.0, "gpus": 0.0, "cpus": 0.0}
-        slaves = [{"id": f"{prefix}-S{i}", "pid": f"slave(1)@{(n.addresses or ('',))[0]}:{AGENT_PORT}",
-                   "hostname": (n.addresses or (n.name,))[0], "registered_time": self.started, "resources": resources,
-                   "used_resources": empty, "offered_resources": empty, "reserved_resources": {},
-                   "unreserved_resources": resources, "attributes": {}, "active": True, "version": MESOS_VERSION,
-                   "capabilities": ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT"]}
-                  for i, n in enumerate(agents)]
+        workers = [(n, True) for n in self.plan.nodes if n.role == "worker"] + [
+            (n, False) for n in self.plan.down if n.role == "worker"]
+        return [{"id": f"{prefix}-S{uuid.uuid5(uuid.NAMESPACE_URL, n.server_id)}",
+                 "pid": f"slave(1)@{(n.addresses or ('',))[0]}:{AGENT_PORT}",
+                 "hostname": (n.addresses or (n.name,))[0],  # MESOS_HOSTNAME is the node's IP (the driver's)
+                 "registered_time": self.started, "resources": resources,
+                 "used_resources": empty, "offered_resources": empty, "reserved_resources": {},
+                 "unreserved_resources": resources, "attributes": {},
+                 "active": running and n.name not in not_ready, "version": MESOS_VERSION,
+                 "capabilities": ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT"]}
+                for n, running in workers]
+
+    async def slaves(self, request: web.Request) -> web.Response:
+        return web.json_response({"slaves": self.agents(), "recovered_slaves": []})
+
+    async def state(self, request: web.Request) -> web.Response:
+        leader = self.leader()
+        pid = f"master@{leader.addresses[0]}:{MESOS_PORT}" if leader is not None else ""
+        prefix = uuid.uuid5(uuid.NAMESPACE_URL, "mesos-master/" + self.plan.cluster_id)
+        slaves = [s for s in self.agents() if s["active"]]
         return web.json_response({
             "version": MESOS_VERSION, "git_sha": "devcloud", "build_date": "2024-01-01 00:00:00",
             "build_time": 1704067200.0, "build_user": "devcloud", "start_time": self.started,

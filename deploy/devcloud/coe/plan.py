@@ -55,6 +55,9 @@ class Plan:
     project_id: str = ""
     nodes: list[Node] = field(default_factory=list)
     """The cluster's ACTIVE servers of the same COE and CA, in creation order."""
+    down: list[Node] = field(default_factory=list)
+    """The cluster's servers of the same COE that were built but do not run now (ERROR, SHUTOFF...): a COE still
+    lists them, not ready (Kubernetes until the node object is deleted, Swarm as ``down``, Mesos deactivated)."""
     bindings: dict[Key, Binding] = field(default_factory=dict)
     master_ips: set[str] = field(default_factory=set)
 
@@ -133,7 +136,8 @@ def plan(cloud: Cloud, known: dict[str, tuple[str, NodeFiles]], rules: dict[str,
                         # a joining master takes the cluster's ClusterConfiguration (certSANs) and RBAC from the
                         # control plane it joins, as kubeadm join does from the kubeadm-config ConfigMap
                         files = dataclasses.replace(files, cert_sans=files.cert_sans or held[1].cert_sans,
-                                                    group_roles=files.group_roles or held[1].group_roles)
+                                                    group_roles=files.group_roles or held[1].group_roles,
+                                                    user_roles=files.user_roles or held[1].user_roles)
                     known[cid] = (s["id"], files)
         if cid not in known:
             continue
@@ -142,6 +146,10 @@ def plan(cloud: Cloud, known: dict[str, tuple[str, NodeFiles]], rules: dict[str,
         p = Plan(cid, first, str(servers[0].get("created") or ""), first_id,
                  str(record["project_id"]) if record else "")
         for s, files in parsed:
+            if files is not None and files.coe == first.coe and s["status"] not in ("ACTIVE", "BUILD"):
+                fixed_ips = [ip["ip_address"] for port in _server_ports(cloud, s["id"]) for ip in port.get("fixed_ips") or []]
+                p.down.append(Node(s["id"], files.node_name, files.role, tuple(fixed_ips), str(s.get("created") or ""),
+                                   files))
             if files is None or s["status"] != "ACTIVE" or files.coe != first.coe:
                 continue
             ports = _server_ports(cloud, s["id"])

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from deploy.devcloud.coe.base import Endpoint, StandIn, load_chain, local_key, runner
+from deploy.devcloud.coe.base import Endpoint, StandIn, coe_fault, load_chain, local_key, runner
 from deploy.devcloud.coe.plan import Binding, Key, Node, Plan, Rules
 from deploy.devcloud.coe.userdata import NodeFiles
 from deploy.devcloud.state import Cloud
@@ -247,7 +247,7 @@ class SwarmEndpoint(Endpoint):
                     {"Type": "Volume", "Name": "local"}]},
                 "TLSInfo": {"TrustRoot": self.plan.ca_cert_pem},
             },
-            "Status": {"State": "ready", "Addr": n.addr} if n.up else {
+            "Status": {"State": "ready", "Addr": n.addr} if self.up(n) else {
                 "State": "down", "Message": "heartbeat failure", "Addr": n.addr},
         }
         if n.manager:
@@ -258,8 +258,16 @@ class SwarmEndpoint(Endpoint):
                 out["ManagerStatus"]["Leader"] = True
         return out
 
+    def up(self, n: SwarmNode) -> bool:
+        """The node's heartbeat reaches the managers: its server runs and no COE fault names it."""
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        return n.up and (fault is None or n.hostname not in fault.not_ready)
+
     async def ping(self, request: web.Request) -> web.Response:
         headers = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"}
+        fault = coe_fault(self.cloud, self.plan.cluster_id)
+        if fault is not None and fault.api_status:
+            return error(fault.api_status, "devcloud injected COE fault: the engine is not answering")
         if request.method == "HEAD":
             return web.Response(headers=headers, content_type="text/plain", charset="utf-8")
         return web.Response(text="OK", headers=headers, content_type="text/plain", charset="utf-8")

@@ -52,6 +52,8 @@ class NodeFiles:
     """Kubernetes: kubeadm's ``certSANs``."""
     group_roles: tuple[tuple[str, str], ...] = ()
     """Kubernetes: (group, ClusterRole) of the ClusterRoleBindings in ``/etc/cove/rbac.yaml``."""
+    user_roles: tuple[tuple[str, str], ...] = ()
+    """Kubernetes: (user, ClusterRole) of the same bindings' ``User`` subjects (the provisioner's health check)."""
     tls_ca_pem: str | None = None
     server_cert_pem: str | None = None
     server_key_pem: str | None = None
@@ -109,6 +111,7 @@ def read_user_data(raw: str | None) -> NodeFiles | None:
         service_cidr=env.get("SERVICE_CIDR", ""),
         cert_sans=_cert_sans(files.get(KUBEADM_CONFIG_PATH, "")),
         group_roles=_group_roles(files.get(RBAC_PATH, "")),
+        user_roles=_group_roles(files.get(RBAC_PATH, ""), kind="User"),
         tls_ca_pem=files.get(DOCKER_CA_PATH),
         server_cert_pem=files.get(DOCKER_CERT_PATH),
         server_key_pem=files.get(DOCKER_KEY_PATH),
@@ -135,7 +138,7 @@ def _cert_sans(kubeadm_config: str) -> tuple[str, ...]:
     return tuple(sans)
 
 
-def _group_roles(manifest: str) -> tuple[tuple[str, str], ...]:
+def _group_roles(manifest: str, kind: str = "Group") -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     try:
         for part in yaml.safe_load_all(manifest):
@@ -143,7 +146,7 @@ def _group_roles(manifest: str) -> tuple[tuple[str, str], ...]:
                 continue
             role = str((part.get("roleRef") or {}).get("name") or "")
             out += [(str(s.get("name")), role) for s in part.get("subjects") or []
-                    if isinstance(s, dict) and s.get("kind") == "Group"]
+                    if isinstance(s, dict) and s.get("kind") == kind]
     except yaml.YAMLError:
         pass
     return tuple(out)

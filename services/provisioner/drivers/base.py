@@ -8,6 +8,7 @@ One module per COE (``kubernetes.py``, ``swarm.py``, ``mesos.py``); ``drivers.dr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -105,6 +106,44 @@ class HealthCheck:
     path: str | None = None
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One request of a driver's health check through the cluster's API address (``coeapi.check`` sends it):
+    ``GET path`` on ``port`` (None: the cluster's API port), over TLS with the provisioner's client certificate
+    from the cluster CA when ``tls``, else plain HTTP (Marathon, the Mesos master)."""
+
+    name: str
+    path: str
+    port: int | None = None
+    tls: bool = True
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one probe got: the HTTP status and body, or ``error`` (refused, timed out, TLS refused) and no status."""
+
+    status: int | None = None
+    body: str = ""
+    error: str | None = None
+
+    def failure(self) -> str | None:
+        """None for a 2xx answer, else the failure in words (``health_status_reason``'s ``api`` value)."""
+        if self.error is not None:
+            return self.error
+        if self.status is not None and 200 <= self.status < 300:
+            return None
+        return f"HTTP {self.status}: {self.body.strip()[:120]}".rstrip(": ")
+
+
+@dataclass(frozen=True)
+class CoeHealth:
+    """A driver's reading of its probes' answers: ``api`` None when the API is healthy, else why not; ``nodes``
+    the COE's own verdict per node it lists, by the node's host name (``render.host_name``): (ready, reason)."""
+
+    api: str | None
+    nodes: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+
 class CoeDriver(Protocol):
     coe: str
     default_api_port: int
@@ -142,6 +181,15 @@ class CoeDriver(Protocol):
         ...
 
     def health_checks(self) -> list[HealthCheck]:
+        ...
+
+    def health_probes(self) -> list[Probe]:
+        """The requests of the COE's health check the provisioner sends through the cluster's API address (every
+        ``COVE_PROVISIONER_API_CHECK_INTERVAL``, ``health.py``): the API's own health, and the COE's list of nodes."""
+        ...
+
+    def read_health(self, answers: Mapping[str, Answer]) -> CoeHealth:
+        """What the answers to ``health_probes`` (by probe name) say: pure, so that it is tested without a COE."""
         ...
 
     def cluster_config(self) -> str:

@@ -24,14 +24,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proto import labels as label_rules
-from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
+from services.provisioner.drivers.base import (
+    Answer,
+    CoeHealth,
+    HealthCheck,
+    NodeContext,
+    PortRule,
+    Probe,
+    Role,
+)
 from services.provisioner.drivers.render import (
     ENV_PATH,
     SHELL_HELPERS,
@@ -470,6 +480,13 @@ class KubernetesDriver:
                         port=2381, path="/health"),
         ]
 
+    def health_probes(self) -> list[Probe]:
+        """Magnum's Kubernetes monitor: the API server's ``/healthz``, and every node's ``Ready`` condition."""
+        return [Probe("api", "/healthz"), Probe("nodes", "/api/v1/nodes")]
+
+    def read_health(self, answers: Mapping[str, Answer]) -> CoeHealth:
+        return kubernetes_health(answers)
+
     def cluster_config(self) -> str:
         return (
             "A kubeconfig whose server is the cluster's api_address (https) and whose client certificate "
@@ -489,7 +506,10 @@ def rbac_manifest() -> str:
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
         }
 
-    return dump_yaml_all([binding(ADMIN_GROUP, "cluster-admin"), binding(VIEW_GROUP, "view")])
+    health = binding(HEALTH_USER, HEALTH_ROLE)  # the provisioner's health check reads the nodes' Ready condition
+    health["metadata"]["name"] = "cove:provisioner-health"
+    health["subjects"] = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": HEALTH_USER}]
+    return dump_yaml_all([binding(ADMIN_GROUP, "cluster-admin"), binding(VIEW_GROUP, "view"), health])
 
 
 def _overlay_rules(driver: str) -> list[PortRule]:
@@ -539,3 +559,45 @@ def _check_node(node: NodeContext) -> None:
         if _load_key(node.ca_key_pem).public_key().public_bytes(serialization.Encoding.DER, public) != \
                 cert.public_key().public_bytes(serialization.Encoding.DER, public):
             raise ValueError("ca_key_pem is not the key of ca_cert_pem")
+
+
+HEALTH_USER = "cove-provisioner"
+"""The CN of the provisioner's client certificate (``coeapi.CLIENT_NAME``): bound to ``HEALTH_ROLE`` by
+``rbac_manifest`` so that the health check may list the nodes, and nothing more than that role reads."""
+HEALTH_ROLE = "system:heapster"
+"""A ClusterRole every Kubernetes has (bootstrap policy): get, list and watch of nodes, pods, namespaces and events,
+no write and no secret."""
+
+
+def kubernetes_health(answers: Mapping[str, Answer]) -> CoeHealth:
+    """``/healthz`` must answer 200 ``ok``; each node listed by ``/api/v1/nodes`` is ready when its ``Ready``
+    condition is ``True`` (a node the API does not list, or a node list the API refused, is not judged here)."""
+    healthz = answers.get("api") or Answer(error="not asked")
+    api = healthz.failure()
+    if api is None and healthz.body.strip() != "ok":
+        api = f"/healthz answered {healthz.body.strip()[:120]!r}"
+    nodes: dict[str, tuple[bool, str]] = {}
+    listed = answers.get("nodes")
+    if api is None and listed is not None and listed.failure() is None:
+        try:
+            items = json.loads(listed.body).get("items") or []
+        except (ValueError, AttributeError):
+            items = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            name = str((item.get("metadata") or {}).get("name") or "")
+            conditions = (item.get("status") or {}).get("conditions") or []
+            ready = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"), None)
+            if not name:
+                continue
+            if ready is None:
+                nodes[name] = (False, "Kubernetes reports no Ready condition for the node")
+            elif ready.get("status") == "True":
+                nodes[name] = (True, "")
+            else:
+                why = ": ".join(str(x) for x in (ready.get("reason"), ready.get("message")) if x)
+                nodes[name] = (False, f"Kubernetes reports the node Ready={ready.get('status')}"
+                                      + (f" ({why})" if why else ""))
+    return CoeHealth(api=api, nodes=nodes)
+

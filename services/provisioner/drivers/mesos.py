@@ -37,9 +37,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 
 from proto import labels as label_rules
-from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
+from services.provisioner.drivers.base import (
+    Answer,
+    CoeHealth,
+    HealthCheck,
+    NodeContext,
+    PortRule,
+    Probe,
+    Role,
+)
 from services.provisioner.drivers.render import (
     CA_PATH,
     ENGINE_HELPERS,
@@ -440,6 +449,14 @@ class MesosDriver:
                         path="/health"),
         ]
 
+    def health_probes(self) -> list[Probe]:
+        """Marathon's ``/ping`` at the API port and the Mesos master's ``/master/slaves`` (each agent ``active``),
+        plain HTTP as both serve by default."""
+        return [Probe("api", "/ping", tls=False), Probe("nodes", "/master/slaves", MESOS_MASTER_PORT, tls=False)]
+
+    def read_health(self, answers: Mapping[str, Answer]) -> CoeHealth:
+        return mesos_health(answers)
+
     def cluster_config(self) -> str:
         return (
             "Nothing: python-magnumclient's `cluster config` returns None for a Mesos cluster and writes no file. "
@@ -474,3 +491,22 @@ def _check_node(node: NodeContext) -> None:
             ipaddress.ip_address(node.node_address)
         except ValueError:
             raise ValueError(f"node_address {node.node_address!r} is not an IP address") from None
+
+
+def mesos_health(answers: Mapping[str, Answer]) -> CoeHealth:
+    """Marathon's ``/ping`` must answer 200; each agent ``/master/slaves`` lists is ready while ``active``."""
+    ping = answers.get("api") or Answer(error="not asked")
+    api = ping.failure()
+    listed = answers.get("nodes")
+    nodes: dict[str, tuple[bool, str]] = {}
+    if api is None and listed is not None and listed.failure() is None:
+        try:
+            slaves = json.loads(listed.body).get("slaves") or []
+        except (ValueError, AttributeError):
+            slaves = []
+        for agent in slaves:
+            if isinstance(agent, dict) and agent.get("hostname"):
+                nodes[str(agent["hostname"])] = (True, "") if agent.get("active", True) else (
+                    False, "Mesos reports the agent deactivated")
+    return CoeHealth(api=api, nodes=nodes)
+

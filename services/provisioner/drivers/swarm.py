@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
@@ -39,7 +40,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from proto import labels as label_rules
-from services.provisioner.drivers.base import HealthCheck, NodeContext, PortRule, Role
+from services.provisioner.drivers.base import (
+    Answer,
+    CoeHealth,
+    HealthCheck,
+    NodeContext,
+    PortRule,
+    Probe,
+    Role,
+)
 from services.provisioner.drivers.render import (
     CA_PATH,
     ENGINE_HELPERS,
@@ -293,6 +302,13 @@ class SwarmDriver:
                         path="/_ping"),
         ]
 
+    def health_probes(self) -> list[Probe]:
+        """The engine's ``/_ping`` and the swarm's ``/nodes`` (each node's ``Status.State``), over TLS."""
+        return [Probe("api", "/_ping"), Probe("nodes", "/nodes")]
+
+    def read_health(self, answers: Mapping[str, Answer]) -> CoeHealth:
+        return swarm_health(answers)
+
     def cluster_config(self) -> str:
         return (
             "A docker environment, as python-magnumclient's `cluster config` writes it for Swarm: "
@@ -369,3 +385,32 @@ def _check_node(node: NodeContext) -> None:
         except ValueError:
             raise ValueError(f"node_address {node.node_address!r} is not an IP address") from None
     check_server_certificate(node)
+
+
+def swarm_health(answers: Mapping[str, Answer]) -> CoeHealth:
+    """``/_ping`` must answer 200; each node ``/nodes`` lists is ready when its ``Status.State`` is ``ready`` (a
+    manager answering 503 to ``/nodes``, no quorum, makes the API unhealthy)."""
+    ping = answers.get("api") or Answer(error="not asked")
+    api = ping.failure()
+    listed = answers.get("nodes")
+    nodes: dict[str, tuple[bool, str]] = {}
+    if api is None and listed is not None:
+        if listed.status == 503:
+            api = f"/nodes: {listed.failure()}"
+        elif listed.failure() is None:
+            try:
+                found = json.loads(listed.body)
+            except ValueError:
+                found = []
+            for node in found if isinstance(found, list) else []:
+                if not isinstance(node, dict):
+                    continue
+                name = str((node.get("Description") or {}).get("Hostname") or "")
+                status = node.get("Status") or {}
+                state = str(status.get("State") or "unknown")
+                if name:
+                    nodes[name] = (True, "") if state == "ready" else (
+                        False, f"Swarm reports the node {state}" + (
+                            f" ({status['Message']})" if status.get("Message") else ""))
+    return CoeHealth(api=api, nodes=nodes)
+
