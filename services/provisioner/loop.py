@@ -77,6 +77,8 @@ class Reconciler:
         self._leases: dict[str, Lease] = {}
         self._copy_lease: Lease | None = None
         self._adopter: asyncio.Task[None] | None = None
+        self._orphans_seen: set[str] = set()
+        """The orphans the latest adoption pass found (``adopt``)."""
         self._kick_sub: object | None = None
         self.forwarded = 0
         """Kicks passed to the copy holding the cluster's lease."""
@@ -140,30 +142,40 @@ class Reconciler:
         needing = await store.clusters_needing_work(self.pool)
         free = [c for c in needing if c not in self._tasks]
         if not free:
+            self._orphans_seen = set()
             return 0
         live = await self.leases.live(LEASE_PREFIX)
         me = self.leases.holder
         orphans = [c for c in free if live.get(lease_key(c), me) == me]
+        # An orphan a pass before this one saw too was left by every copy's share: taken whatever the share.
+        # The shares add up to the clusters needing work only while every copy adopts; a copy whose adopter
+        # stalls (a NATS node lost under its listing) would otherwise strand what no other copy's share covers
+        # (seen: the last 2 clusters of 20, with 2 copies: share 1 each, one taken, one left CREATE_IN_PROGRESS).
+        overdue = [c for c in orphans if c in self._orphans_seen]
+        self._orphans_seen = set(orphans)
         if not orphans:
             return 0
         copies = max(1, len(set((await self.leases.live(COPY_PREFIX)).values())))
         share = math.ceil(len(needing) / copies)
         mine = sum(1 for c in needing if c in self._tasks)
         random.shuffle(orphans)  # copies adopting at once start from different ends
-        taken = 0
-        for cluster_id in orphans[:max(0, share - mine)]:
+        chosen = dict.fromkeys([*overdue, *orphans[:max(0, share - mine)]])
+        for cluster_id in chosen:
             self.ensure(cluster_id, forwarded=True)
-            taken += 1
-        if taken:
-            log.info("reconcile_adopting", clusters=taken, share=share, copies=copies)
-        return taken
+        if chosen:
+            log.info("reconcile_adopting", clusters=len(chosen), overdue=len(overdue), share=share, copies=copies)
+        return len(chosen)
+
+    ADOPT_TIMEOUT = 30.0
+    """Seconds one adoption pass may take (two listings of the leases and one query) before it is abandoned and
+    the next period tries again: a pass that hung would end this copy's adoptions for good."""
 
     async def _adopt_forever(self) -> None:
         assert self.leases is not None
         while not self._stopping:
             await asyncio.sleep(self.leases.settings.ttl / 2)
             try:
-                await self.adopt()
+                await asyncio.wait_for(self.adopt(), max(self.ADOPT_TIMEOUT, 10 * self.leases.settings.ttl))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS or the database: the next period tries again

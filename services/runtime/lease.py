@@ -175,17 +175,28 @@ class Leases:
             self._lose(lease, f"taken over at revision {entry.revision}")
             raise LeaseLost(lease.key, lease.reason)
 
-    async def live(self, prefix: str = "") -> dict[str, str]:
-        """Every live lease under ``prefix`` (ending in a dot) and the copy holding it: one listing."""
+    async def live(self, prefix: str = "", *, timeout: float | None = None) -> dict[str, str]:
+        """Every live lease under ``prefix`` (ending in a dot) and the copy holding it: one listing.
+
+        Raises TimeoutError when the listing stalls for ``timeout`` seconds (default: the TTL) between two entries.
+        The watch's end marker comes with the entry that leaves nothing pending: a NATS node lost during the
+        listing, or the last pending entry expiring before it is delivered (values here live one TTL), can keep it
+        from ever coming, and a caller that waited for it for ever would stop adopting (``loop.py``)."""
         watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True)
         found: dict[str, str] = {}
+        wait = timeout if timeout is not None else max(self.settings.ttl, 1.0)
         try:
-            async for entry in watcher:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=wait)
+                except nats.errors.TimeoutError:
+                    raise TimeoutError(f"listing the leases under {prefix!r} stalled for {wait:g}s") from None
                 if entry is None:  # the end of what the bucket held
                     break
                 found[entry.key] = self.holder_of(entry.value)
         finally:
-            await watcher.stop()
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                await watcher.stop()
         return found
 
     async def live_keys(self, prefix: str = "") -> set[str]:
