@@ -6,20 +6,36 @@ returned for a synchronous delete (floating IPs) or when a listing no longer sho
 asynchronously).
 
 Each event has a deterministic id (``<Type>:<resource id>``) and goes through ``Reconciler.emit_many``. The task
-remembers what it reported (``TaskState.billed``) so a pass does not report it again; a restarted task reports what
-it finds once more (same ids: JetStream drops the copy within its window, accounting keeps the first report), and a
-resource that went away while no task watched it is closed by the cluster's ``ClusterDeleteCompleted``.
+remembers what it reported (``TaskState.billed``) so a pass does not report it again, and when a listing first no
+longer showed a resource (``Billed.gone_at``): a report that failed (NATS losing a node, PostgreSQL restarting) is
+retried with that time, not the retry's. A restarted task reports what it finds once more (same ids: JetStream
+drops the copy within its window, accounting keeps the first report).
+
+A copy killed while a cluster's volumes or load balancer go away (Cinder and Octavia delete asynchronously, and
+neither shows a deleted one, or when it went) leaves the copy resuming the delete nothing to see: without more, their
+end would be the cluster's ``ClusterDeleteCompleted``, seconds late. So each pass of the delete path that still sees
+billed resources writes them down, with the listing's time, in the key-value bucket ``COVE_PROVISIONER_BILLING``
+(``Notes``, one key per cluster, replicated like the streams); a task that finds one of them gone without having
+seen it itself ends it at that last sighting (``Billed.noted_at``): at most a poll interval plus the cloud's own
+deletion time early, where waiting for the cluster's completion was the whole outage late.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import nats.errors
+import nats.js.errors
 import structlog
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
 
+from proto import streams
 from proto.events import (
     Event,
     FloatingIpAllocated,
@@ -60,13 +76,18 @@ class Billed:
     address: str = ""
     node_name: str | None = None
     """The node it belongs to (its volumes, its floating IP), released with it on a resize down."""
+    gone_at: datetime | None = None
+    """When a listing first no longer showed it (or its synchronous delete returned): its end, however many passes
+    it takes to report it."""
+    noted_at: datetime | None = None
+    """The last time an earlier task of the cluster saw it (``Notes``): its end if this task never sees it."""
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "cloud_time", "created", "gone", "now", "server_ends"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "now", "server_ends"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -160,21 +181,109 @@ async def gone(
     floating IP id -> when). What the listing shows that this task never reported (a task restarted since) is
     remembered now, so that its end is reported when it comes; a floating IP it deleted is reported at once."""
     for rid, kind in present.items():
-        if rid not in st.billed:
+        b = st.billed.get(rid)
+        if b is None:
             st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name)
+        elif b.gone_at is not None or b.noted_at is not None:
+            st.billed[rid] = replace(b, gone_at=None, noted_at=None)  # still there: this task sees it go
     for rid in deleted:
         if rid not in st.billed:
             st.billed[rid] = Billed(FLOATING_IP, rid, "", listed_at, node_name=node_name)
-    ended = []
+    ended: list[tuple[Billed, datetime]] = []
     for rid, b in sorted(st.billed.items()):
         if node_name is not None and b.node_name != node_name:
             continue
-        if rid in deleted:
-            ended.append((b, deleted[rid]))
-        elif rid not in present:
-            ended.append((b, listed_at))
+        if b.gone_at is None:
+            if rid in deleted:
+                end = deleted[rid]
+            elif rid in present:
+                continue
+            else:
+                end = min(b.noted_at, listed_at) if b.noted_at is not None else listed_at
+            b = st.billed[rid] = replace(b, gone_at=end)
+        assert b.gone_at is not None
+        ended.append((b, b.gone_at))
     if not ended:
         return
     await r.emit_many(row, [(_gone(row, b, at), f"{type(_gone(row, b, at)).__name__}:{b.id}") for b, at in ended])
     for b, _ in ended:
         st.billed.pop(b.id, None)
+
+
+NOTES_BUCKET = "COVE_PROVISIONER_BILLING"
+NOTE_TTL_S = 7 * 24 * 3600.0
+"""A note outlives any delete (a cluster's is removed when nothing billed is left); the TTL only bounds a
+forgotten one."""
+
+
+def notes_bucket() -> KeyValueConfig:
+    """``COVE_PROVISIONER_BILLING``: per cluster, the billed resources its delete last saw still there."""
+    return KeyValueConfig(bucket=NOTES_BUCKET, description="Cove: billed resources a delete last saw "
+                          "(services/provisioner/billing.py)", history=1, ttl=NOTE_TTL_S,
+                          storage=StorageType.FILE, replicas=streams.replicas(), direct=True)
+
+
+class Notes:
+    """What a cluster's delete last saw of its billed resources, where the copy resuming it after a kill finds it.
+
+    ``recall`` before a pass's ``gone``, ``write_down`` after it: one read and at most one write per pass of the
+    delete path's last stage (while volumes and the load balancer go away), none once nothing is left."""
+
+    def __init__(self, js: JetStreamContext, config: KeyValueConfig | None = None) -> None:
+        self.js = js
+        self.config = config or notes_bucket()
+        self._kv: KeyValue | None = None
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self.js.key_value(self.config.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    self._kv = await self.js.create_key_value(self.config)
+                except nats.js.errors.BadRequestError:
+                    self._kv = await self.js.key_value(self.config.bucket)  # another copy made it first
+        return self._kv
+
+    async def recall(self, cluster_id: str, st: TaskState) -> bool:
+        """Add to ``st.billed`` what an earlier task saw of the cluster and this one has not: True when there was
+        a note (``write_down`` then replaces or removes it)."""
+        try:
+            entry = await (await self._bucket()).get(cluster_id)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        note = json.loads(entry.value)
+        at = cloud_time(note.get("at"))
+        if at is None:
+            return True
+        for rid, kind in note.get("present", {}).items():
+            if rid not in st.billed:
+                st.billed[rid] = Billed(str(kind), rid, "", at, noted_at=at)
+        return True
+
+    async def write_down(self, cluster_id: str, present: Mapping[str, str], listed_at: datetime, *,
+                         noted: bool) -> None:
+        """Note what the pass's listing at ``listed_at`` still showed; remove the note when nothing is left."""
+        kv = await self._bucket()
+        if present:
+            await kv.put(cluster_id, json.dumps({"at": listed_at.isoformat(), "present": dict(present)}).encode())
+        elif noted:
+            await kv.delete(cluster_id)
+
+
+async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],
+                 seen_deleted: Mapping[str, datetime], listed_at: datetime) -> None:
+    """``gone`` for a pass of the delete path, between ``Notes.recall`` and ``Notes.write_down``. A note that cannot
+    be read or written costs only its precision (a warning): it never stops a delete."""
+    noted = False
+    try:
+        noted = await r.notes.recall(row.uuid, st)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, ValueError) as exc:
+        log.warning("billing_note_unread", cluster_id=row.uuid, error=repr(exc))
+    await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at)
+    try:
+        await r.notes.write_down(row.uuid, seen_present, listed_at, noted=noted or bool(seen_present))
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))

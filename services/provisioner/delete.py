@@ -74,8 +74,12 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
         return Outcome.POLL
     st.waiting_for = "the load balancer, volumes and network to be deleted"
     seen = Seen()
+    # What the call's listings no longer show went before they looked, so before the call's end, which comes
+    # after the deletes of every port, router and network (a cloud slow to answer would bill it seconds late).
+    listed_at = billing.now()
     cleared = await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen))
-    await billing.gone(r, row, st, present=seen.present, deleted=seen.deleted, listed_at=billing.now())
+    # the billed resources still there are noted for a copy resuming the delete if this one is killed (billing.py)
+    await billing.noting(r, row, st, seen.present, seen.deleted, listed_at)
     if not cleared:
         return Outcome.POLL  # a load balancer or volume still goes away
     outcome = await completed(r, row)

@@ -35,7 +35,7 @@ import structlog
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import Event, NodeBecameActive, NodeCreated, NodeFailed
-from services.provisioner import create, delete, health, model, observe, store, update
+from services.provisioner import billing, create, delete, health, model, observe, store, update
 from services.provisioner.cloud import Cloud, CloudError, Flavor
 from services.provisioner.state import Outcome, Recheck, ReconcilerSettings, TaskState
 from services.provisioner.tracking import PRODUCER, AppliedTracker, event_id
@@ -83,6 +83,8 @@ class Reconciler:
         self.forwarded = 0
         """Kicks passed to the copy holding the cluster's lease."""
         self.bus = bus
+        self.notes = billing.Notes(bus.js)
+        """What a cluster's delete last saw of its billed resources (for the copy resuming it: ``billing.py``)."""
         self.cloud = cloud
         self.tracker = tracker
         self.settings = settings = settings or ReconcilerSettings()
