@@ -29,7 +29,14 @@ from services.provisioner.health import (
     node_health,
     resource_problems,
 )
-from services.provisioner.watch import Watched, Watcher, WatchSettings, load_balancer_seen, observed, volume_seen
+from services.provisioner.watch import (
+    Watched,
+    Watcher,
+    WatchSettings,
+    load_balancer_seen,
+    observed,
+    volume_seen,
+)
 
 NODE = model.KnownNode("s1", "K8s-Abc-node-0", model.WORKER, model.NODE_ACTIVE)
 
