@@ -23,6 +23,7 @@ deletion time early, where waiting for the cluster's completion was the whole ou
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -233,6 +234,10 @@ class Notes:
         self.js = js
         self.config = config or notes_bucket()
         self._kv: KeyValue | None = None
+        self._recalled: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
+        """Cluster -> the task state that read its note: a task reads it once (it writes every later one)."""
+        self._noted: set[str] = set()
+        """Clusters with a note (read or written here): the only ones whose note is deleted."""
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -245,45 +250,48 @@ class Notes:
                     self._kv = await self.js.key_value(self.config.bucket)  # another copy made it first
         return self._kv
 
-    async def recall(self, cluster_id: str, st: TaskState) -> bool:
-        """Add to ``st.billed`` what an earlier task saw of the cluster and this one has not: True when there was
-        a note (``write_down`` then replaces or removes it)."""
+    async def recall(self, cluster_id: str, st: TaskState) -> None:
+        """Add to ``st.billed`` what an earlier task saw of the cluster and this one has not (once per task)."""
+        if self._recalled.get(cluster_id) is st:
+            return
         try:
             entry = await (await self._bucket()).get(cluster_id)
         except nats.js.errors.KeyNotFoundError:
-            return False
-        if not entry.value:
-            return False
+            entry = None
+        self._recalled[cluster_id] = st
+        if entry is None or not entry.value:
+            return
+        self._noted.add(cluster_id)
         note = json.loads(entry.value)
         at = cloud_time(note.get("at"))
         if at is None:
-            return True
-        for rid, kind in note.get("present", {}).items():
+            return
+        for rid, kind in (note.get("present") or {}).items():
             if rid not in st.billed:
                 st.billed[rid] = Billed(str(kind), rid, "", at, noted_at=at)
-        return True
 
-    async def write_down(self, cluster_id: str, present: Mapping[str, str], listed_at: datetime, *,
-                         noted: bool) -> None:
+    async def write_down(self, cluster_id: str, present: Mapping[str, str], listed_at: datetime) -> None:
         """Note what the pass's listing at ``listed_at`` still showed; remove the note when nothing is left."""
-        kv = await self._bucket()
         if present:
-            await kv.put(cluster_id, json.dumps({"at": listed_at.isoformat(), "present": dict(present)}).encode())
-        elif noted:
-            await kv.delete(cluster_id)
+            await (await self._bucket()).put(
+                cluster_id, json.dumps({"at": listed_at.isoformat(), "present": dict(present)}).encode())
+            self._noted.add(cluster_id)
+        elif cluster_id in self._noted:
+            await (await self._bucket()).delete(cluster_id)
+            self._noted.discard(cluster_id)
 
 
 async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],
                  seen_deleted: Mapping[str, datetime], listed_at: datetime) -> None:
-    """``gone`` for a pass of the delete path, between ``Notes.recall`` and ``Notes.write_down``. A note that cannot
-    be read or written costs only its precision (a warning): it never stops a delete."""
-    noted = False
+    """``gone`` for a pass of the delete path, between ``Notes.recall`` and ``Notes.write_down``: a read per task
+    and a write per pass while billed resources are still there, none after. A note that cannot be read or written
+    costs only its precision (a warning): it never stops a delete."""
     try:
-        noted = await r.notes.recall(row.uuid, st)
+        await r.notes.recall(row.uuid, st)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError, ValueError) as exc:
         log.warning("billing_note_unread", cluster_id=row.uuid, error=repr(exc))
     await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at)
     try:
-        await r.notes.write_down(row.uuid, seen_present, listed_at, noted=noted or bool(seen_present))
+        await r.notes.write_down(row.uuid, seen_present, listed_at)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))

@@ -403,21 +403,25 @@ class Reconciler:
     async def _applied(self, cluster_id: str, seq: int) -> None:
         """Wait until the store has applied the cluster's events up to ``seq``. One copy: its own projection's
         progress says it. Copies share the store and its consumer, so another copy may apply them: the cluster's
-        row says it (asked after each commit here, or every 50 ms)."""
+        row says it, asked after each commit here or after a wait growing from 5 ms to 50 ms. (A flat 50 ms made
+        every event another copy applied, half of them with 2 copies, cost up to 50 ms: a delete emits 4 or more
+        times, and deletes ran about 15% slower with 2 copies than with 1.)"""
         if self.leases is None:
             await self.tracker.wait(seq, self.settings.catch_up_timeout)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.catch_up_timeout
+        step = 0.005
         while True:
             with contextlib.suppress(TimeoutError):
-                await self.tracker.wait(seq, 0.05)
+                await self.tracker.wait(seq, step)
             if await store.last_seq(self.pool, cluster_id) >= seq:
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"the store has not applied the cluster's events up to {seq}")
             if self.tracker.seq >= seq:
-                await asyncio.sleep(0.01)  # applied here past it: the rest is another copy's, or in its commit
+                await asyncio.sleep(step)  # applied here past it: the rest is another copy's, or in its commit
+            step = min(step * 2, 0.05)
 
     async def attempt(
         self,
