@@ -77,9 +77,11 @@ class Billed:
     address: str = ""
     node_name: str | None = None
     """The node it belongs to (its volumes, its floating IP), released with it on a resize down."""
+    seen_at: datetime | None = None
+    """When this task's latest listing showed it still there."""
     gone_at: datetime | None = None
-    """When a listing first no longer showed it (or its synchronous delete returned): its end, however many passes
-    it takes to report it."""
+    """Its end, fixed by the first listing that no longer showed it (or when its synchronous delete returned),
+    however many passes it takes to report it."""
     noted_at: datetime | None = None
     """The last time an earlier task of the cluster saw it (``Notes``): its end if this task never sees it."""
 
@@ -180,13 +182,19 @@ async def gone(
     """Report the end of every reported resource (of ``node_name`` only, when given) that a listing made at
     ``listed_at`` no longer showed (``present``: id -> kind), or whose synchronous delete returned (``deleted``:
     floating IP id -> when). What the listing shows that this task never reported (a task restarted since) is
-    remembered now, so that its end is reported when it comes; a floating IP it deleted is reported at once."""
+    remembered now, so that its end is reported when it comes; a floating IP it deleted is reported at once.
+
+    A listing only tells that a volume or load balancer went between the pass that last showed it and the first
+    that did not, and a pass of the teardown (ports, router, network, security groups deleted one after another)
+    takes a second or more on a busy cloud: its end is the middle of that window, off by half a pass at most
+    instead of a whole one. One an earlier task last saw (``noted_at``) ends there: that window spans a copy's
+    outage, and Cinder and Octavia finish a delete within seconds of accepting it."""
     for rid, kind in present.items():
         b = st.billed.get(rid)
         if b is None:
-            st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name)
-        elif b.gone_at is not None or b.noted_at is not None:
-            st.billed[rid] = replace(b, gone_at=None, noted_at=None)  # still there: this task sees it go
+            st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name, seen_at=listed_at)
+        else:  # still there: this task sees it go
+            st.billed[rid] = replace(b, seen_at=listed_at, gone_at=None, noted_at=None)
     for rid in deleted:
         if rid not in st.billed:
             st.billed[rid] = Billed(FLOATING_IP, rid, "", listed_at, node_name=node_name)
@@ -199,8 +207,12 @@ async def gone(
                 end = deleted[rid]
             elif rid in present:
                 continue
+            elif b.noted_at is not None:
+                end = min(b.noted_at, listed_at)
+            elif b.seen_at is not None and b.seen_at <= listed_at:
+                end = b.seen_at + (listed_at - b.seen_at) / 2
             else:
-                end = min(b.noted_at, listed_at) if b.noted_at is not None else listed_at
+                end = listed_at
             b = st.billed[rid] = replace(b, gone_at=end)
         assert b.gone_at is not None
         ended.append((b, b.gone_at))

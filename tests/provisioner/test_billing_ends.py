@@ -1,7 +1,8 @@
 """When the provisioner says a volume or load balancer ended (``billing.py``), against real NATS (the notes' key-value
-bucket): the end is when a listing first no longer showed it even when its report had to be retried, and a task that
-resumes a delete after the copy watching it was killed ends what that copy last saw at its last sighting, not at the
-resumed task's first look (issue 16: accounting billed such volumes seconds past the devcloud's ledger).
+bucket): the end is the middle of the window between the last listing that showed it and the first that did not,
+even when its report had to be retried, and a task that resumes a delete after the copy watching it was killed ends
+what that copy last saw at its last sighting, not at the resumed task's first look (issue 16: accounting billed such
+volumes seconds past the devcloud's ledger).
 
 The reports go to a recording stand-in for ``Reconciler.emit_many``: what is under test is which end each resource
 gets, not the publish (``tests/provisioner/test_provisioner.py`` covers that path end to end)."""
@@ -69,7 +70,7 @@ def ends(reported: list[Event]) -> dict[str, datetime]:
     return {e.volume_id: e.deleted_at for e in reported if isinstance(e, VolumeDeleted)}
 
 
-async def test_a_report_retried_after_a_failure_keeps_the_first_listing_that_no_longer_showed_it(
+async def test_a_report_retried_after_a_failure_keeps_the_window_the_first_listing_without_it_closed(
         notes: billing.Notes) -> None:
     r, row, st = Reporter(notes, failures=1), Row(), TaskState()
     v = volume(T0)
@@ -78,7 +79,7 @@ async def test_a_report_retried_after_a_failure_keeps_the_first_listing_that_no_
     with pytest.raises(TimeoutError):
         await billing.noting(r, row, st, {}, {}, T0 + timedelta(seconds=6))  # gone; the report fails
     await billing.noting(r, row, st, {}, {}, T0 + timedelta(seconds=13))  # the retry, 7 s later
-    assert ends(r.reported) == {v.id: T0 + timedelta(seconds=6)}
+    assert ends(r.reported) == {v.id: T0 + timedelta(seconds=5.5)}  # between the last sighting and the first miss
     assert st.billed == {}
 
 
@@ -96,9 +97,9 @@ async def test_a_task_resuming_a_killed_copys_delete_ends_what_it_saw_at_its_las
     resumed, fresh = Reporter(notes), TaskState()
     await billing.noting(resumed, row, fresh, {kept.id: billing.VOLUME}, {}, T0 + timedelta(seconds=11))
     assert ends(resumed.reported) == {a.id: T0 + timedelta(seconds=5), b.id: T0 + timedelta(seconds=5)}
-    # the one it sees go itself ends at its own listing, and the note goes with the last billed resource
+    # the one it sees go itself ends within its own window, and the note goes with the last billed resource
     await billing.noting(resumed, row, fresh, {}, {}, T0 + timedelta(seconds=12))
-    assert ends(resumed.reported)[kept.id] == T0 + timedelta(seconds=12)
+    assert ends(resumed.reported)[kept.id] == T0 + timedelta(seconds=11.5)
     assert fresh.billed == {}
     with pytest.raises(nats.js.errors.KeyNotFoundError):
         await (await notes._bucket()).get(row.uuid)
