@@ -90,7 +90,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "now", "server_ends"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "now", "server_ends", "server_starts"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -122,6 +122,36 @@ async def server_ends(r: Reconciler, row: store.ClusterRow, server_ids: Iterable
         log.warning("server_deletion_times_unknown", cluster_id=row.uuid, error=repr(exc))
         found = {}
     return {sid: found.get(sid, listed_at) for sid in wanted}
+
+
+async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each of ``server_ids`` was created at the cloud (Nova's ``created``), for the servers a listing found
+    that the cluster's events do not name: made by a task killed, or fenced by a lost lease, between the create call
+    and its ``NodeCreated``. Without it the found server was billed from when it was found (seen: 11 s short, a
+    lease lost while a NATS node was down). One show per server, only for those; missing ones are left out."""
+    wanted = sorted(set(server_ids))
+    if not wanted or row.trust_id is None:
+        return {}
+
+    def starts(c: ClusterCloud) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
+        for sid in wanted:
+            try:
+                response = c.conn.compute.get(f"/servers/{sid}")
+            except Exception as exc:  # noqa: BLE001 - gone since, or the cloud failing: billed from now
+                log.info("server_creation_time_unknown", server_id=sid, error=repr(exc)[:200])
+                continue
+            if response.status_code == 200:
+                at = cloud_time((response.json().get("server") or {}).get("created"))
+                if at is not None:
+                    out[sid] = at
+        return out
+
+    try:
+        return await r.cloud.call(row.trust_id, starts)
+    except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a build
+        log.warning("server_creation_times_unknown", cluster_id=row.uuid, error=repr(exc))
+        return {}
 
 
 def of_volume(v: VolumeState, node_name: str | None) -> Billed:

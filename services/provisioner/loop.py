@@ -451,8 +451,12 @@ class Reconciler:
         created_at: Mapping[str, datetime] | None = None,
     ) -> None:
         """NodeCreated for each (server id, name, role, flavor, nodegroup), in one emit_many; ``created_at``: when
-        each server's create call returned (what accounting bills from)."""
+        each server's create call returned (what accounting bills from). A server without one (found at the cloud,
+        made by an earlier task) is billed from Nova's ``created``."""
         assert row.project_id is not None
+        missing = [server_id for server_id, *_ in created if server_id not in (created_at or {})]
+        if missing:
+            created_at = {**(created_at or {}), **await billing.server_starts(self, row, missing)}
         await self.emit_many(row, [(NodeCreated(
             cluster_id=row.uuid, project_id=row.project_id, node_name=name, role=role,  # type: ignore[arg-type]
             server_id=server_id, flavor_id=flavor.id, flavor_name=flavor.name,
