@@ -1,7 +1,9 @@
 """The provisioner's watch (services/provisioner/watch.py) against a devcloud holding 10,000 Cove nodes: the time
 from a cloud change (a server fault, timed by the devcloud's ledger) to the watch recording it and kicking the
 cluster's task (p50, p99 over 1,000 injected changes), and the provisioner's CPU per watched node per minute while
-the nodes are quiet (the watch's listing, its decoding and comparison; the devcloud runs in its own process).
+the nodes are quiet (the watch's listing, its decoding and comparison; the devcloud runs in its own process): once
+with the servers' listing alone, once with everything the watch does (a volume per node and a load balancer per
+cluster listed every ``resource_interval``, a full volume sweep every ``volume_sweep``, the COE checks' kicks).
 
     .venv/bin/python -m benchmarks watch [--nodes 10000] [--changes 1000] [--cpu-seconds 30] [--interval 0.2]
 
@@ -65,6 +67,47 @@ async def _populate(url: str, token: str, nodes: int) -> list[str]:
     return clusters
 
 
+async def _populate_resources(url: str, token: str, project_id: str, clusters: list[str]) -> tuple[int, int]:
+    """What a real cluster has besides its servers: a volume per node (``cove_cluster_id`` metadata) and a load
+    balancer per cluster (the cluster's tag), so that the watch's resource listings cost what they would."""
+    from services.provisioner import model
+
+    headers = {"X-Auth-Token": token}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(f"{url}/networking/v2.0/networks", json={"network": {"name": "bench-lb"}}) as resp:
+            network = (await resp.json())["network"]["id"]
+        async with session.post(f"{url}/networking/v2.0/subnets", json={"subnet": {
+                "name": "bench-lb", "network_id": network, "cidr": "10.77.0.0/16", "ip_version": 4}}) as resp:
+            subnet = (await resp.json())["subnet"]["id"]
+        jobs: list[tuple[str, dict[str, Any]]] = []
+        for cid in clusters:
+            jobs.append((f"{url}/load-balancer/v2.0/lbaas/loadbalancers", {"loadbalancer": {
+                "name": f"w-{cid[:8]}-api-lb", "vip_subnet_id": subnet, "tags": [model.cluster_tag(cid)]}}))
+            jobs += [(f"{url}/volume/v3/{project_id}/volumes", {"volume": {
+                "name": f"w-{cid[:8]}-node-{i}-docker", "size": 1, "metadata": {"cove_cluster_id": cid}}})
+                for i in range(PER_CLUSTER)]
+        made = {"volume": 0, "loadbalancer": 0}
+
+        async def worker() -> None:
+            while jobs:
+                where, body = jobs.pop()
+                async with session.post(where, json=body) as resp:
+                    assert resp.status in (201, 202), await resp.text()
+                made[next(iter(body))] += 1
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+    return made["volume"], made["loadbalancer"]
+
+
+async def _quiet_cpu(watcher: Watcher, seconds: float) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, listings) of a quiet watch over ``seconds``, after its first listings."""
+    while watcher.stats.listings < 3:  # the first listing (the lookback) takes every node in: not measured
+        await asyncio.sleep(0.1)
+    listings0, cpu0, wall0 = watcher.stats.listings, time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    return time.process_time() - cpu0, time.perf_counter() - wall0, watcher.stats.listings - listings0
+
+
 async def _server_ids(url: str, token: str) -> list[str]:
     ids: list[str] = []
     link = f"{url}/compute/v2.1/servers?status=ACTIVE&limit=1000"
@@ -89,6 +132,7 @@ async def run(url: str, demo: openstack.connection.Connection, admin: openstack.
     deadline = time.monotonic() + 300
     while len(ids := await _server_ids(url, demo_token)) < args.nodes and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
+    volumes, lbs = await _populate_resources(url, demo_token, str(demo.current_project_id), clusters)
     watched = {cid: Watched("CREATE_COMPLETE") for cid in clusters}
 
     async def load() -> dict[str, Watched]:
@@ -105,18 +149,22 @@ async def run(url: str, demo: openstack.connection.Connection, admin: openstack.
         if obs.status == "ERROR":
             seen_at.setdefault(obs.server_id, datetime.now(UTC))
 
+    # the servers alone first (no resource listing, no COE check kicks): the figure before issue 13's last part
+    servers_only = Watcher(cloud_settings=CloudSettings(auth_url=f"{url}/identity"), load_watched=load, kick=kick,
+                           settings=WatchSettings(interval=args.interval, resource_interval=0, api_interval=0))
+    servers_only.start()
+    try:
+        cpu_servers, wall_servers, _ = await _quiet_cpu(servers_only, args.cpu_seconds)
+    finally:
+        await servers_only.stop()
     watcher = Watcher(cloud_settings=CloudSettings(auth_url=f"{url}/identity"), load_watched=load, kick=kick,
                       settings=WatchSettings(interval=args.interval))
     watcher.on_change = on_change
     watcher.start()
     try:
-        while watcher.stats.listings < 3:  # the first listing (the lookback) takes every node in: not measured
-            await asyncio.sleep(0.1)
-        listings0, cpu0, wall0 = watcher.stats.listings, time.process_time(), time.perf_counter()
-        await asyncio.sleep(args.cpu_seconds)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        listings = watcher.stats.listings - listings0
+        cpu, wall, listings = await _quiet_cpu(watcher, args.cpu_seconds)
         quiet_listing_ms = watcher.stats.last_listing_seconds * 1000
+        resource_listings, api_kicks = watcher.stats.resource_listings, watcher.stats.api_kicks
 
         victims = ids[: args.changes]
         async with aiohttp.ClientSession(headers={"X-Auth-Token": admin_token}) as session:
@@ -151,6 +199,13 @@ async def run(url: str, demo: openstack.connection.Connection, admin: openstack.
         "quiet_listing_ms": round(quiet_listing_ms, 2),
         "cpu_percent_of_a_core": round(100 * cpu / wall, 2),
         "cpu_ms_per_node_per_minute": round(cpu / wall * 60 / max(1, len(ids)) * 1000, 4),
+        "volumes": volumes,
+        "load_balancers": lbs,
+        "resource_listings": resource_listings,
+        "api_check_kicks": api_kicks,
+        "servers_only_cpu_percent": round(100 * cpu_servers / wall_servers, 2),
+        "servers_only_cpu_ms_per_node_per_minute": round(cpu_servers / wall_servers * 60 / max(1, len(ids)) * 1000,
+                                                         4),
     }
 
 
@@ -246,6 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = yaml.safe_load(DEFAULT_CONFIG.read_text())
         config["hypervisors"] = [{"az": "nova", "count": max(16, args.nodes // 50 + 1), "vcpus": 64,
                                   "ram_mb": 262144, "disk_gb": 4000}]
+        config["quotas"]["default"]["volume"].update(volumes=-1, gigabytes=-1)
+        config["quotas"]["default"]["load_balancer"].update(load_balancer=-1)
+        config["quotas"]["default"]["network"].update(port=-1)
         big = Path(tmp) / "cloud.yaml"
         big.write_text(yaml.safe_dump(config))
         cloud = start_devcloud(Path(tmp), time_factor=0.0, config=big)

@@ -58,8 +58,9 @@ def test_the_first_master_binds_the_user_groups_after_kubeadm_init() -> None:
     written = files(parse(KubernetesDriver().user_data(node("first"))))
     docs = list(yaml.safe_load_all(written[kubernetes.RBAC_PATH]["content"]))
     bound = {(d["subjects"][0]["kind"], d["subjects"][0]["name"]): d["roleRef"]["name"] for d in docs}
-    # the groups are the ones the certs service writes into O
-    assert bound == {("Group", ca.ADMIN_GROUP): "cluster-admin", ("Group", ca.VIEW_GROUP): "view"}
+    # the groups are the ones the certs service writes into O; the provisioner's health check reads the nodes
+    assert bound == {("Group", ca.ADMIN_GROUP): "cluster-admin", ("Group", ca.VIEW_GROUP): "view",
+                     ("User", kubernetes.HEALTH_USER): kubernetes.HEALTH_ROLE}
     assert all(d["kind"] == "ClusterRoleBinding" for d in docs)
     script = kubernetes.BOOTSTRAP_SCRIPT
     init = script[script.index("init_control_plane() {"):]
