@@ -249,7 +249,7 @@ class ApiState:
 API_FAILURES_SHOWN = 2
 """An API failing this many checks in a row is shown (one refused connection during a master's roll is not)."""
 API_RETRY_SECONDS = 2.0
-"""How soon a check whose API failed is made again."""
+"""How soon a check whose API failed for the first time is made again (to confirm it)."""
 
 
 async def check_coe(r: Reconciler, row: store.ClusterRow) -> CoeHealth | None:
@@ -295,7 +295,8 @@ async def check_coe(r: Reconciler, row: store.ClusterRow) -> CoeHealth | None:
         st.shown = verdict
     else:
         st.failures += 1
-        st.next_at = now + min(interval, API_RETRY_SECONDS)
+        if st.failures < API_FAILURES_SHOWN:  # confirmed soon; a confirmed failure is checked at the interval again
+            st.next_at = now + min(interval, API_RETRY_SECONDS)
         if st.failures >= API_FAILURES_SHOWN:
             st.shown = verdict
         log.info("coe_api_unhealthy", api_host=st.host, failures=st.failures, reason=verdict.api)
