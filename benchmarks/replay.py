@@ -5,7 +5,8 @@ stream of cluster lifecycles (``lifecycles``: request, admission, CA, create sta
 create completed; for half the clusters then delete requested, started, nodes deleted, delete completed, CA
 deleted), published in batches of concurrent publishes. Each service's store is then built from it into a scratch
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
-subscribes to; "read" counts what the stream delivered it). The first row, "(no-op)", is a handler that does
+subscribes to; "read" counts what the stream delivered it; "failed" the events that failed alone, which the live
+service dead-lettered too: 0 for this stream). The first row, "(no-op)", is a handler that does
 nothing: what the replay machinery itself reaches, before any service's SQL.
 
     .venv/bin/python -m benchmarks replay [--events 100000] [--services api,scheduler,...]
@@ -148,6 +149,23 @@ def noop_target() -> Any:
                   projections=[ProjectionSpec("noop", nothing, [subjects.EVENTS_ALL], None)])
 
 
+async def live_state(service: str, database_url: str) -> None:
+    """What the running service keeps beside its store, which a replay of it uses: the certs service's key store
+    (services/certs/keystore.py), made when certs starts. Without it every replayed admission fails (and is
+    dead-lettered one by one): not what ``cove replay certs`` meets."""
+    if service != "certs":
+        return
+    from services.certs.keys import KeySource
+    from services.certs.keystore import PostgresKeyStore
+    from services.runtime import db
+
+    pool = await db.create_pool(database_url, "certs", min_size=1, max_size=1)
+    try:
+        await PostgresKeyStore("certs", KeySource(dict(os.environ))).ensure(pool)
+    finally:
+        await pool.close()
+
+
 async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
     from services.ops.connect import Settings
     from services.ops.replay import Replayer
@@ -161,16 +179,17 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
     print(f"   published {last} events in {publish_s:.1f} s ({last / publish_s:,.0f}/s)", flush=True)
     settings = Settings(nats_url=nats_url, database_url=database_url)
     results: dict[str, Any] = {"events": last, "publish_per_s": round(last / publish_s)}
-    print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9}", flush=True)
+    print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9} {'failed':>7}", flush=True)
     for service in services:
+        await live_state(service, database_url)
         replayer = Replayer(bus, settings, target(service) if service != NOOP else noop_target())
         await replayer.prepare()
         stats = await replayer.run(until=last)
         await replayer.close()
         results[service] = {"read": stats.read, "applied": stats.applied, "seconds": round(stats.seconds, 2),
-                            "events_per_s": round(stats.rate)}
-        print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}",
-              flush=True)
+                            "events_per_s": round(stats.rate), "failed": len(stats.skipped)}
+        print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}"
+              f" {len(stats.skipped):>7}", flush=True)
     await bus.close()
     return results
 

@@ -9,7 +9,7 @@ cloud's time of the loss; the interval keeps the first end reported."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -33,7 +33,7 @@ from proto.events import (
 from proto.requests import ClusterUsage, GetUsage, Message, UsageReport, UsageRow
 from services.accounting import store
 from services.accounting.usage import Row, per_cluster, summarize
-from services.runtime.projection import Outgoing
+from services.runtime.projection import PlannedHandler, Write
 from services.runtime.rpc import RpcError
 
 log = structlog.get_logger(__name__)
@@ -41,65 +41,70 @@ log = structlog.get_logger(__name__)
 FILTER_SUBJECTS = [subjects.producer_events("provisioner", "cluster")]
 
 
-async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+def plan(env: Envelope) -> list[Write]:
+    """The writes applying ``env`` (every event accounting reads is applied by writes decided from it alone, so a
+    batch of them runs grouped by statement: ``handle``)."""
     p = env.payload
     at = env.occurred_at
     if isinstance(p, NodeCreated):
-        await store.resource_started(
-            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+        return [store.resource_started_write(
+            kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
             at=p.created_at or at, name=p.node_name, vcpus=p.vcpus, ram_mb=p.ram_mb,
-        )
-    elif isinstance(p, NodeDeleted):
-        await store.resource_ended(
-            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
-            at=p.deleted_at or at, reason="deleted",
-        )
+        )]
+    if isinstance(p, NodeDeleted):
         log.info("usage_interval_closed", kind="server", resource_id=p.server_id, project_id=p.project_id)
-    elif isinstance(p, NodeLost):
+        return [store.resource_ended_write(
+            kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.deleted_at or at, reason="deleted",
+        )]
+    if isinstance(p, NodeLost):
         # the cloud lost the node (ERROR, or gone): billing stops at the cloud's time, before Cove deletes it
-        await store.resource_ended(
-            tx, kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
-            at=p.lost_at or at, reason="lost",
-        )
         log.info("usage_interval_closed", kind="server", resource_id=p.server_id, project_id=p.project_id,
                  reason="lost")
-    elif isinstance(p, VolumeCreated):
-        await store.resource_started(
-            tx, kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
+        return [store.resource_ended_write(
+            kind="server", resource_id=p.server_id, cluster_id=p.cluster_id, project_id=p.project_id,
+            at=p.lost_at or at, reason="lost",
+        )]
+    if isinstance(p, VolumeCreated):
+        return [store.resource_started_write(
+            kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
             at=p.created_at, name=p.name, size_gb=p.size_gb,
-        )
-    elif isinstance(p, VolumeDeleted):
-        await store.resource_ended(
-            tx, kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
+        )]
+    if isinstance(p, VolumeDeleted):
+        return [store.resource_ended_write(
+            kind="volume", resource_id=p.volume_id, cluster_id=p.cluster_id, project_id=p.project_id,
             at=p.deleted_at, reason="deleted",
-        )
-    elif isinstance(p, FloatingIpAllocated):
-        await store.resource_started(
-            tx, kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
+        )]
+    if isinstance(p, FloatingIpAllocated):
+        return [store.resource_started_write(
+            kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
             project_id=p.project_id, at=p.created_at, name=p.name,
-        )
-    elif isinstance(p, FloatingIpReleased):
-        await store.resource_ended(
-            tx, kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
+        )]
+    if isinstance(p, FloatingIpReleased):
+        return [store.resource_ended_write(
+            kind="floating_ip", resource_id=p.floating_ip_id, cluster_id=p.cluster_id,
             project_id=p.project_id, at=p.released_at, reason="deleted",
-        )
-    elif isinstance(p, LoadBalancerCreated):
-        await store.resource_started(
-            tx, kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
+        )]
+    if isinstance(p, LoadBalancerCreated):
+        return [store.resource_started_write(
+            kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
             project_id=p.project_id, at=p.created_at, name=p.name,
-        )
-    elif isinstance(p, LoadBalancerDeleted):
-        await store.resource_ended(
-            tx, kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
+        )]
+    if isinstance(p, LoadBalancerDeleted):
+        return [store.resource_ended_write(
+            kind="load_balancer", resource_id=p.load_balancer_id, cluster_id=p.cluster_id,
             project_id=p.project_id, at=p.deleted_at, reason="deleted",
-        )
-    elif isinstance(p, ClusterCreateStarted):
-        await store.cluster_started(tx, p.uuid, p.project_id, at)
-    elif isinstance(p, ClusterDeleteCompleted):
-        closed = await store.cluster_deleted(tx, p.uuid, p.project_id, at)
-        if closed:
-            log.info("usage_intervals_closed_by_cluster_delete", cluster_id=p.uuid, resources=closed)
-    return ()
+        )]
+    if isinstance(p, ClusterCreateStarted):
+        return [store.cluster_started_write(p.uuid, p.project_id, at)]
+    if isinstance(p, ClusterDeleteCompleted):
+        log.info("usage_intervals_closed_by_cluster_delete", cluster_id=p.uuid)
+        return store.cluster_deleted_writes(p.uuid, p.project_id, at)
+    return []
+
+
+handle = PlannedHandler(plan)
+"""The projection handler: each event as its planned writes (one after another alone, grouped in a batch)."""
 
 
 def _row(row: Row) -> UsageRow:

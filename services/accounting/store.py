@@ -7,10 +7,19 @@ from datetime import datetime
 import asyncpg
 
 from services.accounting.usage import Interval
+from services.runtime.projection import Write
+
+# Each write of the projection is built as a ``Write`` (statement, arguments, the rows it touches) by a ``*_write``
+# function: the handler plans every event as these writes, which a batch runs grouped by statement
+# (services.runtime.projection.PlannedHandler). A resource's rows are keyed by the cluster its events name (a
+# cluster's delete closes every interval of its resources) and by the resource itself.
 
 
-async def resource_started(
-    tx: asyncpg.Connection,
+def cluster_key(cluster_id: str) -> tuple[str, str]:
+    return ("cluster", cluster_id)
+
+
+def resource_started_write(
     *,
     kind: str,
     resource_id: str,
@@ -21,9 +30,9 @@ async def resource_started(
     vcpus: int = 0,
     ram_mb: int = 0,
     size_gb: int = 0,
-) -> None:
+) -> Write:
     """The interval opens at the first report of the resource (a repeated one changes nothing)."""
-    await tx.execute(
+    return Write(
         "INSERT INTO resources (kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, started_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         " ON CONFLICT (kind, resource_id) DO UPDATE SET"
@@ -32,46 +41,48 @@ async def resource_started(
         " vcpus = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.vcpus ELSE resources.vcpus END,"
         " ram_mb = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.ram_mb ELSE resources.ram_mb END,"
         " size_gb = CASE WHEN resources.started_at IS NULL THEN EXCLUDED.size_gb ELSE resources.size_gb END",
-        kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, at,
+        (kind, resource_id, cluster_id, project_id, name, vcpus, ram_mb, size_gb, at),
+        (cluster_key(cluster_id), ("resource", kind, resource_id)),
     )
 
 
-async def resource_ended(
-    tx: asyncpg.Connection, *, kind: str, resource_id: str, cluster_id: str, project_id: str, at: datetime,
-    reason: str,
-) -> None:
+def resource_ended_write(
+    *, kind: str, resource_id: str, cluster_id: str, project_id: str, at: datetime, reason: str,
+) -> Write:
     """The interval closes at the first end reported."""
-    await tx.execute(
+    return Write(
         "INSERT INTO resources (kind, resource_id, cluster_id, project_id, ended_at, end_reason)"
         " VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (kind, resource_id) DO UPDATE SET ended_at = COALESCE(resources.ended_at, EXCLUDED.ended_at),"
         " end_reason = COALESCE(resources.end_reason, EXCLUDED.end_reason)",
-        kind, resource_id, cluster_id, project_id, at, reason,
+        (kind, resource_id, cluster_id, project_id, at, reason),
+        (cluster_key(cluster_id), ("resource", kind, resource_id)),
     )
 
 
-async def cluster_started(tx: asyncpg.Connection, cluster_id: str, project_id: str, at: datetime) -> None:
-    await tx.execute(
+def cluster_started_write(cluster_id: str, project_id: str, at: datetime) -> Write:
+    return Write(
         "INSERT INTO clusters (cluster_id, project_id, started_at) VALUES ($1, $2, $3)"
         " ON CONFLICT (cluster_id) DO UPDATE SET started_at = COALESCE(clusters.started_at, EXCLUDED.started_at)",
-        cluster_id, project_id, at,
+        (cluster_id, project_id, at), (cluster_key(cluster_id),),
     )
 
 
-async def cluster_deleted(tx: asyncpg.Connection, cluster_id: str, project_id: str, at: datetime) -> int:
+def cluster_deleted_writes(cluster_id: str, project_id: str, at: datetime) -> list[Write]:
     """The cluster's interval closes, and so does every interval of its resources still open (the provisioner
-    reported their ends already unless it lost track of one, e.g. across a restart); returns how many of those."""
-    await tx.execute(
-        "INSERT INTO clusters (cluster_id, project_id, ended_at) VALUES ($1, $2, $3)"
-        " ON CONFLICT (cluster_id) DO UPDATE SET ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)",
-        cluster_id, project_id, at,
-    )
-    status = await tx.execute(
-        "UPDATE resources SET ended_at = $2, end_reason = 'cluster_deleted'"
-        " WHERE cluster_id = $1 AND ended_at IS NULL AND started_at IS NOT NULL AND started_at <= $2",
-        cluster_id, at,
-    )
-    return int(status.split()[-1])
+    reported their ends already unless it lost track of one, e.g. across a restart)."""
+    return [
+        Write(
+            "INSERT INTO clusters (cluster_id, project_id, ended_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (cluster_id) DO UPDATE SET ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)",
+            (cluster_id, project_id, at), (cluster_key(cluster_id),),
+        ),
+        Write(
+            "UPDATE resources SET ended_at = $2, end_reason = 'cluster_deleted'"
+            " WHERE cluster_id = $1 AND ended_at IS NULL AND started_at IS NOT NULL AND started_at <= $2",
+            (cluster_id, at), (cluster_key(cluster_id),),
+        ),
+    ]
 
 
 async def intervals(

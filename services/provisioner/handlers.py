@@ -3,11 +3,18 @@
 The provisioner publishes its own events from the reconciler (it is the single writer of
 ``cove.evt.provisioner.cluster.<uuid>``); the projection reads them back like any other event, so a store dropped
 and rebuilt from the stream is the same store. Handlers return no outgoing events.
+
+Most events are planned (``PLANS``): their writes are decided from the event alone (``store.*_write``), so a batch
+of them (a live fetch, a replay's 1,000 events) runs grouped by statement, a few round trips for the whole batch
+(``services.runtime.projection.PlannedHandler``); alone they run one after another, the same statements. The
+events whose effect depends on what the store holds (``HANDLERS``: a rotated CA or trust, a withdrawal, a resize
+naming its group) are applied one at a time in their place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import structlog
@@ -53,18 +60,9 @@ from proto.events import (
     VolumeDeleted,
 )
 from services.provisioner import model, store
-from services.runtime.projection import Outgoing, current_sequence
+from services.runtime.projection import Outgoing, PlannedHandler, Write, current_sequence
 
 log = structlog.get_logger(__name__)
-
-
-async def on_create_requested(env: Envelope, p: ClusterCreateRequested, tx: asyncpg.Connection) -> None:
-    await store.record_spec(tx, p, env.correlation_id)
-    for g in clusterspec.spec_of(p).nodegroups:  # exactly the groups the API resolved: nothing re-derived here
-        await store.upsert_group(
-            tx, p.uuid, g.name, uuid=None, role=g.role, node_count=g.node_count, flavor_id=g.flavor_id,
-            image_id=g.image_id, is_default=True, docker_volume_size=g.docker_volume_size,
-        )
 
 
 async def on_update_requested(env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> None:
@@ -88,58 +86,11 @@ async def on_update_admitted(env: Envelope, p: ClusterUpdateAdmitted, tx: asyncp
     ), tx)
 
 
-async def on_nodegroup_create_requested(
-    env: Envelope, p: NodeGroupCreateRequested, tx: asyncpg.Connection
-) -> None:
-    if p.decided:
-        return  # acted on at the scheduler's NodeGroupCreateAdmitted (quota, docs/adr/0008)
-    ng = p.nodegroup
-    built = p.spec  # resolved by the API; None in older events, whose nodegroup carries the values it had
-    await store.upsert_group(
-        tx, ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == model.MASTER else model.WORKER,
-        node_count=ng.node_count, flavor_id=built.flavor_id if built else ng.flavor_id,
-        image_id=(built.image_id or None) if built else ng.image_id, is_default=ng.is_default,
-        docker_volume_size=built.docker_volume_size if built else ng.docker_volume_size,
-    )
-    await store.bump_update(tx, ng.cluster_id)
-
-
-async def on_nodegroup_create_admitted(env: Envelope, p: NodeGroupCreateAdmitted, tx: asyncpg.Connection) -> None:
-    await on_nodegroup_create_requested(env, NodeGroupCreateRequested(nodegroup=p.nodegroup, spec=p.spec), tx)
-
-
-async def on_nodegroup_delete_requested(
-    env: Envelope, p: NodeGroupDeleteRequested, tx: asyncpg.Connection
-) -> None:
-    await store.remove_group(tx, p.cluster_id, p.name)
-    await store.bump_update(tx, p.cluster_id)
-
-
 async def on_upgrade_requested(env: Envelope, p: ClusterUpgradeRequested, tx: asyncpg.Connection) -> None:
     name = None if p.nodegroup is None else await store.find_group(tx, p.uuid, p.nodegroup)
     await store.set_group_image(tx, p.uuid, name, p.template.image_id)
     await store.bump_roll(tx, p.uuid, name)  # every node of the group is rolled, whatever its image (issue 13)
     await store.bump_update(tx, p.uuid, max_batch_size=p.max_batch_size)
-
-
-async def on_update_started(env: Envelope, p: ClusterUpdateStarted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_IN_PROGRESS, None, current_sequence())
-    await store.mark_update(tx, p.uuid, started=p.generation)
-    await store.set_operation_started(tx, p.uuid, "update_started_at", env.occurred_at)
-
-
-async def on_update_completed(env: Envelope, p: ClusterUpdateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_COMPLETE, None, current_sequence())
-    await store.mark_update(tx, p.uuid, done=p.generation)
-
-
-async def on_update_failed(env: Envelope, p: ClusterUpdateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.UPDATE_FAILED, p.status_reason, current_sequence())
-    await store.mark_update(tx, p.uuid, done=p.generation)
-
-
-async def on_ca_created(env: Envelope, p: ClusterCACreated, tx: asyncpg.Connection) -> None:
-    await store.record_ca(tx, p.uuid, p.project_id, p.ca_cert_pem)
 
 
 async def on_ca_replaced(env: Envelope, p: ClusterCAReplaced, tx: asyncpg.Connection) -> None:
@@ -154,13 +105,6 @@ async def on_ca_replaced(env: Envelope, p: ClusterCAReplaced, tx: asyncpg.Connec
         await store.bump_update(tx, p.uuid)
 
 
-async def on_ca_trust_narrowed(env: Envelope, p: ClusterCATrustNarrowed, tx: asyncpg.Connection) -> None:
-    """Every node runs the new CA: the masters are rolled once more, trusting it alone."""
-    await store.bump_seq(tx, p.uuid, p.project_id, current_sequence())
-    await store.set_ca_previous(tx, p.uuid, None)
-    await store.bump_roll(tx, p.uuid, None, masters_only=True)
-
-
 async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Connection) -> None:
     """Act with the new trust from now on; the trust it replaces is to be deleted (the trust reaper waits until no
     reconcile pass still holds it). A rotation that lands after the cluster was deleted leaves nothing to act for:
@@ -173,38 +117,6 @@ async def on_trust_rotated(env: Envelope, p: ClusterTrustRotated, tx: asyncpg.Co
     if status == model.DELETE_COMPLETE:
         await store.add_trust_to_delete(tx, p.trust_id, p.uuid, p.project_id, "cluster_deleted")
     log.info("cluster_trust_rotated", cluster_id=p.uuid, trust_id=p.trust_id, previous_trust_id=old)
-
-
-async def on_delete_requested(env: Envelope, p: ClusterDeleteRequested, tx: asyncpg.Connection) -> None:
-    await store.record_delete_requested(tx, p.uuid, p.project_id)
-
-
-async def on_create_started(env: Envelope, p: ClusterCreateStarted, tx: asyncpg.Connection) -> None:
-    await store.set_status(
-        tx, p.uuid, p.project_id, model.CREATE_IN_PROGRESS, None, current_sequence(), started_at=env.occurred_at
-    )
-
-
-async def on_create_completed(env: Envelope, p: ClusterCreateCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.CREATE_COMPLETE, None, current_sequence())
-
-
-async def on_create_failed(env: Envelope, p: ClusterCreateFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.CREATE_FAILED, p.status_reason, current_sequence())
-
-
-async def on_delete_started(env: Envelope, p: ClusterDeleteStarted, tx: asyncpg.Connection) -> None:
-    await store.set_status(
-        tx, p.uuid, p.project_id, model.DELETE_IN_PROGRESS, None, current_sequence(), delete_started=True
-    )
-    await store.set_operation_started(tx, p.uuid, "delete_started_at", env.occurred_at)
-
-
-async def on_delete_completed(env: Envelope, p: ClusterDeleteCompleted, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.DELETE_COMPLETE, None, current_sequence())
-    trust_id, _ = await store.current_trust(tx, p.uuid)
-    if trust_id:
-        await store.add_trust_to_delete(tx, trust_id, p.uuid, p.project_id, "cluster_deleted")
 
 
 async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connection) -> None:
@@ -224,105 +136,236 @@ async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connectio
     log.info("cluster_withdrawn", cluster_id=p.uuid, trust_id=trust_id)
 
 
-async def on_trust_deleted(env: Envelope, p: ClusterTrustDeleted, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.uuid, p.project_id, current_sequence())
-    await store.remove_trust_to_delete(tx, p.trust_id)
+# ------------------------------------------------------------------------------------------------ planned events
 
 
-async def on_delete_failed(env: Envelope, p: ClusterDeleteFailed, tx: asyncpg.Connection) -> None:
-    await store.set_status(tx, p.uuid, p.project_id, model.DELETE_FAILED, p.status_reason, current_sequence())
+def plan_create_requested(env: Envelope, p: ClusterCreateRequested) -> list[Write]:
+    return [store.record_spec_write(p, env.correlation_id), *(
+        store.upsert_group_write(
+            p.uuid, g.name, uuid=None, role=g.role, node_count=g.node_count, flavor_id=g.flavor_id,
+            image_id=g.image_id, is_default=True, docker_volume_size=g.docker_volume_size,
+        )
+        for g in clusterspec.spec_of(p).nodegroups  # exactly the groups the API resolved: nothing re-derived here
+    )]
 
 
-async def on_node_created(env: Envelope, p: NodeCreated, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
-    await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_CREATED,
-        flavor_id=p.flavor_id, vcpus=p.vcpus, ram_mb=p.ram_mb, disk_gb=p.disk_gb,
-    )
+def plan_nodegroup_create_requested(env: Envelope, p: NodeGroupCreateRequested) -> list[Write]:
+    if p.decided:
+        return []  # acted on at the scheduler's NodeGroupCreateAdmitted (quota, docs/adr/0008)
+    ng = p.nodegroup
+    built = p.spec  # resolved by the API; None in older events, whose nodegroup carries the values it had
+    return [
+        store.upsert_group_write(
+            ng.cluster_id, ng.name, uuid=ng.uuid, role=ng.role if ng.role == model.MASTER else model.WORKER,
+            node_count=ng.node_count, flavor_id=built.flavor_id if built else ng.flavor_id,
+            image_id=(built.image_id or None) if built else ng.image_id, is_default=ng.is_default,
+            docker_volume_size=built.docker_volume_size if built else ng.docker_volume_size,
+        ),
+        store.bump_update_write(ng.cluster_id),
+    ]
 
 
-async def on_node_active(env: Envelope, p: NodeBecameActive, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
-    await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_ACTIVE,
-        addresses=p.addresses,
-    )
+def plan_nodegroup_create_admitted(env: Envelope, p: NodeGroupCreateAdmitted) -> list[Write]:
+    return plan_nodegroup_create_requested(env, NodeGroupCreateRequested(nodegroup=p.nodegroup, spec=p.spec))
 
 
-async def on_node_failed(env: Envelope, p: NodeFailed, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
-    await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED, reason=p.reason
-    )
+def plan_nodegroup_delete_requested(env: Envelope, p: NodeGroupDeleteRequested) -> list[Write]:
+    return [store.remove_group_write(p.cluster_id, p.name), store.bump_update_write(p.cluster_id)]
 
 
-async def on_node_deleted(env: Envelope, p: NodeDeleted, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
-    await store.upsert_node(
-        tx, p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_DELETED
-    )
+def plan_update_started(env: Envelope, p: ClusterUpdateStarted) -> list[Write]:
+    return [
+        store.set_status_write(p.uuid, p.project_id, model.UPDATE_IN_PROGRESS, None, current_sequence()),
+        store.mark_update_write(p.uuid, started=p.generation),
+        store.set_operation_started_write(p.uuid, "update_started_at", env.occurred_at),
+    ]
 
 
-async def on_health_changed(env: Envelope, p: ClusterHealthChanged, tx: asyncpg.Connection) -> None:
-    await store.set_health(tx, p.uuid, p.project_id, p.health_status, dict(p.health_status_reason),
-                           current_sequence())
+def plan_update_completed(env: Envelope, p: ClusterUpdateCompleted) -> list[Write]:
+    return [
+        store.set_status_write(p.uuid, p.project_id, model.UPDATE_COMPLETE, None, current_sequence()),
+        store.mark_update_write(p.uuid, done=p.generation),
+    ]
 
 
-async def on_node_lost(env: Envelope, p: NodeLost, tx: asyncpg.Connection) -> None:
+def plan_update_failed(env: Envelope, p: ClusterUpdateFailed) -> list[Write]:
+    return [
+        store.set_status_write(p.uuid, p.project_id, model.UPDATE_FAILED, p.status_reason, current_sequence()),
+        store.mark_update_write(p.uuid, done=p.generation),
+    ]
+
+
+def plan_ca_created(env: Envelope, p: ClusterCACreated) -> list[Write]:
+    return [store.record_ca_write(p.uuid, p.project_id, p.ca_cert_pem)]
+
+
+def plan_ca_trust_narrowed(env: Envelope, p: ClusterCATrustNarrowed) -> list[Write]:
+    """Every node runs the new CA: the masters are rolled once more, trusting it alone."""
+    return [
+        store.bump_seq_write(p.uuid, p.project_id, current_sequence()),
+        store.set_ca_previous_write(p.uuid, None),
+        store.bump_roll_write(p.uuid, None, masters_only=True),
+    ]
+
+
+def plan_delete_requested(env: Envelope, p: ClusterDeleteRequested) -> list[Write]:
+    return [store.record_delete_requested_write(p.uuid, p.project_id)]
+
+
+def plan_create_started(env: Envelope, p: ClusterCreateStarted) -> list[Write]:
+    return [store.set_status_write(p.uuid, p.project_id, model.CREATE_IN_PROGRESS, None, current_sequence(),
+                                   started_at=env.occurred_at)]
+
+
+def plan_create_completed(env: Envelope, p: ClusterCreateCompleted) -> list[Write]:
+    return [store.set_status_write(p.uuid, p.project_id, model.CREATE_COMPLETE, None, current_sequence())]
+
+
+def plan_create_failed(env: Envelope, p: ClusterCreateFailed) -> list[Write]:
+    return [store.set_status_write(p.uuid, p.project_id, model.CREATE_FAILED, p.status_reason, current_sequence())]
+
+
+def plan_delete_started(env: Envelope, p: ClusterDeleteStarted) -> list[Write]:
+    return [
+        store.set_status_write(p.uuid, p.project_id, model.DELETE_IN_PROGRESS, None, current_sequence(),
+                               delete_started=True),
+        store.set_operation_started_write(p.uuid, "delete_started_at", env.occurred_at),
+    ]
+
+
+def plan_delete_completed(env: Envelope, p: ClusterDeleteCompleted) -> list[Write]:
+    """Deleted; the trust it acted with is to be deleted (the trust reaper keeps one another cluster still uses)."""
+    return [
+        store.set_status_write(p.uuid, p.project_id, model.DELETE_COMPLETE, None, current_sequence()),
+        store.delete_cluster_trust_write(p.uuid, p.project_id),
+    ]
+
+
+def plan_delete_failed(env: Envelope, p: ClusterDeleteFailed) -> list[Write]:
+    return [store.set_status_write(p.uuid, p.project_id, model.DELETE_FAILED, p.status_reason, current_sequence())]
+
+
+def plan_trust_deleted(env: Envelope, p: ClusterTrustDeleted) -> list[Write]:
+    return [store.bump_seq_write(p.uuid, p.project_id, current_sequence()),
+            store.remove_trust_to_delete_write(p.trust_id)]
+
+
+def plan_node_created(env: Envelope, p: NodeCreated) -> list[Write]:
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.upsert_node_write(
+            p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_CREATED,
+            flavor_id=p.flavor_id, vcpus=p.vcpus, ram_mb=p.ram_mb, disk_gb=p.disk_gb,
+        ),
+    ]
+
+
+def plan_node_active(env: Envelope, p: NodeBecameActive) -> list[Write]:
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.upsert_node_write(p.cluster_id, p.server_id, name=p.node_name, role=p.role, status=model.NODE_ACTIVE,
+                                addresses=p.addresses),
+    ]
+
+
+def plan_node_failed(env: Envelope, p: NodeFailed) -> list[Write]:
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.upsert_node_write(p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED,
+                                reason=p.reason),
+    ]
+
+
+def plan_node_deleted(env: Envelope, p: NodeDeleted) -> list[Write]:
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.upsert_node_write(p.cluster_id, p.server_id, name=p.node_name, role=p.role,
+                                status=model.NODE_DELETED),
+    ]
+
+
+def plan_health_changed(env: Envelope, p: ClusterHealthChanged) -> list[Write]:
+    return [store.set_health_write(p.uuid, p.project_id, p.health_status, dict(p.health_status_reason),
+                                   current_sequence())]
+
+
+def plan_node_lost(env: Envelope, p: NodeLost) -> list[Write]:
     """The cloud lost the node (ERROR, or gone): failed, until auto-healing deletes and replaces it."""
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
-    await store.upsert_node(tx, p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED,
-                            reason=p.reason)
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.upsert_node_write(p.cluster_id, p.server_id, name=p.node_name, role=None, status=model.NODE_FAILED,
+                                reason=p.reason),
+    ]
 
 
-async def on_node_repaired(env: Envelope, p: NodeRepaired, tx: asyncpg.Connection) -> None:
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
+def plan_node_repaired(env: Envelope, p: NodeRepaired) -> list[Write]:
+    return [store.bump_seq_write(p.cluster_id, p.project_id, current_sequence())]
 
 
-async def on_billed_resource(env: Envelope, p: VolumeCreated, tx: asyncpg.Connection) -> None:
+def plan_billed_resource(env: Envelope, p: VolumeCreated) -> list[Write]:
     """A volume, floating IP or load balancer reported to accounting (``billing.py``): only the subject's sequence."""
-    await store.bump_seq(tx, p.cluster_id, p.project_id, current_sequence())
+    return [store.bump_seq_write(p.cluster_id, p.project_id, current_sequence())]
 
 
-HANDLERS: dict[type, Callable[[Envelope, object, asyncpg.Connection], Awaitable[None]]] = {
-    ClusterCreateRequested: on_create_requested,  # type: ignore[dict-item]
-    ClusterCACreated: on_ca_created,  # type: ignore[dict-item]
-    ClusterCAReplaced: on_ca_replaced,  # type: ignore[dict-item]
-    ClusterCATrustNarrowed: on_ca_trust_narrowed,  # type: ignore[dict-item]
-    ClusterTrustRotated: on_trust_rotated,  # type: ignore[dict-item]
-    ClusterDeleteRequested: on_delete_requested,  # type: ignore[dict-item]
-    ClusterCreateStarted: on_create_started,  # type: ignore[dict-item]
-    ClusterCreateCompleted: on_create_completed,  # type: ignore[dict-item]
-    ClusterCreateFailed: on_create_failed,  # type: ignore[dict-item]
-    ClusterDeleteStarted: on_delete_started,  # type: ignore[dict-item]
-    ClusterDeleteCompleted: on_delete_completed,  # type: ignore[dict-item]
-    ClusterDeleteFailed: on_delete_failed,  # type: ignore[dict-item]
-    ClusterTrustDeleted: on_trust_deleted,  # type: ignore[dict-item]
-    ClusterWithdrawn: on_withdrawn,  # type: ignore[dict-item]
-    NodeCreated: on_node_created,  # type: ignore[dict-item]
-    NodeBecameActive: on_node_active,  # type: ignore[dict-item]
-    NodeFailed: on_node_failed,  # type: ignore[dict-item]
-    NodeDeleted: on_node_deleted,  # type: ignore[dict-item]
-    NodeLost: on_node_lost,  # type: ignore[dict-item]
-    NodeRepaired: on_node_repaired,  # type: ignore[dict-item]
-    ClusterHealthChanged: on_health_changed,  # type: ignore[dict-item]
+PLANS: dict[type, Callable[[Envelope, Any], list[Write]]] = {
+    ClusterCreateRequested: plan_create_requested,
+    ClusterCACreated: plan_ca_created,
+    ClusterCATrustNarrowed: plan_ca_trust_narrowed,
+    ClusterDeleteRequested: plan_delete_requested,
+    ClusterCreateStarted: plan_create_started,
+    ClusterCreateCompleted: plan_create_completed,
+    ClusterCreateFailed: plan_create_failed,
+    ClusterDeleteStarted: plan_delete_started,
+    ClusterDeleteCompleted: plan_delete_completed,
+    ClusterDeleteFailed: plan_delete_failed,
+    ClusterTrustDeleted: plan_trust_deleted,
+    NodeCreated: plan_node_created,
+    NodeBecameActive: plan_node_active,
+    NodeFailed: plan_node_failed,
+    NodeDeleted: plan_node_deleted,
+    NodeLost: plan_node_lost,
+    NodeRepaired: plan_node_repaired,
+    ClusterHealthChanged: plan_health_changed,
     **dict.fromkeys((VolumeCreated, VolumeDeleted, FloatingIpAllocated, FloatingIpReleased, LoadBalancerCreated,
-                     LoadBalancerDeleted), on_billed_resource),  # type: ignore[dict-item, arg-type]
-    ClusterUpdateRequested: on_update_requested,  # type: ignore[dict-item]
-    ClusterUpdateAdmitted: on_update_admitted,  # type: ignore[dict-item]
-    NodeGroupCreateRequested: on_nodegroup_create_requested,  # type: ignore[dict-item]
-    NodeGroupCreateAdmitted: on_nodegroup_create_admitted,  # type: ignore[dict-item]
-    NodeGroupDeleteRequested: on_nodegroup_delete_requested,  # type: ignore[dict-item]
-    ClusterUpgradeRequested: on_upgrade_requested,  # type: ignore[dict-item]
-    ClusterUpdateStarted: on_update_started,  # type: ignore[dict-item]
-    ClusterUpdateCompleted: on_update_completed,  # type: ignore[dict-item]
-    ClusterUpdateFailed: on_update_failed,  # type: ignore[dict-item]
+                     LoadBalancerDeleted), plan_billed_resource),
+    NodeGroupCreateRequested: plan_nodegroup_create_requested,
+    NodeGroupCreateAdmitted: plan_nodegroup_create_admitted,
+    NodeGroupDeleteRequested: plan_nodegroup_delete_requested,
+    ClusterUpdateStarted: plan_update_started,
+    ClusterUpdateCompleted: plan_update_completed,
+    ClusterUpdateFailed: plan_update_failed,
 }
+"""The events applied by writes decided from the event alone."""
 
 
-async def project(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
-    """The projection handler: apply one event to the store; events of other types are ignored."""
-    handler = HANDLERS.get(type(env.payload))
-    if handler is not None:
-        await handler(env, env.payload, tx)
+HANDLERS: dict[type, Callable[[Envelope, Any, asyncpg.Connection], Awaitable[None]]] = {
+    ClusterCAReplaced: on_ca_replaced,
+    ClusterTrustRotated: on_trust_rotated,
+    ClusterWithdrawn: on_withdrawn,
+    ClusterUpdateRequested: on_update_requested,
+    ClusterUpdateAdmitted: on_update_admitted,
+    ClusterUpgradeRequested: on_upgrade_requested,
+}
+"""The events whose effect depends on what the store holds: applied one at a time, in their place in a batch."""
+
+
+def plan(env: Envelope) -> list[Write] | None:
+    """The writes applying ``env``; None when it is one of ``HANDLERS``'. Events of other types change nothing."""
+    planner = PLANS.get(type(env.payload))
+    if planner is not None:
+        return planner(env, env.payload)
+    if type(env.payload) in HANDLERS:
+        if isinstance(env.payload, ClusterUpdateRequested) and env.payload.decided:
+            return []  # applied when the scheduler admits it (ClusterUpdateAdmitted)
+        return None
     return []
+
+
+async def apply_reading(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+    """Apply one of the events ``plan`` declines."""
+    await HANDLERS[type(env.payload)](env, env.payload, tx)
+    return []
+
+
+project = PlannedHandler(plan, apply_reading)
+"""The projection handler: planned events as writes (grouped in a batch), the others one by one."""

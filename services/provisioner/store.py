@@ -15,6 +15,7 @@ from proto.clusterspec import ClusterSpec
 from proto.events import ClusterCreateRequested
 from services.provisioner.model import NODE_ACTIVE, NODE_CREATED, NODE_DELETED, NODE_FAILED, KnownNode
 from services.provisioner.nodeplan import GroupSpec
+from services.runtime.projection import Write
 
 SCHEMA = "provisioner"
 
@@ -70,27 +71,50 @@ def encode_spec(spec: ClusterCreateRequested) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ writes
+#
+# Each write the projection makes is built as a ``Write`` (statement, arguments, the rows it touches: the cluster's,
+# or a whole table's) by a ``*_write`` function, and run by the function of the same name without the suffix: the
+# handlers plan events as lists of these writes (services/provisioner/handlers.py), which a batch runs grouped.
 
 
-async def record_spec(tx: asyncpg.Connection, spec: ClusterCreateRequested, correlation_id: str) -> None:
+def cluster_key(cluster_id: str) -> tuple[str, str]:
+    """The key of every row of one cluster (its ``clusters``, ``nodes`` and ``nodegroups`` rows)."""
+    return ("cluster", cluster_id)
+
+
+TRUSTS_KEY = "trusts_to_delete"
+"""The key of the ``trusts_to_delete`` table: a trust may be shared by clusters, and a write may name it only
+through a cluster's row, so every write to the table is ordered after every earlier one."""
+
+
+def record_spec_write(spec: ClusterCreateRequested, correlation_id: str) -> Write:
     """The request, with its resolved spec (resolved now for an event written before the API carried one)."""
     spec = msgspec.structs.replace(spec, spec=clusterspec.spec_of(spec))
-    await tx.execute(
+    return Write(
         "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
         " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
         " ON CONFLICT (uuid) DO UPDATE SET project_id = EXCLUDED.project_id, name = EXCLUDED.name,"
         " spec = EXCLUDED.spec, trust_id = EXCLUDED.trust_id, correlation_id = EXCLUDED.correlation_id,"
         " updated_at = now()",
-        spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id,
+        (spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id),
+        (cluster_key(spec.uuid),),
+    )
+
+
+async def record_spec(tx: asyncpg.Connection, spec: ClusterCreateRequested, correlation_id: str) -> None:
+    await run(tx, record_spec_write(spec, correlation_id))
+
+
+def record_ca_write(cluster_id: str, project_id: str, ca_cert_pem: str) -> Write:
+    return Write(
+        "INSERT INTO clusters (uuid, project_id, ca_cert_pem) VALUES ($1, $2, $3)"
+        " ON CONFLICT (uuid) DO UPDATE SET ca_cert_pem = EXCLUDED.ca_cert_pem, updated_at = now()",
+        (cluster_id, project_id, ca_cert_pem), (cluster_key(cluster_id),),
     )
 
 
 async def record_ca(tx: asyncpg.Connection, cluster_id: str, project_id: str, ca_cert_pem: str) -> None:
-    await tx.execute(
-        "INSERT INTO clusters (uuid, project_id, ca_cert_pem) VALUES ($1, $2, $3)"
-        " ON CONFLICT (uuid) DO UPDATE SET ca_cert_pem = EXCLUDED.ca_cert_pem, updated_at = now()",
-        cluster_id, project_id, ca_cert_pem,
-    )
+    await run(tx, record_ca_write(cluster_id, project_id, ca_cert_pem))
 
 
 async def set_trust(tx: asyncpg.Connection, cluster_id: str, trust_id: str) -> None:
@@ -98,13 +122,39 @@ async def set_trust(tx: asyncpg.Connection, cluster_id: str, trust_id: str) -> N
     await tx.execute("UPDATE clusters SET trust_id = $2, updated_at = now() WHERE uuid = $1", cluster_id, trust_id)
 
 
-async def record_delete_requested(tx: asyncpg.Connection, cluster_id: str, project_id: str) -> None:
-    await tx.execute(
+def record_delete_requested_write(cluster_id: str, project_id: str) -> Write:
+    return Write(
         "INSERT INTO clusters (uuid, project_id, desired, delete_generation, delete_pending)"
         " VALUES ($1, $2, 'absent', 1, true)"
         " ON CONFLICT (uuid) DO UPDATE SET desired = 'absent', delete_pending = true,"
         " delete_generation = clusters.delete_generation + 1, updated_at = now()",
-        cluster_id, project_id,
+        (cluster_id, project_id), (cluster_key(cluster_id),),
+    )
+
+
+async def record_delete_requested(tx: asyncpg.Connection, cluster_id: str, project_id: str) -> None:
+    await run(tx, record_delete_requested_write(cluster_id, project_id))
+
+
+def set_status_write(
+    cluster_id: str,
+    project_id: str | None,
+    status: str,
+    reason: str | None,
+    seq: int,
+    *,
+    started_at: datetime | None = None,
+    delete_started: bool = False,
+) -> Write:
+    return Write(
+        "INSERT INTO clusters (uuid, project_id, status, status_reason, last_seq, create_started_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,"
+        " last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq),"
+        " create_started_at = COALESCE(clusters.create_started_at, EXCLUDED.create_started_at),"
+        " delete_pending = CASE WHEN $7 THEN false ELSE clusters.delete_pending END,"
+        " updated_at = now()",
+        (cluster_id, project_id, status, reason, seq, started_at, delete_started), (cluster_key(cluster_id),),
     )
 
 
@@ -119,29 +169,27 @@ async def set_status(
     started_at: datetime | None = None,
     delete_started: bool = False,
 ) -> None:
-    await tx.execute(
-        "INSERT INTO clusters (uuid, project_id, status, status_reason, last_seq, create_started_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,"
-        " last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq),"
-        " create_started_at = COALESCE(clusters.create_started_at, EXCLUDED.create_started_at),"
-        " delete_pending = CASE WHEN $7 THEN false ELSE clusters.delete_pending END,"
-        " updated_at = now()",
-        cluster_id, project_id, status, reason, seq, started_at, delete_started,
+    await run(tx, set_status_write(cluster_id, project_id, status, reason, seq, started_at=started_at,
+                                   delete_started=delete_started))
+
+
+def set_health_write(
+    cluster_id: str, project_id: str | None, status: str, reason: dict[str, str], seq: int
+) -> Write:
+    """The cluster's health as its last ``ClusterHealthChanged`` says (``health.py`` publishes only on a change)."""
+    return Write(
+        "INSERT INTO clusters (uuid, project_id, health_status, health_reason, last_seq)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5)"
+        " ON CONFLICT (uuid) DO UPDATE SET health_status = EXCLUDED.health_status,"
+        " health_reason = EXCLUDED.health_reason, last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq)",
+        (cluster_id, project_id, status, json.dumps(reason), seq), (cluster_key(cluster_id),),
     )
 
 
 async def set_health(
     tx: asyncpg.Connection, cluster_id: str, project_id: str | None, status: str, reason: dict[str, str], seq: int
 ) -> None:
-    """The cluster's health as its last ``ClusterHealthChanged`` says (``health.py`` publishes only on a change)."""
-    await tx.execute(
-        "INSERT INTO clusters (uuid, project_id, health_status, health_reason, last_seq)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5)"
-        " ON CONFLICT (uuid) DO UPDATE SET health_status = EXCLUDED.health_status,"
-        " health_reason = EXCLUDED.health_reason, last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq)",
-        cluster_id, project_id, status, json.dumps(reason), seq,
-    )
+    await run(tx, set_health_write(cluster_id, project_id, status, reason, seq))
 
 
 async def watched_clusters(conn: asyncpg.Connection | asyncpg.Pool, statuses: list[str]) -> list[asyncpg.Record]:
@@ -151,11 +199,53 @@ async def watched_clusters(conn: asyncpg.Connection | asyncpg.Pool, statuses: li
         " AND status = ANY($1::text[])", statuses)
 
 
-async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | None, seq: int) -> None:
-    await tx.execute(
+def bump_seq_write(cluster_id: str, project_id: str | None, seq: int) -> Write:
+    return Write(
         "INSERT INTO clusters (uuid, project_id, last_seq) VALUES ($1, $2, $3)"
         " ON CONFLICT (uuid) DO UPDATE SET last_seq = GREATEST(clusters.last_seq, EXCLUDED.last_seq)",
-        cluster_id, project_id, seq,
+        (cluster_id, project_id, seq), (cluster_key(cluster_id),),
+    )
+
+
+async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | None, seq: int) -> None:
+    await run(tx, bump_seq_write(cluster_id, project_id, seq))
+
+
+_RANK_SQL = "CASE {0} " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _NODE_RANK.items()) + " ELSE 0 END"
+
+
+def upsert_node_write(
+    cluster_id: str,
+    server_id: str,
+    *,
+    name: str | None,
+    role: str | None,
+    status: str,
+    flavor_id: str | None = None,
+    vcpus: int | None = None,
+    ram_mb: int | None = None,
+    disk_gb: int | None = None,
+    addresses: dict[str, list[str]] | None = None,
+    reason: str | None = None,
+) -> Write:
+    """Insert the node or move it forward; never backwards (see _NODE_RANK): one statement, the node's current
+    status compared with the new one in SQL."""
+    return Write(
+        "INSERT INTO nodes (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,"
+        " addresses, reason) VALUES ($1, $2, COALESCE(NULLIF($3, ''), $2), COALESCE(NULLIF($4, ''), 'worker'), $5,"
+        " $6, $7, $8, $9,"
+        " COALESCE($10::jsonb, '{}'::jsonb), $11)"
+        " ON CONFLICT (cluster_id, server_id) DO UPDATE SET"
+        f" status = CASE WHEN {_RANK_SQL.format('EXCLUDED.status')} >= {_RANK_SQL.format('nodes.status')}"
+        " THEN EXCLUDED.status ELSE nodes.status END,"
+        " name = COALESCE($3, nodes.name), role = COALESCE($4, nodes.role),"
+        " flavor_id = COALESCE($6, nodes.flavor_id), vcpus = COALESCE($7, nodes.vcpus),"
+        " ram_mb = COALESCE($8, nodes.ram_mb), disk_gb = COALESCE($9, nodes.disk_gb),"
+        " addresses = COALESCE($10::jsonb, nodes.addresses),"
+        " reason = COALESCE($11, nodes.reason), updated_at = now()",
+        (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,
+         json.dumps(addresses) if addresses else None, reason),
+        (cluster_key(cluster_id),),
     )
 
 
@@ -174,29 +264,15 @@ async def upsert_node(
     addresses: dict[str, list[str]] | None = None,
     reason: str | None = None,
 ) -> None:
-    """Insert the node or move it forward; never backwards (see _NODE_RANK)."""
-    row = await tx.fetchrow(
-        "SELECT status FROM nodes WHERE cluster_id = $1 AND server_id = $2 FOR UPDATE", cluster_id, server_id
-    )
-    if row is None:
-        await tx.execute(
-            "INSERT INTO nodes (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,"
-            " addresses, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)",
-            cluster_id, server_id, name or server_id, role or "worker", status, flavor_id, vcpus, ram_mb,
-            disk_gb, json.dumps(addresses or {}), reason,
-        )
-        return
-    forward = _NODE_RANK[status] >= _NODE_RANK.get(row["status"], 0)
-    await tx.execute(
-        "UPDATE nodes SET status = CASE WHEN $3 THEN $4 ELSE status END,"
-        " name = COALESCE($5, name), role = COALESCE($6, role), flavor_id = COALESCE($7, flavor_id),"
-        " vcpus = COALESCE($8, vcpus), ram_mb = COALESCE($9, ram_mb), disk_gb = COALESCE($10, disk_gb),"
-        " addresses = CASE WHEN $11::jsonb IS NULL THEN addresses ELSE $11::jsonb END,"
-        " reason = COALESCE($12, reason), updated_at = now()"
-        " WHERE cluster_id = $1 AND server_id = $2",
-        cluster_id, server_id, forward, status, name, role, flavor_id, vcpus, ram_mb, disk_gb,
-        json.dumps(addresses) if addresses else None, reason,
-    )
+    await run(tx, upsert_node_write(
+        cluster_id, server_id, name=name, role=role, status=status, flavor_id=flavor_id, vcpus=vcpus,
+        ram_mb=ram_mb, disk_gb=disk_gb, addresses=addresses, reason=reason,
+    ))
+
+
+async def run(tx: asyncpg.Connection, write: Write) -> None:
+    """Run one planned write now."""
+    await tx.execute(write.sql, *write.args)
 
 
 # ------------------------------------------------------------------------------------------------ reads
@@ -260,15 +336,26 @@ async def node_rows(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str) ->
 # ------------------------------------------------------------------------------------------------ nodegroups
 
 
+def upsert_group_write(
+    cluster_id: str, name: str, *, uuid: str | None, role: str, node_count: int,
+    flavor_id: str | None, image_id: str | None, is_default: bool, docker_volume_size: int | None = None,
+) -> Write:
+    return Write(
+        "INSERT INTO nodegroups (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id,"
+        " docker_volume_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (cluster_id, name) DO NOTHING",
+        (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id, docker_volume_size),
+        (cluster_key(cluster_id),),
+    )
+
+
 async def upsert_group(
     tx: asyncpg.Connection, cluster_id: str, name: str, *, uuid: str | None, role: str, node_count: int,
     flavor_id: str | None, image_id: str | None, is_default: bool, docker_volume_size: int | None = None,
 ) -> None:
-    await tx.execute(
-        "INSERT INTO nodegroups (cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id,"
-        " docker_volume_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (cluster_id, name) DO NOTHING",
-        cluster_id, name, uuid, role, is_default, node_count, flavor_id, image_id, docker_volume_size,
-    )
+    await run(tx, upsert_group_write(
+        cluster_id, name, uuid=uuid, role=role, node_count=node_count, flavor_id=flavor_id, image_id=image_id,
+        is_default=is_default, docker_volume_size=docker_volume_size,
+    ))
 
 
 async def find_group(tx: asyncpg.Connection, cluster_id: str, ident: str | None) -> str | None:
@@ -290,8 +377,13 @@ async def resize_group(
     )
 
 
+def remove_group_write(cluster_id: str, name: str) -> Write:
+    return Write("UPDATE nodegroups SET present = false WHERE cluster_id = $1 AND name = $2", (cluster_id, name),
+                 (cluster_key(cluster_id),))
+
+
 async def remove_group(tx: asyncpg.Connection, cluster_id: str, name: str) -> None:
-    await tx.execute("UPDATE nodegroups SET present = false WHERE cluster_id = $1 AND name = $2", cluster_id, name)
+    await run(tx, remove_group_write(cluster_id, name))
 
 
 async def set_group_image(tx: asyncpg.Connection, cluster_id: str, name: str | None, image_id: str) -> None:
@@ -302,45 +394,66 @@ async def set_group_image(tx: asyncpg.Connection, cluster_id: str, name: str | N
     )
 
 
-async def set_operation_started(tx: asyncpg.Connection, cluster_id: str, column: str, at: datetime) -> None:
+def set_operation_started_write(cluster_id: str, column: str, at: datetime) -> Write:
     """When the current update (``update_started_at``) or delete (``delete_started_at``) started."""
     assert column in ("update_started_at", "delete_started_at")
-    await tx.execute(f"UPDATE clusters SET {column} = $2 WHERE uuid = $1", cluster_id, at)
+    return Write(f"UPDATE clusters SET {column} = $2 WHERE uuid = $1", (cluster_id, at), (cluster_key(cluster_id),))
 
 
-async def bump_roll(tx: asyncpg.Connection, cluster_id: str, name: str | None, *, masters_only: bool = False) -> None:
+async def set_operation_started(tx: asyncpg.Connection, cluster_id: str, column: str, at: datetime) -> None:
+    await run(tx, set_operation_started_write(cluster_id, column, at))
+
+
+def bump_roll_write(cluster_id: str, name: str | None, *, masters_only: bool = False) -> Write:
     """Every server of one group (or, name None, of every group; of the master groups only) is to be rolled."""
-    await tx.execute(
+    return Write(
         "UPDATE nodegroups SET roll_generation = roll_generation + 1 WHERE cluster_id = $1"
         " AND ($2::text IS NULL OR name = $2) AND (NOT $3 OR role = 'master')",
-        cluster_id, name, masters_only,
+        (cluster_id, name, masters_only), (cluster_key(cluster_id),),
     )
 
 
+async def bump_roll(tx: asyncpg.Connection, cluster_id: str, name: str | None, *, masters_only: bool = False) -> None:
+    await run(tx, bump_roll_write(cluster_id, name, masters_only=masters_only))
+
+
+def set_ca_previous_write(cluster_id: str, previous_pem: str | None) -> Write:
+    return Write("UPDATE clusters SET ca_previous_pem = $2 WHERE uuid = $1", (cluster_id, previous_pem),
+                 (cluster_key(cluster_id),))
+
+
 async def set_ca_previous(tx: asyncpg.Connection, cluster_id: str, previous_pem: str | None) -> None:
-    await tx.execute("UPDATE clusters SET ca_previous_pem = $2 WHERE uuid = $1", cluster_id, previous_pem)
+    await run(tx, set_ca_previous_write(cluster_id, previous_pem))
 
 
 async def current_ca(tx: asyncpg.Connection, cluster_id: str) -> str | None:
     return await tx.fetchval("SELECT ca_cert_pem FROM clusters WHERE uuid = $1", cluster_id)  # type: ignore[no-any-return]
 
 
-async def bump_update(tx: asyncpg.Connection, cluster_id: str, *, max_batch_size: int | None = None) -> None:
-    await tx.execute(
+def bump_update_write(cluster_id: str, *, max_batch_size: int | None = None) -> Write:
+    return Write(
         "UPDATE clusters SET update_generation = update_generation + 1,"
         " max_batch_size = COALESCE($2, max_batch_size), updated_at = now() WHERE uuid = $1",
-        cluster_id, max_batch_size,
+        (cluster_id, max_batch_size), (cluster_key(cluster_id),),
+    )
+
+
+async def bump_update(tx: asyncpg.Connection, cluster_id: str, *, max_batch_size: int | None = None) -> None:
+    await run(tx, bump_update_write(cluster_id, max_batch_size=max_batch_size))
+
+
+def mark_update_write(cluster_id: str, *, started: int | None = None, done: int | None = None) -> Write:
+    return Write(
+        "UPDATE clusters SET update_started = GREATEST(update_started, COALESCE($2, 0)),"
+        " update_done = GREATEST(update_done, COALESCE($3, 0)) WHERE uuid = $1",
+        (cluster_id, started, done), (cluster_key(cluster_id),),
     )
 
 
 async def mark_update(
     tx: asyncpg.Connection, cluster_id: str, *, started: int | None = None, done: int | None = None
 ) -> None:
-    await tx.execute(
-        "UPDATE clusters SET update_started = GREATEST(update_started, COALESCE($2, 0)),"
-        " update_done = GREATEST(update_done, COALESCE($3, 0)) WHERE uuid = $1",
-        cluster_id, started, done,
-    )
+    await run(tx, mark_update_write(cluster_id, started=started, done=done))
 
 
 # ------------------------------------------------------------------------------------------------ trusts to delete
@@ -377,8 +490,24 @@ async def add_trust_to_delete(
     )
 
 
+def delete_cluster_trust_write(cluster_id: str, project_id: str | None) -> Write:
+    """The trust the cluster acts with, if any, is to be deleted (reason ``cluster_deleted``): the trust read from
+    the cluster's row by the statement itself."""
+    return Write(
+        "INSERT INTO trusts_to_delete (trust_id, cluster_id, project_id, reason)"
+        " SELECT trust_id, uuid, $2, 'cluster_deleted' FROM clusters"
+        " WHERE uuid = $1 AND trust_id IS NOT NULL AND trust_id <> ''"
+        " ON CONFLICT (trust_id) DO NOTHING",
+        (cluster_id, project_id), (cluster_key(cluster_id), TRUSTS_KEY),
+    )
+
+
+def remove_trust_to_delete_write(trust_id: str) -> Write:
+    return Write("DELETE FROM trusts_to_delete WHERE trust_id = $1", (trust_id,), (TRUSTS_KEY,))
+
+
 async def remove_trust_to_delete(tx: asyncpg.Connection, trust_id: str) -> None:
-    await tx.execute("DELETE FROM trusts_to_delete WHERE trust_id = $1", trust_id)
+    await run(tx, remove_trust_to_delete_write(trust_id))
 
 
 async def trusts_to_delete(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 500) -> list[PendingTrust]:

@@ -23,6 +23,10 @@ A service may also give a ``batch_handler``: it receives every fresh event of a 
 it can apply set-based (one statement for many rows) cost a few statements per batch instead of a few per event; it
 must leave the store exactly as the per-event handler applied in stream order would (tests/scheduler/
 test_admission_run.py and tests/api/test_batch_projection.py compare both paths table by table).
+A handler made of planned writes (``PlannedHandler``: each event's statements decided from the event alone, the
+events that must read the store applied one at a time in their place) is its own batch handler: a batch runs the
+writes of its planned events grouped by statement, in waves that keep the stream order of every writes touching the
+same rows (``apply_writes``), a few round trips for a whole batch; alone, the same writes run one after another.
 A subclass customises the per-event work through ``_handle`` (runs the handler inside the transaction) and
 ``_applied`` (after the commit, once per event); a subclass that overrides ``_apply`` itself is applied one
 message at a time, since the batch path cannot run its override.
@@ -45,9 +49,10 @@ import contextlib
 import contextvars
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -167,10 +172,119 @@ duplicates included; ``(None, sequence)`` for one it dead-lettered."""
 _SEQUENCE: contextvars.ContextVar[int] = contextvars.ContextVar("projection_stream_sequence", default=0)
 
 
+_BATCH_SEQUENCES: contextvars.ContextVar[Sequence[int]] = contextvars.ContextVar("projection_batch_sequences",
+                                                                                 default=())
+
+
 def current_sequence() -> int:
-    """The stream sequence of the event the running projection handler is applying (0 outside a handler, and in
-    a batch handler, which applies several)."""
+    """The stream sequence of the event the running projection handler is applying (0 outside a handler; in a
+    batch handler, which applies several, see ``batch_sequences``)."""
     return _SEQUENCE.get()
+
+
+def batch_sequences() -> Sequence[int]:
+    """Inside a batch handler: the stream sequence of each event it was given, in the same order."""
+    return _BATCH_SEQUENCES.get()
+
+
+# ------------------------------------------------------------------ planned writes
+
+
+@dataclass(frozen=True)
+class Write:
+    """One statement of an event's application, decided from the event alone: ``sql`` run with ``args``.
+
+    ``keys`` name every row the statement reads or writes (e.g. ``("cluster", uuid)`` for a cluster's rows, or a
+    table's name for a statement that reaches rows it cannot name beforehand). Two writes that share no key touch
+    disjoint rows, so they commute: that is what lets a batch run them grouped by statement (``apply_writes``)."""
+
+    sql: str
+    args: tuple[Any, ...]
+    keys: tuple[Hashable, ...]
+
+
+Planner = Callable[[Envelope], Sequence[Write] | None]
+"""The writes that apply an event, decided from the event alone (no read of the store; ``current_sequence()``
+is set). None: this event needs to read the store first, and is applied by the projection's own handler."""
+
+
+async def apply_writes(tx: asyncpg.Connection, writes: Sequence[Write]) -> int:
+    """Run ``writes`` (stream order) in a few round trips; returns the round trips spent.
+
+    Each write is put in the first wave after every earlier write it shares a key with, so two writes of one wave
+    share no key (they commute) and writes sharing a key run in stream order. A wave's writes of one statement run
+    with ONE ``executemany`` (asyncpg pipelines it: one round trip, the statement prepared once): the result is
+    the result of running every write one after another in stream order."""
+    level_of: dict[Hashable, int] = {}
+    waves: list[dict[str, list[tuple[Any, ...]]]] = []
+    for w in writes:
+        if not w.keys:
+            raise ValueError(f"a planned write names no key: {w.sql}")
+        level = max(level_of.get(k, -1) for k in w.keys) + 1
+        for k in w.keys:
+            level_of[k] = level
+        if level == len(waves):
+            waves.append({})
+        waves[level].setdefault(w.sql, []).append(w.args)
+    trips = 0
+    for wave in waves:
+        for sql, rows in wave.items():
+            if len(rows) == 1:
+                await tx.execute(sql, *rows[0])
+            else:
+                await tx.executemany(sql, rows)
+            trips += 1
+    return trips
+
+
+class PlannedHandler:
+    """A projection handler whose events are, where they can be, planned writes (``plan``); an event the planner
+    declines (None: it must read the store, or it publishes) goes to ``handle``.
+
+    One code path per event type, two speeds: applied alone (``__call__``: the live consumer's single message,
+    and the one-at-a-time retry of a failed batch) the writes run one after another; applied with the other
+    fresh events of a batch (``batch``: the live consumer's fetched batch, a replay's 1,000 events) the writes of
+    every run of planned events between two declined ones go through ``apply_writes``. The projection uses
+    ``batch`` as its batch handler by itself (``Projection.__init__``)."""
+
+    def __init__(self, plan: Planner, handle: ProjectionHandler | None = None) -> None:
+        self.plan = plan
+        self._handle = handle
+
+    async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
+        if self._handle is None:
+            raise RuntimeError(f"the planner declined a {type(env.payload).__name__} and there is no handler")
+        return await self._handle(env, tx)
+
+    async def __call__(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
+        writes = self.plan(env)
+        if writes is None:
+            return await self.handle(env, tx)
+        for w in writes:
+            await tx.execute(w.sql, *w.args)
+        return ()
+
+    async def batch(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
+        sequences = batch_sequences()
+        if len(sequences) != len(envs):
+            raise RuntimeError("PlannedHandler.batch runs only as a projection's batch handler")
+        outgoing: list[Sequence[Outgoing]] = []
+        pending: list[Write] = []
+        for env, seq in zip(envs, sequences, strict=True):
+            token = _SEQUENCE.set(seq)
+            try:
+                writes = self.plan(env)
+                if writes is None:
+                    await apply_writes(tx, pending)  # what came before it, before it reads
+                    pending.clear()
+                    outgoing.append(await self.handle(env, tx) or ())
+                else:
+                    pending.extend(writes)
+                    outgoing.append(())
+            finally:
+                _SEQUENCE.reset(token)
+        await apply_writes(tx, pending)
+        return outgoing
 
 
 class Projection:
@@ -199,6 +313,8 @@ class Projection:
     ) -> None:
         self.name = name
         self.on_applied = on_applied
+        if batch_handler is None and isinstance(handler, PlannedHandler):
+            batch_handler = handler.batch
         self.batch_handler = batch_handler
         self.inbox_pruning = inbox_pruning
         self._pruner: asyncio.Task[None] | None = None
@@ -367,7 +483,11 @@ class Projection:
         through the ``batch_handler`` when there is one and more than one event, else one by one with ``_handle``.
         Returns each event's outgoing events."""
         if self.batch_handler is not None and len(fresh) > 1:
-            outgoing = await self.batch_handler([env for env, _ in fresh], conn)
+            token = _BATCH_SEQUENCES.set([msg.metadata.sequence.stream for _, msg in fresh])
+            try:
+                outgoing = await self.batch_handler([env for env, _ in fresh], conn)
+            finally:
+                _BATCH_SEQUENCES.reset(token)
             if len(outgoing) != len(fresh):
                 raise RuntimeError(f"{self.name}: batch handler answered {len(outgoing)} of {len(fresh)} events")
             return outgoing
