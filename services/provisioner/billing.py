@@ -22,12 +22,13 @@ deletion time early, where waiting for the cluster's completion was the whole ou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -90,7 +91,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "now", "server_ends", "server_starts"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "noting", "now", "recall", "server_ends", "server_starts",
+           "watch_going"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -208,6 +210,7 @@ async def gone(
     deleted: Mapping[str, datetime],
     listed_at: datetime,
     node_name: str | None = None,
+    vanished: Mapping[str, datetime] | None = None,
 ) -> None:
     """Report the end of every reported resource (of ``node_name`` only, when given) that a listing made at
     ``listed_at`` no longer showed (``present``: id -> kind), or whose synchronous delete returned (``deleted``:
@@ -218,13 +221,18 @@ async def gone(
     that did not, and a pass of the teardown (ports, router, network, security groups deleted one after another)
     takes a second or more on a busy cloud: its end is the middle of that window, off by half a pass at most
     instead of a whole one. One an earlier task last saw (``noted_at``) ends there: that window spans a copy's
-    outage, and Cinder and Octavia finish a delete within seconds of accepting it."""
+    outage, and Cinder and Octavia finish a delete within seconds of accepting it. ``vanished`` (id -> when first
+    seen gone, by ``watch_going`` while the listing's pass went on) narrows a window to the watch's interval."""
+    vanished = vanished or {}
     for rid, kind in present.items():
         b = st.billed.get(rid)
         if b is None:
-            st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name, seen_at=listed_at)
+            b = st.billed[rid] = Billed(kind, rid, "", listed_at, node_name=node_name, seen_at=listed_at)
         else:  # still there: this task sees it go
-            st.billed[rid] = replace(b, seen_at=listed_at, gone_at=None, noted_at=None)
+            seen = max(listed_at, b.seen_at) if b.seen_at is not None else listed_at
+            b = st.billed[rid] = replace(b, seen_at=seen, gone_at=None, noted_at=None)
+        if rid in vanished:  # shown by the pass's listing, gone before the pass ended
+            st.billed[rid] = replace(b, gone_at=_between(b.seen_at, vanished[rid]))
     for rid in deleted:
         if rid not in st.billed:
             st.billed[rid] = Billed(FLOATING_IP, rid, "", listed_at, node_name=node_name)
@@ -239,10 +247,8 @@ async def gone(
                 continue
             elif b.noted_at is not None:
                 end = min(b.noted_at, listed_at)
-            elif b.seen_at is not None and b.seen_at <= listed_at:
-                end = b.seen_at + (listed_at - b.seen_at) / 2
             else:
-                end = listed_at
+                end = _between(b.seen_at, vanished.get(rid, listed_at))
             b = st.billed[rid] = replace(b, gone_at=end)
         assert b.gone_at is not None
         ended.append((b, b.gone_at))
@@ -251,6 +257,68 @@ async def gone(
     await r.emit_many(row, [(_gone(row, b, at), f"{type(_gone(row, b, at)).__name__}:{b.id}") for b, at in ended])
     for b, _ in ended:
         st.billed.pop(b.id, None)
+
+
+def _between(seen_at: datetime | None, missed_at: datetime) -> datetime:
+    """The middle of the window a resource went in: after the listing that last showed it, before the first
+    that did not."""
+    if seen_at is None or seen_at > missed_at:
+        return missed_at
+    return seen_at + (missed_at - seen_at) / 2
+
+
+GOING = (VOLUME, LOAD_BALANCER)
+"""What Cinder and Octavia delete asynchronously: ``watch_going`` looks at them while a teardown goes on."""
+
+
+async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teardown: asyncio.Future[Any]
+                      ) -> dict[str, datetime]:
+    """While ``teardown`` (the cloud call deleting the cluster's resources) runs, look at the reported volumes and
+    load balancer every poll interval (half a second at least; one show of each, only those not yet seen gone):
+    the ones still there get that sighting (``seen_at``), the others the time they were first missed, returned.
+
+    A teardown pass deletes the volumes, then the ports, router, network and security groups one by one: a second
+    or more on a busy cloud (3 s seen), while the volumes it deleted went a third of a second after their delete.
+    Judged by the pass's listings alone, their window spans the whole pass."""
+    pending = {rid: b.kind for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
+    vanished: dict[str, datetime] = {}
+    trust = row.trust_id
+    if not pending or trust is None:
+        return vanished
+    interval = max(r.settings.poll_interval, 0.5)
+
+    def still_there(c: ClusterCloud, ids: dict[str, str]) -> set[str]:
+        there = set()
+        for rid, kind in ids.items():
+            if kind == VOLUME:
+                response = c.conn.block_storage.get(f"/volumes/{rid}")
+            else:
+                response = c.conn.load_balancer.get(f"/v2/lbaas/loadbalancers/{rid}")
+            if response.status_code == 404:
+                continue
+            response.raise_for_status()
+            body = response.json()
+            if str((body.get("loadbalancer") or {}).get("provisioning_status", "")).upper() != "DELETED":
+                there.add(rid)
+        return there
+
+    while pending:
+        await asyncio.wait([teardown], timeout=interval)
+        if teardown.done():
+            break
+        at = now()
+        try:
+            there = await r.cloud.call(trust, lambda c, ids=dict(pending): still_there(c, ids))  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - a look that failed narrows nothing; the next one may
+            log.debug("billed_resources_unseen", cluster_id=row.uuid, error=repr(exc)[:200])
+            continue
+        for rid in list(pending):
+            if rid in there:
+                st.billed[rid] = replace(st.billed[rid], seen_at=at)
+            else:
+                vanished[rid] = at
+                del pending[rid]
+    return vanished
 
 
 NOTES_BUCKET = "COVE_PROVISIONER_BILLING"
@@ -323,17 +391,24 @@ class Notes:
             self._noted.discard(cluster_id)
 
 
-async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],
-                 seen_deleted: Mapping[str, datetime], listed_at: datetime) -> None:
-    """``gone`` for a pass of the delete path, between ``Notes.recall`` and ``Notes.write_down``: a read per task
-    and a write per pass while billed resources are still there, none after. A note that cannot be read or written
-    costs only its precision (a warning): it never stops a delete."""
+async def recall(r: Reconciler, row: store.ClusterRow, st: TaskState) -> None:
+    """``Notes.recall`` for a pass of the delete path (once per task); a note that cannot be read is a warning."""
     try:
         await r.notes.recall(row.uuid, st)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError, ValueError) as exc:
         log.warning("billing_note_unread", cluster_id=row.uuid, error=repr(exc))
-    await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at)
+
+
+async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],
+                 seen_deleted: Mapping[str, datetime], listed_at: datetime,
+                 vanished: Mapping[str, datetime] | None = None) -> None:
+    """``gone`` for a pass of the delete path, between ``Notes.recall`` and ``Notes.write_down``: a read per task
+    and a write per pass while billed resources are still there, none after. A note that cannot be read or written
+    costs only its precision (a warning): it never stops a delete."""
+    await recall(r, row, st)
+    await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at, vanished=vanished)
+    still = {rid: kind for rid, kind in seen_present.items() if rid not in (vanished or {})}
     try:
-        await r.notes.write_down(row.uuid, seen_present, listed_at)
+        await r.notes.write_down(row.uuid, still, listed_at)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))

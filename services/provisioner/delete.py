@@ -74,12 +74,19 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
         return Outcome.POLL
     st.waiting_for = "the load balancer, volumes and network to be deleted"
     seen = Seen()
+    await billing.recall(r, row, st)  # what an earlier task saw go (a copy killed since)
     # What the call's listings no longer show went before they looked, so before the call's end, which comes
-    # after the deletes of every port, router and network (a cloud slow to answer would bill it seconds late).
+    # after the deletes of every port, router and network (a cloud slow to answer would bill it seconds late);
+    # the volumes and load balancer the call deletes are looked at while it goes on.
     listed_at = billing.now()
-    cleared = await r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen))
+    teardown = asyncio.ensure_future(r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen)))
+    try:
+        vanished = await billing.watch_going(r, row, st, teardown)
+        cleared = await teardown
+    finally:
+        teardown.cancel()  # the task was cancelled (its lease lost): the call's thread finishes on its own
     # the billed resources still there are noted for a copy resuming the delete if this one is killed (billing.py)
-    await billing.noting(r, row, st, seen.present, seen.deleted, listed_at)
+    await billing.noting(r, row, st, seen.present, seen.deleted, listed_at, vanished)
     if not cleared:
         return Outcome.POLL  # a load balancer or volume still goes away
     outcome = await completed(r, row)

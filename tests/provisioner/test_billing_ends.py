@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,3 +107,20 @@ async def test_a_task_resuming_a_killed_copys_delete_ends_what_it_saw_at_its_las
     again = Reporter(notes)
     await billing.noting(again, row, TaskState(), {}, {}, T0 + timedelta(seconds=20))
     assert again.reported == []
+
+
+async def test_a_volume_seen_going_while_the_teardown_went_on_ends_within_that_look_not_the_whole_pass(
+        notes: billing.Notes) -> None:
+    r, row, st = Reporter(notes), Row(), TaskState()
+    v = volume(T0)
+    st.billed[v.id] = v
+    await billing.noting(r, row, st, {v.id: billing.VOLUME}, {}, T0 + timedelta(seconds=5))
+    # the next pass lists it (T0+6) and deletes it, then spends 3 s on ports, router and network; meanwhile
+    # watch_going saw it still there at T0+6.5 and gone at T0+7
+    st.billed[v.id] = replace(st.billed[v.id], seen_at=T0 + timedelta(seconds=6.5))
+    await billing.noting(r, row, st, {v.id: billing.VOLUME}, {}, T0 + timedelta(seconds=6),
+                         vanished={v.id: T0 + timedelta(seconds=7)})
+    assert ends(r.reported) == {v.id: T0 + timedelta(seconds=6.75)}
+    assert st.billed == {}
+    with pytest.raises(nats.js.errors.KeyNotFoundError):  # nothing left to note
+        await (await notes._bucket()).get(row.uuid)
