@@ -28,6 +28,7 @@ from kubernetes import config as k8s_config
 from deploy.local.stack import LocalStack
 from tests.conftest import wait_for
 from tests.e2e.test_cluster_lifecycle import cluster_status, http, osc, private_nats, sdk, stack, token
+from tests.e2e.test_usage import devcloud
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["private_nats", "stack"]  # module-scoped fixtures: a stack of our own
@@ -94,6 +95,11 @@ async def test_ca_rotation_rolls_every_node_and_old_certificates_work_until_it_c
     status, nodes = await wait_for(lambda: asyncio.to_thread(try_list_nodes, old_config), timeout=30, interval=0.5)
     assert status == "ok" and len(nodes) == 4, (status, nodes)
 
+    # boots of ~1-2 s while the nodes roll (the stack's devcloud boots in tens of milliseconds): long enough for the
+    # sampler below to see the old certificate answered by new nodes, also on a loaded machine
+    admin = await token(st, "admin", "admin-pass", "admin")
+    factor = (await devcloud(st, admin, "GET", "/admin/timing"))["time_factor"]
+    await devcloud(st, admin, "PUT", "/admin/timing", {"time_factor": 0.3})
     osc(st, "coe", "ca", "rotate", name)
     new_ca = osc(st, "coe", "ca", "show", name).strip()
     assert new_ca != old_ca
@@ -124,6 +130,7 @@ async def test_ca_rotation_rolls_every_node_and_old_certificates_work_until_it_c
     finally:
         rolling = False
         await task
+        await devcloud(st, admin, "PUT", "/admin/timing", {"time_factor": factor})
 
     # while any node of the old CA ran, the old client certificate was never refused (401, or a failed
     # verification), also once new nodes served

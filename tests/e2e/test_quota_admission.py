@@ -95,13 +95,22 @@ async def test_cloud_quota_refuses_before_booting_and_the_queue_shows_places(qst
     assert err["errors"][0]["detail"] == "Quota exceeded for vCPU: requested 5, 4 of 4 left."
     osc(st, "coe", "quotas", "delete", "--project-id", demo_id, "--resource", "vCPU", cloud="cove-admin")
 
-    # One build slot: the first cluster builds, the second waits and says so.
-    for name in ("q-first", "q-second"):  # (over HTTP, quick: the first is still building when the CLI looks)
+    # One build slot: the first cluster builds, the second waits and says so. The first's first server create
+    # hangs 20 s in the cloud, so the first is still building when the CLI looks, however loaded the machine.
+    code, fault = await http("POST", f"{st.devcloud_url}/admin/faults/api", admin, {
+        "service": "compute", "method": "POST", "path": "/servers$", "hang_seconds": 20.0, "count": 1})
+    assert code in (200, 201), fault
+    for name in ("q-first", "q-second"):
         code, body = await http("POST", f"{st.api_url}/clusters", demo, {
             "name": name, "cluster_template_id": tpl["uuid"], "node_count": 1})
         assert code == 202, body
-    waiting = json.loads(osc(st, "coe", "cluster", "show", "q-second", "-f", "json"))
-    assert waiting["status"] == "CREATE_IN_PROGRESS"
+
+    async def waiting_first() -> dict[str, Any] | None:
+        shown: dict[str, Any] = json.loads(osc(st, "coe", "cluster", "show", "q-second", "-f", "json"))
+        assert shown["status"] == "CREATE_IN_PROGRESS", shown
+        return shown if shown["status_reason"] is not None else None  # None until the queue's fact is read
+
+    waiting = await wait_for(waiting_first, timeout=15, interval=0.5, message="q-second's place in the queue")
     assert waiting["status_reason"] == "Waiting to be built: 1st in line", waiting
 
     async def built(name: str) -> bool:

@@ -171,7 +171,8 @@ async def test_an_update_past_its_deadline_fails_across_a_restart_then_a_retry_a
         cloud.admin_call("PUT", "/admin/timing", json={"time_factor": SLOW})
         await resize(bus, req, 2, 1)
         started = await until(events, "ClusterUpdateStarted", provisioner)
-        await until(events, "NodeCreated", provisioner)  # the new worker boots (for hours)
+        # the new worker boots (for hours): the third NodeCreated (the master's and the first worker's came before)
+        await until_nth(events, "NodeCreated", 3, provisioner)
         provisioner.kill()
         provisioner.start()  # a new process: no timer survives, only the event's time
         failed = await until(events, "ClusterUpdateFailed", provisioner, timeout=60)
