@@ -929,7 +929,10 @@ class ClusterCloud:
             url: str | None = "/servers/detail"
             params: dict[str, Any] | None = {"name": model.server_name_filter(prefix), "limit": SERVER_PAGE}
             while url:
-                body = self.conn.compute.get(url, params=params).json()
+                response = self.conn.compute.get(url, params=params)
+                # an error answer (the SDK does not raise it here) is no empty listing: every node would look gone
+                openstack.exceptions.raise_from_response(response)
+                body = response.json()
                 found.extend(body.get("servers") or [])
                 url = next((link.get("href") for link in body.get("servers_links") or []
                             if link.get("rel") == "next"), None)
