@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 
 from proto.events import NodeGroup
+from services.runtime.projection import Write
 
 NAMESPACE = uuid.UUID("5b1f0c1e-6f1d-4b8e-a7c4-2f6c0d9e8a31")
 DEFAULT_MASTER, DEFAULT_WORKER = "default-master", "default-worker"
@@ -175,10 +176,15 @@ async def set_cluster_template(conn: asyncpg.Connection, cluster_uuid: str, temp
     await conn.execute("UPDATE clusters SET cluster_template_id = $2 WHERE uuid = $1", cluster_uuid, template_uuid)
 
 
+def set_node_group_write(cluster_uuid: str, server_id: str, nodegroup: str) -> Write:
+    """(A write the API's projection plans: services/api/projection.py.)"""
+    return Write("UPDATE nodes SET nodegroup = $3 WHERE cluster_uuid = $1 AND server_id = $2",
+                 (cluster_uuid, server_id, nodegroup), (("cluster", cluster_uuid),))
+
+
 async def set_node_group(conn: asyncpg.Connection, cluster_uuid: str, server_id: str, nodegroup: str) -> None:
-    await conn.execute(
-        "UPDATE nodes SET nodegroup = $3 WHERE cluster_uuid = $1 AND server_id = $2", cluster_uuid, server_id, nodegroup
-    )
+    w = set_node_group_write(cluster_uuid, server_id, nodegroup)
+    await conn.execute(w.sql, *w.args)
 
 
 async def addresses(pool: asyncpg.Pool, cluster_uuid: str, name: str) -> list[str]:

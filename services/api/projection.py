@@ -2,6 +2,11 @@
 
 Every event of ``COVE_EVENTS`` passes through ``handle`` (the API's reads need everyone's facts); types the
 read model does not show are ignored. The API publishes nothing from here: its writes happen in requests.
+
+The most frequent events are planned (``plan``): their statements are decided from the event alone (a node's, a
+started create's, and every event the read model ignores), so that ``handle_batch`` runs a batch's planned writes
+grouped by statement (``services.runtime.projection.apply_writes``) and ``handle`` runs the same statements one
+after another. The others read the read model (the status machine, ``_move``) and are applied one at a time.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import structlog
 from proto import events as ev
 from proto.envelope import Envelope
 from proto.quotas import ordinal, waiting_reason
-from services.api import ngprojection, status, store
+from services.api import ngprojection, ngstore, status, store
 from services.api.resources import quotas
-from services.runtime.projection import Outgoing
+from services.runtime.projection import Outgoing, Write, apply_writes
 
 log = structlog.get_logger(__name__)
 
@@ -268,8 +273,8 @@ HANDLERS: dict[type, Apply] = {
 HANDLERS.update(quotas.PROJECTION)
 
 
-async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
-    """The projection handler registered for the API (``cove.evt.>``)."""
+async def apply_reading(env: Envelope, tx: asyncpg.Connection) -> None:
+    """Apply an event ``plan`` declines: its handlers read the read model."""
     apply = HANDLERS.get(type(env.payload))
     if apply is not None:
         await apply(env.payload, env, tx)
@@ -280,6 +285,45 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     elif not (isinstance(env.payload, ev.ClusterUpdateRequested | ev.NodeGroupCreateRequested)
               and env.payload.decided):
         await ngprojection.apply(env, tx)
+
+
+def plan(env: Envelope) -> list[Write] | None:
+    """The statements applying ``env`` when they follow from the event alone (what ``node_created``,
+    ``node_active``, ``node_deleted``, ``create_started`` and the nodegroup projection do, each a statement of
+    its own, the cluster's existence and its addresses checked by the statements); None for the other events."""
+    p = env.payload
+    if isinstance(p, ev.NodeCreated):
+        group = p.nodegroup or (ngstore.DEFAULT_MASTER if p.role == "master" else ngstore.DEFAULT_WORKER)
+        return [
+            store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="BUILD",
+                                                     node_name=p.node_name, role=p.role),
+            ngstore.set_node_group_write(p.cluster_id, p.server_id, group),
+        ]
+    if isinstance(p, ev.NodeBecameActive):
+        return [
+            store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="ACTIVE",
+                                                     node_name=p.node_name, role=p.role, addresses=p.addresses),
+            store.refresh_addresses_write(p.cluster_id),
+        ]
+    if isinstance(p, ev.NodeDeleted):
+        return [store.delete_node_of_known_cluster_write(p.cluster_id, p.server_id),
+                store.refresh_addresses_write(p.cluster_id)]
+    if isinstance(p, ev.ClusterCreateStarted):
+        return [store.set_stack_id_write(p.uuid, p.stack_id)] if p.stack_id else []
+    if type(p) not in HANDLERS and type(p) not in ngprojection.HANDLERS and not isinstance(
+            p, ev.NodeGroupCreateAdmitted):
+        return []  # not shown by the read model
+    return None
+
+
+async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
+    """The projection handler registered for the API (``cove.evt.>``)."""
+    writes = plan(env)
+    if writes is None:
+        await apply_reading(env, tx)
+    else:
+        for w in writes:
+            await tx.execute(w.sql, *w.args)
     return None
 
 
@@ -290,17 +334,27 @@ clusters' requests with the scheduler's decisions on earlier ones."""
 
 async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
     """The API's batch handler: each run of consecutive ``ADMISSION_RUN`` events in a few statements (the
-    clusters and their default nodegroups inserted, then the decisions set), every other event with ``handle``.
+    clusters and their default nodegroups inserted, then the decisions set), the planned writes of the events
+    between them grouped by statement (``plan``), the others with the handlers that read.
 
     Applying a run's requests before its decisions is what stream order does: a decision on a cluster is published
     after its request was consumed, so it never precedes that request in the stream, and each request is for a new
     cluster (published with expected_last_subject_seq=0), so it does not touch a row an earlier decision did."""
+    pending: list[Write] = []
     for batchable, group in itertools.groupby(envs, key=lambda env: isinstance(env.payload, ADMISSION_RUN)):
         run = list(group)
         if not batchable or len(run) == 1:
             for env in run:
-                await handle(env, tx)
+                writes = plan(env)
+                if writes is not None:
+                    pending.extend(writes)
+                    continue
+                await apply_writes(tx, pending)  # what came before it, before it reads
+                pending.clear()
+                await apply_reading(env, tx)
             continue
+        await apply_writes(tx, pending)
+        pending.clear()
         requested: list[tuple[ev.ClusterCreateRequested, datetime]] = [
             (env.payload, env.occurred_at) for env in run if isinstance(env.payload, ev.ClusterCreateRequested)
         ]
@@ -310,4 +364,5 @@ async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Seq
         decided: list[str] = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
         if decided:
             await set_admitted(tx, decided)
+    await apply_writes(tx, pending)
     return [()] * len(envs)

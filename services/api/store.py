@@ -13,6 +13,7 @@ import msgspec
 
 from proto import clusterspec
 from proto.events import ClusterCreateRequested, ClusterTemplate
+from services.runtime.projection import Write
 
 PROJECTION = "api"
 """The durable consumer / checkpoint name of the API's projection."""
@@ -312,6 +313,72 @@ async def upsert_node(
         reason,
         json.dumps(addresses or {}),
     )
+
+
+# Writes the projection plans (services/api/projection.py ``plan``): statements decided from the event alone, each
+# touching one cluster's rows, which a batch runs grouped by statement (services.runtime.projection.apply_writes).
+
+
+def cluster_key(uuid: str) -> tuple[str, str]:
+    """The key of a cluster's rows (``clusters``, ``nodes``)."""
+    return ("cluster", uuid)
+
+
+def upsert_node_of_known_cluster_write(
+    cluster_uuid: str,
+    server_id: str,
+    *,
+    status: str,
+    node_name: str | None = None,
+    role: str | None = None,
+    addresses: dict[str, list[str]] | None = None,
+) -> Write:
+    """``upsert_node``, only when the cluster is in the read model (a node event of a deleted cluster adds none)."""
+    return Write(
+        "INSERT INTO nodes (cluster_uuid, server_id, node_name, role, status, reason, addresses)"
+        " SELECT $1, $2, $3, $4, $5, NULL, $6::jsonb WHERE EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)"
+        " ON CONFLICT (cluster_uuid, server_id) DO UPDATE SET"
+        " node_name = COALESCE(EXCLUDED.node_name, nodes.node_name), role = COALESCE(EXCLUDED.role, nodes.role),"
+        " status = EXCLUDED.status, reason = COALESCE(EXCLUDED.reason, nodes.reason),"
+        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END",
+        (cluster_uuid, server_id, node_name, role, status, json.dumps(addresses or {})),
+        (cluster_key(cluster_uuid),),
+    )
+
+
+def delete_node_of_known_cluster_write(cluster_uuid: str, server_id: str) -> Write:
+    return Write(
+        "DELETE FROM nodes WHERE cluster_uuid = $1 AND server_id = $2"
+        " AND EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)",
+        (cluster_uuid, server_id), (cluster_key(cluster_uuid),),
+    )
+
+
+_FIRST_ADDRESS = (
+    "(SELECT a.value FROM jsonb_each(n.addresses) WITH ORDINALITY AS net (name, value, i),"
+    " jsonb_array_elements(net.value) WITH ORDINALITY AS a (value, j) ORDER BY net.i, a.j LIMIT 1)"
+)
+
+
+def refresh_addresses_write(cluster_uuid: str) -> Write:
+    """The cluster's ``master_addresses`` and ``node_addresses`` as ``node_addresses`` computes them (the first
+    address of each ACTIVE node, by name), computed by the statement itself."""
+    return Write(
+        "UPDATE clusters SET"
+        " master_addresses = COALESCE(f.masters, '[]'::jsonb), node_addresses = COALESCE(f.workers, '[]'::jsonb)"
+        " FROM (SELECT"
+        "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role = 'master') AS masters,"
+        "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role IS DISTINCT FROM 'master') AS workers"
+        f"   FROM (SELECT n.node_name, n.server_id, n.role, {_FIRST_ADDRESS} AS first"
+        "     FROM nodes n WHERE n.cluster_uuid = $1 AND n.status = 'ACTIVE') AS active"
+        "   WHERE first IS NOT NULL) AS f"
+        " WHERE uuid = $1",
+        (cluster_uuid,), (cluster_key(cluster_uuid),),
+    )
+
+
+def set_stack_id_write(uuid: str, stack_id: str) -> Write:
+    return Write("UPDATE clusters SET stack_id = $2 WHERE uuid = $1", (uuid, stack_id), (cluster_key(uuid),))
 
 
 async def delete_node(conn: asyncpg.Connection, cluster_uuid: str, server_id: str) -> None:
