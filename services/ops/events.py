@@ -121,7 +121,7 @@ async def read(
             # The server may have pushed every message before this answer comes: pending is then 0 too, but the
             # delivered count is not, and the last message (num_pending 0 in its metadata) ends the read below.
             info = await sub.consumer_info()
-            if info.num_pending == 0 and not info.delivered.consumer_seq and queue.empty():
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq) and queue.empty():
                 return
         while True:
             try:

@@ -18,6 +18,7 @@ from deploy.local.nats import NatsServer
 from deploy.local.stack import LocalStack
 from proto import subjects
 from proto.requests import GetUsage, UsageReport
+from services.ops import events
 from services.provisioner import model
 from services.runtime import rpc
 from services.runtime.bus import Bus
@@ -135,8 +136,13 @@ async def test_without_auto_healing_a_failed_node_is_reported_not_replaced(
 
     # accounting stops billing the lost node at the cloud's time of the failure (the ledger's ERROR)
     record = next(r for r in await servers_of(stack, admin, cluster) if r["id"] == victim["id"])
-    row = await wait_for(lambda: _ended(stack, cluster["project_id"], victim["id"]), timeout=30, interval=0.3,
-                         message="the lost node's usage ended")
+    try:
+        row = await wait_for(lambda: _ended(stack, cluster["project_id"], victim["id"]), timeout=30, interval=0.3,
+                             message="the lost node's usage ended")
+    except TimeoutError as exc:  # say what the stream holds (was NodeLost emitted?) and what accounting has
+        usage_row = await server_usage(stack, cluster["project_id"], victim["id"])
+        raise AssertionError(f"{exc}; accounting's row: {usage_row}; the cluster's events: "
+                             f"{await _history(stack, cluster['uuid'])}") from exc
     assert abs((row.ended_at - ledger_time(record, "ERROR")).total_seconds()) < 1.0, (row.ended_at, record)
 
     # nothing is replaced: the ERROR server stays, no new server appears (checked over several watch intervals)
@@ -145,6 +151,15 @@ async def test_without_auto_healing_a_failed_node_is_reported_not_replaced(
         now = await servers_of(stack, admin, cluster, live=None)
         assert {r["id"] for r in now} == {r["id"] for r in before}
     assert (await health(stack, demo, cluster["uuid"]))["health_status"] == "UNHEALTHY"
+
+
+async def _history(stack: LocalStack, cluster_id: str) -> list[str]:
+    bus = await Bus.connect(stack.nats_url, name="e2e-health-history")
+    try:
+        return [f"{r.seq} {r.env.type} {getattr(r.env.payload, 'node_name', '')}"
+                for r in await events.history(bus, cluster_id)]
+    finally:
+        await bus.close()
 
 
 async def _ended(stack: LocalStack, project_id: str, server_id: str) -> Any:
