@@ -33,6 +33,15 @@ def default_limits(environ: dict[str, str]) -> dict[str, int]:
     return out
 
 
+def cloud_quota_checked(environ: dict[str, str]) -> bool:
+    """Whether the scheduler checks the project's remaining cloud quota before building: an identity URL is
+    configured (``COVE_AUTH_URL`` or ``COVE_CLOUD_AUTH_URL``) and ``COVE_CLOUD_QUOTA_CHECK`` is not off. The API
+    then has every resize and nodegroup create decided by the scheduler, since the cloud may refuse any growth."""
+    if not (environ.get("COVE_AUTH_URL") or environ.get("COVE_CLOUD_AUTH_URL")):
+        return False
+    return environ.get("COVE_CLOUD_QUOTA_CHECK", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"

@@ -12,7 +12,10 @@ figures are stale by at most ``ttl`` seconds, and only toward refusing (servers 
 A cloud that cannot be asked (no trust, Keystone or a service down) does not block admission: the create goes on
 and the provisioner's own errors say what the cloud refused (logged as ``cloud_quota_unknown``).
 
-The pure part (``cloud_demand``, ``check``) is plain functions over plain data.
+Resizes that grow a nodegroup and new nodegroups are checked the same way (``growth_demand``), through the trust
+the cluster was created with; their growth counts as unbuilt until the update ends.
+
+The pure part (``cloud_demand``, ``growth_demand``, ``check``) is plain functions over plain data.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 import aiohttp
 import structlog
+
+from proto import quotas
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +78,20 @@ def cloud_demand(spec: Any) -> dict[str, int]:
     return out
 
 
+def growth_demand(per_node: Any, count: int, floating_ips: bool) -> dict[str, int]:
+    """What ``count`` more nodes of a nodegroup (an ``admission.GroupSize``: vCPUs, RAM MB and volume GB per node)
+    take from the cloud's quotas: a server and a port each, their cores and RAM, a volume each when the group has
+    container storage, and a floating IP each when the cluster's nodes get one. The cluster's network, security
+    groups and load balancer exist already."""
+    out = dict.fromkeys(CLOUD_RESOURCES, 0)
+    out.update(instances=count, port=count, cores=count * per_node.vcpus, ram=count * per_node.ram_mb)
+    if per_node.volume_gb:
+        out.update(volumes=count, gigabytes=count * per_node.volume_gb)
+    if floating_ips:
+        out["floatingip"] = count
+    return out
+
+
 def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
 
@@ -115,9 +134,9 @@ class CloudQuotaSettings:
     @classmethod
     def from_env(cls, env: dict[str, str]) -> CloudQuotaSettings | None:
         """None (no cloud check) without an identity URL or with ``COVE_CLOUD_QUOTA_CHECK=off``."""
-        auth_url = env.get("COVE_AUTH_URL") or env.get("COVE_CLOUD_AUTH_URL")
-        if not auth_url or env.get("COVE_CLOUD_QUOTA_CHECK", "on").lower() in ("off", "0", "false", "no"):
+        if not quotas.cloud_quota_checked(env):
             return None
+        auth_url = env.get("COVE_AUTH_URL") or env.get("COVE_CLOUD_AUTH_URL") or ""
         return cls(
             auth_url=auth_url.rstrip("/"),
             username=env.get("COVE_SERVICE_USER", "cove"),

@@ -23,6 +23,7 @@ from proto.events import (
     ClusterRejected,
     ClusterUpdateAdmitted,
     ClusterUpdateCompleted,
+    ClusterUpdateFailed,
     ClusterUpdateRejected,
     ClusterUpdateRequested,
     NodeGroupCreateAdmitted,
@@ -92,7 +93,8 @@ class Handlers:
         p = env.payload
         if isinstance(p, ADMISSION):
             return (await self.admission_run([env], tx))[0]
-        if isinstance(p, ClusterCreateFailed | ClusterCreateCompleted) and self.cloud_quota is not None:
+        if isinstance(p, ClusterCreateFailed | ClusterCreateCompleted | ClusterUpdateCompleted | ClusterUpdateFailed) \
+                and self.cloud_quota is not None:
             self.cloud_quota.forget(p.project_id)  # the cloud's usage now holds what was built
         if isinstance(p, ClusterCreateFailed):
             await store.mark(tx, p.uuid, p.project_id, "create_failed", env.occurred_at)
@@ -102,8 +104,12 @@ class Handlers:
         if isinstance(p, ClusterUpdateRequested):
             return await self._resize(env, p, tx)
         if isinstance(p, NodeGroupCreateRequested):
-            return await self._nodegroup_created(p, tx)
-        if isinstance(p, NodeGroupDeleteRequested):
+            return await self._nodegroup_created(env, p, tx)
+        if isinstance(p, ClusterUpdateAdmitted | NodeGroupCreateAdmitted | ClusterUpdateRejected):
+            await self._change_decided(env, p, tx)
+        elif isinstance(p, ClusterUpdateFailed):
+            await store.update_ended(tx, p.uuid)
+        elif isinstance(p, NodeGroupDeleteRequested):
             await self._nodegroup_deleted(p, tx)
         elif isinstance(p, ClusterUpdateCompleted):
             await store.settle_groups(tx, p.uuid, dict(p.nodegroup_counts))
@@ -280,6 +286,8 @@ class Handlers:
             build=build,
             queued_seq=queued_seq if build == "queued" else None,
             resource=verdict.resource,
+            trust_id=p.trust_id,
+            floating_ips=bool(spec.floating_ip_enabled),
         )
 
     async def _cloud_rooms(
@@ -290,12 +298,10 @@ class Handlers:
         those projects but has not built yet."""
         if self.cloud_quota is None:
             return {}, {}
-        now = datetime.now(UTC)
         trusts: dict[str, str | None] = {}
         for env in run:
             p = env.payload
-            if isinstance(p, ClusterCreateRequested) and p.uuid not in decisions \
-                    and (now - env.occurred_at).total_seconds() < self.cloud_quota.settings.max_age:
+            if isinstance(p, ClusterCreateRequested) and p.uuid not in decisions and self._fresh(env):
                 trusts.setdefault(p.project_id, p.trust_id)
         rooms: dict[str, cloudquota.Room] = {}
         for project, trust in trusts.items():
@@ -304,6 +310,29 @@ class Handlers:
                 rooms[project] = room
         pending = await store.unbuilt(tx, list(rooms)) if rooms else {}
         return rooms, pending
+
+    def _fresh(self, env: Envelope) -> bool:
+        """Whether the cloud is asked about this request: not when it is older than ``max_age`` (a replay, whose
+        published decision is the fact, or a request that waited in a backlog)."""
+        assert self.cloud_quota is not None
+        return (datetime.now(UTC) - env.occurred_at).total_seconds() < self.cloud_quota.settings.max_age
+
+    async def _cloud_refusal(
+        self, env: Envelope, project_id: str, cluster_id: str, per_node: GroupSize, count: int,
+        tx: asyncpg.Connection,
+    ) -> admission.Verdict | None:
+        """The refusal of ``count`` more nodes sized as ``per_node`` in the cluster when the project's cloud quota
+        left (through the cluster's trust), less what Cove reserved there but has not built, cannot hold them; None
+        when it can or cannot be known (no check, an old request, no trust, the cloud not answering, unlimited)."""
+        if self.cloud_quota is None or not self._fresh(env):
+            return None
+        trust_id, floating_ips = await store.cloud_identity(tx, cluster_id)
+        room = await self.cloud_quota.room(project_id, trust_id)
+        if room is None or room.unlimited:
+            return None
+        pending = (await store.unbuilt(tx, [project_id])).get(project_id, {})
+        refusal = cloudquota.check(room, pending, cloudquota.growth_demand(per_node, count, floating_ips))
+        return None if refusal is None else admission.Verdict(False, f"cloud:{refusal[0]}", refusal[1])
 
     def _verdict(self, r: store.Request) -> list[Outgoing]:
         """The decision event of a request decided without the queue (admitted at once, or rejected)."""
@@ -385,7 +414,8 @@ class Handlers:
 
     async def _resize(self, env: Envelope, p: ClusterUpdateRequested, tx: asyncpg.Connection) -> Sequence[Outgoing]:
         """A worker group's new count: growing reserves before anything is built (and, for a ``decided``
-        request, is refused over quota); shrinking frees at ``ClusterUpdateCompleted``."""
+        request, is refused over Cove's quota or the cloud's); shrinking frees at ``ClusterUpdateCompleted``. A
+        decided growth is kept aside until its published decision is read (``_change_decided``)."""
         await store.lock_projects(tx, [p.project_id])
         groups = await self._groups(tx, p.uuid)
         name = p.nodegroup or DEFAULT_WORKER
@@ -401,6 +431,11 @@ class Handlers:
             used, overrides = await store.usage_of(tx, p.project_id)
             verdict = admission.decide_all(used, group.demand(grow), {**self.limits, **overrides,
                                                                       admission.CLUSTER: admission.UNLIMITED})
+            if verdict.admitted:
+                verdict = await self._cloud_refusal(env, p.project_id, p.uuid, group, grow, tx) or verdict
+            before = await store.group_node_count(tx, p.uuid, group.name)
+            await store.record_change(tx, store.Change(env.id, p.uuid, group, verdict.admitted, before, p.node_count,
+                                                       grow))
             if not verdict.admitted:
                 assert verdict.reason is not None and verdict.resource is not None
                 log.info("cluster_resize_rejected", cluster_id=p.uuid, project_id=p.project_id,
@@ -408,7 +443,7 @@ class Handlers:
                 return [Outgoing(subject, ClusterUpdateRejected(uuid=p.uuid, project_id=p.project_id,
                                                                 reason=verdict.reason, resource=verdict.resource,
                                                                 nodegroup=p.nodegroup))]
-        await store.put_group(tx, p.uuid, group, p.node_count, max(group.count, p.node_count))
+        await store.grow_group(tx, p.uuid, group, p.node_count, grow)
         await store.sum_groups(tx, p.uuid)
         log.info("cluster_resize_reserved", cluster_id=p.uuid, nodegroup=group.name, node_count=p.node_count)
         return [Outgoing(subject, admitted)] if p.decided else ()
@@ -426,9 +461,12 @@ class Handlers:
             await store.put_group(tx, cluster_id, GroupSize(name, count, 0, 0, 0), count, count)
         return await store.groups_of(tx, cluster_id)
 
-    async def _nodegroup_created(self, p: NodeGroupCreateRequested, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+    async def _nodegroup_created(
+        self, env: Envelope, p: NodeGroupCreateRequested, tx: asyncpg.Connection
+    ) -> Sequence[Outgoing]:
         """A new nodegroup reserves its nodes (sized from its spec, else like the cluster's default worker); a
-        ``decided`` one over quota is refused (``ClusterUpdateRejected`` naming it) and reserves nothing."""
+        ``decided`` one over Cove's quota or the cloud's is refused (``ClusterUpdateRejected`` naming it) and
+        reserves nothing."""
         ng, built = p.nodegroup, p.spec
         await store.lock_projects(tx, [ng.project_id])
         groups = await self._groups(tx, ng.cluster_id)
@@ -438,10 +476,16 @@ class Handlers:
         volume = (built.docker_volume_size if built else ng.docker_volume_size) or 0
         size = GroupSize(ng.name, ng.node_count, vcpus or 0, ram or 0, volume)
         subject = subjects.cluster_events(PRODUCER, ng.cluster_id)
-        if p.decided and ng.name not in groups:
+        new = ng.name not in groups
+        if p.decided and new:
             used, overrides = await store.usage_of(tx, ng.project_id)
             verdict = admission.decide_all(used, size.demand(), {**self.limits, **overrides,
                                                                  admission.CLUSTER: admission.UNLIMITED})
+            if verdict.admitted and ng.node_count > 0:
+                verdict = await self._cloud_refusal(env, ng.project_id, ng.cluster_id, size, ng.node_count,
+                                                    tx) or verdict
+            await store.record_change(tx, store.Change(env.id, ng.cluster_id, size, verdict.admitted, None,
+                                                       ng.node_count, ng.node_count))
             if not verdict.admitted:
                 assert verdict.reason is not None and verdict.resource is not None
                 log.info("nodegroup_create_rejected", cluster_id=ng.cluster_id, nodegroup=ng.name,
@@ -449,9 +493,34 @@ class Handlers:
                 return [Outgoing(subject, ClusterUpdateRejected(
                     uuid=ng.cluster_id, project_id=ng.project_id, reason=verdict.reason, resource=verdict.resource,
                     nodegroup=ng.name))]
-        await store.put_group(tx, ng.cluster_id, size, ng.node_count, ng.node_count)
+        if new:
+            await store.grow_group(tx, ng.cluster_id, size, ng.node_count, ng.node_count)
+        else:
+            await store.put_group(tx, ng.cluster_id, size, ng.node_count, ng.node_count)
         await store.sum_groups(tx, ng.cluster_id)
         return [Outgoing(subject, NodeGroupCreateAdmitted(nodegroup=ng, spec=built))] if p.decided else ()
+
+    async def _change_decided(
+        self, env: Envelope, p: ClusterUpdateAdmitted | NodeGroupCreateAdmitted | ClusterUpdateRejected,
+        tx: asyncpg.Connection,
+    ) -> None:
+        """The scheduler's published decision on a decided growth is the fact: when the store holds otherwise (a
+        replay did not ask the cloud about an old request, or decided a later one on usage a refusal it did not
+        repeat had left), the growth is applied or taken back now. Live, the store already agrees: one row
+        deleted."""
+        change = await store.take_change(tx, env.causation_id)
+        if change is None:
+            return
+        admitted = not isinstance(p, ClusterUpdateRejected)
+        if admitted == change.applied:
+            return
+        if admitted:
+            await store.grow_group(tx, change.cluster_id, change.group, change.node_count, change.delta)
+        else:
+            await store.undo_growth(tx, change)
+        await store.sum_groups(tx, change.cluster_id)
+        log.info("cluster_change_set_right", cluster_id=change.cluster_id, nodegroup=change.group.name,
+                 admitted=admitted)
 
     async def _nodegroup_deleted(self, p: NodeGroupDeleteRequested, tx: asyncpg.Connection) -> None:
         """Its nodes are freed when the update completes (``settle_groups``)."""

@@ -17,9 +17,9 @@ def build_service(config: ServiceConfig, *, schema: str = "scheduler", durable: 
     unlimited) set the limits of projects without a quota row; ``COVE_MAX_BUILDS`` and ``COVE_MAX_BUILDS_PER_CLOUD``
     (``name=N,...``) bound the clusters built at once (unset: no bound); ``COVE_CLOUD_NAME`` (default ``default``)
     names the cloud new clusters are built in; with ``COVE_AUTH_URL`` (or ``COVE_CLOUD_AUTH_URL``) and the service
-    user's ``COVE_SERVICE_USER`` / ``_PASSWORD``, creates are checked against the project's cloud quota through
-    their trust (``COVE_CLOUD_QUOTA_TTL`` seconds of caching, default 10; ``COVE_CLOUD_QUOTA_CHECK=off`` disables
-    it) (docs/adr/0008)."""
+    user's ``COVE_SERVICE_USER`` / ``_PASSWORD``, creates, resizes that grow a nodegroup and new nodegroups are
+    checked against the project's cloud quota through the cluster's trust (``COVE_CLOUD_QUOTA_TTL`` seconds of
+    caching, default 10; ``COVE_CLOUD_QUOTA_CHECK=off`` disables it) (docs/adr/0008)."""
     max_builds, per_cloud = admission.build_limits_from_env(config.extra)
     cloud_settings = CloudQuotaSettings.from_env(config.extra)
     handlers = Handlers(

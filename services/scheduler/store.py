@@ -89,6 +89,10 @@ class Request:
     queued_seq: int | None = None
     resource: str | None = None
     """The quota that refused it (not stored: said in the rejection)."""
+    trust_id: str | None = None
+    """The cluster's Keystone trust: its project's cloud quota is asked through it when the cluster grows."""
+    floating_ips: bool = False
+    """Whether its nodes get floating IPs (a growth takes one per node from the cloud's quota)."""
 
 
 async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -> None:
@@ -96,10 +100,11 @@ async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -
     trips (asyncpg pipelines executemany)."""
     await tx.executemany(
         "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
-        " reason, cloud, nodes, vcpus, ram_mb, volume_gb, build, queued_seq)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        " reason, cloud, nodes, vcpus, ram_mb, volume_gb, build, queued_seq, trust_id, floating_ips)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         [(r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason,
-          r.cloud, r.demand.nodes, r.demand.vcpus, r.demand.ram_mb, r.demand.volume_gb, r.build, r.queued_seq)
+          r.cloud, r.demand.nodes, r.demand.vcpus, r.demand.ram_mb, r.demand.volume_gb, r.build, r.queued_seq,
+          r.trust_id, r.floating_ips)
          for r in requests],
     )
     groups = [(r.cluster_id, g.name, g.count, g.count, g.vcpus, g.ram_mb, g.volume_gb)
@@ -238,7 +243,93 @@ async def settle_groups(tx: asyncpg.Connection, cluster_id: str, counts: dict[st
             " WHERE g.cluster_id = $1 AND g.name = c.name",
             cluster_id, list(counts), list(counts.values()),
         )
-    await tx.execute("UPDATE cluster_groups SET reserved = node_count WHERE cluster_id = $1", cluster_id)
+    await tx.execute("UPDATE cluster_groups SET reserved = node_count, growing = 0 WHERE cluster_id = $1", cluster_id)
+
+
+async def update_ended(tx: asyncpg.Connection, cluster_id: str) -> None:
+    """An update failed: whatever it built (servers in ERROR too) the cloud's usage now holds, so its growth is no
+    longer counted as unbuilt; the reservation stays until an update completes or the cluster is deleted."""
+    await tx.execute("UPDATE cluster_groups SET growing = 0 WHERE cluster_id = $1 AND growing <> 0", cluster_id)
+
+
+async def grow_group(tx: asyncpg.Connection, cluster_id: str, group: GroupSize, node_count: int, delta: int) -> None:
+    """A group's new node count, reserving ``delta`` more nodes (0 for a shrink: freed when the update completes)
+    that the cloud does not count until they are built (``growing``); a group not stored yet is created with its
+    sizes from ``group``."""
+    await tx.execute(
+        "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb, growing)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $4) ON CONFLICT (cluster_id, name) DO UPDATE SET"
+        " node_count = EXCLUDED.node_count, reserved = cluster_groups.reserved + EXCLUDED.reserved,"
+        " growing = cluster_groups.growing + EXCLUDED.reserved",
+        cluster_id, group.name, node_count, delta, group.vcpus, group.ram_mb, group.volume_gb,
+    )
+
+
+async def group_node_count(tx: asyncpg.Connection, cluster_id: str, name: str) -> int | None:
+    count = await tx.fetchval("SELECT node_count FROM cluster_groups WHERE cluster_id = $1 AND name = $2",
+                              cluster_id, name)
+    return None if count is None else int(count)
+
+
+# --------------------------------------------------------------------------- decided growths (the cloud's quota)
+
+
+async def cloud_identity(tx: asyncpg.Connection, cluster_id: str) -> tuple[str | None, bool]:
+    """The cluster's trust (None: unknown, e.g. created before trusts were kept) and whether its nodes get
+    floating IPs."""
+    row = await tx.fetchrow("SELECT trust_id, floating_ips FROM clusters WHERE cluster_id = $1", cluster_id)
+    return (None, False) if row is None else (row["trust_id"], bool(row["floating_ips"]))
+
+
+@dataclass(frozen=True)
+class Change:
+    """A decided growth waiting for its published decision (migration 0004's ``pending_changes``)."""
+
+    request_id: str
+    cluster_id: str
+    group: GroupSize
+    """The group's sizes (``count`` unused)."""
+    applied: bool
+    before_count: int | None
+    node_count: int
+    delta: int
+
+
+async def record_change(tx: asyncpg.Connection, change: Change) -> None:
+    g = change.group
+    await tx.execute(
+        "INSERT INTO pending_changes (request_id, cluster_id, name, applied, before_count, node_count, delta, vcpus,"
+        " ram_mb, volume_gb) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (request_id) DO NOTHING",
+        change.request_id, change.cluster_id, g.name, change.applied, change.before_count, change.node_count,
+        change.delta, g.vcpus, g.ram_mb, g.volume_gb,
+    )
+
+
+async def take_change(tx: asyncpg.Connection, request_id: str | None) -> Change | None:
+    """The growth the decision caused by ``request_id`` settles (removed: a decision is read once)."""
+    if request_id is None:
+        return None
+    row = await tx.fetchrow("DELETE FROM pending_changes WHERE request_id = $1 RETURNING *", request_id)
+    if row is None:
+        return None
+    return Change(row["request_id"], row["cluster_id"],
+                  GroupSize(row["name"], 0, int(row["vcpus"]), int(row["ram_mb"]), int(row["volume_gb"])),
+                  bool(row["applied"]), row["before_count"], int(row["node_count"]), int(row["delta"]))
+
+
+async def undo_growth(tx: asyncpg.Connection, change: Change) -> None:
+    """Take back an applied growth that the published decision refused: a new group goes; an existing one gives
+    back the nodes it reserved and its count (unless another change set the count since)."""
+    if change.before_count is None:
+        await tx.execute("DELETE FROM cluster_groups WHERE cluster_id = $1 AND name = $2", change.cluster_id,
+                         change.group.name)
+        return
+    await tx.execute(
+        "UPDATE cluster_groups SET node_count = CASE WHEN node_count = $4 THEN $5 ELSE node_count END,"
+        " reserved = greatest(reserved - $3, CASE WHEN node_count = $4 THEN $5 ELSE node_count END),"
+        " growing = greatest(growing - $3, 0) WHERE cluster_id = $1 AND name = $2",
+        change.cluster_id, change.group.name, change.delta, change.node_count, change.before_count,
+    )
 
 
 async def sum_groups(tx: asyncpg.Connection, cluster_id: str) -> None:
@@ -253,14 +344,24 @@ async def sum_groups(tx: asyncpg.Connection, cluster_id: str) -> None:
 
 
 async def unbuilt(tx: asyncpg.Connection, project_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Per project, what Cove reserved for clusters not yet built (waiting or building), in the cloud's quota terms
+    """Per project, what Cove reserved for clusters not yet built (waiting or building) and for the growth of built
+    ones (resizes and new nodegroups until their update ends), in the cloud's quota terms
     (services/scheduler/cloudquota.py): the cloud's own usage does not hold them yet. Ports and floating IPs are
     counted one per node (an upper bound), volumes one per node with volume GB."""
     rows = await tx.fetch(
-        "SELECT project_id, count(*) AS clusters, sum(nodes) AS nodes, sum(vcpus) AS vcpus, sum(ram_mb) AS ram,"
-        " sum(volume_gb) AS gb, sum(CASE WHEN volume_gb > 0 THEN nodes ELSE 0 END) AS volumes FROM clusters"
+        "SELECT project_id, sum(clusters) AS clusters, sum(nodes) AS nodes, sum(vcpus) AS vcpus, sum(ram) AS ram,"
+        " sum(gb) AS gb, sum(volumes) AS volumes FROM ("
+        " SELECT project_id, 1 AS clusters, nodes, vcpus, ram_mb AS ram, volume_gb AS gb,"
+        " CASE WHEN volume_gb > 0 THEN nodes ELSE 0 END AS volumes FROM clusters"
         " WHERE project_id = ANY($1::text[]) AND decision = 'admitted' AND NOT delete_completed"
-        " AND build IN ('queued', 'building') GROUP BY project_id",
+        " AND build IN ('queued', 'building')"
+        " UNION ALL"
+        " SELECT c.project_id, 0, g.growing, g.growing * g.vcpus, g.growing::bigint * g.ram_mb,"
+        " g.growing * g.volume_gb, CASE WHEN g.volume_gb > 0 THEN g.growing ELSE 0 END"
+        " FROM cluster_groups g JOIN clusters c USING (cluster_id)"
+        " WHERE c.project_id = ANY($1::text[]) AND g.growing > 0 AND c.decision = 'admitted'"
+        " AND NOT c.delete_completed AND c.build IS DISTINCT FROM 'queued' AND c.build IS DISTINCT FROM 'building'"
+        ") u GROUP BY project_id",
         list(project_ids),
     )
     return {r["project_id"]: {

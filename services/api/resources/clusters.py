@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from proto.events import (
     NodeGroupCreateRequested,
 )
 from proto.labels import ADDONS_LABEL
-from proto.quotas import CLUSTER, RESOURCES
+from proto.quotas import CLUSTER, RESOURCES, cloud_quota_checked
 from services.api import paging, policy, status, store
 from services.api.addons import ADDONS
 from services.api.errors import ApiError, bad_request
@@ -333,9 +334,13 @@ async def _withdraw(writer: Writer, request: ClusterCreateRequested, request_seq
 
 
 async def node_quotas_apply(pool: asyncpg.Pool, project_id: str) -> bool:
-    """Whether a quota that a bigger cluster could exceed (nodes, vCPUs, RAM, volume GB) limits the project: its
-    own row in the read model, else a configured default. Only then does a resize wait for the scheduler's decision;
-    otherwise nothing could refuse it and it is acted on at once (the scheduler still records what it reserves)."""
+    """Whether a quota that a bigger cluster could exceed limits the project: the cloud's own (Nova, Cinder,
+    Neutron), when the scheduler checks it (``proto.quotas.cloud_quota_checked``), or Cove's on nodes, vCPUs, RAM or
+    volume GB (the project's row in the read model, else a configured default). Only then does a resize wait for the
+    scheduler's decision; otherwise nothing could refuse it and it is acted on at once (the scheduler still records
+    what it reserves)."""
+    if cloud_quota_checked(dict(os.environ)):
+        return True
     resources = [r for r in RESOURCES if r != CLUSTER]
     if any(default_limit(resource=r) >= 0 for r in resources):
         return True
