@@ -293,7 +293,7 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
             if kind == VOLUME:
                 response = c.conn.block_storage.get(f"/volumes/{rid}")
             else:
-                response = c.conn.load_balancer.get(f"/v2/lbaas/loadbalancers/{rid}")
+                response = c.conn.load_balancer.get(f"/lbaas/loadbalancers/{rid}")  # the endpoint names v2
             if response.status_code == 404:
                 continue
             response.raise_for_status()
@@ -304,13 +304,14 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
 
     while pending:
         await asyncio.wait([teardown], timeout=interval)
-        if teardown.done():
-            break
+        last = teardown.done()  # one more look as it ends: the pass's next steps (NATS, the store) may be slow
         at = now()
         try:
             there = await r.cloud.call(trust, lambda c, ids=dict(pending): still_there(c, ids))  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - a look that failed narrows nothing; the next one may
             log.debug("billed_resources_unseen", cluster_id=row.uuid, error=repr(exc)[:200])
+            if last:
+                break
             continue
         for rid in list(pending):
             if rid in there:
@@ -318,6 +319,8 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
             else:
                 vanished[rid] = at
                 del pending[rid]
+        if last:
+            break
     return vanished
 
 
@@ -373,18 +376,16 @@ class Notes:
             return
         self._noted.add(cluster_id)
         note = json.loads(entry.value)
-        at = cloud_time(note.get("at"))
-        if at is None:
-            return
-        for rid, kind in (note.get("present") or {}).items():
-            if rid not in st.billed:
-                st.billed[rid] = Billed(str(kind), rid, "", at, noted_at=at)
+        for rid, seen in (note.get("present") or {}).items():
+            at = cloud_time(seen.get("seen"))
+            if rid not in st.billed and at is not None:
+                st.billed[rid] = Billed(str(seen.get("kind")), rid, "", at, noted_at=at)
 
-    async def write_down(self, cluster_id: str, present: Mapping[str, str], listed_at: datetime) -> None:
-        """Note what the pass's listing at ``listed_at`` still showed; remove the note when nothing is left."""
+    async def write_down(self, cluster_id: str, present: Mapping[str, tuple[str, datetime]]) -> None:
+        """Note what is still there (id -> kind and when last seen); remove the note when nothing is left."""
         if present:
-            await (await self._bucket()).put(
-                cluster_id, json.dumps({"at": listed_at.isoformat(), "present": dict(present)}).encode())
+            await (await self._bucket()).put(cluster_id, json.dumps({"present": {
+                rid: {"kind": kind, "seen": at.isoformat()} for rid, (kind, at) in present.items()}}).encode())
             self._noted.add(cluster_id)
         elif cluster_id in self._noted:
             await (await self._bucket()).delete(cluster_id)
@@ -407,8 +408,9 @@ async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_prese
     costs only its precision (a warning): it never stops a delete."""
     await recall(r, row, st)
     await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at, vanished=vanished)
-    still = {rid: kind for rid, kind in seen_present.items() if rid not in (vanished or {})}
+    still = {rid: (kind, b.seen_at or listed_at) for rid, kind in seen_present.items()
+             if (b := st.billed.get(rid)) is not None and b.gone_at is None}
     try:
-        await r.notes.write_down(row.uuid, still, listed_at)
+        await r.notes.write_down(row.uuid, still)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))

@@ -88,7 +88,8 @@ async def test_a_task_resuming_a_killed_copys_delete_ends_what_it_saw_at_its_las
     row = Row()
     killed, st = Reporter(notes), TaskState()
     a, b, kept = volume(T0), volume(T0), volume(T0)
-    st.billed.update({a.id: a, b.id: b, kept.id: kept})
+    # watch_going saw a still there later in the pass than its listing (T0+5.4)
+    st.billed.update({a.id: replace(a, seen_at=T0 + timedelta(seconds=5.4)), b.id: b, kept.id: kept})
     # the first copy's last pass saw the three still there (deleting); then it was killed
     await billing.noting(killed, row, st, dict.fromkeys((a.id, b.id, kept.id), billing.VOLUME), {},
                          T0 + timedelta(seconds=5))
@@ -96,7 +97,7 @@ async def test_a_task_resuming_a_killed_copys_delete_ends_what_it_saw_at_its_las
     # the copy resuming the delete, with none of that memory, first looks 6 s later: two are gone, one is left
     resumed, fresh = Reporter(notes), TaskState()
     await billing.noting(resumed, row, fresh, {kept.id: billing.VOLUME}, {}, T0 + timedelta(seconds=11))
-    assert ends(resumed.reported) == {a.id: T0 + timedelta(seconds=5), b.id: T0 + timedelta(seconds=5)}
+    assert ends(resumed.reported) == {a.id: T0 + timedelta(seconds=5.4), b.id: T0 + timedelta(seconds=5)}
     # the one it sees go itself ends within its own window, and the note goes with the last billed resource
     await billing.noting(resumed, row, fresh, {}, {}, T0 + timedelta(seconds=12))
     assert ends(resumed.reported)[kept.id] == T0 + timedelta(seconds=11.5)
