@@ -91,8 +91,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "noting", "now", "recall", "server_ends", "server_starts",
-           "watch_going"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "now", "recall", "server_ends",
+           "server_starts", "watch_going"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -398,6 +398,20 @@ async def recall(r: Reconciler, row: store.ClusterRow, st: TaskState) -> None:
         await r.notes.recall(row.uuid, st)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError, ValueError) as exc:
         log.warning("billing_note_unread", cluster_id=row.uuid, error=repr(exc))
+
+
+async def note_going(r: Reconciler, row: store.ClusterRow, st: TaskState, at: datetime) -> None:
+    """Before a teardown call: note the reported volumes and load balancer it is about to delete, each at its
+    latest sighting (or ``at``, the pass's start, for one this task never listed): a copy killed during the call
+    leaves the one resuming it a bound a second early rather than none (their end would be the cluster's
+    completion, the whole outage late)."""
+    going = {rid: (b.kind, b.seen_at or at) for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
+    if not going:
+        return
+    try:
+        await r.notes.write_down(row.uuid, going)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))
 
 
 async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],

@@ -79,6 +79,7 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     # after the deletes of every port, router and network (a cloud slow to answer would bill it seconds late);
     # the volumes and load balancer the call deletes are looked at while it goes on.
     listed_at = billing.now()
+    await billing.note_going(r, row, st, listed_at)
     teardown = asyncio.ensure_future(r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen)))
     try:
         vanished = await billing.watch_going(r, row, st, teardown)

@@ -125,3 +125,14 @@ async def test_a_volume_seen_going_while_the_teardown_went_on_ends_within_that_l
     assert st.billed == {}
     with pytest.raises(nats.js.errors.KeyNotFoundError):  # nothing left to note
         await (await notes._bucket()).get(row.uuid)
+
+
+async def test_a_copy_killed_during_its_first_teardown_call_leaves_the_volumes_it_was_deleting_noted(
+        notes: billing.Notes) -> None:
+    row, st = Row(), TaskState()
+    v = volume(T0)  # reported at its create, never listed by the delete path yet
+    st.billed[v.id] = v
+    await billing.note_going(Reporter(notes), row, st, T0 + timedelta(seconds=5))  # the pass starts; killed in it
+    resumed = Reporter(notes)
+    await billing.noting(resumed, row, TaskState(), {}, {}, T0 + timedelta(seconds=15))
+    assert ends(resumed.reported) == {v.id: T0 + timedelta(seconds=5)}
