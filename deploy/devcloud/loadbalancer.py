@@ -232,7 +232,11 @@ def _list(request: web.Request, kind: str, coll: str, items: list[dict[str, Any]
     links = []
     if page.next_marker is not None:
         links.append({"rel": "next", "href": next_link(request, cloud.public_url, page.next_marker, limit)})
-    return json_response({coll: [render(i) for i in page.items], f"{coll}_links": links})
+    fields = [f for value in request.query.getall("fields", []) for f in value.split(",") if f]
+    rendered = [render(i) for i in page.items]
+    if fields:  # Octavia's field selection: only these attributes of each object
+        rendered = [{k: v for k, v in obj.items() if k in fields} for obj in rendered]
+    return json_response({coll: rendered, f"{coll}_links": links})
 
 
 async def _body(request: web.Request, key: str) -> dict[str, Any]:

@@ -1368,12 +1368,26 @@ def find_api_host(c: ClusterCloud, prefix: str, cluster_id: str, *, master_lb: b
     return str(address) if address else None
 
 
+LB_FIELDS = ("id", "name", "provisioning_status", "operating_status", "tags")
+
+
 def fetch_load_balancers(conn: openstack.connection.Connection) -> list[dict[str, Any]]:
-    """Every load balancer the service user sees (Octavia shows an admin every project's), as plain dicts of what
-    the watch reads. Octavia has no changes-since: this is a full listing, made at the watch's slower interval."""
-    keep = ("id", "name", "provisioning_status", "operating_status", "project_id", "updated_at")
-    return [{**{k: getattr(lb, k, None) for k in keep}, "tags": list(getattr(lb, "tags", None) or [])}
-            for lb in conn.load_balancer.load_balancers()]
+    """Every load balancer the service user sees (Octavia shows an admin every project's), as plain JSON of only
+    the fields the watch reads (Octavia's ``fields``), pages of ``CHANGES_PAGE``. Octavia has no changes-since: this
+    is a full listing, made at the watch's slower interval (plain JSON: openstacksdk's resource objects cost ~1 ms of
+    CPU each, a second per listing at 1,000 clusters)."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] | None = {"fields": list(LB_FIELDS), "limit": CHANGES_PAGE}
+    url: str | None = "/lbaas/loadbalancers"
+    while url:
+        response = conn.load_balancer.get(url, params=params)
+        response.raise_for_status()
+        body = response.json()
+        found.extend(body.get("loadbalancers") or [])
+        url = next((link.get("href") for link in body.get("loadbalancers_links") or [] if link.get("rel") == "next"),
+                   None)
+        params = None
+    return found
 
 
 VOLUMES_MICROVERSION = "3.60"

@@ -214,6 +214,9 @@ class Watcher:
         self.api: dict[str, ApiState] = {}
         """Cluster id -> its COE health check's state (``health.check_coe``), kept across the cluster's tasks."""
         self._resources_at = 0.0
+        self._resource_task: asyncio.Task[None] | None = None
+        self._resource_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-watch-resources")
+        self._resource_conn: openstack.connection.Connection | None = None
         self._volumes_since: datetime | None = None
         self._swept_at = 0.0
         self._api_due: dict[str, float] = {}
@@ -225,15 +228,18 @@ class Watcher:
             self._task = asyncio.create_task(self._run(), name="provisioner-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._resource_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._resource_task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
+        self._resource_executor.shutdown(wait=False, cancel_futures=True)
+        for conn in (self._conn, self._resource_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     @property
     def running(self) -> bool:
@@ -315,13 +321,21 @@ class Watcher:
             changed, self._changed = self._changed, []
             await self.publish_changes(changed)
         self.kick_api_checks()
-        if self.settings.resource_interval > 0 and now_mono - self._resources_at >= self.settings.resource_interval:
+        if (self.settings.resource_interval > 0 and now_mono - self._resources_at >= self.settings.resource_interval
+                and (self._resource_task is None or self._resource_task.done())):
             self._resources_at = now_mono
-            try:
-                await self.list_resources()
-            except PermissionError as exc:  # a cloud that refuses all_tenants: the servers are still watched
-                log.warning("watch_resources_refused", reason=str(exc))
+            # beside the servers' listing, never in its way: a slow Octavia or Cinder must not delay a server's news
+            self._resource_task = asyncio.create_task(self._list_resources_logged(), name="provisioner-watch-resources")
         return recorded
+
+    async def _list_resources_logged(self) -> None:
+        try:
+            await self.list_resources()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next interval lists again; the servers are still watched
+            self.stats.failures += 1
+            log.warning("watch_resources_failed", error=repr(exc))
 
     def kick_api_checks(self) -> int:
         """Kick each watched cluster whose COE health check is due, except those whose API this copy found out of
@@ -360,10 +374,9 @@ class Watcher:
         sweep = self._volumes_since is None or now_mono - self._swept_at >= self.settings.volume_sweep
         if not sweep and self._volumes_since is not None:
             since = self._volumes_since - timedelta(seconds=self.settings.overlap)
-        conn = self._connection()
-        lbs, volumes = await asyncio.gather(
-            loop.run_in_executor(self._executor, lambda: fetch_load_balancers(conn)),
-            loop.run_in_executor(self._executor, lambda: fetch_volumes(conn, since)))
+        conn = self._resource_connection()
+        lbs = await loop.run_in_executor(self._resource_executor, lambda: fetch_load_balancers(conn))
+        volumes = await loop.run_in_executor(self._resource_executor, lambda: fetch_volumes(conn, since))
         self._volumes_since = now
         if sweep:
             self._swept_at = now_mono
@@ -463,11 +476,20 @@ class Watcher:
     def _connection(self) -> openstack.connection.Connection:
         """The Cove service user's own connection, scoped to its project (its admin role lists every project)."""
         if self._conn is None:
-            s = self.cloud_settings
-            auth = v3.Password(auth_url=s.auth_url, username=s.username, password=s.password,
-                               user_domain_name=s.user_domain_name, project_name=s.project_name,
-                               project_domain_name=s.project_domain_name)
-            self._conn = openstack.connection.Connection(session=ks_session.Session(auth=auth),
-                                                         app_name="cove-provisioner-watch")
+            self._conn = self._connect()
         return self._conn
+
+    def _resource_connection(self) -> openstack.connection.Connection:
+        """Another such connection for the resource listings, which run in their own thread."""
+        if self._resource_conn is None:
+            self._resource_conn = self._connect()
+        return self._resource_conn
+
+    def _connect(self) -> openstack.connection.Connection:
+        s = self.cloud_settings
+        auth = v3.Password(auth_url=s.auth_url, username=s.username, password=s.password,
+                           user_domain_name=s.user_domain_name, project_name=s.project_name,
+                           project_domain_name=s.project_domain_name)
+        return openstack.connection.Connection(session=ks_session.Session(auth=auth),
+                                               app_name="cove-provisioner-watch")
 
