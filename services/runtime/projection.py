@@ -25,7 +25,7 @@ must leave the store exactly as the per-event handler applied in stream order wo
 test_admission_run.py and tests/api/test_batch_projection.py compare both paths table by table).
 A handler made of planned writes (``PlannedHandler``: each event's statements decided from the event alone, the
 events that must read the store applied one at a time in their place) is its own batch handler: a batch runs the
-writes of its planned events grouped by statement, in waves that keep the stream order of every writes touching the
+writes of its planned events grouped by statement, in waves that keep the stream order of the writes touching the
 same rows (``apply_writes``), a few round trips for a whole batch; alone, the same writes run one after another.
 A subclass customises the per-event work through ``_handle`` (runs the handler inside the transaction) and
 ``_applied`` (after the commit, once per event); a subclass that overrides ``_apply`` itself is applied one
