@@ -496,7 +496,8 @@ class KubernetesDriver:
 
 
 def rbac_manifest() -> str:
-    """The ClusterRoleBindings of Cove's user groups, applied by the first master after ``kubeadm init``."""
+    """The ClusterRoleBindings of Cove's user groups and of the provisioner's health check (``HEALTH_USER`` reads
+    nodes), applied by the first master after ``kubeadm init``."""
     def binding(group: str, role: str) -> dict[str, Any]:
         return {
             "apiVersion": "rbac.authorization.k8s.io/v1",
