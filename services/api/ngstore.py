@@ -56,6 +56,22 @@ async def insert(conn: asyncpg.Connection, ng: NodeGroup, status: str, at: datet
     await conn.execute(_INSERT, *_row(ng, status, at))
 
 
+def insert_write(ng: NodeGroup, status: str, at: datetime) -> Write:
+    return Write(_INSERT, _row(ng, status, at), (("cluster", ng.cluster_id),), draws="nodegroups_id_seq")
+
+
+def move_all_write(cluster_uuid: str, old: str, new: str, at: datetime, reason: str | None = None) -> Write:
+    """``move_all`` of one status."""
+    return Write(
+        "UPDATE nodegroups SET status = $3, status_reason = $4, updated_at = $5 WHERE cluster_uuid = $1 AND status = $2",
+        (cluster_uuid, old, new, reason, at), (("cluster", cluster_uuid),),
+    )
+
+
+def delete_cluster_groups_write(cluster_uuid: str) -> Write:
+    return Write("DELETE FROM nodegroups WHERE cluster_uuid = $1", (cluster_uuid,), (("cluster", cluster_uuid),))
+
+
 async def insert_many(conn: asyncpg.Connection, groups: list[tuple[NodeGroup, datetime]], status: str) -> None:
     """Several nodegroups (each with the time its event occurred) in one round trip (asyncpg pipelines
     executemany)."""

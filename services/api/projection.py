@@ -11,7 +11,6 @@ after another. The others read the read model (the status machine, ``_move``) an
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,7 +24,7 @@ from proto.envelope import Envelope
 from proto.quotas import ordinal, waiting_reason
 from services.api import ngprojection, ngstore, status, store
 from services.api.resources import quotas
-from services.runtime.projection import Outgoing, Write, apply_writes
+from services.runtime.projection import Outgoing, PlannedHandler, Write
 
 log = structlog.get_logger(__name__)
 
@@ -287,11 +286,48 @@ async def apply_reading(env: Envelope, tx: asyncpg.Connection) -> None:
         await ngprojection.apply(env, tx)
 
 
+def _move_write(uuid: str, event_type: str, at: datetime, **values: Any) -> Write:
+    """``_move`` (to a status other than GONE) as one statement (``store.move_write``)."""
+    sources, target = status.rule(event_type)
+    assert target != status.GONE
+    return store.move_write(uuid, sources, target, at, values)
+
+
 def plan(env: Envelope) -> list[Write] | None:
-    """The statements applying ``env`` when they follow from the event alone (what ``node_created``,
-    ``node_active``, ``node_deleted``, ``create_started`` and the nodegroup projection do, each a statement of
-    its own, the cluster's existence and its addresses checked by the statements); None for the other events."""
+    """The statements applying ``env`` when they follow from the event alone: what the handlers of the lifecycle's
+    events (and the nodegroup projection's) do, the cluster's status, existence and addresses read by the
+    statements themselves; None for the other events (updates, rejections, quotas, failures...), whose
+    handlers read first."""
     p = env.payload
+    at = env.occurred_at
+    if isinstance(p, ev.ClusterCreateRequested):
+        return [store.insert_cluster_write(p, at, status.CREATE_IN_PROGRESS), *(
+            ngstore.insert_write(ng, status.CREATE_IN_PROGRESS, at) for ng in ngprojection._default_groups(p, at))]
+    if isinstance(p, ev.ClusterAdmitted):
+        return [store.set_admitted_write(p.uuid)]
+    if isinstance(p, ev.ClusterCreateCompleted):
+        return [
+            _move_write(p.uuid, "ClusterCreateCompleted", at, status_reason="Cluster create complete",
+                        api_address=p.api_address,
+                        master_addresses=p.master_addresses or store.MASTER_ADDRESSES,
+                        node_addresses=p.node_addresses or store.WORKER_ADDRESSES,
+                        coe_version=p.coe_version, container_version=p.container_version),
+            ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_COMPLETE, at),
+        ]
+    if isinstance(p, ev.ClusterCreateFailed):
+        return [
+            _move_write(p.uuid, "ClusterCreateFailed", at, status_reason=p.status_reason),
+            ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_FAILED, at, p.status_reason),
+        ]
+    if isinstance(p, ev.ClusterDeleteRequested):
+        return [_move_write(p.uuid, "ClusterDeleteRequested", at, status_reason=None)]
+    if isinstance(p, ev.ClusterDeleteStarted):
+        return [_move_write(p.uuid, "ClusterDeleteStarted", at)]
+    if isinstance(p, ev.ClusterDeleteFailed):
+        return [_move_write(p.uuid, "ClusterDeleteFailed", at, status_reason=p.status_reason)]
+    if isinstance(p, ev.ClusterDeleteCompleted):
+        assert status.rule("ClusterDeleteCompleted") == (None, status.GONE)
+        return [*store.delete_cluster_writes(p.uuid), ngstore.delete_cluster_groups_write(p.uuid)]
     if isinstance(p, ev.NodeCreated):
         group = p.nodegroup or (ngstore.DEFAULT_MASTER if p.role == "master" else ngstore.DEFAULT_WORKER)
         return [
@@ -316,53 +352,18 @@ def plan(env: Envelope) -> list[Write] | None:
     return None
 
 
+PLANNED = PlannedHandler(plan, apply_reading)
+
+
 async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
-    """The projection handler registered for the API (``cove.evt.>``)."""
-    writes = plan(env)
-    if writes is None:
-        await apply_reading(env, tx)
-    else:
-        for w in writes:
-            await tx.execute(w.sql, *w.args)
-    return None
-
-
-ADMISSION_RUN = (ev.ClusterCreateRequested, ev.ClusterAdmitted)
-"""Event types a run of which is applied set-based (``handle_batch``): under load the stream interleaves new
-clusters' requests with the scheduler's decisions on earlier ones."""
+    """The projection handler registered for the API (``cove.evt.>``): a planned event's statements one after
+    another, another event with its handlers."""
+    return await PLANNED(env, tx)
 
 
 async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-    """The API's batch handler: each run of consecutive ``ADMISSION_RUN`` events in a few statements (the
-    clusters and their default nodegroups inserted, then the decisions set), the planned writes of the events
-    between them grouped by statement (``plan``), the others with the handlers that read.
-
-    Applying a run's requests before its decisions is what stream order does: a decision on a cluster is published
-    after its request was consumed, so it never precedes that request in the stream, and each request is for a new
-    cluster (published with expected_last_subject_seq=0), so it does not touch a row an earlier decision did."""
-    pending: list[Write] = []
-    for batchable, group in itertools.groupby(envs, key=lambda env: isinstance(env.payload, ADMISSION_RUN)):
-        run = list(group)
-        if not batchable or len(run) == 1:
-            for env in run:
-                writes = plan(env)
-                if writes is not None:
-                    pending.extend(writes)
-                    continue
-                await apply_writes(tx, pending)  # what came before it, before it reads
-                pending.clear()
-                await apply_reading(env, tx)
-            continue
-        await apply_writes(tx, pending)
-        pending.clear()
-        requested: list[tuple[ev.ClusterCreateRequested, datetime]] = [
-            (env.payload, env.occurred_at) for env in run if isinstance(env.payload, ev.ClusterCreateRequested)
-        ]
-        if requested:
-            await store.insert_clusters(tx, requested, status.CREATE_IN_PROGRESS)
-            await ngprojection.create_requested_many(requested, tx)
-        decided: list[str] = [env.payload.uuid for env in run if isinstance(env.payload, ev.ClusterAdmitted)]
-        if decided:
-            await set_admitted(tx, decided)
-    await apply_writes(tx, pending)
-    return [()] * len(envs)
+    """The API's batch handler: the planned events' statements grouped by statement (new clusters, their default
+    nodegroups and admissions, node reports, status moves: a few round trips for the batch), the others with their
+    handlers in their place (``PlannedHandler.batch``). The result is what ``handle`` gives one event at a time
+    (tests/api/test_batch_projection.py, tests/ops/test_replay_batched.py)."""
+    return await PLANNED.batch(envs, tx)

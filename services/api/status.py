@@ -61,3 +61,9 @@ def transition(current: str | None, event_type: str) -> str | None:
 def is_deletable(status: str) -> bool:
     """Magnum puts no precondition on delete; a cluster already being deleted is answered without a new event."""
     return status != DELETE_IN_PROGRESS
+
+
+def rule(event_type: str) -> tuple[frozenset[str] | None, str]:
+    """The statuses ``event_type`` moves a cluster from (None: any) and the status it moves it to (a statement
+    applying the transition itself: services/api/store.py ``move_write``)."""
+    return _RULES[event_type]

@@ -377,6 +377,78 @@ def refresh_addresses_write(cluster_uuid: str) -> Write:
     )
 
 
+def insert_cluster_write(e: ClusterCreateRequested, at: datetime, status: str) -> Write:
+    """``insert_clusters`` of one cluster."""
+    return Write(
+        "INSERT INTO clusters (uuid, name, project_id, user_id, cluster_template_id, status, spec, stack_id,"
+        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
+        (e.uuid, e.name, e.project_id, e.user_id, e.template.uuid, status, msgspec.json.encode(shown_spec(e)).decode(),
+         e.stack_id, e.requested_at or at),
+        (cluster_key(e.uuid),), draws="clusters_id_seq",
+    )
+
+
+def set_admitted_write(uuid: str) -> Write:
+    """The scheduler admitted the cluster; one that waited in the build queue no longer says where it waited."""
+    return Write(
+        "UPDATE clusters SET admission = 'admitted', status_reason = CASE WHEN admission = 'queued' THEN NULL"
+        " ELSE status_reason END WHERE uuid = $1",
+        (uuid,), (cluster_key(uuid),),
+    )
+
+
+def _addresses_sql(masters: bool) -> str:
+    """``node_addresses``' masters (or workers) of the cluster ``$1``, as the JSON list it stores."""
+    role = "role = 'master'" if masters else "role IS DISTINCT FROM 'master'"
+    return (
+        f"COALESCE((SELECT jsonb_agg(first ORDER BY node_name, server_id) FROM (SELECT n.node_name, n.server_id,"
+        f" n.role, {_FIRST_ADDRESS} AS first FROM nodes n WHERE n.cluster_uuid = $1 AND n.status = 'ACTIVE')"
+        f" AS active WHERE first IS NOT NULL AND {role}), '[]'::jsonb)"
+    )
+
+
+MASTER_ADDRESSES = object()
+"""A value of ``move_write``: the cluster's masters' addresses as the nodes say (``node_addresses``)."""
+WORKER_ADDRESSES = object()
+
+
+def move_write(
+    uuid: str, sources: frozenset[str] | None, target: str, at: datetime, values: dict[str, Any]
+) -> Write:
+    """The API projection's ``_move`` to a status other than GONE, decided by the statement: when the cluster's
+    status is one of ``sources`` (None: any) and not ``target`` already, it moves to ``target`` and takes
+    ``values``; when it does not move, it is left alone if there are ``values`` (the event does not apply from
+    there), else only its ``updated_at`` is set. Always ``updated_at`` = ``at``; no row, no change."""
+    args: list[Any] = [uuid, at, target]
+    source = "TRUE"
+    if sources is not None:
+        args.append(sorted(sources))
+        source = f"status = ANY(${len(args)}::text[])"
+    moved = f"({source} AND status <> $3)"
+    sets = [f"status = CASE WHEN {moved} THEN $3 ELSE status END", "updated_at = $2"]
+    for column, value in values.items():
+        if column not in _CLUSTER_COLUMNS:
+            raise ValueError(f"unknown clusters column {column!r}")
+        if value is MASTER_ADDRESSES or value is WORKER_ADDRESSES:
+            expr = _addresses_sql(value is MASTER_ADDRESSES)
+        else:
+            args.append(json.dumps(value) if column in _JSON_COLUMNS else value)
+            expr = f"${len(args)}::jsonb" if column in _JSON_COLUMNS else f"${len(args)}"
+        sets.append(f"{column} = CASE WHEN {moved} THEN {expr} ELSE {column} END")
+    where = moved if values else "TRUE"
+    return Write(f"UPDATE clusters SET {', '.join(sets)} WHERE uuid = $1 AND {where}", tuple(args),
+                 (cluster_key(uuid),))
+
+
+def delete_cluster_writes(uuid: str) -> list[Write]:
+    """``delete_cluster``, of a cluster in the read model (no row, no change)."""
+    return [
+        Write("DELETE FROM nodes WHERE cluster_uuid = $1 AND EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)",
+              (uuid,), (cluster_key(uuid),)),
+        Write("DELETE FROM clusters WHERE uuid = $1", (uuid,), (cluster_key(uuid),)),
+    ]
+
+
 def set_stack_id_write(uuid: str, stack_id: str) -> Write:
     return Write("UPDATE clusters SET stack_id = $2 WHERE uuid = $1", (uuid, stack_id), (cluster_key(uuid),))
 

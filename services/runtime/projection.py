@@ -201,6 +201,10 @@ class Write:
     sql: str
     args: tuple[Any, ...]
     keys: tuple[Hashable, ...]
+    draws: Hashable | None = None
+    """A sequence the statement takes values from (a ``serial`` column's): the writes drawing from one sequence
+    take its values in stream order, as one after another they would (writes of one statement may still share a
+    wave, whose rows run in stream order)."""
 
 
 Planner = Callable[[Envelope], Sequence[Write] | None]
@@ -216,14 +220,21 @@ async def apply_writes(tx: asyncpg.Connection, writes: Sequence[Write]) -> int:
     with ONE ``executemany`` (asyncpg pipelines it: one round trip, the statement prepared once): the result is
     the result of running every write one after another in stream order."""
     level_of: dict[Hashable, int] = {}
+    drawn: dict[Hashable, tuple[int, str]] = {}
+    """Per sequence: the level and statement of the last write drawing from it."""
     waves: list[dict[str, list[tuple[Any, ...]]]] = []
     for w in writes:
         if not w.keys:
             raise ValueError(f"a planned write names no key: {w.sql}")
         level = max(level_of.get(k, -1) for k in w.keys) + 1
+        if w.draws is not None and w.draws in drawn:
+            last, sql = drawn[w.draws]
+            level = max(level, last if sql == w.sql else last + 1)
         for k in w.keys:
             level_of[k] = level
-        if level == len(waves):
+        if w.draws is not None:
+            drawn[w.draws] = (level, w.sql)
+        while len(waves) <= level:
             waves.append({})
         waves[level].setdefault(w.sql, []).append(w.args)
     trips = 0
@@ -265,9 +276,10 @@ class PlannedHandler:
         return ()
 
     async def batch(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-        sequences = batch_sequences()
+        # (Called outside a projection, e.g. by a test, the events have no stream sequence: 0, as outside a handler.)
+        sequences = batch_sequences() or [0] * len(envs)
         if len(sequences) != len(envs):
-            raise RuntimeError("PlannedHandler.batch runs only as a projection's batch handler")
+            raise RuntimeError(f"{len(envs)} events but {len(sequences)} stream sequences")
         outgoing: list[Sequence[Outgoing]] = []
         pending: list[Write] = []
         for env, seq in zip(envs, sequences, strict=True):
