@@ -57,7 +57,7 @@ async def insert(conn: asyncpg.Connection, ng: NodeGroup, status: str, at: datet
 
 
 def insert_write(ng: NodeGroup, status: str, at: datetime) -> Write:
-    return Write(_INSERT, _row(ng, status, at), (("cluster", ng.cluster_id),), draws="nodegroups_id_seq")
+    return Write(_INSERT, _row(ng, status, at), (("cluster", ng.cluster_id), "nodegroups_id_seq"))
 
 
 def move_all_write(cluster_uuid: str, old: str, new: str, at: datetime, reason: str | None = None) -> Write:

@@ -384,7 +384,7 @@ def insert_cluster_write(e: ClusterCreateRequested, at: datetime, status: str) -
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9) ON CONFLICT (uuid) DO NOTHING",
         (e.uuid, e.name, e.project_id, e.user_id, e.template.uuid, status, msgspec.json.encode(shown_spec(e)).decode(),
          e.stack_id, e.requested_at or at),
-        (cluster_key(e.uuid),), draws="clusters_id_seq",
+        (cluster_key(e.uuid), "clusters_id_seq"),
     )
 
 

@@ -195,16 +195,13 @@ class Write:
     """One statement of an event's application, decided from the event alone: ``sql`` run with ``args``.
 
     ``keys`` name every row the statement reads or writes (e.g. ``("cluster", uuid)`` for a cluster's rows, or a
-    table's name for a statement that reaches rows it cannot name beforehand). Two writes that share no key touch
+    table's name for a statement that reaches rows it cannot name beforehand), and every sequence it takes values
+    from (a ``serial`` column's: its values are then taken in stream order). Two writes that share no key touch
     disjoint rows, so they commute: that is what lets a batch run them grouped by statement (``apply_writes``)."""
 
     sql: str
     args: tuple[Any, ...]
     keys: tuple[Hashable, ...]
-    draws: Hashable | None = None
-    """A sequence the statement takes values from (a ``serial`` column's): the writes drawing from one sequence
-    take its values in stream order, as one after another they would (writes of one statement may still share a
-    wave, whose rows run in stream order)."""
 
 
 Planner = Callable[[Envelope], Sequence[Write] | None]
@@ -215,25 +212,25 @@ is set). None: this event needs to read the store first, and is applied by the p
 async def apply_writes(tx: asyncpg.Connection, writes: Sequence[Write]) -> int:
     """Run ``writes`` (stream order) in a few round trips; returns the round trips spent.
 
-    Each write is put in the first wave after every earlier write it shares a key with, so two writes of one wave
-    share no key (they commute) and writes sharing a key run in stream order. A wave's writes of one statement run
-    with ONE ``executemany`` (asyncpg pipelines it: one round trip, the statement prepared once): the result is
-    the result of running every write one after another in stream order."""
-    level_of: dict[Hashable, int] = {}
-    drawn: dict[Hashable, tuple[int, str]] = {}
-    """Per sequence: the level and statement of the last write drawing from it."""
+    A wave's writes of one statement run with ONE ``executemany`` (asyncpg pipelines it: one round trip, the
+    statement prepared once), in stream order; its statements one after another. Each write goes in the first
+    wave where it follows every earlier write it shares a key with: after the wave of such a write of another
+    statement, in the wave of such a write of the same statement at the earliest (its rows run in stream order).
+    So writes of one wave that share a key are rows of one ``executemany``, in stream order, and the others
+    commute: the result is the result of running every write one after another in stream order."""
+    last: dict[Hashable, tuple[int, str]] = {}
+    """Per key: the wave and statement of the last write that named it."""
     waves: list[dict[str, list[tuple[Any, ...]]]] = []
     for w in writes:
         if not w.keys:
             raise ValueError(f"a planned write names no key: {w.sql}")
-        level = max(level_of.get(k, -1) for k in w.keys) + 1
-        if w.draws is not None and w.draws in drawn:
-            last, sql = drawn[w.draws]
-            level = max(level, last if sql == w.sql else last + 1)
+        level = 0
         for k in w.keys:
-            level_of[k] = level
-        if w.draws is not None:
-            drawn[w.draws] = (level, w.sql)
+            if k in last:
+                seen_at, sql = last[k]
+                level = max(level, seen_at if sql == w.sql else seen_at + 1)
+        for k in w.keys:
+            last[k] = (level, w.sql)
         while len(waves) <= level:
             waves.append({})
         waves[level].setdefault(w.sql, []).append(w.args)
