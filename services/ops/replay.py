@@ -5,8 +5,9 @@ The scratch store is built by the service's own projection code (``ReplayProject
 handlers and batch handlers, one transaction per batch of up to ``BATCH`` events. Nothing is published: every event
 replayed is at or below the live store's checkpoint, so the live service already published what it caused.
 
-The stream is read through an ordered push consumer (no acks, flow control, server-side subject filter): one
-stream read, no round trip per batch; the messages are buffered up to a bound (backpressure through flow control).
+The stream is read through an ordered push consumer (no acks, flow control; the subject filter on the server when
+the service has one, else the whole stream, matched here: ``StreamReader``): one stream read, no round trip per
+batch; the messages are buffered up to a bound (backpressure through flow control).
 
 The swap (``swap``), in ONE PostgreSQL transaction (docs/operations.md, "Replaying a store"):
 
