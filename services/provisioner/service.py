@@ -24,6 +24,13 @@ Environment (besides the runtime's COVE_NATS_URL, COVE_DATABASE_URL, COVE_HTTP_P
                                      default 0.2)
     COVE_PROVISIONER_WATCH_SCOPE     all (one all-tenants listing as the service user, default) or project (one per
                                      project through a trust)
+    COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL  seconds between two listings of load balancers and changed volumes
+                                     (default 5)
+    COVE_PROVISIONER_WATCH_VOLUME_SWEEP  seconds between two full volume listings, which see vanished volumes
+                                     (default 60)
+    COVE_PROVISIONER_API_CHECK_INTERVAL  seconds between two checks of a cluster's own API, the driver's health
+                                     check (default 15; 0: none)
+    COVE_PROVISIONER_API_CHECK_TIMEOUT  seconds each request of that check may take (default 5)
     COVE_PROVISIONER_MAX_REPAIRS_PER_NODEGROUP  nodes of a nodegroup auto-healing replaces at a time (default 1)
     COVE_PROVISIONER_TRUST_GRACE     seconds a rotated-away trust is kept before it is deleted (default 5)
     COVE_PROVISIONER_TRUST_HOLD      seconds an unused trust is kept after a cluster was last created with it
