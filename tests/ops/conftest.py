@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+import structlog
 
 from deploy.local.nats import NatsServer
 from deploy.local.postgres import drop_database, fresh_database
@@ -30,7 +32,16 @@ class Ops:
 
     async def cove(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = await asyncio.to_thread(cli.main, list(argv), stdout=out, stderr=err)
+        # the command configures logging for a terminal (structlog at ERROR, cliff's root handlers): a process's
+        # business, so it is put back afterwards for the tests that run next in this process and read log lines
+        saved, root = structlog.get_config(), logging.getLogger()
+        level, handlers = root.level, list(root.handlers)
+        try:
+            code = await asyncio.to_thread(cli.main, list(argv), stdout=out, stderr=err)
+        finally:
+            structlog.configure(**saved)
+            root.setLevel(level)
+            root.handlers[:] = handlers
         return code, out.getvalue(), err.getvalue()
 
 
