@@ -143,3 +143,10 @@ PROVISIONER_WATCH_CHANGES = "cove.provisioner.watch.changes"
 ``services.provisioner.health.Observed``), kept by the other copies for their health passes."""
 PROVISIONER_WATCH_VIEWS = "cove.provisioner.watch.views"
 """Core NATS request-reply: a cluster's views (data: its uuid), answered by the copy leading the watch."""
+PROVISIONER_WATCH_RESOURCES = "cove.provisioner.watch.resources"
+"""Core NATS: what a listing of the provisioner copy leading the watch changed of the watched clusters' load
+balancers and volumes (JSON list of ``services.provisioner.health.ResourceSeen``; header ``Cove-Copy``: the
+sender), kept by the other copies for their health passes."""
+PROVISIONER_WATCH_RESOURCE_VIEWS = "cove.provisioner.watch.resource_views"
+"""Core NATS request-reply: a cluster's load balancers and volumes as last listed (data: its uuid; JSON list of
+``ResourceSeen``), answered by the copy leading the watch."""

@@ -66,7 +66,7 @@ from proto.streams import PROVISIONER_CONSUMER
 from services.provisioner import handlers, health, model, store
 from services.provisioner.cloud import Cloud, CloudSettings, fetch_changes
 from services.provisioner.drivers import addons
-from services.provisioner.health import Observed
+from services.provisioner.health import Observed, ResourceSeen
 from services.provisioner.loop import COPY_HEADER, Reconciler
 from services.provisioner.state import ReconcilerSettings
 from services.provisioner.tracking import AppliedTracker
@@ -231,37 +231,72 @@ def copy_id(extra: dict[str, str], http_port: int | None = 0) -> str:
 
 
 OBSERVED = msgspec.json.Decoder(list[Observed])
+RESOURCES = msgspec.json.Decoder(list[ResourceSeen])
 WATCH_CHUNK = 500
 """Observations per message (a first listing of 10,000 nodes would pass NATS's 1 MB payload limit in one)."""
 
 
 async def share_the_watch(s: Service, watcher: Watcher, reconciler: Reconciler, leases: Leases) -> None:
-    """One copy lists the cloud (the watch's singleton lease); the others keep its views from what it sends."""
+    """One copy lists the cloud (the watch's singleton lease); the others keep its views of the servers, load
+    balancers and volumes from what it sends (only changes; a copy lacking a cluster's asks once, ``prime``)."""
     assert s.bus is not None
     nc, me = s.bus.nc, leases.holder
     watcher.leading = False
     watcher.kick_received = lambda cluster_id: reconciler.kick(cluster_id, forwarded=True)
 
+    async def publish(subject: str, items: list[Any]) -> None:
+        for i in range(0, len(items), WATCH_CHUNK):
+            await nc.publish(subject, msgspec.json.encode(items[i:i + WATCH_CHUNK]), headers={COPY_HEADER: me})
+
     async def publish_changes(changes: list[Observed]) -> None:
-        for i in range(0, len(changes), WATCH_CHUNK):
-            await nc.publish(subjects.PROVISIONER_WATCH_CHANGES, msgspec.json.encode(changes[i:i + WATCH_CHUNK]),
-                             headers={COPY_HEADER: me})
+        await publish(subjects.PROVISIONER_WATCH_CHANGES, changes)
+
+    async def publish_resources(changes: list[ResourceSeen]) -> None:
+        await publish(subjects.PROVISIONER_WATCH_RESOURCES, changes)
+
+    def from_another_copy(msg: Any) -> bool:
+        return (msg.headers or {}).get(COPY_HEADER) != me and not watcher.leading
 
     async def received(msg: Any) -> None:
-        if (msg.headers or {}).get(COPY_HEADER) != me and not watcher.leading:
-            watcher.receive(OBSERVED.decode(msg.data))
+        if from_another_copy(msg):
+            try:
+                changes = OBSERVED.decode(msg.data)
+            except msgspec.DecodeError as exc:  # core NATS, no redelivery: logged and dropped
+                log.warning("watch_message_malformed", subject=msg.subject, error=str(exc))
+                return
+            watcher.receive(changes)
+
+    async def resources_received(msg: Any) -> None:
+        if from_another_copy(msg):
+            try:
+                changes = RESOURCES.decode(msg.data)
+            except msgspec.DecodeError as exc:  # core NATS, no redelivery: logged and dropped
+                log.warning("watch_message_malformed", subject=msg.subject, error=str(exc))
+                return
+            watcher.receive_resources(changes)
 
     async def views_asked(msg: Any) -> None:
         if watcher.leading and msg.reply:
             await msg.respond(msgspec.json.encode(list(watcher.views_of(msg.data.decode()).values())))
 
+    async def resources_asked(msg: Any) -> None:
+        if watcher.leading and msg.reply:
+            await msg.respond(msgspec.json.encode(list(watcher.resources_of(msg.data.decode()).values())))
+
     async def fetch_views(cluster_id: str) -> list[Observed]:
         return OBSERVED.decode((await nc.request(subjects.PROVISIONER_WATCH_VIEWS, cluster_id.encode(),
                                                  timeout=1.0)).data)
 
+    async def fetch_resources(cluster_id: str) -> list[ResourceSeen]:
+        return RESOURCES.decode((await nc.request(subjects.PROVISIONER_WATCH_RESOURCE_VIEWS, cluster_id.encode(),
+                                                  timeout=1.0)).data)
+
     watcher.publish_changes, watcher.fetch_views = publish_changes, fetch_views
+    watcher.publish_resources, watcher.fetch_resources = publish_resources, fetch_resources
     await nc.subscribe(subjects.PROVISIONER_WATCH_CHANGES, cb=received)
     await nc.subscribe(subjects.PROVISIONER_WATCH_VIEWS, cb=views_asked)
+    await nc.subscribe(subjects.PROVISIONER_WATCH_RESOURCES, cb=resources_received)
+    await nc.subscribe(subjects.PROVISIONER_WATCH_RESOURCE_VIEWS, cb=resources_asked)
 
 
 def lease_settings(extra: dict[str, str]) -> LeaseSettings:

@@ -32,8 +32,18 @@ interval), skipping clusters whose API the provisioner may not reach.
 In N copies (docs/adr/0011) one copy lists: the one holding the singleton lease ``provisioner.singleton.watch``
 (``lead``). It sends what it records to the others (``publish_changes``, on ``cove.provisioner.watch.changes``),
 which keep the same views (``receive``) for the health passes of the clusters whose leases they hold; a copy that
-lacks a cluster's views asks the leader for them once (``prime``, ``cove.provisioner.watch.views``). A new leader
-reaches back ``lookback`` again.
+lacks a cluster's views asks the leader for them once (``prime``, ``cove.provisioner.watch.views``). The load
+balancers and volumes go the same way: what a resource listing changed (``publish_resources``, on
+``cove.provisioner.watch.resources``; ``receive_resources`` kicks the clusters there) and, in ``prime``, a cluster's
+resources as the leader last listed them (``cove.provisioner.watch.resource_views``). Without them a health pass in
+a copy that does not list would judge a cluster by its servers alone and drop the leader's ``<lb>.status`` from its
+reason. A new leader reaches back ``lookback`` again, and lists every volume at once (a sweep).
+
+The COE health check's state (``api``) is not sent: the check runs in the copy that runs the cluster's health pass
+(``health.check_coe``, with the client certificate that copy made), and that pass is the only reader of its verdict.
+A copy that takes a cluster without that state checks at once; a copy that checked it within the last interval
+shows that verdict until the interval passes (one interval old at most). The leader's ``kick_api_checks`` kicks
+every watched cluster at the interval, wherever its pass then runs (the kick is passed to the holder).
 """
 
 from __future__ import annotations
@@ -206,8 +216,13 @@ class Watcher:
         self.fetch_views: Callable[[str], Awaitable[list[Observed]]] | None = None
         """Asks the leading copy for a cluster's views (set with copies)."""
         self.kick_received: Callable[[str], None] | None = None
-        """How ``receive`` kicks a cluster (default: as a listing here does)."""
+        """How ``receive`` and ``receive_resources`` kick a cluster (default: as a listing here does)."""
+        self.publish_resources: Callable[[list[ResourceSeen]], Awaitable[None]] | None = None
+        """Sends what a resource listing changed to the other copies (set with copies)."""
+        self.fetch_resources: Callable[[str], Awaitable[list[ResourceSeen]]] | None = None
+        """Asks the leading copy for a cluster's load balancers and volumes (set with copies)."""
         self._changed: list[Observed] = []
+        self._resources_changed: list[ResourceSeen] = []
         self._primed: set[str] = set()
         self.resources: dict[str, dict[str, ResourceSeen]] = {}
         """Cluster id -> resource id -> its load balancer and volumes as last listed (the leading copy's)."""
@@ -255,6 +270,7 @@ class Watcher:
         """Start (True) or stop listing the cloud: this copy took, or lost, the watch's singleton lease."""
         if leading and not self.leading:
             self._since = None  # reach back ``lookback``: what changed while the last leader died is not missed
+            self._volumes_since = None  # and list every volume at once: one may have vanished meanwhile
         self.leading = leading
         log.info("watch_leading" if leading else "watch_following")
 
@@ -262,18 +278,38 @@ class Watcher:
         """What the leading copy recorded: kept as if listed here, and the clusters they belong to kicked."""
         return self._apply(changes, watched_only=False, kick=self.kick_received or self._kick)
 
+    def receive_resources(self, changes: list[ResourceSeen]) -> int:
+        """What the leading copy's resource listing changed: kept as if listed here, and the clusters they belong
+        to kicked. Idempotent: a resource that already looks so here changes nothing and kicks nothing."""
+        dirty: set[str] = set()
+        for seen in changes:
+            views = self.resources.setdefault(seen.cluster_id, {})
+            if views.get(seen.resource_id) != seen:
+                views[seen.resource_id] = seen
+                dirty.add(seen.cluster_id)
+        kick = self.kick_received or self._kick
+        for cluster_id in dirty:
+            self.stats.resource_changes += 1
+            kick(cluster_id)
+        return len(dirty)
+
     async def prime(self, cluster_id: str) -> None:
-        """Before a health pass in a copy that does not list: the leader's views of the cluster, asked once."""
+        """Before a health pass in a copy that does not list: the leader's views and resources of the cluster, asked
+        once (both answered, else asked again at the next pass)."""
         if self.leading or self.fetch_views is None or cluster_id in self._primed:
             return
         try:
             found = await self.fetch_views(cluster_id)
+            listed = await self.fetch_resources(cluster_id) if self.fetch_resources is not None else []
         except Exception as exc:  # noqa: BLE001 - no leader yet: asked again at the next pass
             log.debug("watch_prime_failed", cluster_id=cluster_id, error=repr(exc))
             return
         views = self.views.setdefault(cluster_id, {})
         for seen in found:
             views.setdefault(seen.server_id, seen)  # what arrived since is newer
+        resources = self.resources.setdefault(cluster_id, {})
+        for res in listed:
+            resources.setdefault(res.resource_id, res)
         self._primed.add(cluster_id)
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -382,12 +418,24 @@ class Watcher:
             self._swept_at = now_mono
         self.stats.resource_listings += 1
         self.stats.resources_seen += len(lbs) + len(volumes)
-        return self.record_resources([s for s in map(load_balancer_seen, lbs) if s is not None],
-                                     [s for s in map(volume_seen, volumes) if s is not None], full_volumes=sweep)
+        kicked = self.record_resources([s for s in map(load_balancer_seen, lbs) if s is not None],
+                                       [s for s in map(volume_seen, volumes) if s is not None], full_volumes=sweep)
+        await self.share_resources()
+        return kicked
+
+    async def share_resources(self) -> int:
+        """Send what the resource listings changed since the last send to the other copies (one message per
+        listing, in order); returns how many."""
+        if not self._resources_changed or self.publish_resources is None:
+            return 0
+        changed, self._resources_changed = self._resources_changed, []
+        await self.publish_resources(changed)
+        return len(changed)
 
     def record_resources(self, lbs: list[ResourceSeen], volumes: list[ResourceSeen], *, full_volumes: bool) -> int:
         """Record the watched clusters' load balancers (a full listing: one no longer listed is ``gone``) and
-        volumes (``gone`` only after a full listing), and kick each cluster with a change."""
+        volumes (``gone`` only after a full listing), and kick each cluster with a change; what changed waits in
+        ``_resources_changed`` for the other copies (with copies)."""
         dirty: set[str] = set()
         listed: set[str] = set()
 
@@ -399,7 +447,9 @@ class Watcher:
             if views.get(seen.resource_id) != seen:
                 views[seen.resource_id] = seen
                 dirty.add(seen.cluster_id)
+                changed.append(seen)
 
+        changed: list[ResourceSeen] = []
         for seen in [*lbs, *volumes]:
             keep(seen)
         for cluster_id, views in self.resources.items():
@@ -410,6 +460,9 @@ class Watcher:
                     views[rid] = ResourceSeen(seen.kind, seen.resource_id, seen.name, seen.cluster_id, seen.status,
                                               seen.operating_status, seen.server_id, gone=True)
                     dirty.add(cluster_id)
+                    changed.append(views[rid])
+        if self.publish_resources is not None:
+            self._resources_changed.extend(changed)
         for cluster_id in dirty:
             self.stats.resource_changes += 1
             self._kick(cluster_id)
