@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deploy.local.stack import LocalStack
 from tests.conftest import drop_database, fresh_database
 
@@ -46,3 +48,16 @@ async def running_stack(nats_url: str | None, pg_admin_url: str, state_dir: Path
     finally:
         await asyncio.to_thread(local.stop)
         await drop_database(pg_admin_url, db_url)
+
+
+def module_stack(name: str, env: Mapping[str, str] | None = None, **options: Any) -> Any:
+    """A module-scoped ``stack`` fixture: the whole stack on NATS servers of its own (``running_stack`` with no
+    URL), ``env`` and ``options`` as there; in a test module, ``stack = module_stack("health", ENV, ...)``."""
+
+    @pytest.fixture(scope="module")
+    async def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+        async with running_stack(None, pg_admin_url, tmp_path_factory.mktemp(f"{name}-stack"), env=env,
+                                 **options) as local:
+            yield local
+
+    return stack

@@ -97,7 +97,9 @@ def summarize(
     intervals: Iterable[Interval], *, since: datetime | None, until: datetime, now: datetime, group_by: str
 ) -> tuple[Totals, list[Row]]:
     """The window's grand total and its rows grouped by ``project``, ``cluster`` or ``resource``, in a stable order
-    (project, cluster, then kind and resource id). Intervals with nothing inside the window make no row."""
+    (project, cluster, then kind and resource id). Intervals with nothing inside the window make no row, except
+    by resource: the intervals asked for all touch the window, and one may hold nothing, as a node the cloud lost
+    within a second of its creation (Nova's times have whole seconds: its end can even precede its start)."""
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
     total = Totals()
@@ -105,6 +107,9 @@ def summarize(
     for i in intervals:
         us = overlap_us(i.start, i.end, since=since, until=until, now=now)
         if us <= 0:
+            if group_by == "resource":  # a row of its own, adding nothing to any total
+                rows.setdefault((i.project_id, i.cluster_id, i.kind, i.resource_id),
+                                Row(i.project_id, i.cluster_id, interval=i, billed_us=0))
             continue
         total.add(i, us)
         if group_by == "project":

@@ -63,3 +63,15 @@ def test_groups_by_cluster_and_resource_sum_to_the_project() -> None:
 def test_unknown_grouping_is_refused() -> None:
     with pytest.raises(ValueError):
         summarize(INTERVALS, since=None, until=at(1), now=at(1), group_by="flavor")
+
+
+def test_a_resource_lost_within_a_second_of_its_start_keeps_its_row_and_adds_nothing() -> None:
+    # Nova's `updated` has whole seconds: a node that went to ERROR 0.4 s after its create call returned can be
+    # reported lost "before" it started; asked by resource, it is still listed (billed 0), and no total counts it
+    lost = Interval("server", "s9", "c9", "p9", at(10.6), at(10), vcpus=2, ram_mb=2048)
+    total, rows = summarize([*INTERVALS, lost], since=None, until=at(200), now=at(200), group_by="resource")
+    row = next(r for r in rows if r.interval is not None and r.interval.resource_id == "s9")
+    assert row.billed_us == 0 and row.interval is lost
+    assert total == summarize(INTERVALS, since=None, until=at(200), now=at(200), group_by="resource")[0]
+    _, by_project = summarize([lost], since=None, until=at(200), now=at(200), group_by="project")
+    assert by_project == []

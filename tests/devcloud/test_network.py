@@ -242,6 +242,30 @@ def test_subnet_validation_and_allocation(demo: Connection) -> None:
         demo.network.delete_network(net)
 
 
+def test_private_networks_on_one_loopback_cidr_get_different_addresses(demo: Connection) -> None:
+    """Neutron lets private networks reuse fixed IPs; the devcloud's COE stand-ins listen at them on this machine's
+    loopback, so two networks' subnets of one 127.x CIDR hand out different addresses (an explicit one may repeat)."""
+    cidr = "127.251.7.0/29"
+    nets = [demo.network.create_network(name=unique("lo")) for _ in range(2)]
+    try:
+        subnets = [demo.network.create_subnet(network_id=n.id, cidr=cidr, ip_version=4) for n in nets]
+        ports = [demo.network.create_port(network_id=n.id) for n in nets for _ in range(2)]
+        addresses = [p.fixed_ips[0]["ip_address"] for p in ports]
+        assert len(set(addresses)) == 4, addresses
+        again = demo.network.create_port(network_id=nets[1].id, fixed_ips=[{"ip_address": addresses[0]}])
+        assert again.fixed_ips[0]["ip_address"] == addresses[0]  # asked for by name: as Neutron allows
+        for p in (*ports, again):
+            demo.network.delete_port(p)
+        # every address released: the other network may now take the first network's first address by name
+        fresh = demo.network.create_port(network_id=nets[0].id, fixed_ips=[{"ip_address": addresses[2]}])
+        demo.network.delete_port(fresh)
+        for sn in subnets:
+            demo.network.delete_subnet(sn)
+    finally:
+        for n in nets:
+            demo.network.delete_network(n)
+
+
 def test_default_security_group_created_lazily(devcloud: Devcloud) -> None:
     conn = openstack.connect(cloud="cove-alt")
     try:

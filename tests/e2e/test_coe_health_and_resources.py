@@ -8,18 +8,16 @@ watch sees a change: benchmarks/watch.py; here only generous deadlines.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from deploy.local.nats import NatsServer
 from deploy.local.stack import LocalStack
 from services.provisioner import model
 from tests.conftest import wait_for
 from tests.e2e.test_cluster_lifecycle import http, token
 from tests.e2e.test_health_and_healing import health, make_cluster, servers_of
-from tests.stacks import running_stack
+from tests.stacks import module_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,21 +26,7 @@ ENV = {"COVE_PROVISIONER_WATCH_INTERVAL": "0.2", "COVE_PROVISIONER_API_CHECK_INT
        "COVE_PROVISIONER_WATCH_VOLUME_SWEEP": "2"}
 
 
-@pytest.fixture(scope="module")
-def private_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path_factory.mktemp("coe-health-nats"), server_name="cove-e2e-coe-health")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-async def stack(
-    private_nats: NatsServer, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LocalStack]:
-    async with running_stack(private_nats.url, pg_admin_url, tmp_path_factory.mktemp("coe-health-stack"), env=ENV,
-                             time_factor=0.05) as local:
-        yield local
+stack = module_stack("coe-health", ENV, time_factor=0.05)
 
 
 @pytest.fixture(scope="module")

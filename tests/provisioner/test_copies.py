@@ -339,7 +339,8 @@ async def test_a_paused_holder_whose_lease_was_taken_over_is_refused_and_stops(
     old = {d["key"].removeprefix("provisioner.cluster."): d["epoch"] for d in lost
            if d.get("event") == "lease_lost" and d.get("key", "").startswith("provisioner.cluster.")}
     for cid, stale in old.items():
-        assert stale in epochs[cid] and max(epochs[cid]) > stale, (cid, stale, epochs[cid])
+        # (a may have held a lease it had published nothing under yet: one adopted just before the pause)
+        assert max(epochs[cid]) > stale, (cid, stale, epochs[cid])
     assert len({e.id for e, _ in ours}) == len(ours)
     no_duplicate_servers(cloud, reqs, workers=2)
 

@@ -40,6 +40,8 @@ from deploy.devcloud.web import new_id
 
 log = structlog.get_logger("devcloud.network")
 
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
 
 # ====================================================================================================================
 # IP address management: a subnet keeps its pools as integer ranges, the set of used addresses and a cursor, so
@@ -67,6 +69,9 @@ def allocate_ip(subnet: dict[str, Any], requested: str | None = None) -> str:
     """Take `requested` (must be in the subnet and free) or the next free address of the allocation pools."""
     net: IPNetwork = subnet["_net"]
     used: set[int] = subnet["_used"]
+    taken: set[int] | None = subnet.get("_taken")  # every loopback subnet's of the same CIDR (NetState)
+    if taken is None:
+        taken = set()
     if requested is not None:
         try:
             addr = ipaddress.ip_address(requested)
@@ -78,6 +83,7 @@ def allocate_ip(subnet: dict[str, Any], requested: str | None = None) -> str:
             raise NetError(409, "IpAddressAlreadyAllocated",
                            f"IP address {requested} already allocated in subnet {subnet['id']}")
         used.add(int(addr))
+        taken.add(int(addr))
         return str(addr)
     pools = _pools_of(subnet)
     total = _pool_size(pools)
@@ -85,11 +91,12 @@ def allocate_ip(subnet: dict[str, Any], requested: str | None = None) -> str:
         raise NetError(409, "IpAddressGenerationFailure",
                        f"No more IP addresses available on network {subnet['network_id']}.")
     position = subnet["_cursor"] % total
-    for _ in range(min(total, len(used) + 1)):
+    for _ in range(min(total, len(used) + len(taken) + 1)):
         candidate = _position_to_address(pools, position)
         position = (position + 1) % total
-        if candidate not in used:
+        if candidate not in used and candidate not in taken:
             used.add(candidate)
+            taken.add(candidate)
             subnet["_cursor"] = position
             return str(ipaddress.ip_address(candidate))
     raise NetError(409, "IpAddressGenerationFailure",
@@ -100,6 +107,8 @@ def release_ip(cloud: Cloud, subnet_id: str, address: str) -> None:
     subnet = cloud.table("subnet").get(subnet_id)
     if subnet is not None:
         subnet["_used"].discard(int(ipaddress.ip_address(address)))
+        if subnet.get("_taken") is not None:
+            subnet["_taken"].discard(int(ipaddress.ip_address(address)))
 
 
 # ====================================================================================================================
@@ -292,6 +301,8 @@ def create_subnet(cloud: Cloud, project_id: str, is_admin: bool, body: dict[str,
         "_net": parsed,
         "_pools": pools,
         "_used": set(),
+        "_taken": (net_state(cloud).loopback_taken.setdefault(str(parsed), set())
+                   if parsed.version == 4 and parsed.subnet_of(LOOPBACK) else None),  # type: ignore[arg-type]
         "_cursor": 0,
         "_routers": {},  # router id -> its interface port on this subnet
     })

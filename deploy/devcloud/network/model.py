@@ -101,6 +101,10 @@ class NetState:
     ports_by_device: dict[str, set[str]] = field(default_factory=dict)  # device id -> port ids
     fips_by_port: dict[str, set[str]] = field(default_factory=dict)  # port id -> floating ip ids
     public_networks: set[str] = field(default_factory=set)  # shared or external: visible to every project
+    loopback_taken: dict[str, set[int]] = field(default_factory=dict)
+    """Per loopback CIDR, the addresses allocated in any subnet of it. Neutron lets private networks reuse fixed
+    IPs; the devcloud's COE stand-ins listen at them on one machine's loopback, where two clusters' masters at the
+    same address would answer for each other, so an automatic allocation in a loopback subnet avoids them."""
 
 
 def net_state(cloud: Cloud) -> NetState:
