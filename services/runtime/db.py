@@ -42,6 +42,12 @@ PostgreSQL restart must raise, so that its caller retries, rather than hold its 
 as a cluster's lease) for ever."""
 
 
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
+"""How long the server lets a connection sit idle inside a transaction (``idle_in_transaction_session_timeout``)
+before it ends the session: a copy frozen mid-transaction (paused, swapped out, partitioned) must not hold the rows
+and locks the other copies of its service need; its work is retried by whoever then holds it."""
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
                       command_timeout: float = COMMAND_TIMEOUT) -> asyncpg.Pool:
     """A pool whose connections have ``search_path = <schema>, public``."""
@@ -51,7 +57,8 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
         max_size=max_size,
         command_timeout=command_timeout,
         connection_class=NoResetConnection,
-        server_settings={"search_path": f"{ident(schema)}, public", "application_name": f"cove-{schema}"},
+        server_settings={"search_path": f"{ident(schema)}, public", "application_name": f"cove-{schema}",
+                         "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT},
     )
     assert pool is not None
     return pool
