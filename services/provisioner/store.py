@@ -249,27 +249,6 @@ def upsert_node_write(
     )
 
 
-async def upsert_node(
-    tx: asyncpg.Connection,
-    cluster_id: str,
-    server_id: str,
-    *,
-    name: str | None,
-    role: str | None,
-    status: str,
-    flavor_id: str | None = None,
-    vcpus: int | None = None,
-    ram_mb: int | None = None,
-    disk_gb: int | None = None,
-    addresses: dict[str, list[str]] | None = None,
-    reason: str | None = None,
-) -> None:
-    await run(tx, upsert_node_write(
-        cluster_id, server_id, name=name, role=role, status=status, flavor_id=flavor_id, vcpus=vcpus,
-        ram_mb=ram_mb, disk_gb=disk_gb, addresses=addresses, reason=reason,
-    ))
-
-
 async def run(tx: asyncpg.Connection, write: Write) -> None:
     """Run one planned write now."""
     await tx.execute(write.sql, *write.args)
