@@ -7,6 +7,7 @@ was taken over has its publish refused by the fencing check and stops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -82,9 +83,11 @@ class Copies:
         return self.a, self.b
 
 
-@pytest.fixture
-async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path: Path,
-                 certs: object, roomy_network_quota: None) -> AsyncIterator[Copies]:
+@contextlib.asynccontextmanager
+async def running_copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path: Path,
+                         extra_env: dict[str, str] | None = None) -> AsyncIterator[Copies]:
+    """Two provisioner processes, copy-a then copy-b, sharing one store and one durable consumer; at the end the
+    clusters the test made are deleted (paused copies continued first) and the store dropped."""
     db_url = await fresh_database(pg_admin_url)
     durable = f"prov_{uuid.uuid4().hex[:8]}"
     made = []
@@ -96,15 +99,13 @@ async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path:
             "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
             "COVE_PROVISIONER_TRUST_GRACE": "1", "COVE_PROVISIONER_TRUST_HOLD": "1",
             "COVE_PROVISIONER_SUBNET_CIDR": LOCAL_SUBNET_CIDR, "COVE_LEASE_TTL": str(TTL),
-            "COVE_PROVISIONER_COPY_ID": f"copy-{name}",
+            "COVE_PROVISIONER_COPY_ID": f"copy-{name}", **(extra_env or {}),
         })
         made.append(Provisioner(env, tmp_path / f"provisioner-{name}.log"))
-    made[0].start()
-    await wait_for(lambda: '"reconciler_started"' in made[0].log_file.read_text(errors="replace"), timeout=60,
-                   message="copy a started")
-    made[1].start()
-    await wait_for(lambda: '"reconciler_started"' in made[1].log_file.read_text(errors="replace"), timeout=60,
-                   message="copy b started")
+    for p in made:
+        p.start()
+        await wait_for(lambda: '"reconciler_started"' in p.log_file.read_text(errors="replace"),  # noqa: B023
+                       timeout=60, message=f"{p.env['COVE_PROVISIONER_COPY_ID']} started")
     both = Copies(made[0], made[1])
     try:
         yield both
@@ -117,6 +118,13 @@ async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path:
         for p in made:
             p.stop()
         await drop_database(pg_admin_url, db_url)
+
+
+@pytest.fixture
+async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path: Path,
+                 certs: object, roomy_network_quota: None) -> AsyncIterator[Copies]:
+    async with running_copies(nats_url, pg_admin_url, devcloud, tmp_path) as both:
+        yield both
 
 
 async def delete_all(nats_url: str, reqs: list[Any]) -> None:

@@ -11,7 +11,6 @@ copy's task runs), so the leader's kick is passed there and the pass that must s
 from __future__ import annotations
 
 import datetime
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +20,6 @@ import msgspec
 import nats.js.errors
 import pytest
 
-from deploy.local.stack import LOCAL_SUBNET_CIDR
 from proto import subjects
 from proto.envelope import new_envelope
 from proto.events import ClusterAdmitted, ClusterCreateRequested, ClusterTemplate
@@ -32,14 +30,14 @@ from services.provisioner.service import RESOURCES
 from services.provisioner.watch import Watched, Watcher
 from services.runtime.bus import Bus
 from services.runtime.lease import Lease, Leases, LeaseSettings
-from tests.conftest import Devcloud, drop_database, free_port, fresh_database, wait_for
+from tests.conftest import Devcloud, wait_for
 from tests.provisioner.test_copies import (
     TTL,
     Copies,
     cloud,
-    delete_all,
     log_lines,
     roomy_network_quota,
+    running_copies,
     stored_events,
 )
 from tests.provisioner.test_provisioner import Cloud, Provisioner, bus, prefix_of
@@ -105,34 +103,11 @@ async def copies(nats_url: str, pg_admin_url: str, devcloud: Devcloud, tmp_path:
                  certs: object, roomy_network_quota: None) -> AsyncIterator[Copies]:
     """test_copies' two copies, with the resource watch quick and the COE check off (its kicks, which the leader
     sends every interval, would run a pass in the leader and hide what this test is about)."""
-    db_url = await fresh_database(pg_admin_url)
-    durable = f"prov_{uuid.uuid4().hex[:8]}"
-    made = []
-    for name in ("a", "b"):
-        env = dict(os.environ)
-        env.update({
-            "COVE_NATS_URL": nats_url, "COVE_DATABASE_URL": db_url, "COVE_HTTP_PORT": str(free_port()),
-            "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_PROVISIONER_DURABLE": durable,
-            "COVE_PROVISIONER_POLL_INTERVAL": "0.1", "COVE_HEARTBEAT_INTERVAL": "5", "PYTHONUNBUFFERED": "1",
-            "COVE_PROVISIONER_SUBNET_CIDR": LOCAL_SUBNET_CIDR, "COVE_LEASE_TTL": str(TTL),
-            "COVE_PROVISIONER_COPY_ID": f"copy-{name}", "COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL": "0.5",
-            "COVE_PROVISIONER_WATCH_VOLUME_SWEEP": "2", "COVE_PROVISIONER_API_CHECK_INTERVAL": "0",
-        })
-        made.append(Provisioner(env, tmp_path / f"provisioner-{name}.log"))
-    for p in made:
-        p.start()
-        await wait_for(lambda: '"reconciler_started"' in p.log_file.read_text(errors="replace"),  # noqa: B023
-                       timeout=60, message=f"{p.env['COVE_PROVISIONER_COPY_ID']} started")
-    both = Copies(made[0], made[1])
-    try:
+    async with running_copies(nats_url, pg_admin_url, devcloud, tmp_path, {
+        "COVE_PROVISIONER_WATCH_RESOURCES_INTERVAL": "0.5", "COVE_PROVISIONER_WATCH_VOLUME_SWEEP": "2",
+        "COVE_PROVISIONER_API_CHECK_INTERVAL": "0",
+    }) as both:
         yield both
-    finally:
-        alive = [p for p in made if p.proc is not None and p.proc.poll() is None]
-        if both.made and alive:
-            await delete_all(nats_url, both.made)
-        for p in made:
-            p.stop()
-        await drop_database(pg_admin_url, db_url)
 
 
 async def request_lb_cluster(bus: Bus, cloud: Cloud) -> ClusterCreateRequested:
