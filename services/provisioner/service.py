@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -257,23 +258,17 @@ async def share_the_watch(s: Service, watcher: Watcher, reconciler: Reconciler, 
     def from_another_copy(msg: Any) -> bool:
         return (msg.headers or {}).get(COPY_HEADER) != me and not watcher.leading
 
-    async def received(msg: Any) -> None:
-        if from_another_copy(msg):
-            try:
-                changes = OBSERVED.decode(msg.data)
-            except msgspec.DecodeError as exc:  # core NATS, no redelivery: logged and dropped
-                log.warning("watch_message_malformed", subject=msg.subject, error=str(exc))
-                return
-            watcher.receive(changes)
-
-    async def resources_received(msg: Any) -> None:
-        if from_another_copy(msg):
-            try:
-                changes = RESOURCES.decode(msg.data)
-            except msgspec.DecodeError as exc:  # core NATS, no redelivery: logged and dropped
-                log.warning("watch_message_malformed", subject=msg.subject, error=str(exc))
-                return
-            watcher.receive_resources(changes)
+    def applying(decoder: Any, apply: Callable[[Any], object]) -> Callable[[Any], Awaitable[None]]:
+        """A subscriber that decodes another copy's changes and hands them to ``apply``."""
+        async def received(msg: Any) -> None:
+            if from_another_copy(msg):
+                try:
+                    changes = decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:  # core NATS, no redelivery: logged and dropped
+                    log.warning("watch_message_malformed", subject=msg.subject, error=str(exc))
+                    return
+                apply(changes)
+        return received
 
     async def views_asked(msg: Any) -> None:
         if watcher.leading and msg.reply:
@@ -293,9 +288,9 @@ async def share_the_watch(s: Service, watcher: Watcher, reconciler: Reconciler, 
 
     watcher.publish_changes, watcher.fetch_views = publish_changes, fetch_views
     watcher.publish_resources, watcher.fetch_resources = publish_resources, fetch_resources
-    await nc.subscribe(subjects.PROVISIONER_WATCH_CHANGES, cb=received)
+    await nc.subscribe(subjects.PROVISIONER_WATCH_CHANGES, cb=applying(OBSERVED, watcher.receive))
     await nc.subscribe(subjects.PROVISIONER_WATCH_VIEWS, cb=views_asked)
-    await nc.subscribe(subjects.PROVISIONER_WATCH_RESOURCES, cb=resources_received)
+    await nc.subscribe(subjects.PROVISIONER_WATCH_RESOURCES, cb=applying(RESOURCES, watcher.receive_resources))
     await nc.subscribe(subjects.PROVISIONER_WATCH_RESOURCE_VIEWS, cb=resources_asked)
 
 
