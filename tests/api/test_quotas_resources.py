@@ -150,6 +150,35 @@ async def test_200_concurrent_creates_at_the_cluster_quota(qstack: tuple[Stack, 
     await remove_all(stack, alt, alt_id)
 
 
+async def test_a_refusal_says_why_while_the_read_model_is_behind(qstack: tuple[Stack, str], admin: Client) -> None:
+    """Under load the API's projection can be seconds behind the scheduler's decision, past read-your-writes'
+    bound: the 403 still gives the scheduler's reason (read from the rejection in the stream), not a bare refusal.
+    The projection is held here by the lock ``cove verify`` takes on its inbox."""
+    stack, db_url = qstack
+    demo = await client(stack, "demo", "demo-pass", "demo")
+    demo_id = await project_id(stack, admin, "demo")
+    await set_quota(admin, demo_id, "Cluster", 0)
+    tpl = await template_of(demo)
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE api.inbox IN EXCLUSIVE MODE")
+            status, body = await demo.call("POST", "/clusters", {"name": "behind", "cluster_template_id": tpl})
+            assert await conn.fetchval("SELECT count(*) FROM api.clusters WHERE name = 'behind'") == 0, \
+                "the projection was held"
+    finally:
+        await conn.close()
+    assert status == 403, body
+    assert body["errors"][0]["detail"] == quota_exceeded_message(0)
+
+    async def withdrawn() -> bool:
+        s, b = await demo.call("GET", "/clusters")
+        return s == 200 and not any(c["name"] == "behind" for c in b["clusters"])
+
+    await wait_for(withdrawn, message="the refused cluster withdrawn once the projection caught up")
+    assert (await admin.call("DELETE", f"/quotas/{demo_id}/Cluster"))[0] == 204
+
+
 async def test_200_concurrent_creates_at_the_vcpu_quota(qstack: tuple[Stack, str], admin: Client) -> None:
     stack, db_url = qstack
     demo = await client(stack, "demo", "demo-pass", "demo")

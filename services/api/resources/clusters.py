@@ -27,6 +27,7 @@ from proto.events import (
     ClusterCreateRequested,
     ClusterDeleteRequested,
     ClusterHealthUpdated,
+    ClusterRejected,
     ClusterUpdateRejected,
     ClusterUpdateRequested,
     ClusterWithdrawn,
@@ -304,11 +305,19 @@ async def create_cluster(request: web.Request) -> web.Response:
     finally:
         watch.close()
     if decision is not None and decision.verdict == "rejected":
-        await writer.wait_applied(max(seq, decision.seq))
-        row = await store.get_cluster(pool, cluster_uuid)
+        # The reason from the rejection itself when it was heard as stored (the projection may be seconds behind
+        # under load, past read-your-writes' bound); else the read model showed it, and its row holds the reason.
+        reason = await _refusal(writer, decision.seq, cluster_uuid) if decision.seq else None
+        if reason is None:
+            await writer.wait_applied(max(seq, decision.seq))
+            row = await store.get_cluster(pool, cluster_uuid)
+            reason = row["status_reason"] if row else None
         await _withdraw(writer, event, seq)
-        raise ApiError(403, (row["status_reason"] if row else None) or "Cluster creation was refused.")
-    await writer.wait_applied(seq)
+        raise ApiError(403, reason or "Cluster creation was refused.")
+    # A queued create shows its place in line (``status_reason``) from the answer on, so its decision is waited for
+    # too; an admitted one's decision changes nothing a user sees (its own event is what must be applied).
+    shown_from = max(seq, decision.seq) if decision is not None and decision.verdict == "queued" else seq
+    await writer.wait_applied(shown_from)
     log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision and decision.verdict,
              trust_id=trust_id, seq=seq)
     return web.json_response({"uuid": cluster_uuid}, status=202)
@@ -377,21 +386,24 @@ async def decided_publish(request: web.Request, writer: Writer, subject: str,
     finally:
         watch.close()
     if decision is not None and decision.verdict == "rejected":
-        reason = await _resize_refusal(writer, decision.seq)
+        reason = (await _refusal(writer, decision.seq, cluster_uuid) if decision.seq else None) or RESIZE_REFUSED
         log.info("cluster_change_refused", cluster_id=cluster_uuid, type=type(event).__name__, reason=reason)
         raise ApiError(403, reason)
     return max(seq, decision.seq if decision is not None else 0)
 
 
-async def _resize_refusal(writer: Writer, seq: int) -> str:
-    """The scheduler's reason for refusing a resize, from its event in the stream (the read model keeps none: a
-    refused resize changes nothing)."""
+RESIZE_REFUSED = "Quota exceeded: the cluster cannot grow to that size."
+
+
+async def _refusal(writer: Writer, seq: int, cluster_uuid: str) -> str | None:
+    """The scheduler's reason for refusing a create or a resize of ``cluster_uuid``, read from its event at ``seq``
+    in the stream (one request; the read model keeps none for a refused resize). None when it cannot be read."""
     with contextlib.suppress(Exception):
         msg = await writer.bus.js.get_msg(subjects.EVENTS_STREAM, seq)
         payload = decode(msg.data or b"").payload
-        if isinstance(payload, ClusterUpdateRejected):
+        if isinstance(payload, ClusterUpdateRejected | ClusterRejected) and payload.uuid == cluster_uuid:
             return payload.reason
-    return "Quota exceeded: the cluster cannot grow to that size."
+    return None
 
 
 @routes.delete("/v1/clusters/{ident}")
