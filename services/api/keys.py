@@ -22,7 +22,10 @@ from services.api.writer import Writer
 class Settings:
     admission_timeout: float = 1.5
     """How long a cluster create waits for the scheduler's answer to turn a quota refusal into a 403."""
-    read_your_writes_timeout: float = 2.0
+    read_your_writes_timeout: float = 10.0
+    """How long a write waits for the read model to show it before it is answered anyway (logged
+    ``read_your_writes_late``): longer than a NATS leader's fail-over, after which a GET of a cluster just created
+    by another API copy would otherwise be a 404."""
 
 
 POOL = web.AppKey("pool", asyncpg.Pool)

@@ -66,7 +66,7 @@ class ApiServer:
         )
         self.settings = Settings(
             admission_timeout=float(extra.get("COVE_API_ADMISSION_TIMEOUT", "1.5")),
-            read_your_writes_timeout=float(extra.get("COVE_API_READ_YOUR_WRITES_TIMEOUT", "2.0")),
+            read_your_writes_timeout=float(extra.get("COVE_API_READ_YOUR_WRITES_TIMEOUT", "10.0")),
         )
         self._runner: web.AppRunner | None = None
         self.freshness: Freshness | None = None

@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 class Writer:
     bus: Bus
     pool: asyncpg.Pool
-    read_your_writes_timeout: float = 2.0
+    read_your_writes_timeout: float = 10.0
     poll_interval: float = 0.01
     freshness: Freshness | None = None
     """When listening (services/api/freshness.py), waits end at the commit's NOTIFY instead of by polling."""
@@ -62,13 +62,15 @@ class Writer:
         return int(ack.seq)
 
     async def wait_applied(self, seq: int, timeout: float | None = None) -> bool:
-        """True once the projection's checkpoint reaches ``seq`` (False after the bound)."""
+        """True once the projection's checkpoint reaches ``seq`` (False after the bound, logged: the write is then
+        answered before a read shows it)."""
         bound = self.read_your_writes_timeout if timeout is None else timeout
-        if self.freshness is not None:
-            done = await self.freshness.wait_applied(seq, bound)
-            if done is not None:
-                return done
-        return await self.wait_until(lambda: self._applied(seq), bound)
+        done = await self.freshness.wait_applied(seq, bound) if self.freshness is not None else None
+        if done is None:
+            done = await self.wait_until(lambda: self._applied(seq), bound)
+        if not done:
+            log.warning("read_your_writes_late", seq=seq, waited_seconds=bound)
+        return done
 
     def watch_admission(self, cluster_uuid: str) -> AdmissionWatch:
         """Start listening for the scheduler's decision on ``cluster_uuid``: call BEFORE publishing its create,

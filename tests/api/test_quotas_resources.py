@@ -48,6 +48,8 @@ async def qstack(
 
     api, server = build_api(config("api", {
         "COVE_API_PORT": "0", "COVE_AUTH_URL": f"{devcloud.url}/identity", "COVE_API_ADMISSION_TIMEOUT": "30.0",
+        # short, so that the test holding the projection answers soon
+        "COVE_API_READ_YOUR_WRITES_TIMEOUT": "2.0",
     }))
     services: list[Service] = [build_scheduler(config("scheduler", {"COVE_MAX_BUILDS": str(MAX_BUILDS)})),
                                build_certs(config("certs", {})), api]
