@@ -34,7 +34,7 @@ from proto.events import (
     QuotaUpdated,
 )
 from proto.nodegroups import DEFAULT_MASTER, DEFAULT_WORKER
-from services.runtime.projection import Outgoing
+from services.runtime.projection import Outgoing, Write, apply_writes
 from services.scheduler import admission, cloudquota, store
 from services.scheduler.admission import Demand, GroupSize
 from services.scheduler.cloudquota import CloudQuota
@@ -56,6 +56,15 @@ provisioner's outcomes (failed / deleted) and the admins' per-project quotas (fr
 ADMISSION = (ClusterCreateRequested, ClusterAdmitted, ClusterQueued, ClusterRejected)
 """The event types of an admission run (``Handlers.admission_run``): under load the stream interleaves new clusters'
 requests with the scheduler's own decisions on earlier ones."""
+
+LIFECYCLE = (ClusterCreateCompleted, ClusterCreateFailed, ClusterDeleteRequested, ClusterDeleteCompleted)
+"""The events besides ``ADMISSION`` that a wide run (``Handlers.wide_run``) applies: what they change of a project's
+usage is followed in memory, and their writes are decided from the event alone (with builds unbounded)."""
+
+HANDLED = (*ADMISSION, *LIFECYCLE, ClusterUpdateRequested, NodeGroupCreateRequested, ClusterUpdateAdmitted,
+           NodeGroupCreateAdmitted, ClusterUpdateRejected, ClusterUpdateFailed, NodeGroupDeleteRequested,
+           ClusterUpdateCompleted, QuotaCreated, QuotaUpdated, QuotaDeleted)
+"""Every event type ``Handlers.handle`` acts on; it ignores the others (most of the provisioner's)."""
 
 
 QUEUE_POSITIONS_SHOWN = 1000
@@ -133,8 +142,110 @@ class Handlers:
         return ()
 
     async def handle_batch(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-        """The scheduler's batch handler: each run of consecutive ``ADMISSION`` events at once
-        (``admission_run``), every other event with ``handle``."""
+        """The scheduler's batch handler. With builds unbounded and no request the cloud is asked about (a replay,
+        a backlog older than the cloud check's ``max_age``, no check): each run of consecutive ``ADMISSION``,
+        ``LIFECYCLE`` and ignored events at once (``wide_run``), every other event with ``handle``. Else each run of
+        consecutive ``ADMISSION`` events at once (``admission_run``), every other event with ``handle``."""
+        if self.queueing or self._asks_cloud(envs):
+            return await self._admission_runs(envs, tx)
+        outgoing: list[Sequence[Outgoing]] = []
+        run: list[Envelope] = []
+        for env in envs:
+            if isinstance(env.payload, ADMISSION + LIFECYCLE) or not isinstance(env.payload, HANDLED):
+                run.append(env)
+                continue
+            outgoing.extend(await self.wide_run(run, tx))
+            run = []
+            outgoing.append(await self.handle(env, tx))
+        outgoing.extend(await self.wide_run(run, tx))
+        return outgoing
+
+    def _asks_cloud(self, envs: list[Envelope]) -> bool:
+        """Whether a request among ``envs`` would have the project's cloud quota checked (``_cloud_rooms``)."""
+        return self.cloud_quota is not None and any(
+            isinstance(env.payload, ClusterCreateRequested) and self._fresh(env) for env in envs)
+
+    async def wide_run(self, run: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
+        """Apply ``run`` (``ADMISSION``, ``LIFECYCLE`` and ignored events, builds unbounded, no cloud check) in a
+        few statements whatever its length: lock the projects and read the facts of its clusters and projects
+        (when it holds a request), decide the requests in stream order in memory, following what every event of
+        the run changes of a project's usage as the ``project_usage`` trigger does (a published decision is the
+        fact, whatever the request's was; a completed delete frees its cluster's reservation), then run every
+        event's writes as planned writes (``apply_writes``: grouped by statement, each cluster's in stream
+        order). The store and the decisions are what applying the events one by one in stream order gives."""
+        if not run:
+            return []
+        admissions = [env.payload for env in run if isinstance(env.payload, ADMISSION)]
+        facts: store.RunFacts | None = None
+        if any(isinstance(p, ClusterCreateRequested) for p in admissions):
+            await store.lock_projects(tx, [p.project_id for p in admissions])
+            ids = list({env.payload.uuid for env in run if isinstance(env.payload, ADMISSION + LIFECYCLE)})
+            facts = await store.run_facts(tx, ids, [p.project_id for p in admissions])
+        decisions = dict(facts.decisions) if facts else {}
+        in_use = dict(facts.usage) if facts else {}
+        rows = dict(facts.rows) if facts else {}
+
+        def row_of(cluster_id: str, project_id: str) -> store.Counted:
+            """The cluster's row, made as a statement that inserts it would (no reservation) when unknown."""
+            if cluster_id not in rows:
+                rows[cluster_id] = store.Counted(project_id, None, False, Demand(clusters=1))
+                decisions.setdefault(cluster_id, None)
+            return rows[cluster_id]
+
+        def moved(row: store.Counted, counted_before: bool) -> None:
+            """What the trigger does to the row's project's usage after a change of the row."""
+            if row.counts != counted_before and row.project_id in in_use:
+                change = row.reserved if row.counts else Demand() - row.reserved
+                in_use[row.project_id] = in_use[row.project_id] + change
+
+        writes: list[Write] = []
+        outgoing: list[Sequence[Outgoing]] = []
+        for env in run:
+            p = env.payload
+            out: Sequence[Outgoing] = ()
+            if isinstance(p, ClusterCreateRequested):
+                assert facts is not None
+                request = self._decide(env, p, decisions, in_use, facts, 0, {}, {})
+                if request is not None:
+                    d = request.demand
+                    rows[p.uuid] = store.Counted(p.project_id, request.decision, False,
+                                                 Demand(1, d.nodes, d.vcpus, d.ram_mb, d.volume_gb))
+                    writes.extend(store.request_writes(request))
+                    out = self._verdict(request)
+            elif isinstance(p, ADMISSION):
+                decided = _decided(env)
+                writes.append(store.decision_write(decided))
+                if facts is not None:
+                    row = row_of(decided.cluster_id, decided.project_id)
+                    before = row.counts
+                    if row.decision != decided.decision:
+                        log.info("admission_decision_overrides_store", cluster_id=decided.cluster_id,
+                                 stored=row.decision, published=decided.decision)
+                    row.decision = decisions[decided.cluster_id] = decided.decision
+                    moved(row, before)
+            elif isinstance(p, LIFECYCLE):
+                if self.cloud_quota is not None and isinstance(p, ClusterCreateFailed | ClusterCreateCompleted):
+                    self.cloud_quota.forget(p.project_id)
+                if isinstance(p, ClusterCreateFailed | ClusterDeleteRequested | ClusterDeleteCompleted):
+                    column = {ClusterCreateFailed: "create_failed", ClusterDeleteRequested: "delete_requested",
+                              ClusterDeleteCompleted: "delete_completed"}[type(p)]
+                    writes.append(store.mark_write(p.uuid, p.project_id, column, env.occurred_at))
+                    if facts is not None:
+                        row = row_of(p.uuid, p.project_id)
+                        before = row.counts
+                        row.delete_completed = row.delete_completed or isinstance(p, ClusterDeleteCompleted)
+                        moved(row, before)
+                if isinstance(p, ClusterDeleteCompleted):
+                    log.info("cluster_quota_released", cluster_id=p.uuid, project_id=p.project_id)
+                if not isinstance(p, ClusterDeleteRequested):
+                    writes.append(store.finish_build_write(p.uuid))
+            outgoing.append(out)
+        await apply_writes(tx, writes)
+        return outgoing
+
+    async def _admission_runs(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
+        """Each run of consecutive ``ADMISSION`` events at once (``admission_run``), every other event with
+        ``handle``."""
         outgoing: list[Sequence[Outgoing]] = []
         for admission_events, group in itertools.groupby(envs, key=lambda env: isinstance(env.payload, ADMISSION)):
             run = list(group)

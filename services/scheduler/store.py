@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from services.runtime.projection import Write
 from services.scheduler.admission import Demand, GroupSize, Waiting
 
 
@@ -18,6 +19,22 @@ async def lock_projects(tx: asyncpg.Connection, project_ids: Sequence[str]) -> N
         "SELECT pg_advisory_xact_lock(hashtext('cove-scheduler:' || p)) FROM unnest($1::text[]) AS p",
         sorted(set(project_ids)),
     )
+
+
+@dataclass
+class Counted:
+    """What a cluster's row adds to its project's usage (``project_usage``, kept by a trigger): its whole
+    reservation (``reserved``: one cluster and its nodes, vCPUs, RAM and volume GB) while it is admitted and not
+    deleted. A run of events follows it in memory (``Handlers.wide_run``) as the trigger follows the row."""
+
+    project_id: str
+    decision: str | None
+    delete_completed: bool
+    reserved: Demand
+
+    @property
+    def counts(self) -> bool:
+        return self.decision == "admitted" and not self.delete_completed
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,8 @@ class RunFacts:
     """Per asked-for project: everything its counted clusters reserve (clusters, nodes, vCPUs, RAM, volume GB)."""
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per asked-for project: resource -> the limit an admin set."""
+    rows: dict[str, Counted] = field(default_factory=dict)
+    """Every asked-for cluster the store knows: what its row adds to its project's usage."""
 
 
 async def run_facts(
@@ -43,8 +62,9 @@ async def run_facts(
     statement: a statement's snapshot is taken when it starts, so reads in the locking statement could predate the
     lock)."""
     rows = await tx.fetch(
-        "SELECT true AS is_cluster, cluster_id AS key, decision, NULL::bigint[] AS used, NULL::text[] AS res,"
-        " NULL::integer[] AS lim FROM clusters WHERE cluster_id = ANY($1::text[])"
+        "SELECT true AS is_cluster, cluster_id AS key, decision,"
+        " ARRAY[nodes, vcpus, ram_mb, volume_gb]::bigint[] AS used, ARRAY[project_id] AS res,"
+        " ARRAY[delete_completed::integer] AS lim FROM clusters WHERE cluster_id = ANY($1::text[])"
         " UNION ALL"
         " SELECT false, p, NULL,"
         " (SELECT ARRAY[clusters, nodes, vcpus, ram_mb, volume_gb]::bigint[] FROM project_usage WHERE project_id = p),"
@@ -58,16 +78,20 @@ async def run_facts(
     projects: dict[str, tuple[int, int | None]] = {}
     usage: dict[str, Demand] = {}
     overrides: dict[str, dict[str, int]] = {}
+    counted: dict[str, Counted] = {}
     for row in rows:
         if row["is_cluster"]:
             decisions[row["key"]] = row["decision"]
+            nodes, vcpus, ram_mb, volume_gb = (int(v) for v in row["used"])
+            counted[row["key"]] = Counted(row["res"][0], row["decision"], bool(row["lim"][0]),
+                                          Demand(1, nodes, vcpus, ram_mb, volume_gb))
             continue
         used = [int(v) for v in row["used"]] if row["used"] is not None else [0, 0, 0, 0, 0]
         limits = dict(zip(row["res"] or [], row["lim"] or [], strict=True))
         usage[row["key"]] = Demand(*used)
         overrides[row["key"]] = {str(k): int(v) for k, v in limits.items()}
         projects[row["key"]] = (used[0], limits.get(resource))
-    return RunFacts(decisions, projects, usage, overrides)
+    return RunFacts(decisions, projects, usage, overrides, counted)
 
 
 @dataclass(frozen=True)
@@ -95,26 +119,47 @@ class Request:
     """Whether its nodes get floating IPs (a growth takes one per node from the cloud's quota)."""
 
 
+def cluster_key(cluster_id: str) -> tuple[str, str]:
+    """The key of a planned write to one cluster's rows (``clusters``, ``cluster_groups``; the ``project_usage``
+    row its trigger moves is a sum, which writes of different clusters move in any order to the same total)."""
+    return ("cluster", cluster_id)
+
+
+REQUEST_SQL = (
+    "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
+    " reason, cloud, nodes, vcpus, ram_mb, volume_gb, build, queued_seq, trust_id, floating_ips)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+)
+REQUEST_GROUP_SQL = (
+    "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster_id, name) DO NOTHING"
+)
+
+
+def _request_args(r: Request) -> tuple[object, ...]:
+    return (r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason,
+            r.cloud, r.demand.nodes, r.demand.vcpus, r.demand.ram_mb, r.demand.volume_gb, r.build, r.queued_seq,
+            r.trust_id, r.floating_ips)
+
+
+def _group_args(r: Request) -> list[tuple[object, ...]]:
+    return [(r.cluster_id, g.name, g.count, g.count, g.vcpus, g.ram_mb, g.volume_gb) for g in r.groups]
+
+
+def request_writes(r: Request) -> list[Write]:
+    """``record_requests`` of one request, as planned writes."""
+    key = (cluster_key(r.cluster_id),)
+    return [Write(REQUEST_SQL, _request_args(r), key),
+            *(Write(REQUEST_GROUP_SQL, args, key) for args in _group_args(r))]
+
+
 async def record_requests(tx: asyncpg.Connection, requests: Sequence[Request]) -> None:
     """New clusters with the decisions taken on them, and the nodegroups an admitted one reserves, in two round
     trips (asyncpg pipelines executemany)."""
-    await tx.executemany(
-        "INSERT INTO clusters (cluster_id, project_id, name, master_count, node_count, requested_at, decision,"
-        " reason, cloud, nodes, vcpus, ram_mb, volume_gb, build, queued_seq, trust_id, floating_ips)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        [(r.cluster_id, r.project_id, r.name, r.master_count, r.node_count, r.requested_at, r.decision, r.reason,
-          r.cloud, r.demand.nodes, r.demand.vcpus, r.demand.ram_mb, r.demand.volume_gb, r.build, r.queued_seq,
-          r.trust_id, r.floating_ips)
-         for r in requests],
-    )
-    groups = [(r.cluster_id, g.name, g.count, g.count, g.vcpus, g.ram_mb, g.volume_gb)
-              for r in requests for g in r.groups]
+    await tx.executemany(REQUEST_SQL, [_request_args(r) for r in requests])
+    groups = [args for r in requests for args in _group_args(r)]
     if groups:
-        await tx.executemany(
-            "INSERT INTO cluster_groups (cluster_id, name, node_count, reserved, vcpus, ram_mb, volume_gb)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster_id, name) DO NOTHING",
-            groups,
-        )
+        await tx.executemany(REQUEST_GROUP_SQL, groups)
 
 
 @dataclass(frozen=True)
@@ -132,21 +177,31 @@ class Decided:
     """'building' for ``ClusterAdmitted``, 'queued' for ``ClusterQueued``, None for a rejection."""
 
 
+DECISION_SQL = (
+    "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count, build)"
+    " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1), $8)"
+    " ON CONFLICT (cluster_id) DO UPDATE SET decision = EXCLUDED.decision, reason = EXCLUDED.reason,"
+    " decided_at = EXCLUDED.decided_at, build = CASE"
+    "   WHEN EXCLUDED.build IS NULL THEN NULL"
+    "   WHEN clusters.build = 'done' OR (clusters.build = 'building' AND EXCLUDED.build = 'queued')"
+    "     THEN clusters.build"
+    "   ELSE EXCLUDED.build END"
+)
+
+
+def _decision_args(d: Decided) -> tuple[object, ...]:
+    return (d.cluster_id, d.project_id, d.decision, d.reason, d.decided_at, d.master_count, d.node_count, d.build)
+
+
+def decision_write(d: Decided) -> Write:
+    """``record_decisions`` of one decision, as a planned write."""
+    return Write(DECISION_SQL, _decision_args(d), (cluster_key(d.cluster_id),))
+
+
 async def record_decisions(tx: asyncpg.Connection, decided: Sequence[Decided]) -> None:
     """The published decision is the fact: it overrides what a replay may have re-decided differently. Several in
     one round trip. A build state only moves forward (queued -> building -> done)."""
-    await tx.executemany(
-        "INSERT INTO clusters (cluster_id, project_id, decision, reason, decided_at, master_count, node_count, build)"
-        " VALUES ($1, $2, $3, $4, $5, COALESCE($6, 1), COALESCE($7, 1), $8)"
-        " ON CONFLICT (cluster_id) DO UPDATE SET decision = EXCLUDED.decision, reason = EXCLUDED.reason,"
-        " decided_at = EXCLUDED.decided_at, build = CASE"
-        "   WHEN EXCLUDED.build IS NULL THEN NULL"
-        "   WHEN clusters.build = 'done' OR (clusters.build = 'building' AND EXCLUDED.build = 'queued')"
-        "     THEN clusters.build"
-        "   ELSE EXCLUDED.build END",
-        [(d.cluster_id, d.project_id, d.decision, d.reason, d.decided_at, d.master_count, d.node_count, d.build)
-         for d in decided],
-    )
+    await tx.executemany(DECISION_SQL, [_decision_args(d) for d in decided])
 
 
 # --------------------------------------------------------------------------- build order
@@ -195,14 +250,19 @@ async def set_build(tx: asyncpg.Connection, cluster_ids: Sequence[str], build: s
     await tx.execute("UPDATE clusters SET build = $2 WHERE cluster_id = ANY($1::text[])", list(cluster_ids), build)
 
 
+FINISH_BUILD_SQL = "UPDATE clusters SET build = 'done' WHERE cluster_id = $1 AND build = ANY($2::text[])"
+
+
 async def finish_build(tx: asyncpg.Connection, cluster_id: str, *, queued_too: bool = False) -> bool:
     """A build slot (or a place in the queue, with ``queued_too``) is no longer held: True when one was."""
     states = ["building", "queued"] if queued_too else ["building"]
-    done = await tx.fetchval(
-        "UPDATE clusters SET build = 'done' WHERE cluster_id = $1 AND build = ANY($2::text[]) RETURNING true",
-        cluster_id, states,
-    )
+    done = await tx.fetchval(FINISH_BUILD_SQL + " RETURNING true", cluster_id, states)
     return bool(done)
+
+
+def finish_build_write(cluster_id: str) -> Write:
+    """``finish_build`` of a build slot (not of a place in the queue), as a planned write."""
+    return Write(FINISH_BUILD_SQL, (cluster_id, ["building"]), (cluster_key(cluster_id),))
 
 
 # --------------------------------------------------------------------------- nodegroups (resize reservations)
@@ -376,20 +436,25 @@ async def usage_of(tx: asyncpg.Connection, project_id: str) -> tuple[Demand, dic
     return facts.usage[project_id], facts.overrides[project_id]
 
 
-async def mark(tx: asyncpg.Connection, cluster_id: str, project_id: str, column: str, at: datetime) -> None:
+def mark_write(cluster_id: str, project_id: str, column: str, at: datetime) -> Write:
     """Set one lifecycle flag (create_failed, delete_requested, delete_completed), creating the row if unknown."""
     if column not in ("create_failed", "delete_requested", "delete_completed"):
         raise ValueError(column)
     ended = (
         ", ended_at = COALESCE(clusters.ended_at, EXCLUDED.ended_at)" if column == "delete_completed" else ""
     )
-    await tx.execute(
+    return Write(
         f"INSERT INTO clusters (cluster_id, project_id, {column}, ended_at) VALUES ($1, $2, true, $3)"
         f" ON CONFLICT (cluster_id) DO UPDATE SET {column} = true{ended}",
-        cluster_id,
-        project_id,
-        at if column == "delete_completed" else None,
+        (cluster_id, project_id, at if column == "delete_completed" else None),
+        (cluster_key(cluster_id),),
     )
+
+
+async def mark(tx: asyncpg.Connection, cluster_id: str, project_id: str, column: str, at: datetime) -> None:
+    """Set one lifecycle flag (create_failed, delete_requested, delete_completed), creating the row if unknown."""
+    w = mark_write(cluster_id, project_id, column, at)
+    await tx.execute(w.sql, *w.args)
 
 
 async def set_quota(

@@ -47,6 +47,7 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT_QUOTA = 2
 FALLBACK_LOG = "admission_run_applied_one_by_one"
+OVERRIDE_LOG = "admission_decision_overrides_store"
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
@@ -393,7 +394,7 @@ async def test_decision_contradicting_the_store_gives_the_stream_order_result(
     schemas: Schemas, story: Any
 ) -> None:
     """The replay case: a decision in a run that does not confirm what the store holds changes a project's usage
-    mid-run, so the requests after it must be decided with it (the batch path applies the run one by one)."""
+    mid-run, so the requests after it must be decided with it (the batch path follows the change in memory)."""
     a, b = f"pa-{uuid.uuid4().hex[:6]}", f"pb-{uuid.uuid4().hex[:6]}"
     stream: Stream = story(a, b)
     sequential, in_batches, seq_snap, batch_snap, logs = await both_ways(schemas, stream, stream.batches())
@@ -401,7 +402,7 @@ async def test_decision_contradicting_the_store_gives_the_stream_order_result(
     assert in_batches == sequential
     assert batch_snap == seq_snap
     assert usage(seq_snap)[a] == DEFAULT_QUOTA
-    assert FALLBACK_LOG in logs  # the contradiction was noticed (not a run that happened to agree)
+    assert OVERRIDE_LOG in logs  # the contradiction was noticed (not a run that happened to agree)
 
 
 @pytest.mark.parametrize("size", [None, 2, 3, 7])
