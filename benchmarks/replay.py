@@ -149,23 +149,6 @@ def noop_target() -> Any:
                   projections=[ProjectionSpec("noop", nothing, [subjects.EVENTS_ALL], None)])
 
 
-async def live_state(service: str, database_url: str) -> None:
-    """What the running service keeps beside its store, which a replay of it uses: the certs service's key store
-    (services/certs/keystore.py), made when certs starts. Without it every replayed admission fails (and is
-    dead-lettered one by one): not what ``cove replay certs`` meets."""
-    if service != "certs":
-        return
-    from services.certs.keys import KeySource
-    from services.certs.keystore import PostgresKeyStore
-    from services.runtime import db
-
-    pool = await db.create_pool(database_url, "certs", min_size=1, max_size=1)
-    try:
-        await PostgresKeyStore("certs", KeySource(dict(os.environ))).ensure(pool)
-    finally:
-        await pool.close()
-
-
 async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
     from services.ops.connect import Settings
     from services.ops.replay import Replayer
@@ -181,7 +164,6 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
     results: dict[str, Any] = {"events": last, "publish_per_s": round(last / publish_s)}
     print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9} {'failed':>7}", flush=True)
     for service in services:
-        await live_state(service, database_url)
         replayer = Replayer(bus, settings, target(service) if service != NOOP else noop_target())
         await replayer.prepare()
         stats = await replayer.run(until=last)

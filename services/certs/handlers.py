@@ -40,7 +40,7 @@ from services.certs import ca, store
 from services.certs.keys import KeyRing, KeySource, UndecryptableKey
 from services.certs.keystore import DataKeyStore, PostgresKeyStore
 from services.runtime.bus import Bus
-from services.runtime.projection import Outgoing
+from services.runtime.projection import Outgoing, PlannedHandler, Write, replaying
 from services.runtime.rpc import RpcError
 
 log = structlog.get_logger(__name__)
@@ -109,16 +109,22 @@ class Handlers:
         self.node_validity = node_validity
         self._pool = pool
         self._bus = bus
+        self.project = PlannedHandler(self.plan, self.handle)
+        """The projection handler: planned events as writes (grouped in a batch), the others with ``handle``."""
 
     # ------------------------------------------------------------------ events
 
-    async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+    def plan(self, env: Envelope) -> list[Write] | None:
+        """The writes applying ``env`` when they can be decided from the event alone (a batch runs them grouped:
+        ``PlannedHandler``); None for what ``handle`` must do: make a CA (it reads the store and publishes) and,
+        live, forget a data key. Replayed (``replaying()``), an admission changes nothing: the ``ClusterCACreated``
+        it caused follows it in the stream and records the CA that was made then, so no CA is made again (three
+        key pairs each) and nothing is written to the key store, which is not part of the store being rebuilt
+        (and holds the data key the stream's ciphertexts need, made once); nor is a replayed delete's data key
+        forgotten again (it was, when the delete was first applied)."""
         p = env.payload
-        if isinstance(p, ClusterAdmitted):
-            return await self.cluster_admitted(env, p, tx)
         if isinstance(p, ClusterCACreated):
-            await store.put_ca(
-                tx,
+            return [store.put_ca_write(
                 cluster_id=p.uuid,
                 project_id=p.project_id,
                 ca_cert_pem=p.ca_cert_pem,
@@ -130,17 +136,29 @@ class Handlers:
                 front_proxy_ca_cert_pem=p.front_proxy_ca_cert_pem,
                 front_proxy_encrypted_ca_key=p.front_proxy_encrypted_ca_key,
                 wrapped_by=p.wrapped_by,
-            )
-        elif isinstance(p, ClusterCAReplaced):
-            await store.replace_ca(
-                tx,
+            )]
+        if isinstance(p, ClusterCAReplaced):
+            return [store.replace_ca_write(
                 cluster_id=p.uuid,
                 ca_cert_pem=p.ca_cert_pem,
                 encrypted_ca_key=p.encrypted_ca_key,
                 key_id=p.key_id,
                 wrapped_by=p.wrapped_by,
-            )
-        elif isinstance(p, ClusterCADeleted):
+            )]
+        if not replaying():
+            return None if isinstance(p, ClusterAdmitted | ClusterCADeleted | ClusterDeleteCompleted) else []
+        if isinstance(p, ClusterCADeleted):
+            return [store.set_deleted_at_write(p.uuid, env.occurred_at)]
+        if isinstance(p, ClusterDeleteCompleted):
+            return [store.mark_deleted_write(p.uuid, env.occurred_at)]
+        return []
+
+    async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing]:
+        """One event, whatever its type (the planned ones through their writes)."""
+        p = env.payload
+        if isinstance(p, ClusterAdmitted):
+            return await self.cluster_admitted(env, p, tx)
+        if isinstance(p, ClusterCADeleted):
             await store.set_deleted_at(tx, p.uuid, p.project_id, env.occurred_at)
             await self.keystore.forget(tx, p.uuid)
         elif isinstance(p, ClusterDeleteCompleted) and await store.mark_deleted(tx, p.uuid, env.occurred_at):
@@ -154,6 +172,9 @@ class Handlers:
                     cluster_id=p.uuid,
                 )
             ]
+        elif not isinstance(p, ClusterDeleteCompleted):
+            for write in self.plan(env) or ():
+                await store.run(tx, write)
         return ()
 
     async def cluster_admitted(

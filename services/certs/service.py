@@ -39,7 +39,7 @@ def build_service(config: ServiceConfig, *, schema: str = "certs", durable: str 
         await keystore.ensure(s.pool)
 
     svc.on_startup(ensure_keystore)
-    svc.add_projection(durable, handlers.handle, FILTER_SUBJECTS)
+    svc.add_projection(durable, handlers.project, FILTER_SUBJECTS)
     svc.add_rpc(subjects.CERTS_SIGN, handlers.sign, queue="certs")
     svc.add_rpc(subjects.CERTS_GET_CA, handlers.get_ca, queue="certs")
     svc.add_rpc(subjects.CERTS_ROTATE_CA, handlers.rotate, queue="certs")

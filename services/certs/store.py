@@ -7,6 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
+from services.runtime.projection import Write
+
 
 @dataclass(frozen=True)
 class StoredCA:
@@ -69,6 +71,47 @@ async def rewrap(
     return bool(status != "UPDATE 0")
 
 
+def cluster_key(cluster_id: str) -> tuple[str, str]:
+    """The key of a planned write to one cluster's CA row."""
+    return ("cluster", cluster_id)
+
+
+PUT_CA_SQL = (
+    "INSERT INTO cluster_cas (cluster_id, project_id, ca_cert_pem, encrypted_ca_key, key_id, created_at,"
+    " etcd_ca_cert_pem, etcd_encrypted_ca_key, front_proxy_ca_cert_pem, front_proxy_encrypted_ca_key,"
+    " wrapped_by)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    " ON CONFLICT (cluster_id) DO UPDATE SET project_id = EXCLUDED.project_id,"
+    " ca_cert_pem = EXCLUDED.ca_cert_pem, encrypted_ca_key = EXCLUDED.encrypted_ca_key,"
+    " key_id = EXCLUDED.key_id, created_at = EXCLUDED.created_at,"
+    " etcd_ca_cert_pem = EXCLUDED.etcd_ca_cert_pem, etcd_encrypted_ca_key = EXCLUDED.etcd_encrypted_ca_key,"
+    " front_proxy_ca_cert_pem = EXCLUDED.front_proxy_ca_cert_pem,"
+    " front_proxy_encrypted_ca_key = EXCLUDED.front_proxy_encrypted_ca_key, wrapped_by = EXCLUDED.wrapped_by"
+    " WHERE cluster_cas.deleted_at IS NULL"
+)
+
+
+def put_ca_write(
+    *,
+    cluster_id: str,
+    project_id: str,
+    ca_cert_pem: str,
+    encrypted_ca_key: bytes,
+    key_id: str,
+    created_at: datetime,
+    etcd_ca_cert_pem: str | None = None,
+    etcd_encrypted_ca_key: bytes | None = None,
+    front_proxy_ca_cert_pem: str | None = None,
+    front_proxy_encrypted_ca_key: bytes | None = None,
+    wrapped_by: str = "kek",
+) -> Write:
+    """Record a CA; a ClusterCACreated fact overwrites what the handler stored before publishing it."""
+    return Write(PUT_CA_SQL, (
+        cluster_id, project_id, ca_cert_pem, encrypted_ca_key, key_id, created_at, etcd_ca_cert_pem,
+        etcd_encrypted_ca_key, front_proxy_ca_cert_pem, front_proxy_encrypted_ca_key, wrapped_by,
+    ), (cluster_key(cluster_id),))
+
+
 async def put_ca(
     tx: asyncpg.Connection,
     *,
@@ -84,52 +127,64 @@ async def put_ca(
     front_proxy_encrypted_ca_key: bytes | None = None,
     wrapped_by: str = "kek",
 ) -> None:
-    """Record a CA; a ClusterCACreated fact overwrites what the handler stored before publishing it."""
-    await tx.execute(
-        "INSERT INTO cluster_cas (cluster_id, project_id, ca_cert_pem, encrypted_ca_key, key_id, created_at,"
-        " etcd_ca_cert_pem, etcd_encrypted_ca_key, front_proxy_ca_cert_pem, front_proxy_encrypted_ca_key,"
-        " wrapped_by)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (cluster_id) DO UPDATE SET project_id = EXCLUDED.project_id,"
-        " ca_cert_pem = EXCLUDED.ca_cert_pem, encrypted_ca_key = EXCLUDED.encrypted_ca_key,"
-        " key_id = EXCLUDED.key_id, created_at = EXCLUDED.created_at,"
-        " etcd_ca_cert_pem = EXCLUDED.etcd_ca_cert_pem, etcd_encrypted_ca_key = EXCLUDED.etcd_encrypted_ca_key,"
-        " front_proxy_ca_cert_pem = EXCLUDED.front_proxy_ca_cert_pem,"
-        " front_proxy_encrypted_ca_key = EXCLUDED.front_proxy_encrypted_ca_key, wrapped_by = EXCLUDED.wrapped_by"
-        " WHERE cluster_cas.deleted_at IS NULL",
-        cluster_id,
-        project_id,
-        ca_cert_pem,
-        encrypted_ca_key,
-        key_id,
-        created_at,
-        etcd_ca_cert_pem,
-        etcd_encrypted_ca_key,
-        front_proxy_ca_cert_pem,
-        front_proxy_encrypted_ca_key,
-        wrapped_by,
-    )
+    """``put_ca_write``, run now."""
+    await run(tx, put_ca_write(
+        cluster_id=cluster_id, project_id=project_id, ca_cert_pem=ca_cert_pem, encrypted_ca_key=encrypted_ca_key,
+        key_id=key_id, created_at=created_at, etcd_ca_cert_pem=etcd_ca_cert_pem,
+        etcd_encrypted_ca_key=etcd_encrypted_ca_key, front_proxy_ca_cert_pem=front_proxy_ca_cert_pem,
+        front_proxy_encrypted_ca_key=front_proxy_encrypted_ca_key, wrapped_by=wrapped_by,
+    ))
+
+
+async def run(tx: asyncpg.Connection, write: Write) -> None:
+    """Run one planned write now."""
+    await tx.execute(write.sql, *write.args)
 
 
 _FORGET_KEYS = "encrypted_ca_key = NULL, etcd_encrypted_ca_key = NULL, front_proxy_encrypted_ca_key = NULL"
+MARK_DELETED_SQL = (
+    "UPDATE cluster_cas SET deleted_at = $2, " + _FORGET_KEYS + " WHERE cluster_id = $1 AND deleted_at IS NULL"
+)
 
 
 async def mark_deleted(tx: asyncpg.Connection, cluster_id: str, at: datetime) -> bool:
     """Tombstone the CA and forget its keys; True when it was live."""
-    status = await tx.execute(
-        "UPDATE cluster_cas SET deleted_at = $2, " + _FORGET_KEYS + " WHERE cluster_id = $1 AND deleted_at IS NULL",
-        cluster_id,
-        at,
-    )
+    status = await tx.execute(MARK_DELETED_SQL, cluster_id, at)
     return bool(status != "UPDATE 0")
+
+
+def mark_deleted_write(cluster_id: str, at: datetime) -> Write:
+    """``mark_deleted`` as a planned write (for a replay, which need not know whether the CA was live)."""
+    return Write(MARK_DELETED_SQL, (cluster_id, at), (cluster_key(cluster_id),))
+
+
+def set_deleted_at_write(cluster_id: str, at: datetime) -> Write:
+    """Apply a ClusterCADeleted fact: the deletion time is the event's (same figures after a replay)."""
+    return Write("UPDATE cluster_cas SET deleted_at = $2, " + _FORGET_KEYS + " WHERE cluster_id = $1",
+                 (cluster_id, at), (cluster_key(cluster_id),))
 
 
 async def set_deleted_at(tx: asyncpg.Connection, cluster_id: str, project_id: str, at: datetime) -> None:
     """Apply a ClusterCADeleted fact: the deletion time is the event's (same figures after a replay)."""
-    await tx.execute(
-        "UPDATE cluster_cas SET deleted_at = $2, " + _FORGET_KEYS + " WHERE cluster_id = $1",
-        cluster_id,
-        at,
+    await run(tx, set_deleted_at_write(cluster_id, at))
+
+
+def replace_ca_write(
+    *,
+    cluster_id: str,
+    ca_cert_pem: str,
+    encrypted_ca_key: bytes,
+    key_id: str,
+    wrapped_by: str = "kek",
+) -> Write:
+    """A rotated cluster CA replaces the live one (a deleted cluster's tombstone stays as it is). The etcd and
+    front-proxy CAs stay; a rotation to a data key needs them under that key already (``wrapped_by`` is one
+    value per row)."""
+    return Write(
+        "UPDATE cluster_cas SET ca_cert_pem = $2, encrypted_ca_key = $3, key_id = $4, wrapped_by = $5"
+        " WHERE cluster_id = $1 AND deleted_at IS NULL",
+        (cluster_id, ca_cert_pem, encrypted_ca_key, key_id, wrapped_by),
+        (cluster_key(cluster_id),),
     )
 
 
@@ -142,15 +197,6 @@ async def replace_ca(
     key_id: str,
     wrapped_by: str = "kek",
 ) -> None:
-    """A rotated cluster CA replaces the live one (a deleted cluster's tombstone stays as it is). The etcd and
-    front-proxy CAs stay; a rotation to a data key needs them under that key already (``wrapped_by`` is one
-    value per row)."""
-    await conn.execute(
-        "UPDATE cluster_cas SET ca_cert_pem = $2, encrypted_ca_key = $3, key_id = $4, wrapped_by = $5"
-        " WHERE cluster_id = $1 AND deleted_at IS NULL",
-        cluster_id,
-        ca_cert_pem,
-        encrypted_ca_key,
-        key_id,
-        wrapped_by,
-    )
+    """``replace_ca_write``, run now."""
+    await run(conn, replace_ca_write(cluster_id=cluster_id, ca_cert_pem=ca_cert_pem,
+                                     encrypted_ca_key=encrypted_ca_key, key_id=key_id, wrapped_by=wrapped_by))

@@ -176,10 +176,23 @@ _BATCH_SEQUENCES: contextvars.ContextVar[Sequence[int]] = contextvars.ContextVar
                                                                                  default=())
 
 
+_REPLAY_UNTIL: contextvars.ContextVar[int] = contextvars.ContextVar("projection_replay_until", default=0)
+
+
 def current_sequence() -> int:
     """The stream sequence of the event the running projection handler is applying (0 outside a handler; in a
     batch handler, which applies several, see ``batch_sequences``)."""
     return _SEQUENCE.get()
+
+
+def replaying() -> bool:
+    """Whether the event the running handler (or planner) applies was applied before: the projection is rebuilding
+    its store from the stream (``Projection.replay_until``), or ``cove replay`` / ``cove verify`` builds a scratch
+    store. What the handler published then is in the stream after the event (and is not published again), and what
+    it did outside its store (e.g. the certs service's key store) was done then: a handler may skip both. False
+    outside a handler and in a batch handler that is not a ``PlannedHandler`` (which sets each event's sequence)."""
+    seq = _SEQUENCE.get()
+    return 0 < seq <= _REPLAY_UNTIL.get()
 
 
 def batch_sequences() -> Sequence[int]:
@@ -455,6 +468,16 @@ class Projection:
     async def _apply_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
         """Apply ``batch`` in stream order in ONE transaction. Raises (after the rollback) when anything fails: the
         consumer then applies the batch one message at a time."""
+        token = _REPLAY_UNTIL.set(self.replay_until)  # (for ``replaying()``)
+        try:
+            await self._commit_batch(batch)
+        finally:
+            _REPLAY_UNTIL.reset(token)
+        for env, msg in batch:
+            await self._applied(env, msg)
+
+    async def _commit_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
+        """``_apply_batch``'s transaction."""
         pending: list[tuple[str, Envelope]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh: list[tuple[Envelope, Msg]] = []
@@ -469,8 +492,6 @@ class Projection:
                 pending.extend(self._outgoing(env, msg, outgoing))
             await self._publish(pending)
             await self._advance(conn, max(msg.metadata.sequence.stream for _, msg in batch))
-        for env, msg in batch:
-            await self._applied(env, msg)
 
     async def _claim(self, conn: asyncpg.Connection, batch: list[tuple[Envelope, Msg]]) -> list[bool]:
         """In ONE statement of the caller's transaction, record every event id of ``batch`` in the inbox. Returns,
