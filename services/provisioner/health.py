@@ -108,16 +108,24 @@ def node_health(node: model.KnownNode, seen: Observed | None, nodegroup: str | N
     return health(False, seen.status, f"the server is in {seen.status}")
 
 
-def cluster_health(nodes_health: Iterable[NodeHealth], *, api: str | None = None,
+API_OK = "ok"
+"""``health_status_reason``'s ``api`` when the COE's API passed its health check (what Magnum's monitor shows:
+the answer of Kubernetes' ``/healthz``)."""
+
+
+def cluster_health(nodes_health: Iterable[NodeHealth], *, api: str | None = None, api_checked: bool = False,
                    problems: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Magnum's ``health_status`` and ``health_status_reason``: one ``<node>.Ready`` per node (``True``/``False``),
     and for a node that is not ready, ``<node>.reason`` in words; ``api`` (the COE's API failing its health check,
-    in words) and each of ``problems`` (``resource_problems``) make it UNHEALTHY and are named in the reason."""
+    in words) and each of ``problems`` (``resource_problems``) make it UNHEALTHY and are named in the reason. An API
+    that passed its check (``api_checked``, ``api`` None) shows as ``api: ok``, as in Magnum."""
     reason: dict[str, str] = {}
     status = UNKNOWN
     if api is not None:
         reason["api"] = api
         status = UNHEALTHY
+    elif api_checked:
+        reason["api"] = API_OK
     for key, why in sorted((problems or {}).items()):
         reason[key] = why
         status = UNHEALTHY
@@ -334,7 +342,7 @@ async def reconcile(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outc
     current = [coe_verdict(node_health(n, views.get(sid), group_of(n, views.get(sid))), views.get(sid), coe)
                for sid, n in row.nodes.items() if n.status != model.NODE_DELETED]
     running = [sid for sid, n in row.nodes.items() if n.status not in (model.NODE_DELETED, model.NODE_FAILED)]
-    status, why = cluster_health(current, api=coe.api if coe is not None else None,
+    status, why = cluster_health(current, api=coe.api if coe is not None else None, api_checked=coe is not None,
                                  problems=resource_problems(_resources(r, row), running))
     if (status, why) != (row.health_status, row.health_reason or {}):
         await r.emit(row, ClusterHealthChanged(

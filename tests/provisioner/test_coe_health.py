@@ -121,7 +121,8 @@ def test_a_coe_verdict_folds_into_a_node_only_when_its_server_is_healthy() -> No
 
 def test_cluster_health_names_a_failing_api_and_broken_resources() -> None:
     ok = node_health(NODE, None)
-    assert cluster_health([ok]) == ("HEALTHY", {"K8s-Abc-node-0.Ready": "True"})  # no api key while it is fine
+    assert cluster_health([ok]) == ("HEALTHY", {"K8s-Abc-node-0.Ready": "True"})  # no check, no api key
+    assert cluster_health([ok], api_checked=True) == ("HEALTHY", {"api": "ok", "K8s-Abc-node-0.Ready": "True"})
     status, reason = cluster_health([ok], api="HTTP 500: healthz check failed")
     assert status == "UNHEALTHY" and reason["api"] == "HTTP 500: healthz check failed"
     status, reason = cluster_health([ok], problems={"c-api-lb.status": "the load balancer is gone"})
