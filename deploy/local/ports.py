@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 import psutil
 
 LOCALHOST = "127.0.0.1"
 
 
+LISTEN_RANGE = (20000, 32767)
+"""Where ``free_port`` looks first: below Linux's default ephemeral range (32768-60999), from which the kernel gives
+every outgoing connection its local port. A port the kernel picked with bind(0) comes from that range, so between
+the pick and the server's bind an outgoing connection (a test run makes thousands) could take it: a make test run
+lost an API copy to "address already in use" so."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port that was free a moment ago (the kernel picks it: bind to port 0)."""
+    """Return a TCP port that was free a moment ago: a random one of ``LISTEN_RANGE`` outside the kernel's
+    ephemeral range, else one the kernel picks (bind to port 0)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(LISTEN_RANGE[0], LISTEN_RANGE[1] + 1) if not low <= p <= high]
+    for port in random.sample(candidates, min(20, len(candidates))):
+        if port_is_free(port, host):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
