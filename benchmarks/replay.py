@@ -7,7 +7,9 @@ deleted), published in batches of concurrent publishes. Each service's store is 
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
 subscribes to; "read" counts what the stream delivered it; "failed" the events that failed alone, which the live
 service dead-lettered too: 0 for this stream). The first row, "(no-op)", is a handler that does
-nothing: what the replay machinery itself reaches, before any service's SQL.
+nothing: what the replay machinery itself reaches, before any service's SQL. Last, the "live consumer" rows: a
+running service's durable pull consumer with the scheduler's filter subjects over the same stream, given to the
+server as they are, then as the one subject covering them that services/runtime/consumer.py gives it.
 
     .venv/bin/python -m benchmarks replay [--events 100000] [--services api,scheduler,...]
 """
@@ -149,6 +151,47 @@ def noop_target() -> Any:
                   projections=[ProjectionSpec("noop", nothing, [subjects.EVENTS_ALL], None)])
 
 
+LIVE_SECONDS = 10.0
+"""How long each live consumer row reads the stream at most."""
+
+
+async def live_consumer(bus: Bus, filters: list[str], *, widen: bool, seconds: float = LIVE_SECONDS) -> dict[str, Any]:
+    """A live service's durable pull consumer (explicit acks, the default settings) with ``filters`` reading the
+    stream from its start, with handlers that do nothing: the events per second the server delivers it and it
+    acknowledges, with the filters given to the server as they are (``widen=False``: a consumer with several filter
+    subjects is delivered slowly) or as one covering subject (``widen=True``, what services/runtime/consumer.py
+    does: the messages none of the filters match are acknowledged unhandled), for at most ``seconds``."""
+    from services.runtime.consumer import Consumer
+
+    handled = 0
+
+    async def one(_env: Envelope, _msg: Any) -> None:
+        nonlocal handled
+        handled += 1
+
+    async def batch(items: list[tuple[Envelope, Any]]) -> None:
+        nonlocal handled
+        handled += len(items)
+
+    durable = f"bench_live_{'wide' if widen else 'many'}_{uuid.uuid4().hex[:6]}"
+    consumer = Consumer(bus, durable=durable, filter_subjects=filters, handler=one, batch_handler=batch, widen=widen)
+    await consumer.ensure()
+    started = time.perf_counter()
+    await consumer.start(ensure=False)
+    try:
+        while time.perf_counter() - started < seconds:
+            await asyncio.sleep(0.2)
+            info = await consumer.info()
+            if info is not None and info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable)
+    return {"handled": handled, "skipped": consumer.skipped, "seconds": round(elapsed, 2),
+            "events_per_s": round(handled / elapsed), "server_filters": consumer.server_filters}
+
+
 async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
     from services.ops.connect import Settings
     from services.ops.replay import Replayer
@@ -172,6 +215,17 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
                             "events_per_s": round(stats.rate), "failed": len(stats.skipped)}
         print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}"
               f" {len(stats.skipped):>7}", flush=True)
+    from services.scheduler.handlers import FILTER_SUBJECTS
+
+    print(f"   live consumer with the scheduler's {len(FILTER_SUBJECTS)} filter subjects (no-op handlers, at most"
+          f" {LIVE_SECONDS:g} s each):", flush=True)
+    print(f"   {'server filter':22} {'handled':>8} {'skipped':>8} {'seconds':>8} {'events/s':>9}", flush=True)
+    for widen in (False, True):
+        row = await live_consumer(bus, FILTER_SUBJECTS, widen=widen)
+        name = "one covering subject" if widen else "several subjects"
+        results[f"live consumer, {name}"] = row
+        print(f"   {name:22} {row['handled']:>8} {row['skipped']:>8} {row['seconds']:>8.2f}"
+              f" {row['events_per_s']:>9,}", flush=True)
     await bus.close()
     return results
 

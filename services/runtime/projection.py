@@ -357,6 +357,7 @@ class Projection:
             settings=settings,
             stream=stream,
             batch_handler=self._apply_batch if self.batching else None,
+            on_skipped=self._skipped,
         )
         self.replay_until = 0
         """Events at or below this stream sequence were applied before (we are replaying): their outgoing events
@@ -567,6 +568,13 @@ class Projection:
             self.name,
             seq,
         )
+
+    async def _skipped(self, seq: int) -> None:
+        """The consumer acknowledges, unhandled, messages its wider server filter delivered that none of the
+        projection's subjects match (services/runtime/consumer.py): the checkpoint moves past them first, so it
+        stays at or above what the server counts as acknowledged (``start`` replays a store behind that)."""
+        async with self.pool.acquire() as conn:
+            await self._advance(conn, seq)
 
     async def _dead_lettered(self, msg: Msg) -> None:
         # A dead-lettered event is settled: move the checkpoint past it so a restart does not replay it.

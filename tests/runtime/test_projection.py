@@ -553,3 +553,51 @@ async def test_on_applied_hears_each_event_after_its_commit_and_handlers_see_its
         assert pmod.current_sequence() == 0
     finally:
         await p.stop()
+
+
+def test_covering_subject_matches_whatever_any_filter_matches() -> None:
+    cover = cmod.covering_subject
+    assert cover(["cove.evt.api.cluster.*"]) == "cove.evt.api.cluster.*"
+    assert cover(["cove.evt.scheduler.cluster.*", "cove.evt.certs.cluster.*", "cove.evt.provisioner.cluster.*"]) \
+        == "cove.evt.*.cluster.*"
+    assert cover(["cove.evt.api.cluster.*", "cove.evt.api.quota.*"]) == "cove.evt.api.*.*"
+    assert cover(["cove.evt.api.>", "cove.evt.certs.cluster.*"]) == "cove.evt.*.>"
+    assert cover(["a.b", "a.b.c"]) == "a.>"
+    assert cover(["a", "b.c"]) == ">"
+    filters = ["cove.evt.api.cluster.*", "cove.evt.scheduler.>", "cove.evt.api.quota.*", "x.y"]
+    for subject in ["cove.evt.api.cluster.1", "cove.evt.scheduler.queue.default", "cove.evt.api.quota.p", "x.y"]:
+        assert any(cmod.matches(subject, f) for f in filters)
+        assert cmod.matches(subject, cover(filters))
+
+
+async def test_several_filter_subjects_are_one_on_the_server_and_the_rest_is_acked_unapplied(fx: Fixture) -> None:
+    """The server is given one subject covering the projection's (a consumer of several is delivered slowly): what
+    none of the projection's subjects match is acknowledged without being applied or recorded, and the checkpoint
+    follows it, so a restart finds the store level with the consumer and replays nothing."""
+    own = [f"cove.evt.{fx.producer}.a.*", f"cove.evt.{fx.producer}.b.*"]
+    p = Projection(name=f"proj_{fx.producer}", schema=fx.schema, pool=fx.pool, bus=fx.bus, handler=fx.handle,
+                   filter_subjects=own, settings=FAST, migrations_dir=MIGRATIONS)
+    info = await p.consumer.ensure()
+    assert info.config.filter_subject == f"cove.evt.{fx.producer}.*.*" and not info.config.filter_subjects
+    await p.start()
+    try:
+        sent: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+        last = 0
+        for kind in "acbccacbc" * 3:
+            cluster = str(uuid.uuid4())
+            env = new_envelope(ClusterRejected(uuid=cluster, project_id="p", reason=kind), project_id="p",
+                               cluster_id=cluster)
+            last = (await fx.bus.publish(f"cove.evt.{fx.producer}.{kind}.{cluster}", env)).seq
+            sent[kind].append(cluster)
+        await wait_for(lambda: _checkpoint_at(p, last))  # the last one is a 'c': skipped, and checkpointed
+        await wait_for(lambda: _consumer_caught_up(fx.bus, p.name))
+        assert sorted(r[0] for r in await fx.rows()) == sorted(sent["a"] + sent["b"])
+        async with fx.pool.acquire() as conn:
+            inbox = await conn.fetchval(f"SELECT count(*) FROM {fx.schema}.inbox")
+        assert inbox == len(sent["a"]) + len(sent["b"])
+        assert p.consumer.skipped == len(sent["c"])
+        await p.stop()
+        await p.start()
+        assert p.replay_until == 0  # level with the consumer's acknowledgements: nothing replayed
+    finally:
+        await p.stop()
