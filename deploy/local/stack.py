@@ -62,20 +62,23 @@ CLUSTER_NATS_MONITOR_PORTS = (8231, 8232, 8233)
 """A NATS cluster's usual ports, as in deploy/nats/cluster/n1..n3.conf."""
 DEFAULT_DEVCLOUD_PORT = 8775
 DEFAULT_API_PORT = 9511
-LOCAL_SUBNET_CIDR = "127.100.0.0/24"
+LOCAL_SUBNET_CIDR = "127.100.0.0/20"
+"""The clusters' private subnet under make run. A /20 (4,094 addresses), because the devcloud hands out an address
+of a loopback subnet once across every network of that CIDR (its COE stand-ins listen there on one loopback): a /24
+ran out at about 120 clusters of two nodes (make chaos's 200: servers failed with "No more IP addresses")."""
 DEFAULT_PUBLIC_CIDR = "127.24.4.0/24"
 """The devcloud's external network in deploy/devcloud/cloud.yaml."""
 
 
 def loopback_ranges() -> tuple[str, str]:
     """(external network, clusters' subnet) of a stack: make run's, or under the tests (``COVE_LOCAL_ANY_PORT``)
-    loopback /24s of this stack's own, because the devcloud's stand-in endpoints bind the addresses it hands out and
-    stacks of parallel test workers would otherwise bind the same ones."""
+    loopback ranges of this stack's own (a /24 and a /20), because the devcloud's stand-in endpoints bind the
+    addresses it hands out and stacks of parallel test workers would otherwise bind the same ones."""
     if not os.environ.get("COVE_LOCAL_ANY_PORT"):
         return DEFAULT_PUBLIC_CIDR, LOCAL_SUBNET_CIDR
     pick = random.SystemRandom()
     return (f"127.{pick.randint(25, 95)}.{pick.randint(0, 255)}.0/24",
-            f"127.{pick.randint(101, 199)}.{pick.randint(0, 255)}.0/24")
+            f"127.{pick.randint(101, 199)}.{16 * pick.randint(0, 15)}.0/20")
 """A cluster's private subnet under the local stack (and the tests): loopback, so that nothing a user or a test is
 handed (a node's address, a load balancer's VIP) leads off the machine."""
 
