@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
@@ -48,19 +49,50 @@ before it ends the session: a copy frozen mid-transaction (paused, swapped out, 
 and locks the other copies of its service need; its work is retried by whoever then holds it."""
 
 
+ACQUIRE_TIMEOUT = 60.0
+"""Seconds a caller waits for one of the pool's connections (and for it to connect, when the pool opens a new one)
+before ``TimeoutError``: asyncpg's own default is for ever, including in ``pool.fetch`` and friends, so a pool whose
+connections are all held, or a PostgreSQL that accepts no connection, would park the caller (a cluster's delete
+task, and the lease it holds) with no error to retry on. Well above what any wait takes under load."""
+
+
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, every ``acquire`` bounded by ``ACQUIRE_TIMEOUT`` unless the caller gives a timeout."""
+
+    __slots__ = ("acquire_timeout",)
+
+    def __init__(self, *args: Any, acquire_timeout: float = ACQUIRE_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
-                      command_timeout: float = COMMAND_TIMEOUT) -> asyncpg.Pool:
-    """A pool whose connections have ``search_path = <schema>, public``."""
-    pool = await asyncpg.create_pool(
+                      command_timeout: float = COMMAND_TIMEOUT,
+                      acquire_timeout: float = ACQUIRE_TIMEOUT) -> asyncpg.Pool:
+    """A pool whose connections have ``search_path = <schema>, public``; a statement fails after
+    ``command_timeout`` seconds, a wait for a connection after ``acquire_timeout``."""
+    pool = BoundedPool(
         dsn,
+        acquire_timeout=acquire_timeout,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,  # asyncpg.create_pool's defaults from here to record_class
+        max_inactive_connection_lifetime=300.0,
+        connect=None,
+        setup=None,
+        init=None,
+        reset=None,
+        loop=None,
+        record_class=asyncpg.Record,
         command_timeout=command_timeout,
         connection_class=NoResetConnection,
         server_settings={"search_path": f"{ident(schema)}, public", "application_name": f"cove-{schema}",
                          "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT},
     )
-    assert pool is not None
+    await pool
     return pool
 
 
