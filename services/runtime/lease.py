@@ -38,6 +38,7 @@ from proto.envelope import Envelope
 from services.runtime.bus import (
     Bus,
 )
+from services.runtime.service import patiently
 
 log = structlog.get_logger(__name__)
 
@@ -106,19 +107,26 @@ class Leases:
         cls, js: JetStreamContext, *, holder: str | None = None, settings: LeaseSettings | None = None,
         config: KeyValueConfig | None = None,
     ) -> Leases:
-        """Create the bucket (or find it) and return this copy's leases; ``holder`` defaults to a fresh id."""
+        """Create the bucket (or find it) and return this copy's leases; ``holder`` defaults to a fresh id. A
+        copy starting while the JetStream cluster has no leader for the bucket asks again (``patiently``)."""
         config = config or streams.leases_bucket()
         if settings is not None and settings.ttl != config.ttl:
             config = config.evolve(ttl=settings.ttl)
-        try:
-            kv = await js.key_value(config.bucket)
-        except nats.js.errors.BucketNotFoundError:
+        bucket = config
+
+        async def find() -> tuple[KeyValue, float]:
             try:
-                kv = await js.create_key_value(config)
-            except nats.js.errors.BadRequestError:
-                kv = await js.key_value(config.bucket)  # another copy made it first
-        # the bucket's own TTL decides when a lease expires (it may have been made with another setting)
-        ttl = (await js.stream_info(f"KV_{config.bucket}")).config.max_age or config.ttl or streams.LEASE_TTL_S
+                kv = await js.key_value(bucket.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    kv = await js.create_key_value(bucket)
+                except nats.js.errors.BadRequestError:
+                    kv = await js.key_value(bucket.bucket)  # another copy made it first
+            # the bucket's own TTL decides when a lease expires (it may have been made with another setting)
+            info = await js.stream_info(f"KV_{bucket.bucket}")
+            return kv, info.config.max_age or bucket.ttl or streams.LEASE_TTL_S
+
+        kv, ttl = await patiently(f"JetStream: the key-value bucket {config.bucket}", find)
         return cls(kv, holder=holder or uuid.uuid4().hex[:12],
                    settings=LeaseSettings(ttl=ttl, renew_every=settings.renew_every if settings else 0.0))
 

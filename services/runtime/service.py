@@ -26,9 +26,11 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+import nats.errors
+import nats.js.errors
 import structlog
 import uvloop
 from nats.aio.subscription import Subscription
@@ -47,6 +49,38 @@ from services.runtime.tracing import setup_tracing
 log = structlog.get_logger(__name__)
 
 Hook = Callable[["Service"], Awaitable[None]]
+T = TypeVar("T")
+
+START_PATIENCE = 60.0
+"""Seconds a start-up step talking to JetStream (a consumer's creation, a key-value bucket's) is tried again while
+the server leaves it unanswered or says it is unavailable, before the service gives up and exits: after a NATS
+node's restart the cluster may still be moving a stream's or consumer's leader, and a request waits its 5 s in vain
+(the chaos test saw services exit while starting and needed its supervisor to start them again)."""
+
+UNANSWERED = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+              nats.js.errors.NoStreamResponseError)
+"""What a JetStream request answers while the cluster has no leader for it: worth asking again."""
+
+
+async def patiently(waiting_for: str, step: Callable[[], Awaitable[T]], *, patience: float = START_PATIENCE) -> T:
+    """Run ``step`` (an idempotent start-up step) until it succeeds, again after a growing pause (0.5 s to 5 s)
+    while JetStream leaves it unanswered (``UNANSWERED``), for at most ``patience`` seconds; each retry logs
+    ``service_start_waiting`` naming what the service waits for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    attempt = 0
+    while True:
+        try:
+            return await step()
+        except UNANSWERED as exc:
+            attempt += 1
+            pause = min(0.5 * 2 ** (attempt - 1), 5.0)
+            if loop.time() + pause >= deadline:
+                log.error("service_start_gave_up", waiting_for=waiting_for, attempts=attempt, error=repr(exc))
+                raise
+            log.warning("service_start_waiting", waiting_for=waiting_for, attempt=attempt, retry_in=pause,
+                        error=repr(exc))
+            await asyncio.sleep(pause)
 
 
 @dataclass(frozen=True)
@@ -170,7 +204,7 @@ class Service:
             cfg.nats_url, name=self.name, user=cfg.nats_user, password=cfg.nats_password,
             credentials=cfg.nats_credentials, inbox_prefix=f"_INBOX_{self.name}" if authenticated else None,
         )
-        await self.bus.ensure_streams()
+        await patiently("JetStream: the streams", self.bus.ensure_streams)
         self.health.add_check("nats", lambda: self.bus is not None and self.bus.connected)
         if cfg.database_url and self.schema:
             self.pool = await db.create_pool(cfg.database_url, self.schema)
@@ -196,7 +230,7 @@ class Service:
                 batch_handler=batch_handler,
                 on_applied=on_applied,
             )
-            await p.start()
+            await patiently(f"JetStream: projection {name}'s consumer", p.start)
             self.projections.append(p)
         for durable, chandler, filters, settings, stream in self._consumer_specs:
             c = Consumer(
@@ -207,7 +241,7 @@ class Service:
                 settings=settings,
                 stream=stream,
             )
-            await c.start()
+            await patiently(f"JetStream: consumer {durable}", c.start)
             self.consumers.append(c)
         if self.projections or self.consumers:
             self.health.add_check(
@@ -224,7 +258,13 @@ class Service:
         for subject, rhandler, queue in self._rpc_specs:
             self._rpc_subs.append(await rpc.serve(self.bus.nc, subject, queue, rhandler))
         for task in self._tasks_specs:
-            self._tasks.append(asyncio.create_task(task(self), name=f"{self.name}:task"))
+            t = asyncio.create_task(task(self), name=f"{self.name}:task:{getattr(task, '__name__', 'task')}")
+            t.add_done_callback(_task_ended)
+            self._tasks.append(t)
+        if self._tasks:
+            # a task that failed (not one that finished its work and returned) leaves the service without part of
+            # what it does: not ready, so that its supervisor or a test sees it
+            self.health.add_check("tasks", lambda: not any(_failed(t) for t in self._tasks))
         self.heartbeat = Heartbeat(self.bus, self.name, interval=cfg.heartbeat_interval)
         self.heartbeat.start()
         await self.health.start()
@@ -275,6 +315,15 @@ class Service:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await asyncio.wait_for(self.stop(), self.config.shutdown_timeout)
+
+
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
+def _task_ended(task: asyncio.Task[None]) -> None:
+    if _failed(task):
+        log.error("service_task_failed", task=task.get_name(), error=repr(task.exception()))
 
 
 STOP_STEP_SECONDS = 15.0
