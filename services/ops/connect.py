@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats.errors
+from nats.js.api import ConsumerInfo
 
 from services.runtime.bus import Bus
 
@@ -25,6 +26,14 @@ CONNECT_TIMEOUT = 3.0
 
 class OpsError(Exception):
     """A failure the operator can act on, said in one line (the command exits 1)."""
+
+
+def nothing_to_read(info: ConsumerInfo, buffered: bool) -> bool:
+    """Whether a new ordered consumer (``info``: its first answer) has nothing to deliver. Pending alone does not
+    say it: the server may have pushed every message before it answered (pending 0 then), and those may still be on
+    their way to the callback (``buffered``: some have arrived). Something delivered means: read until the message
+    whose metadata says nothing is pending after it."""
+    return info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq) and not buffered
 
 
 @dataclass(frozen=True)

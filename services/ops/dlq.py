@@ -26,7 +26,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from proto import subjects
 from proto.envelope import MalformedMessage, decode
-from services.ops.connect import OpsError
+from services.ops.connect import OpsError, nothing_to_read
 from services.runtime.bus import MSG_ID, Bus
 from services.runtime.consumer import DLQ_CONSUMER, DLQ_DELIVERIES, DLQ_REASON, DLQ_STREAM_SEQ, DLQ_SUBJECT
 
@@ -96,7 +96,7 @@ async def list_letters(bus: Bus, consumer: str | None = None) -> list[DeadLetter
         return []
     out: list[DeadLetter] = []
     try:
-        if (await sub.consumer_info()).num_pending == 0:
+        if nothing_to_read(await sub.consumer_info(), not queue.empty()):
             return out
         while True:
             try:

@@ -21,7 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from proto import subjects
 from proto.envelope import Envelope, MalformedMessage, decode
-from services.ops.connect import OpsError
+from services.ops.connect import OpsError, nothing_to_read
 from services.runtime.bus import Bus
 
 COLUMNS = ("seq", "time", "type", "producer", "project", "cluster", "user", "correlation_id", "causation_id",
@@ -117,12 +117,8 @@ async def read(
     except nats.js.errors.NotFoundError as exc:
         raise OpsError(f"no stream {subjects.EVENTS_STREAM} on this NATS server: has Cove run here?") from exc
     try:
-        if not follow:
-            # The server may have pushed every message before this answer comes: pending is then 0 too, but the
-            # delivered count is not, and the last message (num_pending 0 in its metadata) ends the read below.
-            info = await sub.consumer_info()
-            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq) and queue.empty():
-                return
+        if not follow and nothing_to_read(await sub.consumer_info(), not queue.empty()):
+            return
         while True:
             try:
                 msg = await asyncio.wait_for(queue.get(), None if follow else idle * 10)

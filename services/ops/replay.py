@@ -39,7 +39,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from proto import subjects
 from proto.envelope import Envelope, MalformedMessage, decode
-from services.ops.connect import OpsError, Settings, connect_db, require_database
+from services.ops.connect import OpsError, Settings, connect_db, nothing_to_read, require_database
 from services.ops.targets import ProjectionSpec, Target
 from services.runtime import db
 from services.runtime.bus import Bus
@@ -198,10 +198,9 @@ class StreamReader:
         )
         self._sub = sub
         info = await sub.consumer_info()
-        # Nothing to read only when nothing was delivered either: the server may have pushed every message before
-        # it answered (pending 0), and those are still on their way to ``_on_msg``, which drops what comes after
-        # ``done``. (A verify's catch-up of a few events lost them so, and found the events' rows as differences.)
-        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq) and not self._buffer:
+        # (``_on_msg`` drops what comes after ``done``: a verify's catch-up of a few events, all pushed before this
+        # answer, once lost them so, and found their rows as differences.)
+        if nothing_to_read(info, bool(self._buffer)):
             self.done = True
 
     async def stop(self) -> None:
