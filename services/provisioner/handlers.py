@@ -367,5 +367,38 @@ async def apply_reading(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgo
     return []
 
 
-project = PlannedHandler(plan, apply_reading)
-"""The projection handler: planned events as writes (grouped in a batch), the others one by one."""
+_BUMP_SEQ = store.bump_seq_write("", None, 0).sql
+_SETS_LAST_SEQ = {_BUMP_SEQ, store.set_status_write("", None, "", None, 0).sql,
+                  store.set_health_write("", None, "", {}, 0).sql}
+"""The statements that move a cluster's ``last_seq`` (to the greater of it and the event's sequence)."""
+_UPSERTS_CLUSTER = {*_SETS_LAST_SEQ, store.RECORD_SPEC_SQL, store.record_ca_write("", "", "").sql,
+                    store.record_delete_requested_write("", "").sql}
+"""The statements that insert a cluster's row unless it exists (their first argument is the cluster's uuid)."""
+
+
+def compact(writes: list[Write]) -> list[Write]:
+    """A batch's planned writes without the ``bump_seq`` writes (a node's, a volume's... event) whose two effects a
+    write around it has already: the cluster's row exists (an earlier write inserted it unless it was there) and
+    a later write moves ``last_seq`` to its own, greater, sequence (a node's next event, the cluster's status).
+    No statement reads ``last_seq``, so the store is the same; a cluster's row is written once per event less
+    (a new row version each, with every index of ``clusters``)."""
+    later: list[bool] = [False] * len(writes)
+    moved: set[str] = set()
+    for i in range(len(writes) - 1, -1, -1):
+        w = writes[i]
+        if w.sql in _SETS_LAST_SEQ:
+            later[i] = w.args[0] in moved
+            moved.add(w.args[0])
+    kept: list[Write] = []
+    exists: set[str] = set()
+    for w, superseded in zip(writes, later, strict=True):
+        if w.sql == _BUMP_SEQ and superseded and w.args[0] in exists:
+            continue
+        if w.sql in _UPSERTS_CLUSTER:
+            exists.add(w.args[0])
+        kept.append(w)
+    return kept
+
+
+project = PlannedHandler(plan, apply_reading, compact)
+"""The projection handler: planned events as writes (grouped in a batch, ``compact``), the others one by one."""

@@ -87,15 +87,20 @@ TRUSTS_KEY = "trusts_to_delete"
 through a cluster's row, so every write to the table is ordered after every earlier one."""
 
 
+RECORD_SPEC_SQL = (
+    "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+    " ON CONFLICT (uuid) DO UPDATE SET project_id = EXCLUDED.project_id, name = EXCLUDED.name,"
+    " spec = EXCLUDED.spec, trust_id = EXCLUDED.trust_id, correlation_id = EXCLUDED.correlation_id,"
+    " updated_at = now()"
+)
+
+
 def record_spec_write(spec: ClusterCreateRequested, correlation_id: str) -> Write:
     """The request, with its resolved spec (resolved now for an event written before the API carried one)."""
     spec = msgspec.structs.replace(spec, spec=clusterspec.spec_of(spec))
     return Write(
-        "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
-        " ON CONFLICT (uuid) DO UPDATE SET project_id = EXCLUDED.project_id, name = EXCLUDED.name,"
-        " spec = EXCLUDED.spec, trust_id = EXCLUDED.trust_id, correlation_id = EXCLUDED.correlation_id,"
-        " updated_at = now()",
+        RECORD_SPEC_SQL,
         (spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id),
         (cluster_key(spec.uuid),),
     )

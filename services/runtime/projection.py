@@ -268,9 +268,15 @@ class PlannedHandler:
     every run of planned events between two declined ones go through ``apply_writes``. The projection uses
     ``batch`` as its batch handler by itself (``Projection.__init__``)."""
 
-    def __init__(self, plan: Planner, handle: ProjectionHandler | None = None) -> None:
+    def __init__(
+        self, plan: Planner, handle: ProjectionHandler | None = None,
+        compact: Callable[[list[Write]], list[Write]] | None = None,
+    ) -> None:
         self.plan = plan
         self._handle = handle
+        self.compact = compact
+        """Given the writes of a run of planned events (stream order), the writes that leave the store the same
+        (e.g. without a write a later one supersedes); run instead of them in a batch."""
 
     async def handle(self, env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
         if self._handle is None:
@@ -297,7 +303,7 @@ class PlannedHandler:
             try:
                 writes = self.plan(env)
                 if writes is None:
-                    await apply_writes(tx, pending)  # what came before it, before it reads
+                    await apply_writes(tx, self._compacted(pending))  # what came before it, before it reads
                     pending.clear()
                     outgoing.append(await self.handle(env, tx) or ())
                 else:
@@ -305,8 +311,11 @@ class PlannedHandler:
                     outgoing.append(())
             finally:
                 _SEQUENCE.reset(token)
-        await apply_writes(tx, pending)
+        await apply_writes(tx, self._compacted(pending))
         return outgoing
+
+    def _compacted(self, writes: list[Write]) -> list[Write]:
+        return self.compact(writes) if self.compact is not None and len(writes) > 1 else writes
 
 
 class Projection:
