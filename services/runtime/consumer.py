@@ -66,7 +66,10 @@ def covering_subject(filters: list[str]) -> str:
 
 def matches(subject: str, pattern: str) -> bool:
     """NATS subject matching: ``*`` one token, ``>`` the rest."""
-    s, p = subject.split("."), pattern.split(".")
+    return _matches(subject.split("."), pattern.split("."))
+
+
+def _matches(s: list[str], p: list[str]) -> bool:
     for i, tok in enumerate(p):
         if tok == ">":
             return len(s) > i
@@ -139,8 +142,8 @@ class Consumer:
         self.filter_subjects = list(filter_subjects)
         self.subject = covering_subject(self.filter_subjects) if widen else None
         """The one filter subject the server is given (None: ``filter_subjects`` themselves, ``widen=False``)."""
-        self._own = None if self.subject is None or len(set(self.filter_subjects)) == 1 else sorted(
-            set(self.filter_subjects))
+        self._own = None if self.subject is None or len(set(self.filter_subjects)) == 1 else [
+            f.split(".") for f in sorted(set(self.filter_subjects))]
         """The subjects a delivered message must match to be handled (None: every delivered message)."""
         self.skipped = 0
         """Messages delivered under ``subject`` that none of ``filter_subjects`` matched (acknowledged unhandled)."""
@@ -281,13 +284,15 @@ class Consumer:
         """Handle and settle one fetched batch; False when the consumer is stopping (the unhandled rest released)."""
         if self._own is None:
             return await self._handle_own(fetched)
-        own = self._own
-        msgs = [m for m in fetched if any(matches(m.subject, f) for f in own)]
-        if len(msgs) == len(fetched):
+        msgs: list[Msg] = []
+        others: list[Msg] = []
+        for m in fetched:
+            tokens = m.subject.split(".")
+            (msgs if any(_matches(tokens, f) for f in self._own) else others).append(m)
+        if not others:
             return await self._handle_own(msgs)
         if msgs and not await self._handle_own(msgs):
             return False
-        others = [m for m in fetched if not any(matches(m.subject, f) for f in own)]
         last = others[-1].metadata.sequence.stream
         if self.on_skipped is not None and (not msgs or last > msgs[-1].metadata.sequence.stream):
             try:
