@@ -140,12 +140,13 @@ async def on_withdrawn(env: Envelope, p: ClusterWithdrawn, tx: asyncpg.Connectio
 
 
 def plan_create_requested(env: Envelope, p: ClusterCreateRequested) -> list[Write]:
-    return [store.record_spec_write(p, env.correlation_id), *(
+    resolved = clusterspec.spec_of(p)
+    return [store.record_spec_write(p, env.correlation_id, resolved), *(
         store.upsert_group_write(
             p.uuid, g.name, uuid=None, role=g.role, node_count=g.node_count, flavor_id=g.flavor_id,
             image_id=g.image_id, is_default=True, docker_volume_size=g.docker_volume_size,
         )
-        for g in clusterspec.spec_of(p).nodegroups  # exactly the groups the API resolved: nothing re-derived here
+        for g in resolved.nodegroups  # exactly the groups the API resolved: nothing re-derived here
     )]
 
 

@@ -96,9 +96,12 @@ RECORD_SPEC_SQL = (
 )
 
 
-def record_spec_write(spec: ClusterCreateRequested, correlation_id: str) -> Write:
-    """The request, with its resolved spec (resolved now for an event written before the API carried one)."""
-    spec = msgspec.structs.replace(spec, spec=clusterspec.spec_of(spec))
+def record_spec_write(
+    spec: ClusterCreateRequested, correlation_id: str, resolved: clusterspec.ClusterSpec | None = None
+) -> Write:
+    """The request, with its resolved spec (``resolved``, else resolved now for an event written before the API
+    carried one)."""
+    spec = msgspec.structs.replace(spec, spec=resolved or clusterspec.spec_of(spec))
     return Write(
         RECORD_SPEC_SQL,
         (spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id),
@@ -219,6 +222,22 @@ async def bump_seq(tx: asyncpg.Connection, cluster_id: str, project_id: str | No
 _RANK_SQL = "CASE {0} " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _NODE_RANK.items()) + " ELSE 0 END"
 
 
+UPSERT_NODE_SQL = (
+    "INSERT INTO nodes (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,"
+    " addresses, reason) VALUES ($1, $2, COALESCE(NULLIF($3, ''), $2), COALESCE(NULLIF($4, ''), 'worker'), $5,"
+    " $6, $7, $8, $9,"
+    " COALESCE($10::jsonb, '{}'::jsonb), $11)"
+    " ON CONFLICT (cluster_id, server_id) DO UPDATE SET"
+    f" status = CASE WHEN {_RANK_SQL.format('EXCLUDED.status')} >= {_RANK_SQL.format('nodes.status')}"
+    " THEN EXCLUDED.status ELSE nodes.status END,"
+    " name = COALESCE($3, nodes.name), role = COALESCE($4, nodes.role),"
+    " flavor_id = COALESCE($6, nodes.flavor_id), vcpus = COALESCE($7, nodes.vcpus),"
+    " ram_mb = COALESCE($8, nodes.ram_mb), disk_gb = COALESCE($9, nodes.disk_gb),"
+    " addresses = COALESCE($10::jsonb, nodes.addresses),"
+    " reason = COALESCE($11, nodes.reason), updated_at = now()"
+)
+
+
 def upsert_node_write(
     cluster_id: str,
     server_id: str,
@@ -236,18 +255,7 @@ def upsert_node_write(
     """Insert the node or move it forward; never backwards (see _NODE_RANK): one statement, the node's current
     status compared with the new one in SQL."""
     return Write(
-        "INSERT INTO nodes (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,"
-        " addresses, reason) VALUES ($1, $2, COALESCE(NULLIF($3, ''), $2), COALESCE(NULLIF($4, ''), 'worker'), $5,"
-        " $6, $7, $8, $9,"
-        " COALESCE($10::jsonb, '{}'::jsonb), $11)"
-        " ON CONFLICT (cluster_id, server_id) DO UPDATE SET"
-        f" status = CASE WHEN {_RANK_SQL.format('EXCLUDED.status')} >= {_RANK_SQL.format('nodes.status')}"
-        " THEN EXCLUDED.status ELSE nodes.status END,"
-        " name = COALESCE($3, nodes.name), role = COALESCE($4, nodes.role),"
-        " flavor_id = COALESCE($6, nodes.flavor_id), vcpus = COALESCE($7, nodes.vcpus),"
-        " ram_mb = COALESCE($8, nodes.ram_mb), disk_gb = COALESCE($9, nodes.disk_gb),"
-        " addresses = COALESCE($10::jsonb, nodes.addresses),"
-        " reason = COALESCE($11, nodes.reason), updated_at = now()",
+        UPSERT_NODE_SQL,
         (cluster_id, server_id, name, role, status, flavor_id, vcpus, ram_mb, disk_gb,
          json.dumps(addresses) if addresses else None, reason),
         (cluster_key(cluster_id),),
