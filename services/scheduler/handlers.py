@@ -66,6 +66,8 @@ HANDLED = (*ADMISSION, *LIFECYCLE, ClusterUpdateRequested, NodeGroupCreateReques
            ClusterUpdateCompleted, QuotaCreated, QuotaUpdated, QuotaDeleted)
 """Every event type ``Handlers.handle`` acts on; it ignores the others (most of the provisioner's)."""
 
+_WIDE = (*ADMISSION, *LIFECYCLE)
+
 
 QUEUE_POSITIONS_SHOWN = 1000
 """``ClusterQueuePositions`` names at most this many waiting clusters (the rest keep the place they were given)."""
@@ -151,7 +153,7 @@ class Handlers:
         outgoing: list[Sequence[Outgoing]] = []
         run: list[Envelope] = []
         for env in envs:
-            if isinstance(env.payload, ADMISSION + LIFECYCLE) or not isinstance(env.payload, HANDLED):
+            if isinstance(env.payload, _WIDE) or not isinstance(env.payload, HANDLED):
                 run.append(env)
                 continue
             outgoing.extend(await self.wide_run(run, tx))
@@ -179,7 +181,7 @@ class Handlers:
         facts: store.RunFacts | None = None
         if any(isinstance(p, ClusterCreateRequested) for p in admissions):
             await store.lock_projects(tx, [p.project_id for p in admissions])
-            ids = list({env.payload.uuid for env in run if isinstance(env.payload, ADMISSION + LIFECYCLE)})
+            ids = list({env.payload.uuid for env in run if isinstance(env.payload, _WIDE)})
             facts = await store.run_facts(tx, ids, [p.project_id for p in admissions])
         decisions = dict(facts.decisions) if facts else {}
         in_use = dict(facts.usage) if facts else {}
