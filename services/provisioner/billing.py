@@ -52,6 +52,7 @@ from services.provisioner.cloud import (
     ClusterCloud,
     FloatingIpRef,
     LoadBalancerState,
+    Seen,
     VolumeState,
     cloud_time,
     fetch_changes,
@@ -271,54 +272,85 @@ GOING = (VOLUME, LOAD_BALANCER)
 """What Cinder and Octavia delete asynchronously: ``watch_going`` looks at them while a teardown goes on."""
 
 
-async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teardown: asyncio.Future[Any]
-                      ) -> dict[str, datetime]:
-    """While ``teardown`` (the cloud call deleting the cluster's resources) runs, look at the reported volumes and
-    load balancer every poll interval (half a second at least; one show of each, only those not yet seen gone):
-    the ones still there get that sighting (``seen_at``), the others the time they were first missed, returned.
+async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teardown: asyncio.Future[Any],
+                      seen: Seen | None = None) -> dict[str, datetime]:
+    """While ``teardown`` (the cloud call deleting the cluster's resources) runs, look at the volumes and load
+    balancer going away every poll interval (half a second at least; one show of each, only those not yet seen
+    gone): the reported ones, and those the call's own listing (``seen``) shows as it goes, which is all a delete
+    task started after the build knows of them. A look that shows one still there is its sighting (``seen_at``, when
+    the show was sent); the first that does not, returned, is when that show was answered: the end lies between.
 
     A teardown pass deletes the volumes, then the ports, router, network and security groups one by one: a second
     or more on a busy cloud (3 s seen), while the volumes it deleted went a third of a second after their delete.
-    Judged by the pass's listings alone, their window spans the whole pass."""
-    pending = {rid: b.kind for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
+    Judged by the pass's listings alone, their window spans the whole pass, or the wait for the next pass when the
+    task first learns of them from this one's listing (seen: 10 s late with 100 clusters deleting at once). The
+    looks go through the reconciler's own small pool (``Reconciler.looks``), not behind the teardowns queued in the
+    cloud pool, and are timed where they are made: a look that waited for a thread, or whose answer waited for a
+    starved event loop, neither widens nor shifts the window."""
     vanished: dict[str, datetime] = {}
     trust = row.trust_id
-    if not pending or trust is None:
+    if trust is None:
+        return vanished
+    pending = {rid: b.kind for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
+    if not pending and seen is None:
         return vanished
     interval = max(r.settings.poll_interval, 0.5)
 
-    def still_there(c: ClusterCloud, ids: dict[str, str]) -> set[str]:
-        there = set()
-        for rid, kind in ids.items():
-            if kind == VOLUME:
-                response = c.conn.block_storage.get(f"/volumes/{rid}")
-            else:
-                response = c.conn.load_balancer.get(f"/lbaas/loadbalancers/{rid}")  # the endpoint names v2
-            if response.status_code == 404:
-                continue
-            response.raise_for_status()
-            body = response.json()
-            if str((body.get("loadbalancer") or {}).get("provisioning_status", "")).upper() != "DELETED":
-                there.add(rid)
-        return there
+    def listed() -> None:
+        """Add what the teardown's listings found so far (the thread fills ``seen``; a dict copy is atomic)."""
+        for rid, kind in list((seen.present if seen is not None else {}).items()):
+            if kind in GOING and rid not in vanished and rid not in pending:
+                b = st.billed.get(rid)
+                if b is None:
+                    st.billed[rid] = Billed(kind, rid, "", now())
+                elif b.gone_at is not None:
+                    continue
+                pending[rid] = kind
 
-    while pending:
+    def look(c: ClusterCloud, ids: dict[str, str]) -> dict[str, tuple[bool, datetime, datetime]]:
+        """Id -> (still there, when its show was sent, when it was answered); an id whose show failed is left out."""
+        out: dict[str, tuple[bool, datetime, datetime]] = {}
+        for rid, kind in ids.items():
+            sent = now()
+            try:
+                if kind == VOLUME:
+                    response = c.conn.block_storage.get(f"/volumes/{rid}")
+                else:
+                    response = c.conn.load_balancer.get(f"/lbaas/loadbalancers/{rid}")  # the endpoint names v2
+                answered = now()
+                if response.status_code == 404:
+                    out[rid] = (False, sent, answered)
+                    continue
+                response.raise_for_status()
+                body = response.json()
+            except Exception as exc:  # noqa: BLE001 - a look that failed narrows nothing; the next one may
+                log.debug("billed_resource_unseen", cluster_id=row.uuid, resource_id=rid, error=repr(exc)[:200])
+                continue
+            status = str((body.get("loadbalancer") or {}).get("provisioning_status", "")).upper()
+            out[rid] = (status != "DELETED", sent, answered)
+        return out
+
+    while True:
+        listed()
+        if not pending and teardown.done():
+            break
         await asyncio.wait([teardown], timeout=interval)
         last = teardown.done()  # one more look as it ends: the pass's next steps (NATS, the store) may be slow
-        at = now()
-        try:
-            there = await r.cloud.call(trust, lambda c, ids=dict(pending): still_there(c, ids))  # type: ignore[misc]
-        except Exception as exc:  # noqa: BLE001 - a look that failed narrows nothing; the next one may
-            log.debug("billed_resources_unseen", cluster_id=row.uuid, error=repr(exc)[:200])
-            if last:
-                break
-            continue
-        for rid in list(pending):
-            if rid in there:
-                st.billed[rid] = replace(st.billed[rid], seen_at=at)
-            else:
-                vanished[rid] = at
-                del pending[rid]
+        listed()
+        if pending:
+            try:
+                found = await r.cloud.call(trust, lambda c, ids=dict(pending): look(c, ids),  # type: ignore[misc]
+                                           executor=r.looks)
+            except Exception as exc:  # noqa: BLE001 - a look that failed narrows nothing; the next one may
+                log.debug("billed_resources_unseen", cluster_id=row.uuid, error=repr(exc)[:200])
+                found = {}
+            for rid, (there, sent, answered) in found.items():
+                if there:
+                    b = st.billed[rid]
+                    st.billed[rid] = replace(b, seen_at=max(sent, b.seen_at) if b.seen_at is not None else sent)
+                else:
+                    vanished[rid] = answered
+                    del pending[rid]
         if last:
             break
     return vanished

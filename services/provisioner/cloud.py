@@ -1267,10 +1267,12 @@ class Cloud:
         with self._lock:
             return self._clients.setdefault(trust_id, client)
 
-    async def call(self, trust_id: str, fn: Callable[[ClusterCloud], T]) -> T:
+    async def call(self, trust_id: str, fn: Callable[[ClusterCloud], T], *,
+                   executor: ThreadPoolExecutor | None = None) -> T:
         """Run ``fn(client)`` in the pool with the trust's cached connection. Each request ``fn`` sends is
         retried there on transient answers (``ClusterCloud._api``, ``RetryPolicy``); the pool's size
-        (``COVE_PROVISIONER_CLOUD_THREADS``) bounds the requests in flight, back-off sleeps included."""
+        (``COVE_PROVISIONER_CLOUD_THREADS``) bounds the requests in flight, back-off sleeps included. ``executor``:
+        another pool, for short looks whose timing matters and must not queue behind the pool's backlog."""
 
         def work() -> T:
             try:
@@ -1281,7 +1283,7 @@ class Cloud:
                 raise explain("Cloud call failed", exc) from exc
 
         with observe.cloud_call(fn, ClusterCloud):  # a span, latency and errors per call
-            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+            return await asyncio.get_running_loop().run_in_executor(executor or self.executor, work)
 
     def _service_connection(self) -> openstack.connection.Connection:
         """The Cove service user's own connection, scoped to its project (no trust)."""

@@ -82,7 +82,7 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     await billing.note_going(r, row, st, listed_at)
     teardown = asyncio.ensure_future(r.cloud.call(trust, lambda c: c.delete_cluster_resources(prefix, row.uuid, seen)))
     try:
-        vanished = await billing.watch_going(r, row, st, teardown)
+        vanished = await billing.watch_going(r, row, st, teardown, seen)
         cleared = await teardown
     finally:
         teardown.cancel()  # the task was cancelled (its lease lost): the call's thread finishes on its own

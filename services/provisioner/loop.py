@@ -26,6 +26,7 @@ import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -49,6 +50,10 @@ KICKING_EVENTS = frozenset({
     "NodeGroupCreateRequested", "NodeGroupDeleteRequested", "ClusterUpgradeRequested", "ClusterCAReplaced",
 })
 """Input events after which a cluster's task must decide again."""
+
+LOOK_THREADS = 4
+"""Threads for the deletes' billing looks (a show per volume or load balancer going away, every half second, only
+while a teardown call runs: at most the cloud pool's size of clusters at once)."""
 
 LEASE_PREFIX = "provisioner.cluster."
 COPY_PREFIX = "provisioner.copy."
@@ -86,6 +91,9 @@ class Reconciler:
         self.notes = billing.Notes(bus.js)
         """What a cluster's delete last saw of its billed resources (for the copy resuming it: ``billing.py``)."""
         self.cloud = cloud
+        self.looks = ThreadPoolExecutor(max_workers=LOOK_THREADS, thread_name_prefix="cove-billing-looks")
+        """Where a delete's looks at its volumes and load balancer going away run (``billing.watch_going``): their
+        timing is what a volume's end is, and in the cloud pool they queued behind every other cluster's calls."""
         self.tracker = tracker
         self.settings = settings = settings or ReconcilerSettings()
         self._sem = asyncio.Semaphore(settings.max_active)
@@ -126,6 +134,7 @@ class Reconciler:
         self._tasks.clear()
         if self.leases is not None and self._copy_lease is not None:
             await self.leases.release(self._copy_lease)
+        self.looks.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------- leases
 
