@@ -86,6 +86,8 @@ class Billed:
     however many passes it takes to report it."""
     noted_at: datetime | None = None
     """The last time an earlier task of the cluster saw it (``Notes``): its end if this task never sees it."""
+    deleting_at: datetime | None = None
+    """When the cloud accepted its delete (``Seen.deleting``): its end comes a moment later."""
 
 
 def now() -> datetime:
@@ -233,7 +235,7 @@ async def gone(
             seen = max(listed_at, b.seen_at) if b.seen_at is not None else listed_at
             b = st.billed[rid] = replace(b, seen_at=seen, gone_at=None, noted_at=None)
         if rid in vanished:  # shown by the pass's listing, gone before the pass ended
-            st.billed[rid] = replace(b, gone_at=_between(b.seen_at, vanished[rid]))
+            st.billed[rid] = replace(b, gone_at=_end(b, vanished[rid]))
     for rid in deleted:
         if rid not in st.billed:
             st.billed[rid] = Billed(FLOATING_IP, rid, "", listed_at, node_name=node_name)
@@ -249,7 +251,7 @@ async def gone(
             elif b.noted_at is not None:
                 end = min(b.noted_at, listed_at)
             else:
-                end = _between(b.seen_at, vanished.get(rid, listed_at))
+                end = _end(b, vanished.get(rid, listed_at))
             b = st.billed[rid] = replace(b, gone_at=end)
         assert b.gone_at is not None
         ended.append((b, b.gone_at))
@@ -260,12 +262,30 @@ async def gone(
         st.billed.pop(b.id, None)
 
 
+SETTLE = timedelta(seconds=0.25)
+"""Where in its window a resource whose delete the cloud accepted is taken to have gone, at most, after the later of
+that acceptance and its last sighting: half a look interval (``watch_going``). Cinder finishes a delete within a
+moment of accepting it (the devcloud: a fifth of a second in make chaos), while the first look that misses it can
+come seconds late on a busy machine (looks at 100 deleting clusters' volumes queue for their threads)."""
+
+
 def _between(seen_at: datetime | None, missed_at: datetime) -> datetime:
     """The middle of the window a resource went in: after the listing that last showed it, before the first
     that did not."""
     if seen_at is None or seen_at > missed_at:
         return missed_at
     return seen_at + (missed_at - seen_at) / 2
+
+
+def _end(b: Billed, missed_at: datetime) -> datetime:
+    """A resource's end, before ``missed_at`` (the first look that did not show it): the middle of its window, or,
+    when its delete's acceptance is known, at most ``SETTLE`` after the later of that and its last sighting."""
+    if b.deleting_at is None:
+        return _between(b.seen_at, missed_at)
+    lower = max(b.deleting_at, b.seen_at) if b.seen_at is not None else b.deleting_at
+    if lower > missed_at:
+        return missed_at
+    return lower + min((missed_at - lower) / 2, SETTLE)
 
 
 GOING = (VOLUME, LOAD_BALANCER)
@@ -297,8 +317,11 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
     interval = max(r.settings.poll_interval, 0.5)
 
     def listed() -> None:
-        """Add what the teardown's listings found so far (the thread fills ``seen``; a dict copy is atomic)."""
-        for rid, kind in list((seen.present if seen is not None else {}).items()):
+        """Add what the teardown's listings found so far, and when the cloud accepted their deletes (the thread
+        fills ``seen``; a dict copy is atomic)."""
+        if seen is None:
+            return
+        for rid, kind in list(seen.present.items()):
             if kind in GOING and rid not in vanished and rid not in pending:
                 b = st.billed.get(rid)
                 if b is None:
@@ -306,6 +329,10 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
                 elif b.gone_at is not None:
                     continue
                 pending[rid] = kind
+        for rid, at in list(seen.deleting.items()):
+            b = st.billed.get(rid)
+            if b is not None and b.gone_at is None and b.deleting_at is None:
+                st.billed[rid] = replace(b, deleting_at=at)
 
     def look(c: ClusterCloud, ids: dict[str, str]) -> dict[str, tuple[bool, datetime, datetime]]:
         """Id -> (still there, when its show was sent, when it was answered); an id whose show failed is left out."""

@@ -264,6 +264,9 @@ class Seen:
     sent but not finished included)."""
     deleted: dict[str, datetime] = field(default_factory=dict)
     """Floating IP id -> when its (synchronous) delete returned."""
+    deleting: dict[str, datetime] = field(default_factory=dict)
+    """Volume id -> when Cinder accepted its (asynchronous) delete: when the call returned, or the listing's
+    ``updated_at`` of one already deleting. Its end lies a moment after."""
 
 
 def cloud_time(value: object) -> datetime | None:
@@ -1089,11 +1092,14 @@ class ClusterCloud:
             left = True  # Cinder deletes asynchronously
             seen.present[str(vol.id)] = "volume"
             status = (vol.status or "").lower()
+            if status == "deleting" and (accepted := cloud_time(vol.updated_at)) is not None:
+                seen.deleting.setdefault(str(vol.id), accepted)
             if vol.attachments or status in ("in-use", "attaching", "detaching", "deleting", "creating",
                                              "extending"):
                 continue
             if gone(lambda vol=vol: self.conn.block_storage.delete_volume(vol, ignore_missing=True),  # type: ignore[misc]
                     f"volume {vol.name}"):
+                seen.deleting[str(vol.id)] = datetime.now(UTC)
                 log.info("volume_deleting", cluster_id=cluster_id, volume_id=vol.id)
 
         # 4. the cluster's ports: tagged or described as the cluster's, and unbound ports on its own network
