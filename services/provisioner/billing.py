@@ -277,6 +277,12 @@ def _between(seen_at: datetime | None, missed_at: datetime) -> datetime:
     return seen_at + (missed_at - seen_at) / 2
 
 
+def _latest(b: Billed) -> datetime | None:
+    """The latest time the resource is known to have been there: its last sighting or its delete's acceptance."""
+    known = [t for t in (b.seen_at, b.deleting_at) if t is not None]
+    return max(known) if known else None
+
+
 def _end(b: Billed, missed_at: datetime) -> datetime:
     """A resource's end, before ``missed_at`` (the first look that did not show it): the middle of its window, or,
     when its delete's acceptance is known, at most ``SETTLE`` after the later of that and its last sighting."""
@@ -315,17 +321,21 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
     if not pending and seen is None:
         return vanished
     interval = max(r.settings.poll_interval, 0.5)
+    began = now()  # before the teardown's listings: a bound for what they show
 
-    def listed() -> None:
+    def listed() -> bool:
         """Add what the teardown's listings found so far, and when the cloud accepted their deletes (the thread
-        fills ``seen``; a dict copy is atomic)."""
+        fills ``seen``; a dict copy is atomic). True when something was new: a copy killed now would leave the one
+        resuming the delete nothing to end them by, so it is written down at once (``note_going``)."""
         if seen is None:
-            return
+            return False
+        new = False
         for rid, kind in list(seen.present.items()):
             if kind in GOING and rid not in vanished and rid not in pending:
                 b = st.billed.get(rid)
                 if b is None:
-                    st.billed[rid] = Billed(kind, rid, "", now())
+                    st.billed[rid] = Billed(kind, rid, "", began)
+                    new = True
                 elif b.gone_at is not None:
                     continue
                 pending[rid] = kind
@@ -333,6 +343,8 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
             b = st.billed.get(rid)
             if b is not None and b.gone_at is None and b.deleting_at is None:
                 st.billed[rid] = replace(b, deleting_at=at)
+                new = True
+        return new
 
     def look(c: ClusterCloud, ids: dict[str, str]) -> dict[str, tuple[bool, datetime, datetime]]:
         """Id -> (still there, when its show was sent, when it was answered); an id whose show failed is left out."""
@@ -358,12 +370,14 @@ async def watch_going(r: Reconciler, row: store.ClusterRow, st: TaskState, teard
         return out
 
     while True:
-        listed()
+        if listed():
+            await note_going(r, row, st, began)
         if not pending and teardown.done():
             break
         await asyncio.wait([teardown], timeout=interval)
         last = teardown.done()  # one more look as it ends: the pass's next steps (NATS, the store) may be slow
-        listed()
+        if listed():
+            await note_going(r, row, st, began)
         if pending:
             try:
                 found = await r.cloud.call(trust, lambda c, ids=dict(pending): look(c, ids),  # type: ignore[misc]
@@ -460,11 +474,12 @@ async def recall(r: Reconciler, row: store.ClusterRow, st: TaskState) -> None:
 
 
 async def note_going(r: Reconciler, row: store.ClusterRow, st: TaskState, at: datetime) -> None:
-    """Before a teardown call: note the reported volumes and load balancer it is about to delete, each at its
-    latest sighting (or ``at``, the pass's start, for one this task never listed): a copy killed during the call
+    """Before a teardown call, and during it as its listings find more: note the volumes and load balancer it is
+    about to delete, each at its latest sighting or its delete's acceptance (or ``at``, the pass's start, for one this
+    task never listed): a copy killed during the call
     leaves the one resuming it a bound a second early rather than none (their end would be the cluster's
     completion, the whole outage late)."""
-    going = {rid: (b.kind, b.seen_at or at) for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
+    going = {rid: (b.kind, _latest(b) or at) for rid, b in st.billed.items() if b.kind in GOING and b.gone_at is None}
     if not going:
         return
     try:
@@ -481,7 +496,7 @@ async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_prese
     costs only its precision (a warning): it never stops a delete."""
     await recall(r, row, st)
     await gone(r, row, st, present=seen_present, deleted=seen_deleted, listed_at=listed_at, vanished=vanished)
-    still = {rid: (kind, b.seen_at or listed_at) for rid, kind in seen_present.items()
+    still = {rid: (kind, _latest(b) or listed_at) for rid, kind in seen_present.items()
              if (b := st.billed.get(rid)) is not None and b.gone_at is None}
     try:
         await r.notes.write_down(row.uuid, still)

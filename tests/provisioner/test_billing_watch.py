@@ -37,12 +37,24 @@ BACKLOG = 4.0
 
 
 @dataclass
+class Notes:
+    """``billing.Notes``' writes, kept: what a copy resuming the delete after a kill would find."""
+
+    written: list[dict[str, tuple[str, datetime]]] = field(default_factory=list)
+
+    async def write_down(self, cluster_id: str, present: dict[str, tuple[str, datetime]]) -> None:
+        self.written.append(dict(present))
+
+
+@dataclass
 class Reconciler:
-    """What ``watch_going`` and ``gone`` use of a Reconciler: the cloud, the looks' pool, settings, ``emit_many``."""
+    """What ``watch_going`` and ``gone`` use of a Reconciler: the cloud, the looks' pool, settings, the billing notes,
+    ``emit_many``."""
 
     cloud: Any
     looks: ThreadPoolExecutor
     settings: Any
+    notes: Notes = field(default_factory=Notes)
     reported: list[Event] = field(default_factory=list)
 
     async def emit_many(self, row: Any, events: Sequence[tuple[Event, str]]) -> None:
@@ -103,6 +115,9 @@ async def test_a_fresh_delete_task_ends_the_volumes_its_teardown_deletes_at_the_
                            vanished=vanished)
         await backlog
     assert set(vanished) == set(ids) and set(seen.deleting) == set(ids)
+    # written down while the teardown ran, at its deletes' acceptance: a copy killed before it reported them ends
+    # them there (the resuming copy's teardown no longer lists them)
+    assert any({v: at for v, (_, at) in note.items()} == {v: seen.deleting[v] for v in ids} for note in r.notes.written)
     ended = {e.volume_id: e.deleted_at for e in r.reported if isinstance(e, VolumeDeleted)}
     assert set(ended) == set(ids), r.reported
     for record in ledger.new("volume"):
