@@ -5,9 +5,9 @@ The scratch store is built by the service's own projection code (``ReplayProject
 handlers and batch handlers, one transaction per batch of up to ``BATCH`` events. Nothing is published: every event
 replayed is at or below the live store's checkpoint, so the live service already published what it caused.
 
-The stream is read through an ordered push consumer (no acks, flow control; the subject filter on the server when
-the service has one, else the whole stream, matched here: ``StreamReader``): one stream read, no round trip per
-batch; the messages are buffered up to a bound (backpressure through flow control).
+The stream is read through an ordered push consumer (no acks, flow control; on the server one subject filter that
+covers the service's, as its live consumer asks, each message matched here: ``StreamReader``): one stream read, no
+round trip per batch; the messages are buffered up to a bound (backpressure through flow control).
 
 The swap (``swap``), in ONE PostgreSQL transaction (docs/operations.md, "Replaying a store"):
 
@@ -43,6 +43,7 @@ from services.ops.connect import OpsError, Settings, connect_db, nothing_to_read
 from services.ops.targets import ProjectionSpec, Target
 from services.runtime import db
 from services.runtime.bus import Bus
+from services.runtime.consumer import covering_subject, matches
 from services.runtime.projection import Projection, ensure_tracking_tables
 
 log = structlog.get_logger(__name__)
@@ -125,17 +126,6 @@ class ReplayProjection(Projection):
             await self._advance(conn, seq)
 
 
-def matches(subject: str, pattern: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` the rest."""
-    s, p = subject.split("."), pattern.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(s) > i
-        if i >= len(s) or (tok != "*" and tok != s[i]):
-            return False
-    return len(s) == len(p)
-
-
 @dataclass
 class ReplayStats:
     service: str
@@ -190,8 +180,9 @@ class StreamReader:
         )
         # Several filters are not given to the server: a consumer with more than one filter subject is delivered
         # about 1,000 messages a second (measured: benchmarks/replay.py), one with a single filter 20 to 30 times
-        # as many. The whole stream is read instead and the caller keeps what matches (``Replayer.run``).
-        subject = self.filters[0] if len(self.filters) == 1 else subjects.EVENTS_ALL
+        # as many. One subject covering them is read instead, as the live consumers do, and the caller keeps what
+        # matches (``Replayer.run``).
+        subject = covering_subject(self.filters)
         sub = await self.bus.js.subscribe(
             subject, stream=subjects.EVENTS_STREAM, config=cfg, ordered_consumer=True, cb=self._on_msg,
             idle_heartbeat=2.0,
