@@ -78,10 +78,11 @@ DEVCLOUD_FAULTS = {"api": [
 
 USAGE_CHECK = "accounting = ledger (each resource within 1 s)"
 KNOWN = {USAGE_CHECK: (
-    "a volume's end is an estimate within Cove's looks at it (services/provisioner/billing.py: the middle of the "
-    "window between the look that last showed it and the first that did not, or, for a copy resuming a killed "
-    "copy's delete, that copy's last sighting): Cinder shows neither a deleted volume nor when it went. On a "
-    "machine as loaded as make test's, a look can come late enough to put one past the 1 s bar")}
+    "a volume's end is an estimate (services/provisioner/billing.py: a quarter second at most after the later of "
+    "its delete's acceptance and its last sighting, else the middle of the window between the look that last showed "
+    "it and the first that did not, or, for a copy resuming a killed copy's delete, what that copy wrote down): "
+    "Cinder shows neither a deleted volume nor when it went. On a machine as loaded as make test's, a look can "
+    "come late enough to put one past the 1 s bar")}
 """Checks that may fail without a Cove bug on a loaded machine: reported by the short form, asserted by the full one.
 
 The short form leaves the PostgreSQL restart out only to stay short. It once stranded a creating cluster: a
