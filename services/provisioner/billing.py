@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -94,8 +94,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "now", "recall", "server_ends",
-           "server_starts", "watch_going"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "noting_deletes", "now", "recall",
+           "server_ends", "server_starts", "watch_going"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -496,6 +496,34 @@ async def note_going(r: Reconciler, row: store.ClusterRow, st: TaskState, at: da
         await r.notes.write_down(row.uuid, going)
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
         log.warning("billing_note_unwritten", cluster_id=row.uuid, error=repr(exc))
+
+
+NOTE_WAIT_S = 2.0
+"""How long a teardown's thread waits for the note of a delete it is about to send (``noting_deletes``); past it
+the delete is sent anyway."""
+
+
+def noting_deletes(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Callable[[str, str], None]:
+    """``Seen.before_delete`` for a teardown call: in the event loop, the volume or load balancer about to be deleted
+    is seen now and written down (``note_going``) before the call's thread sends the delete. A copy killed right
+    after the cloud accepted it (between the send and the next look, or before this task ever listed it: a delete
+    task starts knowing none) leaves the copy resuming the delete that moment, a fraction of a second before the end,
+    instead of nothing (make chaos: a volume billed to the cluster's completion, 47 s long)."""
+    loop = asyncio.get_running_loop()
+
+    async def note(rid: str, kind: str) -> None:
+        at = now()
+        b = st.billed.get(rid)
+        if b is None:
+            st.billed[rid] = Billed(kind, rid, "", at, seen_at=at)
+        elif b.gone_at is None:
+            st.billed[rid] = replace(b, seen_at=max(at, b.seen_at) if b.seen_at is not None else at)
+        await note_going(r, row, st, at)
+
+    def before_delete(rid: str, kind: str) -> None:
+        asyncio.run_coroutine_threadsafe(note(rid, kind), loop).result(timeout=NOTE_WAIT_S)
+
+    return before_delete
 
 
 async def noting(r: Reconciler, row: store.ClusterRow, st: TaskState, seen_present: Mapping[str, str],

@@ -267,6 +267,16 @@ class Seen:
     deleting: dict[str, datetime] = field(default_factory=dict)
     """Volume id -> when Cinder accepted its (asynchronous) delete: when the call returned, or the listing's
     ``updated_at`` of one already deleting. Its end lies a moment after."""
+    before_delete: Callable[[str, str], None] | None = None
+    """Called (id, kind) in the call's thread just before a volume's or load balancer's delete is sent: the caller
+    writes it down, so that a process killed right after the cloud accepted the delete leaves when it was sent."""
+
+    def sending_delete(self, rid: str, kind: str) -> None:
+        if self.before_delete is not None:
+            try:
+                self.before_delete(rid, kind)
+            except Exception as exc:  # noqa: BLE001 - a note is a billing detail: the delete goes on
+                log.warning("delete_intent_unnoted", resource_id=rid, kind=kind, error=repr(exc)[:200])
 
 
 def cloud_time(value: object) -> datetime | None:
@@ -1070,6 +1080,7 @@ class ClusterCloud:
             left = True  # even a delete sent now takes a while
             seen.present[str(lb.id)] = "load_balancer"
             if lb.provisioning_status in ("ACTIVE", "ERROR"):
+                seen.sending_delete(str(lb.id), "load_balancer")
                 gone(lambda lb=lb: lbs.delete_load_balancer(lb, cascade=True, ignore_missing=True),  # type: ignore[misc]
                      f"load balancer {lb.name}")
                 log.info("load_balancer_deleting", cluster_id=cluster_id, lb_id=lb.id)
@@ -1097,6 +1108,7 @@ class ClusterCloud:
             if vol.attachments or status in ("in-use", "attaching", "detaching", "deleting", "creating",
                                              "extending"):
                 continue
+            seen.sending_delete(str(vol.id), "volume")
             if gone(lambda vol=vol: self.conn.block_storage.delete_volume(vol, ignore_missing=True),  # type: ignore[misc]
                     f"volume {vol.name}"):
                 seen.deleting[str(vol.id)] = datetime.now(UTC)

@@ -73,7 +73,7 @@ async def steps(r: Reconciler, row: store.ClusterRow, st: TaskState) -> Outcome:
     if plan.servers_left:
         return Outcome.POLL
     st.waiting_for = "the load balancer, volumes and network to be deleted"
-    seen = Seen()
+    seen = Seen(before_delete=billing.noting_deletes(r, row, st))
     await billing.recall(r, row, st)  # what an earlier task saw go (a copy killed since)
     # What the call's listings no longer show went before they looked, so before the call's end, which comes
     # after the deletes of every port, router and network (a cloud slow to answer would bill it seconds late);

@@ -137,3 +137,33 @@ def test_an_accepted_delete_ends_the_volume_a_moment_after_not_in_the_middle_of_
         t0 + timedelta(seconds=5) + billing.SETTLE)  # still there after the acceptance
     narrow = t0 + timedelta(seconds=4.2)
     assert billing._end(accepted, narrow) == t0 + timedelta(seconds=4.1)  # a timely look: the middle again
+
+
+async def test_each_volume_is_written_down_just_before_its_delete_is_sent(
+    devcloud: Devcloud, looks: ThreadPoolExecutor
+) -> None:
+    """A copy killed right after Cinder accepted a delete, before any look (make chaos: the kill came 50 ms after
+    the delete was sent, by a task that had never listed the volumes), leaves the copy resuming the delete the note
+    written before the send: its time is a fraction of a second before the ledger's end. No watch runs here: only
+    the teardown call, as a killed copy's last act."""
+    demo, admin = user_connection(devcloud.url), admin_connection(devcloud.url)
+    ledger = Ledger(devcloud.url, admin, demo.current_project_id)
+    cc = ClusterCloud(demo, retry=FAST)
+    prefix, cid = cluster("t-intent")
+    with time_factor(devcloud.url, admin, 0.2):
+        ids = [cc.ensure_volume(prefix, cid, name, size_gb=1).id for name in ("a-docker", "b-docker")]
+        await wait_for(lambda: all(demo.block_storage.get_volume(v).status == "available" for v in ids),
+                       timeout=30, message="volumes available")
+        r, row, st = Reconciler(BusyCloud(cc), looks, type("S", (), {"poll_interval": 0.25})()), Row(cid), TaskState()
+        seen = Seen(before_delete=billing.noting_deletes(r, row, st))  # type: ignore[arg-type]
+        await asyncio.get_running_loop().run_in_executor(None, cc.delete_cluster_resources, prefix, cid, seen)
+        await wait_for(lambda: all(r["id"] not in ids or r.get("deleted_at") for r in ledger.new("volume")),
+                       timeout=30, message="volumes deleted")
+    assert set(seen.deleting) == set(ids)
+    noted = {v: at for note in r.notes.written for v, (_, at) in note.items()}
+    assert set(noted) == set(ids), r.notes.written
+    for record in ledger.new("volume"):
+        if record["id"] in ids:
+            assert noted[record["id"]] <= seen.deleting[record["id"]]  # written before the delete was sent
+            early = (datetime.fromisoformat(record["deleted_at"]) - noted[record["id"]]).total_seconds()
+            assert 0 <= early < 0.5, (record["name"], early)
