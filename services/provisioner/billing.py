@@ -17,7 +17,9 @@ end would be the cluster's ``ClusterDeleteCompleted``, seconds late. So each pas
 billed resources writes them down, with the listing's time, in the key-value bucket ``COVE_PROVISIONER_BILLING``
 (``Notes``, one key per cluster, replicated like the streams); a task that finds one of them gone without having
 seen it itself ends it at that last sighting (``Billed.noted_at``): at most a poll interval plus the cloud's own
-deletion time early, where waiting for the cluster's completion was the whole outage late.
+deletion time early, where waiting for the cluster's completion was the whole outage late. The teardown's thread
+also has each volume and load balancer written down just before it sends its delete (``noting_deletes``), so a copy
+killed the moment after the cloud accepted it still leaves when that was.
 """
 
 from __future__ import annotations
