@@ -11,7 +11,7 @@ import pytest
 from benchmarks.replay import lifecycles
 from services.api import projection
 from services.api.service import MIGRATIONS
-from services.runtime.projection import _BATCH_SEQUENCES, _SEQUENCE
+from tests.batching import apply_in_batches
 from tests.scheduler.test_admission_run import Schemas, snapshot
 
 pytestmark = pytest.mark.integration
@@ -23,32 +23,8 @@ async def test_random_batch_boundaries_leave_the_store_as_one_by_one(database_ur
     schemas = Schemas(database_url, "api_cut")
     try:
         one_by_one, batched = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
-        for seq, env in enumerate(envs, 1):
-            async with one_by_one.acquire() as conn, conn.transaction():
-                token = _SEQUENCE.set(seq)
-                try:
-                    await projection.handle(env, conn)
-                finally:
-                    _SEQUENCE.reset(token)
-        rng = random.Random(seed)
-        start = 0
-        while start < len(envs):
-            size = rng.choice([1, 2, 3, 7, 16, 50, 250])
-            batch = envs[start:start + size]
-            async with batched.acquire() as conn, conn.transaction():
-                if len(batch) > 1:
-                    token = _BATCH_SEQUENCES.set(list(range(start + 1, start + 1 + len(batch))))
-                    try:
-                        assert len(await projection.handle_batch(batch, conn)) == len(batch)
-                    finally:
-                        _BATCH_SEQUENCES.reset(token)
-                else:
-                    token = _SEQUENCE.set(start + 1)
-                    try:
-                        await projection.handle(batch[0], conn)
-                    finally:
-                        _SEQUENCE.reset(token)
-            start += size
+        await apply_in_batches(one_by_one, envs, projection.handle, projection.handle_batch, None)
+        await apply_in_batches(batched, envs, projection.handle, projection.handle_batch, random.Random(seed))
         expected = await snapshot(one_by_one)
         assert len(expected["clusters"]) > 80  # the deleted half is gone
         got = await snapshot(batched)

@@ -21,7 +21,8 @@ from services.certs.handlers import Handlers
 from services.certs.keys import KeySource
 from services.certs.keystore import PostgresKeyStore
 from services.certs.service import MIGRATIONS
-from services.runtime.projection import _BATCH_SEQUENCES, _REPLAY_UNTIL, _SEQUENCE, Outgoing
+from services.runtime.projection import _REPLAY_UNTIL
+from tests.batching import apply_in_batches
 from tests.scheduler.test_admission_run import Schemas, snapshot
 
 pytestmark = pytest.mark.integration
@@ -72,33 +73,8 @@ async def test_random_batch_boundaries_leave_the_store_as_one_by_one(
         async with one_by_one.acquire() as conn:
             await keystore.get_or_create(conn, known)  # a data key the live service made: a replay keeps it
         handlers = Handlers(KeySource(MASTER_KEY), lambda: None, keystore=keystore)
-        expected: list[list[Outgoing]] = []
-        for seq, env in enumerate(envs, 1):
-            async with one_by_one.acquire() as conn, conn.transaction():
-                token = _SEQUENCE.set(seq)
-                try:
-                    expected.append(list(await handlers.project(env, conn) or ()))
-                finally:
-                    _SEQUENCE.reset(token)
-        got: list[list[Outgoing]] = []
-        rng = random.Random(seed)
-        start = 0
-        while start < len(envs):
-            batch = envs[start:start + rng.choice([1, 2, 3, 7, 16, 50, 250, 1000])]
-            async with batched.acquire() as conn, conn.transaction():
-                if len(batch) > 1:
-                    token = _BATCH_SEQUENCES.set(list(range(start + 1, start + 1 + len(batch))))
-                    try:
-                        got.extend(list(out) for out in await handlers.project.batch(batch, conn))
-                    finally:
-                        _BATCH_SEQUENCES.reset(token)
-                else:
-                    token = _SEQUENCE.set(start + 1)
-                    try:
-                        got.append(list(await handlers.project(batch[0], conn) or ()))
-                    finally:
-                        _SEQUENCE.reset(token)
-            start += len(batch)
+        expected = await apply_in_batches(one_by_one, envs, handlers.project, handlers.project.batch, None)
+        got = await apply_in_batches(batched, envs, handlers.project, handlers.project.batch, random.Random(seed))
         assert got == expected
         # replayed, nothing is published again; live, each delete of a live CA says so once
         assert any(expected) != replay

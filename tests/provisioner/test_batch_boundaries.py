@@ -10,12 +10,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import asyncpg
 import pytest
 
 from services.provisioner import handlers
 from services.provisioner.service import MIGRATIONS
-from services.runtime.projection import _BATCH_SEQUENCES, _SEQUENCE
+from tests.batching import apply_in_batches
 from tests.ops.test_replay_batched import TRANSACTION_TIME, _envelopes
 from tests.scheduler.test_admission_run import Schemas, snapshot
 
@@ -28,34 +27,14 @@ def comparable(snap: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str
                       key=lambda row: repr(sorted(row.items()))) for t, rows in snap.items()}
 
 
-async def apply(pool: asyncpg.Pool, envs: list[Any], sizes: random.Random | None) -> None:
-    start = 0
-    while start < len(envs):
-        batch = envs[start:start + (sizes.choice([1, 2, 3, 7, 16, 50, 250, 1000]) if sizes else 1)]
-        async with pool.acquire() as conn, conn.transaction():
-            if len(batch) > 1:
-                token = _BATCH_SEQUENCES.set(list(range(start + 1, start + 1 + len(batch))))
-                try:
-                    await handlers.project.batch(batch, conn)
-                finally:
-                    _BATCH_SEQUENCES.reset(token)
-            else:
-                seq = _SEQUENCE.set(start + 1)
-                try:
-                    await handlers.project(batch[0], conn)
-                finally:
-                    _SEQUENCE.reset(seq)
-        start += len(batch)
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_random_batch_boundaries_leave_the_store_as_one_by_one(database_url: str, seed: int) -> None:
     envs = [env for _, env in _envelopes()]
     schemas = Schemas(database_url, "prov_cut")
     try:
         one_by_one, batched = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
-        await apply(one_by_one, envs, None)
-        await apply(batched, envs, random.Random(seed))
+        await apply_in_batches(one_by_one, envs, handlers.project, handlers.project.batch, None)
+        await apply_in_batches(batched, envs, handlers.project, handlers.project.batch, random.Random(seed))
         want, have = comparable(await snapshot(one_by_one)), comparable(await snapshot(batched))
         assert len(want["clusters"]) > 100 and len(want["nodes"]) > 100
         assert any(r["last_seq"] for r in want["clusters"])
