@@ -44,6 +44,7 @@ from services.runtime.health import HealthServer
 from services.runtime.heartbeat import Heartbeat
 from services.runtime.logging import configure_logging
 from services.runtime.projection import AppliedHook, BatchProjectionHandler, Projection, ProjectionHandler
+from services.runtime.taskdump import dump_tasks
 from services.runtime.tracing import setup_tracing
 
 log = structlog.get_logger(__name__)
@@ -307,12 +308,13 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # where every task awaits, to the log
         try:
             await self.start()
             await stop.wait()
             log.info("service_signalled", service=self.name)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             await asyncio.wait_for(self.stop(), self.config.shutdown_timeout)
 
