@@ -20,18 +20,38 @@ def event_id(cluster_id: str, key: str) -> str:
 
 
 class AppliedTracker:
-    """The highest stream sequence the provisioner's projection has applied; tasks wait on it."""
+    """The highest stream sequence the provisioner's projection has applied; tasks wait on it.
+
+    No lock: each waiter is a future with the sequence it waits for, resolved by the ``advance`` that reaches it (a
+    few hundred cluster tasks wait at once, most for a tenth of a second at a time; with an ``asyncio.Condition``
+    every advance woke all of them to take its lock in turn, and a timed-out wait took it again to leave)."""
 
     def __init__(self, seq: int = 0) -> None:
         self.seq = seq
-        self._cond = asyncio.Condition()
+        self._waiters: dict[asyncio.Future[None], int] = {}
 
     async def advance(self, seq: int) -> None:
-        async with self._cond:
-            if seq > self.seq:
-                self.seq = seq
-                self._cond.notify_all()
+        if seq <= self.seq:
+            return
+        self.seq = seq
+        for fut, wanted in list(self._waiters.items()):
+            if wanted <= seq:
+                del self._waiters[fut]
+                if not fut.done():
+                    fut.set_result(None)
 
     async def wait(self, seq: int, timeout: float) -> None:
-        async with self._cond:
-            await asyncio.wait_for(self._cond.wait_for(lambda: self.seq >= seq), timeout)
+        """Return once ``seq`` is applied; ``TimeoutError`` after ``timeout`` seconds."""
+        if self.seq >= seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[fut] = seq
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.pop(fut, None)
+
+    @property
+    def waiting(self) -> int:
+        """Waits in progress."""
+        return len(self._waiters)
