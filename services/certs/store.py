@@ -112,30 +112,6 @@ def put_ca_write(
     ), (cluster_key(cluster_id),))
 
 
-async def put_ca(
-    tx: asyncpg.Connection,
-    *,
-    cluster_id: str,
-    project_id: str,
-    ca_cert_pem: str,
-    encrypted_ca_key: bytes,
-    key_id: str,
-    created_at: datetime,
-    etcd_ca_cert_pem: str | None = None,
-    etcd_encrypted_ca_key: bytes | None = None,
-    front_proxy_ca_cert_pem: str | None = None,
-    front_proxy_encrypted_ca_key: bytes | None = None,
-    wrapped_by: str = "kek",
-) -> None:
-    """``put_ca_write``, run now."""
-    await run(tx, put_ca_write(
-        cluster_id=cluster_id, project_id=project_id, ca_cert_pem=ca_cert_pem, encrypted_ca_key=encrypted_ca_key,
-        key_id=key_id, created_at=created_at, etcd_ca_cert_pem=etcd_ca_cert_pem,
-        etcd_encrypted_ca_key=etcd_encrypted_ca_key, front_proxy_ca_cert_pem=front_proxy_ca_cert_pem,
-        front_proxy_encrypted_ca_key=front_proxy_encrypted_ca_key, wrapped_by=wrapped_by,
-    ))
-
-
 async def run(tx: asyncpg.Connection, write: Write) -> None:
     """Run one planned write now."""
     await tx.execute(write.sql, *write.args)
