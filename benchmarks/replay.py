@@ -6,7 +6,8 @@ create completed; for half the clusters then delete requested, started, nodes de
 deleted), published in batches of concurrent publishes. Each service's store is then built from it into a scratch
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
 subscribes to; "read" counts what the stream delivered it; "failed" the events that failed alone, which the live
-service dead-lettered too: 0 for this stream). The first row, "(no-op)", is a handler that does
+service dead-lettered too: 0 for this stream; then how busy this process, nats-server and PostgreSQL were
+meanwhile, 100 % being one core). The first row, "(no-op)", is a handler that does
 nothing: what the replay machinery itself reaches, before any service's SQL. Last, the "live consumer" rows: a
 running service's durable pull consumer with the scheduler's filter subjects over the same stream, given to the
 server as they are, then as the one subject covering them that services/runtime/consumer.py gives it.
@@ -52,6 +53,7 @@ from proto.events import (
     NodeCreated,
     NodeDeleted,
 )
+from benchmarks import cpu
 from services.runtime.bus import Bus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -192,7 +194,8 @@ async def live_consumer(bus: Bus, filters: list[str], *, widen: bool, seconds: f
             "events_per_s": round(handled / elapsed), "server_filters": consumer.server_filters}
 
 
-async def measure(nats_url: str, database_url: str, events: int, services: list[str]) -> dict[str, Any]:
+async def measure(nats_url: str, database_url: str, events: int, services: list[str],
+                  cpu_groups: dict[str, list[int]] | None = None) -> dict[str, Any]:
     from services.ops.connect import Settings
     from services.ops.replay import Replayer
     from services.ops.targets import target
@@ -205,16 +208,23 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
     print(f"   published {last} events in {publish_s:.1f} s ({last / publish_s:,.0f}/s)", flush=True)
     settings = Settings(nats_url=nats_url, database_url=database_url)
     results: dict[str, Any] = {"events": last, "publish_per_s": round(last / publish_s)}
-    print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9} {'failed':>7}", flush=True)
+    groups = {"replay": [os.getpid()], **(cpu_groups or {})}
+    busy_heads = "".join(f" {name[:8] + ' %':>10}" for name in groups)
+    print(f"   {'service':12} {'read':>8} {'applied':>8} {'seconds':>8} {'events/s':>9} {'failed':>7}{busy_heads}",
+          flush=True)
     for service in services:
         replayer = Replayer(bus, settings, target(service) if service != NOOP else noop_target())
         await replayer.prepare()
+        before = cpu.snapshot(groups)
         stats = await replayer.run(until=last)
+        after = cpu.snapshot(groups)
         await replayer.close()
+        # How busy each process was while the store was built (100 %: one core): the one at 100 is the limit.
+        busy = {name: round(100 * (after[name] - before[name]) / max(stats.seconds, 1e-9)) for name in groups}
         results[service] = {"read": stats.read, "applied": stats.applied, "seconds": round(stats.seconds, 2),
-                            "events_per_s": round(stats.rate), "failed": len(stats.skipped)}
+                            "events_per_s": round(stats.rate), "failed": len(stats.skipped), "cpu_percent": busy}
         print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}"
-              f" {len(stats.skipped):>7}", flush=True)
+              f" {len(stats.skipped):>7}" + "".join(f" {busy[name]:>10}" for name in groups), flush=True)
     from services.scheduler.handlers import FILTER_SUBJECTS
 
     print(f"   live consumer with the scheduler's {len(FILTER_SUBJECTS)} filter subjects (no-op handlers, at most"
@@ -256,7 +266,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
             url = await fresh_database(admin, prefix="cove_bench")
             try:
-                return await measure(nats_server.url, url, args.events, args.services.split(","))
+                groups = {"nats": [nats_server.pid] if nats_server.pid else [],
+                          "postgres": [pg.pid] if pg is not None and pg.pid else []}
+                return await measure(nats_server.url, url, args.events, args.services.split(","),
+                                     {name: pids for name, pids in groups.items() if pids})
             finally:
                 await drop_database(admin, url)
 

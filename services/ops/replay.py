@@ -56,6 +56,9 @@ SCRATCH_CHECKPOINT_SUFFIX = "@replay"
 LOCK_TIMEOUT = "30s"
 NO_PUBLISH = 2**63 - 1
 
+Step = list[tuple[Envelope, Msg]] | tuple[int, str]
+"""Of a replayed batch, for one projection: events to apply in one transaction, or (sequence, why) of one to skip."""
+
 Progress = Callable[[int, int], None]
 """Told ``(events read so far, events to read)`` as the replay goes."""
 
@@ -318,35 +321,28 @@ class Replayer:
         reader = StreamReader(self.bus, [f for p in self.projections for f in p.filter_subjects], first, last)
         await reader.start()
         total = max(last - first + 1, 0)
+        # Two batches in flight: one is applied (PostgreSQL's work, on its own core) while the next is read,
+        # decoded and sorted (this process's work). Batches are applied one after another, in stream order.
+        applying: asyncio.Task[None] | None = None
         try:
             while True:
                 msgs = await reader.next_batch(BATCH)
                 if not msgs:
                     break
-                batches: dict[str, list[tuple[Envelope, Msg]]] = {p.name: [] for p in self.projections}
-                for msg in msgs:
-                    seq = msg.metadata.sequence.stream
-                    try:
-                        env: Envelope | None = decode(msg.data)
-                    except MalformedMessage as exc:
-                        env = None
-                        reason = f"malformed: {exc}"
-                    for p in self.projections:
-                        if not (starts[p.name] <= seq <= limits[p.name]):
-                            continue
-                        if not any(matches(msg.subject, f) for f in p.filter_subjects):
-                            continue
-                        if env is None:
-                            await self._flush(p, batches[p.name])
-                            await p.skip(seq, reason)
-                        else:
-                            batches[p.name].append((env, msg))
-                for p in self.projections:
-                    await self._flush(p, batches[p.name])
+                steps = self._sorted(msgs, starts, limits)
+                if applying is not None:
+                    await applying
+                applying = asyncio.create_task(self._apply_steps(steps))
                 stats.read += len(msgs)
                 if self.progress is not None:
                     self.progress(min(reader.last_seq - first + 1, total), total)
+            if applying is not None:
+                await applying
         finally:
+            if applying is not None and not applying.done():
+                applying.cancel()
+                with contextlib.suppress(BaseException):
+                    await applying
             await reader.stop()
         stats.seconds = time.perf_counter() - started
         stats.applied = sum(p.applied for p in self.projections) - applied_before
@@ -355,11 +351,37 @@ class Replayer:
             self.progress(total, total)
         return stats
 
-    @staticmethod
-    async def _flush(p: ReplayProjection, batch: list[tuple[Envelope, Msg]]) -> None:
-        if batch:
-            await p.apply(list(batch))
-            batch.clear()
+    def _sorted(self, msgs: list[Msg], starts: dict[str, int], limits: dict[str, int]) -> list[list[Step]]:
+        """Each projection's share of ``msgs`` (decoded, in stream order): runs of events to apply together, and
+        the malformed ones to skip, each in its place."""
+        out: list[list[Step]] = [[] for _ in self.projections]
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            env: Envelope | str
+            try:
+                env = decode(msg.data)
+            except MalformedMessage as exc:
+                env = f"malformed: {exc}"
+            for p, steps in zip(self.projections, out, strict=True):
+                if not (starts[p.name] <= seq <= limits[p.name]):
+                    continue
+                if not any(matches(msg.subject, f) for f in p.filter_subjects):
+                    continue
+                if isinstance(env, str):
+                    steps.append((seq, env))
+                elif steps and isinstance(steps[-1], list):
+                    steps[-1].append((env, msg))
+                else:
+                    steps.append([(env, msg)])
+        return out
+
+    async def _apply_steps(self, steps: list[list[Step]]) -> None:
+        for p, mine in zip(self.projections, steps, strict=True):
+            for step in mine:
+                if isinstance(step, list):
+                    await p.apply(step)
+                else:
+                    await p.skip(*step)
 
     async def catch_up_frozen(self, conn: asyncpg.Connection) -> dict[str, int]:
         """Inside ``conn``'s open transaction: hold the live projection's writes (``LOCK ... inbox``), read its
