@@ -51,6 +51,7 @@ from proto.events import (
 )
 from services.provisioner import store
 from services.provisioner.cloud import (
+    CLOUD_ROUNDING,
     ClusterCloud,
     FloatingIpRef,
     LoadBalancerState,
@@ -58,6 +59,7 @@ from services.provisioner.cloud import (
     VolumeState,
     cloud_time,
     fetch_changes,
+    made_at,
 )
 from services.provisioner.state import TaskState
 
@@ -97,7 +99,7 @@ def now() -> datetime:
 
 
 __all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "noting_deletes", "now", "recall",
-           "server_ends", "server_starts", "watch_going"]
+           "server_ends", "server_made", "server_starts", "watch_going"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -136,33 +138,70 @@ async def server_ends(r: Reconciler, row: store.ClusterRow, server_ids: Iterable
 
 
 ENDS_ATTEMPTS = 3
-"""How many times ``server_ends`` asks Nova before it bills the servers until its own listing: a listing that
+"""How many times ``server_ends`` (and ``server_starts``) asks Nova before it bills the servers until its own listing: a listing that
 comes after a delete pass the cloud failed (make chaos's devcloud fails a tenth of calls) is seconds, or tens of
 seconds, after the servers went (seen: 20 s over)."""
 
 
-async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str]) -> dict[str, datetime]:
+SLOW_CREATE = timedelta(seconds=1)
+"""A server create call that took longer than this is timed with Nova's ``created`` as well (``server_made``)."""
+
+
+async def server_made(r: Reconciler, row: store.ClusterRow,
+                      calls: Mapping[str, tuple[datetime, datetime]]) -> dict[str, datetime]:
+    """When each server was made, from its create call (server id -> when it was sent and answered): the middle of
+    the call (``cloud.made_at``), narrowed by Nova's whole-second ``created`` for a call that took longer than a
+    second (Nova's answer to the create has no ``created``: one show per such server, rare)."""
+    slow = [sid for sid, (sent, answered) in calls.items() if answered - sent > SLOW_CREATE]
+    created = await server_starts(r, row, slow, exact=True) if slow else {}
+    return {sid: made_at(sent, answered, created.get(sid)) for sid, (sent, answered) in calls.items()}
+
+
+async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str],
+                        *, exact: bool = False) -> dict[str, datetime]:
     """When each of ``server_ids`` was created at the cloud (Nova's ``created``), for the servers a listing found
     that the cluster's events do not name: made by a task killed, or fenced by a lost lease, between the create call
     and its ``NodeCreated``. Without it the found server was billed from when it was found (seen: 11 s short, a
-    lease lost while a NATS node was down). One show per server, only for those; missing ones are left out."""
+    lease lost while a NATS node was down). One show per server, only for those; missing ones are left out. Nova's
+    ``created`` is whole seconds: the middle of what it allows (``cloud.made_at``), or with ``exact`` the time as
+    Nova gives it."""
     wanted = sorted(set(server_ids))
     if not wanted or row.trust_id is None:
         return {}
+    out: dict[str, datetime] = {}
+    unanswered: dict[str, str] = {}
+    """Server id -> why its show failed this attempt (an error answer or none: asked again)."""
 
-    def starts(c: ClusterCloud) -> dict[str, datetime]:
-        out: dict[str, datetime] = {}
+    def starts(c: ClusterCloud) -> None:
+        unanswered.clear()
         for sid in wanted:
+            if sid in out:
+                continue
             try:
                 response = c.conn.compute.get(f"/servers/{sid}")
-            except Exception as exc:  # noqa: BLE001 - gone since, or the cloud failing: billed from now
-                log.info("server_creation_time_unknown", server_id=sid, error=repr(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - no answer: asked again
+                unanswered[sid] = repr(exc)[:200]
                 continue
-            if response.status_code == 200:
-                at = cloud_time((response.json().get("server") or {}).get("created"))
-                if at is not None:
-                    out[sid] = at
-        return out
+            if response.status_code == 404:
+                continue  # gone since: its NodeDeleted follows, and it is billed from when it was found
+            if response.status_code != 200:  # (a raw ``get`` raises no HTTP error: a 500 was read as no time)
+                unanswered[sid] = f"HTTP {response.status_code}"
+                continue
+            at = cloud_time((response.json().get("server") or {}).get("created"))
+            if at is not None:
+                out[sid] = at if exact else made_at(at - CLOUD_ROUNDING, at + timedelta(seconds=1), at)
+
+    for attempt in range(1, ENDS_ATTEMPTS + 1):
+        try:
+            await r.cloud.call(row.trust_id, starts)
+        except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a build
+            unanswered.update(dict.fromkeys((sid for sid in wanted if sid not in out), repr(exc)[:200]))
+        if not unanswered:
+            break
+        log.warning("server_creation_time_unknown", cluster_id=row.uuid, servers=dict(unanswered), attempt=attempt)
+        if attempt < ENDS_ATTEMPTS:
+            await asyncio.sleep(0.2 * attempt)
+    return out
 
     try:
         return await r.cloud.call(row.trust_id, starts)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import openstack.connection
@@ -290,6 +290,27 @@ def cloud_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+CLOUD_ROUNDING = timedelta(seconds=0.5)
+"""How far before a cloud's whole-second ``created`` the resource may have been made: Nova stores it in a DATETIME
+column that MySQL rounds to the second (the devcloud, like a cloud on PostgreSQL, truncates instead)."""
+
+
+def made_at(sent: datetime, returned: datetime, created: object = None) -> datetime:
+    """When the cloud made a resource whose create call was sent at ``sent`` and answered at ``returned``: the
+    middle of what the call and the cloud's own ``created`` (if given) both allow. A microsecond ``created`` is
+    that time; a whole second ``s`` allows [s - 0.5 s, s + 1 s) (``CLOUD_ROUNDING``). Without the cloud's time a
+    call answered late (a cloud that hangs, make chaos: 4 s) is billed from its middle, at most half its length
+    off, instead of from the answer: the whole hang short."""
+    lo, hi = sent, max(sent, returned)
+    at = cloud_time(created)
+    if at is not None:
+        whole = at.microsecond == 0 and not (isinstance(created, str) and "." in created)
+        window = (at - CLOUD_ROUNDING, at + timedelta(seconds=1)) if whole else (at, at)
+        if window[0] <= hi and window[1] >= lo:  # else a clock apart from ours: the call alone
+            lo, hi = max(lo, window[0]), min(hi, window[1])
+    return lo + (hi - lo) / 2
 
 
 @dataclass(frozen=True)
@@ -696,13 +717,14 @@ class ClusterCloud:
                 log.info("floating_ip_associated", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
             return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), cloud_time(fip.created_at))
         ext_id = self.find_network(external_network)
+        sent = datetime.now(UTC)
         fip = self._api(what, lambda: self.conn.network.create_ip(
             floating_network_id=ext_id, port_id=port_id, description=description
         ), idempotent=False)
-        made_at = datetime.now(UTC)
+        made = made_at(sent, datetime.now(UTC), fip.created_at)
         log.info("floating_ip_created", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
         self._tag(fip, model.cluster_tag(cluster_id))
-        return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), made_at)
+        return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), made)
 
     # -------------------------------------------------------------------------------------- load balancer
 
@@ -744,12 +766,13 @@ class ClusterCloud:
         what = f"Creating the load balancer {name} failed"
         lb = self._find_lb(prefix, cluster_id)
         if lb is None:
+            sent = datetime.now(UTC)
             lb = self._api(what, lambda: lbs.create_load_balancer(
                 name=name, vip_subnet_id=subnet_id, description=description, tags=[tag]), idempotent=False)
-            made_at = datetime.now(UTC)
+            made = made_at(sent, datetime.now(UTC), lb.created_at)
             log.info("load_balancer_created", cluster_id=cluster_id, lb_id=lb.id)
             return LoadBalancerState(lb.id, None, None, None, lb.vip_address, lb.vip_port_id,
-                                     lb.provisioning_status or "PENDING_CREATE", False, created_at=made_at, name=name)
+                                     lb.provisioning_status or "PENDING_CREATE", False, created_at=made, name=name)
         self._lb_failed("load balancer", lb)
         allowed = _normalized_cidrs(allowed_cidrs)
         ports = [(api_port, "", allowed)] + [
@@ -911,7 +934,7 @@ class ClusterCloud:
         what = f"Creating the volume {vol_name} failed"
         found = [v for v in self._list(what, lambda: self.conn.block_storage.volumes(details=True, name=vol_name))
                  if (v.metadata or {}).get("cove_cluster_id") == cluster_id]
-        made_at = None
+        made: datetime | None = None
         if found:
             vol = _oldest(found)
         else:
@@ -921,14 +944,15 @@ class ClusterCloud:
             }
             if availability_zone:
                 attrs["availability_zone"] = availability_zone
+            sent = datetime.now(UTC)
             vol = self._api(what, lambda: self.conn.block_storage.create_volume(**attrs), idempotent=False)
-            made_at = datetime.now(UTC)
+            made = made_at(sent, datetime.now(UTC), vol.created_at)
             log.info("volume_created", cluster_id=cluster_id, volume_id=vol.id, size_gb=size_gb)
         status = (vol.status or "creating").lower()
         if status.startswith("error"):
             raise CloudError(f"The volume {vol_name} ({vol.id}) went to {status} in Cinder", permanent=True)
         return VolumeState(id=str(vol.id), status=status, size_gb=int(vol.size or size_gb), name=vol_name,
-                           created_at=made_at or cloud_time(vol.created_at))
+                           created_at=made or cloud_time(vol.created_at))
 
     # -------------------------------------------------------------------------------------- servers
 

@@ -241,7 +241,8 @@ async def _boot(
     every other node was tried (a cloud quota stops the operation with its own words). The volumes (made or found)
     and the time each server's create call returned are reported to accounting."""
     volumes_seen: list[billing.Billed] = []
-    made_at: dict[str, datetime] = {}
+    calls: dict[str, tuple[datetime, datetime]] = {}
+    """Server id -> when its create call was sent and answered."""
     built, trust, spec = row.resolved, row.trust_id, row.spec
     assert trust is not None and spec is not None and row.ca_cert_pem is not None
     prefix = model.cluster_prefix(spec.name, row.uuid)
@@ -315,6 +316,7 @@ async def _boot(
                 user_data = r.settings.addons.render(user_data, built.labels)
             except ValueError as exc:
                 raise CloudError(str(exc), permanent=True) from exc
+            sent = billing.now()
             server_id = c.create_server(
                 name=node.name, flavor_id=flavors[group.name].id, image_id=group.image or built.image_id,
                 network_id=infra.network.network_id, port_id=port.id if port is not None else None,
@@ -326,7 +328,7 @@ async def _boot(
                 server_group=infra.server_group if node.role == model.MASTER else None,
                 availability_zone=built.availability_zone,
             )
-            made_at[server_id] = billing.now()
+            calls[server_id] = (sent, billing.now())
             return server_id
 
         try:
@@ -352,7 +354,7 @@ async def _boot(
             created.append((result, node.name, node.role, flavors[group.name], group.name))
     if st is not None:
         await billing.created(r, row, st, volumes_seen)
-    await r.emit_nodes_created(row, created, made_at)
+    await r.emit_nodes_created(row, created, await billing.server_made(r, row, calls))
     if first_error is not None:
         raise first_error
 

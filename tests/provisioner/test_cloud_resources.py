@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,7 @@ from services.provisioner.cloud import (
     LoadBalancerState,
     RetryPolicy,
     classify,
+    made_at,
     role_security_group_name,
     server_group_name,
 )
@@ -591,3 +592,64 @@ async def test_a_server_deleted_while_no_task_watched_is_billed_to_its_deletion_
     assert (listed_at - ends[sid]).total_seconds() > 1.0
     assert ends[never] == listed_at
     await teardown(cc, prefix, cid, ledger)
+
+
+async def test_a_found_servers_start_is_asked_again_when_nova_answers_500(
+    devcloud: Devcloud, cc: ClusterCloud, demo: openstack.connection.Connection,
+    admin: openstack.connection.Connection, ledger: Ledger,
+) -> None:
+    """billing.server_starts: a server a task found without its NodeCreated (the task that made it lost its emit to
+    a NATS node's kill) is billed from Nova's ``created``. Nova answering the show with a 500 once was read as no
+    time, and the server billed from when it was found (make chaos: 4.2 s short); it is asked again. The time is the
+    middle of what Nova's whole second allows, within a second of the ledger's, never the moment it was found."""
+    prefix, cid = cluster("t-starts")
+    net = cc.ensure_network(prefix, cid, fixed_network=None, fixed_subnet=None, external_network=None,
+                            cidr="10.32.0.0/24", dns_nameserver=None)
+    name = model.node_name(prefix, model.WORKER, 0)
+    sid = cc.create_server(name=name, flavor_id=cc.flavor("m1.tiny").id, image_id=cc.image("ubuntu-22.04"),
+                           network_id=net.network_id, security_group_ids=[], key_name=None,
+                           user_data="#cloud-config\n",
+                           metadata={"cove_cluster_id": cid, "cove_role": "worker", "cove_node": name})
+    await asyncio.sleep(1.5)  # found later, by another task
+
+    class Calls:
+        async def call(self, trust: str, fn: Any) -> Any:
+            return fn(cc)
+
+    r = SimpleNamespace(cloud=Calls())
+    row = SimpleNamespace(uuid=cid, trust_id="trust", project_id=None)
+    admin_call(devcloud.url, admin, "PUT", "/admin/faults", json={"api": [
+        {"service": "compute", "method": "GET", "path": f"/servers/{sid}$", "status": 500, "count": 2}]})
+    try:
+        found_at = billing.now()
+        starts = await billing.server_starts(r, row, [sid, str(uuid.uuid4())])  # type: ignore[arg-type]
+    finally:
+        admin_call(devcloud.url, admin, "DELETE", "/admin/faults")
+    created = datetime.fromisoformat(next(x for x in ledger.new("server") if x["id"] == sid)["created_at"])
+    assert list(starts) == [sid]  # the other id Nova does not know: left out
+    assert abs((starts[sid] - created).total_seconds()) <= 0.75, (starts[sid], created)
+    assert (found_at - starts[sid]).total_seconds() > 1.0
+    cc.delete_server(sid)
+    await wait_for(lambda: not cc.list_servers(prefix, cid), timeout=30, message="gone")
+    await teardown(cc, prefix, cid, ledger)
+
+
+def test_a_resource_is_made_in_the_middle_of_what_its_call_and_the_clouds_time_allow() -> None:
+    """cloud.made_at: the middle of the create call, narrowed by the cloud's own ``created``: exact to the
+    microsecond, or a whole second (Nova) allowing [s - 0.5, s + 1); a cloud's time that does not meet the call (a
+    clock apart from ours) is left aside."""
+    t = datetime(2026, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
+    ms = timedelta(milliseconds=1)
+    assert made_at(t, t + 10 * ms) == t + 5 * ms
+    assert made_at(t, t + 10 * ms, None) == t + 5 * ms
+    # A call that hung 4 s after the server was made at t: Nova says 12:00:00, which allows [11:59:59.5, 12:00:01).
+    nova = "2026-01-01T12:00:00Z"
+    got = made_at(t - 100 * ms, t + timedelta(seconds=4), nova)
+    assert got == datetime(2026, 1, 1, 12, 0, 0, 600_000, tzinfo=UTC)  # the middle of [.200, 1.000): 0.3 s off
+    assert made_at(t - 100 * ms, t + timedelta(seconds=4)) == t + timedelta(seconds=1.95)  # the call alone: 1.65 s
+    # The cloud's microsecond time is the time.
+    assert made_at(t - ms, t + timedelta(seconds=4), "2026-01-01T12:00:00.300000") == t
+    # Far from the call: the call alone.
+    assert made_at(t, t + 10 * ms, "2025-06-01T00:00:00Z") == t + 5 * ms
+    # A call answered before it was sent (a clock stepped back): its start.
+    assert made_at(t, t - ms) == t
