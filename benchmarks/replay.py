@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 import uvloop
 
+from benchmarks import cpu
 from proto import subjects
 from proto.envelope import Envelope, new_envelope
 from proto.events import (
@@ -53,7 +54,6 @@ from proto.events import (
     NodeCreated,
     NodeDeleted,
 )
-from benchmarks import cpu
 from services.runtime.bus import Bus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

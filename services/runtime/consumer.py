@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -67,6 +68,19 @@ def covering_subject(filters: list[str]) -> str:
 def matches(subject: str, pattern: str) -> bool:
     """NATS subject matching: ``*`` one token, ``>`` the rest."""
     return _matches(subject.split("."), pattern.split("."))
+
+
+def subject_matcher(filters: list[str]) -> Callable[[str], bool]:
+    """``matches`` against any of ``filters``, compiled once: one regular expression (``*`` one token, ``>`` the
+    rest), for a reader that tests every message of a stream (services/ops/replay.py)."""
+    if ">" in filters:
+        return lambda _subject: True
+    parts = []
+    for f in sorted(set(filters)):
+        tokens = [("[^.]+" if t == "*" else ".+" if t == ">" else re.escape(t)) for t in f.split(".")]
+        parts.append(r"\.".join(tokens))
+    pattern = re.compile("|".join(f"(?:{p})" for p in parts))
+    return lambda subject: pattern.fullmatch(subject) is not None
 
 
 def _matches(s: list[str], p: list[str]) -> bool:

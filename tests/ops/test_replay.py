@@ -221,3 +221,50 @@ async def test_a_read_of_the_stream_tail_hands_out_every_event_of_it(ops: Ops, m
         finally:
             await reader.stop()
         assert got == list(range(start, last + 1)), f"from {start}"
+
+
+async def test_a_replay_applies_an_event_the_stream_holds_twice_once(ops: Ops, tmp_path) -> None:
+    """The replay tells a duplicate (an event published again after JetStream's deduplication window, under a
+    Nats-Msg-Id of its own) without asking PostgreSQL (``ReplayProjection.seen``): next to its first copy in the same
+    batch, a batch later, and in a later run (a swap's catch-up). Each event is applied once and its id is in the
+    scratch inbox once, as the live projection's inbox claim would have it."""
+    from services.ops.connect import Settings
+    from services.ops.replay import BATCH, Replayer
+    from services.ops.targets import ProjectionSpec, Target
+
+    async def count(env, tx) -> None:
+        await tx.execute("INSERT INTO applied (event_id) VALUES ($1)", env.id)
+
+    (tmp_path / "0001_init.sql").write_text("CREATE TABLE applied (event_id text NOT NULL);\n")
+    target = Target(service="counting", schema="counting", migrations_dir=tmp_path,
+                    projections=[ProjectionSpec("counting", count, [subjects.EVENTS_ALL], None)])
+    events = list(lifecycles(2 * BATCH + 500))
+    again = {1: 0, BATCH + 10: 5, 2 * BATCH + 400: 7}
+    """Where a copy goes (index in the stream) -> the index of the event it repeats."""
+    sent = 0
+    for i, (subject, env) in enumerate(events):
+        ack = await ops.bus.publish(subject, env)
+        sent = ack.seq
+        if i in again:
+            copy_subject, copy = events[again[i]]
+            sent = (await ops.bus.publish(copy_subject, copy, msg_id=f"again-{copy.id}")).seq
+    assert sent == len(events) + len(again)
+    replayer = Replayer(ops.bus, Settings(nats_url=ops.nats_url, database_url=ops.database_url), target)
+    await replayer.prepare()
+    try:
+        first = await replayer.run(until=BATCH + 300)  # the first pass, then what came since (a catch-up)
+        rest = await replayer.run(until=sent)
+        assert first.read + rest.read == sent
+        assert first.skipped == [] and rest.skipped == []  # no copy failed its batch (e.g. on the inbox's key)
+        conn = await asyncpg.connect(ops.database_url)
+        try:
+            applied = [r[0] for r in await conn.fetch("SELECT event_id FROM counting_replay.applied")]
+            inbox = [r[0] for r in await conn.fetch("SELECT event_id FROM counting_replay.inbox")]
+            checkpoint = await conn.fetchval("SELECT stream_seq FROM counting_replay.checkpoint")
+        finally:
+            await conn.close()
+        assert sorted(applied) == sorted(env.id for _, env in events)  # every event once, the copies not
+        assert sorted(inbox) == sorted(applied)
+        assert checkpoint == sent
+    finally:
+        await replayer.close()

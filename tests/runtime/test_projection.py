@@ -570,6 +570,21 @@ def test_covering_subject_matches_whatever_any_filter_matches() -> None:
         assert cmod.matches(subject, cover(filters))
 
 
+def test_a_compiled_subject_matcher_agrees_with_matches() -> None:
+    """``subject_matcher`` (one regular expression, what the replay tests every message with) says what ``matches``
+    says of any of its filters, token by token: ``*`` one token, ``>`` one or more, literals as they are (a ``.``
+    in a pattern is no wildcard)."""
+    patterns = [["cove.evt.api.cluster.*"], ["cove.evt.*.cluster.*", "cove.evt.api.quota.*"], ["cove.evt.scheduler.>"],
+                ["a.b", "a.b.c"], [">"], ["a.*.c"], ["a.>", "x"]]
+    subjects_ = ["cove.evt.api.cluster.1", "cove.evt.api.cluster.1.2", "cove.evt.api.cluster", "cove.evt.certs.cluster.9",
+                 "cove.evt.api.quota.p", "cove.evt.scheduler.queue.default", "cove.evt.scheduler", "a.b", "a.b.c",
+                 "a.bc", "axb", "a.x.c", "a.x.y.c", "x", "x.y", "cove.evt.apixcluster.1"]
+    for filters in patterns:
+        wanted = cmod.subject_matcher(filters)
+        for subject in subjects_:
+            assert wanted(subject) == any(cmod.matches(subject, f) for f in filters), (filters, subject)
+
+
 async def test_several_filter_subjects_are_one_on_the_server_and_the_rest_is_acked_unapplied(fx: Fixture) -> None:
     """The server is given one subject covering the projection's (a consumer of several is delivered slowly): what
     none of the projection's subjects match is acknowledged without being applied or recorded, and the checkpoint
