@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
+import requests
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -52,6 +53,7 @@ from proto.events import (
 from services.provisioner import store
 from services.provisioner.cloud import (
     CLOUD_ROUNDING,
+    CloudError,
     ClusterCloud,
     FloatingIpRef,
     LoadBalancerState,
@@ -118,29 +120,21 @@ async def server_ends(r: Reconciler, row: store.ClusterRow, server_ids: Iterable
 
     def ends(c: ClusterCloud) -> dict[str, datetime]:
         out: dict[str, datetime] = {}
-        for server in fetch_changes(c.conn, since, all_tenants=False):
+        changed = c._api("Listing the project's deleted servers failed",  # retried on a transient answer
+                         lambda: fetch_changes(c.conn, since, all_tenants=False))
+        for server in changed:
             sid = str(server.get("id"))
             at = cloud_time(server.get("OS-SRV-USG:terminated_at"))
             if sid in wanted and str(server.get("status", "")).upper() == "DELETED" and at is not None:
                 out[sid] = min(at, listed_at)
         return out
 
-    found: dict[str, datetime] = {}
-    for attempt in range(1, ENDS_ATTEMPTS + 1):
-        try:
-            found = await r.cloud.call(row.trust_id, ends)
-            break
-        except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a delete or a resize
-            log.warning("server_deletion_times_unknown", cluster_id=row.uuid, error=repr(exc), attempt=attempt)
-            if attempt < ENDS_ATTEMPTS:
-                await asyncio.sleep(0.2 * attempt)
+    try:
+        found = await r.cloud.call(row.trust_id, ends)
+    except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a delete or a resize
+        log.warning("server_deletion_times_unknown", cluster_id=row.uuid, error=repr(exc))
+        found = {}
     return {sid: found.get(sid, listed_at) for sid in wanted}
-
-
-ENDS_ATTEMPTS = 3
-"""How many times ``server_ends`` (and ``server_starts``) asks Nova before it bills the servers until its own listing: a listing that
-comes after a delete pass the cloud failed (make chaos's devcloud fails a tenth of calls) is seconds, or tens of
-seconds, after the servers went (seen: 20 s over)."""
 
 
 SLOW_CREATE = timedelta(seconds=1)
@@ -168,45 +162,32 @@ async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterab
     wanted = sorted(set(server_ids))
     if not wanted or row.trust_id is None:
         return {}
-    out: dict[str, datetime] = {}
-    unanswered: dict[str, str] = {}
-    """Server id -> why its show failed this attempt (an error answer or none: asked again)."""
 
-    def starts(c: ClusterCloud) -> None:
-        unanswered.clear()
+    def show(c: ClusterCloud, sid: str) -> dict[str, Any]:
+        response = c.conn.compute.get(f"/servers/{sid}")
+        response.raise_for_status()  # (a raw get raises no HTTP error by itself: a 500 was read as no time)
+        return response.json().get("server") or {}
+
+    def starts(c: ClusterCloud) -> dict[str, datetime]:
+        out: dict[str, datetime] = {}
         for sid in wanted:
-            if sid in out:
+            try:  # retried on a transient answer (the cloud's RetryPolicy)
+                server = c._api(f"Showing server {sid} failed", lambda sid=sid: show(c, sid),  # type: ignore[misc]
+                                passthrough=(requests.HTTPError,))
+            except requests.HTTPError:
+                continue  # gone since (404): its NodeDeleted follows; billed from when it was found
+            except CloudError as exc:
+                log.warning("server_creation_time_unknown", cluster_id=row.uuid, server_id=sid, error=exc.reason)
                 continue
-            try:
-                response = c.conn.compute.get(f"/servers/{sid}")
-            except Exception as exc:  # noqa: BLE001 - no answer: asked again
-                unanswered[sid] = repr(exc)[:200]
-                continue
-            if response.status_code == 404:
-                continue  # gone since: its NodeDeleted follows, and it is billed from when it was found
-            if response.status_code != 200:  # (a raw ``get`` raises no HTTP error: a 500 was read as no time)
-                unanswered[sid] = f"HTTP {response.status_code}"
-                continue
-            at = cloud_time((response.json().get("server") or {}).get("created"))
+            at = cloud_time(server.get("created"))
             if at is not None:
                 out[sid] = at if exact else made_at(at - CLOUD_ROUNDING, at + timedelta(seconds=1), at)
-
-    for attempt in range(1, ENDS_ATTEMPTS + 1):
-        try:
-            await r.cloud.call(row.trust_id, starts)
-        except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a build
-            unanswered.update(dict.fromkeys((sid for sid in wanted if sid not in out), repr(exc)[:200]))
-        if not unanswered:
-            break
-        log.warning("server_creation_time_unknown", cluster_id=row.uuid, servers=dict(unanswered), attempt=attempt)
-        if attempt < ENDS_ATTEMPTS:
-            await asyncio.sleep(0.2 * attempt)
-    return out
+        return out
 
     try:
         return await r.cloud.call(row.trust_id, starts)
     except Exception as exc:  # noqa: BLE001 - a billing detail must not stop a build
-        log.warning("server_creation_times_unknown", cluster_id=row.uuid, error=repr(exc))
+        log.warning("server_creation_time_unknown", cluster_id=row.uuid, servers=wanted, error=repr(exc))
         return {}
 
 

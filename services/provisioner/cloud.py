@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import openstack.connection
 import openstack.exceptions
+import requests
 import structlog
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
@@ -74,6 +75,8 @@ def _status_of(exc: BaseException) -> int | None:
         return exc.status_code
     if isinstance(exc, ks_exceptions.HttpError):
         return exc.http_status
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:  # a raw request's raise_for_status()
+        return exc.response.status_code
     return None
 
 
