@@ -360,21 +360,23 @@ _FIRST_ADDRESS = (
 )
 
 
+REFRESH_ADDRESSES_SQL = (
+    "UPDATE clusters SET"
+    " master_addresses = COALESCE(f.masters, '[]'::jsonb), node_addresses = COALESCE(f.workers, '[]'::jsonb)"
+    " FROM (SELECT"
+    "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role = 'master') AS masters,"
+    "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role IS DISTINCT FROM 'master') AS workers"
+    f"   FROM (SELECT n.node_name, n.server_id, n.role, {_FIRST_ADDRESS} AS first"
+    "     FROM nodes n WHERE n.cluster_uuid = $1 AND n.status = 'ACTIVE') AS active"
+    "   WHERE first IS NOT NULL) AS f"
+    " WHERE uuid = $1"
+)
+
+
 def refresh_addresses_write(cluster_uuid: str) -> Write:
     """The cluster's ``master_addresses`` and ``node_addresses`` as ``node_addresses`` computes them (the first
     address of each ACTIVE node, by name), computed by the statement itself."""
-    return Write(
-        "UPDATE clusters SET"
-        " master_addresses = COALESCE(f.masters, '[]'::jsonb), node_addresses = COALESCE(f.workers, '[]'::jsonb)"
-        " FROM (SELECT"
-        "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role = 'master') AS masters,"
-        "   jsonb_agg(first ORDER BY node_name, server_id) FILTER (WHERE role IS DISTINCT FROM 'master') AS workers"
-        f"   FROM (SELECT n.node_name, n.server_id, n.role, {_FIRST_ADDRESS} AS first"
-        "     FROM nodes n WHERE n.cluster_uuid = $1 AND n.status = 'ACTIVE') AS active"
-        "   WHERE first IS NOT NULL) AS f"
-        " WHERE uuid = $1",
-        (cluster_uuid,), (cluster_key(cluster_uuid),),
-    )
+    return Write(REFRESH_ADDRESSES_SQL, (cluster_uuid,), (cluster_key(cluster_uuid),))
 
 
 def insert_cluster_write(e: ClusterCreateRequested, at: datetime, status: str) -> Write:

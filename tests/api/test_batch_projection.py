@@ -198,3 +198,56 @@ async def test_batch_leaves_the_read_model_exactly_as_one_by_one(schemas: Schema
     assert groups[(c["c3"].uuid, "default-worker")]["status"] == "CREATE_FAILED"
     assert groups[(c["c1"].uuid, "default-worker")]["status"] == "CREATE_IN_PROGRESS"
     assert len(expected["cluster_templates"]) == 2
+
+
+async def test_a_batch_of_node_changes_after_completion_leaves_the_addresses_of_the_last(schemas: Schemas) -> None:
+    """``compact`` keeps only a cluster's last address refresh of a run: nodes that become ACTIVE and go after the
+    cluster completed (a resize), all in one batch, leave the addresses one event at a time leaves (the lifecycle
+    stream alone cannot tell: its completion sets the addresses again after every refresh)."""
+    from proto.events import (
+        ClusterCreateCompleted,
+        ClusterCreateStarted,
+        NodeBecameActive,
+        NodeCreated,
+        NodeDeleted,
+    )
+
+    s = Stream()
+    t = s.template("t")
+    req = s.request("grows", t, node_count=1)
+    s.admitted(req)
+    s.add(ClusterCreateStarted(uuid=req.uuid, project_id=PROJECT), req.uuid)
+
+    def node(name: str, role: str, ip: str, *, active: bool = True) -> None:
+        sid = f"{req.uuid}-{name}"
+        s.add(NodeCreated(cluster_id=req.uuid, project_id=PROJECT, node_name=name, role=role, server_id=sid,
+                          flavor_id="f", flavor_name="m1.small", vcpus=1, ram_mb=1024, disk_gb=10), req.uuid)
+        if active:
+            s.add(NodeBecameActive(cluster_id=req.uuid, project_id=PROJECT, server_id=sid, node_name=name, role=role,
+                                   addresses={"private": [ip]}), req.uuid)
+
+    node("m-0", "master", "10.0.0.2")
+    node("w-0", "worker", "10.0.0.3")
+    s.add(ClusterCreateCompleted(uuid=req.uuid, project_id=PROJECT, api_address="https://127.0.0.1:6443"), req.uuid)
+    before = len(s.envs)
+    node("w-1", "worker", "10.0.0.4")
+    node("w-2", "worker", "10.0.0.5")
+    s.add(NodeDeleted(cluster_id=req.uuid, project_id=PROJECT, server_id=f"{req.uuid}-w-0", node_name="w-0"),
+          req.uuid)
+    node("w-3", "worker", "10.0.0.6")
+    sequential_pool, batched_pool = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    for env in s.envs:
+        async with sequential_pool.acquire() as conn, conn.transaction():
+            await projection.handle(env, conn)
+    async with batched_pool.acquire() as conn, conn.transaction():
+        await projection.handle_batch(s.envs[:before], conn)
+        await projection.handle_batch(s.envs[before:], conn)
+    expected = await snapshot(sequential_pool)
+    assert await snapshot(batched_pool) == expected
+    (row,) = expected["clusters"]
+    assert (json_list(row["master_addresses"]), json_list(row["node_addresses"])) == (
+        ["10.0.0.2"], ["10.0.0.4", "10.0.0.5", "10.0.0.6"])
+
+
+def json_list(value: Any) -> list[str]:
+    return msgspec.json.decode(value) if isinstance(value, str | bytes) else list(value)
