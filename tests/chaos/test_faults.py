@@ -406,6 +406,7 @@ async def usage_vs_ledger(session: aiohttp.ClientSession, st: LocalStack, admin:
     end = datetime.now(UTC) + timedelta(seconds=60)
     query = f"project_id={project_id}&group_by=resource&start={since.isoformat()}&end={end.isoformat()}"
     worst: dict[str, float] = dict.fromkeys(BILLED_KINDS, 0.0)
+    worst_of: dict[str, str] = {}
     last: list[str] = []
 
     async def settled() -> bool:
@@ -425,7 +426,11 @@ async def usage_vs_ledger(session: aiohttp.ClientSession, st: LocalStack, admin:
                 continue
             life = (ts(rec["deleted_at"]) - ts(rec["created_at"])).total_seconds()
             off = abs(rows[rid]["billed_seconds"] - life)
-            worst[rec["kind"]] = max(worst[rec["kind"]], off)
+            if off >= worst[rec["kind"]]:
+                worst[rec["kind"]] = off
+                # where the worst one's difference lies: its start, its end (billed minus the ledger's, seconds)
+                worst_of[rec["kind"]] = (f"{rec['name']} start {_off(rows[rid]['started_at'], rec['created_at'])},"
+                                         f" end {_off(rows[rid]['ended_at'], rec['deleted_at'])}")
             if off > TOLERANCE:
                 last.append(f"{rec['kind']} {rec['name']} ({rid}): billed {rows[rid]['billed_seconds']} s, "
                             f"ledger {life:.3f} s")
@@ -436,9 +441,17 @@ async def usage_vs_ledger(session: aiohttp.ClientSession, st: LocalStack, admin:
         await wait_for(settled, timeout=60, interval=1.0, message="usage settled")
     except TimeoutError:
         return Check(USAGE_CHECK, False, "; ".join(last[:10]))
+    resources = int(worst.pop("resources"))
+    print("chaos: worst billed resource of each kind: " + "; ".join(f"{k} {v}" for k, v in worst_of.items()),
+          flush=True)
     return Check(USAGE_CHECK, True,
-                 f"{int(worst.pop('resources'))} resources, worst " + ", ".join(f"{k} {v:.3f} s"
-                                                                                for k, v in worst.items()))
+                 f"{resources} resources, worst " + ", ".join(f"{k} {v:.3f} s" for k, v in worst.items()))
+
+
+def _off(billed: str | None, ledger: str | None) -> str:
+    if billed is None or ledger is None:
+        return "?"
+    return f"{(ts(billed) - ts(ledger)).total_seconds():+.3f} s"
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
