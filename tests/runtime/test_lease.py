@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import nats.js.errors
 import pytest
 
 from proto import streams
@@ -69,6 +70,27 @@ async def test_a_holder_that_stops_renewing_loses_to_another_and_learns_it(two_c
     await a.renew([other])
     assert not other.held and "refused" in other.reason
     await b.check(taken)
+
+
+async def test_a_lease_that_expires_while_another_copy_asks_for_it_is_taken_at_the_next_attempt(
+    two_copies: tuple[Leases, Leases], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-py's ``create``, refused because the key holds a value, looks the key up to tell a deleted one; when the
+    value expires between the two (the TTL, seen in make test), the look-up raises ``KeyNotFoundError``. Asking for
+    the lease then is "not now" (None), never an error, and the next attempt takes it."""
+    a, b = two_copies
+    held = await a.acquire("cluster.c5")
+    assert held is not None
+    real_get = b.kv._get
+
+    async def expired_meanwhile(key: str, revision: int | None = None) -> object:
+        raise nats.js.errors.KeyNotFoundError
+
+    monkeypatch.setattr(b.kv, "_get", expired_meanwhile)
+    assert await b.acquire("cluster.c5") is None  # the refused create's look-up finds nothing
+    monkeypatch.setattr(b.kv, "_get", real_get)
+    taken = await wait_for(lambda: b.acquire("cluster.c5"), timeout=5 * TTL, interval=0.1)
+    assert taken.epoch > held.epoch
 
 
 async def test_a_copy_started_again_under_its_name_reclaims_its_predecessors_leases_at_once(
