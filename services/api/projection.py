@@ -357,12 +357,7 @@ def compact(writes: list[Write]) -> list[Write]:
     in the run supersedes: each sets both address columns from the nodes table alone, and no planned write reads
     them, so the last one leaves them as all of them would (a cluster's nodes becoming ACTIVE and going: one
     statement per cluster and batch instead of one per node, a quarter of a replay's time in PostgreSQL)."""
-    last: dict[Any, int] = {}
-    for i, w in enumerate(writes):
-        if w.sql == store.REFRESH_ADDRESSES_SQL:
-            last[w.args[0]] = i
-    if len(last) == sum(1 for w in writes if w.sql == store.REFRESH_ADDRESSES_SQL):
-        return writes
+    last = {w.args[0]: i for i, w in enumerate(writes) if w.sql == store.REFRESH_ADDRESSES_SQL}
     return [w for i, w in enumerate(writes) if w.sql != store.REFRESH_ADDRESSES_SQL or last[w.args[0]] == i]
 
 

@@ -72,15 +72,16 @@ GC_THRESHOLDS = (50_000, 20, 100)
 """Python's cyclic collector's thresholds while a replay runs (default 700, 10, 10): a replay makes and drops millions
 of short-lived objects that form no cycle, and at the defaults the collector took about a tenth of its time."""
 _gc_held = 0
+_gc_before: tuple[int, ...] = ()
 
 
 @contextlib.contextmanager
 def fewer_collections() -> Iterator[None]:
     """``GC_THRESHOLDS`` while the block runs (the first of nested or concurrent blocks keeps the thresholds it
     found, and the last to end puts them back)."""
-    global _gc_held
+    global _gc_held, _gc_before
     if _gc_held == 0:
-        fewer_collections.before = gc.get_threshold()  # type: ignore[attr-defined]
+        _gc_before = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
     _gc_held += 1
     try:
@@ -88,7 +89,7 @@ def fewer_collections() -> Iterator[None]:
     finally:
         _gc_held -= 1
         if _gc_held == 0:
-            gc.set_threshold(*fewer_collections.before)  # type: ignore[attr-defined]
+            gc.set_threshold(*_gc_before)
 
 
 def scratch_schema(schema: str) -> str:

@@ -100,8 +100,8 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "noting_deletes", "now", "recall",
-           "server_ends", "server_made", "server_starts", "watch_going"]
+__all__ = ["Billed", "Notes", "cloud_time", "created", "gone", "note_going", "noting", "noting_deletes", "nova_created",
+           "now", "recall", "server_ends", "server_made", "server_starts", "watch_going"]
 
 LOOKBACK = timedelta(hours=1)
 """How far back ``server_ends`` asks Nova for the deletions of servers gone while no task watched them."""
@@ -147,18 +147,22 @@ async def server_made(r: Reconciler, row: store.ClusterRow,
     the call (``cloud.made_at``), narrowed by Nova's whole-second ``created`` for a call that took longer than a
     second (Nova's answer to the create has no ``created``: one show per such server, rare)."""
     slow = [sid for sid, (sent, answered) in calls.items() if answered - sent > SLOW_CREATE]
-    created = await server_starts(r, row, slow, exact=True) if slow else {}
+    created = await nova_created(r, row, slow) if slow else {}
     return {sid: made_at(sent, answered, created.get(sid)) for sid, (sent, answered) in calls.items()}
 
 
-async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str],
-                        *, exact: bool = False) -> dict[str, datetime]:
-    """When each of ``server_ids`` was created at the cloud (Nova's ``created``), for the servers a listing found
-    that the cluster's events do not name: made by a task killed, or fenced by a lost lease, between the create call
-    and its ``NodeCreated``. Without it the found server was billed from when it was found (seen: 11 s short, a
-    lease lost while a NATS node was down). One show per server, only for those; missing ones are left out. Nova's
-    ``created`` is whole seconds: the middle of what it allows (``cloud.made_at``), or with ``exact`` the time as
-    Nova gives it."""
+async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str]) -> dict[str, datetime]:
+    """When each of ``server_ids`` was made, for the servers a listing found that the cluster's events do not name:
+    made by a task killed, or fenced by a lost lease, between the create call and its ``NodeCreated``. Without it
+    the found server was billed from when it was found (seen: 11 s short, a lease lost while a NATS node was down).
+    Nova's ``created`` is whole seconds: the middle of what it allows (``cloud.made_at``)."""
+    return {sid: made_at(at - CLOUD_ROUNDING, at + timedelta(seconds=1))
+            for sid, at in (await nova_created(r, row, server_ids)).items()}
+
+
+async def nova_created(r: Reconciler, row: store.ClusterRow, server_ids: Iterable[str]) -> dict[str, datetime]:
+    """Nova's ``created`` of each of ``server_ids``, as it gives it (whole seconds): one show per server; a server
+    gone since, or one Nova does not answer for, is left out."""
     wanted = sorted(set(server_ids))
     if not wanted or row.trust_id is None:
         return {}
@@ -181,7 +185,7 @@ async def server_starts(r: Reconciler, row: store.ClusterRow, server_ids: Iterab
                 continue
             at = cloud_time(server.get("created"))
             if at is not None:
-                out[sid] = at if exact else made_at(at - CLOUD_ROUNDING, at + timedelta(seconds=1), at)
+                out[sid] = at
         return out
 
     try:

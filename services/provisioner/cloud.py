@@ -475,6 +475,13 @@ class ClusterCloud:
     def _list(self, what: str, fn: Callable[[], Iterable[T]]) -> list[T]:
         return self._api(what, lambda: list(fn()))
 
+    def _create(self, what: str, fn: Callable[[], T]) -> tuple[T, datetime]:
+        """``fn()``, a create (``_api(idempotent=False)``), and when the cloud made what it answers (``made_at``:
+        the middle of the call, narrowed by the answer's own ``created_at``)."""
+        sent = datetime.now(UTC)
+        made = self._api(what, fn, idempotent=False)
+        return made, made_at(sent, datetime.now(UTC), getattr(made, "created_at", None))
+
     # -------------------------------------------------------------------------------------- lookups
 
     def flavor(self, name_or_id: str) -> Flavor:
@@ -720,11 +727,9 @@ class ClusterCloud:
                 log.info("floating_ip_associated", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
             return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), cloud_time(fip.created_at))
         ext_id = self.find_network(external_network)
-        sent = datetime.now(UTC)
-        fip = self._api(what, lambda: self.conn.network.create_ip(
+        fip, made = self._create(what, lambda: self.conn.network.create_ip(
             floating_network_id=ext_id, port_id=port_id, description=description
-        ), idempotent=False)
-        made = made_at(sent, datetime.now(UTC), fip.created_at)
+        ))
         log.info("floating_ip_created", cluster_id=cluster_id, floating_ip_id=fip.id, port_id=port_id)
         self._tag(fip, model.cluster_tag(cluster_id))
         return FloatingIpRef(str(fip.id), str(fip.floating_ip_address), made)
@@ -769,13 +774,11 @@ class ClusterCloud:
         what = f"Creating the load balancer {name} failed"
         lb = self._find_lb(prefix, cluster_id)
         if lb is None:
-            sent = datetime.now(UTC)
-            lb = self._api(what, lambda: lbs.create_load_balancer(
-                name=name, vip_subnet_id=subnet_id, description=description, tags=[tag]), idempotent=False)
-            made = made_at(sent, datetime.now(UTC), lb.created_at)
-            log.info("load_balancer_created", cluster_id=cluster_id, lb_id=lb.id)
-            return LoadBalancerState(lb.id, None, None, None, lb.vip_address, lb.vip_port_id,
-                                     lb.provisioning_status or "PENDING_CREATE", False, created_at=made, name=name)
+            new, made = self._create(what, lambda: lbs.create_load_balancer(
+                name=name, vip_subnet_id=subnet_id, description=description, tags=[tag]))
+            log.info("load_balancer_created", cluster_id=cluster_id, lb_id=new.id)
+            return LoadBalancerState(new.id, None, None, None, new.vip_address, new.vip_port_id,
+                                     new.provisioning_status or "PENDING_CREATE", False, created_at=made, name=name)
         self._lb_failed("load balancer", lb)
         allowed = _normalized_cidrs(allowed_cidrs)
         ports = [(api_port, "", allowed)] + [
@@ -947,9 +950,7 @@ class ClusterCloud:
             }
             if availability_zone:
                 attrs["availability_zone"] = availability_zone
-            sent = datetime.now(UTC)
-            vol = self._api(what, lambda: self.conn.block_storage.create_volume(**attrs), idempotent=False)
-            made = made_at(sent, datetime.now(UTC), vol.created_at)
+            vol, made = self._create(what, lambda: self.conn.block_storage.create_volume(**attrs))
             log.info("volume_created", cluster_id=cluster_id, volume_id=vol.id, size_gb=size_gb)
         status = (vol.status or "creating").lower()
         if status.startswith("error"):

@@ -72,7 +72,7 @@ def matches(subject: str, pattern: str) -> bool:
 
 def subject_matcher(filters: list[str]) -> Callable[[str], bool]:
     """``matches`` against any of ``filters``, compiled once: one regular expression (``*`` one token, ``>`` the
-    rest), for a reader that tests every message of a stream (services/ops/replay.py)."""
+    rest), for a reader that tests every message it is delivered (a consumer under a covering subject, the replay)."""
     if ">" in filters:
         return lambda _subject: True
     parts = []
@@ -156,9 +156,9 @@ class Consumer:
         self.filter_subjects = list(filter_subjects)
         self.subject = covering_subject(self.filter_subjects) if widen else None
         """The one filter subject the server is given (None: ``filter_subjects`` themselves, ``widen=False``)."""
-        self._own = None if self.subject is None or len(set(self.filter_subjects)) == 1 else [
-            f.split(".") for f in sorted(set(self.filter_subjects))]
-        """The subjects a delivered message must match to be handled (None: every delivered message)."""
+        self._own = None if self.subject is None or len(set(self.filter_subjects)) == 1 else subject_matcher(
+            self.filter_subjects)
+        """Whether a delivered message is one of ``filter_subjects``, to be handled (None: every one is)."""
         self.skipped = 0
         """Messages delivered under ``subject`` that none of ``filter_subjects`` matched (acknowledged unhandled)."""
         self.handler = handler
@@ -301,8 +301,7 @@ class Consumer:
         msgs: list[Msg] = []
         others: list[Msg] = []
         for m in fetched:
-            tokens = m.subject.split(".")
-            (msgs if any(_matches(tokens, f) for f in self._own) else others).append(m)
+            (msgs if self._own(m.subject) else others).append(m)
         if not others:
             return await self._handle_own(msgs)
         if msgs and not await self._handle_own(msgs):

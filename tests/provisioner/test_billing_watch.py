@@ -7,8 +7,9 @@ and its looks queued behind the other teardowns)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,19 +87,41 @@ def looks() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass
+class Volumes:
+    """Two of a cluster's volumes, available, in the devcloud at a fifth of its timing model's delays."""
+
+    ledger: Ledger
+    cc: ClusterCloud
+    prefix: str
+    cid: str
+    ids: list[str]
+
+
+@contextlib.asynccontextmanager
+async def two_volumes(devcloud: Devcloud, name: str) -> AsyncIterator[Volumes]:
+    demo, admin = user_connection(devcloud.url), admin_connection(devcloud.url)
+    ledger = Ledger(devcloud.url, admin, demo.current_project_id)  # (before the volumes: they are new to it)
+    cc = ClusterCloud(demo, retry=FAST)
+    prefix, cid = cluster(name)
+    with time_factor(devcloud.url, admin, 0.2):
+        ids = [cc.ensure_volume(prefix, cid, vol, size_gb=1).id for vol in ("a-docker", "b-docker")]
+        await wait_for(lambda: all(demo.block_storage.get_volume(v).status == "available" for v in ids),
+                       timeout=30, message="volumes available")
+        yield Volumes(ledger, cc, prefix, cid, ids)
+
+
+def reconciler(cloud: Any, looks: ThreadPoolExecutor) -> Reconciler:
+    return Reconciler(cloud, looks, type("S", (), {"poll_interval": 0.25})())
+
+
 async def test_a_fresh_delete_task_ends_the_volumes_its_teardown_deletes_at_the_ledgers_time(
     devcloud: Devcloud, looks: ThreadPoolExecutor
 ) -> None:
-    demo, admin = user_connection(devcloud.url), admin_connection(devcloud.url)
-    ledger = Ledger(devcloud.url, admin, demo.current_project_id)
-    cc = ClusterCloud(demo, retry=FAST)
-    prefix, cid = cluster("t-going")
-    with time_factor(devcloud.url, admin, 0.2):
-        ids = [cc.ensure_volume(prefix, cid, name, size_gb=1).id for name in ("a-docker", "b-docker")]
-        await wait_for(lambda: all(demo.block_storage.get_volume(v).status == "available" for v in ids),
-                       timeout=30, message="volumes available")
-        cloud = BusyCloud(cc)
-        r, row, st = Reconciler(cloud, looks, type("S", (), {"poll_interval": 0.25})()), Row(cid), TaskState()
+    async with two_volumes(devcloud, "t-going") as v:
+        ledger, prefix, cid, ids = v.ledger, v.prefix, v.cid, v.ids
+        cloud = BusyCloud(v.cc)
+        r, row, st = reconciler(cloud, looks), Row(cid), TaskState()
         seen = Seen()
 
         def teardown(c: ClusterCloud) -> bool:
@@ -146,17 +169,11 @@ async def test_each_volume_is_written_down_just_before_its_delete_is_sent(
     the delete was sent, by a task that had never listed the volumes), leaves the copy resuming the delete the note
     written before the send: its time is a fraction of a second before the ledger's end. No watch runs here: only
     the teardown call, as a killed copy's last act."""
-    demo, admin = user_connection(devcloud.url), admin_connection(devcloud.url)
-    ledger = Ledger(devcloud.url, admin, demo.current_project_id)
-    cc = ClusterCloud(demo, retry=FAST)
-    prefix, cid = cluster("t-intent")
-    with time_factor(devcloud.url, admin, 0.2):
-        ids = [cc.ensure_volume(prefix, cid, name, size_gb=1).id for name in ("a-docker", "b-docker")]
-        await wait_for(lambda: all(demo.block_storage.get_volume(v).status == "available" for v in ids),
-                       timeout=30, message="volumes available")
-        r, row, st = Reconciler(BusyCloud(cc), looks, type("S", (), {"poll_interval": 0.25})()), Row(cid), TaskState()
+    async with two_volumes(devcloud, "t-intent") as v:
+        ledger, ids = v.ledger, v.ids
+        r, row, st = reconciler(BusyCloud(v.cc), looks), Row(v.cid), TaskState()
         seen = Seen(before_delete=billing.noting_deletes(r, row, st))  # type: ignore[arg-type]
-        await asyncio.get_running_loop().run_in_executor(None, cc.delete_cluster_resources, prefix, cid, seen)
+        await asyncio.get_running_loop().run_in_executor(None, v.cc.delete_cluster_resources, v.prefix, v.cid, seen)
         await wait_for(lambda: all(r["id"] not in ids or r.get("deleted_at") for r in ledger.new("volume")),
                        timeout=30, message="volumes deleted")
     assert set(seen.deleting) == set(ids)

@@ -559,6 +559,16 @@ async def test_a_rate_limited_cloud_is_retried_and_succeeds(limited_cloud: Devcl
     assert stats(url, admin)["by_status"].get("429", 0) > 0  # the limit did bite, and every step came through
 
 
+def direct_reconciler(cc: ClusterCloud) -> Any:
+    """What billing's Nova questions use of a Reconciler: ``cloud.call(trust, fn)``, run here on ``cc`` directly."""
+
+    class Calls:
+        async def call(self, trust: str, fn: Any) -> Any:
+            return fn(cc)
+
+    return SimpleNamespace(cloud=Calls())
+
+
 async def test_a_server_deleted_while_no_task_watched_is_billed_to_its_deletion_at_the_cloud(
     cc: ClusterCloud, demo: openstack.connection.Connection, ledger: Ledger
 ) -> None:
@@ -579,11 +589,7 @@ async def test_a_server_deleted_while_no_task_watched_is_billed_to_its_deletion_
     await asyncio.sleep(1.5)  # the provisioner "restarts": it looks only now
     listed_at = billing.now()
 
-    class Calls:
-        async def call(self, trust: str, fn: Any) -> Any:
-            return fn(cc)
-
-    r = SimpleNamespace(cloud=Calls())
+    r = direct_reconciler(cc)
     row = SimpleNamespace(uuid=cid, trust_id="trust", project_id=None)
     never = str(uuid.uuid4())
     ends = await billing.server_ends(r, row, [sid, never], listed_at)  # type: ignore[arg-type]
@@ -612,11 +618,7 @@ async def test_a_found_servers_start_is_asked_again_when_nova_answers_500(
                            metadata={"cove_cluster_id": cid, "cove_role": "worker", "cove_node": name})
     await asyncio.sleep(1.5)  # found later, by another task
 
-    class Calls:
-        async def call(self, trust: str, fn: Any) -> Any:
-            return fn(cc)
-
-    r = SimpleNamespace(cloud=Calls())
+    r = direct_reconciler(cc)
     row = SimpleNamespace(uuid=cid, trust_id="trust", project_id=None)
     admin_call(devcloud.url, admin, "PUT", "/admin/faults", json={"api": [
         {"service": "compute", "method": "GET", "path": f"/servers/{sid}$", "status": 500, "count": 2}]})
