@@ -202,5 +202,5 @@ def leases_bucket() -> KeyValueConfig:
     it was written unless renewed; replicated like the streams (a lease must survive the loss of a NATS node)."""
     return KeyValueConfig(
         bucket=subjects.LEASES_BUCKET, description="Cove leases (services/runtime/lease.py)", history=1,
-        ttl=LEASE_TTL_S, storage=StorageType.FILE, replicas=replicas(), direct=True,
+        ttl=LEASE_TTL_S, storage=StorageType.FILE, replicas=replicas(), direct=False,
     )

@@ -64,6 +64,7 @@ from services.provisioner.cloud import (
     made_at,
 )
 from services.provisioner.state import TaskState
+from services.runtime.keyvalue import open_bucket
 
 if TYPE_CHECKING:
     from services.provisioner.loop import Reconciler
@@ -443,14 +444,16 @@ def notes_bucket() -> KeyValueConfig:
     """``COVE_PROVISIONER_BILLING``: per cluster, the billed resources its delete last saw still there."""
     return KeyValueConfig(bucket=NOTES_BUCKET, description="Cove: billed resources a delete last saw "
                           "(services/provisioner/billing.py)", history=1, ttl=NOTE_TTL_S,
-                          storage=StorageType.FILE, replicas=streams.replicas(), direct=True)
+                          storage=StorageType.FILE, replicas=streams.replicas(), direct=False)
 
 
 class Notes:
     """What a cluster's delete last saw of its billed resources, where the copy resuming it after a kill finds it.
 
     ``recall`` before a pass's ``gone``, ``write_down`` after it: one read and at most one write per pass of the
-    delete path's last stage (while volumes and the load balancer go away), none once nothing is left."""
+    delete path's last stage (while volumes and the load balancer go away), none once nothing is left. A note this
+    process could not write (NATS losing a node) is kept here too: the task of this copy that takes the cluster
+    back still finds it, whatever the bucket holds."""
 
     def __init__(self, js: JetStreamContext, config: KeyValueConfig | None = None) -> None:
         self.js = js
@@ -460,20 +463,17 @@ class Notes:
         """Cluster -> the task state that read its note: a task reads it once (it writes every later one)."""
         self._noted: set[str] = set()
         """Clusters with a note (read or written here): the only ones whose note is deleted."""
+        self.unwritten: dict[str, dict[str, tuple[str, datetime]]] = {}
+        """Cluster -> the last note this process failed to write (dropped once one is written)."""
 
     async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            try:
-                self._kv = await self.js.key_value(self.config.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                try:
-                    self._kv = await self.js.create_key_value(self.config)
-                except nats.js.errors.BadRequestError:
-                    self._kv = await self.js.key_value(self.config.bucket)  # another copy made it first
+        if self._kv is None:  # read through the leader: a replica catching up may not have the last note yet
+            self._kv = await open_bucket(self.js, self.config)
         return self._kv
 
     async def recall(self, cluster_id: str, st: TaskState) -> None:
-        """Add to ``st.billed`` what an earlier task saw of the cluster and this one has not (once per task)."""
+        """Add to ``st.billed`` what an earlier task saw of the cluster and this one has not (once per task): the
+        bucket's note, and this process's own unwritten one, each resource at the later of their sightings."""
         if self._recalled.get(cluster_id) is st:
             return
         try:
@@ -481,24 +481,40 @@ class Notes:
         except nats.js.errors.KeyNotFoundError:
             entry = None
         self._recalled[cluster_id] = st
-        if entry is None or not entry.value:
+        found: dict[str, tuple[str, datetime]] = {}
+        if entry is not None and entry.value:
+            self._noted.add(cluster_id)
+            for rid, seen in (json.loads(entry.value).get("present") or {}).items():
+                if (at := cloud_time(seen.get("seen"))) is not None:
+                    found[rid] = (str(seen.get("kind")), at)
+        for rid, (kind, at) in self.unwritten.get(cluster_id, {}).items():
+            if rid not in found or found[rid][1] < at:
+                found[rid] = (kind, at)
+        if not found:
             return
-        self._noted.add(cluster_id)
-        note = json.loads(entry.value)
-        for rid, seen in (note.get("present") or {}).items():
-            at = cloud_time(seen.get("seen"))
-            if rid not in st.billed and at is not None:
-                st.billed[rid] = Billed(str(seen.get("kind")), rid, "", at, noted_at=at)
+        log.info("billing_note_recalled", cluster_id=cluster_id, revision=entry.revision if entry else None,
+                 unwritten=cluster_id in self.unwritten, seen={rid: at.isoformat() for rid, (_, at) in found.items()})
+        for rid, (kind, at) in found.items():
+            if rid not in st.billed:
+                st.billed[rid] = Billed(kind, rid, "", at, noted_at=at)
 
     async def write_down(self, cluster_id: str, present: Mapping[str, tuple[str, datetime]]) -> None:
         """Note what is still there (id -> kind and when last seen); remove the note when nothing is left."""
-        if present:
-            await (await self._bucket()).put(cluster_id, json.dumps({"present": {
-                rid: {"kind": kind, "seen": at.isoformat()} for rid, (kind, at) in present.items()}}).encode())
-            self._noted.add(cluster_id)
-        elif cluster_id in self._noted:
-            await (await self._bucket()).delete(cluster_id)
-            self._noted.discard(cluster_id)
+        if not present:
+            self.unwritten.pop(cluster_id, None)
+        try:
+            if present:
+                await (await self._bucket()).put(cluster_id, json.dumps({"present": {
+                    rid: {"kind": kind, "seen": at.isoformat()} for rid, (kind, at) in present.items()}}).encode())
+                self._noted.add(cluster_id)
+            elif cluster_id in self._noted:
+                await (await self._bucket()).delete(cluster_id)
+                self._noted.discard(cluster_id)
+        except BaseException:
+            if present:
+                self.unwritten[cluster_id] = dict(present)
+            raise
+        self.unwritten.pop(cluster_id, None)
 
 
 async def recall(r: Reconciler, row: store.ClusterRow, st: TaskState) -> None:

@@ -38,6 +38,7 @@ from proto.envelope import Envelope
 from services.runtime.bus import (
     Bus,
 )
+from services.runtime.keyvalue import open_bucket
 from services.runtime.service import patiently
 
 log = structlog.get_logger(__name__)
@@ -115,13 +116,7 @@ class Leases:
         bucket = config
 
         async def find() -> tuple[KeyValue, float]:
-            try:
-                kv = await js.key_value(bucket.bucket)
-            except nats.js.errors.BucketNotFoundError:
-                try:
-                    kv = await js.create_key_value(bucket)
-                except nats.js.errors.BadRequestError:
-                    kv = await js.key_value(bucket.bucket)  # another copy made it first
+            kv = await open_bucket(js, bucket)  # read through the leader: a check never sees an older value
             # the bucket's own TTL decides when a lease expires (it may have been made with another setting)
             info = await js.stream_info(f"KV_{bucket.bucket}")
             return kv, info.config.max_age or bucket.ttl or streams.LEASE_TTL_S

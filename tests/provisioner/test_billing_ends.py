@@ -9,6 +9,7 @@ gets, not the publish (``tests/provisioner/test_provisioner.py`` covers that pat
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -136,3 +137,22 @@ async def test_a_copy_killed_during_its_first_teardown_call_leaves_the_volumes_i
     resumed = Reporter(notes)
     await billing.noting(resumed, row, TaskState(), {}, {}, T0 + timedelta(seconds=15))
     assert ends(resumed.reported) == {v.id: T0 + timedelta(seconds=5)}
+
+
+async def test_a_note_the_store_refused_is_recalled_by_the_same_copys_next_task_at_its_later_sighting(
+        notes: billing.Notes) -> None:
+    row, st = Row(), TaskState()
+    v = volume(T0)
+    st.billed[v.id] = v
+    await billing.note_going(Reporter(notes), row, st, T0 + timedelta(seconds=5))  # written: seen at T0+5
+    bucket = await notes._bucket()
+    info = await notes.js.stream_info(f"KV_{notes.config.bucket}")
+    await notes.js.update_stream(info.config.evolve(sealed=True))  # the store takes no more writes; reads go on
+    st.billed[v.id] = replace(st.billed[v.id], seen_at=T0 + timedelta(seconds=9))  # about to send its delete
+    await billing.note_going(Reporter(notes), row, st, T0 + timedelta(seconds=9))  # refused: a warning
+    kept = json.loads((await bucket.get(row.uuid)).value)["present"][v.id]["seen"]
+    assert kept == (T0 + timedelta(seconds=5)).isoformat()
+    # the lease lost, then taken back by this copy: its new task ends the volume at the note it could not write
+    resumed = Reporter(notes)
+    await billing.noting(resumed, row, TaskState(), {}, {}, T0 + timedelta(seconds=30))
+    assert ends(resumed.reported) == {v.id: T0 + timedelta(seconds=9)}
