@@ -315,8 +315,11 @@ def _between(seen_at: datetime | None, missed_at: datetime) -> datetime:
 
 
 def _latest(b: Billed) -> datetime | None:
-    """The latest time the resource is known to have been there: its last sighting or its delete's acceptance."""
-    known = [t for t in (b.seen_at, b.deleting_at) if t is not None]
+    """The latest time the resource is known to have been there: its last sighting (this task's, or an earlier
+    task's it recalled), or its delete's acceptance. (Without the recalled one, a task that noted a resource it
+    only knew from the note wrote it down at its own pass's start: each task killed moved the note on, and the
+    resource's end with it; make chaos billed two volumes 15 s late so.)"""
+    known = [t for t in (b.seen_at, b.deleting_at, b.noted_at) if t is not None]
     return max(known) if known else None
 
 

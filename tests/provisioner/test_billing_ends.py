@@ -156,3 +156,19 @@ async def test_a_note_the_store_refused_is_recalled_by_the_same_copys_next_task_
     resumed = Reporter(notes)
     await billing.noting(resumed, row, TaskState(), {}, {}, T0 + timedelta(seconds=30))
     assert ends(resumed.reported) == {v.id: T0 + timedelta(seconds=9)}
+
+
+async def test_a_task_that_only_recalled_a_volume_notes_it_at_the_recalled_sighting_not_at_its_own_pass(
+        notes: billing.Notes) -> None:
+    row, st = Row(), TaskState()
+    v = volume(T0)
+    st.billed[v.id] = v
+    await billing.note_going(Reporter(notes), row, st, T0 + timedelta(seconds=5))  # deleted just after; killed
+    # the next task recalls it, notes what its teardown is about to delete (the volume is gone by now), is killed
+    second = TaskState()
+    await billing.recall(Reporter(notes), row, second)
+    await billing.note_going(Reporter(notes), row, second, T0 + timedelta(seconds=20))
+    # the third ends it at the first task's sighting, however many tasks were killed in between
+    third = Reporter(notes)
+    await billing.noting(third, row, TaskState(), {}, {}, T0 + timedelta(seconds=40))
+    assert ends(third.reported) == {v.id: T0 + timedelta(seconds=5)}
