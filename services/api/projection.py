@@ -122,9 +122,13 @@ async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection)
 
 
 async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connection) -> None:
-    """The requester was answered 403: the refused cluster leaves the read model (only a rejected one)."""
-    if await store.admission_of(tx, e.uuid) == "rejected":
-        await _move(tx, e.uuid, "ClusterWithdrawn", env.occurred_at)
+    """The requester was answered 403 (the API withdraws only a create the scheduler rejected): the refused cluster
+    leaves the read model, and stays out of it (``withdrawn_clusters``: migration 0010) whatever order the API's
+    copies apply its events in, the rejection or the request itself after the withdrawal."""
+    await tx.execute("INSERT INTO withdrawn_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                     e.uuid, env.occurred_at)
+    if await store.cluster_status(tx, e.uuid) is not None:
+        await store.delete_cluster(tx, e.uuid)
 
 
 async def create_started(e: ev.ClusterCreateStarted, env: Envelope, tx: asyncpg.Connection) -> None:

@@ -24,6 +24,7 @@ from proto.events import (
     ClusterRejected,
     ClusterTemplate,
     ClusterTemplateCreated,
+    ClusterWithdrawn,
     Event,
 )
 from services.api import projection
@@ -251,3 +252,37 @@ async def test_a_batch_of_node_changes_after_completion_leaves_the_addresses_of_
 
 def json_list(value: Any) -> list[str]:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else list(value)
+
+
+@pytest.mark.parametrize("order", [
+    ("request", "rejected", "withdrawn"),
+    ("request", "withdrawn", "rejected"),
+    ("withdrawn", "rejected", "request"),
+    ("rejected", "withdrawn", "request"),
+], ids=["in-stream-order", "withdrawal-before-rejection", "request-redelivered-last", "request-last"])
+@pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
+async def test_a_withdrawn_create_leaves_no_cluster_whatever_order_its_events_are_applied_in(
+        schemas: Schemas, order: tuple[str, ...], batched: bool) -> None:
+    """The API's two copies share its durable consumer: the scheduler's rejection and the API's withdrawal, a few
+    milliseconds apart, can be applied by different copies in either order, and a killed copy's batch (the request
+    itself) comes back after both (make chaos: refused clusters left CREATE_FAILED, or CREATE_IN_PROGRESS)."""
+    s = Stream()
+    t = s.template("t")
+    kept = s.request("kept", t)
+    refused = ClusterCreateRequested(uuid=str(uuid.uuid4()), name="refused", project_id=PROJECT, user_id="u",
+                                     template=t)
+    events = {"request": refused,
+              "rejected": ClusterRejected(uuid=refused.uuid, project_id=PROJECT, reason="quota exceeded"),
+              "withdrawn": ClusterWithdrawn(uuid=refused.uuid, project_id=PROJECT)}
+    for name in order:
+        s.add(events[name], refused.uuid)
+    pool = await schemas.new(MIGRATIONS)
+    async with pool.acquire() as conn, conn.transaction():
+        if batched:
+            await projection.handle_batch(s.envs, conn)
+        else:
+            for env in s.envs:
+                await projection.handle(env, conn)
+    got = await snapshot(pool)
+    assert [row["name"] for row in got["clusters"]] == ["kept"]
+    assert {row["cluster_uuid"] for row in got["nodegroups"]} == {kept.uuid}
