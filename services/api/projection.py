@@ -116,17 +116,25 @@ async def update_admitted(e: ev.ClusterUpdateAdmitted, env: Envelope, tx: asyncp
 
 
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
-    if await store.cluster_status(tx, e.uuid) is not None:
-        await store.update_cluster(tx, e.uuid, admission="rejected")
+    """The scheduler refused the create. Applied before the request itself (the API's copies apply a batch each,
+    ADR 0002), it is remembered (``refused_clusters``: migration 0010) and the request inserts the cluster as
+    rejected."""
+    if await store.cluster_status(tx, e.uuid) is None:
+        await tx.execute(
+            "INSERT INTO refused_clusters (uuid, reason, rejected_at) VALUES ($1, $2, $3) ON CONFLICT (uuid)"
+            " DO UPDATE SET reason = EXCLUDED.reason, rejected_at = EXCLUDED.rejected_at",
+            e.uuid, e.reason, env.occurred_at)
+        return
+    await store.update_cluster(tx, e.uuid, admission="rejected")
     await _move(tx, e.uuid, "ClusterRejected", env.occurred_at, status_reason=e.reason)
 
 
 async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connection) -> None:
     """The requester was answered 403 (the API withdraws only a create the scheduler rejected): the refused cluster
-    leaves the read model, and stays out of it (``withdrawn_clusters``: migration 0010) whatever order the API's
-    copies apply its events in, the rejection or the request itself after the withdrawal."""
-    await tx.execute("INSERT INTO withdrawn_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                     e.uuid, env.occurred_at)
+    leaves the read model, and stays out of it (``refused_clusters``) whatever order the API's copies apply its
+    events in, the rejection or the request itself after the withdrawal."""
+    await tx.execute("INSERT INTO refused_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT (uuid)"
+                     " DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at", e.uuid, env.occurred_at)
     if await store.cluster_status(tx, e.uuid) is not None:
         await store.delete_cluster(tx, e.uuid)
 

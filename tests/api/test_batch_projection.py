@@ -259,13 +259,18 @@ def json_list(value: Any) -> list[str]:
     ("request", "withdrawn", "rejected"),
     ("withdrawn", "rejected", "request"),
     ("rejected", "withdrawn", "request"),
-], ids=["in-stream-order", "withdrawal-before-rejection", "request-redelivered-last", "request-last"])
+    ("request", "rejected"),
+    ("rejected", "request"),
+], ids=["in-stream-order", "withdrawal-before-rejection", "request-redelivered-last", "request-last",
+        "rejected-after-202", "rejected-before-its-request"])
 @pytest.mark.parametrize("batched", [False, True], ids=["one-by-one", "batched"])
-async def test_a_withdrawn_create_leaves_no_cluster_whatever_order_its_events_are_applied_in(
+async def test_a_refused_create_shows_as_decided_whatever_order_its_events_are_applied_in(
         schemas: Schemas, order: tuple[str, ...], batched: bool) -> None:
     """The API's two copies share its durable consumer: the scheduler's rejection and the API's withdrawal, a few
     milliseconds apart, can be applied by different copies in either order, and a killed copy's batch (the request
-    itself) comes back after both (make chaos: refused clusters left CREATE_FAILED, or CREATE_IN_PROGRESS)."""
+    itself) comes back after both (make chaos: refused clusters left CREATE_FAILED, or CREATE_IN_PROGRESS for
+    ever). Withdrawn (answered 403): no cluster. Only rejected (answered 202 before the decision came): the
+    cluster and its nodegroups CREATE_FAILED with the reason, as when the events come in stream order."""
     s = Stream()
     t = s.template("t")
     kept = s.request("kept", t)
@@ -284,5 +289,12 @@ async def test_a_withdrawn_create_leaves_no_cluster_whatever_order_its_events_ar
             for env in s.envs:
                 await projection.handle(env, conn)
     got = await snapshot(pool)
-    assert [row["name"] for row in got["clusters"]] == ["kept"]
-    assert {row["cluster_uuid"] for row in got["nodegroups"]} == {kept.uuid}
+    clusters = {row["name"]: (row["status"], row["admission"], row["status_reason"]) for row in got["clusters"]}
+    groups = {(row["cluster_uuid"], row["status"], row["status_reason"]) for row in got["nodegroups"]}
+    if "withdrawn" in order:
+        assert clusters == {"kept": ("CREATE_IN_PROGRESS", None, None)}
+        assert groups == {(kept.uuid, "CREATE_IN_PROGRESS", None)}
+    else:
+        assert clusters == {"kept": ("CREATE_IN_PROGRESS", None, None),
+                            "refused": ("CREATE_FAILED", "rejected", "quota exceeded")}
+        assert groups == {(kept.uuid, "CREATE_IN_PROGRESS", None), (refused.uuid, "CREATE_FAILED", "quota exceeded")}
