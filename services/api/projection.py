@@ -115,10 +115,18 @@ async def update_admitted(e: ev.ClusterUpdateAdmitted, env: Envelope, tx: asyncp
     await ngprojection.apply(as_request, tx)
 
 
+async def _lock_refused(tx: asyncpg.Connection, uuid: str) -> None:
+    """The lock the insert of the cluster takes too (migration 0010): another copy's transaction inserting it at this
+    moment commits before this one looks (and this one sees the row), or waits and sees this one's
+    ``refused_clusters`` row."""
+    await tx.execute("SELECT pg_advisory_xact_lock(cluster_lock_key($1))", uuid)
+
+
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
     """The scheduler refused the create. Applied before the request itself (the API's copies apply a batch each,
     ADR 0002), it is remembered (``refused_clusters``: migration 0010) and the request inserts the cluster as
     rejected."""
+    await _lock_refused(tx, e.uuid)
     if await store.cluster_status(tx, e.uuid) is None:
         await tx.execute(
             "INSERT INTO refused_clusters (uuid, reason, rejected_at) VALUES ($1, $2, $3) ON CONFLICT (uuid)"
@@ -133,6 +141,7 @@ async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connectio
     """The requester was answered 403 (the API withdraws only a create the scheduler rejected): the refused cluster
     leaves the read model, and stays out of it (``refused_clusters``) whatever order the API's copies apply its
     events in, the rejection or the request itself after the withdrawal."""
+    await _lock_refused(tx, e.uuid)
     await tx.execute("INSERT INTO refused_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT (uuid)"
                      " DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at", e.uuid, env.occurred_at)
     if await store.cluster_status(tx, e.uuid) is not None:

@@ -7,6 +7,7 @@ stream order. One stream is applied both ways into fresh schemas and every table
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -298,3 +299,39 @@ async def test_a_refused_create_shows_as_decided_whatever_order_its_events_are_a
         assert clusters == {"kept": ("CREATE_IN_PROGRESS", None, None),
                             "refused": ("CREATE_FAILED", "rejected", "quota exceeded")}
         assert groups == {(kept.uuid, "CREATE_IN_PROGRESS", None), (refused.uuid, "CREATE_FAILED", "quota exceeded")}
+
+
+@pytest.mark.parametrize("first", ["request", "withdrawn"])
+async def test_a_withdrawal_and_its_request_applied_at_once_by_two_copies_leave_no_cluster(
+        schemas: Schemas, first: str) -> None:
+    """Two API copies' transactions, one applying the request and the other the withdrawal, overlap: whichever
+    started first holds the cluster's lock until it commits, and the other then sees its write (make chaos, without
+    the lock: the request's copy inserted the cluster while the withdrawal's copy found no row to remove)."""
+    s = Stream()
+    t = s.template("t")
+    req = s.request("refused", t)
+    s.add(ClusterRejected(uuid=req.uuid, project_id=PROJECT, reason="quota exceeded"), req.uuid)
+    s.add(ClusterWithdrawn(uuid=req.uuid, project_id=PROJECT), req.uuid)
+    template, request, rejection, withdrawal = s.envs
+    pool = await schemas.new(MIGRATIONS)
+    async with pool.acquire() as conn:
+        await projection.handle(template, conn)
+    one, other = (request, withdrawal) if first == "request" else (withdrawal, request)
+    async with pool.acquire() as a, pool.acquire() as b:
+        tx_a = a.transaction()
+        await tx_a.start()
+        await projection.handle(one, a)  # not committed yet
+
+        async def second() -> None:
+            async with b.transaction():
+                await projection.handle(other, b)  # waits for the first's lock
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # held by the first transaction's lock
+        await tx_a.commit()
+        await asyncio.wait_for(waiting, 10)
+    async with pool.acquire() as conn:
+        await projection.handle(rejection, conn)  # applied last, by either copy: changes nothing
+    got = await snapshot(pool)
+    assert got["clusters"] == [] and got["nodegroups"] == []

@@ -4,7 +4,14 @@
 -- before the request itself (its batch held by a copy that was killed, delivered again later). Seen in make
 -- chaos: refused clusters left CREATE_FAILED after their withdrawal, or CREATE_IN_PROGRESS for ever.
 -- A rejection or a withdrawal of a cluster the read model does not have yet is remembered here; a request applied
--- after it inserts the cluster as rejected (CREATE_FAILED, the reason), or not at all once withdrawn.
+-- after it inserts the cluster as rejected (CREATE_FAILED, the reason), or not at all once withdrawn. The copies'
+-- transactions run at once, so the insert and the handlers of the refusal take the same transaction-scoped
+-- advisory lock on the cluster (cluster_lock_key): whichever commits second sees what the first wrote (without it,
+-- make chaos left a withdrawn cluster inserted by the other copy in the same moment).
+CREATE FUNCTION cluster_lock_key(cluster_uuid text) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtextextended('cove-cluster:' || cluster_uuid, 0)
+$$;
+
 CREATE TABLE refused_clusters (
     uuid         text PRIMARY KEY,
     reason       text,
@@ -16,6 +23,7 @@ CREATE FUNCTION refused_cluster_row() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     refused refused_clusters%ROWTYPE;
 BEGIN
+    PERFORM pg_advisory_xact_lock(cluster_lock_key(NEW.uuid));
     SELECT * INTO refused FROM refused_clusters r WHERE r.uuid = NEW.uuid;
     IF NOT FOUND THEN
         RETURN NEW;
@@ -33,6 +41,7 @@ CREATE FUNCTION refused_cluster_nodegroup() RETURNS trigger LANGUAGE plpgsql AS 
 DECLARE
     refused refused_clusters%ROWTYPE;
 BEGIN
+    PERFORM pg_advisory_xact_lock(cluster_lock_key(NEW.cluster_uuid));
     SELECT * INTO refused FROM refused_clusters r WHERE r.uuid = NEW.cluster_uuid;
     IF NOT FOUND THEN
         RETURN NEW;
