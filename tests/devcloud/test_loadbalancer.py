@@ -58,7 +58,13 @@ def test_versions_and_both_prefixes(devcloud: Devcloud) -> None:
 
 def test_full_chain_immutability_status_and_cascade(devcloud: Devcloud, subnet: Any) -> None:
     conn = openstack.connect(cloud="cove-demo")
-    lb = conn.load_balancer.create_load_balancer(name="test-lb-chain", vip_subnet_id=subnet.id)
+    # the cloud at its own pace (3 to 6 s to make a load balancer): at the session's time factor (30 to 60 ms) a
+    # loaded machine sent the next write after the load balancer had gone ACTIVE (CI, once)
+    admin_put(devcloud, "/admin/timing", {"time_factor": 1.0})
+    try:
+        lb = conn.load_balancer.create_load_balancer(name="test-lb-chain", vip_subnet_id=subnet.id)
+    finally:
+        admin_put(devcloud, "/admin/timing", {"time_factor": 0.01})
     assert lb.provisioning_status == "PENDING_CREATE" and lb.operating_status == "OFFLINE"
     assert lb.vip_address and lb.vip_address.startswith("10.42.0.")
     vip = conn.network.get_port(lb.vip_port_id)

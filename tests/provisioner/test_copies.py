@@ -272,7 +272,9 @@ async def test_two_copies_divide_twenty_clusters_each_built_once_by_one_holder_a
 async def test_a_sigkilled_copys_clusters_and_the_trust_reaper_are_taken_over_within_seconds(
     bus: Bus, cloud: Cloud, copies: Copies
 ) -> None:
-    cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 0.3})  # boots take ~1-2.5 s
+    # boots take ~3-8 s: the kill must come while the killed copy still builds (at 0.3, 1-2.5 s, a loaded machine
+    # once saw its clusters complete before the kill)
+    cloud.admin_call("PUT", "/admin/timing", json={"time_factor": 1.0})
     try:
         reqs = await create_many(bus, cloud, copies, 8, "ck", workers=2)
         ids = {r.uuid for r in reqs}
