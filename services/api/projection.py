@@ -144,8 +144,7 @@ async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connectio
     await _lock_refused(tx, e.uuid)
     await tx.execute("INSERT INTO refused_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT (uuid)"
                      " DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at", e.uuid, env.occurred_at)
-    if await store.cluster_status(tx, e.uuid) is not None:
-        await store.delete_cluster(tx, e.uuid)
+    await store.delete_cluster(tx, e.uuid)  # (no row: deletes nothing)
 
 
 async def create_started(e: ev.ClusterCreateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
