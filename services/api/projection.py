@@ -22,9 +22,9 @@ import structlog
 from proto import events as ev
 from proto.envelope import Envelope
 from proto.quotas import ordinal, waiting_reason
-from services.api import ngprojection, ngstore, status, store
+from services.api import ngprojection, ngstore, parking, status, store
 from services.api.resources import quotas
-from services.runtime.projection import Outgoing, PlannedHandler, Write
+from services.runtime.projection import Outgoing, PlannedHandler, Write, batch_sequences, current_sequence
 
 log = structlog.get_logger(__name__)
 
@@ -115,36 +115,16 @@ async def update_admitted(e: ev.ClusterUpdateAdmitted, env: Envelope, tx: asyncp
     await ngprojection.apply(as_request, tx)
 
 
-async def _lock_refused(tx: asyncpg.Connection, uuid: str) -> None:
-    """The lock the insert of the cluster takes too (migration 0010): another copy's transaction inserting it at this
-    moment commits before this one looks (and this one sees the row), or waits and sees this one's
-    ``refused_clusters`` row."""
-    await tx.execute("SELECT pg_advisory_xact_lock(cluster_lock_key($1))", uuid)
-
-
 async def rejected(e: ev.ClusterRejected, env: Envelope, tx: asyncpg.Connection) -> None:
-    """The scheduler refused the create. Applied before the request itself (the API's copies apply a batch each,
-    ADR 0002), it is remembered (``refused_clusters``: migration 0010) and the request inserts the cluster as
-    rejected."""
-    await _lock_refused(tx, e.uuid)
-    if await store.cluster_status(tx, e.uuid) is None:
-        await tx.execute(
-            "INSERT INTO refused_clusters (uuid, reason, rejected_at) VALUES ($1, $2, $3) ON CONFLICT (uuid)"
-            " DO UPDATE SET reason = EXCLUDED.reason, rejected_at = EXCLUDED.rejected_at",
-            e.uuid, e.reason, env.occurred_at)
-        return
+    """The scheduler refused the create (applied before the request itself, it was parked: services/api/parking.py)."""
     await store.update_cluster(tx, e.uuid, admission="rejected")
     await _move(tx, e.uuid, "ClusterRejected", env.occurred_at, status_reason=e.reason)
 
 
 async def withdrawn(e: ev.ClusterWithdrawn, env: Envelope, tx: asyncpg.Connection) -> None:
     """The requester was answered 403 (the API withdraws only a create the scheduler rejected): the refused cluster
-    leaves the read model, and stays out of it (``refused_clusters``) whatever order the API's copies apply its
-    events in, the rejection or the request itself after the withdrawal."""
-    await _lock_refused(tx, e.uuid)
-    await tx.execute("INSERT INTO refused_clusters (uuid, withdrawn_at) VALUES ($1, $2) ON CONFLICT (uuid)"
-                     " DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at", e.uuid, env.occurred_at)
-    await store.delete_cluster(tx, e.uuid)  # (no row: deletes nothing)
+    leaves the read model, whatever state its other events left it in."""
+    await store.delete_cluster(tx, e.uuid)
 
 
 async def create_started(e: ev.ClusterCreateStarted, env: Envelope, tx: asyncpg.Connection) -> None:
@@ -384,15 +364,28 @@ def compact(writes: list[Write]) -> list[Write]:
 PLANNED = PlannedHandler(plan, apply_reading, compact)
 
 
+APPLIED_TYPES: set[type] = {*HANDLERS, *ngprojection.HANDLERS, ev.NodeGroupCreateAdmitted}
+"""The event types the read model applies (the others change nothing, and are never parked)."""
+
+
 async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
-    """The projection handler registered for the API (``cove.evt.>``): a planned event's statements one after
-    another, another event with its handlers."""
-    return await PLANNED(env, tx)
+    """The projection handler registered for the API (``cove.evt.>``): an event about a cluster the read model does
+    not have yet is parked (services/api/parking.py); a creation applies its cluster's parked events after it; a
+    planned event's statements run one after another, another event with its handlers."""
+    envs, sequences = await parking.arrange([env], [current_sequence()], tx, APPLIED_TYPES)
+    if envs == [env]:
+        return await PLANNED(env, tx)
+    await PLANNED.batch(envs, tx, sequences)
+    return ()
 
 
 async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-    """The API's batch handler: the planned events' statements grouped by statement (new clusters, their default
-    nodegroups and admissions, node reports, status moves: a few round trips for the batch), the others with their
-    handlers in their place (``PlannedHandler.batch``). The result is what ``handle`` gives one event at a time
-    (tests/api/test_batch_projection.py, tests/ops/test_replay_batched.py)."""
-    return await PLANNED.batch(envs, tx)
+    """The API's batch handler: parking as ``handle``, then the planned events' statements grouped by statement
+    (new clusters, their default nodegroups and admissions, node reports, status moves: a few round trips for the
+    batch), the others with their handlers in their place (``PlannedHandler.batch``). The result is what
+    ``handle`` gives one event at a time (tests/api/test_batch_projection.py, tests/ops/test_replay_batched.py).
+    The API publishes nothing from its projection: no event has outgoing events."""
+    sequences = batch_sequences() or [0] * len(envs)
+    arranged, arranged_sequences = await parking.arrange(envs, sequences, tx, APPLIED_TYPES)
+    await PLANNED.batch(arranged, tx, arranged_sequences)
+    return [()] * len(envs)

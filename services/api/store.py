@@ -229,6 +229,10 @@ async def admission_of(conn: asyncpg.Connection | asyncpg.Pool, uuid: str) -> st
     return str(value) if value is not None else None
 
 
+async def cluster_exists(pool: asyncpg.Pool, uuid: str) -> bool:
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)", uuid))
+
+
 async def cluster_status(conn: asyncpg.Connection, uuid: str) -> str | None:
     value = await conn.fetchval("SELECT status FROM clusters WHERE uuid = $1 FOR UPDATE", uuid)
     return str(value) if value is not None else None

@@ -291,9 +291,14 @@ class PlannedHandler:
             await tx.execute(w.sql, *w.args)
         return ()
 
-    async def batch(self, envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-        # (Called outside a projection, e.g. by a test, the events have no stream sequence: 0, as outside a handler.)
-        sequences = batch_sequences() or [0] * len(envs)
+    async def batch(
+        self, envs: list[Envelope], tx: asyncpg.Connection, sequences: Sequence[int] | None = None
+    ) -> list[Sequence[Outgoing]]:
+        """``sequences``: each event's stream sequence when the caller changed the batch it was given (e.g. the
+        API's parked events, services/api/parking.py); by default the projection's (``batch_sequences``). Called
+        outside a projection, e.g. by a test, the events have no stream sequence: 0, as outside a handler."""
+        if sequences is None:
+            sequences = batch_sequences() or [0] * len(envs)
         if len(sequences) != len(envs):
             raise RuntimeError(f"{len(envs)} events but {len(sequences)} stream sequences")
         outgoing: list[Sequence[Outgoing]] = []

@@ -318,6 +318,12 @@ async def create_cluster(request: web.Request) -> web.Response:
     # too; an admitted one's decision changes nothing a user sees (its own event is what must be applied).
     shown_from = max(seq, decision.seq) if decision is not None and decision.verdict == "queued" else seq
     await writer.wait_applied(shown_from)
+    # The checkpoint is the highest sequence applied, not a contiguous one: an API copy that died holding the
+    # request's batch leaves it to be delivered again after the ack wait, while the other copy applies later events
+    # (parked until the request comes: services/api/parking.py). Wait (bounded) for the row itself.
+    if not await store.cluster_exists(pool, cluster_uuid) and not await writer.wait_until(
+            lambda: store.cluster_exists(pool, cluster_uuid)):
+        log.warning("read_your_writes_late", cluster_id=cluster_uuid, seq=seq)
     log.info("cluster_create_accepted", cluster_id=cluster_uuid, admission=decision and decision.verdict,
              trust_id=trust_id, seq=seq)
     return web.json_response({"uuid": cluster_uuid}, status=202)
