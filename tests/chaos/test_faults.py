@@ -259,6 +259,9 @@ class Tracked:
     uuid: str
     name: str
     acknowledged: bool
+    refused: bool = False
+    """Adopted from a create answered 403: withdrawn, it may be listed for a moment (CREATE_IN_PROGRESS while the
+    scheduler decided) and then be gone without a terminal status."""
     statuses: list[str] = field(default_factory=list)
     delete_acknowledged: bool = False
     delete_attempts: int = 0
@@ -272,7 +275,10 @@ class Workload:
     template: str
     clusters: dict[str, Tracked] = field(default_factory=dict)
     lost_creates: list[str] = field(default_factory=list)
-    """Names of creates whose answer never came (cut or 5xx): any cluster of that name is followed too."""
+    """Names of creates whose answer was no acknowledgment (cut, 5xx, a 403 refusal): any cluster of that name is
+    followed too."""
+    refused_names: set[str] = field(default_factory=set)
+    """Names of creates answered 403 (the quota: the cluster is withdrawn)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Answers that were no acknowledgment, by status."""
     current: dict[str, str] = field(default_factory=dict)
@@ -309,7 +315,8 @@ class Workload:
                 self.current = {cid: c["status"] for cid, c in listed.items()}
                 for cid, c in listed.items():
                     if cid not in self.clusters and c["name"] in self.lost_creates:
-                        self.clusters[cid] = Tracked(cid, c["name"], acknowledged=False)
+                        self.clusters[cid] = Tracked(cid, c["name"], acknowledged=False,
+                                                     refused=c["name"] in self.refused_names)
                 for cid in self.clusters:
                     self.seen(cid)
                 self.generation += 1
@@ -328,6 +335,8 @@ class Workload:
                 return str(body["uuid"])
             self.refused[f"create {code}"] += 1
             self.lost_creates.append(name)
+            if code == 403:
+                self.refused_names.add(name)
             await asyncio.sleep(0.5)
         raise AssertionError(f"create {i} never acknowledged")
 
@@ -360,8 +369,8 @@ class Workload:
     async def terminal(self, cid: str) -> bool:
         c = self.clusters[cid]
         try:
-            await wait_for(lambda: bool(c.statuses) and c.statuses[-1] in TERMINAL, timeout=FORM.deadline,
-                           interval=0.2)
+            await wait_for(lambda: withdrawn(c) or (bool(c.statuses) and c.statuses[-1] in TERMINAL),
+                           timeout=FORM.deadline, interval=0.2)
         except TimeoutError:
             self.stuck[cid] = f"create: {c.statuses}"  # the checks report it
             return False
@@ -369,6 +378,12 @@ class Workload:
 
 
 # ---------------------------------------------------------------------------------------------------- the checks
+
+
+def withdrawn(c: Tracked) -> bool:
+    """A cluster of a create answered 403, listed for a moment and gone without a terminal status: withdrawn, as
+    Magnum has no cluster after a refusal (a refused cluster that stayed would be CREATE_FAILED, and deleted)."""
+    return c.refused and c.gone and not set(c.statuses) & set(TERMINAL)
 
 
 @dataclass
@@ -607,8 +622,9 @@ async def test_one_fault_at_a_time_during_creates_and_deletes(fault_stack: Local
         checks.append(Check("every acknowledged create (202) honoured: the cluster was listed", not never_listed,
                             f"{len(acked)} acknowledged, {len(work.lost_creates)} lost or refused and retried "
                             f"({dict(work.refused)}); never listed: {never_listed}"))
-        unterminal = [c.uuid for c in work.clusters.values() if not set(c.statuses) & set(TERMINAL)]
-        outcome = Counter(next((s for s in c.statuses if s in TERMINAL), "none") for c in work.clusters.values())
+        unterminal = [c.uuid for c in work.clusters.values() if not set(c.statuses) & set(TERMINAL) and not withdrawn(c)]
+        outcome = Counter(next((s for s in c.statuses if s in TERMINAL), "withdrawn" if withdrawn(c) else "none")
+                          for c in work.clusters.values())
         checks.append(Check("every cluster reached CREATE_COMPLETE or CREATE_FAILED", not unterminal,
                             f"{dict(outcome)}; not: {unterminal}"))
         not_gone = [c.uuid for c in work.clusters.values() if not c.gone]
