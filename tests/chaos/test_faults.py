@@ -515,6 +515,10 @@ async def test_one_fault_at_a_time_during_creates_and_deletes(fault_stack: Local
                     await asyncio.wait_for(workload_done.wait(), gap)
                 except TimeoutError:
                     pass
+                # a fault must land while clusters are in flight: on a loaded machine the first creates may not be
+                # acknowledged yet when the first gap (0.2 s and up) is over
+                with contextlib.suppress(TimeoutError):
+                    await wait_for(lambda: work.in_flight() > 0 or workload_done.is_set(), timeout=60, interval=0.05)
                 if workload_done.is_set():
                     faults.append({"fault": fault, "at": None, "in_flight": 0, "recovered_after": None,
                                    "what": "not injected: the workload was over"})
