@@ -467,6 +467,19 @@ class NodeDeleted(_Event, frozen=True, tag=True):
     here. None in older events: their envelope's ``occurred_at`` stands in."""
 
 
+class NodeReleased(_Event, frozen=True, tag=True):
+    """What a deleted node had beside its server (its volumes, its floating IP, the port it booted on) is gone: the
+    end of a resize down's, a nodegroup delete's or a replacement's work on that node. Until then its name is not
+    given to a new worker, and a provisioner task that resumes the cluster (its predecessor killed between the
+    node's ``NodeDeleted`` and this) releases them."""
+
+    cluster_id: str
+    project_id: str
+    node_name: str
+    server_ids: list[str]
+    """The deleted servers of that name whose resources went (one, but for a name deleted twice before a release)."""
+
+
 class NodeHealth(msgspec.Struct, frozen=True, kw_only=True):
     """One node's health as the provisioner's watch saw it (``ClusterHealthChanged.nodes``)."""
 
@@ -698,6 +711,7 @@ Event = (
     | NodeBecameActive
     | NodeFailed
     | NodeDeleted
+    | NodeReleased
     | NodeLost
     | NodeRepaired
     | ClusterHealthChanged

@@ -373,7 +373,7 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     not have yet is parked (services/api/parking.py); a creation applies its cluster's parked events after it; a
     planned event's statements run one after another, another event with its handlers."""
     envs, sequences = await parking.arrange([env], [current_sequence()], tx, APPLIED_TYPES)
-    if envs == [env]:
+    if len(envs) == 1 and envs[0] is env:
         return await PLANNED(env, tx)
     await PLANNED.batch(envs, tx, sequences)
     return ()

@@ -55,6 +55,7 @@ from proto.events import (
     NodeGroupCreateRequested,
     NodeGroupDeleteRequested,
     NodeLost,
+    NodeReleased,
     NodeRepaired,
     VolumeCreated,
     VolumeDeleted,
@@ -282,6 +283,14 @@ def plan_node_deleted(env: Envelope, p: NodeDeleted) -> list[Write]:
         store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
         store.upsert_node_write(p.cluster_id, p.server_id, name=p.node_name, role=p.role,
                                 status=model.NODE_DELETED),
+        store.set_releasing_write(p.cluster_id, [p.server_id], True),
+    ]
+
+
+def plan_node_released(env: Envelope, p: NodeReleased) -> list[Write]:
+    return [
+        store.bump_seq_write(p.cluster_id, p.project_id, current_sequence()),
+        store.set_releasing_write(p.cluster_id, list(p.server_ids), False),
     ]
 
 
@@ -324,6 +333,7 @@ PLANS: dict[type, Callable[[Envelope, Any], list[Write]]] = {
     NodeBecameActive: plan_node_active,
     NodeFailed: plan_node_failed,
     NodeDeleted: plan_node_deleted,
+    NodeReleased: plan_node_released,
     NodeLost: plan_node_lost,
     NodeRepaired: plan_node_repaired,
     ClusterHealthChanged: plan_health_changed,

@@ -136,6 +136,8 @@ class KnownNode:
     name: str
     role: str
     status: str
+    releasing: bool = False
+    """Deleted, and its volumes, floating IP and own port not yet released (``NodeDeleted`` to ``NodeReleased``)."""
 
 
 def owned_servers(servers: list[ServerView], cluster_id: str) -> list[ServerView]:

@@ -105,10 +105,13 @@ def plan_update(
     deleting: set[str],
     max_batch_size: int = 1,
     pool: frozenset[str] | None = None,
+    reserved: frozenset[str] = frozenset(),
 ) -> UpdatePlan:
     """Compare the groups' desired state with the cluster's servers. ``deleting`` are server ids whose delete was
     already sent; ``known`` the nodes the provisioner's events recorded (keyed by server id); ``pool`` the ids of
-    the masters the load balancer's pool holds ACTIVE (None: the cluster has no load balancer).
+    the masters the load balancer's pool holds ACTIVE (None: the cluster has no load balancer); ``reserved`` names
+    no new worker takes (a deleted node's, until its volumes, floating IP and port are released: found by name,
+    they would be taken for the new node's, or the new node's for them).
 
     Masters are rolled first, one at a time, then workers (``max_batch_size`` at a time)."""
     plan = UpdatePlan()
@@ -165,7 +168,7 @@ def plan_update(
             taken = {index_of(s.name) for s in members}
             index = 0
             for _ in range(missing):
-                while index in taken:
+                while index in taken or group_node_name(prefix, group, index) in reserved:
                     index += 1
                 taken.add(index)
                 role = model.WORKER

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from proto.events import NodeDeleted
+from proto.events import NodeDeleted, NodeReleased
 from proto.requests import ClusterCAKey
 from services.provisioner import billing, certificates, coeapi, infra, model, nodeplan, store
 from services.provisioner.cloud import CloudError, ClusterCloud, Flavor, PortRefs, Seen
@@ -122,7 +122,10 @@ async def converge(
             g.docker_volume_size for g in row.groups) or any(
             boots_on_own_port(driver_for(built.coe), role) for role in model.ROLES):
         st.releasing.update(node.name for node in gone)
+        if only is None:  # (a repair pass boots the names it repairs again at once)
+            st.releasing.update(unreleased(row, servers))
     api_port_node = None if built.master_lb_enabled else model.node_name(prefix, model.MASTER, 0)
+    released_now: list[tuple[NodeReleased, str]] = []
     for name in sorted(st.releasing):
         seen = Seen()
         released = await r.cloud.call(trust, lambda c, name=name, seen=seen: c.release_node(  # type: ignore[misc]
@@ -131,9 +134,15 @@ async def converge(
                            node_name=name)
         if released:
             st.releasing.discard(name)
+            ids = sorted(sid for sid, node in row.nodes.items() if node.name == name and sid not in present)
+            if ids:
+                released_now.append((NodeReleased(cluster_id=row.uuid, project_id=row.project_id or "",
+                                                  node_name=name, server_ids=ids), f"NodeReleased:{','.join(ids)}"))
+    await r.emit_many(row, released_now)
 
     pool = await _pool(r, row, st, infra, groups, servers)
-    plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size, pool)
+    plan = nodeplan.plan_update(prefix, groups, servers, row.nodes, st.delete_requested, row.max_batch_size, pool,
+                                reserved=frozenset(st.releasing) if only is None else frozenset())
     if only is not None:
         plan.to_create = [(g, n) for g, n in plan.to_create if n.name in only]
         plan.to_delete = []
@@ -164,6 +173,14 @@ async def converge(
     if plan.to_create:
         await _boot(r, row, infra, plan.to_create, flavors, servers, st)
     return Convergence(servers=servers)
+
+
+def unreleased(row: store.ClusterRow, servers: list[model.ServerView]) -> set[str]:
+    """Names of deleted nodes whose volumes, floating IP and port the store says are not released yet (a copy was
+    killed between the node's ``NodeDeleted`` and its ``NodeReleased``), but for a name a listed server carries."""
+    listed = {s.name for s in servers}
+    return {node.name for node in row.nodes.values()
+            if node.releasing and node.status == model.NODE_DELETED and node.name not in listed}
 
 
 async def _pool(r: Reconciler, row: store.ClusterRow, st: TaskState, infra: Infra, groups: list[nodeplan.GroupSpec],

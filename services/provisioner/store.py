@@ -262,6 +262,14 @@ def upsert_node_write(
     )
 
 
+def set_releasing_write(cluster_id: str, server_ids: list[str], releasing: bool) -> Write:
+    """Whether these deleted servers' volumes, floating IP and port are still to be released (``nodes.py``)."""
+    return Write(
+        "UPDATE nodes SET releasing = $3 WHERE cluster_id = $1 AND server_id = ANY($2::text[])",
+        (cluster_id, server_ids, releasing), (cluster_key(cluster_id),),
+    )
+
+
 async def run(tx: asyncpg.Connection, write: Write) -> None:
     """Run one planned write now."""
     await tx.execute(write.sql, *write.args)
@@ -292,9 +300,9 @@ async def load_cluster(conn: asyncpg.Connection | asyncpg.Pool, cluster_id: str)
         return None
     row = _row(r)
     for n in await conn.fetch(
-        "SELECT server_id, name, role, status FROM nodes WHERE cluster_id = $1", cluster_id
+        "SELECT server_id, name, role, status, releasing FROM nodes WHERE cluster_id = $1", cluster_id
     ):
-        row.nodes[n["server_id"]] = KnownNode(n["server_id"], n["name"], n["role"], n["status"])
+        row.nodes[n["server_id"]] = KnownNode(n["server_id"], n["name"], n["role"], n["status"], n["releasing"])
     for g in await conn.fetch("SELECT * FROM nodegroups WHERE cluster_id = $1 ORDER BY name", cluster_id):
         row.groups.append(GroupSpec(
             name=g["name"], role=g["role"], node_count=g["node_count"], present=g["present"],

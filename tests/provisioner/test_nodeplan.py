@@ -46,6 +46,16 @@ def test_grow_creates_lowest_free_indices() -> None:
     assert not plan.to_delete and not plan.complete
 
 
+def test_a_new_worker_skips_the_names_whose_resources_are_still_being_released() -> None:
+    """A worker deleted by a resize down keeps its name until its volumes, floating IP and port are released: found
+    by name, they would be taken for a new worker's (or its for them)."""
+    m = srv(f"{P}-master-0", "m0", role="master")
+    w0 = srv(f"{P}-node-0", "w0")
+    plan = nodeplan.plan_update(P, [MASTER, worker(3)], [m, w0], known(m, w0), set(),
+                                reserved=frozenset({f"{P}-node-1"}))
+    assert [n.name for _, n in plan.to_create] == [f"{P}-node-2", f"{P}-node-3"]
+
+
 def test_shrink_removes_named_nodes_first_then_highest() -> None:
     ws = [srv(f"{P}-node-{i}", f"w{i}") for i in range(4)]
     plan = upd([MASTER, worker(2, frozenset({"w0"}))], ws, known(*ws), set())

@@ -190,7 +190,7 @@ async def watch(bus: Bus, cluster_id: str) -> tuple[ClusterEvents, Any]:
 
 async def request_cluster(
     bus: Bus, cloud: Cloud, name: str, *, masters: int = 1, workers: int = 2, flavor: str = "m1.small",
-    trust_id: str | None = None, admitted: bool = True,
+    trust_id: str | None = None, admitted: bool = True, docker_volume_size: int | None = None,
 ) -> ClusterCreateRequested:
     """Publish a create request and, when ``admitted``, the scheduler's admission, from which the certs service
     makes the cluster's CA (the provisioner builds a cluster once it has both); a refused create has its request
@@ -199,7 +199,7 @@ async def request_cluster(
     template = ClusterTemplate(
         uuid=str(uuid.uuid4()), name="k8s", project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
         image_id="fedora-coreos", flavor_id=flavor, master_flavor_id=flavor,
-        external_network_id="public", created_at=now,
+        external_network_id="public", created_at=now, docker_volume_size=docker_volume_size,
     )
     req = ClusterCreateRequested(
         uuid=str(uuid.uuid4()), name=name, project_id=cloud.demo_project_id, user_id=cloud.demo_user_id,
@@ -633,4 +633,54 @@ async def test_rotated_trust_is_deleted_and_the_new_one_kept_and_used(
         assert await asyncio.to_thread(cloud.live_records, prefix) == []
         assert [e.payload.trust_id for e in events.received if e.type == "ClusterTrustDeleted"] == [old, new]
     finally:
+        await sub.unsubscribe()
+
+
+async def test_a_copy_killed_before_a_removed_workers_volumes_were_released_leaves_them_to_the_next(
+    bus: Bus, cloud: Cloud, provisioner: Provisioner
+) -> None:
+    """A resize down deletes a worker's server (``NodeDeleted``), then its volume, once detached. A provisioner
+    killed in between used to leave the volume (and its billing) until the cluster's delete: the next task knew
+    nothing of it. The store now says which deleted nodes are not released yet (``NodeReleased`` clears it)."""
+    req = await request_cluster(bus, cloud, "demo-release", masters=1, workers=2, docker_volume_size=1)
+    prefix = prefix_of(req)
+    removed = f"{prefix}-node-1-docker"
+    events, sub = await watch(bus, req.uuid)
+    fault: dict[str, Any] = {}
+    try:
+        await until(events, "ClusterCreateCompleted", provisioner)
+        assert removed in {r["name"] for r in await asyncio.to_thread(cloud.live_records, prefix)}
+        # Cinder refuses every volume delete: the release cannot finish
+        fault = await asyncio.to_thread(cloud.admin_call, "POST", "/admin/faults/api", json={
+            "service": "volume", "method": "DELETE", "path": "volumes/", "status": 500})
+        resize = ClusterUpdateRequested(uuid=req.uuid, project_id=req.project_id, node_count=1,
+                                        previous_node_count=2)
+        await bus.publish(subjects.cluster_events("api", req.uuid),
+                          new_envelope(resize, project_id=req.project_id, cluster_id=req.uuid))
+        deleted = await until(events, "NodeDeleted", provisioner)
+        assert deleted.payload.node_name == f"{prefix}-node-1"
+        await wait_for(lambda: "volume_release_failed" in provisioner.tail() or "Releasing the resources" in
+                       provisioner.tail(), timeout=30, message="a release attempt refused by Cinder")
+        provisioner.kill()
+        await asyncio.to_thread(cloud.admin_call, "PUT", "/admin/faults", json={"api": []})
+        provisioner.start()
+
+        async def volume_gone() -> bool:
+            return removed not in {r["name"] for r in await asyncio.to_thread(cloud.live_records, prefix)}
+
+        await wait_for(volume_gone, timeout=60, message=f"{removed} released by the restarted provisioner")
+        released = await until(events, "NodeReleased", provisioner)
+        assert (released.payload.node_name, released.payload.server_ids) == (
+            f"{prefix}-node-1", [deleted.payload.server_id])
+        assert any(e.type == "VolumeDeleted" for e in events.received)
+        await until(events, "ClusterUpdateCompleted", provisioner)
+        assert sorted(s.name for s in await asyncio.to_thread(cloud.servers, prefix)) == [
+            f"{prefix}-master-0", f"{prefix}-node-0"]
+
+        await request_delete(bus, req)
+        await until(events, "ClusterDeleteCompleted", provisioner)
+        assert await asyncio.to_thread(cloud.live_records, prefix) == []
+    finally:
+        if fault:
+            await asyncio.to_thread(cloud.admin_call, "PUT", "/admin/faults", json={"api": []})
         await sub.unsubscribe()
