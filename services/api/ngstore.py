@@ -150,8 +150,13 @@ async def set_count(conn: asyncpg.Connection, ng_uuid: str, node_count: int) -> 
 
 
 async def set_count_by_name(conn: asyncpg.Connection, cluster_uuid: str, name: str, node_count: int) -> None:
+    """The count an update reached. A stable group whose count it changes was resized by a request the read model
+    did not apply (superseded: applied after its completion, services/api/parking.py): it is in progress, to be
+    settled with the others by the completion, as if the request had come first."""
     await conn.execute(
-        "UPDATE nodegroups SET node_count = $3 WHERE cluster_uuid = $1 AND name = $2", cluster_uuid, name, node_count
+        "UPDATE nodegroups SET node_count = $3, status = CASE WHEN node_count <> $3 AND status = ANY($4::text[])"
+        " THEN 'UPDATE_IN_PROGRESS' ELSE status END WHERE cluster_uuid = $1 AND name = $2",
+        cluster_uuid, name, node_count, ["CREATE_COMPLETE", "UPDATE_COMPLETE"],
     )
 
 

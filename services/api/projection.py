@@ -369,23 +369,27 @@ APPLIED_TYPES: set[type] = {*HANDLERS, *ngprojection.HANDLERS, ev.NodeGroupCreat
 
 
 async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | None:
-    """The projection handler registered for the API (``cove.evt.>``): an event about a cluster the read model does
-    not have yet is parked (services/api/parking.py); a creation applies its cluster's parked events after it; a
-    planned event's statements run one after another, another event with its handlers."""
-    envs, sequences = await parking.arrange([env], [current_sequence()], tx, APPLIED_TYPES)
-    if len(envs) == 1 and envs[0] is env:
-        return await PLANNED(env, tx)
-    await PLANNED.batch(envs, tx, sequences)
-    return ()
+    """The projection handler registered for the API (``cove.evt.>``): each cluster's events in stream order
+    (services/api/parking.py: an event of a cluster the read model lacks, or that does not apply yet, is parked and
+    applied after what it waits for; one older than the cluster's status is superseded), then a planned event's
+    statements one after another, another event with its handlers."""
+    arranged = await parking.arrange([env], [current_sequence()], tx, APPLIED_TYPES)
+    if len(arranged.envs) == 1 and arranged.envs[0] is env:
+        out = await PLANNED(env, tx)
+    else:
+        await PLANNED.batch(arranged.envs, tx, arranged.sequences)
+        out = ()
+    await parking.settle(tx, arranged.status_seqs)
+    return out
 
 
 async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
-    """The API's batch handler: parking as ``handle``, then the planned events' statements grouped by statement
+    """The API's batch handler: arranged as ``handle``, then the planned events' statements grouped by statement
     (new clusters, their default nodegroups and admissions, node reports, status moves: a few round trips for the
     batch), the others with their handlers in their place (``PlannedHandler.batch``). The result is what
     ``handle`` gives one event at a time (tests/api/test_batch_projection.py, tests/ops/test_replay_batched.py).
     The API publishes nothing from its projection: no event has outgoing events."""
-    sequences = batch_sequences() or [0] * len(envs)
-    arranged, arranged_sequences = await parking.arrange(envs, sequences, tx, APPLIED_TYPES)
-    await PLANNED.batch(arranged, tx, arranged_sequences)
+    arranged = await parking.arrange(envs, batch_sequences() or [0] * len(envs), tx, APPLIED_TYPES)
+    await PLANNED.batch(arranged.envs, tx, arranged.sequences)
+    await parking.settle(tx, arranged.status_seqs)
     return [()] * len(envs)

@@ -23,6 +23,9 @@ from proto.events import (
     ClusterCreateStarted,
     ClusterDeleteCompleted,
     ClusterDeleteRequested,
+    ClusterUpdateCompleted,
+    ClusterUpdateRequested,
+    ClusterUpdateStarted,
     NodeBecameActive,
     NodeCreated,
 )
@@ -185,3 +188,50 @@ async def test_an_event_after_its_cluster_was_deleted_is_parked_and_pruned_a_day
     await apply(one_by_one, envs, [[5], [6], [7]])
     got = await snapshot(one_by_one)
     assert [(row["cluster_uuid"], row["stream_seq"]) for row in got["parked_events"]] == [(later.uuid, 7)]
+
+
+def resized() -> tuple[Stream, str]:
+    """``lifecycle`` (sequences 1 to 12), then the built cluster resized from 1 worker to 2: its request (13), the
+    provisioner's start (14), the new worker (15, 16) and the completion (17)."""
+    s, built = lifecycle()
+    s.add(ClusterUpdateRequested(uuid=built, project_id=PROJECT, node_count=2, previous_node_count=1), built)
+    s.add(ClusterUpdateStarted(uuid=built, project_id=PROJECT, node_count=2), built)
+    sid = f"{built}-w-1"
+    s.add(NodeCreated(cluster_id=built, project_id=PROJECT, node_name="w-1", role="worker", server_id=sid,
+                      flavor_id="f", flavor_name="m1.small", vcpus=1, ram_mb=1024, disk_gb=10), built)
+    s.add(NodeBecameActive(cluster_id=built, project_id=PROJECT, server_id=sid, node_name="w-1", role="worker",
+                           addresses={"private": ["10.0.0.4"]}), built)
+    s.add(ClusterUpdateCompleted(uuid=built, project_id=PROJECT, node_count=2,
+                                 nodegroup_counts={"default-master": 1, "default-worker": 2}), built)
+    return s, built
+
+
+RESIZE = 13
+"""The stream sequence of the resize's request."""
+
+RESIZE_DELIVERIES = {
+    # The copy holding the request died: the provisioner's start, the new worker and the completion came first.
+    "request-after-its-completion": [[n] for n in range(1, RESIZE)] + [[14], [15], [16], [17], [RESIZE]],
+    "request-after-its-completion-batched": [list(range(1, RESIZE)), [14, 15, 16, 17], [RESIZE]],
+    # The request came back with the completion: the start before it is superseded, the completion waits for it.
+    "start-late": [list(range(1, RESIZE)), [15, 17], [RESIZE, 16], [14]],
+}
+
+
+@pytest.mark.parametrize("delivery", list(RESIZE_DELIVERIES))
+async def test_a_resize_whose_events_are_applied_out_of_order_ends_as_in_stream_order(
+        schemas: Schemas, delivery: str) -> None:
+    """Applied as they came, the request after its completion moved the cluster back to ``UPDATE_IN_PROGRESS``,
+    where it stayed: a status event older than the one that last moved the cluster is superseded now, and one that
+    does not apply yet waits, parked, for the status it applies from. (The superseded request's one other effect, its
+    group in progress, the completion makes itself: its counts say which group it changed.)"""
+    s, built = resized()
+    in_order, out_of_order = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    await apply(in_order, s.envs, [[n] for n in range(1, len(s.envs) + 1)])
+    await apply(out_of_order, s.envs, RESIZE_DELIVERIES[delivery])
+    expected = await snapshot(in_order)
+    assert await snapshot(out_of_order) == expected
+    (row,) = [r for r in expected["clusters"] if r["uuid"] == built]
+    assert (row["status"], row["status_seq"], row["spec"]["node_count"] if isinstance(row["spec"], dict) else
+            msgspec.json.decode(row["spec"])["node_count"]) == ("UPDATE_COMPLETE", 17, 2)
+    assert expected["parked_events"] == []
