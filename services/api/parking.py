@@ -269,8 +269,10 @@ class _Run:
             self.known[cluster] = None
             self.moved.pop(cluster, None)
             # what was parked for it will never apply: it goes with the cluster
-            for left in self.stored.pop(cluster, []):
-                self.unpark.append((cluster, left.env.id))
+            left = [*self.stored.pop(cluster, []), *(w for w in self.waiting if w.cluster == cluster)]
+            self.unpark.extend((cluster, w.env.id) for w in left if w.stored)
+            self.waiting = [w for w in self.waiting if w.cluster != cluster]
+            heapq.heapify(self.waiting)
             return
         if sources is None or was in sources:  # (without a sequence, a move that does not apply changes nothing)
             current.status = target
