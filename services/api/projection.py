@@ -235,7 +235,7 @@ async def node_failed(e: ev.NodeFailed, env: Envelope, tx: asyncpg.Connection) -
 async def node_deleted(e: ev.NodeDeleted, env: Envelope, tx: asyncpg.Connection) -> None:
     if await store.cluster_status(tx, e.cluster_id) is None:
         return
-    await store.delete_node(tx, e.cluster_id, e.server_id)
+    await store.delete_node(tx, e.cluster_id, e.server_id, e.node_name)
     masters, workers = await store.node_addresses(tx, e.cluster_id)
     await store.update_cluster(tx, e.cluster_id, master_addresses=masters, node_addresses=workers)
 
@@ -342,7 +342,7 @@ def plan(env: Envelope) -> list[Write] | None:
             store.refresh_addresses_write(p.cluster_id),
         ]
     if isinstance(p, ev.NodeDeleted):
-        return [store.delete_node_of_known_cluster_write(p.cluster_id, p.server_id),
+        return [store.delete_node_of_known_cluster_write(p.cluster_id, p.server_id, p.node_name),
                 store.refresh_addresses_write(p.cluster_id)]
     if isinstance(p, ev.ClusterCreateStarted):
         return [store.set_stack_id_write(p.uuid, p.stack_id)] if p.stack_id else []

@@ -308,7 +308,8 @@ async def upsert_node(
         " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT (cluster_uuid, server_id) DO UPDATE SET"
         " node_name = COALESCE(EXCLUDED.node_name, nodes.node_name), role = COALESCE(EXCLUDED.role, nodes.role),"
         " status = EXCLUDED.status, reason = COALESCE(EXCLUDED.reason, nodes.reason),"
-        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END",
+        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END"
+        f" WHERE {FORWARD}",
         cluster_uuid,
         server_id,
         node_name,
@@ -317,6 +318,18 @@ async def upsert_node(
         reason,
         json.dumps(addresses or {}),
     )
+
+
+def _node_rank(column: str) -> str:
+    return f"(CASE {column} WHEN 'BUILD' THEN 0 WHEN 'DELETED' THEN 2 ELSE 1 END)"
+
+
+FORWARD = f"{_node_rank('EXCLUDED.status')} >= {_node_rank('nodes.status')}"
+"""A node's row moves forward only: BUILD, then ACTIVE or ERROR, then DELETED (a row kept, its addresses gone, so
+that a report the API's copies apply late, a NodeCreated after its NodeBecameActive or either after the NodeDeleted,
+changes nothing: services/api/parking.py orders a cluster's status events, not its nodes'). Every read of nodes
+asks for ACTIVE or ERROR ones; the cluster's delete removes them all. As the provisioner's own store does
+(services/provisioner/store.py ``_NODE_RANK``)."""
 
 
 # Writes the projection plans (services/api/projection.py ``plan``): statements decided from the event alone, each
@@ -344,18 +357,24 @@ def upsert_node_of_known_cluster_write(
         " ON CONFLICT (cluster_uuid, server_id) DO UPDATE SET"
         " node_name = COALESCE(EXCLUDED.node_name, nodes.node_name), role = COALESCE(EXCLUDED.role, nodes.role),"
         " status = EXCLUDED.status, reason = COALESCE(EXCLUDED.reason, nodes.reason),"
-        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END",
+        " addresses = CASE WHEN EXCLUDED.addresses = '{}'::jsonb THEN nodes.addresses ELSE EXCLUDED.addresses END"
+        f" WHERE {FORWARD}",
         (cluster_uuid, server_id, node_name, role, status, json.dumps(addresses or {})),
         (cluster_key(cluster_uuid),),
     )
 
 
-def delete_node_of_known_cluster_write(cluster_uuid: str, server_id: str) -> Write:
-    return Write(
-        "DELETE FROM nodes WHERE cluster_uuid = $1 AND server_id = $2"
-        " AND EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)",
-        (cluster_uuid, server_id), (cluster_key(cluster_uuid),),
-    )
+DELETE_NODE_SQL = (
+    "INSERT INTO nodes (cluster_uuid, server_id, node_name, status)"
+    " SELECT $1, $2, $3, 'DELETED' WHERE EXISTS (SELECT 1 FROM clusters WHERE uuid = $1)"
+    " ON CONFLICT (cluster_uuid, server_id) DO UPDATE SET status = 'DELETED', addresses = '{}'::jsonb,"
+    " node_name = COALESCE(EXCLUDED.node_name, nodes.node_name)"
+)
+"""A node gone: its row kept as DELETED (``FORWARD``), of a cluster in the read model."""
+
+
+def delete_node_of_known_cluster_write(cluster_uuid: str, server_id: str, node_name: str | None) -> Write:
+    return Write(DELETE_NODE_SQL, (cluster_uuid, server_id, node_name), (cluster_key(cluster_uuid),))
 
 
 _FIRST_ADDRESS = (
@@ -459,8 +478,8 @@ def set_stack_id_write(uuid: str, stack_id: str) -> Write:
     return Write("UPDATE clusters SET stack_id = $2 WHERE uuid = $1", (uuid, stack_id), (cluster_key(uuid),))
 
 
-async def delete_node(conn: asyncpg.Connection, cluster_uuid: str, server_id: str) -> None:
-    await conn.execute("DELETE FROM nodes WHERE cluster_uuid = $1 AND server_id = $2", cluster_uuid, server_id)
+async def delete_node(conn: asyncpg.Connection, cluster_uuid: str, server_id: str, node_name: str | None) -> None:
+    await conn.execute(DELETE_NODE_SQL, cluster_uuid, server_id, node_name)
 
 
 async def node_addresses(conn: asyncpg.Connection, cluster_uuid: str) -> tuple[list[str], list[str]]:

@@ -28,11 +28,12 @@ from proto.events import (
     ClusterUpdateStarted,
     NodeBecameActive,
     NodeCreated,
+    NodeDeleted,
 )
 from services.api import parking, projection
 from services.api.service import MIGRATIONS
 from services.runtime.projection import _BATCH_SEQUENCES, _SEQUENCE
-from tests.api.test_batch_projection import PROJECT, Stream
+from tests.api.test_batch_projection import PROJECT, Stream, json_list
 from tests.scheduler.test_admission_run import Schemas, snapshot
 
 pytestmark = pytest.mark.integration
@@ -235,3 +236,27 @@ async def test_a_resize_whose_events_are_applied_out_of_order_ends_as_in_stream_
     assert (row["status"], row["status_seq"], row["spec"]["node_count"] if isinstance(row["spec"], dict) else
             msgspec.json.decode(row["spec"])["node_count"]) == ("UPDATE_COMPLETE", 17, 2)
     assert expected["parked_events"] == []
+
+
+@pytest.mark.parametrize("delivery", [
+    # a master's NodeCreated (7) redelivered after its NodeBecameActive (8)
+    [[1, 2, 3, 4, 5, 6], [8], [7], [9, 10, 11, 12, 13]],
+    # a worker's NodeBecameActive (10) redelivered after its NodeDeleted (13), in a batch and alone
+    [[1, 2, 3, 4, 5, 6, 7, 8, 9], [11, 12, 13], [10]],
+    [[1, 2, 3, 4, 5, 6, 7, 8, 9], [11], [12], [13], [10]],
+], ids=["created-after-active", "active-after-deleted-batched", "active-after-deleted"])
+async def test_a_nodes_late_report_does_not_move_it_back(schemas: Schemas, delivery: list[list[int]]) -> None:
+    """A node's row only moves forward (BUILD, then ACTIVE or ERROR, then DELETED, kept as such until the cluster
+    goes): applied as it came, a late NodeCreated made an ACTIVE node BUILD again, and a late NodeBecameActive
+    brought a deleted node, and its address, back into the cluster's addresses."""
+    s, built = lifecycle()
+    s.add(NodeDeleted(cluster_id=built, project_id=PROJECT, server_id=f"{built}-w-0", node_name="w-0"), built)
+    in_order, out_of_order = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    await apply(in_order, s.envs, [[n] for n in range(1, len(s.envs) + 1)])
+    await apply(out_of_order, s.envs, delivery)
+    expected = await snapshot(in_order)
+    assert await snapshot(out_of_order) == expected
+    assert sorted((row["node_name"], row["status"]) for row in expected["nodes"]) == [
+        ("m-0", "ACTIVE"), ("w-0", "DELETED")]
+    (row,) = [r for r in expected["clusters"] if r["uuid"] == built]
+    assert (json_list(row["master_addresses"]), json_list(row["node_addresses"])) == (["10.0.0.2"], [])
