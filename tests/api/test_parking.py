@@ -23,6 +23,7 @@ from proto.events import (
     ClusterCreateStarted,
     ClusterDeleteCompleted,
     ClusterDeleteRequested,
+    ClusterHealthChanged,
     ClusterUpdateCompleted,
     ClusterUpdateRequested,
     ClusterUpdateStarted,
@@ -260,3 +261,20 @@ async def test_a_nodes_late_report_does_not_move_it_back(schemas: Schemas, deliv
         ("m-0", "ACTIVE"), ("w-0", "DELETED")]
     (row,) = [r for r in expected["clusters"] if r["uuid"] == built]
     assert (json_list(row["master_addresses"]), json_list(row["node_addresses"])) == (["10.0.0.2"], [])
+
+
+async def test_parked_events_go_between_the_redelivered_ones_by_their_sequence(schemas: Schemas) -> None:
+    """A killed copy held the request and the first health report after it; the other copy applied the second (no
+    cluster yet: parked). When the two come back, the parked report goes after the redelivered one, as in the
+    stream, not right after the creation (where the older report would then overwrite it)."""
+    s = Stream()
+    t = s.template("t")
+    req = s.request("watched", t)
+    for health in ("HEALTHY", "UNHEALTHY"):
+        s.add(ClusterHealthChanged(uuid=req.uuid, project_id=PROJECT, health_status=health), req.uuid)
+    in_order, out_of_order = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    await apply(in_order, s.envs, [[1], [2], [3], [4]])
+    await apply(out_of_order, s.envs, [[1], [4], [2, 3]])
+    expected = await snapshot(in_order)
+    assert await snapshot(out_of_order) == expected
+    assert [row["health_status"] for row in expected["clusters"]] == ["UNHEALTHY"]
