@@ -177,19 +177,13 @@ async def update_requested(e: ev.ClusterUpdateRequested, env: Envelope, tx: asyn
 
 async def health_updated(e: ev.ClusterHealthUpdated, env: Envelope, tx: asyncpg.Connection) -> None:
     """Magnum saves a health-only PATCH without a status change."""
-    if await store.cluster_status(tx, e.uuid) is not None:
-        await store.update_cluster(
-            tx, e.uuid, health_status=e.health_status, health_status_reason=dict(e.health_status_reason),
-            updated_at=env.occurred_at,
-        )
+    await store.set_health(tx, e.uuid, e.health_status, dict(e.health_status_reason), current_sequence(),
+                           updated_at=env.occurred_at)
 
 
 async def health_changed(e: ev.ClusterHealthChanged, env: Envelope, tx: asyncpg.Connection) -> None:
     """The provisioner's health, computed from the cluster's nodes at the cloud (services/provisioner/health.py)."""
-    if await store.cluster_status(tx, e.uuid) is not None:
-        await store.update_cluster(
-            tx, e.uuid, health_status=e.health_status, health_status_reason=dict(e.health_status_reason),
-        )
+    await store.set_health(tx, e.uuid, e.health_status, dict(e.health_status_reason), current_sequence())
 
 
 async def update_started(e: ev.ClusterUpdateStarted, env: Envelope, tx: asyncpg.Connection) -> None:

@@ -259,6 +259,17 @@ async def update_cluster(conn: asyncpg.Connection, uuid: str, **values: Any) -> 
     await conn.execute(f"UPDATE clusters SET {', '.join(sets)} WHERE uuid = $1", *args)
 
 
+async def set_health(conn: asyncpg.Connection, uuid: str, health_status: str | None, reason: dict[str, str],
+                     seq: int, updated_at: datetime | None = None) -> None:
+    """The cluster's health from the report at stream sequence ``seq``, unless a later one is shown (``health_seq``,
+    migration 0013: reports come only on a change, so an older one applied late would stay); ``seq`` 0 (not known)
+    always applies."""
+    await conn.execute(
+        "UPDATE clusters SET health_status = $2, health_status_reason = $3::jsonb, health_seq = GREATEST(health_seq, $4),"
+        " updated_at = COALESCE($5, updated_at) WHERE uuid = $1 AND ($4 = 0 OR health_seq < $4)",
+        uuid, health_status, json.dumps(reason), seq, updated_at)
+
+
 async def set_node_count(conn: asyncpg.Connection, uuid: str, node_count: int) -> None:
     await conn.execute(
         "UPDATE clusters SET spec = jsonb_set(spec, '{node_count}', to_jsonb($2::int)) WHERE uuid = $1",

@@ -278,3 +278,20 @@ async def test_parked_events_go_between_the_redelivered_ones_by_their_sequence(s
     expected = await snapshot(in_order)
     assert await snapshot(out_of_order) == expected
     assert [row["health_status"] for row in expected["clusters"]] == ["UNHEALTHY"]
+
+
+@pytest.mark.parametrize("delivery", [[[1, 2], [4], [3]], [[1, 2], [4, 3]]], ids=["alone", "batched"])
+async def test_an_older_health_report_applied_late_does_not_replace_the_newer(
+        schemas: Schemas, delivery: list[list[int]]) -> None:
+    """Health reports come only on a change: the older one, applied late, would have stayed shown."""
+    s = Stream()
+    t = s.template("t")
+    req = s.request("watched", t)
+    for health in ("HEALTHY", "UNHEALTHY"):
+        s.add(ClusterHealthChanged(uuid=req.uuid, project_id=PROJECT, health_status=health), req.uuid)
+    in_order, out_of_order = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    await apply(in_order, s.envs, [[1], [2], [3], [4]])
+    await apply(out_of_order, s.envs, delivery)
+    expected = await snapshot(in_order)
+    assert await snapshot(out_of_order) == expected
+    assert [(row["health_status"], row["health_seq"]) for row in expected["clusters"]] == [("UNHEALTHY", 4)]
