@@ -15,6 +15,10 @@ from services.runtime.projection import Write
 # cluster's delete closes every interval of its resources) and by the resource itself.
 
 
+CLUSTER_DELETED = "cluster_deleted"
+"""The end reason of an interval the cluster's delete closed (its resource's own end was not reported)."""
+
+
 def cluster_key(cluster_id: str) -> tuple[str, str]:
     return ("cluster", cluster_id)
 
@@ -46,15 +50,23 @@ def resource_started_write(
     )
 
 
+_OPEN = f"(resources.ended_at IS NULL OR resources.end_reason = '{CLUSTER_DELETED}')"
+"""An interval whose end a resource's own report sets."""
+
+
 def resource_ended_write(
     *, kind: str, resource_id: str, cluster_id: str, project_id: str, at: datetime, reason: str,
 ) -> Write:
-    """The interval closes at the first end reported."""
+    """The interval closes at the first end the provisioner reported. An end the cluster's delete set (its fallback
+    for a resource whose end was lost) gives way to the resource's own, applied after it: the accounting copy that
+    held the resource's report was killed, and the report came back after the ack wait (make chaos: a server billed
+    to the cluster's delete, 12 s late)."""
     return Write(
         "INSERT INTO resources (kind, resource_id, cluster_id, project_id, ended_at, end_reason)"
         " VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (kind, resource_id) DO UPDATE SET ended_at = COALESCE(resources.ended_at, EXCLUDED.ended_at),"
-        " end_reason = COALESCE(resources.end_reason, EXCLUDED.end_reason)",
+        " ON CONFLICT (kind, resource_id) DO UPDATE SET"
+        f" ended_at = CASE WHEN {_OPEN} THEN EXCLUDED.ended_at ELSE resources.ended_at END,"
+        f" end_reason = CASE WHEN {_OPEN} THEN EXCLUDED.end_reason ELSE resources.end_reason END",
         (kind, resource_id, cluster_id, project_id, at, reason),
         (cluster_key(cluster_id), ("resource", kind, resource_id)),
     )
@@ -78,7 +90,7 @@ def cluster_deleted_writes(cluster_id: str, project_id: str, at: datetime) -> li
             (cluster_id, project_id, at), (cluster_key(cluster_id),),
         ),
         Write(
-            "UPDATE resources SET ended_at = $2, end_reason = 'cluster_deleted'"
+            f"UPDATE resources SET ended_at = $2, end_reason = '{CLUSTER_DELETED}'"
             " WHERE cluster_id = $1 AND ended_at IS NULL AND started_at IS NOT NULL AND started_at <= $2",
             (cluster_id, at), (cluster_key(cluster_id),),
         ),

@@ -154,6 +154,26 @@ async def test_duplicate_delivery_never_double_counts(acct: Harness) -> None:
     assert (r.node_seconds, r.core_seconds, r.ram_mb_seconds) == (60, 120, 2048 * 60)
 
 
+async def test_a_resources_own_end_applied_after_the_clusters_delete_replaces_the_deletes_end(
+        acct: Harness) -> None:
+    """The cluster's delete closes what is still open at its own time (the fallback for an end the provisioner lost).
+    A server's and a volume's reports applied after it (an accounting copy killed holding them: make chaos billed a
+    server 12 s late) give their own, earlier ends."""
+    p, cid = f"p-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    await emit(acct, cid, p, ClusterCreateStarted(uuid=cid, project_id=p), at(0))
+    await emit(acct, cid, p, created(cid, p, "sl", 2, 2048, 10), at(11))
+    await emit(acct, cid, p, VolumeCreated(cluster_id=cid, project_id=p, volume_id="vl", name="v", size_gb=10,
+                                           created_at=at(5)), at(6))
+    await emit(acct, cid, p, ClusterDeleteCompleted(uuid=cid, project_id=p), at(200))
+    await emit(acct, cid, p, NodeDeleted(cluster_id=cid, project_id=p, server_id="sl", deleted_at=at(100)), at(101))
+    _, last = await emit(acct, cid, p, VolumeDeleted(cluster_id=cid, project_id=p, volume_id="vl",
+                                                     deleted_at=at(150)), at(151))
+    await wait_for(lambda: acct.applied(last))
+    r = await usage(acct, p, since=at(0), until=at(300), group_by="resource")
+    assert {(row.resource_kind, row.resource_id): row.billed_us for row in r.rows} == {
+        ("server", "sl"): 90 * S, ("volume", "vl"): 145 * S, ("cluster", cid): 200 * S}
+
+
 async def test_metrics_count_per_project_with_a_bounded_label_set(acct: Harness) -> None:
     p, _, _, _ = await scenario(acct)
     metrics = UsageMetrics(max_projects=1)
