@@ -18,7 +18,7 @@ import structlog
 from proto import clusterspec
 from proto import events as ev
 from proto.envelope import Envelope
-from services.api import ngstore, status, store
+from services.api import ngstore, status, store, versions
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,10 @@ async def nodegroup_create_requested(
 async def nodegroup_update_requested(
     e: ev.NodeGroupUpdateRequested, env: Envelope, tx: asyncpg.Connection
 ) -> None:
-    """Counts bounds and node labels/taints need no server change: applied as they arrive."""
+    """Counts bounds and node labels/taints need no server change: applied as they arrive (the newest: an older one
+    applied late changes nothing, services/api/versions.py)."""
+    if not await versions.newer(tx, "nodegroup", e.uuid):
+        return
     await ngstore.update_fields(
         tx, e.uuid, env.occurred_at, min_node_count=e.min_node_count, max_node_count=e.max_node_count,
         node_labels=dict(e.node_labels),

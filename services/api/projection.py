@@ -22,7 +22,7 @@ import structlog
 from proto import events as ev
 from proto.envelope import Envelope
 from proto.quotas import ordinal, waiting_reason
-from services.api import ngprojection, ngstore, parking, status, store
+from services.api import ngprojection, ngstore, parking, status, store, versions
 from services.api.resources import quotas
 from services.runtime.projection import Outgoing, PlannedHandler, Write, batch_sequences, current_sequence
 
@@ -32,15 +32,18 @@ Apply = Callable[[Any, Envelope, asyncpg.Connection], Awaitable[None]]
 
 
 async def template_created(e: ev.ClusterTemplateCreated, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.upsert_template(tx, e.template)
+    if await versions.newer(tx, "template", e.template.uuid):
+        await store.upsert_template(tx, e.template)
 
 
 async def template_updated(e: ev.ClusterTemplateUpdated, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.upsert_template(tx, e.template)
+    if await versions.newer(tx, "template", e.template.uuid):  # (applied after the delete, it would bring it back)
+        await store.upsert_template(tx, e.template)
 
 
 async def template_deleted(e: ev.ClusterTemplateDeleted, env: Envelope, tx: asyncpg.Connection) -> None:
-    await store.delete_template(tx, e.uuid)
+    if await versions.newer(tx, "template", e.uuid):
+        await store.delete_template(tx, e.uuid)
 
 
 async def _move(tx: asyncpg.Connection, uuid: str, event_type: str, at: datetime, **values: Any) -> str | None:

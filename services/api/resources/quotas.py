@@ -22,7 +22,7 @@ from proto import quotas as quota_names
 from proto import subjects
 from proto.envelope import Envelope
 from proto.events import QuotaCreated, QuotaDeleted, QuotaUpdated
-from services.api import paging, policy
+from services.api import paging, policy, versions
 from services.api.errors import ApiError, bad_request
 from services.api.keys import KEYSTONE, POOL, WRITER
 from services.api.keystone import AuthContext
@@ -60,28 +60,35 @@ def default_limit(environ: dict[str, str] | None = None, resource: str = quota_n
 # --------------------------------------------------------------------------- the read model (schema api)
 
 
-async def put_quota(tx: asyncpg.Connection, project_id: str, resource: str, hard_limit: int, at: datetime) -> None:
+async def put_quota(tx: asyncpg.Connection, project_id: str, resource: str, hard_limit: int, at: datetime, *,
+                    update: bool) -> None:
+    """The quota's limit as of ``at``; ``update``: a change of an existing quota (its row made by it when its
+    creation is applied later: versions.py)."""
     await tx.execute(
-        "INSERT INTO quotas (project_id, resource, hard_limit, created_at) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO quotas (project_id, resource, hard_limit, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4::timestamptz, CASE WHEN $5::boolean THEN $4::timestamptz END)"
         " ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = EXCLUDED.hard_limit,"
         " updated_at = EXCLUDED.created_at",
-        project_id,
-        resource,
-        hard_limit,
-        at,
+        project_id, resource, hard_limit, at, update,
     )
 
 
 async def quota_created(e: QuotaCreated, env: Envelope, tx: asyncpg.Connection) -> None:
-    await put_quota(tx, e.project_id, e.resource, e.hard_limit, env.occurred_at)
+    if await versions.newer(tx, "quota", f"{e.project_id}/{e.resource}"):
+        await put_quota(tx, e.project_id, e.resource, e.hard_limit, env.occurred_at, update=False)
+    else:  # a later change was applied first: the quota was created when this says
+        await tx.execute("UPDATE quotas SET created_at = LEAST(created_at, $3) WHERE project_id = $1"
+                         " AND resource = $2", e.project_id, e.resource, env.occurred_at)
 
 
 async def quota_updated(e: QuotaUpdated, env: Envelope, tx: asyncpg.Connection) -> None:
-    await put_quota(tx, e.project_id, e.resource, e.hard_limit, env.occurred_at)
+    if await versions.newer(tx, "quota", f"{e.project_id}/{e.resource}"):
+        await put_quota(tx, e.project_id, e.resource, e.hard_limit, env.occurred_at, update=True)
 
 
 async def quota_deleted(e: QuotaDeleted, env: Envelope, tx: asyncpg.Connection) -> None:
-    await tx.execute("DELETE FROM quotas WHERE project_id = $1 AND resource = $2", e.project_id, e.resource)
+    if await versions.newer(tx, "quota", f"{e.project_id}/{e.resource}"):
+        await tx.execute("DELETE FROM quotas WHERE project_id = $1 AND resource = $2", e.project_id, e.resource)
 
 
 PROJECTION: dict[type, Callable[[Any, Envelope, asyncpg.Connection], Awaitable[None]]] = {
