@@ -171,6 +171,56 @@ async def node_created(e: ev.NodeCreated, env: Envelope, tx: asyncpg.Connection)
     await ngstore.set_node_group(tx, e.cluster_id, e.server_id, group)
 
 
+async def superseded(env: Envelope, tx: asyncpg.Connection) -> None:
+    """A nodegroup's create or delete, or an upgrade, applied after the update it asked for had moved the cluster on
+    (a copy killed holding it: services/api/parking.py supersedes its status move). Its groups are left as that
+    update left the others: settled with the cluster's status (``UPDATE_COMPLETE`` or ``UPDATE_FAILED``, at its
+    time), or in progress while it is."""
+    p = env.payload
+    if isinstance(p, ev.NodeGroupCreateRequested | ev.NodeGroupCreateAdmitted):
+        if isinstance(p, ev.NodeGroupCreateRequested) and p.decided:
+            return
+        cluster = p.nodegroup.cluster_id
+    elif isinstance(p, ev.NodeGroupDeleteRequested):
+        cluster = p.cluster_id
+    elif isinstance(p, ev.ClusterUpgradeRequested):
+        cluster = p.uuid
+    else:
+        return
+    row = await tx.fetchrow("SELECT status, status_reason, updated_at FROM clusters WHERE uuid = $1", cluster)
+    if row is None:
+        return
+    now = row["status"]
+    settled = now in (UPDATE_COMPLETE, UPDATE_FAILED)
+    at = row["updated_at"] if settled else env.occurred_at
+    reason = row["status_reason"] if now == UPDATE_FAILED else None
+    if isinstance(p, ev.NodeGroupCreateRequested | ev.NodeGroupCreateAdmitted):
+        await ngstore.insert(tx, p.nodegroup, CREATE_IN_PROGRESS, env.occurred_at)
+        if settled:
+            await ngstore.set_status(tx, p.nodegroup.uuid, CREATE_COMPLETE if now == UPDATE_COMPLETE else CREATE_FAILED,
+                                     at, reason)
+    elif isinstance(p, ev.NodeGroupDeleteRequested):
+        if now == UPDATE_COMPLETE:
+            await tx.execute("DELETE FROM nodegroups WHERE uuid = $1", p.uuid)
+        else:
+            await ngstore.set_status(tx, p.uuid, DELETE_FAILED if now == UPDATE_FAILED else DELETE_IN_PROGRESS, at,
+                                     reason)
+    else:
+        target = await ngstore.find(tx, p.uuid, p.nodegroup) if p.nodegroup else None
+        if p.nodegroup is None:
+            await ngstore.set_cluster_template(tx, p.uuid, p.template.uuid)
+        if p.nodegroup is None or target is not None:
+            await ngstore.set_image(tx, p.uuid, target["uuid"] if target is not None else None, p.template.image_id)
+        if settled:
+            moved = UPDATE_COMPLETE if now == UPDATE_COMPLETE else UPDATE_FAILED
+            if target is not None:
+                await ngstore.set_status(tx, target["uuid"], moved, at, reason)
+            elif p.nodegroup is None:
+                await ngstore.move_all(tx, p.uuid, {s: moved for s in (CREATE_COMPLETE, UPDATE_COMPLETE, UPDATE_FAILED)},
+                                       at, reason)
+    await _sync_node_count(tx, cluster)
+
+
 HANDLERS: dict[type, Callable[[Any, Envelope, asyncpg.Connection], Awaitable[None]]] = {
     ev.ClusterCreateRequested: create_requested,
     ev.ClusterCreateCompleted: create_completed,

@@ -129,6 +129,10 @@ class Arrangement:
     envs: list[Envelope]
     sequences: list[int]
     status_seqs: dict[str, int] = field(default_factory=dict)
+    superseded: set[int] = field(default_factory=set)
+    """Positions in ``envs`` of superseded events with effects beside the status (a nodegroup's create or delete, an
+    upgrade): applied in their place as the update that superseded them left the cluster
+    (``ngprojection.superseded``), not by their handlers."""
 
 
 async def arrange(
@@ -186,6 +190,7 @@ class _Run:
         self.unpark: list[tuple[str, str]] = []
         """(cluster, event id) of stored events applied or superseded: removed from ``parked_events``."""
         self.moved: dict[str, int] = {}
+        self.superseded: set[int] = set()
         self._order = 0
 
     async def apply(self, tx: asyncpg.Connection, envs: Sequence[Envelope], sequences: Sequence[int],
@@ -202,7 +207,8 @@ class _Run:
                 [c for c, _ in self.unpark], [e for _, e in self.unpark])
         if self.park:
             await _park(tx, self.park)
-        return Arrangement([env for env, _ in self.out], [seq for _, seq in self.out], dict(self.moved))
+        return Arrangement([env for env, _ in self.out], [seq for _, seq in self.out], dict(self.moved),
+                           self.superseded)
 
     def _bring_back(self, cluster: str) -> None:
         for item in self.stored.pop(cluster, []):
@@ -259,6 +265,9 @@ class _Run:
                      status_seq=current.status_seq)
             if item is not None and item.stored:
                 self.unpark.append((cluster, env.id))
+            if rule is _UPDATING_RULE:
+                self.superseded.add(len(self.out))
+                self.out.append((env, seq))
             return
         if seq and sources is not None and current.status not in sources:
             self._keep_parked(cluster, env, seq, item)  # may apply once an older event arrives

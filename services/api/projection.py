@@ -371,13 +371,25 @@ async def handle(env: Envelope, tx: asyncpg.Connection) -> Sequence[Outgoing] | 
     applied after what it waits for; one older than the cluster's status is superseded), then a planned event's
     statements one after another, another event with its handlers."""
     arranged = await parking.arrange([env], [current_sequence()], tx, APPLIED_TYPES)
-    if len(arranged.envs) == 1 and arranged.envs[0] is env:
+    if len(arranged.envs) == 1 and arranged.envs[0] is env and not arranged.superseded:
         out = await PLANNED(env, tx)
-    else:
-        await PLANNED.batch(arranged.envs, tx, arranged.sequences)
-        out = ()
+        await parking.settle(tx, arranged.status_seqs)
+        return out
+    await _apply(arranged, tx)
+    return ()
+
+
+async def _apply(arranged: parking.Arrangement, tx: asyncpg.Connection) -> None:
+    """The arranged events (``PlannedHandler.batch`` between the superseded ones, whose other effects are applied in
+    their place), then the clusters' ``status_seq``."""
+    start = 0
+    for i in [*sorted(arranged.superseded), len(arranged.envs)]:
+        if i > start:
+            await PLANNED.batch(arranged.envs[start:i], tx, arranged.sequences[start:i])
+        if i < len(arranged.envs):
+            await ngprojection.superseded(arranged.envs[i], tx)
+        start = i + 1
     await parking.settle(tx, arranged.status_seqs)
-    return out
 
 
 async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Sequence[Outgoing]]:
@@ -387,6 +399,5 @@ async def handle_batch(envs: list[Envelope], tx: asyncpg.Connection) -> list[Seq
     ``handle`` gives one event at a time (tests/api/test_batch_projection.py, tests/ops/test_replay_batched.py).
     The API publishes nothing from its projection: no event has outgoing events."""
     arranged = await parking.arrange(envs, batch_sequences() or [0] * len(envs), tx, APPLIED_TYPES)
-    await PLANNED.batch(arranged.envs, tx, arranged.sequences)
-    await parking.settle(tx, arranged.status_seqs)
+    await _apply(arranged, tx)
     return [()] * len(envs)

@@ -10,6 +10,7 @@ every table compared with the same stream applied in order.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -30,6 +31,9 @@ from proto.events import (
     NodeBecameActive,
     NodeCreated,
     NodeDeleted,
+    NodeGroup,
+    NodeGroupCreateRequested,
+    NodeGroupDeleteRequested,
 )
 from services.api import parking, projection
 from services.api.service import MIGRATIONS
@@ -282,3 +286,40 @@ async def test_two_health_reports_end_with_the_newer_whatever_order_they_are_app
     expected = await snapshot(in_order)
     assert await snapshot(out_of_order) == expected
     assert [(row["health_status"], row["health_seq"]) for row in expected["clusters"]] == [("UNHEALTHY", 4)]
+
+
+def grouped() -> Stream:
+    """``lifecycle`` (1 to 12), then a nodegroup ``extra`` made (13 its request, 14 the start, 15 the completion)
+    and deleted (16, 17, 18)."""
+    s, built = lifecycle()
+    extra = NodeGroup(uuid=str(uuid.uuid4()), name="extra", cluster_id=built, project_id=PROJECT, node_count=1)
+    s.add(NodeGroupCreateRequested(nodegroup=extra), built)
+    s.add(ClusterUpdateStarted(uuid=built, project_id=PROJECT, node_count=2), built)
+    s.add(ClusterUpdateCompleted(uuid=built, project_id=PROJECT, node_count=2,
+                                 nodegroup_counts={"default-master": 1, "default-worker": 1, "extra": 1}), built)
+    s.add(NodeGroupDeleteRequested(cluster_id=built, project_id=PROJECT, uuid=extra.uuid, name="extra"), built)
+    s.add(ClusterUpdateStarted(uuid=built, project_id=PROJECT, node_count=1), built)
+    s.add(ClusterUpdateCompleted(uuid=built, project_id=PROJECT, node_count=1,
+                                 nodegroup_counts={"default-master": 1, "default-worker": 1}), built)
+    return s
+
+
+@pytest.mark.parametrize("delivery,groups", [
+    ([list(range(1, 13)), [14], [15], [13]], {"default-master", "default-worker", "extra"}),
+    ([list(range(1, 16)), [17], [18], [16]], {"default-master", "default-worker"}),
+    ([list(range(1, 13)), [14, 15], [13, 16, 17, 18]], {"default-master", "default-worker"}),
+], ids=["create-request-last", "delete-request-last", "create-request-with-the-delete"])
+async def test_a_nodegroups_request_applied_after_its_update_completed_leaves_the_group_as_in_stream_order(
+        schemas: Schemas, delivery: list[list[int]], groups: set[str]) -> None:
+    """The request's status move is superseded (the cluster stays as its update left it), and its group is made
+    (CREATE_COMPLETE) or removed as that update did: applied as it came, the group was missing, or stayed listed."""
+    s = grouped()
+    last = max(n for batch in delivery for n in batch)
+    in_order, out_of_order = await schemas.new(MIGRATIONS), await schemas.new(MIGRATIONS)
+    await apply(in_order, s.envs, [[n] for n in range(1, last + 1)])
+    await apply(out_of_order, s.envs, delivery)
+    expected = await snapshot(in_order)
+    assert await snapshot(out_of_order) == expected
+    built = next(row for row in expected["clusters"] if row["name"] == "built")
+    assert {row["name"] for row in expected["nodegroups"] if row["cluster_uuid"] == built["uuid"]} == groups
+    assert built["status"] == "UPDATE_COMPLETE"
