@@ -107,8 +107,6 @@ def status_rule(payload: object) -> Rule | None:
 class _Cluster:
     status: str
     status_seq: int
-    moved: bool = False
-    """Its status_seq changed in this batch (``settle`` writes it)."""
 
 
 @dataclass(order=True)
