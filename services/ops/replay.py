@@ -10,8 +10,9 @@ the next is read, decoded and sorted, and the cyclic garbage collector runs less
 (``fewer_collections``).
 
 The stream is read through an ordered push consumer (no acks, flow control; on the server one subject filter that
-covers the service's, as its live consumer asks, each message matched here: ``StreamReader``): one stream read, no
-round trip per batch; the messages are buffered up to a bound (backpressure through flow control).
+covers the service's, as its live consumer asks, each message matched here: ``services/ops/streamreader.py``): one
+stream read, no round trip per batch, no nats-py ``Msg`` built per message; the messages are buffered up to a bound
+(backpressure through flow control).
 
 The swap (``swap``), in ONE PostgreSQL transaction (docs/operations.md, "Replaying a store"):
 
@@ -30,7 +31,6 @@ The swap (``swap``), in ONE PostgreSQL transaction (docs/operations.md, "Replayi
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import gc
 import time
@@ -39,29 +39,26 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from proto import subjects
 from proto.envelope import Envelope, MalformedMessage, decode
-from services.ops.connect import OpsError, Settings, connect_db, nothing_to_read, require_database
+from services.ops.connect import OpsError, Settings, connect_db, require_database
+from services.ops.streamreader import StreamMessage, StreamReader
 from services.ops.targets import ProjectionSpec, Target
 from services.runtime import db
 from services.runtime.bus import Bus
-from services.runtime.consumer import covering_subject, subject_matcher
+from services.runtime.consumer import subject_matcher
 from services.runtime.projection import Projection, ensure_tracking_tables
 
 log = structlog.get_logger(__name__)
 
 BATCH = 1000
 """Events applied per transaction while replaying."""
-BUFFER = 8 * BATCH
-"""Messages buffered ahead of the store before the reader stops taking more (flow control then holds the server)."""
 SCRATCH_CHECKPOINT_SUFFIX = "@replay"
 LOCK_TIMEOUT = "30s"
 NO_PUBLISH = 2**63 - 1
 
-Step = list[tuple[Envelope, Msg]] | tuple[int, str]
+Step = list[tuple[Envelope, StreamMessage]] | tuple[int, str]
 """Of a replayed batch, for one projection: events to apply in one transaction, or (sequence, why) of one to skip."""
 
 Progress = Callable[[int, int], None]
@@ -140,7 +137,7 @@ class ReplayProjection(Projection):
             seq,
         )
 
-    async def _claim(self, conn: asyncpg.Connection, batch: list[tuple[Envelope, Msg]]) -> list[bool]:
+    async def _claim(self, conn: asyncpg.Connection, batch: list[tuple[Envelope, StreamMessage]]) -> list[bool]:
         """``Projection._claim`` without its round trip's answer: the fresh events are those not in ``seen`` (nor
         earlier in the batch), and their rows go into the inbox with COPY (no conflict to look for). ``seen`` takes
         them once the batch committed (``_apply_claimed``)."""
@@ -152,7 +149,7 @@ class ReplayProjection(Projection):
             fresh.append(new)
             if new:
                 claimed.add(env.id)
-                rows.append((self.name, env.id, msg.metadata.sequence.stream))
+                rows.append((self.name, env.id, msg.seq))
         if rows:
             await conn.copy_records_to_table(
                 "inbox", schema_name=self.schema, columns=("consumer", "event_id", "stream_seq"), records=rows
@@ -160,12 +157,12 @@ class ReplayProjection(Projection):
         self._claimed = list(claimed)
         return fresh
 
-    async def _apply_claimed(self, batch: list[tuple[Envelope, Msg]]) -> None:
+    async def _apply_claimed(self, batch: list[tuple[Envelope, StreamMessage]]) -> None:
         self._claimed = []
         await self._apply_batch(batch)
         self.seen.update(self._claimed)  # committed
 
-    async def apply(self, batch: list[tuple[Envelope, Msg]]) -> None:
+    async def apply(self, batch: list[tuple[Envelope, StreamMessage]]) -> None:
         """Apply ``batch`` in one transaction; if it fails, one event at a time, skipping (and recording) an event
         that fails on its own, as the live consumer would have dead-lettered it."""
         try:
@@ -175,7 +172,7 @@ class ReplayProjection(Projection):
                 try:
                     await self._apply_claimed([item])
                 except Exception as exc:  # noqa: BLE001 - the live service dead-lettered it
-                    seq = item[1].metadata.sequence.stream
+                    seq = item[1].seq
                     self.skipped.append((seq, repr(exc)))
                     log.warning("replay_event_failed", projection=self.name, stream_seq=seq, error=repr(exc))
                     async with self.pool.acquire() as conn:
@@ -202,97 +199,6 @@ class ReplayStats:
     @property
     def rate(self) -> float:
         return self.applied / self.seconds if self.seconds > 0 else 0.0
-
-
-class StreamReader:
-    """Messages of ``COVE_EVENTS`` from ``start_seq`` through ``until_seq``, in order, read through an ordered push
-    consumer into a bounded buffer: those matching ``filters`` when it is one subject, else every message (the
-    caller matches each against its projections' filters)."""
-
-    def __init__(self, bus: Bus, filters: list[str], start_seq: int, until_seq: int) -> None:
-        self.bus = bus
-        self.filters = sorted(set(filters))
-        self.start_seq = max(start_seq, 1)
-        self.until_seq = until_seq
-        self._buffer: collections.deque[Msg] = collections.deque()
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._sub: object | None = None
-        self.done = False
-        self.last_seq = 0
-
-    async def _on_msg(self, msg: Msg) -> None:
-        if self.done:
-            return
-        self._buffer.append(msg)
-        self._arrived.set()
-        if len(self._buffer) >= BUFFER:
-            self._room.clear()
-            await self._room.wait()
-
-    async def start(self) -> None:
-        if self.until_seq < self.start_seq:
-            self.done = True
-            return
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if self.start_seq > 1 else DeliverPolicy.ALL,
-            opt_start_seq=self.start_seq if self.start_seq > 1 else None,
-            inactive_threshold=60.0,
-        )
-        # Several filters are not given to the server: a consumer with more than one filter subject is delivered
-        # about 1,000 messages a second (measured: benchmarks/replay.py), one with a single filter 20 to 30 times
-        # as many. One subject covering them is read instead, as the live consumers do, and the caller keeps what
-        # matches (``Replayer.run``).
-        subject = covering_subject(self.filters)
-        sub = await self.bus.js.subscribe(
-            subject, stream=subjects.EVENTS_STREAM, config=cfg, ordered_consumer=True, cb=self._on_msg,
-            idle_heartbeat=2.0,
-        )
-        self._sub = sub
-        info = await sub.consumer_info()
-        # (``_on_msg`` drops what comes after ``done``: a verify's catch-up of a few events, all pushed before this
-        # answer, once lost them so, and found their rows as differences.)
-        if nothing_to_read(info, bool(self._buffer)):
-            self.done = True
-
-    async def stop(self) -> None:
-        self.done = True
-        self._room.set()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            self._sub = None
-
-    async def next_batch(self, size: int) -> list[Msg]:
-        """Up to ``size`` messages at or below ``until_seq``; [] once every one was handed out."""
-        while not self._buffer and not self.done:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), 10.0)
-            except TimeoutError:
-                if self._sub is not None:
-                    info = await self._sub.consumer_info()  # type: ignore[attr-defined]
-                    if info.num_pending == 0:
-                        self.done = True
-        out: list[Msg] = []
-        while self._buffer and len(out) < size:
-            msg = self._buffer.popleft()
-            md = msg.metadata
-            seq = md.sequence.stream
-            if seq > self.until_seq:
-                self.done = True
-                self._buffer.clear()
-                break
-            out.append(msg)
-            self.last_seq = seq
-            if seq >= self.until_seq or md.num_pending == 0:
-                self.done = True
-                self._buffer.clear()
-                break
-        if len(self._buffer) < BUFFER // 2:
-            self._room.set()
-        return out
 
 
 class Replayer:
@@ -411,12 +317,12 @@ class Replayer:
             self.progress(total, total)
         return stats
 
-    def _sorted(self, msgs: list[Msg], starts: dict[str, int], limits: dict[str, int]) -> list[list[Step]]:
+    def _sorted(self, msgs: list[StreamMessage], starts: dict[str, int], limits: dict[str, int]) -> list[list[Step]]:
         """Each projection's share of ``msgs`` (decoded, in stream order): runs of events to apply together, and
         the malformed ones to skip, each in its place."""
         out: list[list[Step]] = [[] for _ in self.projections]
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
+            seq = msg.seq
             env: Envelope | str
             try:
                 env = decode(msg.data)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
-from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
-from nats.js.client import JetStreamContext
 
 from benchmarks.replay import lifecycles, publish_all
 from proto import subjects
@@ -189,26 +188,22 @@ async def test_replay_from_a_sequence_starts_the_fresh_store_there(ops: Ops) -> 
         await live.stop()
 
 
-async def test_a_read_of_the_stream_tail_hands_out_every_event_of_it(ops: Ops, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_read_of_the_stream_tail_hands_out_every_event_of_it(ops: Ops) -> None:
     """A verify's catch-up under the lock reads the few events the live store applied since the replay: the server
     pushes them all before it answers the reader's question of what is pending (0 then), and none may be lost."""
-    from services.ops.replay import StreamReader
+    from services.ops.streamreader import StreamReader
 
     class BusyReader(StreamReader):
         """A process busy elsewhere: each message reaches the reader a little after the server sent it, and the
         server has sent them all by the time it answers what is pending."""
 
-        async def _on_msg(self, msg: Msg) -> None:
+        async def _take(self, *args: Any) -> None:
             await asyncio.sleep(0.002)
-            await super()._on_msg(msg)
+            await super()._take(*args)
 
-    consumer_info = JetStreamContext.PushSubscription.consumer_info
-
-    async def late_consumer_info(sub: JetStreamContext.PushSubscription) -> ConsumerInfo:
-        await asyncio.sleep(0.05)
-        return await consumer_info(sub)
-
-    monkeypatch.setattr(JetStreamContext.PushSubscription, "consumer_info", late_consumer_info)
+        async def _consumer_info(self) -> ConsumerInfo | None:
+            await asyncio.sleep(0.05)
+            return await super()._consumer_info()
 
     last = await publish_all(ops.bus, lifecycles(400))
     for start in range(last - 40, last + 1):
@@ -217,10 +212,65 @@ async def test_a_read_of_the_stream_tail_hands_out_every_event_of_it(ops: Ops, m
         try:
             got: list[int] = []
             while batch := await reader.next_batch(1_000):
-                got.extend(m.metadata.sequence.stream for m in batch)
+                got.extend(m.seq for m in batch)
         finally:
             await reader.stop()
         assert got == list(range(start, last + 1)), f"from {start}"
+
+
+async def test_a_read_that_misses_a_delivery_starts_again_after_the_last_message_it_took(ops: Ops) -> None:
+    """A delivery lost on the way (a reconnect, a slow connection) is seen by its gap in delivery sequences: the
+    reader makes a new consumer from the message after the last one it took, and hands out each event once."""
+    from services.ops.streamreader import StreamReader
+
+    class LossyReader(StreamReader):
+        """Loses the 150th and the 700th message delivered to it."""
+
+        lost = seen = 0
+
+        async def _take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if data and sid == self._sid:
+                self.seen += 1
+                if self.seen in (150, 700):
+                    self.lost += 1
+                    return
+            await super()._take(sid, subject, reply, data, headers)
+
+    last = await publish_all(ops.bus, lifecycles(1_500))
+    reader = LossyReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
+    await reader.start()
+    try:
+        got: list[int] = []
+        while batch := await reader.next_batch(100):
+            got.extend(m.seq for m in batch)
+    finally:
+        await reader.stop()
+    assert reader.lost == 2 and reader.resets == 2
+    assert got == list(range(1, last + 1))
+
+
+async def test_a_slow_reader_holds_the_server_back_and_loses_nothing(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its bound the reader answers the server's flow-control requests only once its caller has taken half of
+    what waits: a caller slower than the stream still gets every event, in order, from one consumer."""
+    from services.ops import streamreader
+
+    monkeypatch.setattr(streamreader, "BUFFER", 50)
+    last = await publish_all(ops.bus, lifecycles(3_000))
+    reader = streamreader.StreamReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
+    await reader.start()
+    held = 0
+    try:
+        got: list[int] = []
+        while batch := await reader.next_batch(20):
+            got.extend(m.seq for m in batch)
+            held += reader._held_flow is not None
+            await asyncio.sleep(0.001)
+    finally:
+        await reader.stop()
+    assert got == list(range(1, last + 1))
+    assert held > 0 and reader.resets == 0
 
 
 async def test_a_replay_applies_an_event_the_stream_holds_twice_once(ops: Ops, tmp_path) -> None:
