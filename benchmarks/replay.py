@@ -1,7 +1,7 @@
 """Replay speed: events per second each service's store is rebuilt at by `cove replay` (services/ops/replay.py).
 
 A private nats-server (fsync before every acknowledgement, as Cove ships it) and a fresh PostgreSQL database get a
-stream of cluster lifecycles (``lifecycles``: request, admission, CA, create started, nodes created and active,
+stream of cluster lifecycles (``lifecycles``: request with its resolved spec, admission, CA, create started, nodes created and active,
 create completed; for half the clusters then delete requested, started, nodes deleted, delete completed, CA
 deleted), published in batches of concurrent publishes. Each service's store is then built from it into a scratch
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
@@ -36,6 +36,7 @@ import uvloop
 
 from benchmarks import cpu
 from proto import subjects
+from proto.clusterspec import resolve_cluster, with_flavor_sizes
 from proto.envelope import Envelope, new_envelope
 from proto.events import (
     ClusterAdmitted,
@@ -72,6 +73,8 @@ def lifecycles(total: int, *, projects: int = 10, nodes: int = 2) -> Iterator[tu
 
     template = ClusterTemplate(uuid=str(uuid.uuid4()), name="bench", project_id="p-0", user_id="u-0",
                                image_id="img", flavor_id="m1.small", public=True, created_at=T0)
+    # Resolved once by the API and carried by the request, as services/api/resources/clusters.py does.
+    spec = with_flavor_sizes(resolve_cluster(template, node_count=nodes - 1), {"m1.small": (1, 2048)})
     first = env(ClusterTemplateCreated(template=template), "p-0", None, None)
     yield subjects.cluster_template_events("api", template.uuid), first
     produced, i = 1, 0
@@ -79,7 +82,7 @@ def lifecycles(total: int, *, projects: int = 10, nodes: int = 2) -> Iterator[tu
         project, cid = f"p-{i % projects}", str(uuid.uuid4())
         steps: list[tuple[str, Event]] = [
             ("api", ClusterCreateRequested(uuid=cid, name=f"c{i}", project_id=project, user_id=f"u-{i % 7}",
-                                           template=template, node_count=nodes - 1)),
+                                           template=template, node_count=nodes - 1, spec=spec)),
             ("scheduler", ClusterAdmitted(uuid=cid, project_id=project, master_count=1, node_count=nodes - 1,
                                           name=f"c{i}")),
             ("certs", ClusterCACreated(uuid=cid, project_id=project, ca_cert_pem=CA_PEM,
