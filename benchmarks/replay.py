@@ -7,7 +7,8 @@ deleted), published in batches of concurrent publishes. Each service's store is 
 schema by the replayer, and timed: events applied per second (each service applies only the events its projection
 subscribes to; "read" counts what the stream delivered it; "failed" the events that failed alone, which the live
 service dead-lettered too: 0 for this stream; then how busy this process, nats-server and PostgreSQL were
-meanwhile, 100 % being one core). The first row, "(no-op)", is a handler that does
+meanwhile, 100 % being one core: the replay waits for PostgreSQL most of the time, one batch's statements after
+another's, so neither core is full). The first row, "(no-op)", is a handler that does
 nothing: what the replay machinery itself reaches, before any service's SQL. Last, the "live consumer" rows: a
 running service's durable pull consumer with the scheduler's filter subjects over the same stream, given to the
 server as they are, then as the one subject covering them that services/runtime/consumer.py gives it.
@@ -224,6 +225,7 @@ async def measure(nats_url: str, database_url: str, events: int, services: list[
         await replayer.close()
         # How busy each process was while the store was built (100 %: one core): the one at 100 is the limit.
         busy = {name: round(100 * (after[name] - before[name]) / max(stats.seconds, 1e-9)) for name in groups}
+        busy["replay"] -= sum(busy[name] for name in groups if name != "replay")  # its tree holds the servers
         results[service] = {"read": stats.read, "applied": stats.applied, "seconds": round(stats.seconds, 2),
                             "events_per_s": round(stats.rate), "failed": len(stats.skipped), "cpu_percent": busy}
         print(f"   {service:12} {stats.read:>8} {stats.applied:>8} {stats.seconds:>8.2f} {stats.rate:>9,.0f}"

@@ -290,63 +290,83 @@ def _move_write(uuid: str, event_type: str, at: datetime, **values: Any) -> Writ
     return store.move_write(uuid, sources, target, at, values)
 
 
+def _created(p: ev.ClusterCreateRequested, at: datetime) -> list[Write]:
+    return [store.insert_cluster_write(p, at, status.CREATE_IN_PROGRESS), *(
+        ngstore.insert_write(ng, status.CREATE_IN_PROGRESS, at) for ng in ngprojection._default_groups(p, at))]
+
+
+def _create_completed(p: ev.ClusterCreateCompleted, at: datetime) -> list[Write]:
+    return [
+        _move_write(p.uuid, "ClusterCreateCompleted", at, status_reason="Cluster create complete",
+                    api_address=p.api_address,
+                    master_addresses=p.master_addresses or store.MASTER_ADDRESSES,
+                    node_addresses=p.node_addresses or store.WORKER_ADDRESSES,
+                    coe_version=p.coe_version, container_version=p.container_version),
+        ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_COMPLETE, at),
+    ]
+
+
+def _create_failed(p: ev.ClusterCreateFailed, at: datetime) -> list[Write]:
+    return [
+        _move_write(p.uuid, "ClusterCreateFailed", at, status_reason=p.status_reason),
+        ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_FAILED, at, p.status_reason),
+    ]
+
+
+def _delete_completed(p: ev.ClusterDeleteCompleted, _at: datetime) -> list[Write]:
+    assert status.rule("ClusterDeleteCompleted") == (None, status.GONE)
+    return [*store.delete_cluster_writes(p.uuid), ngstore.delete_cluster_groups_write(p.uuid)]
+
+
+def _node_created(p: ev.NodeCreated, _at: datetime) -> list[Write]:
+    group = p.nodegroup or (ngstore.DEFAULT_MASTER if p.role == "master" else ngstore.DEFAULT_WORKER)
+    return [
+        store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="BUILD",
+                                                 node_name=p.node_name, role=p.role),
+        ngstore.set_node_group_write(p.cluster_id, p.server_id, group),
+    ]
+
+
+def _node_active(p: ev.NodeBecameActive, _at: datetime) -> list[Write]:
+    return [
+        store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="ACTIVE",
+                                                 node_name=p.node_name, role=p.role, addresses=p.addresses),
+        store.refresh_addresses_write(p.cluster_id),
+    ]
+
+
+def _node_deleted(p: ev.NodeDeleted, _at: datetime) -> list[Write]:
+    return [store.delete_node_of_known_cluster_write(p.cluster_id, p.server_id, p.node_name),
+            store.refresh_addresses_write(p.cluster_id)]
+
+
+_PLANNERS: dict[type, Callable[[Any, datetime], list[Write]]] = {
+    ev.ClusterCreateRequested: _created,
+    ev.ClusterAdmitted: lambda p, _at: [store.set_admitted_write(p.uuid)],
+    ev.ClusterCreateStarted: lambda p, _at: [store.set_stack_id_write(p.uuid, p.stack_id)] if p.stack_id else [],
+    ev.ClusterCreateCompleted: _create_completed,
+    ev.ClusterCreateFailed: _create_failed,
+    ev.ClusterDeleteRequested: lambda p, at: [_move_write(p.uuid, "ClusterDeleteRequested", at, status_reason=None)],
+    ev.ClusterDeleteStarted: lambda p, at: [_move_write(p.uuid, "ClusterDeleteStarted", at)],
+    ev.ClusterDeleteFailed: lambda p, at: [
+        _move_write(p.uuid, "ClusterDeleteFailed", at, status_reason=p.status_reason)],
+    ev.ClusterDeleteCompleted: _delete_completed,
+    ev.NodeCreated: _node_created,
+    ev.NodeBecameActive: _node_active,
+    ev.NodeDeleted: _node_deleted,
+}
+"""Per event type, the statements applying it, from the event alone."""
+
+
 def plan(env: Envelope) -> list[Write] | None:
-    """The statements applying ``env`` when they follow from the event alone: what the handlers of the lifecycle's
-    events (and the nodegroup projection's) do, the cluster's status, existence and addresses read by the
-    statements themselves; None for the other events (updates, rejections, quotas, failures...), whose
-    handlers read first."""
-    p = env.payload
-    at = env.occurred_at
-    if isinstance(p, ev.ClusterCreateRequested):
-        return [store.insert_cluster_write(p, at, status.CREATE_IN_PROGRESS), *(
-            ngstore.insert_write(ng, status.CREATE_IN_PROGRESS, at) for ng in ngprojection._default_groups(p, at))]
-    if isinstance(p, ev.ClusterAdmitted):
-        return [store.set_admitted_write(p.uuid)]
-    if isinstance(p, ev.ClusterCreateCompleted):
-        return [
-            _move_write(p.uuid, "ClusterCreateCompleted", at, status_reason="Cluster create complete",
-                        api_address=p.api_address,
-                        master_addresses=p.master_addresses or store.MASTER_ADDRESSES,
-                        node_addresses=p.node_addresses or store.WORKER_ADDRESSES,
-                        coe_version=p.coe_version, container_version=p.container_version),
-            ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_COMPLETE, at),
-        ]
-    if isinstance(p, ev.ClusterCreateFailed):
-        return [
-            _move_write(p.uuid, "ClusterCreateFailed", at, status_reason=p.status_reason),
-            ngstore.move_all_write(p.uuid, status.CREATE_IN_PROGRESS, status.CREATE_FAILED, at, p.status_reason),
-        ]
-    if isinstance(p, ev.ClusterDeleteRequested):
-        return [_move_write(p.uuid, "ClusterDeleteRequested", at, status_reason=None)]
-    if isinstance(p, ev.ClusterDeleteStarted):
-        return [_move_write(p.uuid, "ClusterDeleteStarted", at)]
-    if isinstance(p, ev.ClusterDeleteFailed):
-        return [_move_write(p.uuid, "ClusterDeleteFailed", at, status_reason=p.status_reason)]
-    if isinstance(p, ev.ClusterDeleteCompleted):
-        assert status.rule("ClusterDeleteCompleted") == (None, status.GONE)
-        return [*store.delete_cluster_writes(p.uuid), ngstore.delete_cluster_groups_write(p.uuid)]
-    if isinstance(p, ev.NodeCreated):
-        group = p.nodegroup or (ngstore.DEFAULT_MASTER if p.role == "master" else ngstore.DEFAULT_WORKER)
-        return [
-            store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="BUILD",
-                                                     node_name=p.node_name, role=p.role),
-            ngstore.set_node_group_write(p.cluster_id, p.server_id, group),
-        ]
-    if isinstance(p, ev.NodeBecameActive):
-        return [
-            store.upsert_node_of_known_cluster_write(p.cluster_id, p.server_id, status="ACTIVE",
-                                                     node_name=p.node_name, role=p.role, addresses=p.addresses),
-            store.refresh_addresses_write(p.cluster_id),
-        ]
-    if isinstance(p, ev.NodeDeleted):
-        return [store.delete_node_of_known_cluster_write(p.cluster_id, p.server_id, p.node_name),
-                store.refresh_addresses_write(p.cluster_id)]
-    if isinstance(p, ev.ClusterCreateStarted):
-        return [store.set_stack_id_write(p.uuid, p.stack_id)] if p.stack_id else []
-    if type(p) not in HANDLERS and type(p) not in ngprojection.HANDLERS and not isinstance(
-            p, ev.NodeGroupCreateAdmitted):
-        return []  # not shown by the read model
-    return None
+    """The statements applying ``env`` when they follow from the event alone (``_PLANNERS``): what the handlers of
+    the lifecycle's events (and the nodegroup projection's) do, the cluster's status, existence and addresses read
+    by the statements themselves; [] for an event the read model does not show; None for the other events
+    (updates, rejections, quotas, failures...), whose handlers read first."""
+    planner = _PLANNERS.get(type(env.payload))
+    if planner is not None:
+        return planner(env.payload, env.occurred_at)
+    return None if type(env.payload) in APPLIED_TYPES else []
 
 
 def compact(writes: list[Write]) -> list[Write]:

@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -215,6 +215,24 @@ class Write:
     sql: str
     args: tuple[Any, ...]
     keys: tuple[Hashable, ...]
+
+
+class _StreamPosition(Protocol):
+    @property
+    def stream(self) -> int: ...
+
+
+class _Metadata(Protocol):
+    @property
+    def sequence(self) -> _StreamPosition: ...
+
+
+class Delivered(Protocol):
+    """What a projection reads of a delivered message: its stream sequence, ``msg.metadata.sequence.stream``
+    (nats-py's ``Msg``, or the replay's ``services/ops/streamreader.StreamMessage``)."""
+
+    @property
+    def metadata(self) -> _Metadata: ...
 
 
 Planner = Callable[[Envelope], Sequence[Write] | None]
@@ -476,11 +494,11 @@ class Projection:
             except Exception as exc:  # noqa: BLE001 - pruning is housekeeping: try again next time
                 log.warning("inbox_prune_failed", projection=self.name, error=repr(exc))
 
-    async def _apply(self, env: Envelope, msg: Msg) -> None:
+    async def _apply(self, env: Envelope, msg: Delivered) -> None:
         """Apply one event in its own transaction (the per-message path)."""
         await self._apply_batch([(env, msg)])
 
-    async def _apply_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
+    async def _apply_batch(self, batch: Sequence[tuple[Envelope, Delivered]]) -> None:
         """Apply ``batch`` in stream order in ONE transaction. Raises (after the rollback) when anything fails: the
         consumer then applies the batch one message at a time."""
         token = _REPLAY_UNTIL.set(self.replay_until)  # (for ``replaying()``)
@@ -491,11 +509,11 @@ class Projection:
         for env, msg in batch:
             await self._applied(env, msg)
 
-    async def _commit_batch(self, batch: list[tuple[Envelope, Msg]]) -> None:
+    async def _commit_batch(self, batch: Sequence[tuple[Envelope, Delivered]]) -> None:
         """``_apply_batch``'s transaction."""
         pending: list[tuple[str, Envelope]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh: list[tuple[Envelope, Msg]] = []
+            fresh: list[tuple[Envelope, Delivered]] = []
             for item, is_fresh in zip(batch, await self._claim(conn, batch), strict=True):
                 if is_fresh:
                     fresh.append(item)
@@ -504,11 +522,12 @@ class Projection:
                     log.info("event_already_applied", projection=self.name,
                              stream_seq=item[1].metadata.sequence.stream)
             for (env, msg), outgoing in zip(fresh, await self._handle_fresh(conn, fresh), strict=True):
-                pending.extend(self._outgoing(env, msg, outgoing))
+                if outgoing:
+                    pending.extend(self._outgoing(env, msg, outgoing))
             await self._publish(pending)
             await self._advance(conn, max(msg.metadata.sequence.stream for _, msg in batch))
 
-    async def _claim(self, conn: asyncpg.Connection, batch: list[tuple[Envelope, Msg]]) -> list[bool]:
+    async def _claim(self, conn: asyncpg.Connection, batch: Sequence[tuple[Envelope, Delivered]]) -> list[bool]:
         """In ONE statement of the caller's transaction, record every event id of ``batch`` in the inbox. Returns,
         per event, whether it is fresh (False: applied before, or an earlier copy in this batch). The checkpoint is
         written last (``_advance``), so a transaction hung in a handler holds no lock other replicas need."""
@@ -522,7 +541,7 @@ class Projection:
         return fresh
 
     async def _handle_fresh(
-        self, conn: asyncpg.Connection, fresh: list[tuple[Envelope, Msg]]
+        self, conn: asyncpg.Connection, fresh: list[tuple[Envelope, Delivered]]
     ) -> list[Sequence[Outgoing]]:
         """Inside the caller's transaction, apply the events ``_claim`` found fresh, in stream order: all at once
         through the ``batch_handler`` when there is one and more than one event, else one by one with ``_handle``.
@@ -538,7 +557,7 @@ class Projection:
             return outgoing
         return [await self._handle(env, msg, conn) for env, msg in fresh]
 
-    def _outgoing(self, env: Envelope, msg: Msg, outgoing: Sequence[Outgoing]) -> list[tuple[str, Envelope]]:
+    def _outgoing(self, env: Envelope, msg: Delivered, outgoing: Sequence[Outgoing]) -> list[tuple[str, Envelope]]:
         """The handler's outgoing events as (subject, envelope with a deterministic id), none when replaying; the
         caller publishes them before it commits."""
         seq = msg.metadata.sequence.stream
@@ -560,7 +579,7 @@ class Projection:
 
         await asyncio.gather(*(in_order(subject, envs) for subject, envs in by_subject.items()))
 
-    async def _handle(self, env: Envelope, msg: Msg, conn: asyncpg.Connection) -> Sequence[Outgoing]:
+    async def _handle(self, env: Envelope, msg: Delivered, conn: asyncpg.Connection) -> Sequence[Outgoing]:
         """Run the handler for one fresh event inside the transaction ``conn`` (a subclass hook); the handler
         reads the event's stream sequence with ``current_sequence()``."""
         token = _SEQUENCE.set(msg.metadata.sequence.stream)
@@ -569,7 +588,7 @@ class Projection:
         finally:
             _SEQUENCE.reset(token)
 
-    async def _applied(self, env: Envelope, msg: Msg) -> None:
+    async def _applied(self, env: Envelope, msg: Delivered) -> None:
         """Called once per event (fresh or duplicate) after the transaction that applied it committed, in stream
         order: tells ``on_applied``."""
         if self.on_applied is not None:

@@ -273,14 +273,18 @@ async def test_a_slow_reader_holds_the_server_back_and_loses_nothing(
     assert held > 0 and reader.resets == 0
 
 
-async def test_a_replay_applies_an_event_the_stream_holds_twice_once(ops: Ops, tmp_path) -> None:
+async def test_a_replay_applies_an_event_the_stream_holds_twice_once(
+    ops: Ops, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The replay tells a duplicate (an event published again after JetStream's deduplication window, under a
     Nats-Msg-Id of its own) without asking PostgreSQL (``ReplayProjection.seen``): next to its first copy in the same
     batch, a batch later, and in a later run (a swap's catch-up). Each event is applied once and its id is in the
     scratch inbox once, as the live projection's inbox claim would have it."""
+    from services.ops import replay
     from services.ops.connect import Settings
-    from services.ops.replay import BATCH, Replayer
     from services.ops.targets import ProjectionSpec, Target
+
+    monkeypatch.setattr(replay, "BATCH", BATCH := 1000)  # (a stream of a few batches, published one by one)
 
     async def count(env, tx) -> None:
         await tx.execute("INSERT INTO applied (event_id) VALUES ($1)", env.id)
@@ -299,7 +303,7 @@ async def test_a_replay_applies_an_event_the_stream_holds_twice_once(ops: Ops, t
             copy_subject, copy = events[again[i]]
             sent = (await ops.bus.publish(copy_subject, copy, msg_id=f"again-{copy.id}")).seq
     assert sent == len(events) + len(again)
-    replayer = Replayer(ops.bus, Settings(nats_url=ops.nats_url, database_url=ops.database_url), target)
+    replayer = replay.Replayer(ops.bus, Settings(nats_url=ops.nats_url, database_url=ops.database_url), target)
     await replayer.prepare()
     try:
         first = await replayer.run(until=BATCH + 300)  # the first pass, then what came since (a catch-up)
