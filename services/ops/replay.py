@@ -5,9 +5,9 @@ The scratch store is built by the service's own projection code (``ReplayProject
 handlers and batch handlers, one transaction per batch of up to ``BATCH`` events. Nothing is published: every event
 replayed is at or below the live store's checkpoint, so the live service already published what it caused. Since
 the replay alone fills the fresh scratch store, it knows the scratch inbox: duplicates are told in memory and the
-inbox rows written with COPY, where the live projection asks PostgreSQL with its claim. One batch is applied while
-the next is read, decoded and sorted, and the cyclic garbage collector runs less often meanwhile
-(``fewer_collections``).
+inbox rows written with COPY on a connection of their own (``InboxWriter``), where the live projection asks
+PostgreSQL with its claim. One batch is applied while the next is read, decoded and sorted, and the cyclic garbage
+collector runs less often meanwhile (``fewer_collections``).
 
 The stream is read through an ordered push consumer (no acks, flow control; on the server one subject filter that
 covers the service's, as its live consumer asks, each message matched here: ``services/ops/streamreader.py``): one
@@ -102,6 +102,50 @@ def scratch_checkpoint(name: str) -> str:
     return f"{name}{SCRATCH_CHECKPOINT_SUFFIX}"
 
 
+class InboxWriter:
+    """Writes the scratch inbox's rows with COPY, on a connection of its own, while the replay applies the next
+    batches on another: PostgreSQL does both at once (a tenth of a replay's time was its inbox, in the batch's
+    transaction). ``close`` returns once every row given is written, and raises what a write raised."""
+
+    COLUMNS = ("consumer", "event_id", "stream_seq")
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+        self._rows: list[tuple[str, str, int]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=f"inbox:{schema}")
+
+    def write(self, rows: list[tuple[str, str, int]]) -> None:
+        if self._task.done():  # it failed: ``close`` says why
+            return
+        self._rows.extend(rows)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._rows:
+                rows, self._rows = self._rows, []
+                async with self.pool.acquire() as conn:
+                    await conn.copy_records_to_table("inbox", schema_name=self.schema, columns=self.COLUMNS,
+                                                     records=rows)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
 class ReplayProjection(Projection):
     """A service's projection applied to a scratch schema by the replayer: publishes nothing, and records its
     checkpoint as ``<name>@replay`` until the swap names it ``<name>``."""
@@ -118,7 +162,9 @@ class ReplayProjection(Projection):
         self.seen: set[str] = set()
         """The event ids in the scratch inbox: a replay fills a fresh store alone, so it tells a duplicate without
         asking PostgreSQL (``_claim``)."""
-        self._claimed: list[str] = []
+        self._claimed: list[tuple[str, str, int]] = []
+        self.inbox: InboxWriter | None = None
+        """Where committed events' inbox rows go (``Replayer.run`` sets it)."""
         self.applied = 0
         self.skipped: list[tuple[int, str]] = []
         """(stream sequence, reason) of events that failed alone: the live service dead-lettered them too."""
@@ -139,9 +185,9 @@ class ReplayProjection(Projection):
         )
 
     async def _claim(self, conn: asyncpg.Connection, batch: Sequence[tuple[Envelope, Delivered]]) -> list[bool]:
-        """``Projection._claim`` without its round trip's answer: the fresh events are those not in ``seen`` (nor
-        earlier in the batch), and their rows go into the inbox with COPY (no conflict to look for). ``seen`` takes
-        them once the batch committed (``_apply_claimed``)."""
+        """``Projection._claim`` without a round trip: the fresh events are those not in ``seen`` (nor earlier in
+        the batch). Their inbox rows go to ``inbox`` once the batch committed (``_apply_claimed``): nothing in the
+        scratch store reads them before the swap, and ``Replayer.run`` returns only when they are written."""
         fresh: list[bool] = []
         claimed: set[str] = set()
         rows = []
@@ -151,21 +197,22 @@ class ReplayProjection(Projection):
             if new:
                 claimed.add(env.id)
                 rows.append((self.name, env.id, msg.metadata.sequence.stream))
-        if rows:
-            await conn.copy_records_to_table(
-                "inbox", schema_name=self.schema, columns=("consumer", "event_id", "stream_seq"), records=rows
-            )
-        self._claimed = list(claimed)
+        self._claimed = rows
         return fresh
 
     async def _apply_claimed(self, batch: list[tuple[Envelope, Delivered]]) -> None:
         self._claimed = []
         await self._apply_batch(batch)
-        self.seen.update(self._claimed)  # committed
+        # committed:
+        self.seen.update(event_id for _, event_id, _ in self._claimed)
+        assert self.inbox is not None  # (``apply`` checked)
+        self.inbox.write(self._claimed)
 
     async def apply(self, batch: list[tuple[Envelope, Delivered]]) -> None:
         """Apply ``batch`` in one transaction; if it fails, one event at a time, skipping (and recording) an event
         that fails on its own, as the live consumer would have dead-lettered it."""
+        if self.inbox is None:
+            raise RuntimeError("a replay projection applies events only inside Replayer.run")
         try:
             await self._apply_claimed(batch)
         except Exception:  # noqa: BLE001 - applied again one by one, like the live consumer does
@@ -290,6 +337,10 @@ class Replayer:
         # Two batches in flight: one is applied (PostgreSQL's work, on its own core) while the next is read,
         # decoded and sorted (this process's work). Batches are applied one after another, in stream order.
         applying: asyncio.Task[None] | None = None
+        assert self.pool is not None
+        inbox = InboxWriter(self.pool, self.scratch)
+        for p in self.projections:
+            p.inbox = inbox
         with fewer_collections():
             try:
                 while True:
@@ -305,11 +356,15 @@ class Replayer:
                         self.progress(min(reader.last_seq - first + 1, total), total)
                 if applying is not None:
                     await applying
+                await inbox.close()
             finally:
                 if applying is not None and not applying.done():
                     applying.cancel()
                     with contextlib.suppress(BaseException):
                         await applying
+                await inbox.cancel()
+                for p in self.projections:
+                    p.inbox = None
                 await reader.stop()
         stats.seconds = time.perf_counter() - started
         stats.applied = sum(p.applied for p in self.projections) - applied_before

@@ -88,12 +88,14 @@ through a cluster's row, so every write to the table is ordered after every earl
 
 
 RECORD_SPEC_SQL = (
-    "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id)"
-    " VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+    "INSERT INTO clusters (uuid, project_id, name, spec, trust_id, correlation_id, requested_trust_id, requested_at)"
+    " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $5, $7)"
     " ON CONFLICT (uuid) DO UPDATE SET project_id = EXCLUDED.project_id, name = EXCLUDED.name,"
     " spec = EXCLUDED.spec, trust_id = EXCLUDED.trust_id, correlation_id = EXCLUDED.correlation_id,"
-    " updated_at = now()"
+    " requested_trust_id = EXCLUDED.requested_trust_id, requested_at = EXCLUDED.requested_at, updated_at = now()"
 )
+"""The request, and the trust it was made with and when (``trusts_to_delete``'s ``handed_out_at``), kept apart
+from ``trust_id``, which a rotation moves."""
 
 
 def record_spec_write(
@@ -104,7 +106,7 @@ def record_spec_write(
     spec = msgspec.structs.replace(spec, spec=resolved or clusterspec.spec_of(spec))
     return Write(
         RECORD_SPEC_SQL,
-        (spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id),
+        (spec.uuid, spec.project_id, spec.name, encode_spec(spec), spec.trust_id, correlation_id, spec.requested_at),
         (cluster_key(spec.uuid),),
     )
 
@@ -516,8 +518,7 @@ async def trusts_to_delete(conn: asyncpg.Connection | asyncpg.Pool, limit: int =
     ``ClusterDeleteCompleted`` (or a rotation away from it) was applied."""
     rows = await conn.fetch(
         "SELECT t.trust_id, t.cluster_id, t.project_id, t.reason, t.recorded_at,"
-        " (SELECT max((c.spec->>'requested_at')::timestamptz) FROM clusters c"
-        "   WHERE c.spec->>'trust_id' = t.trust_id) AS handed_out_at"
+        " (SELECT max(c.requested_at) FROM clusters c WHERE c.requested_trust_id = t.trust_id) AS handed_out_at"
         " FROM trusts_to_delete t"
         " WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.trust_id = t.trust_id"
         "   AND c.status IS DISTINCT FROM 'DELETE_COMPLETE')"

@@ -42,3 +42,4 @@ def test_a_trust_waits_out_the_hold_since_a_cluster_was_last_created_with_it() -
     assert [hold_left(p, now=NOW, hold=10.0) for p in items] == [6.0, 0.0, 0.0]
     assert [p.trust_id for p in due(items, now=NOW, in_use=lambda t: False, not_before={}, monotonic=100.0,
                                     rotation_grace=5.0)] == ["a", "b", "c"]  # no hold: trusts are not shared
+
