@@ -389,8 +389,8 @@ def delete_node_of_known_cluster_write(cluster_uuid: str, server_id: str, node_n
 
 
 _FIRST_ADDRESS = (
-    "(SELECT a.value FROM jsonb_each(n.addresses) WITH ORDINALITY AS net (name, value, i),"
-    " jsonb_array_elements(net.value) WITH ORDINALITY AS a (value, j) ORDER BY net.i, a.j LIMIT 1)"
+    "(SELECT net.value -> 0 FROM jsonb_each(n.addresses) WITH ORDINALITY AS net (name, value, i)"
+    " WHERE jsonb_array_length(net.value) > 0 ORDER BY net.i LIMIT 1)"
 )
 
 

@@ -251,6 +251,43 @@ async def test_a_batch_of_node_changes_after_completion_leaves_the_addresses_of_
         ["10.0.0.2"], ["10.0.0.4", "10.0.0.5", "10.0.0.6"])
 
 
+async def test_a_nodes_shown_address_is_the_first_of_its_first_network_that_has_one(schemas: Schemas) -> None:
+    """The statements that compute a cluster's addresses (a node's refresh, the completion's move) take each ACTIVE
+    node's first address of its first network with any, in the order the store keeps the networks, as
+    ``store.node_addresses`` reads them in Python: a network without addresses is passed over."""
+    from proto.events import ClusterCreateCompleted, ClusterCreateStarted, NodeBecameActive, NodeCreated
+    from services.api import store
+
+    s = Stream()
+    t = s.template("t")
+    req = s.request("nets", t, node_count=1)
+    s.admitted(req)
+    s.add(ClusterCreateStarted(uuid=req.uuid, project_id=PROJECT), req.uuid)
+    nets = {
+        "m-0": ("master", {"a": [], "bb": ["10.0.0.9", "10.0.0.10"], "ccc": ["192.168.0.1"]}),
+        "w-0": ("worker", {"public": ["203.0.113.7"], "private": ["10.0.1.4"]}),
+        "w-1": ("worker", {"x": []}),
+    }
+    for name, (role, addresses) in nets.items():
+        sid = f"{req.uuid}-{name}"
+        s.add(NodeCreated(cluster_id=req.uuid, project_id=PROJECT, node_name=name, role=role, server_id=sid,
+                          flavor_id="f", flavor_name="m1.small", vcpus=1, ram_mb=1024, disk_gb=10), req.uuid)
+        s.add(NodeBecameActive(cluster_id=req.uuid, project_id=PROJECT, server_id=sid, node_name=name, role=role,
+                               addresses=addresses), req.uuid)
+    active = len(s.envs)
+    s.add(ClusterCreateCompleted(uuid=req.uuid, project_id=PROJECT, api_address="https://127.0.0.1:6443"), req.uuid)
+    pool = await schemas.new(MIGRATIONS)
+    for upto in (active, len(s.envs)):  # after the refreshes, then after the completion's move
+        async with pool.acquire() as conn, conn.transaction():
+            await projection.handle_batch(s.envs[:upto] if upto == active else s.envs[active:], conn)
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow("SELECT master_addresses, node_addresses FROM clusters")
+            shown = (json_list(row["master_addresses"]), json_list(row["node_addresses"]))
+            assert shown == await store.node_addresses(conn, req.uuid)
+        # (jsonb keeps an object's keys shortest first: "public" before "private")
+        assert shown == (["10.0.0.9"], ["203.0.113.7"])
+
+
 def json_list(value: Any) -> list[str]:
     return msgspec.json.decode(value) if isinstance(value, str | bytes) else list(value)
 
