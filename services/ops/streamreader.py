@@ -21,6 +21,7 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
@@ -28,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
 
 from proto import subjects
-from services.ops.connect import nothing_to_read
+from services.ops.connect import OpsError, nothing_to_read
 from services.runtime.bus import Bus
 from services.runtime.consumer import covering_subject
 
@@ -38,7 +39,10 @@ BUFFER = 8_000
 """Messages held ahead of the reader's caller before flow control holds the server."""
 IDLE_HEARTBEAT = 2.0
 QUIET_CHECK = 10.0
-"""Seconds without a message after which the reader asks the server whether its consumer still has anything."""
+"""Seconds without a message after which the reader asks the server whether its consumer still has anything (a
+consumer lost with its server's restart is made again then)."""
+GIVE_UP = 60.0
+"""Seconds NATS may leave those questions unanswered before the read fails (``OpsError``)."""
 _STATUS = b"NATS/1.0 "
 _STALLED = "Nats-Consumer-Stalled"
 _LAST_CONSUMER = "Nats-Last-Consumer"
@@ -190,6 +194,7 @@ class StreamReader:
         """The delivery sequence the next message must have; another one means one was missed."""
         self._resetting: asyncio.Task[None] | None = None
         self.resets = 0
+        self._unanswered = 0
         self.done = False
         self.last_seq = 0
         """The stream sequence of the last message taken from the server (handed out or buffered)."""
@@ -310,6 +315,8 @@ class StreamReader:
         try:
             await self._unsubscribe(sid, consumer)
             await self._subscribe(max(self.last_seq + 1, self.start_seq))
+        except (nats.errors.Error, TimeoutError) as exc:  # (NATS reconnecting): ``next_batch`` tries again
+            log.warning("stream_read_restart_failed", from_seq=self.last_seq + 1, error=repr(exc))
         finally:
             self._resetting = None
             self._arrived.set()  # a waiting ``next_batch`` looks again
@@ -331,7 +338,16 @@ class StreamReader:
             except TimeoutError:
                 if self._resetting is not None:
                     continue
-                info = await self._consumer_info()
+                try:
+                    info = await self._consumer_info()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    self._unanswered += 1
+                    if self._unanswered * QUIET_CHECK >= GIVE_UP:
+                        raise OpsError(f"NATS has not answered for {GIVE_UP:g} s while reading the stream "
+                                       f"(after sequence {self.last_seq}): {exc!r}") from exc
+                    log.warning("stream_read_unanswered", after_seq=self.last_seq, error=repr(exc))
+                    continue
+                self._unanswered = 0
                 if info is None:
                     self._reset("its consumer is gone")
                 elif info.num_pending == 0 and not self._buffer:

@@ -13,6 +13,7 @@ import pytest
 from nats.js.api import ConsumerInfo
 
 from benchmarks.replay import lifecycles, publish_all
+from deploy.local.nats import NatsServer
 from proto import subjects
 from proto.envelope import new_envelope
 from proto.events import ClusterCreateRequested, ClusterTemplate
@@ -271,6 +272,34 @@ async def test_a_slow_reader_holds_the_server_back_and_loses_nothing(
         await reader.stop()
     assert got == list(range(1, last + 1))
     assert held > 0 and reader.resets == 0
+
+
+async def test_a_read_goes_on_after_its_server_restarted_without_its_consumer(
+    ops: Ops, private_nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server restarts in the middle of a read and loses the reader's consumer (kept in memory): once the server
+    has been quiet for ``QUIET_CHECK`` the reader asks for its consumer, finds none, and reads on from the message
+    after the last one it took. Every event comes once, in order. (The server pushes several thousand messages ahead
+    of a reader before it waits for flow control: the stream is longer than that.)"""
+    from services.ops import streamreader
+
+    monkeypatch.setattr(streamreader, "BUFFER", 50)
+    monkeypatch.setattr(streamreader, "QUIET_CHECK", 1.0)
+    last = await publish_all(ops.bus, lifecycles(12_000))
+    reader = streamreader.StreamReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
+    await reader.start()
+    restarted = False
+    try:
+        got: list[int] = []
+        while batch := await reader.next_batch(20):
+            got.extend(m.seq for m in batch)
+            if not restarted and len(got) >= 300:
+                await asyncio.to_thread(private_nats.restart)
+                restarted = True
+    finally:
+        await reader.stop()
+    assert got == list(range(1, last + 1))
+    assert restarted and reader.resets >= 1
 
 
 async def test_a_replay_applies_an_event_the_stream_holds_twice_once(
