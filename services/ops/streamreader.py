@@ -26,7 +26,13 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
+from nats.protocol.parser import (
+    AWAITING_CONTROL_LINE,
+    AWAITING_MSG_PAYLOAD,
+    CRLF_SIZE,
+    MAX_CONTROL_LINE_SIZE,
+    Parser,
+)
 
 from proto import subjects
 from services.ops.connect import OpsError, nothing_to_read
@@ -121,6 +127,8 @@ class _TappingParser(Parser):
             while buf.startswith(b"HMSG ", pos):
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
+                    if len(buf) - pos > MAX_CONTROL_LINE_SIZE:
+                        break  # no control line is that long: nats-py's parser says what is wrong
                     return  # the rest of its control line is still to come
                 args = buf[pos + 5:eol].split()  # subject sid [reply] header-bytes total-bytes
                 if len(args) == 5:
