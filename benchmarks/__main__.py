@@ -18,6 +18,10 @@ BENCHMARKS = ["devcloud_servers", "nats_sync", "clusters", "api", "cluster_scale
 def main(argv: list[str]) -> int:
     split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
     names, rest = argv[:split] or BENCHMARKS, argv[split:]
+    if not argv[:split] and rest and rest[0] in ("-h", "--help"):  # (not every benchmark: they take minutes)
+        print(__doc__.strip())
+        print(f"\nbenchmarks: {' '.join(BENCHMARKS)}\n`python -m benchmarks NAME --help`: a benchmark's own arguments")
+        return 0
     results = {}
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")

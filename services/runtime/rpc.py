@@ -42,7 +42,7 @@ async def serve(nc: NATS, subject: str, queue: str, handler: RpcHandler, *,
     to bound).
 
     A handler raising ``RpcError`` answers ``ErrorReply(code, message)``; any other exception answers 500;
-    an undecodable request answers 400.
+    an undecodable request answers 400; an answer larger than the server's max payload answers 413.
     """
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task[None]] = set()
@@ -73,7 +73,13 @@ async def serve(nc: NATS, subject: str, queue: str, handler: RpcHandler, *,
                 log.exception("rpc_handler_failed", subject=subject)
                 reply = ErrorReply(code=500, message=f"{type(exc).__name__}: {exc}")
             if msg.reply:
-                await msg.respond(encode_request(reply))
+                data = encode_request(reply)
+                if len(data) > nc.max_payload:  # NATS would refuse it, and the asker would wait out its timeout
+                    log.warning("rpc_reply_too_large", subject=subject, size=len(data), max_payload=nc.max_payload)
+                    data = encode_request(ErrorReply(code=413, message=(
+                        f"the answer ({len(data):,} bytes) is larger than a NATS message may be "
+                        f"({nc.max_payload:,} bytes): ask for less")))
+                await msg.respond(data)
 
     sub = await nc.subscribe(subject, queue=queue, cb=on_msg)
     log.info("rpc_serving", subject=subject, queue=queue)

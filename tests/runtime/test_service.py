@@ -44,6 +44,8 @@ async def test_rpc_request_reply_with_a_queue_group(bus: Bus) -> None:
                 raise RpcError(404, "no such cluster")
             if req.cluster_id == "boom":
                 raise ValueError("bug")
+            if req.cluster_id == "huge":
+                return ClusterCA(pem="x" * (bus.nc.max_payload + 1), cluster_id=req.cluster_id)
             return ClusterCA(pem=f"PEM-{req.cluster_id}", cluster_id=req.cluster_id)
 
         return handle
@@ -60,6 +62,9 @@ async def test_rpc_request_reply_with_a_queue_group(bus: Bus) -> None:
         with pytest.raises(RpcError) as err:
             await rpc.request(bus.nc, subject, GetClusterCA(cluster_id="boom"))
         assert err.value.code == 500
+        with pytest.raises(RpcError) as err:  # at once, not after the request's timeout
+            await rpc.request(bus.nc, subject, GetClusterCA(cluster_id="huge"), timeout=3)
+        assert err.value.code == 413 and "larger than a NATS message" in err.value.message
         with pytest.raises(RpcError) as err:
             await rpc.request(
                 bus.nc,

@@ -136,6 +136,9 @@ async def usage(request: web.Request) -> web.Response:
     except rpc.RpcError as exc:
         if exc.code == 400:
             raise bad_request(exc.message) from exc
+        if exc.code == 413:  # more rows than one answer holds (e.g. every resource of every project)
+            raise bad_request(f"The usage report is too large: {exc.message} (one project, one cluster, a shorter "
+                              "period, or group_by project or cluster).") from exc
         log.error("accounting_rpc_failed", code=exc.code, error=exc.message)
         raise ApiError(503, "The accounting service is not available; try again later.") from exc
     assert isinstance(reply, UsageReport)
