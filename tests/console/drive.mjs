@@ -250,11 +250,14 @@ try {
     await demo.goto(clusterUrl);
     await demo.getByRole("button", { name: "Delete cluster" }).click();
     await demo.getByRole("heading", { name: "Clusters", level: 1 }).waitFor();
+    // The view is drawn before the list's first answer: an empty frame is not "gone", nor is an error in its place.
+    const drawn = demo.locator("section[aria-labelledby='s-your-clusters']").locator("table, p.empty");
+    await drawn.first().waitFor();
     const deadline = Date.now() + LONG;
     const seen = new Set();
     for (;;) {
       const rows = demo.getByRole("row", { name: new RegExp(cluster) });
-      if ((await rows.count()) === 0) break;
+      if ((await rows.count()) === 0 && (await drawn.count()) > 0) break;
       seen.add(await rows.first().locator("td").first().innerText().catch(() => ""));
       if (Date.now() > deadline) throw new Error(`cluster still listed; saw ${[...seen]}`);
       await demo.waitForTimeout(250);
