@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,21 @@ from tests.ops.conftest import Ops
 from tests.ops.stores import live_api_store, snapshot, table_oid
 
 pytestmark = pytest.mark.integration
+
+
+async def read_all(reader: Any, size: int, after_batch: Callable[[list[int]], Awaitable[None]] | None = None) -> list[int]:
+    """The stream sequences a ``StreamReader`` hands out in batches of ``size``, from its start to its end (then it
+    is stopped); ``after_batch`` is told what came so far after each batch."""
+    await reader.start()
+    got: list[int] = []
+    try:
+        while batch := await reader.next_batch(size):
+            got.extend(m.seq for m in batch)
+            if after_batch is not None:
+                await after_batch(got)
+    finally:
+        await reader.stop()
+    return got
 
 
 async def test_a_replay_of_a_store_built_from_100000_events_equals_the_original(ops: Ops) -> None:
@@ -208,14 +224,7 @@ async def test_a_read_of_the_stream_tail_hands_out_every_event_of_it(ops: Ops) -
 
     last = await publish_all(ops.bus, lifecycles(400))
     for start in range(last - 40, last + 1):
-        reader = BusyReader(ops.bus, [subjects.EVENTS_ALL], start, last)
-        await reader.start()
-        try:
-            got: list[int] = []
-            while batch := await reader.next_batch(1_000):
-                got.extend(m.seq for m in batch)
-        finally:
-            await reader.stop()
+        got = await read_all(BusyReader(ops.bus, [subjects.EVENTS_ALL], start, last), 1_000)
         assert got == list(range(start, last + 1)), f"from {start}"
 
 
@@ -239,13 +248,7 @@ async def test_a_read_that_misses_a_delivery_starts_again_after_the_last_message
 
     last = await publish_all(ops.bus, lifecycles(1_500))
     reader = LossyReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
-    await reader.start()
-    try:
-        got: list[int] = []
-        while batch := await reader.next_batch(100):
-            got.extend(m.seq for m in batch)
-    finally:
-        await reader.stop()
+    got = await read_all(reader, 100)
     assert reader.lost == 2 and reader.resets == 2
     assert got == list(range(1, last + 1))
 
@@ -260,16 +263,14 @@ async def test_a_slow_reader_holds_the_server_back_and_loses_nothing(
     monkeypatch.setattr(streamreader, "BUFFER", 50)
     last = await publish_all(ops.bus, lifecycles(3_000))
     reader = streamreader.StreamReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
-    await reader.start()
     held = 0
-    try:
-        got: list[int] = []
-        while batch := await reader.next_batch(20):
-            got.extend(m.seq for m in batch)
-            held += reader._held_flow is not None
-            await asyncio.sleep(0.001)
-    finally:
-        await reader.stop()
+
+    async def slowly(_got: list[int]) -> None:
+        nonlocal held
+        held += reader._held_flow is not None
+        await asyncio.sleep(0.001)
+
+    got = await read_all(reader, 20, slowly)
     assert got == list(range(1, last + 1))
     assert held > 0 and reader.resets == 0
 
@@ -287,17 +288,15 @@ async def test_a_read_goes_on_after_its_server_restarted_without_its_consumer(
     monkeypatch.setattr(streamreader, "QUIET_CHECK", 1.0)
     last = await publish_all(ops.bus, lifecycles(12_000))
     reader = streamreader.StreamReader(ops.bus, [subjects.EVENTS_ALL], 1, last)
-    await reader.start()
     restarted = False
-    try:
-        got: list[int] = []
-        while batch := await reader.next_batch(20):
-            got.extend(m.seq for m in batch)
-            if not restarted and len(got) >= 300:
-                await asyncio.to_thread(private_nats.restart)
-                restarted = True
-    finally:
-        await reader.stop()
+
+    async def restart_once(got: list[int]) -> None:
+        nonlocal restarted
+        if not restarted and len(got) >= 300:
+            await asyncio.to_thread(private_nats.restart)
+            restarted = True
+
+    got = await read_all(reader, 20, restart_once)
     assert got == list(range(1, last + 1))
     assert restarted and reader.resets >= 1
 
