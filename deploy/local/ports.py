@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import random
 import socket
 from pathlib import Path
@@ -26,13 +28,31 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_handed_out: collections.deque[int] = collections.deque(maxlen=1024)
+"""The ports this process gave lately: a stack picks all of its ports before its servers bind them."""
+
+
+def _share() -> tuple[int, int]:
+    """(index, count) of this test worker among pytest-xdist's (set in the environment of its servers too): each
+    worker takes only the ports ``index`` modulo ``count``, so two workers never pick the same port between a pick
+    and its bind (seen: an API copy lost "address already in use" to another worker's server). (0, 1) otherwise."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0:
+        return int(worker[2:]) % int(count), int(count)
+    return 0, 1
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port that was free a moment ago: a random one of ``LISTEN_RANGE`` outside the kernel's
-    ephemeral range, else one the kernel picks (bind to port 0)."""
+    """Return a TCP port that was free a moment ago, and not given by this process lately: a random one of
+    ``LISTEN_RANGE`` outside the kernel's ephemeral range (this test worker's share of it), else one the kernel picks
+    (bind to port 0)."""
     low, high = _ephemeral_range()
-    candidates = [p for p in range(LISTEN_RANGE[0], LISTEN_RANGE[1] + 1) if not low <= p <= high]
+    index, count = _share()
+    candidates = [p for p in range(LISTEN_RANGE[0], LISTEN_RANGE[1] + 1)
+                  if not low <= p <= high and p % count == index and p not in _handed_out]
     for port in random.sample(candidates, min(20, len(candidates))):
         if port_is_free(port, host):
+            _handed_out.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

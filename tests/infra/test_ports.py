@@ -65,3 +65,19 @@ def test_the_stack_table_says_why_a_process_is_not_on_its_usual_port(listener: s
     rows = {name: where for name, where, _ in stack.endpoints()}
     assert f"(not the usual port: {port} is in use by pid {os.getpid()} (" in rows["nats"], rows
     assert "not the usual port" not in rows["postgres"], rows
+
+
+def test_free_port_keeps_to_this_workers_share_and_never_repeats_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pytest-xdist workers pick from disjoint ports (their index modulo their count), and one process does not
+    hand out a port twice while its servers have not bound it yet."""
+    from deploy.local import ports
+
+    monkeypatch.setattr(ports, "_handed_out", ports.collections.deque(maxlen=1024))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    for index in range(3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        picked = [ports.free_port() for _ in range(200)]
+        assert {p % 3 for p in picked} == {index}
+        assert len(set(picked)) == len(picked)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert ports._share() == (0, 1)

@@ -84,3 +84,17 @@ async def test_every_message_reaches_its_tap_or_nats_py_in_any_chunks(seed: int)
     assert [tuple(m) for m in nc.messages] == want_other
     assert nc.pings == pings
     assert not parser.buf
+
+
+async def test_a_stray_message_on_the_readers_subject_is_passed_over() -> None:
+    """A message on the reader's delivery subject that is not a JetStream delivery (no reply subject of one) is
+    logged and dropped: raising would end nats-py's reading of the whole connection."""
+    from services.ops.streamreader import StreamReader
+
+    reader = StreamReader(None, ["cove.evt.>"], 1, 10)  # type: ignore[arg-type]
+    reader._sid = 7
+    await reader._take(7, b"_INBOX.x", b"", b"{}", None)
+    await reader._take(7, b"_INBOX.x", b"reply.of.someone", b"{}", None)
+    assert not reader._buffer and reader.resets == 0
+    await reader._take(7, b"cove.evt.api.cluster.c", b"$JS.ACK.COVE_EVENTS.c.1.4.1.0.6", b"{}", None)
+    assert [m.seq for m in reader._buffer] == [4]
