@@ -273,15 +273,11 @@ class StreamReader:
         if not data and headers is not None and headers.startswith(_STATUS):
             await self._status(reply, headers)
             return
-        t = reply.split(b".")  # ``_positions``, inlined for the common form
-        if len(t) == 9:
-            seq, delivered, pending = int(t[5]), int(t[6]), int(t[8])
-        else:
-            try:
-                seq, delivered, pending = _positions(reply)
-            except ValueError:  # not the consumer's (raising here would stop nats-py's reading of the connection)
-                log.warning("stream_read_stray_message", subject=subject.decode(errors="replace"), reply=repr(reply))
-                return
+        try:
+            seq, delivered, pending = _positions(reply)
+        except ValueError:  # not the consumer's (raising here would stop nats-py's reading of the connection)
+            log.warning("stream_read_stray_message", subject=subject.decode(errors="replace"), reply=repr(reply))
+            return
         if delivered != self._expected:
             self._reset(f"delivery {delivered} came where {self._expected} was due")
             return

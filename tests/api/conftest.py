@@ -13,6 +13,7 @@ from services.api.service import ApiServer, build_service
 from services.runtime.bus import Bus
 from services.runtime.service import Service, ServiceConfig
 from tests.conftest import Devcloud
+from tests.scheduler.test_admission_run import Schemas
 
 
 @dataclass
@@ -57,3 +58,12 @@ async def api(nats_url: str, database_url: str, devcloud: Devcloud) -> AsyncIter
         yield RunningApi(svc, server, server.url, devcloud, svc.bus)
     finally:
         await svc.stop()
+
+
+@pytest.fixture
+async def schemas(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Schemas]:
+    """Fresh API schemas for a test that applies streams to the read model itself (named after its module), dropped
+    after it."""
+    made = Schemas(database_url, f"api_{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}")
+    yield made
+    await made.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,12 +133,6 @@ def story() -> tuple[Stream, dict[str, ClusterCreateRequested]]:
     s.admitted(c["c9"])
     return s, c
 
-
-@pytest.fixture
-async def schemas(database_url: str) -> AsyncIterator[Schemas]:
-    made = Schemas(database_url, "api_run")
-    yield made
-    await made.close()
 
 
 @pytest.mark.parametrize(

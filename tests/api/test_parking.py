@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -43,12 +42,6 @@ from tests.scheduler.test_admission_run import Schemas, snapshot
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-async def schemas(database_url: str) -> AsyncIterator[Schemas]:
-    made = Schemas(database_url, "api_parking")
-    yield made
-    await made.close()
 
 
 def lifecycle() -> tuple[Stream, str]:

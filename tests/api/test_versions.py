@@ -5,8 +5,6 @@ stream applied in order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
 import pytest
 
@@ -26,12 +24,6 @@ from tests.scheduler.test_admission_run import Schemas, snapshot
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-async def schemas(database_url: str) -> AsyncIterator[Schemas]:
-    made = Schemas(database_url, "api_versions")
-    yield made
-    await made.close()
 
 
 def story() -> Stream:
